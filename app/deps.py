@@ -1,0 +1,34 @@
+"""Dependency aliases: routers get shared objects through these, never by building them."""
+
+from __future__ import annotations
+
+from typing import Annotated, cast
+
+from fastapi import Depends, Request
+
+from app.settings import Settings
+from app.state import BridgeState
+from services.catalog import ModelCatalog
+from services.lmstudio import LMStudioClient
+
+
+def get_state(request: Request) -> BridgeState:
+    return cast(BridgeState, request.app.state.bridge)
+
+
+def get_settings(request: Request) -> Settings:
+    return get_state(request).settings
+
+
+def get_lmstudio(request: Request) -> LMStudioClient:
+    return get_state(request).lmstudio
+
+
+def get_catalog(request: Request) -> ModelCatalog:
+    return get_state(request).catalog
+
+
+StateDep = Annotated[BridgeState, Depends(get_state)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+LMStudioDep = Annotated[LMStudioClient, Depends(get_lmstudio)]
+CatalogDep = Annotated[ModelCatalog, Depends(get_catalog)]

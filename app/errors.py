@@ -1,0 +1,71 @@
+"""One handler that renders every failure as an RFC 9457 problem document."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.errors import BridgeError, RequestValidationFailed
+
+log = logging.getLogger("lmstudio_bridge.errors")
+PROBLEM_JSON = "application/problem+json"
+
+
+class RouteError(BridgeError):
+    """A framework-level HTTP error (unknown route, wrong method)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = {404: "not_found", 405: "method_not_allowed"}.get(status, f"http_{status}")
+        self.title = {404: "Not found", 405: "Method not allowed"}.get(status, "HTTP error")
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    # input values are left out: they may hold secrets and the client already has them
+    return [
+        {"loc": [str(part) for part in err.get("loc", ())], "msg": err.get("msg", ""), "type": err.get("type", "")}
+        for err in exc.errors()
+    ]
+
+
+def as_bridge_error(exc: Exception) -> BridgeError:
+    if isinstance(exc, BridgeError):
+        return exc
+    if isinstance(exc, RequestValidationError):
+        errors = _validation_errors(exc)
+        summary = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors)
+        return RequestValidationFailed(summary or "Request is not valid", errors=errors)
+    if isinstance(exc, StarletteHTTPException):
+        return RouteError(exc.status_code, str(exc.detail))
+    return BridgeError("The gateway failed unexpectedly; see its log for details")
+
+
+def problem_response(err: BridgeError, instance: str | None = None) -> JSONResponse:
+    body = err.problem()
+    if instance:
+        body["instance"] = instance
+    headers = {}
+    if err.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(err.retry_after)))
+    if err.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="lmstudio-bridge"'
+    return JSONResponse(body, status_code=err.status, headers=headers, media_type=PROBLEM_JSON)
+
+
+async def handle_error(request: Request, exc: Exception) -> JSONResponse:
+    err = as_bridge_error(exc)
+    if err.status >= 500 and not isinstance(exc, BridgeError):
+        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_response(err, request.url.path)
+
+
+def install_error_handler(app: FastAPI) -> None:
+    for exc_type in (BridgeError, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(exc_type, handle_error)

@@ -1,0 +1,114 @@
+"""Settings, read once at start-up from the environment (and an optional `.env`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_LMSTUDIO_URL = "http://localhost:1234"
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """Every value an operator may tune. Names are the environment variables (docs/configuration.md)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False, populate_by_name=True)
+
+    # LM Studio
+    lmstudio_base_url: str = Field(DEFAULT_LMSTUDIO_URL, validation_alias=_env("LMSTUDIO_BASE_URL"))
+    lmstudio_host: str | None = Field(None, validation_alias=_env("LMSTUDIO_HOST"))
+    lmstudio_port: int | None = Field(None, ge=1, le=65535, validation_alias=_env("LMSTUDIO_PORT"))
+    lmstudio_api_token: SecretStr | None = Field(None, validation_alias=_env("LMSTUDIO_API_TOKEN"))
+    lmstudio_connect_timeout_s: float = Field(5.0, gt=0, validation_alias=_env("BRIDGE_LMSTUDIO_CONNECT_TIMEOUT_S"))
+    lmstudio_read_timeout_s: float = Field(120.0, gt=0, validation_alias=_env("BRIDGE_LMSTUDIO_READ_TIMEOUT_S"))
+    lmstudio_load_timeout_s: float = Field(300.0, gt=0, validation_alias=_env("BRIDGE_LMSTUDIO_LOAD_TIMEOUT_S"))
+    lmstudio_retries: int = Field(2, ge=0, le=10, validation_alias=_env("BRIDGE_LMSTUDIO_RETRIES"))
+    lmstudio_retry_backoff_s: float = Field(0.25, ge=0, validation_alias=_env("BRIDGE_LMSTUDIO_RETRY_BACKOFF_S"))
+    lmstudio_retry_backoff_max_s: float = Field(8.0, ge=0, validation_alias=_env("BRIDGE_LMSTUDIO_RETRY_BACKOFF_MAX_S"))
+    lmstudio_max_connections: int = Field(100, ge=1, validation_alias=_env("BRIDGE_LMSTUDIO_MAX_CONNECTIONS"))
+
+    # Models
+    default_model: str | None = Field(None, validation_alias=_env("DEFAULT_MODEL"))
+    model_cache_ttl_s: float = Field(60.0, ge=0, validation_alias=_env("MODEL_CACHE_TTL_S"))
+    model_aliases: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, validation_alias=_env("BRIDGE_MODEL_ALIASES")
+    )
+
+    # MCP
+    mcp_config: str | None = Field(None, validation_alias=_env("MCP_CONFIG", "MCP_JSON_PATH"))
+    mcp_warmup: bool = Field(False, validation_alias=_env("BRIDGE_MCP_WARMUP"))
+    mcp_idle_s: float = Field(600.0, gt=0, validation_alias=_env("BRIDGE_MCP_IDLE_S"))
+    mcp_call_timeout_s: float = Field(60.0, gt=0, validation_alias=_env("BRIDGE_MCP_CALL_TIMEOUT_S"))
+    mcp_start_timeout_s: float = Field(30.0, gt=0, validation_alias=_env("BRIDGE_MCP_START_TIMEOUT_S"))
+    mcp_max_concurrency: int = Field(16, ge=1, validation_alias=_env("BRIDGE_MCP_MAX_CONCURRENCY"))
+
+    # Runs
+    run_timeout_s: float = Field(300.0, gt=0, validation_alias=_env("BRIDGE_RUN_TIMEOUT_S"))
+    max_rounds_default: int = Field(10, ge=1, le=100, validation_alias=_env("BRIDGE_MAX_ROUNDS_DEFAULT"))
+    tool_output_max_chars: int = Field(20_000, ge=100, validation_alias=_env("BRIDGE_TOOL_OUTPUT_MAX_CHARS"))
+
+    # Server
+    host: str = Field("127.0.0.1", validation_alias=_env("BRIDGE_HOST"))
+    port: int = Field(8000, ge=1, le=65535, validation_alias=_env("BRIDGE_PORT"))
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, validation_alias=_env("BRIDGE_API_KEYS")
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", validation_alias=_env("BRIDGE_LOG_LEVEL"))
+
+    @field_validator("model_aliases", mode="before")
+    @classmethod
+    def _parse_aliases(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        aliases: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            name, sep, model = item.partition("=")
+            if not sep or not name.strip() or not model.strip():
+                raise ValueError(f"expected name=model pairs separated by commas, got {item!r}")
+            aliases[name.strip()] = model.strip()
+        return aliases
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("lmstudio_base_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @model_validator(mode="after")
+    def _normalise_base_url(self) -> Settings:
+        url = self.lmstudio_base_url
+        if (self.lmstudio_host or self.lmstudio_port) and url == DEFAULT_LMSTUDIO_URL:
+            url = f"http://{self.lmstudio_host or 'localhost'}:{self.lmstudio_port or 1234}"
+        url = url.rstrip("/")
+        self.lmstudio_base_url = url.removesuffix("/v1")
+        return self
+
+
+def format_validation_error(exc: Exception) -> str:
+    """A start-up message naming each bad setting by its environment variable."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    fields = Settings.model_fields
+    lines = ["Invalid configuration:"]
+    for err in errors():
+        name = str(err["loc"][0]) if err["loc"] else "?"
+        field = fields.get(name)
+        alias = field.validation_alias if field else None
+        if isinstance(alias, AliasChoices):
+            name = " / ".join(str(choice) for choice in alias.choices)
+        lines.append(f"  {name}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""Model catalog: a cached, single-flight view of LM Studio's models, and model resolution."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from services.errors import LLMConnectionError, LLMTimeoutError, ModelNotFoundError, RequestValidationFailed
+from services.lmstudio import ModelInfo
+
+DEFAULT_NAMES = frozenset({"", "default"})
+STALE_RETRY_S = 5.0  # while LM Studio is down, ask it again at most this often
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    models: tuple[ModelInfo, ...]
+    by_id: dict[str, ModelInfo]
+    fetched_at: float
+    stale: bool = False  # LM Studio did not answer; this is the last list it gave
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedModel:
+    id: str
+    info: ModelInfo
+    stale: bool  # validated against a stale list because LM Studio did not answer
+
+
+class ModelCatalog:
+    """Caches the model list for `ttl_s`; concurrent misses share one upstream request."""
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[list[ModelInfo]]],
+        *,
+        ttl_s: float = 60.0,
+        default_model: str | None = None,
+        aliases: dict[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._fetch = fetch
+        self.ttl_s = ttl_s
+        self.default_model = default_model or None
+        self.aliases = dict(aliases or {})
+        self._clock = clock
+        self._snapshot: Snapshot | None = None
+        self._refresh: asyncio.Task[Snapshot] | None = None
+        self.hits = 0
+        self.misses = 0
+        self.upstream_calls = 0
+
+    def invalidate(self) -> None:
+        self._snapshot = None
+
+    async def snapshot(self) -> Snapshot:
+        """The cached list, refreshed when older than the TTL."""
+        snap = self._snapshot
+        if snap is not None and self._clock() - snap.fetched_at < self._max_age(snap):
+            self.hits += 1
+            return snap
+        self.misses += 1
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.ensure_future(self._load())
+        # shield: one caller going away must not cancel the refresh the others wait for
+        return await asyncio.shield(self._refresh)
+
+    def _max_age(self, snap: Snapshot) -> float:
+        return min(self.ttl_s, STALE_RETRY_S) if snap.stale else self.ttl_s
+
+    async def _load(self) -> Snapshot:
+        self.upstream_calls += 1
+        try:
+            models = await self._fetch()
+        except (LLMConnectionError, LLMTimeoutError):
+            if self._snapshot is None:
+                raise
+            old = self._snapshot
+            self._snapshot = Snapshot(old.models, old.by_id, self._clock(), stale=True)
+            return self._snapshot
+        snap = Snapshot(tuple(models), {m.id: m for m in models}, self._clock())
+        self._snapshot = snap
+        return snap
+
+    async def resolve(self, requested: str | None, *, kind: str = "chat") -> ResolvedModel:
+        """`None`/"default" -> DEFAULT_MODEL, else the first loaded LLM, else the first LLM.
+
+        An alias maps to its model id. `kind="embedding"` asks for an embedding model instead.
+        """
+        snap = await self.snapshot()
+        name = (requested or "").strip()
+        wanted = self.aliases.get(name, name)
+        if wanted.lower() in DEFAULT_NAMES:
+            wanted = self.aliases.get(self.default_model or "", self.default_model or "")
+        if not wanted:
+            info = self._pick_default(snap, kind)
+        else:
+            found = snap.by_id.get(wanted)
+            if found is None:
+                raise ModelNotFoundError(name or wanted, [m.id for m in snap.models], self.aliases)
+            info = found
+        if (kind == "embedding") == info.can_chat:
+            need = "an embedding model" if kind == "embedding" else "a chat (LLM/VLM) model"
+            raise RequestValidationFailed(
+                f"Model {info.id!r} is a {info.type} model; this endpoint needs {need}",
+                model=info.id,
+                available_models=[m.id for m in snap.models if (kind == "embedding") != m.can_chat],
+            )
+        return ResolvedModel(info.id, info, snap.stale)
+
+    def _pick_default(self, snap: Snapshot, kind: str) -> ModelInfo:
+        fits = [m for m in snap.models if (kind == "embedding") != m.can_chat]
+        loaded = [m for m in fits if m.loaded]
+        if loaded or fits:
+            return (loaded or fits)[0]
+        raise ModelNotFoundError("default", [m.id for m in snap.models], self.aliases)

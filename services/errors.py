@@ -1,0 +1,154 @@
+"""Domain errors. Each carries the HTTP status and stable `code` of its problem document.
+
+Services raise these; `app.errors` renders them as RFC 9457 problem+json. Nothing here
+knows about HTTP frameworks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BridgeError(Exception):
+    """Base of every failure the gateway reports to a client."""
+
+    status: int = 500
+    code: str = "internal_error"
+    title: str = "Internal error"
+
+    def __init__(self, detail: str, *, retry_after: float | None = None, **extras: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+        self.extras = extras
+
+    def problem(self) -> dict[str, Any]:
+        """The problem document body (without `instance`)."""
+        return {
+            "type": f"urn:lmstudio-bridge:problem:{self.code}",
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "code": self.code,
+            **self.extras,
+        }
+
+
+class RequestValidationFailed(BridgeError):
+    status, code, title = 422, "validation_error", "Request is not valid"
+
+
+class UnauthorizedError(BridgeError):
+    status, code, title = 401, "unauthorized", "Missing or wrong API key"
+
+
+class PayloadTooLargeError(BridgeError):
+    status, code, title = 413, "payload_too_large", "Request body too large"
+
+
+class OverloadedError(BridgeError):
+    status, code, title = 429, "overloaded", "Too many runs in progress"
+
+
+class NotSupportedError(BridgeError):
+    status, code, title = 501, "not_supported_by_lmstudio", "Not supported by this LM Studio"
+
+
+# --- LM Studio -------------------------------------------------------------------------
+
+
+class LLMError(BridgeError):
+    """A call to LM Studio failed."""
+
+    status, code, title = 502, "upstream_error", "LM Studio call failed"
+    retryable: bool = False  # set on instances whose cause may pass (connect errors, 429, 502-504)
+
+
+class LLMConnectionError(LLMError):
+    status, code, title = 503, "upstream_unavailable", "LM Studio is not reachable"
+
+
+class LLMTimeoutError(LLMError):
+    status, code, title = 504, "upstream_timeout", "LM Studio did not answer in time"
+
+
+class LLMRateLimitError(LLMError):
+    status, code, title = 429, "upstream_rate_limited", "LM Studio is rate limiting"
+
+
+class LLMResponseError(LLMError):
+    """LM Studio answered 5xx or something that is not a valid answer."""
+
+    status, code, title = 502, "upstream_error", "LM Studio answered with an error"
+
+
+class LLMValidationError(LLMError):
+    """LM Studio rejected the request (4xx other than 404 model / 429)."""
+
+    status, code, title = 422, "upstream_rejected", "LM Studio rejected the request"
+
+
+class ModelNotFoundError(LLMError):
+    status, code, title = 422, "model_not_found", "Model not found"
+
+    def __init__(self, model: str, available_models: list[str], aliases: dict[str, str] | None = None) -> None:
+        listing = ", ".join(available_models) or "(none)"
+        super().__init__(
+            f"Model {model!r} is not available. Available models: {listing}",
+            model=model,
+            available_models=available_models,
+            aliases=aliases or {},
+        )
+        self.model = model
+        self.available_models = available_models
+
+
+class UpstreamUnavailableError(BridgeError):
+    """A circuit breaker is open: fail fast until it lets a trial call through."""
+
+    status, code, title = 503, "upstream_unavailable", "Upstream temporarily unavailable"
+
+
+# --- MCP -------------------------------------------------------------------------------
+
+
+class MCPError(BridgeError):
+    """A failure involving an MCP server."""
+
+    status, code, title = 502, "mcp_error", "MCP server error"
+
+
+class MCPServerNotFoundError(MCPError):
+    status, code, title = 422, "mcp_server_not_found", "MCP server not configured"
+
+    def __init__(self, name: str, available_servers: list[str]) -> None:
+        listing = ", ".join(available_servers) or "(none configured)"
+        super().__init__(
+            f"MCP server {name!r} is not configured. Available servers: {listing}",
+            server=name,
+            available_servers=available_servers,
+        )
+
+
+class MCPToolNotFoundError(MCPError):
+    status, code, title = 404, "tool_not_found", "Tool not found"
+
+    def __init__(self, server: str, tool: str, available_tools: list[str]) -> None:
+        super().__init__(
+            f"Server {server!r} has no tool {tool!r}. Available tools: {', '.join(available_tools)}",
+            server=server,
+            tool=tool,
+            available_tools=available_tools,
+        )
+
+
+class MCPServerUnavailableError(MCPError):
+    status, code, title = 503, "mcp_server_unavailable", "MCP server unavailable"
+
+
+class MCPToolTimeoutError(MCPError):
+    status, code, title = 504, "tool_timeout", "Tool call timed out"
+
+
+class MCPConfigError(Exception):
+    """The mcp.json file is invalid; raised at start-up, never rendered to a client."""

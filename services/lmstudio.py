@@ -1,0 +1,426 @@
+"""LM Studio client: model listing (three API generations), chat (JSON and streamed), error mapping.
+
+One pooled `httpx.AsyncClient` is shared by every call. Failures are mapped to the `LLMError`
+family; those that may pass (connect errors, 429, 502, 503, 504) are marked `retryable` and
+retried by `call_with_retries`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+
+import httpx
+
+from services.errors import (
+    LLMConnectionError,
+    LLMError,
+    LLMRateLimitError,
+    LLMResponseError,
+    LLMTimeoutError,
+    LLMValidationError,
+    ModelNotFoundError,
+)
+from services.retry import RetryPolicy, call_with_retries
+
+ModelType = Literal["llm", "vlm", "embedding"]
+RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """One model, normalised from whichever model-list API the server has."""
+
+    id: str
+    type: ModelType
+    loaded: bool
+    max_context_length: int | None = None
+    tool_use: bool = False
+
+    @property
+    def can_chat(self) -> bool:
+        return self.type != "embedding"
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    def add(self, other: Usage) -> None:
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.total_tokens += other.total_tokens
+
+    @classmethod
+    def from_json(cls, data: Any) -> Usage:
+        if not isinstance(data, dict):
+            return cls()
+        prompt, completion = int(data.get("prompt_tokens") or 0), int(data.get("completion_tokens") or 0)
+        return cls(prompt, completion, int(data.get("total_tokens") or prompt + completion))
+
+
+@dataclass(slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # the raw JSON string the model produced (may be malformed)
+
+
+@dataclass(slots=True)
+class ChatResult:
+    content: str | None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: str | None = None
+    model: str = ""
+    usage: Usage = field(default_factory=Usage)
+
+
+# --- model lists ---------------------------------------------------------------------------
+
+
+def _parse_api_v1(body: Any) -> list[ModelInfo] | None:
+    models = body.get("models") if isinstance(body, dict) else None
+    if not isinstance(models, list):
+        return None
+    out = []
+    for m in models:
+        caps = m.get("capabilities") or {}
+        kind: ModelType = "embedding" if m.get("type") == "embedding" else "llm"
+        if kind == "llm" and caps.get("vision"):
+            kind = "vlm"
+        out.append(
+            ModelInfo(
+                id=str(m["key"]),
+                type=kind,
+                loaded=bool(m.get("loaded_instances")),
+                max_context_length=m.get("max_context_length"),
+                tool_use=bool(caps.get("trained_for_tool_use")),
+            )
+        )
+    return out
+
+
+def _parse_api_v0(body: Any) -> list[ModelInfo] | None:
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list) or (data and "state" not in data[0]):
+        return None
+    kinds: dict[str, ModelType] = {"embeddings": "embedding", "embedding": "embedding", "vlm": "vlm"}
+    return [
+        ModelInfo(
+            id=str(m["id"]),
+            type=kinds.get(str(m.get("type")), "llm"),
+            loaded=m.get("state") == "loaded",
+            max_context_length=m.get("max_context_length"),
+            tool_use="tool_use" in (m.get("capabilities") or []),
+        )
+        for m in data
+    ]
+
+
+def _parse_openai(body: Any) -> list[ModelInfo] | None:
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list):
+        return None
+    return [
+        ModelInfo(id=str(m["id"]), type="embedding" if "embed" in str(m["id"]).lower() else "llm", loaded=False)
+        for m in data
+    ]
+
+
+MODEL_APIS: tuple[tuple[str, str, Callable[[Any], list[ModelInfo] | None]], ...] = (
+    ("api-v1", "/api/v1/models", _parse_api_v1),
+    ("api-v0", "/api/v0/models", _parse_api_v0),
+    ("openai", "/v1/models", _parse_openai),
+)
+
+
+# --- error mapping ---------------------------------------------------------------------------
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def _error_message(body: Any) -> str:
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict):
+        return str(err.get("message") or err)
+    return str(err if err is not None else body)
+
+
+def _models_from_message(message: str) -> list[str]:
+    _, _, listing = message.partition("Your models:")
+    return [line.strip().lstrip("-• ").strip() for line in listing.splitlines() if line.strip()]
+
+
+def error_for_response(response: httpx.Response, model: str | None = None) -> LLMError | None:
+    """The domain error an LM Studio response stands for, or None when it is a success."""
+    status = response.status_code
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = None
+    if status < 400:
+        if body is None:
+            return LLMResponseError(f"LM Studio answered {status} with a body that is not JSON")
+        if isinstance(body, dict) and "error" in body and "choices" not in body and "data" not in body:
+            return LLMResponseError(f"LM Studio answered with an error: {_error_message(body)}")
+        return None
+    message = _error_message(body) if body is not None else response.text[:500]
+    err: LLMError
+    code = body.get("error", {}).get("code") if isinstance(body, dict) and isinstance(body.get("error"), dict) else None
+    if status == 404 and (code == "model_not_found" or "not found" in message.lower()) and model:
+        return ModelNotFoundError(model, _models_from_message(message))
+    if status == 429:
+        err = LLMRateLimitError(f"LM Studio is rate limiting: {message}", retry_after=_retry_after(response))
+    elif status >= 500:
+        err = LLMResponseError(f"LM Studio answered {status}: {message}", retry_after=_retry_after(response))
+    else:
+        err = LLMValidationError(f"LM Studio rejected the request ({status}): {message}", upstream_status=status)
+    err.retryable = status in RETRYABLE_STATUS
+    return err
+
+
+def error_for_exception(exc: httpx.HTTPError) -> LLMError:
+    if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
+        err: LLMError = LLMConnectionError(f"LM Studio is not reachable: {exc.__class__.__name__}: {exc}")
+        err.retryable = True
+        return err
+    if isinstance(exc, httpx.TimeoutException):
+        return LLMTimeoutError(f"LM Studio did not answer in time ({exc.__class__.__name__})")
+    return LLMResponseError(f"LM Studio connection failed: {exc.__class__.__name__}: {exc}")
+
+
+# --- streaming -------------------------------------------------------------------------------
+
+
+class ChatAssembler:
+    """Folds `chat.completion.chunk`s into the same `ChatResult` a non-streamed answer gives."""
+
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.calls: dict[int, dict[str, str]] = {}
+        self.finish_reason: str | None = None
+        self.model = ""
+        self.usage = Usage()
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        self.model = chunk.get("model") or self.model
+        if chunk.get("usage"):
+            self.usage = Usage.from_json(chunk["usage"])
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                self.content.append(delta["content"])
+            for piece in delta.get("tool_calls") or []:
+                call = self.calls.setdefault(int(piece.get("index", 0)), {"id": "", "name": "", "arguments": ""})
+                call["id"] = piece.get("id") or call["id"]
+                fn = piece.get("function") or {}
+                call["name"] += fn.get("name") or ""
+                call["arguments"] += fn.get("arguments") or ""
+            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+
+    def result(self) -> ChatResult:
+        calls = [ToolCall(c["id"], c["name"], c["arguments"]) for _, c in sorted(self.calls.items())]
+        return ChatResult("".join(self.content) or None, calls, self.finish_reason, self.model, self.usage)
+
+
+def parse_chat(body: dict[str, Any]) -> ChatResult:
+    try:
+        choice = body["choices"][0]
+        message = choice.get("message") or {}
+        calls = [
+            ToolCall(str(c.get("id") or f"call_{i}"), c["function"]["name"], c["function"].get("arguments") or "")
+            for i, c in enumerate(message.get("tool_calls") or [])
+        ]
+    except (KeyError, IndexError, TypeError) as exc:
+        raise LLMResponseError(f"LM Studio answer is not a chat completion: missing {exc}") from exc
+    for call in calls:  # some servers send arguments as an object, not a JSON string
+        if not isinstance(call.arguments, str):
+            call.arguments = json.dumps(call.arguments)
+    return ChatResult(
+        message.get("content"),
+        calls,
+        choice.get("finish_reason"),
+        str(body.get("model") or ""),
+        Usage.from_json(body.get("usage")),
+    )
+
+
+# --- the client ------------------------------------------------------------------------------
+
+
+class LMStudioClient:
+    """Talks to one LM Studio server over a shared, pooled HTTP client."""
+
+    def __init__(self, http: httpx.AsyncClient, *, retry: RetryPolicy | None = None) -> None:
+        self.http = http
+        self.retry = retry or RetryPolicy()
+        self.models_api: str | None = None  # detected once: "api-v1" | "api-v0" | "openai"
+
+    @classmethod
+    def create(
+        cls,
+        base_url: str,
+        *,
+        token: str | None = None,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 120.0,
+        max_connections: int = 100,
+        retry: RetryPolicy | None = None,
+    ) -> LMStudioClient:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        http = httpx.AsyncClient(
+            base_url=base_url,
+            headers=headers,
+            timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s, pool=connect_timeout_s),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+        return cls(http, retry=retry)
+
+    @property
+    def base_url(self) -> str:
+        return str(self.http.base_url).rstrip("/")
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        model: str | None = None,
+        timeout_s: float | None = None,
+    ) -> httpx.Response:
+        timeout = httpx.USE_CLIENT_DEFAULT if timeout_s is None else httpx.Timeout(timeout_s, connect=min(timeout_s, 5))
+        try:
+            response = await self.http.request(method, path, json=json_body, timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise error_for_exception(exc) from exc
+        error = error_for_response(response, model)
+        if error is not None:
+            raise error
+        return response
+
+    async def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        model: str | None = None,
+        timeout_s: float | None = None,
+        deadline: float | None = None,
+    ) -> Any:
+        """One call with retries; returns the decoded JSON body."""
+
+        async def once() -> Any:
+            remaining = None if deadline is None else max(0.001, deadline - time.monotonic())
+            limit = remaining if timeout_s is None else min(timeout_s, remaining or timeout_s)
+            response = await self._send(method, path, json_body=json_body, model=model, timeout_s=limit)
+            return response.json()
+
+        return await call_with_retries(once, self.retry, deadline=deadline)
+
+    async def ping(self, timeout_s: float = 3.0) -> None:
+        """One quick call, no retries: raises an `LLMError` when LM Studio does not answer properly."""
+        await self._send("GET", "/v1/models", timeout_s=timeout_s)
+
+    async def _probe(self, path: str) -> Any:
+        """GET a model-list endpoint: its JSON body, or None when this server does not have it."""
+
+        async def once() -> Any:
+            try:
+                response = await self.http.get(path)
+            except httpx.HTTPError as exc:
+                raise error_for_exception(exc) from exc
+            if response.status_code == 429 or response.status_code >= 500:
+                raise error_for_response(response) or LLMResponseError(f"LM Studio answered {response.status_code}")
+            if response.status_code >= 400:
+                return None
+            try:
+                body = response.json()
+            except ValueError:
+                return None
+            # LM Studio answers an unknown endpoint with 200 {"error": "Unexpected endpoint or method..."}
+            return None if isinstance(body, dict) and "error" in body else body
+
+        return await call_with_retries(once, self.retry)
+
+    async def list_models(self) -> list[ModelInfo]:
+        """Every model LM Studio knows, from the richest model-list API it has (detected once)."""
+        apis = [api for api in MODEL_APIS if api[0] == self.models_api] or list(MODEL_APIS)
+        for name, path, parse in apis:
+            body = await self._probe(path)
+            models = parse(body) if body is not None else None
+            if models is not None:
+                self.models_api = name
+                return models
+        if self.models_api is not None:  # the detected API went away (LM Studio was swapped): detect again
+            self.models_api = None
+            return await self.list_models()
+        raise LLMResponseError("LM Studio answered no model list on /api/v1/models, /api/v0/models or /v1/models")
+
+    async def chat(
+        self, payload: dict[str, Any], *, timeout_s: float | None = None, deadline: float | None = None
+    ) -> ChatResult:
+        """Non-streamed chat completion (retried)."""
+        body = await self.request_json(
+            "POST",
+            "/v1/chat/completions",
+            json_body=payload,
+            model=payload.get("model"),
+            timeout_s=timeout_s,
+            deadline=deadline,
+        )
+        return parse_chat(body)
+
+    async def chat_stream(
+        self, payload: dict[str, Any], *, timeout_s: float | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Streamed chat completion: yields each decoded chunk. Not retried once bytes have arrived."""
+        timeout = httpx.USE_CLIENT_DEFAULT if timeout_s is None else httpx.Timeout(timeout_s, connect=min(timeout_s, 5))
+        body = {**payload, "stream": True}
+        try:
+            async with self.http.stream("POST", "/v1/chat/completions", json=body, timeout=timeout) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    error = error_for_response(response, payload.get("model"))
+                    raise error or LLMResponseError(f"LM Studio answered {response.status_code}")
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    try:
+                        yield json.loads(data)
+                    except ValueError as exc:
+                        raise LLMResponseError("LM Studio sent a stream chunk that is not JSON") from exc
+        except httpx.HTTPError as exc:
+            raise error_for_exception(exc) from exc
+        raise LLMResponseError("LM Studio stream ended without [DONE]")
+
+    async def chat_streamed(self, payload: dict[str, Any], *, timeout_s: float | None = None) -> ChatResult:
+        """A streamed completion assembled into the same result `chat` returns."""
+        assembler = ChatAssembler()
+        async for chunk in self.chat_stream(payload, timeout_s=timeout_s):
+            assembler.add(chunk)
+        return assembler.result()

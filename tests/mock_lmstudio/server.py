@@ -1,0 +1,561 @@
+"""The mock LM Studio server; the script and fault formats are documented in the package docstring."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import hashlib
+import itertools
+import json
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+Json = dict[str, Any]
+
+LOG_LIMIT = 10_000
+POLL_S = 0.02
+BROKEN_ARGS = '{"path": '
+SCRIPT_TAG = "[[mock "
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+
+
+@dataclass
+class Model:
+    id: str
+    type: str  # "llm" | "vlm" | "embeddings"
+    loaded: bool
+    max_context_length: int
+    tool_use: bool
+    ttl: int | None = None
+
+
+DEFAULT_MODELS = [
+    Model("text-embedding-nomic-embed-text-v1.5", "embeddings", True, 2048, False),
+    Model("qwen/qwen3-4b", "llm", True, 32768, True),
+    Model("mistralai/magistral-small-2509", "llm", False, 131072, True),
+    Model("qwen/qwen3-coder-30b", "llm", False, 262144, True),
+    Model("google/gemma-3-4b", "vlm", False, 8192, False),
+]
+
+
+def load_models(path: str | None) -> list[Model]:
+    if path is None:
+        return copy.deepcopy(DEFAULT_MODELS)
+    with open(path, encoding="utf-8") as f:
+        items = json.load(f)
+    return [
+        Model(m["id"], m["type"], bool(m["loaded"]), int(m["max_context_length"]), bool(m["tool_use"])) for m in items
+    ]
+
+
+class Aborted(Exception):
+    """The client went away before the answer was ready."""
+
+
+@dataclass
+class Call:
+    request: Request
+    entry: Json
+    body: Any
+    flags: set[str] = field(default_factory=set)
+    script: Json = field(default_factory=dict)
+
+
+# --- script helpers ---------------------------------------------------------------------------------
+
+
+def text_of(content: Any) -> str:
+    """Message content as text (a string or a list of OpenAI content parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def scan_scripts(text: str) -> tuple[list[Json], str]:
+    """All ``[[mock {...}]]`` objects in text, and the text with them removed."""
+    found: list[Json] = []
+    rest: list[str] = []
+    pos = 0
+    decoder = json.JSONDecoder()
+    while (start := text.find(SCRIPT_TAG, pos)) >= 0:
+        try:
+            obj, end = decoder.raw_decode(text, start + len(SCRIPT_TAG))
+        except json.JSONDecodeError:
+            rest.append(text[pos : start + len(SCRIPT_TAG)])
+            pos = start + len(SCRIPT_TAG)
+            continue
+        if isinstance(obj, dict) and text.startswith("]]", end):
+            found.append(obj)
+            rest.append(text[pos:start])
+            pos = end + 2
+        else:
+            rest.append(text[pos : start + len(SCRIPT_TAG)])
+            pos = start + len(SCRIPT_TAG)
+    rest.append(text[pos:])
+    return found, "".join(rest)
+
+
+def find_script(body: Any) -> Json:
+    if not isinstance(body, dict):
+        return {}
+    texts: list[str] = []
+    if isinstance(body.get("messages"), list):
+        texts = [
+            text_of(m.get("content"))
+            for m in body["messages"]
+            if isinstance(m, dict) and m.get("role") in ("user", "system")
+        ]
+    elif isinstance(body.get("prompt"), str):
+        texts = [body["prompt"]]
+    scripts = [s for t in texts for s in scan_scripts(t)[0]]
+    return scripts[-1] if scripts else {}
+
+
+def plan_chat(body: Json, script: Json, malformed: bool) -> tuple[str | None, list[Json]]:
+    """Decide the answer: (text, []) or (None, tool calls in OpenAI shape)."""
+    messages = [m for m in body.get("messages", []) if isinstance(m, dict)]
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
+    done = sum(1 for m in messages if m.get("role") == "assistant" and m.get("tool_calls"))
+    wanted: list[Json] = []
+    if tools:
+        if isinstance(script.get("forever"), dict):
+            wanted = [script["forever"]]
+        elif done < len(script.get("calls") or []):
+            wanted = list(script["calls"][done])
+        if malformed and not wanted:
+            wanted = [{"name": tools[0].get("function", {}).get("name", "tool")}]
+    calls = []
+    for i, c in enumerate(wanted):
+        args = c.get("arguments", {})
+        args_s = args if isinstance(args, str) else json.dumps(args)
+        calls.append(
+            {
+                "id": f"call_{done}_{i}",
+                "type": "function",
+                "function": {"name": c.get("name", ""), "arguments": BROKEN_ARGS if malformed else args_s},
+            }
+        )
+    if calls:
+        return None, calls
+    tool_outputs = [text_of(m.get("content")) for m in messages if m.get("role") == "tool"]
+    if tool_outputs:
+        return "Based on the tools: " + "\n".join(tool_outputs), []
+    if isinstance(script.get("answer"), str):
+        return script["answer"], []
+    users = [text_of(m.get("content")) for m in messages if m.get("role") == "user"]
+    last = scan_scripts(users[-1])[1].strip() if users else ""
+    return f"Mock answer to: {last}", []
+
+
+def count_tokens(text: str) -> int:
+    return len(text) // 4 + 1
+
+
+def embedding_of(text: str) -> list[float]:
+    digest = hashlib.sha256(text.encode()).digest()
+    return [round(b / 127.5 - 1.0, 6) for b in digest[:8]]
+
+
+def pieces(text: str, n: int) -> list[str]:
+    """Split text into up to n non-empty pieces (at least 2 when it has 2+ characters)."""
+    if len(text) < 2:
+        return [text]
+    size = max(1, -(-len(text) // n))
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+class CutResponse(Response):
+    """Starts an answer, sends part of it, then returns: uvicorn drops the connection."""
+
+    def __init__(self, parts: list[bytes], media_type: str, length: int | None = None) -> None:
+        super().__init__(media_type=media_type)
+        self.parts = parts
+        del self.headers["content-length"]
+        if length is not None:  # announce the full length, send less
+            self.headers["content-length"] = str(length)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        for p in self.parts:
+            await send({"type": "http.response.body", "body": p, "more_body": True})
+
+
+# --- the application --------------------------------------------------------------------------------
+
+
+Handler = Callable[[Call], Awaitable[Response]]
+
+
+class MockServer:
+    def __init__(self, models: list[Model], api: str = "v1", pin_loaded_model: bool = False) -> None:
+        self.initial = copy.deepcopy(models)
+        self.models = copy.deepcopy(models)
+        self.api = api
+        self.pin = pin_loaded_model
+        self.faults: list[Json] = []
+        self.log: deque[Json] = deque(maxlen=LOG_LIMIT)
+        self.ids = itertools.count(1)
+        self.routes: dict[tuple[str, str], Handler] = {
+            ("GET", "/v1/models"): self.openai_models,
+            ("POST", CHAT): self.chat,
+            ("POST", COMPLETIONS): self.completions,
+            ("POST", "/v1/embeddings"): self.embeddings,
+        }
+        if api in ("v0", "v1"):
+            self.routes[("GET", "/api/v0/models")] = self.v0_models
+        if api == "v1":
+            self.routes[("GET", "/api/v1/models")] = self.v1_models
+            self.routes[("POST", "/api/v1/models/load")] = self.load
+            self.routes[("POST", "/api/v1/models/unload")] = self.unload
+        methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
+        self.app = Starlette(routes=[Route("/{path:path}", self.dispatch, methods=methods)])
+
+    # --- plumbing
+
+    async def dispatch(self, request: Request) -> Response:
+        if request.url.path.startswith("/_mock/"):
+            return await self.control(request)
+        raw = await request.body()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        entry: Json = {
+            "id": next(self.ids),
+            "method": request.method,
+            "path": request.url.path,
+            "body": body,
+            "aborted": False,
+            "status": None,
+            "started": time.time(),
+            "ended": None,
+        }
+        self.log.append(entry)
+        try:
+            response = await self.handle(Call(request, entry, body))
+        except Aborted:
+            entry["aborted"] = True
+            entry["ended"] = time.time()
+            return Response(status_code=499)
+        entry["status"] = response.status_code
+        if not isinstance(response, StreamingResponse | CutResponse):
+            entry["ended"] = time.time()
+        return response
+
+    async def handle(self, call: Call) -> Response:
+        method, path = call.request.method, call.request.url.path
+        if path in (CHAT, COMPLETIONS):
+            call.script = find_script(call.body)
+        faults = [f for f in (self.pop_fault(path), call.script.get("fault")) if isinstance(f, dict)]
+        if isinstance(call.script.get("delay_ms"), int | float):
+            await self.wait(call, call.script["delay_ms"] / 1000)
+        for fault in faults:
+            kind = fault.get("kind")
+            if kind == "status":
+                return self.status_fault(fault)
+            if kind == "delay":
+                await self.wait(call, float(fault.get("ms", 0)) / 1000)
+            elif kind == "hang":
+                await self.wait(call, None)
+            elif kind == "malformed_json":
+                return Response(b'{"id": "chatcmpl-broken", "choices": [', media_type="application/json")
+            elif kind == "unload":
+                model = self.find(self.body_model(call))
+                if model is not None:
+                    model.loaded = False
+                call.flags.add("unknown_model")
+            elif isinstance(kind, str):
+                call.flags.add(kind)
+        handler = self.routes.get((method, path))
+        if handler is None:
+            return JSONResponse({"error": f"Unexpected endpoint or method. ({method} {path})"})
+        if method == "POST" and not isinstance(call.body, dict):
+            return self.bad_request("The request body must be a JSON object")
+        response = await handler(call)
+        if "cut_stream" in call.flags and not isinstance(response, StreamingResponse | CutResponse):
+            call.entry["ended"] = time.time()
+            data = bytes(response.body)
+            return CutResponse([data[: len(data) // 2]], response.media_type or "", len(data))
+        return response
+
+    def pop_fault(self, path: str) -> Json | None:
+        for i, fault in enumerate(self.faults):
+            if fault.get("path") in (None, path):
+                return self.faults.pop(i)
+        return None
+
+    async def wait(self, call: Call, seconds: float | None) -> None:
+        """Sleep (forever when None) unless the client disconnects first, which raises Aborted."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while deadline is None or time.monotonic() < deadline:
+            if await call.request.is_disconnected():
+                raise Aborted
+            left = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
+            await asyncio.sleep(max(left, 0))
+
+    @staticmethod
+    def status_fault(fault: Json) -> Response:
+        status = int(fault.get("status", 500))
+        body = fault.get("body") or {"error": {"message": f"Mock fault: HTTP {status}", "type": "server_error"}}
+        headers = {"Retry-After": str(fault["retry_after"])} if fault.get("retry_after") is not None else {}
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    async def control(self, request: Request) -> Response:
+        key = (request.method, request.url.path)
+        if key == ("GET", "/_mock/health"):
+            return JSONResponse({"ok": True})
+        if key == ("POST", "/_mock/faults"):
+            body = await request.json()
+            self.faults.extend(body.get("faults", []))
+            return JSONResponse({"queued": len(self.faults)})
+        if key == ("DELETE", "/_mock/faults"):
+            self.faults.clear()
+            return JSONResponse({"queued": 0})
+        if key == ("GET", "/_mock/requests"):
+            return JSONResponse({"requests": list(self.log)})
+        if key == ("POST", "/_mock/reset"):
+            self.faults.clear()
+            self.log.clear()
+            self.models = copy.deepcopy(self.initial)
+            return JSONResponse({"ok": True})
+        return JSONResponse({"error": f"Unexpected endpoint or method. ({key[0]} {key[1]})"})
+
+    # --- models
+
+    def find(self, model_id: Any) -> Model | None:
+        return next((m for m in self.models if m.id == model_id), None)
+
+    @staticmethod
+    def body_model(call: Call) -> Any:
+        if not isinstance(call.body, dict):
+            return None
+        return call.body.get("model") or call.body.get("instance_id")
+
+    def not_found(self, model_id: Any) -> Response:
+        names = "\n".join(m.id for m in self.models)
+        message = f'Model "{model_id}" not found. Please specify a valid model.\n\nYour models:\n{names}'
+        error = {"message": message, "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+        return JSONResponse({"error": error}, status_code=404)
+
+    @staticmethod
+    def bad_request(message: str) -> Response:
+        return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}}, status_code=400)
+
+    def resolve(self, call: Call, kinds: tuple[str, ...]) -> Model | Response:
+        """The requested model of one of kinds, or the error response LM Studio would give."""
+        requested = self.body_model(call)
+        if not requested:
+            first = next((m for m in self.models if m.loaded and m.type in kinds), None)
+            return first if first is not None else self.bad_request("No models loaded. Please load a model.")
+        model = self.find(requested)
+        if model is None or "unknown_model" in call.flags:
+            return self.not_found(requested)
+        if model.type not in kinds:
+            what = "a llm" if "llm" in kinds else "an embedding model"
+            return self.bad_request(f'Model "{requested}" is not {what} (it is of type {model.type}).')
+        return model
+
+    @staticmethod
+    def parts(m: Model) -> tuple[str, str]:
+        publisher, _, name = m.id.rpartition("/")
+        return publisher or "lmstudio-community", name
+
+    async def openai_models(self, call: Call) -> Response:
+        data = [{"id": m.id, "object": "model", "owned_by": "organization_owner"} for m in self.models]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def v0_models(self, call: Call) -> Response:
+        data = [
+            {
+                "id": m.id,
+                "object": "model",
+                "type": m.type,
+                "publisher": self.parts(m)[0],
+                "arch": self.parts(m)[1].split("-")[0],
+                "compatibility_type": "gguf",
+                "quantization": "Q4_K_M",
+                "state": "loaded" if m.loaded else "not-loaded",
+                "max_context_length": m.max_context_length,
+                "capabilities": ["tool_use"] if m.tool_use else [],
+            }
+            for m in self.models
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def v1_models(self, call: Call) -> Response:
+        models = [
+            {
+                "type": "embedding" if m.type == "embeddings" else "llm",
+                "publisher": self.parts(m)[0],
+                "key": m.id,
+                "display_name": self.parts(m)[1].replace("-", " ").title(),
+                "architecture": self.parts(m)[1].split("-")[0],
+                "quantization": {"name": "Q4_K_M", "bits_per_weight": 4},
+                "size_bytes": 2_500_000_000,
+                "params_string": "4B",
+                "loaded_instances": [{"id": m.id, "config": {"context_length": 4096}}] if m.loaded else [],
+                "max_context_length": m.max_context_length,
+                "format": "gguf",
+                "capabilities": {"vision": m.type == "vlm", "trained_for_tool_use": m.tool_use},
+            }
+            for m in self.models
+        ]
+        return JSONResponse({"models": models})
+
+    async def load(self, call: Call) -> Response:
+        model = self.find(self.body_model(call))
+        if model is None or "unknown_model" in call.flags:
+            return self.not_found(self.body_model(call))
+        model.loaded = True
+        if isinstance(call.body.get("ttl"), int):
+            model.ttl = call.body["ttl"]
+        kind = "embedding" if model.type == "embeddings" else "llm"
+        return JSONResponse({"type": kind, "instance_id": model.id, "load_time_seconds": 0.1, "status": "loaded"})
+
+    async def unload(self, call: Call) -> Response:
+        model = self.find(self.body_model(call))
+        if model is None or not model.loaded or "unknown_model" in call.flags:
+            return self.not_found(self.body_model(call))
+        model.loaded = False
+        return JSONResponse({"instance_id": model.id})
+
+    # --- inference
+
+    async def chat(self, call: Call) -> Response:
+        body = call.body
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return self.bad_request("'messages' field is required")
+        model = self.resolve(call, ("llm", "vlm"))
+        if isinstance(model, Response):
+            return model
+        if isinstance(body.get("ttl"), int):
+            model.ttl = body["ttl"]
+        name = model.id
+        if self.pin:
+            name = next((m.id for m in self.models if m.loaded and m.type in ("llm", "vlm")), name)
+        text, calls = plan_chat(body, call.script, "malformed_tool_args" in call.flags)
+        prompt = sum(len(text_of(m.get("content"))) for m in body["messages"] if isinstance(m, dict))
+        completion = count_tokens(text or "") + sum(len(c["function"]["arguments"]) // 4 for c in calls)
+        usage = {"prompt_tokens": prompt // 4 + 1, "completion_tokens": completion}
+        usage["total_tokens"] = usage["prompt_tokens"] + completion
+        head = {"id": f"chatcmpl-{call.entry['id']}", "created": int(time.time()), "model": name}
+        head["system_fingerprint"] = name
+        finish = "tool_calls" if calls else "stop"
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            chunks = self.chunks(head, text, calls, finish, usage if include_usage else None)
+            if "cut_stream" in call.flags:
+                return CutResponse([sse(c) for c in chunks[:2]], "text/event-stream")
+            return StreamingResponse(self.stream(call, chunks), media_type="text/event-stream")
+        message: Json = {"role": "assistant", "content": text}
+        if calls:
+            message["tool_calls"] = calls
+        choice = {"index": 0, "logprobs": None, "finish_reason": finish, "message": message}
+        return JSONResponse({**head, "object": "chat.completion", "choices": [choice], "usage": usage, "stats": {}})
+
+    @staticmethod
+    def chunks(head: Json, text: str | None, calls: list[Json], finish: str, usage: Json | None) -> list[Json]:
+        def chunk(delta: Json, reason: str | None = None) -> Json:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+            return {**head, "object": "chat.completion.chunk", "choices": [choice]}
+
+        out = [chunk({"role": "assistant"})]
+        for piece in pieces(text or "", 4) if text else []:
+            out.append(chunk({"content": piece}))
+        for i, c in enumerate(calls):
+            fn = c["function"]
+            first = {"index": i, "id": c["id"], "type": "function", "function": {"name": fn["name"], "arguments": ""}}
+            out.append(chunk({"tool_calls": [first]}))
+            for piece in pieces(fn["arguments"], 3):
+                out.append(chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}))
+        out.append(chunk({}, finish))
+        if usage is not None:
+            out.append({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+        return out
+
+    @staticmethod
+    async def stream(call: Call, chunks: list[Json]) -> AsyncIterator[bytes]:
+        try:
+            for c in chunks:
+                yield sse(c)
+            yield b"data: [DONE]\n\n"
+        finally:
+            call.entry["ended"] = time.time()
+
+    async def completions(self, call: Call) -> Response:
+        model = self.resolve(call, ("llm", "vlm"))
+        if isinstance(model, Response):
+            return model
+        prompt = text_of(call.body.get("prompt"))
+        answer = call.script.get("answer")
+        text = answer if isinstance(answer, str) else f"Mock completion of: {scan_scripts(prompt)[1].strip()}"
+        usage = {"prompt_tokens": count_tokens(prompt), "completion_tokens": count_tokens(text)}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
+        return JSONResponse(
+            {
+                "id": f"cmpl-{call.entry['id']}",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": model.id,
+                "choices": [choice],
+                "usage": usage,
+            }
+        )
+
+    async def embeddings(self, call: Call) -> Response:
+        model = self.resolve(call, ("embeddings",))
+        if isinstance(model, Response):
+            return model
+        raw = call.body.get("input")
+        inputs = [raw] if isinstance(raw, str) else [str(x) for x in raw or []]
+        data = [{"object": "embedding", "index": i, "embedding": embedding_of(t)} for i, t in enumerate(inputs)]
+        tokens = sum(count_tokens(t) for t in inputs)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return JSONResponse({"object": "list", "data": data, "model": model.id, "usage": usage})
+
+
+def sse(chunk: Json) -> bytes:
+    return f"data: {json.dumps(chunk)}\n\n".encode()
+
+
+def build_app(models: list[Model] | None = None, api: str = "v1", pin_loaded_model: bool = False) -> Starlette:
+    """The mock as an ASGI app (also usable in-process with httpx.ASGITransport)."""
+    return MockServer(models if models is not None else load_models(None), api, pin_loaded_model).app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.mock_lmstudio", description="Mock LM Studio")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--api", choices=["v1", "v0", "openai"], default="v1")
+    parser.add_argument("--models", help="JSON file with the model list")
+    parser.add_argument("--pin-loaded-model", action="store_true")
+    args = parser.parse_args(argv)
+    app = build_app(load_models(args.models), args.api, args.pin_loaded_model)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=1,
+    )
+
+
+__all__ = ["DEFAULT_MODELS", "MockServer", "Model", "build_app", "main"]

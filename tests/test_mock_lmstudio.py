@@ -1,0 +1,328 @@
+"""The mock LM Studio honours the LM Studio facts in DESIGN.md, its script and its faults."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from tests.mock_lmstudio.fixture import MockLMStudio, start_mock
+
+QWEN = "qwen/qwen3-4b"
+EMBED = "text-embedding-nomic-embed-text-v1.5"
+TOOLS = [
+    {"type": "function", "function": {"name": "fs__read_file", "parameters": {"type": "object"}}},
+    {"type": "function", "function": {"name": "time__now", "parameters": {"type": "object"}}},
+]
+
+
+def script(obj: dict[str, Any]) -> str:
+    return f"[[mock {json.dumps(obj)}]]"
+
+
+@pytest_asyncio.fixture(scope="module")
+async def mock() -> AsyncIterator[MockLMStudio]:
+    m = await start_mock()
+    yield m
+    await m.stop()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def client(mock: MockLMStudio) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=mock.base_url, timeout=5) as c:
+        yield c
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def _fresh(mock: MockLMStudio) -> None:
+    await mock.reset()
+
+
+async def chat(client: httpx.AsyncClient, content: str, **extra: Any) -> httpx.Response:
+    body = {"model": QWEN, "messages": [{"role": "user", "content": content}], **extra}
+    return await client.post("/v1/chat/completions", json=body)
+
+
+async def test_model_endpoints_have_lmstudio_shapes(client: httpx.AsyncClient) -> None:
+    openai = (await client.get("/v1/models")).json()
+    assert openai["object"] == "list"
+    assert [m["id"] for m in openai["data"]][:2] == [EMBED, QWEN]
+    assert all("created" not in m and m["object"] == "model" for m in openai["data"])
+
+    v0 = {m["id"]: m for m in (await client.get("/api/v0/models")).json()["data"]}
+    assert v0[EMBED]["type"] == "embeddings" and v0[EMBED]["capabilities"] == []
+    assert v0[QWEN]["state"] == "loaded" and v0[QWEN]["capabilities"] == ["tool_use"]
+    assert v0["mistralai/magistral-small-2509"]["state"] == "not-loaded"
+    assert v0["google/gemma-3-4b"]["type"] == "vlm"
+    assert v0["qwen/qwen3-coder-30b"]["max_context_length"] == 262144
+
+    v1 = {m["key"]: m for m in (await client.get("/api/v1/models")).json()["models"]}
+    assert v1[EMBED]["type"] == "embedding"
+    assert v1[QWEN]["loaded_instances"][0]["id"] == QWEN
+    assert v1[QWEN]["capabilities"] == {"vision": False, "trained_for_tool_use": True}
+    assert v1["google/gemma-3-4b"]["type"] == "llm" and v1["google/gemma-3-4b"]["capabilities"]["vision"]
+    assert v1["mistralai/magistral-small-2509"]["loaded_instances"] == []
+
+
+async def test_unknown_endpoint_answers_200_with_error_string(client: httpx.AsyncClient) -> None:
+    r = await client.delete("/v1/models")
+    assert r.status_code == 200
+    assert r.json() == {"error": "Unexpected endpoint or method. (DELETE /v1/models)"}
+    async with asyncio.TaskGroup() as tg:
+        v0 = tg.create_task(start_mock("--api", "v0"))
+        oa = tg.create_task(start_mock("--api", "openai"))
+    mock_v0, mock_openai = v0.result(), oa.result()
+    try:
+        async with httpx.AsyncClient(timeout=5) as c:
+            assert (await c.get(f"{mock_v0.base_url}/api/v0/models")).json()["data"]
+            r = await c.get(f"{mock_v0.base_url}/api/v1/models")
+            assert r.status_code == 200
+            assert r.json() == {"error": "Unexpected endpoint or method. (GET /api/v1/models)"}
+            r = await c.post(f"{mock_v0.base_url}/api/v1/models/load", json={"model": QWEN})
+            assert r.json() == {"error": "Unexpected endpoint or method. (POST /api/v1/models/load)"}
+            for path in ("/api/v0/models", "/api/v1/models"):
+                r = await c.get(mock_openai.base_url + path)
+                assert (r.status_code, r.json()) == (200, {"error": f"Unexpected endpoint or method. (GET {path})"})
+            assert len((await c.get(f"{mock_openai.base_url}/v1/models")).json()["data"]) == 5
+    finally:
+        await asyncio.gather(mock_v0.stop(), mock_openai.stop())
+
+
+async def test_scripted_two_round_conversation(client: httpx.AsyncClient) -> None:
+    calls = [[{"name": "fs__read_file", "arguments": {"path": "/tmp/a.txt"}}, {"name": "time__now"}]]
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "read it " + script({"calls": calls})},
+    ]
+    r = await client.post("/v1/chat/completions", json={"model": QWEN, "messages": messages, "tools": TOOLS})
+    body = r.json()
+    assert r.status_code == 200 and body["object"] == "chat.completion" and body["model"] == QWEN
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and not choice["message"]["content"]
+    tool_calls = choice["message"]["tool_calls"]
+    assert [c["id"] for c in tool_calls] == ["call_0_0", "call_0_1"]
+    assert json.loads(tool_calls[0]["function"]["arguments"]) == {"path": "/tmp/a.txt"}
+    assert tool_calls[1]["function"] == {"name": "time__now", "arguments": "{}"}
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+
+    messages.append(choice["message"])
+    messages += [
+        {"role": "tool", "tool_call_id": "call_0_0", "content": "hello from a.txt"},
+        {"role": "tool", "tool_call_id": "call_0_1", "content": "12:00"},
+    ]
+    r = await client.post("/v1/chat/completions", json={"model": QWEN, "messages": messages, "tools": TOOLS})
+    choice = r.json()["choices"][0]
+    assert choice["finish_reason"] == "stop" and "tool_calls" not in choice["message"]
+    assert choice["message"]["content"] == "Based on the tools: hello from a.txt\n12:00"
+
+    # without tools offered, no call is emitted; the default answer echoes the last user message
+    r = await chat(client, "plain question " + script({"calls": calls}))
+    assert r.json()["choices"][0]["message"]["content"] == "Mock answer to: plain question"
+    r = await chat(client, script({"answer": "forty-two"}))
+    assert r.json()["choices"][0]["message"]["content"] == "forty-two"
+
+
+async def test_forever_calls_tools_only_when_offered(client: httpx.AsyncClient) -> None:
+    forever = script({"forever": {"name": "time__now", "arguments": {}}})
+    messages: list[dict[str, Any]] = [{"role": "user", "content": forever}]
+    for round_ in range(3):
+        r = await client.post("/v1/chat/completions", json={"model": QWEN, "messages": messages, "tools": TOOLS})
+        message = r.json()["choices"][0]["message"]
+        assert message["tool_calls"][0]["id"] == f"call_{round_}_0"
+        messages += [message, {"role": "tool", "tool_call_id": f"call_{round_}_0", "content": "t"}]
+    r = await client.post("/v1/chat/completions", json={"model": QWEN, "messages": messages})
+    assert r.json()["choices"][0]["message"]["content"] == "Based on the tools: t\nt\nt"
+
+
+async def read_sse(response: httpx.Response) -> list[Any]:
+    events = []
+    async for line in response.aiter_lines():
+        if line.startswith("data: "):
+            data = line[len("data: ") :]
+            events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+async def test_streaming_sends_tool_call_deltas_in_pieces(client: httpx.AsyncClient) -> None:
+    args = {"path": "/tmp/some/long/file/name.txt"}
+    body = {
+        "model": QWEN,
+        "messages": [{"role": "user", "content": script({"calls": [[{"name": "fs__read_file", "arguments": args}]]})}],
+        "tools": TOOLS,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = await read_sse(r)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
+    assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
+    deltas = [d for c in chunks[1:-2] for d in c["choices"][0]["delta"]["tool_calls"]]
+    assert deltas[0]["id"] == "call_0_0" and deltas[0]["function"]["name"] == "fs__read_file"
+    assert all(d["index"] == 0 for d in deltas) and len(deltas) >= 3
+    assert json.loads("".join(d["function"]["arguments"] for d in deltas)) == args
+
+    body = {"model": QWEN, "messages": [{"role": "user", "content": "tell me a long story"}], "stream": True}
+    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        events = await read_sse(r)
+    pieces = [c["choices"][0]["delta"].get("content") for c in events[1:-2]]
+    assert len(pieces) >= 2 and "".join(pieces) == "Mock answer to: tell me a long story"
+    assert events[-2]["choices"][0]["finish_reason"] == "stop" and events[-1] == "[DONE]"
+
+
+async def test_model_errors(client: httpx.AsyncClient) -> None:
+    r = await client.post(
+        "/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert r.status_code == 404
+    error = r.json()["error"]
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+    assert error["message"].startswith('Model "nope" not found. Please specify a valid model.\n\nYour models:\n')
+    assert QWEN in error["message"].splitlines()
+    r = await client.post("/v1/chat/completions", json={"model": EMBED, "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 400 and "is not a llm" in r.json()["error"]["message"]
+    r = await client.post("/v1/embeddings", json={"model": QWEN, "input": "x"})
+    assert r.status_code == 400 and "error" in r.json()
+
+
+async def test_embeddings_and_completions(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/embeddings", json={"model": EMBED, "input": ["a", "b", "a"]})
+    body = r.json()
+    assert body["object"] == "list" and body["model"] == EMBED and body["usage"]["prompt_tokens"] > 0
+    vectors = [d["embedding"] for d in body["data"]]
+    assert [d["index"] for d in body["data"]] == [0, 1, 2] and all(len(v) == 8 for v in vectors)
+    assert vectors[0] == vectors[2] != vectors[1]
+    single = (await client.post("/v1/embeddings", json={"model": EMBED, "input": "a"})).json()
+    assert single["data"][0]["embedding"] == vectors[0]
+
+    r = await client.post("/v1/completions", json={"model": QWEN, "prompt": "Once upon"})
+    body = r.json()
+    assert body["object"] == "text_completion" and body["choices"][0]["text"] == "Mock completion of: Once upon"
+    assert body["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_load_unload_and_ttl(client: httpx.AsyncClient, mock: MockLMStudio) -> None:
+    magistral = "mistralai/magistral-small-2509"
+    r = await client.post("/api/v1/models/load", json={"model": magistral, "ttl": 300})
+    assert r.json() == {"type": "llm", "instance_id": magistral, "load_time_seconds": 0.1, "status": "loaded"}
+    states = {m["id"]: m["state"] for m in (await client.get("/api/v0/models")).json()["data"]}
+    assert states[magistral] == "loaded"
+    assert (await client.post("/api/v1/models/unload", json={"instance_id": magistral})).json() == {
+        "instance_id": magistral
+    }
+    states = {m["id"]: m["state"] for m in (await client.get("/api/v0/models")).json()["data"]}
+    assert states[magistral] == "not-loaded"
+    r = await client.post("/api/v1/models/load", json={"model": "nope"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+    await chat(client, "hi", ttl=120)
+    assert (await mock.requests())[-1]["body"]["ttl"] == 120
+
+
+async def test_status_fault_with_retry_after(client: httpx.AsyncClient, mock: MockLMStudio) -> None:
+    await mock.faults(
+        {"kind": "status", "status": 503, "retry_after": 2, "path": "/v1/chat/completions"},
+        {"kind": "status", "status": 429, "body": {"error": "busy"}},
+    )
+    r = await client.get("/v1/models")  # the first fault is for another path: the second one applies
+    assert (r.status_code, r.json()) == (429, {"error": "busy"})
+    r = await chat(client, "x")
+    assert r.status_code == 503 and r.headers["retry-after"] == "2"
+    assert r.json()["error"]["type"] == "server_error"
+    assert (await chat(client, "x")).status_code == 200
+    await mock.faults({"kind": "status", "status": 500})
+    await mock.clear_faults()
+    assert (await chat(client, "x")).status_code == 200
+
+
+async def test_delay_and_hang_faults(client: httpx.AsyncClient, mock: MockLMStudio) -> None:
+    await mock.faults({"kind": "delay", "ms": 300})
+    r = await chat(client, "x")
+    assert r.status_code == 200 and r.elapsed.total_seconds() >= 0.3
+
+    await mock.faults({"kind": "hang"})
+    with pytest.raises(httpx.ReadTimeout):
+        await chat(client, "hang", timeout=0.3)
+    for _ in range(50):
+        log = await mock.requests()
+        if log[-1]["aborted"]:
+            break
+        await asyncio.sleep(0.02)
+    assert log[-1]["aborted"] is True and log[-1]["status"] is None and log[-1]["ended"] is not None
+    assert log[0]["aborted"] is False and log[0]["status"] == 200 and log[0]["path"] == "/v1/chat/completions"
+
+
+async def test_script_delay_and_inline_fault(client: httpx.AsyncClient) -> None:
+    r = await chat(client, script({"delay_ms": 200, "answer": "late"}))
+    assert r.elapsed.total_seconds() >= 0.2 and r.json()["choices"][0]["message"]["content"] == "late"
+    for _ in range(2):
+        r = await chat(client, script({"fault": {"kind": "status", "status": 502}}))
+        assert r.status_code == 502
+
+
+async def test_malformed_faults(client: httpx.AsyncClient, mock: MockLMStudio) -> None:
+    await mock.faults({"kind": "malformed_json"})
+    r = await chat(client, "x")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    with pytest.raises(json.JSONDecodeError):
+        r.json()
+
+    await mock.faults({"kind": "malformed_tool_args"})
+    r = await chat(client, "no script", tools=TOOLS)
+    call = r.json()["choices"][0]["message"]["tool_calls"][0]
+    assert call["function"] == {"name": "fs__read_file", "arguments": '{"path": '}
+    # a script can send malformed arguments itself
+    r = await chat(client, script({"calls": [[{"name": "time__now", "arguments": "{oops"}]]}), tools=TOOLS)
+    assert r.json()["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == "{oops"
+
+
+async def test_cut_stream_fault(client: httpx.AsyncClient, mock: MockLMStudio) -> None:
+    await mock.faults({"kind": "cut_stream"}, {"kind": "cut_stream"})
+    body = {"model": QWEN, "messages": [{"role": "user", "content": "x"}], "stream": True}
+    seen: list[Any] = []
+    with pytest.raises(httpx.RemoteProtocolError):
+        async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+            async for line in r.aiter_lines():
+                seen.append(line)
+    assert any(line.startswith("data: {") for line in seen) and "data: [DONE]" not in seen
+    with pytest.raises(httpx.RemoteProtocolError):
+        await chat(client, "x")
+    assert (await chat(client, "x")).status_code == 200
+
+
+async def test_unknown_model_and_unload_faults(client: httpx.AsyncClient, mock: MockLMStudio) -> None:
+    await mock.faults({"kind": "unknown_model"})
+    r = await chat(client, "x")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+    await mock.faults({"kind": "unload"})
+    r = await chat(client, "x")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    states = {m["id"]: m["state"] for m in (await client.get("/api/v0/models")).json()["data"]}
+    assert states[QWEN] == "not-loaded"
+    await mock.reset()
+    states = {m["id"]: m["state"] for m in (await client.get("/api/v0/models")).json()["data"]}
+    assert states[QWEN] == "loaded"
+
+
+async def test_pin_loaded_model_answers_with_the_loaded_model() -> None:
+    pinned = await start_mock("--pin-loaded-model")
+    try:
+        async with httpx.AsyncClient(base_url=pinned.base_url, timeout=5) as c:
+            r = await c.post(
+                "/v1/chat/completions",
+                json={"model": "qwen/qwen3-coder-30b", "messages": [{"role": "user", "content": "x"}]},
+            )
+            assert r.status_code == 200 and r.json()["model"] == QWEN
+            assert (await pinned.requests())[0]["body"]["model"] == "qwen/qwen3-coder-30b"
+    finally:
+        await pinned.stop()
