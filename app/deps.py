@@ -8,8 +8,10 @@ from fastapi import Depends, Request
 
 from app.settings import Settings
 from app.state import BridgeState
+from services.agent import AgentService
 from services.catalog import ModelCatalog
 from services.lmstudio import LMStudioClient
+from services.mcp_pool import MCPPool
 
 
 def get_state(request: Request) -> BridgeState:
@@ -28,7 +30,17 @@ def get_catalog(request: Request) -> ModelCatalog:
     return get_state(request).catalog
 
 
+def get_pool(request: Request) -> MCPPool:
+    return get_state(request).pool
+
+
+def get_agent(request: Request) -> AgentService:
+    return get_state(request).agent
+
+
 StateDep = Annotated[BridgeState, Depends(get_state)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 LMStudioDep = Annotated[LMStudioClient, Depends(get_lmstudio)]
 CatalogDep = Annotated[ModelCatalog, Depends(get_catalog)]
+PoolDep = Annotated[MCPPool, Depends(get_pool)]
+AgentDep = Annotated[AgentService, Depends(get_agent)]

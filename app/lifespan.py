@@ -3,18 +3,37 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import FastAPI
 
 from app.settings import Settings
 from app.state import BridgeState
+from services.agent import AgentService
 from services.catalog import ModelCatalog
+from services.limits import RunLimiter
 from services.lmstudio import LMStudioClient
+from services.mcp_config import MCPServerConfig, find_config_path, load_mcp_config
+from services.mcp_pool import MCPPool
 from services.retry import RetryPolicy
 
 log = logging.getLogger("lmstudio_bridge")
+
+
+@dataclass(frozen=True, slots=True)
+class MCPSetup:
+    path: Path | None
+    servers: dict[str, MCPServerConfig]
+
+
+def load_mcp_setup(settings: Settings) -> MCPSetup:
+    """Find and parse mcp.json; raises MCPConfigError naming the server and field."""
+    path = find_config_path(settings.mcp_config, Path.cwd(), Path.home())
+    return MCPSetup(path, load_mcp_config(path, os.environ))
 
 
 def build_lmstudio(settings: Settings) -> LMStudioClient:
@@ -26,14 +45,22 @@ def build_lmstudio(settings: Settings) -> LMStudioClient:
         read_timeout_s=settings.lmstudio_read_timeout_s,
         max_connections=settings.lmstudio_max_connections,
         retry=RetryPolicy(
-            settings.lmstudio_retries,
-            settings.lmstudio_retry_backoff_s,
-            settings.lmstudio_retry_backoff_max_s,
+            settings.lmstudio_retries, settings.lmstudio_retry_backoff_s, settings.lmstudio_retry_backoff_max_s
         ),
     )
 
 
-def lifespan_for(settings: Settings):  # type: ignore[no-untyped-def]
+def build_pool(settings: Settings, servers: dict[str, MCPServerConfig]) -> MCPPool:
+    return MCPPool(
+        servers,
+        call_timeout_s=settings.mcp_call_timeout_s,
+        start_timeout_s=settings.mcp_start_timeout_s,
+        idle_s=settings.mcp_idle_s,
+        max_concurrency=settings.mcp_max_concurrency,
+    )
+
+
+def lifespan_for(settings: Settings, mcp: MCPSetup) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
@@ -45,8 +72,35 @@ def lifespan_for(settings: Settings):  # type: ignore[no-untyped-def]
                 default_model=settings.default_model,
                 aliases=settings.model_aliases,
             )
-            app.state.bridge = BridgeState(settings=settings, lmstudio=lmstudio, catalog=catalog)
-            log.info("lmstudio-bridge ready; LM Studio at %s", settings.lmstudio_base_url)
+            pool = build_pool(settings, mcp.servers)
+            stack.push_async_callback(pool.aclose)
+            await pool.start(warmup=settings.mcp_warmup)
+            limiter = RunLimiter(settings.max_concurrent_runs, settings.queue_timeout_s)
+            agent = AgentService(
+                lmstudio,
+                catalog,
+                pool,
+                limiter,
+                run_timeout_s=settings.run_timeout_s,
+                tool_output_max_chars=settings.tool_output_max_chars,
+                load_timeout_s=settings.lmstudio_load_timeout_s,
+            )
+            app.state.bridge = BridgeState(
+                settings=settings,
+                lmstudio=lmstudio,
+                catalog=catalog,
+                pool=pool,
+                mcp_config_path=mcp.path,
+                limiter=limiter,
+                agent=agent,
+            )
+            if mcp.path is None:
+                log.warning("no mcp.json found (MCP_CONFIG, ./mcp.json, ~/.lmstudio/mcp.json): no MCP servers")
+            log.info(
+                "lmstudio-bridge ready; LM Studio at %s; MCP servers: %s",
+                settings.lmstudio_base_url,
+                ", ".join(pool.names()) or "none",
+            )
             yield
 
     return lifespan

@@ -8,9 +8,10 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from app.errors import install_error_handler
-from app.lifespan import lifespan_for
+from app.lifespan import MCPSetup, lifespan_for, load_mcp_setup
 from app.settings import Settings, format_validation_error
-from routers import health, models
+from routers import autonomous, health, mcp, models
+from services.errors import MCPConfigError
 
 API_DESCRIPTION = (
     "Async HTTP gateway beside LM Studio: a local model carries out tasks by calling tools on MCP servers, "
@@ -27,15 +28,28 @@ def load_settings() -> Settings:
         raise SystemExit(2) from None
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def load_mcp(settings: Settings) -> MCPSetup:
+    """mcp.json; an invalid file stops start-up with a message naming server and field."""
+    try:
+        return load_mcp_setup(settings)
+    except MCPConfigError as exc:
+        print(f"Invalid MCP configuration: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def create_app(settings: Settings | None = None, mcp_setup: MCPSetup | None = None) -> FastAPI:
+    """The ASGI app. Without arguments it reads the environment (and exits on invalid config)."""
+    from_env = settings is None
     settings = settings or load_settings()
+    if mcp_setup is None:  # tests pass settings and get MCPConfigError raised instead of an exit
+        mcp_setup = load_mcp(settings) if from_env else load_mcp_setup(settings)
     app = FastAPI(
         title="lmstudio-bridge",
         version="0.1.0",
         description=API_DESCRIPTION,
-        lifespan=lifespan_for(settings),
+        lifespan=lifespan_for(settings, mcp_setup),
     )
     install_error_handler(app)
-    app.include_router(health.router)
-    app.include_router(models.router)
+    for router in (health.router, models.router, mcp.router, autonomous.router):
+        app.include_router(router)
     return app

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     run_timeout_s: float = Field(300.0, gt=0, validation_alias=_env("BRIDGE_RUN_TIMEOUT_S"))
     max_rounds_default: int = Field(10, ge=1, le=100, validation_alias=_env("BRIDGE_MAX_ROUNDS_DEFAULT"))
     tool_output_max_chars: int = Field(20_000, ge=100, validation_alias=_env("BRIDGE_TOOL_OUTPUT_MAX_CHARS"))
+    max_concurrent_runs: int = Field(32, ge=1, validation_alias=_env("BRIDGE_MAX_CONCURRENT_RUNS"))
+    queue_timeout_s: float = Field(10.0, ge=0, validation_alias=_env("BRIDGE_QUEUE_TIMEOUT_S"))
 
     # Server
     host: str = Field("127.0.0.1", validation_alias=_env("BRIDGE_HOST"))

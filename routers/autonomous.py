@@ -1,0 +1,144 @@
+"""POST /v1/autonomous and the three mirrors of the original bridge's tools."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.deps import AgentDep, SettingsDep
+from routers.schemas import RunResultModel, problem_responses
+from routers.streaming import CLIENT_CLOSED_REQUEST, ClientDisconnected, RunStream, cancel_on_disconnect, wants_stream
+from services.agent import MAX_ROUNDS_CAP, AgentService, RunSpec
+
+router = APIRouter(prefix="/v1/autonomous", tags=["autonomous"])
+
+TASK = Field(
+    min_length=1, max_length=20_000, description="What the model should do", examples=["What time is it in Tokyo?"]
+)
+MODEL = Field(
+    None, description='Model id or alias; null or "default" picks the default model', examples=["qwen/qwen3-4b"]
+)
+ROUNDS = Field(None, ge=1, le=MAX_ROUNDS_CAP, description="Tool rounds before a final answer is asked for (default 10)")
+TOKENS = Field(None, ge=1, le=1_000_000, description="max_tokens of each LM Studio call")
+TIMEOUT = Field(None, gt=0, le=86_400, description="Run deadline in seconds (default BRIDGE_RUN_TIMEOUT_S)")
+STREAM = Field(False, description="Answer with Server-Sent Events (also chosen by Accept: text/event-stream)")
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AutonomousRequest(_Body):
+    task: str = TASK
+    mcp_servers: list[str] | None = Field(
+        None, description="Servers to use; omitted = every enabled server", examples=[["time"]]
+    )
+    model: str | None = MODEL
+    max_rounds: int | None = ROUNDS
+    max_tokens: int | None = TOKENS
+    temperature: float | None = Field(None, ge=0, le=2)
+    system_prompt: str | None = Field(None, max_length=20_000)
+    allowed_tools: list[str] | None = Field(None, description="Subset of <server>__<tool> names the model may call")
+    timeout_s: float | None = TIMEOUT
+    stream: bool = STREAM
+
+
+class WithMCPRequest(_Body):
+    mcp_name: str = Field(min_length=1, examples=["time"])
+    task: str = TASK
+    model: str | None = MODEL
+    max_rounds: int | None = ROUNDS
+    max_tokens: int | None = TOKENS
+    timeout_s: float | None = TIMEOUT
+    stream: bool = STREAM
+
+
+class WithMultipleMCPsRequest(_Body):
+    mcp_names: list[str] = Field(min_length=1, examples=[["time", "memory"]])
+    task: str = TASK
+    model: str | None = MODEL
+    max_rounds: int | None = ROUNDS
+    max_tokens: int | None = TOKENS
+    timeout_s: float | None = TIMEOUT
+    stream: bool = STREAM
+
+
+class DiscoverRequest(_Body):
+    task: str = TASK
+    model: str | None = MODEL
+    max_rounds: int | None = ROUNDS
+    max_tokens: int | None = TOKENS
+    timeout_s: float | None = TIMEOUT
+    stream: bool = STREAM
+
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The run result, or a Server-Sent Events stream when streaming was asked for",
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "string",
+                    "description": "SSE: run.started, "
+                    "round.started, tool_call.started, tool_call.completed, message, then run.completed or run.failed",
+                }
+            }
+        },
+    },
+    **problem_responses(401, 413, 422, 429, 502, 503, 504),
+}
+
+
+async def _respond(request: Request, agent: AgentService, spec: RunSpec, stream: bool) -> Response:
+    run = await agent.open(spec)
+    if wants_stream(request, stream):
+        return RunStream(run)
+    try:
+        result = await cancel_on_disconnect(request.receive, run.execute())
+    except ClientDisconnected:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    finally:
+        run.release()
+    return JSONResponse(result.to_dict())
+
+
+def _spec(settings_rounds: int, **values: Any) -> RunSpec:
+    values["max_rounds"] = values.get("max_rounds") or settings_rounds
+    return RunSpec(**values)
+
+
+@router.post("", response_model=RunResultModel, responses=RESPONSES, operation_id="runAutonomous")
+async def autonomous(body: AutonomousRequest, request: Request, agent: AgentDep, settings: SettingsDep) -> Response:
+    """Run a task with tools from the chosen MCP servers (all enabled ones if omitted)."""
+    values = body.model_dump(exclude={"stream"})
+    return await _respond(request, agent, _spec(settings.max_rounds_default, **values), body.stream)
+
+
+@router.post("/with-mcp", response_model=RunResultModel, responses=RESPONSES, operation_id="runWithMcp")
+async def with_mcp(body: WithMCPRequest, request: Request, agent: AgentDep, settings: SettingsDep) -> Response:
+    """Run a task with the tools of one MCP server (mirror of `autonomous_with_mcp`)."""
+    values = body.model_dump(exclude={"stream", "mcp_name"})
+    spec = _spec(settings.max_rounds_default, mcp_servers=[body.mcp_name], **values)
+    return await _respond(request, agent, spec, body.stream)
+
+
+@router.post(
+    "/with-multiple-mcps", response_model=RunResultModel, responses=RESPONSES, operation_id="runWithMultipleMcps"
+)
+async def with_multiple_mcps(
+    body: WithMultipleMCPsRequest, request: Request, agent: AgentDep, settings: SettingsDep
+) -> Response:
+    """Run a task with the tools of several MCP servers (mirror of `autonomous_with_multiple_mcps`)."""
+    values = body.model_dump(exclude={"stream", "mcp_names"})
+    spec = _spec(settings.max_rounds_default, mcp_servers=body.mcp_names, **values)
+    return await _respond(request, agent, spec, body.stream)
+
+
+@router.post("/discover", response_model=RunResultModel, responses=RESPONSES, operation_id="runDiscover")
+async def discover(body: DiscoverRequest, request: Request, agent: AgentDep, settings: SettingsDep) -> Response:
+    """Run a task with every enabled MCP server's tools (mirror of `autonomous_discover_and_execute`)."""
+    values = body.model_dump(exclude={"stream"})
+    return await _respond(request, agent, _spec(settings.max_rounds_default, **values), body.stream)

@@ -1,0 +1,75 @@
+"""MCP servers from mcp.json: status, tools, and direct tool calls."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body
+
+from app.deps import PoolDep, StateDep
+from routers.schemas import ServerList, ServerModel, ToolCallResult, ToolList, ToolModel, problem_responses
+from services.errors import MCPServerNotFoundError, RequestValidationFailed
+from services.mcp_pool import MCPPool
+from services.tool_args import validate_arguments
+
+router = APIRouter(prefix="/v1/mcp/servers", tags=["mcp"])
+
+
+def _known(pool: MCPPool, name: str) -> None:
+    """Unknown names in a path are 404 (a body naming one is 422)."""
+    if name not in {s.name for s in pool.status()}:
+        err = MCPServerNotFoundError(name, pool.names())
+        err.status = 404
+        raise err
+
+
+@router.get("", response_model=ServerList, operation_id="listMcpServers")
+async def list_servers(state: StateDep) -> ServerList:
+    """Configured MCP servers with their status (env and header names only, never values)."""
+    return ServerList(
+        data=[ServerModel(**vars(s)) for s in state.pool.status()],
+        config_path=str(state.mcp_config_path) if state.mcp_config_path else None,
+    )
+
+
+@router.get(
+    "/{name}/tools", response_model=ToolList, operation_id="listMcpTools", responses=problem_responses(404, 503, 504)
+)
+async def list_tools(name: str, pool: PoolDep) -> ToolList:
+    """The server's tools with their input schemas (starts the server if needed)."""
+    _known(pool, name)
+    tools = await pool.list_tools(name)
+    return ToolList(
+        server=name,
+        data=[
+            ToolModel(name=t.name, model_name=t.model_name, description=t.description, input_schema=t.input_schema)
+            for t in tools
+        ],
+    )
+
+
+@router.post(
+    "/{name}/tools/{tool}",
+    response_model=ToolCallResult,
+    operation_id="callMcpTool",
+    responses=problem_responses(404, 422, 503, 504),
+)
+async def call_tool(
+    name: str,
+    tool: str,
+    pool: PoolDep,
+    arguments: Annotated[dict[str, Any], Body(default_factory=dict, examples=[{"timezone": "UTC"}])],
+) -> ToolCallResult:
+    """Call one tool directly; the body is its arguments, checked against its input schema."""
+    _known(pool, name)
+    spec = next((t for t in await pool.list_tools(name) if t.name == tool), None)
+    if spec is not None:
+        violations = validate_arguments(spec.input_schema, arguments)
+        if violations:
+            raise RequestValidationFailed(
+                "Arguments do not match the tool's input schema: " + "; ".join(violations), violations=violations
+            )
+    result = await pool.call_tool(name, tool, arguments)  # unknown tool -> 404 listing the tools
+    return ToolCallResult(
+        content=result.content, structured_content=result.structured_content, is_error=result.is_error
+    )

@@ -1,0 +1,87 @@
+"""Tool argument repair (string -> number/bool) and JSON-schema validation for model-sent arguments."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, cast
+
+from jsonschema import exceptions as js_exceptions
+from jsonschema import validators
+
+_INT = re.compile(r"^[+-]?\d+$")
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_MAX_DEPTH = 8
+
+
+def _types_of(schema: Any) -> list[str]:
+    if not isinstance(schema, dict):
+        return []
+    t = schema.get("type")
+    if isinstance(t, str):
+        return [t]
+    if isinstance(t, list):
+        return [x for x in t if isinstance(x, str)]
+    return []
+
+
+def _coerce_value(schema: Any, value: Any, depth: int) -> Any:
+    types = _types_of(schema)
+    if isinstance(value, str) and "string" not in types:
+        text = value.strip()
+        if "integer" in types and _INT.match(text):
+            return int(text)
+        if "number" in types:
+            if _INT.match(text):
+                return int(text)
+            if _FLOAT.match(text):
+                return float(text)
+        if "boolean" in types and text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        if "null" in types and text.lower() in ("null", "none"):
+            return None
+        return value
+    if isinstance(value, dict) and depth < _MAX_DEPTH and isinstance(schema, dict):
+        return _coerce_object(schema, cast("dict[str, Any]", value), depth + 1)
+    if isinstance(value, list) and depth < _MAX_DEPTH and isinstance(schema, dict):
+        items = schema.get("items")
+        if isinstance(items, dict):
+            return [_coerce_value(items, v, depth + 1) for v in value]
+    return value
+
+
+def _coerce_object(schema: dict[str, Any], args: dict[str, Any], depth: int) -> dict[str, Any]:
+    props = schema.get("properties")
+    if not isinstance(props, dict):
+        return args
+    return {key: _coerce_value(props[key], value, depth) if key in props else value for key, value in args.items()}
+
+
+def coerce_arguments(schema: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
+    """Convert strings like "5", "2.5", "true" where the property's schema wants a number/integer/boolean.
+
+    Returns a new dict; values that do not convert cleanly are left as they are.
+    """
+    if not isinstance(schema, dict) or not isinstance(args, dict):
+        return args
+    return _coerce_object(schema, args, 0)
+
+
+def _path(error: js_exceptions.ValidationError) -> str:
+    out = "$"
+    for part in error.absolute_path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def validate_arguments(schema: dict[str, Any], args: Any) -> list[str]:
+    """Schema violations as readable strings; [] when valid or when the schema itself is invalid."""
+    if not isinstance(schema, dict) or not schema:
+        return []
+    try:
+        cls = validators.validator_for(schema, default=validators.Draft202012Validator)
+        cls.check_schema(schema)
+        validator = cls(schema)
+        errors = sorted(validator.iter_errors(args), key=lambda e: list(map(str, e.absolute_path)))
+        return [f"{_path(e)}: {e.message}" for e in errors]
+    except Exception:  # a broken schema ($ref that does not resolve, bad regex, ...) disables validation
+        return []

@@ -1,0 +1,117 @@
+"""A small MCP server (stdio) with tools that misbehave on purpose, for the pool tests.
+
+Run: `python -m tests.mcp_servers.fault_server [--crash-on-start]`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+
+server: MCPServer[Any] = MCPServer("fault")
+_added = 0
+
+
+@server.tool()
+def echo(text: str) -> str:
+    """Return the text unchanged."""
+    return text
+
+
+@server.tool()
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@server.tool()
+async def slow(seconds: float) -> str:
+    """Sleep, then answer "slept"."""
+    await anyio.sleep(seconds)
+    return "slept"
+
+
+@server.tool()
+async def hang() -> str:
+    """Never answer."""
+    await anyio.sleep_forever()
+    return "unreachable"
+
+
+@server.tool()
+def crash() -> str:
+    """Kill the server process in the middle of the call."""
+    sys.stderr.write("fault server: crash tool called, exiting\n")
+    sys.stderr.flush()
+    os._exit(1)
+
+
+@server.tool()
+def huge(chars: int) -> str:
+    """Return `chars` characters."""
+    return "x" * chars
+
+
+@server.tool()
+def fail(message: str) -> str:
+    """Fail with a tool error (is_error=True)."""
+    raise ToolError(message)
+
+
+@server.tool()
+def pid() -> int:
+    """The server's process id."""
+    return os.getpid()
+
+
+@server.tool()
+async def add_tool(ctx: Context) -> str:
+    """Register a new tool `dynamic_<n>` and send notifications/tools/list_changed."""
+    global _added
+    _added += 1
+    name = f"dynamic_{_added}"
+
+    def dynamic() -> str:
+        return name
+
+    server.add_tool(dynamic, name=name, description="Added at runtime")
+    await ctx.session.send_tool_list_changed()
+    return name
+
+
+@server.tool()
+def get_meta(ctx: Context) -> dict[str, Any]:
+    """The request's `_meta`, as the server received it."""
+    return dict(ctx.request_context.meta or {})
+
+
+@server.tool()
+def broken_schema(x: str) -> str:
+    """A tool whose advertised input schema is not a valid JSON schema."""
+    return x
+
+
+# MCPServer derives schemas from signatures; overwrite the advertised one with an invalid schema.
+_broken = server._tool_manager.get_tool("broken_schema")
+assert _broken is not None
+_broken.parameters = {"type": "object", "properties": {"x": {"type": "no-such-type"}}}
+
+
+def main() -> None:
+    if "--crash-on-start" in sys.argv:
+        sys.stderr.write("fault server: crashing on start as asked\n")
+        sys.stderr.flush()
+        sys.exit(1)
+    if "--slow-start" in sys.argv:
+        time.sleep(30)
+    server.run("stdio")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,280 @@
+"""The agent loop through HTTP: mock LM Studio as a real server, real MCP servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import app_client, make_settings, served, write_mcp_json
+from tests.mock_lmstudio.fixture import MockLMStudio
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def script(**spec: Any) -> str:
+    return f"[[mock {json.dumps(spec)}]]"
+
+
+def call(name: str, arguments: Any) -> dict[str, Any]:
+    return {"name": name, "arguments": arguments}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("files")
+    (root / "notes.txt").write_text("The launch code is PELICAN-42.")
+    return root
+
+
+@pytest.fixture(scope="module")
+async def bridge(mock_server: MockLMStudio, files: Path) -> AsyncIterator[httpx.AsyncClient]:
+    config = write_mcp_json(files.parent / "mcp.json", str(files))
+    settings = make_settings(lmstudio_base_url=mock_server.base_url, mcp_config=str(config))
+    async with app_client(settings, timeout=60) as client:
+        yield client
+
+
+async def chat_requests(mock: MockLMStudio) -> list[dict[str, Any]]:
+    return [r for r in await mock.requests() if r["path"] == "/v1/chat/completions"]
+
+
+async def test_reads_a_file_through_filesystem(bridge: httpx.AsyncClient, mock: MockLMStudio, files: Path) -> None:
+    path = str(files / "notes.txt")
+    task = "What is the launch code? " + script(calls=[[call("filesystem__read_text_file", {"path": path})]])
+    response = await bridge.post("/v1/autonomous", json={"task": task, "mcp_servers": ["filesystem"]})
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["status"] == "completed"
+    assert "PELICAN-42" in result["output"]
+    assert result["model"] == "qwen/qwen3-4b"
+    assert result["mcp_servers"] == ["filesystem"]
+    assert result["rounds"] == 1
+    [step] = result["steps"]
+    assert step["server"] == "filesystem" and step["tool"] == "read_text_file"
+    assert step["arguments"] == {"path": path}
+    assert "PELICAN-42" in step["output"] and step["is_error"] is False
+    assert step["duration_ms"] > 0 and step["round"] == 1
+    assert result["run_id"].startswith("run_") and result["duration_ms"] > 0
+    # usage is the sum over both LLM calls: replay the two recorded requests against the mock
+    requests = await chat_requests(mock)
+    assert len(requests) == 2
+    assert requests[1]["body"]["messages"][-1] == {
+        "role": "tool",
+        "tool_call_id": step["tool_call_id"],
+        "content": step["output"],
+    }
+    async with httpx.AsyncClient(base_url=mock.base_url) as direct:
+        usages = [(await direct.post(r["path"], json=r["body"])).json()["usage"] for r in requests]
+    assert result["usage"] == {
+        k: sum(u[k] for u in usages) for k in ("prompt_tokens", "completion_tokens", "total_tokens")
+    }
+
+
+async def test_two_servers_in_one_run(bridge: httpx.AsyncClient) -> None:
+    entity = {"entities": [{"name": "Ada", "entityType": "person", "observations": ["wrote the first program"]}]}
+    task = "Remember Ada and tell the time. " + script(
+        calls=[[call("time__get_current_time", {"timezone": "UTC"}), call("memory__create_entities", entity)]]
+    )
+    result = (await bridge.post("/v1/autonomous", json={"task": task, "mcp_servers": ["time", "memory"]})).json()
+    assert result["status"] == "completed"
+    assert [s["server"] for s in sorted(result["steps"], key=lambda s: s["server"])] == ["memory", "time"]
+    assert all(not s["is_error"] for s in result["steps"])
+    assert "UTC" in result["output"] and "Ada" in result["output"]
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, Any]]:
+    event = None
+    async for line in response.aiter_lines():
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: ") and event:
+            yield event, json.loads(line[6:])
+            event = None
+
+
+async def test_calls_of_one_round_overlap(bridge: httpx.AsyncClient) -> None:
+    task = "Two slow things " + script(
+        calls=[[call("fault__slow", {"seconds": 0.4}), call("fault__slow", {"seconds": 0.4})]]
+    )
+    body = {"task": task, "mcp_servers": ["fault"], "stream": True}
+    async with bridge.stream("POST", "/v1/autonomous", json=body) as response:
+        kinds = [event async for event, _ in sse_events(response) if event.startswith("tool_call")]
+    # both calls started before either completed
+    assert kinds == ["tool_call.started", "tool_call.started", "tool_call.completed", "tool_call.completed"]
+
+
+@pytest.mark.parametrize(
+    ("bad_call", "error_text"),
+    [
+        (call("fault__echo", '{"text": "unterminated'), "not valid JSON"),
+        (call("fault__nope", {}), "no tool named 'fault__nope'"),
+        (call("fault__add", {"a": "one", "b": 2}), "do not match the tool's input schema"),
+        (call("fault__fail", {"message": "disk on fire"}), "disk on fire"),
+    ],
+)
+async def test_bad_calls_go_back_to_the_model(
+    bridge: httpx.AsyncClient, mock: MockLMStudio, bad_call: dict[str, Any], error_text: str
+) -> None:
+    task = "Try it " + script(calls=[[bad_call]])
+    result = (await bridge.post("/v1/autonomous", json={"task": task, "mcp_servers": ["fault"]})).json()
+    assert result["status"] == "completed"
+    [step] = result["steps"]
+    assert step["is_error"] is True
+    assert error_text in step["output"]
+    tool_message = (await chat_requests(mock))[-1]["body"]["messages"][-1]
+    assert tool_message["role"] == "tool" and error_text in tool_message["content"]
+    assert error_text in result["output"]
+
+
+async def test_numeric_strings_are_coerced(bridge: httpx.AsyncClient) -> None:
+    task = "Add " + script(calls=[[call("fault__add", {"a": "2", "b": "40"})]])
+    result = (await bridge.post("/v1/autonomous", json={"task": task, "mcp_servers": ["fault"]})).json()
+    [step] = result["steps"]
+    assert step["arguments"] == {"a": 2, "b": 40}
+    assert not step["is_error"] and "42" in step["output"]
+
+
+async def test_long_tool_output_is_cut_with_a_marker(bridge: httpx.AsyncClient) -> None:
+    task = "Huge " + script(calls=[[call("fault__huge", {"chars": 50_000})]])
+    result = (await bridge.post("/v1/autonomous", json={"task": task, "mcp_servers": ["fault"]})).json()
+    [step] = result["steps"]
+    assert "output truncated by lmstudio-bridge" in step["output"]
+    assert len(step["output"]) < 20_000 + 200
+
+
+async def test_model_that_never_stops_gets_max_rounds(bridge: httpx.AsyncClient, mock: MockLMStudio) -> None:
+    task = "Loop " + script(forever=call("time__get_current_time", {"timezone": "UTC"}))
+    body = {"task": task, "mcp_servers": ["time"], "max_rounds": 3}
+    result = (await bridge.post("/v1/autonomous", json=body)).json()
+    assert result["status"] == "max_rounds"
+    assert result["rounds"] == 3 and len(result["steps"]) == 3
+    assert result["output"]
+    requests = await chat_requests(mock)
+    assert len(requests) == 4
+    assert all("tools" in r["body"] for r in requests[:3]) and "tools" not in requests[3]["body"]
+
+
+async def test_unknown_model_server_and_tool_are_422(bridge: httpx.AsyncClient) -> None:
+    model = await bridge.post("/v1/autonomous", json={"task": "x", "model": "nope/nope"})
+    assert model.status_code == 422 and model.json()["code"] == "model_not_found"
+    assert "qwen/qwen3-4b" in model.json()["available_models"]
+    server = await bridge.post("/v1/autonomous", json={"task": "x", "mcp_servers": ["nope"]})
+    assert server.status_code == 422 and server.json()["code"] == "mcp_server_not_found"
+    assert {"time", "filesystem", "memory"} <= set(server.json()["available_servers"])
+    tools = await bridge.post(
+        "/v1/autonomous", json={"task": "x", "mcp_servers": ["time"], "allowed_tools": ["memory__read_graph"]}
+    )
+    assert tools.status_code == 422 and tools.json()["code"] == "validation_error"
+    assert tools.json()["unknown_tools"] == ["memory__read_graph"]
+    extra = await bridge.post("/v1/autonomous", json={"task": "x", "command": "rm -rf /"})
+    assert extra.status_code == 422 and extra.json()["code"] == "validation_error"
+
+
+async def test_allowed_tools_narrow_what_is_offered(bridge: httpx.AsyncClient, mock: MockLMStudio) -> None:
+    body = {"task": "hi", "mcp_servers": ["time"], "allowed_tools": ["time__get_current_time"]}
+    assert (await bridge.post("/v1/autonomous", json=body)).status_code == 200
+    offered = [t["function"]["name"] for t in (await chat_requests(mock))[0]["body"]["tools"]]
+    assert offered == ["time__get_current_time"]
+
+
+async def test_stream_events_in_order(bridge: httpx.AsyncClient) -> None:
+    task = "Time? " + script(calls=[[call("time__get_current_time", {"timezone": "UTC"})]])
+    async with bridge.stream(
+        "POST", "/v1/autonomous", json={"task": task, "mcp_servers": ["time"]}, headers={"Accept": "text/event-stream"}
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [e async for e in sse_events(response)]
+    kinds = [k for k, _ in events]
+    assert kinds[0] == "run.started"
+    assert kinds[-1] == "run.completed"
+    assert sum(k in ("run.completed", "run.failed") for k in kinds) == 1
+    assert kinds.index("tool_call.started") < kinds.index("tool_call.completed")
+    assert "round.started" in kinds and "message" in kinds
+    assert events[-1][1]["status"] == "completed" and events[-1][1]["steps"][0]["tool"] == "get_current_time"
+
+
+@pytest.fixture(scope="module")
+async def live(mock_server: MockLMStudio, files: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway behind a real uvicorn socket (ASGITransport buffers whole responses)."""
+    config = write_mcp_json(files.parent / "mcp-live.json", str(files))
+    settings = make_settings(lmstudio_base_url=mock_server.base_url, mcp_config=str(config))
+    async with served(settings, timeout=60) as client:
+        yield client
+
+
+async def test_first_event_is_sent_before_lmstudio_answers(live: httpx.AsyncClient, mock: MockLMStudio) -> None:
+    body = {"task": "slow " + script(delay_ms=1500), "mcp_servers": ["time"], "stream": True}
+    async with live.stream("POST", "/v1/autonomous", json=body) as response:
+        events = sse_events(response)
+        first, _ = await events.__anext__()
+        assert first == "run.started"
+        [pending] = await chat_requests(mock)
+        assert pending["ended"] is None  # LM Studio has not answered yet
+        rest = [e async for e, _ in events]
+    assert rest[-1] == "run.completed"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_client_disconnect_cancels_the_run(live: httpx.AsyncClient, mock: MockLMStudio, stream: bool) -> None:
+    entity = {"entities": [{"name": f"ghost-{stream}", "entityType": "x", "observations": []}]}
+    task = "Slow " + script(calls=[[call("memory__create_entities", entity)]], delay_ms=1500)
+    body = {"task": task, "mcp_servers": ["memory"], "stream": stream}
+    with pytest.raises(httpx.ReadTimeout):
+        async with live.stream("POST", "/v1/autonomous", json=body, timeout=0.5) as response:
+            async for _ in response.aiter_bytes():
+                pass
+    await asyncio.sleep(2.0)  # past the moment the model would have answered
+    [request] = await chat_requests(mock)
+    assert request["aborted"] is True
+    graph = await live.post("/v1/mcp/servers/memory/tools/read_graph", json={})
+    assert f"ghost-{stream}" not in json.dumps(graph.json())
+
+
+async def test_errors_before_the_run_are_problems_not_streams(bridge: httpx.AsyncClient) -> None:
+    response = await bridge.post("/v1/autonomous", json={"task": "x", "model": "nope", "stream": True})
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_mirrors_of_the_original_tools(bridge: httpx.AsyncClient) -> None:
+    task = "Time? " + script(calls=[[call("time__get_current_time", {"timezone": "UTC"})]])
+    one = (await bridge.post("/v1/autonomous/with-mcp", json={"mcp_name": "time", "task": task})).json()
+    assert one["mcp_servers"] == ["time"] and one["steps"][0]["server"] == "time"
+    many = await bridge.post("/v1/autonomous/with-multiple-mcps", json={"mcp_names": ["time", "memory"], "task": task})
+    assert many.json()["mcp_servers"] == ["time", "memory"]
+    discover = (await bridge.post("/v1/autonomous/discover", json={"task": task})).json()
+    assert {"time", "filesystem", "memory", "everything", "fault"} <= set(discover["mcp_servers"])
+    assert discover["status"] == "completed"
+    missing = await bridge.post("/v1/autonomous/with-mcp", json={"mcp_name": "nope", "task": task})
+    assert missing.status_code == 422 and missing.json()["code"] == "mcp_server_not_found"
+
+
+async def test_two_step_pipeline_with_two_models(bridge: httpx.AsyncClient) -> None:
+    first = (
+        await bridge.post(
+            "/v1/autonomous", json={"task": "Analyse X", "model": "mistralai/magistral-small-2509", "mcp_servers": []}
+        )
+    ).json()
+    assert first["model"] == "mistralai/magistral-small-2509"
+    second = (
+        await bridge.post(
+            "/v1/autonomous",
+            json={"task": f"Act on: {first['output']}", "model": "qwen/qwen3-coder-30b", "mcp_servers": []},
+        )
+    ).json()
+    assert second["model"] == "qwen/qwen3-coder-30b"
+    assert "Analyse X" in second["output"]
+
+
+async def test_deadline_gives_timeout_with_what_was_gathered(bridge: httpx.AsyncClient) -> None:
+    task = "Slow " + script(calls=[[call("time__get_current_time", {"timezone": "UTC"})]], delay_ms=700)
+    body = {"task": task, "mcp_servers": ["time"], "timeout_s": 1.0}
+    result = (await bridge.post("/v1/autonomous", json=body)).json()
+    assert result["status"] == "timeout"
+    assert result["rounds"] == 1 and "UTC" in result["output"]
