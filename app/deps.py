@@ -12,6 +12,7 @@ from services.agent import AgentService
 from services.catalog import ModelCatalog
 from services.lmstudio import LMStudioClient
 from services.mcp_pool import MCPPool
+from services.openai_compat import OpenAICompat
 
 
 def get_state(request: Request) -> BridgeState:
@@ -38,9 +39,14 @@ def get_agent(request: Request) -> AgentService:
     return get_state(request).agent
 
 
+def get_compat(request: Request) -> OpenAICompat:
+    return get_state(request).compat
+
+
 StateDep = Annotated[BridgeState, Depends(get_state)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 LMStudioDep = Annotated[LMStudioClient, Depends(get_lmstudio)]
 CatalogDep = Annotated[ModelCatalog, Depends(get_catalog)]
 PoolDep = Annotated[MCPPool, Depends(get_pool)]
 AgentDep = Annotated[AgentService, Depends(get_agent)]
+CompatDep = Annotated[OpenAICompat, Depends(get_compat)]

@@ -19,6 +19,7 @@ from services.limits import RunLimiter
 from services.lmstudio import LMStudioClient
 from services.mcp_config import MCPServerConfig, find_config_path, load_mcp_config
 from services.mcp_pool import MCPPool
+from services.openai_compat import OpenAICompat
 from services.retry import RetryPolicy
 
 log = logging.getLogger("lmstudio_bridge")
@@ -93,6 +94,7 @@ def lifespan_for(settings: Settings, mcp: MCPSetup) -> Callable[[FastAPI], Abstr
                 mcp_config_path=mcp.path,
                 limiter=limiter,
                 agent=agent,
+                compat=OpenAICompat(lmstudio, catalog, agent),
             )
             if mcp.path is None:
                 log.warning("no mcp.json found (MCP_CONFIG, ./mcp.json, ~/.lmstudio/mcp.json): no MCP servers")

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from app.errors import install_error_handler
 from app.lifespan import MCPSetup, lifespan_for, load_mcp_setup
 from app.settings import Settings, format_validation_error
-from routers import autonomous, health, mcp, models
+from routers import autonomous, health, mcp, models, openai
 from services.errors import MCPConfigError
 
 API_DESCRIPTION = (
@@ -50,6 +50,6 @@ def create_app(settings: Settings | None = None, mcp_setup: MCPSetup | None = No
         lifespan=lifespan_for(settings, mcp_setup),
     )
     install_error_handler(app)
-    for router in (health.router, models.router, mcp.router, autonomous.router):
+    for router in (health.router, models.router, mcp.router, autonomous.router, openai.router):
         app.include_router(router)
     return app

@@ -11,6 +11,7 @@ from services.catalog import ModelCatalog
 from services.limits import RunLimiter
 from services.lmstudio import LMStudioClient
 from services.mcp_pool import MCPPool
+from services.openai_compat import OpenAICompat
 
 
 @dataclass(slots=True)
@@ -22,3 +23,4 @@ class BridgeState:
     mcp_config_path: Path | None
     limiter: RunLimiter
     agent: AgentService
+    compat: OpenAICompat

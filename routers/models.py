@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
-from app.deps import CatalogDep
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.deps import CatalogDep, CompatDep
 from routers.schemas import ModelEntry, ModelList, problem_responses
 from services.errors import ModelNotFoundError
 
@@ -36,3 +41,40 @@ async def list_models(catalog: CatalogDep, response: Response) -> ModelList:
         aliases=catalog.aliases,
         stale=snap.stale,
     )
+
+
+class LoadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ttl: int | None = Field(None, ge=1, description="Idle seconds before LM Studio unloads the model again")
+
+
+@router.post(
+    "/models/{model_id:path}/load",
+    operation_id="loadModel",
+    responses=problem_responses(404, 422, 501, 502, 503, 504),
+)
+async def load_model(model_id: str, compat: CompatDep, body: LoadRequest | None = None) -> dict[str, Any]:
+    """Load a model in LM Studio (REST API of LM Studio 0.4+; else 501)."""
+    with _unknown_is_404():
+        return await compat.load_model(model_id, body.ttl if body else None)
+
+
+@router.post(
+    "/models/{model_id:path}/unload",
+    operation_id="unloadModel",
+    responses=problem_responses(404, 422, 501, 502, 503, 504),
+)
+async def unload_model(model_id: str, compat: CompatDep) -> dict[str, Any]:
+    """Unload a model from LM Studio (REST API of LM Studio 0.4+; else 501)."""
+    with _unknown_is_404():
+        return await compat.unload_model(model_id)
+
+
+@contextmanager
+def _unknown_is_404() -> Iterator[None]:
+    """A model named in the path that does not exist is 404 (in a body it is 422)."""
+    try:
+        yield
+    except ModelNotFoundError as err:
+        err.status = 404
+        raise

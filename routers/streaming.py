@@ -8,12 +8,13 @@ import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
+import httpx
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 from fastapi.sse import format_sse_event
 from starlette.types import Receive, Scope, Send
 
-from services.agent import Run
+from services.agent import Run, RunResult
 from services.errors import BridgeError
 
 T = TypeVar("T")
@@ -68,13 +69,36 @@ def _sse(event: str, data: Any) -> bytes:
     return format_sse_event(event=event, data_str=json.dumps(data, default=str))
 
 
-class RunStream(StreamingResponse):
-    """SSE response of one run. The run works in its own task, fed to the client through a bounded
-    queue; the client leaving cancels it, and the run slot is freed even if the body never starts."""
+class GuardedStream(StreamingResponse):
+    """A streamed response whose producer is cancelled when the client leaves, and whose
+    `cleanup` always runs, even if the body was never started."""
 
-    def __init__(self, run: Run) -> None:
+    async def cleanup(self) -> None:
+        return None
+
+    async def start(self) -> None:
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.start()
+            # uvicorn notices a vanished client only on the next write; watch for it instead
+            await cancel_on_disconnect(receive, super().__call__(scope, receive, send))
+        except ClientDisconnected:
+            log.info("client left during a stream")
+        finally:
+            await self.cleanup()
+
+
+class RunStream(GuardedStream):
+    """SSE of one run. The run works in its own task (owned by the request task, not by the
+    response's cancel scope) and feeds the client through a bounded queue."""
+
+    def __init__(self, run: Run, frames: RunFrames | None = None) -> None:
         self.run = run
+        self.frames = frames or AutonomousFrames()
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(EVENT_QUEUE_SIZE)
+        self.work: asyncio.Future[None] | None = None
         super().__init__(
             self._body(),
             media_type="text/event-stream",
@@ -82,21 +106,26 @@ class RunStream(StreamingResponse):
         )
 
     async def _emit(self, event: str, data: dict[str, Any]) -> None:
-        await self.queue.put(_sse(event, data))
+        frame = self.frames.event(event, data)
+        if frame is not None:
+            await self.queue.put(frame)
 
     async def _work(self) -> None:
         try:
             result = await self.run.execute(self._emit)
-            await self.queue.put(_sse("run.completed", result.to_dict()))
+            await self.queue.put(self.frames.completed(result))
         except BridgeError as exc:
-            await self.queue.put(_sse("run.failed", exc.problem()))
+            await self.queue.put(self.frames.failed(exc.problem()))
         except Exception:
             log.exception("run %s failed", self.run.run_id)
-            await self.queue.put(_sse("run.failed", BridgeError("The run failed unexpectedly").problem()))
+            await self.queue.put(self.frames.failed(BridgeError("The run failed unexpectedly").problem()))
         finally:
             await self.queue.put(None)
 
     async def _body(self) -> AsyncIterator[bytes]:
+        first = self.frames.opening(self.run)
+        if first:
+            yield first
         while True:
             try:
                 chunk = await asyncio.wait_for(self.queue.get(), KEEPALIVE_S)
@@ -107,16 +136,47 @@ class RunStream(StreamingResponse):
                 return
             yield chunk
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # the run's task belongs to this request task, not to the response's cancel scope
-        work = asyncio.ensure_future(self._work())
-        try:
-            # uvicorn notices a vanished client only on the next write; watch for it instead
-            await cancel_on_disconnect(receive, super().__call__(scope, receive, send))
-        except ClientDisconnected:
-            log.info("client left; run %s cancelled", self.run.run_id)
-        finally:
-            if not work.done():
-                work.cancel()
-                await asyncio.wait([work])
-            self.run.release()
+    async def start(self) -> None:
+        self.work = asyncio.ensure_future(self._work())
+
+    async def cleanup(self) -> None:
+        if self.work is not None and not self.work.done():
+            self.work.cancel()
+            await asyncio.wait([self.work])
+        self.run.release()
+
+
+class RunFrames:
+    """How a run's progress is written on the wire."""
+
+    def opening(self, run: Run) -> bytes | None:
+        return None
+
+    def event(self, event: str, data: dict[str, Any]) -> bytes | None:
+        return _sse(event, data)
+
+    def completed(self, result: RunResult) -> bytes:
+        return _sse("run.completed", result.to_dict())
+
+    def failed(self, problem: dict[str, Any]) -> bytes:
+        return _sse("run.failed", problem)
+
+
+class AutonomousFrames(RunFrames):
+    """Named events: run.started ... run.completed | run.failed (the defaults)."""
+
+
+class ProxyStream(GuardedStream):
+    """LM Studio's streamed answer relayed byte for byte; the upstream response is always closed."""
+
+    def __init__(self, upstream: httpx.Response) -> None:
+        self.upstream = upstream
+        super().__init__(
+            upstream.aiter_bytes(),
+            status_code=upstream.status_code,
+            media_type=upstream.headers.get("content-type", "text/event-stream"),
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def cleanup(self) -> None:
+        await self.upstream.aclose()

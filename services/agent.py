@@ -65,6 +65,7 @@ class RunSpec:
     timeout_s: float | None = None
     messages: list[dict[str, Any]] | None = None
     extra_body: dict[str, Any] = field(default_factory=dict)  # passed to LM Studio as is (e.g. ttl)
+    client_tools: list[dict[str, Any]] = field(default_factory=list)  # OpenAI function tools the CLIENT runs
 
 
 @dataclass(slots=True)
@@ -93,6 +94,8 @@ class RunResult:
     duration_ms: float
     trace_id: str | None
     warnings: list[str] = field(default_factory=list)
+    # calls of the client's own function tools, handed back unexecuted (OpenAI-compatible endpoint)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -195,6 +198,8 @@ class Run:
         self.answered_model = model.id
         self._released = False
         self._last_text = ""
+        self.client_calls: list[dict[str, Any]] = []
+        self._client_tool_names = {t.get("function", {}).get("name") for t in spec.client_tools}
 
     def release(self) -> None:
         """Give the run slot back (idempotent); `execute` does it itself."""
@@ -239,6 +244,7 @@ class Run:
             duration_ms=round((time.monotonic() - started) * 1000, 2),
             trace_id=current_trace_id(),
             warnings=self.warnings,
+            tool_calls=self.client_calls,
         )
 
     def _initial_messages(self) -> list[dict[str, Any]]:
@@ -250,7 +256,7 @@ class Run:
 
     async def _loop(self, emit: Emit, deadline: float) -> tuple[RunStatus, str]:
         messages = self._initial_messages()
-        offered = self.tools.openai_tools()
+        offered = self.tools.openai_tools() + self.spec.client_tools
         while True:
             if self.rounds >= self.spec.max_rounds:
                 messages.append({"role": "user", "content": FINAL_ANSWER_PROMPT})
@@ -265,6 +271,13 @@ class Run:
                 self._last_text = answer.content
                 await emit("message", {"round": self.rounds + 1, "content": answer.content})
             if not answer.tool_calls:
+                return "completed", answer.content or ""
+            mine = [c for c in answer.tool_calls if c.name in self._client_tool_names]
+            if mine:  # the client runs its own tools: hand the calls back (MCP calls of this answer are dropped)
+                self.client_calls = [
+                    {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                    for c in mine
+                ]
                 return "completed", answer.content or ""
             self.rounds += 1
             messages.append(

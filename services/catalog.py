@@ -6,11 +6,13 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from services.errors import LLMConnectionError, LLMTimeoutError, ModelNotFoundError, RequestValidationFailed
 from services.lmstudio import ModelInfo
 
 DEFAULT_NAMES = frozenset({"", "default"})
+ModelKind = Literal["chat", "embedding", "any"]  # what the caller will do with the model
 STALE_RETRY_S = 5.0  # while LM Studio is down, ask it again at most this often
 
 
@@ -84,7 +86,7 @@ class ModelCatalog:
         self._snapshot = snap
         return snap
 
-    async def resolve(self, requested: str | None, *, kind: str = "chat") -> ResolvedModel:
+    async def resolve(self, requested: str | None, *, kind: ModelKind = "chat") -> ResolvedModel:
         """`None`/"default" -> DEFAULT_MODEL, else the first loaded LLM, else the first LLM.
 
         An alias maps to its model id. `kind="embedding"` asks for an embedding model instead.
@@ -101,7 +103,7 @@ class ModelCatalog:
             if found is None:
                 raise ModelNotFoundError(name or wanted, [m.id for m in snap.models], self.aliases)
             info = found
-        if (kind == "embedding") == info.can_chat:
+        if kind != "any" and (kind == "embedding") == info.can_chat:
             need = "an embedding model" if kind == "embedding" else "a chat (LLM/VLM) model"
             raise RequestValidationFailed(
                 f"Model {info.id!r} is a {info.type} model; this endpoint needs {need}",
@@ -110,7 +112,7 @@ class ModelCatalog:
             )
         return ResolvedModel(info.id, info, snap.stale)
 
-    def _pick_default(self, snap: Snapshot, kind: str) -> ModelInfo:
+    def _pick_default(self, snap: Snapshot, kind: ModelKind) -> ModelInfo:
         fits = [m for m in snap.models if (kind == "embedding") != m.can_chat]
         loaded = [m for m in fits if m.loaded]
         if loaded or fits:

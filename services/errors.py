@@ -50,10 +50,6 @@ class OverloadedError(BridgeError):
     status, code, title = 429, "overloaded", "Too many runs in progress"
 
 
-class NotSupportedError(BridgeError):
-    status, code, title = 501, "not_supported_by_lmstudio", "Not supported by this LM Studio"
-
-
 # --- LM Studio -------------------------------------------------------------------------
 
 
@@ -86,6 +82,12 @@ class LLMValidationError(LLMError):
     """LM Studio rejected the request (4xx other than 404 model / 429)."""
 
     status, code, title = 422, "upstream_rejected", "LM Studio rejected the request"
+
+
+class NotSupportedError(LLMError):
+    """This LM Studio does not have the endpoint (it answers 200 "Unexpected endpoint or method")."""
+
+    status, code, title = 501, "not_supported_by_lmstudio", "Not supported by this LM Studio"
 
 
 class ModelNotFoundError(LLMError):

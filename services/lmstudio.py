@@ -24,11 +24,14 @@ from services.errors import (
     LLMTimeoutError,
     LLMValidationError,
     ModelNotFoundError,
+    NotSupportedError,
 )
 from services.retry import RetryPolicy, call_with_retries
 
 ModelType = Literal["llm", "vlm", "embedding"]
+JSON_HEADERS = {"Content-Type": "application/json"}
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+UNKNOWN_ENDPOINT = "Unexpected endpoint or method"  # LM Studio's 200 answer to a path it does not have
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +182,10 @@ def error_for_response(response: httpx.Response, model: str | None = None) -> LL
         if body is None:
             return LLMResponseError(f"LM Studio answered {status} with a body that is not JSON")
         if isinstance(body, dict) and "error" in body and "choices" not in body and "data" not in body:
-            return LLMResponseError(f"LM Studio answered with an error: {_error_message(body)}")
+            message = _error_message(body)
+            if message.startswith(UNKNOWN_ENDPOINT):
+                return NotSupportedError(f"This LM Studio does not support it: {message}")
+            return LLMResponseError(f"LM Studio answered with an error: {message}")
         return None
     message = _error_message(body) if body is not None else response.text[:500]
     err: LLMError
@@ -338,6 +344,47 @@ class LMStudioClient:
             return response.json()
 
         return await call_with_retries(once, self.retry, deadline=deadline)
+
+    async def forward(self, path: str, content: bytes, *, model: str | None = None) -> httpx.Response:
+        """POST a client's JSON body as is (retried); the response is LM Studio's, untouched."""
+
+        async def once() -> httpx.Response:
+            try:
+                response = await self.http.post(path, content=content, headers=JSON_HEADERS)
+            except httpx.HTTPError as exc:
+                raise error_for_exception(exc) from exc
+            error = error_for_response(response, model)
+            if error is not None:
+                raise error
+            return response
+
+        return await call_with_retries(once, self.retry)
+
+    async def open_stream(self, path: str, content: bytes, *, model: str | None = None) -> httpx.Response:
+        """POST and return the response with its body unread (retried until LM Studio accepts it).
+
+        The caller must `aclose()` it.
+        """
+
+        async def once() -> httpx.Response:
+            request = self.http.build_request("POST", path, content=content, headers=JSON_HEADERS)
+            try:
+                response = await self.http.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                raise error_for_exception(exc) from exc
+            if response.status_code >= 400 or "json" in response.headers.get("content-type", ""):
+                try:
+                    await response.aread()
+                except httpx.HTTPError as exc:
+                    raise error_for_exception(exc) from exc
+                finally:
+                    await response.aclose()
+                error = error_for_response(response, model)
+                if error is not None:
+                    raise error
+            return response
+
+        return await call_with_retries(once, self.retry)
 
     async def ping(self, timeout_s: float = 3.0) -> None:
         """One quick call, no retries: raises an `LLMError` when LM Studio does not answer properly."""

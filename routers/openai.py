@@ -1,0 +1,150 @@
+"""OpenAI-compatible endpoints: pass-through to LM Studio, or MCP tools run server-side."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from app.deps import CompatDep
+from routers.schemas import problem_responses
+from routers.streaming import (
+    CLIENT_CLOSED_REQUEST,
+    ClientDisconnected,
+    ProxyStream,
+    RunFrames,
+    RunStream,
+    cancel_on_disconnect,
+)
+from services.agent import Run, RunResult
+from services.openai_compat import chunks_of, completion_of, mcp_servers_of, parse_body, role_chunk
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+def _body_schema(description: str, example: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "description": description,
+            "content": {
+                "application/json": {
+                    "schema": {"type": "object", "additionalProperties": True},
+                    "example": example,
+                }
+            },
+        }
+    }
+
+
+CHAT_DOC = _body_schema(
+    "An OpenAI chat completion request. Add `mcp_servers: [...]` (or `tools` entries "
+    '`{"type": "mcp", "server_label": "<name>"}`) to run MCP tools server-side; the answer then carries '
+    "the run record in `bridge_run`. Optional bridge fields: `max_rounds`, `allowed_tools`, `timeout_s`.",
+    {"model": "qwen/qwen3-4b", "messages": [{"role": "user", "content": "What time is it?"}], "mcp_servers": ["time"]},
+)
+PASS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "LM Studio's answer (JSON, or SSE when `stream` is true)",
+        "content": {"text/event-stream": {}},
+    },
+    **problem_responses(401, 413, 422, 429, 501, 502, 503, 504),
+}
+
+
+def _data(payload: Any) -> bytes:
+    return f"data: {json.dumps(payload, default=str)}\n\n".encode()
+
+
+class ChatFrames(RunFrames):
+    """A run written as `chat.completion.chunk`s, ending with `data: [DONE]`."""
+
+    def __init__(self, include_usage: bool) -> None:
+        self.include_usage = include_usage
+
+    def opening(self, run: Run) -> bytes:
+        return _data(role_chunk(run, int(time.time())))
+
+    def event(self, event: str, data: dict[str, Any]) -> bytes | None:
+        return None
+
+    def completed(self, result: RunResult) -> bytes:
+        return b"".join(_data(c) for c in chunks_of(result, self.include_usage)) + b"data: [DONE]\n\n"
+
+    def failed(self, problem: dict[str, Any]) -> bytes:
+        return _data({"error": problem}) + b"data: [DONE]\n\n"
+
+
+def _relay(upstream: Any) -> Response:
+    return Response(upstream.content, upstream.status_code, media_type=upstream.headers.get("content-type"))
+
+
+@router.post("/chat/completions", operation_id="createChatCompletion", responses=PASS_RESPONSES, openapi_extra=CHAT_DOC)
+async def chat_completions(request: Request, compat: CompatDep) -> Response:
+    """OpenAI chat completion: passed to LM Studio, or run with MCP tools when the body names servers."""
+    raw = await request.body()
+    body = parse_body(raw)
+    servers = mcp_servers_of(body)
+    if servers:
+        run = await compat.open_run(body, servers)
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return RunStream(run, ChatFrames(include_usage))
+        try:
+            result = await cancel_on_disconnect(request.receive, run.execute())
+        except ClientDisconnected:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        finally:
+            run.release()
+        return JSONResponse(completion_of(result))
+    if body.get("stream"):
+        return ProxyStream(await compat.open_stream("/v1/chat/completions", raw, body))
+    return _relay(await compat.forward("/v1/chat/completions", raw, body))
+
+
+@router.post(
+    "/completions",
+    operation_id="createCompletion",
+    responses=PASS_RESPONSES,
+    openapi_extra=_body_schema("An OpenAI text completion request", {"model": "qwen/qwen3-4b", "prompt": "Once"}),
+)
+async def completions(request: Request, compat: CompatDep) -> Response:
+    """OpenAI text completion, passed to LM Studio."""
+    raw = await request.body()
+    body = parse_body(raw)
+    if body.get("stream"):
+        return ProxyStream(await compat.open_stream("/v1/completions", raw, body))
+    return _relay(await compat.forward("/v1/completions", raw, body))
+
+
+@router.post(
+    "/embeddings",
+    operation_id="createEmbedding",
+    responses=PASS_RESPONSES,
+    openapi_extra=_body_schema(
+        "An OpenAI embeddings request (embedding models only)",
+        {"model": "text-embedding-nomic-embed-text-v1.5", "input": "hello"},
+    ),
+)
+async def embeddings(request: Request, compat: CompatDep) -> Response:
+    """OpenAI embeddings, passed to LM Studio; only embedding models are accepted."""
+    raw = await request.body()
+    return _relay(await compat.forward("/v1/embeddings", raw, parse_body(raw), kind="embedding"))
+
+
+@router.post(
+    "/responses",
+    operation_id="createResponse",
+    responses=PASS_RESPONSES,
+    openapi_extra=_body_schema("An OpenAI Responses API request", {"model": "qwen/qwen3-4b", "input": "Hi"}),
+)
+async def responses(request: Request, compat: CompatDep) -> Response:
+    """OpenAI Responses API, passed to LM Studio where it has it (else 501)."""
+    raw = await request.body()
+    body = parse_body(raw)
+    if body.get("stream"):
+        return ProxyStream(await compat.open_stream("/v1/responses", raw, body))
+    return _relay(await compat.forward("/v1/responses", raw, body))

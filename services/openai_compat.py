@@ -1,0 +1,185 @@
+"""OpenAI-compatible endpoints: a validated pass-through to LM Studio, or, when a chat request
+names MCP servers, the agent loop run server-side and answered as an ordinary chat completion."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+
+from services.agent import AgentService, Run, RunResult, RunSpec
+from services.catalog import ModelCatalog, ModelKind
+from services.errors import NotSupportedError, RequestValidationFailed
+from services.lmstudio import LMStudioClient
+
+BRIDGE_FIELDS = ("mcp_servers", "max_rounds", "allowed_tools", "timeout_s", "system_prompt")
+NOT_FOR_LMSTUDIO = frozenset({*BRIDGE_FIELDS, "model", "messages", "tools", "stream", "stream_options", "tool_choice"})
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw or b"null")
+    except ValueError as exc:
+        raise RequestValidationFailed(f"The body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise RequestValidationFailed("The body must be a JSON object")
+    return body
+
+
+def mcp_servers_of(body: dict[str, Any]) -> list[str]:
+    """Servers a chat request names: `mcp_servers: [...]` or `{"type": "mcp", "server_label": ...}` tools."""
+    named = body.get("mcp_servers") or []
+    if not isinstance(named, list) or not all(isinstance(n, str) for n in named):
+        raise RequestValidationFailed("mcp_servers must be a list of server names")
+    servers = list(named)
+    for tool in body.get("tools") or []:
+        if isinstance(tool, dict) and tool.get("type") == "mcp":
+            label = tool.get("server_label")
+            if not isinstance(label, str) or not label:
+                raise RequestValidationFailed('An {"type": "mcp"} tool needs a "server_label" naming an MCP server')
+            servers.append(label)
+    return list(dict.fromkeys(servers))
+
+
+class OpenAICompat:
+    """The service behind /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses."""
+
+    def __init__(self, lmstudio: LMStudioClient, catalog: ModelCatalog, agent: AgentService) -> None:
+        self.lmstudio = lmstudio
+        self.catalog = catalog
+        self.agent = agent
+
+    async def _validated(self, raw: bytes, body: dict[str, Any], kind: ModelKind) -> tuple[bytes, str]:
+        """Resolve `model` (aliases, default); the body is re-encoded only if the id changed."""
+        requested = body.get("model")
+        if requested is not None and not isinstance(requested, str):
+            raise RequestValidationFailed("model must be a string")
+        resolved = await self.catalog.resolve(requested, kind=kind)
+        if resolved.id == requested:
+            return raw, resolved.id
+        return json.dumps({**body, "model": resolved.id}).encode(), resolved.id
+
+    async def forward(self, path: str, raw: bytes, body: dict[str, Any], *, kind: ModelKind = "chat") -> httpx.Response:
+        content, model = await self._validated(raw, body, kind)
+        return await self.lmstudio.forward(path, content, model=model)
+
+    async def open_stream(self, path: str, raw: bytes, body: dict[str, Any]) -> httpx.Response:
+        content, model = await self._validated(raw, body, "chat")
+        return await self.lmstudio.open_stream(path, content, model=model)
+
+    async def forward_unvalidated(self, path: str, raw: bytes) -> httpx.Response:
+        """For endpoints whose body has no `model` to check (e.g. /v1/responses)."""
+        return await self.lmstudio.forward(path, raw)
+
+    async def open_run(self, body: dict[str, Any], servers: list[str]) -> Run:
+        """The agent run a chat request with MCP servers stands for."""
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise RequestValidationFailed("messages must be a non-empty list")
+        client_tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
+        spec = RunSpec(
+            task=_last_user_text(messages),
+            mcp_servers=servers,
+            model=body.get("model"),
+            max_rounds=int(body.get("max_rounds") or 10),
+            timeout_s=body.get("timeout_s"),
+            allowed_tools=body.get("allowed_tools"),
+            system_prompt=body.get("system_prompt"),
+            messages=messages,
+            client_tools=client_tools,
+            extra_body={k: v for k, v in body.items() if k not in NOT_FOR_LMSTUDIO},
+        )
+        return await self.agent.open(spec)
+
+    async def load_model(self, model: str, ttl: int | None) -> dict[str, Any]:
+        await self._require_rest_api()
+        resolved = await self.catalog.resolve(model, kind="any")
+        payload: dict[str, Any] = {"model": resolved.id} | ({"ttl": ttl} if ttl is not None else {})
+        answer = await self.lmstudio.request_json("POST", "/api/v1/models/load", json_body=payload, model=resolved.id)
+        self.catalog.invalidate()
+        return dict(answer)
+
+    async def unload_model(self, model: str) -> dict[str, Any]:
+        await self._require_rest_api()
+        resolved = await self.catalog.resolve(model, kind="any")
+        answer = await self.lmstudio.request_json(
+            "POST", "/api/v1/models/unload", json_body={"instance_id": resolved.id}, model=resolved.id
+        )
+        self.catalog.invalidate()
+        return dict(answer)
+
+    async def _require_rest_api(self) -> None:
+        await self.catalog.snapshot()  # detects the model API on first use
+        if self.lmstudio.models_api != "api-v1":
+            raise NotSupportedError(
+                "Loading and unloading models needs LM Studio's REST API (/api/v1, LM Studio 0.4+); "
+                f"this server offers {self.lmstudio.models_api}"
+            )
+
+
+def _last_user_text(messages: list[Any]) -> str:
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            return content if isinstance(content, str) else json.dumps(content)
+    return ""
+
+
+def completion_of(result: RunResult) -> dict[str, Any]:
+    """A run as an OpenAI `chat.completion`; the run record travels in `bridge_run`."""
+    message: dict[str, Any] = {"role": "assistant", "content": result.output or None}
+    if result.tool_calls:
+        message["tool_calls"] = result.tool_calls
+    return {
+        "id": f"chatcmpl-{result.run_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": result.model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": _finish(result)}],
+        "usage": {
+            "prompt_tokens": result.usage.prompt_tokens,
+            "completion_tokens": result.usage.completion_tokens,
+            "total_tokens": result.usage.total_tokens,
+        },
+        "bridge_run": result.to_dict(),
+    }
+
+
+def chunks_of(result: RunResult, include_usage: bool) -> list[dict[str, Any]]:
+    """The same answer as `chat.completion.chunk`s (role, content, tool calls, finish, usage)."""
+    full = completion_of(result)
+    head = {"id": full["id"], "object": "chat.completion.chunk", "created": full["created"], "model": full["model"]}
+    delta: dict[str, Any] = {"content": result.output} if result.output else {}
+    if result.tool_calls:
+        delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(result.tool_calls)]
+    out = [
+        {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]},
+        {
+            **head,
+            "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": _finish(result)}],
+            "bridge_run": full["bridge_run"],
+        },
+    ]
+    if include_usage:
+        out.append({**head, "choices": [], "usage": full["usage"]})
+    return out
+
+
+def role_chunk(run: Run, created: int) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{run.run_id}",
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": run.model.id,
+        "choices": [
+            {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+        ],
+    }
+
+
+def _finish(result: RunResult) -> str:
+    if result.tool_calls:
+        return "tool_calls"
+    return "length" if result.status in ("max_rounds", "timeout") and not result.output else "stop"

@@ -1,0 +1,171 @@
+"""OpenAI-compatible endpoints with the official openai SDK against a real gateway socket."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import make_settings, served, write_mcp_json
+from tests.mock_lmstudio.fixture import MockLMStudio, mock_lmstudio
+
+pytestmark = pytest.mark.timeout(120)
+TIME_CALL = {"calls": [[{"name": "time__get_current_time", "arguments": {"timezone": "UTC"}}]]}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+async def gateway(
+    mock_server: MockLMStudio, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[httpx.AsyncClient]:
+    files = tmp_path_factory.mktemp("oai")
+    config = write_mcp_json(Path(files) / "mcp.json", str(files))
+    settings = make_settings(lmstudio_base_url=mock_server.base_url, mcp_config=str(config))
+    async with served(settings, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture
+def sdk(gateway: httpx.AsyncClient) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{gateway.base_url}/v1", api_key="unused", max_retries=0)
+
+
+async def test_plain_chat_equals_lmstudio(sdk: openai.AsyncOpenAI, mock: MockLMStudio) -> None:
+    messages: Any = [{"role": "user", "content": "Say hello"}]
+    via_gateway = await sdk.chat.completions.create(model="qwen/qwen3-4b", messages=messages)
+    direct = openai.AsyncOpenAI(base_url=f"{mock.base_url}/v1", api_key="x", max_retries=0)
+    straight = await direct.chat.completions.create(model="qwen/qwen3-4b", messages=messages)
+    assert via_gateway.choices[0].message.content == straight.choices[0].message.content == "Mock answer to: Say hello"
+    assert via_gateway.model == straight.model and via_gateway.usage == straight.usage
+
+
+async def test_passthrough_is_byte_faithful(gateway: httpx.AsyncClient, mock: MockLMStudio) -> None:
+    body = {"model": "qwen/qwen3-4b", "messages": [{"role": "user", "content": "bytes"}]}
+    via = await gateway.post("/v1/chat/completions", json=body)
+    async with httpx.AsyncClient() as direct:
+        straight = await direct.post(f"{mock.base_url}/v1/chat/completions", json=body)
+    strip = lambda raw: {k: v for k, v in json.loads(raw).items() if k not in ("id", "created")}  # noqa: E731
+    assert strip(via.content) == strip(straight.content)
+    assert via.headers["content-type"] == straight.headers["content-type"]
+
+
+async def test_streamed_chat(sdk: openai.AsyncOpenAI) -> None:
+    stream = await sdk.chat.completions.create(
+        model="qwen/qwen3-4b", messages=[{"role": "user", "content": "Stream this please"}], stream=True
+    )
+    text = "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
+    assert text == "Mock answer to: Stream this please"
+
+
+async def test_embedding(sdk: openai.AsyncOpenAI) -> None:
+    result = await sdk.embeddings.create(model="text-embedding-nomic-embed-text-v1.5", input=["a", "b"])
+    assert len(result.data) == 2 and len(result.data[0].embedding) == 8
+
+
+async def test_embedding_with_a_chat_model_is_422(gateway: httpx.AsyncClient) -> None:
+    response = await gateway.post("/v1/embeddings", json={"model": "qwen/qwen3-4b", "input": "a"})
+    assert response.status_code == 422 and response.json()["code"] == "validation_error"
+
+
+async def test_text_completion(sdk: openai.AsyncOpenAI) -> None:
+    result = await sdk.completions.create(model="qwen/qwen3-4b", prompt="Once upon")
+    assert result.choices[0].text
+
+
+async def test_chat_through_mcp_via_extra_body(sdk: openai.AsyncOpenAI) -> None:
+    answer = await sdk.chat.completions.create(
+        model="qwen/qwen3-4b",
+        messages=[{"role": "user", "content": f"What time is it? [[mock {json.dumps(TIME_CALL)}]]"}],
+        extra_body={"mcp_servers": ["time"]},
+    )
+    assert answer.object == "chat.completion"
+    assert "UTC" in (answer.choices[0].message.content or "")
+    assert answer.choices[0].finish_reason == "stop"
+    run = answer.model_extra["bridge_run"]  # type: ignore[index]
+    assert run["status"] == "completed" and run["steps"][0]["tool"] == "get_current_time"
+    assert answer.usage and answer.usage.total_tokens == run["usage"]["total_tokens"]
+
+
+async def test_chat_through_mcp_via_tool_entry(sdk: openai.AsyncOpenAI) -> None:
+    answer = await sdk.chat.completions.create(
+        model="qwen/qwen3-4b",
+        messages=[{"role": "user", "content": f"Time? [[mock {json.dumps(TIME_CALL)}]]"}],
+        tools=[{"type": "mcp", "server_label": "time"}],  # type: ignore[list-item]
+    )
+    assert "UTC" in (answer.choices[0].message.content or "")
+
+
+async def test_chat_through_mcp_streamed(sdk: openai.AsyncOpenAI) -> None:
+    stream = await sdk.chat.completions.create(
+        model="qwen/qwen3-4b",
+        messages=[{"role": "user", "content": f"Time? [[mock {json.dumps(TIME_CALL)}]]"}],
+        extra_body={"mcp_servers": ["time"]},
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "UTC" in text
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+
+
+@pytest.mark.parametrize("with_mcp", [False, True])
+async def test_client_function_tool_comes_back_unexecuted(sdk: openai.AsyncOpenAI, with_mcp: bool) -> None:
+    script = {"calls": [[{"name": "get_weather", "arguments": {"city": "Oslo"}}]]}
+    answer = await sdk.chat.completions.create(
+        model="qwen/qwen3-4b",
+        messages=[{"role": "user", "content": f"Weather? [[mock {json.dumps(script)}]]"}],
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        extra_body={"mcp_servers": ["time"]} if with_mcp else None,
+    )
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    [tool_call] = choice.message.tool_calls or []
+    assert tool_call.function.name == "get_weather"  # type: ignore[union-attr]
+    assert json.loads(tool_call.function.arguments) == {"city": "Oslo"}  # type: ignore[union-attr]
+
+
+async def test_unknown_model_is_the_same_422(gateway: httpx.AsyncClient, sdk: openai.AsyncOpenAI) -> None:
+    response = await gateway.post(
+        "/v1/chat/completions", json={"model": "nope/x", "messages": [{"role": "user", "content": "hi"}]}
+    )
+    assert response.status_code == 422
+    assert response.json()["code"] == "model_not_found" and "qwen/qwen3-4b" in response.json()["available_models"]
+    with pytest.raises(openai.UnprocessableEntityError):
+        await sdk.chat.completions.create(model="nope/x", messages=[{"role": "user", "content": "hi"}])
+
+
+async def test_load_and_unload(gateway: httpx.AsyncClient) -> None:
+    model = "qwen/qwen3-coder-30b"
+    loaded = await gateway.post(f"/v1/models/{model}/load", json={"ttl": 600})
+    assert loaded.status_code == 200, loaded.text
+    assert loaded.json()["status"] == "loaded"
+    states = {m["id"]: m["state"] for m in (await gateway.get("/v1/models")).json()["data"]}
+    assert states[model] == "loaded"
+    unloaded = await gateway.post(f"/v1/models/{model}/unload")
+    assert unloaded.status_code == 200
+    states = {m["id"]: m["state"] for m in (await gateway.get("/v1/models")).json()["data"]}
+    assert states[model] == "not-loaded"
+    missing = await gateway.post("/v1/models/nope/x/load")
+    assert missing.status_code == 404 and missing.json()["code"] == "model_not_found"
+
+
+async def test_load_without_rest_api_is_501() -> None:
+    async with mock_lmstudio("--api", "v0") as old, served(make_settings(lmstudio_base_url=old.base_url)) as client:
+        response = await client.post("/v1/models/qwen/qwen3-4b/load")
+        responses_api = await client.post("/v1/responses", json={"model": "qwen/qwen3-4b", "input": "hi"})
+    assert response.status_code == 501 and response.json()["code"] == "not_supported_by_lmstudio"
+    assert responses_api.status_code == 501 and responses_api.json()["code"] == "not_supported_by_lmstudio"
