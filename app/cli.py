@@ -1,29 +1,27 @@
-"""`lmstudio-bridge serve | check`."""
+"""`lmstudio-bridge serve | check | mcp`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 
-import uvicorn
-
 from app.lifespan import build_lmstudio
-from app.main import load_settings
+from app.main import load_mcp, load_settings
+from app.mcp_front import serve_stdio
+from app.server import run_server
 from app.settings import Settings
 from services.errors import LLMError
 
 
 def serve(args: argparse.Namespace) -> int:
     settings = load_settings()
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-    )
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s: %(name)s: %(message)s")
+    if (args.require_auth or settings.require_auth) and not settings.api_keys:
+        print("--require-auth: refusing to start without BRIDGE_API_KEYS", file=sys.stderr)
+        return 2
+    run_server(settings, args.host or settings.host, args.port or settings.port)
     return 0
 
 
@@ -50,15 +48,28 @@ def check(args: argparse.Namespace) -> int:
     return 0 if asyncio.run(_check(settings)) else 1
 
 
+def mcp(args: argparse.Namespace) -> int:
+    """Serve the autonomous tools over stdio: stdout carries JSON-RPC only, logs go to stderr."""
+    settings = load_settings()
+    logging.basicConfig(stream=sys.stderr, level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve_stdio(settings, load_mcp(settings)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lmstudio-bridge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_serve = sub.add_parser("serve", help="run the HTTP gateway")
     p_serve.add_argument("--host", help="bind address (default BRIDGE_HOST or 127.0.0.1)")
     p_serve.add_argument("--port", type=int, help="port (default BRIDGE_PORT or 8000)")
+    p_serve.add_argument(
+        "--require-auth", action="store_true", help="refuse to start without BRIDGE_API_KEYS (BRIDGE_REQUIRE_AUTH)"
+    )
     p_serve.set_defaults(func=serve)
     p_check = sub.add_parser("check", help="check configuration, LM Studio and every MCP server")
     p_check.set_defaults(func=check)
+    p_mcp = sub.add_parser("mcp", help="serve the autonomous tools as an MCP server over stdio (Claude Desktop)")
+    p_mcp.set_defaults(func=mcp)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

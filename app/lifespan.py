@@ -8,16 +8,20 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
+from mcp.server.mcpserver import MCPServer
 
 from app.settings import Settings
 from app.state import BridgeState
 from services.agent import AgentService
+from services.breaker import Breaker
 from services.catalog import ModelCatalog
+from services.errors import UpstreamUnavailableError
 from services.limits import RunLimiter
-from services.lmstudio import LMStudioClient
-from services.mcp_config import MCPServerConfig, find_config_path, load_mcp_config
+from services.lmstudio import LMStudioClient, counts_against_lmstudio
+from services.mcp_config import MCPServerConfig, find_config_path, guard_recursion, load_mcp_config
 from services.mcp_pool import MCPPool
 from services.openai_compat import OpenAICompat
 from services.retry import RetryPolicy
@@ -34,11 +38,21 @@ class MCPSetup:
 def load_mcp_setup(settings: Settings) -> MCPSetup:
     """Find and parse mcp.json; raises MCPConfigError naming the server and field."""
     path = find_config_path(settings.mcp_config, Path.cwd(), Path.home())
-    return MCPSetup(path, load_mcp_config(path, os.environ))
+    servers = guard_recursion(load_mcp_config(path, os.environ), settings.host, settings.port)
+    for name in (name for name, cfg in servers.items() if cfg.is_bridge):
+        log.warning("MCP server %r skipped: it is lmstudio-bridge itself (recursion guard)", name)
+    return MCPSetup(path, servers)
 
 
 def build_lmstudio(settings: Settings) -> LMStudioClient:
     token = settings.lmstudio_api_token.get_secret_value() if settings.lmstudio_api_token else None
+    breaker = Breaker(
+        "LM Studio",
+        failures=settings.breaker_failures,
+        reset_s=settings.breaker_reset_s,
+        counts=counts_against_lmstudio,
+        unavailable=lambda detail, wait: UpstreamUnavailableError(detail, retry_after=wait),
+    )
     return LMStudioClient.create(
         settings.lmstudio_base_url,
         token=token,
@@ -48,6 +62,7 @@ def build_lmstudio(settings: Settings) -> LMStudioClient:
         retry=RetryPolicy(
             settings.lmstudio_retries, settings.lmstudio_retry_backoff_s, settings.lmstudio_retry_backoff_max_s
         ),
+        breaker=breaker,
     )
 
 
@@ -58,10 +73,14 @@ def build_pool(settings: Settings, servers: dict[str, MCPServerConfig]) -> MCPPo
         start_timeout_s=settings.mcp_start_timeout_s,
         idle_s=settings.mcp_idle_s,
         max_concurrency=settings.mcp_max_concurrency,
+        breaker_failures=settings.breaker_failures,
+        breaker_reset_s=settings.breaker_reset_s,
     )
 
 
-def lifespan_for(settings: Settings, mcp: MCPSetup) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+def lifespan_for(
+    settings: Settings, mcp: MCPSetup, mcp_server: MCPServer[Any] | None = None
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
@@ -96,6 +115,8 @@ def lifespan_for(settings: Settings, mcp: MCPSetup) -> Callable[[FastAPI], Abstr
                 agent=agent,
                 compat=OpenAICompat(lmstudio, catalog, agent),
             )
+            if mcp_server is not None:  # the sessions of `/mcp` (streamable HTTP) end before the services
+                await stack.enter_async_context(mcp_server.session_manager.run())
             if mcp.path is None:
                 log.warning("no mcp.json found (MCP_CONFIG, ./mcp.json, ~/.lmstudio/mcp.json): no MCP servers")
             log.info(

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import sys
+from typing import cast
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from pydantic import ValidationError
 
 from app.errors import install_error_handler
 from app.lifespan import MCPSetup, lifespan_for, load_mcp_setup
+from app.mcp_front import build_mcp_server, http_routes
+from app.security import APIKeyMiddleware, BodyLimitMiddleware
 from app.settings import Settings, format_validation_error
+from app.state import BridgeState
 from routers import autonomous, health, mcp, models, openai
 from services.errors import MCPConfigError
 
@@ -43,13 +48,28 @@ def create_app(settings: Settings | None = None, mcp_setup: MCPSetup | None = No
     settings = settings or load_settings()
     if mcp_setup is None:  # tests pass settings and get MCPConfigError raised instead of an exit
         mcp_setup = load_mcp(settings) if from_env else load_mcp_setup(settings)
+    # the MCP front door's tools read the state the lifespan puts on `app` (looked up at call time)
+    mcp_server = build_mcp_server(settings, lambda: cast(BridgeState, app.state.bridge))
     app = FastAPI(
         title="lmstudio-bridge",
         version="0.1.0",
         description=API_DESCRIPTION,
-        lifespan=lifespan_for(settings, mcp_setup),
+        lifespan=lifespan_for(settings, mcp_setup, mcp_server),
     )
     install_error_handler(app)
+    # outermost last: body limit, then API keys, then CORS (so preflights are answered first)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    keys = [key.get_secret_value() for key in settings.api_keys]
+    app.add_middleware(APIKeyMiddleware, keys=keys, protect_metrics=settings.metrics_require_key)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-ID", "Mcp-Session-Id"],
+            expose_headers=["X-Request-ID", "X-Run-ID", "Retry-After", "Mcp-Session-Id"],
+        )
     for router in (health.router, models.router, mcp.router, autonomous.router, openai.router):
         app.include_router(router)
+    app.router.routes.extend(http_routes(mcp_server, settings))  # `/mcp`, no redirect to `/mcp/`
     return app

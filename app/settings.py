@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     lmstudio_retries: int = Field(2, ge=0, le=10, validation_alias=_env("BRIDGE_LMSTUDIO_RETRIES"))
     lmstudio_retry_backoff_s: float = Field(0.25, ge=0, validation_alias=_env("BRIDGE_LMSTUDIO_RETRY_BACKOFF_S"))
     lmstudio_retry_backoff_max_s: float = Field(8.0, ge=0, validation_alias=_env("BRIDGE_LMSTUDIO_RETRY_BACKOFF_MAX_S"))
+    breaker_failures: int = Field(5, ge=1, validation_alias=_env("BRIDGE_BREAKER_FAILURES"))
+    breaker_reset_s: float = Field(30.0, gt=0, validation_alias=_env("BRIDGE_BREAKER_RESET_S"))
     lmstudio_max_connections: int = Field(100, ge=1, validation_alias=_env("BRIDGE_LMSTUDIO_MAX_CONNECTIONS"))
 
     # Models
@@ -60,6 +62,13 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, validation_alias=_env("BRIDGE_API_KEYS")
     )
+    shutdown_grace_s: float = Field(20.0, ge=0, validation_alias=_env("BRIDGE_SHUTDOWN_GRACE_S"))
+    max_body_bytes: int = Field(1_048_576, ge=1024, validation_alias=_env("BRIDGE_MAX_BODY_BYTES"))
+    metrics_require_key: bool = Field(False, validation_alias=_env("BRIDGE_METRICS_REQUIRE_KEY"))
+    require_auth: bool = Field(False, validation_alias=_env("BRIDGE_REQUIRE_AUTH"))
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=_env("BRIDGE_CORS_ORIGINS")
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", validation_alias=_env("BRIDGE_LOG_LEVEL"))
 
     @field_validator("model_aliases", mode="before")
@@ -75,7 +84,7 @@ class Settings(BaseSettings):
             aliases[name.strip()] = model.strip()
         return aliases
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
     def _parse_keys(cls, value: object) -> object:
         if isinstance(value, str):

@@ -26,12 +26,27 @@ async def healthz() -> Health:
 )
 async def readyz(state: StateDep) -> JSONResponse:
     """Readiness: 200 when LM Studio answers, else 503 with the reasons."""
-    lmstudio: dict[str, object] = {"url": state.lmstudio.base_url}
+    breaker = state.lmstudio.breaker
+    lmstudio: dict[str, object] = {"url": state.lmstudio.base_url, "breaker": breaker.state if breaker else None}
     try:
         await state.lmstudio.ping()
         lmstudio["ok"] = True
     except LLMError as exc:
         lmstudio.update(ok=False, error=exc.detail, code=exc.code)
-    ready = bool(lmstudio["ok"])
-    body = Readiness(status="ready" if ready else "not_ready", lmstudio=lmstudio)
+    ready = bool(lmstudio["ok"]) and lmstudio["breaker"] != "open"
+    servers = [
+        {"name": s.name, "status": s.status, "breaker": s.breaker, "last_error": s.last_error}
+        for s in state.pool.status()
+    ]
+    mcp: dict[str, object] = {
+        "config_path": str(state.mcp_config_path) if state.mcp_config_path else None,
+        "servers": servers,
+    }
+    if not servers:
+        mcp["note"] = (
+            "no MCP servers configured (no mcp.json found)"
+            if state.mcp_config_path is None
+            else "mcp.json lists no servers"
+        )
+    body = Readiness(status="ready" if ready else "not_ready", lmstudio=lmstudio, mcp=mcp)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

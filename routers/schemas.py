@@ -97,6 +97,7 @@ class ServerModel(BaseModel):
     headers: list[str] = Field(description="Names of the HTTP headers sent to it (never values)")
     command: str | None
     url: str | None
+    breaker: Literal["closed", "open", "half_open"] = "closed"
 
 
 class ServerList(BaseModel):

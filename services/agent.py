@@ -23,6 +23,7 @@ from services.errors import (
     MCPError,
     MCPServerUnavailableError,
     RequestValidationFailed,
+    ShuttingDownError,
 )
 from services.limits import RunLimiter
 from services.lmstudio import ChatResult, LMStudioClient, Usage
@@ -133,11 +134,29 @@ class AgentService:
         self.run_timeout_s = run_timeout_s
         self.tool_output_max_chars = tool_output_max_chars
         self.load_timeout_s = load_timeout_s
+        self.accepting = True
+        self.active: set[Run] = set()
+
+    async def drain(self, grace_s: float) -> None:
+        """Refuse new runs, give runs in flight `grace_s` to finish, then stop them."""
+        self.accepting = False
+        tasks = {run.task for run in self.active if run.task is not None}
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_s)
+        for run in list(self.active):
+            run.stop_for_shutdown()
+        tasks = {run.task for run in self.active if run.task is not None}
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
 
     async def open(self, spec: RunSpec) -> Run:
         """Validate the spec and take a run slot; raises before anything runs."""
+        if not self.accepting:
+            raise ShuttingDownError("The gateway is shutting down; retry on another instance", retry_after=5)
         if not 1 <= spec.max_rounds <= MAX_ROUNDS_CAP:
             raise RequestValidationFailed(f"max_rounds must be between 1 and {MAX_ROUNDS_CAP}")
+        if self.lmstudio.breaker is not None:
+            self.lmstudio.breaker.check()  # LM Studio is known to be down: fail in milliseconds
         model = await self.catalog.resolve(spec.model)
         servers, tools, warnings = await self._tools_for(spec)
         await self.limiter.acquire()
@@ -199,6 +218,8 @@ class Run:
         self._released = False
         self._last_text = ""
         self.client_calls: list[dict[str, Any]] = []
+        self.task: asyncio.Task[Any] | None = None
+        self._stopping = False
         self._client_tool_names = {t.get("function", {}).get("name") for t in spec.client_tools}
 
     def release(self) -> None:
@@ -207,8 +228,29 @@ class Run:
             self._released = True
             self.service.limiter.release()
 
+    def stop_for_shutdown(self) -> None:
+        """Cancel the run because the gateway stops; `execute` then raises ShuttingDownError."""
+        if self.task is not None and not self.task.done():
+            self._stopping = True
+            self.task.cancel()
+
     async def execute(self, emit: Emit | None = None) -> RunResult:
         """Carry out the run. Cancelling the calling task cancels the LM Studio call and tool calls."""
+        self.task = asyncio.current_task()
+        self.service.active.add(self)
+        try:
+            return await self._execute(emit)
+        except asyncio.CancelledError:
+            if not self._stopping or self.task is None:
+                raise
+            self.task.uncancel()
+            raise ShuttingDownError(
+                f"The gateway shut down while run {self.run_id} was in progress", retry_after=5
+            ) from None
+        finally:
+            self.service.active.discard(self)
+
+    async def _execute(self, emit: Emit | None) -> RunResult:
         started = time.monotonic()
         timeout_s = self.spec.timeout_s or self.service.run_timeout_s
         deadline = started + timeout_s

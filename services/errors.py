@@ -84,6 +84,10 @@ class LLMValidationError(LLMError):
     status, code, title = 422, "upstream_rejected", "LM Studio rejected the request"
 
 
+class ShuttingDownError(BridgeError):
+    status, code, title = 503, "shutting_down", "The gateway is shutting down"
+
+
 class NotSupportedError(LLMError):
     """This LM Studio does not have the endpoint (it answers 200 "Unexpected endpoint or method")."""
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
 
+from services.breaker import Breaker
 from services.errors import (
     LLMConnectionError,
     LLMError,
@@ -27,6 +28,8 @@ from services.errors import (
     NotSupportedError,
 )
 from services.retry import RetryPolicy, call_with_retries
+
+T = TypeVar("T")
 
 ModelType = Literal["llm", "vlm", "embedding"]
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -212,6 +215,11 @@ def error_for_exception(exc: httpx.HTTPError) -> LLMError:
     return LLMResponseError(f"LM Studio connection failed: {exc.__class__.__name__}: {exc}")
 
 
+def counts_against_lmstudio(exc: BaseException) -> bool:
+    """Failures that say LM Studio is down or broken (not a bad request, a missing model or a 429)."""
+    return isinstance(exc, LLMConnectionError | LLMTimeoutError | LLMResponseError)
+
+
 # --- streaming -------------------------------------------------------------------------------
 
 
@@ -274,9 +282,12 @@ def parse_chat(body: dict[str, Any]) -> ChatResult:
 class LMStudioClient:
     """Talks to one LM Studio server over a shared, pooled HTTP client."""
 
-    def __init__(self, http: httpx.AsyncClient, *, retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self, http: httpx.AsyncClient, *, retry: RetryPolicy | None = None, breaker: Breaker | None = None
+    ) -> None:
         self.http = http
         self.retry = retry or RetryPolicy()
+        self.breaker = breaker
         self.models_api: str | None = None  # detected once: "api-v1" | "api-v0" | "openai"
 
     @classmethod
@@ -289,6 +300,7 @@ class LMStudioClient:
         read_timeout_s: float = 120.0,
         max_connections: int = 100,
         retry: RetryPolicy | None = None,
+        breaker: Breaker | None = None,
     ) -> LMStudioClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         http = httpx.AsyncClient(
@@ -297,7 +309,13 @@ class LMStudioClient:
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s, pool=connect_timeout_s),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         )
-        return cls(http, retry=retry)
+        return cls(http, retry=retry, breaker=breaker)
+
+    async def _guarded(self, once: Callable[[], Awaitable[T]], deadline: float | None = None) -> T:
+        """One logical call: retried, then counted by the breaker only once its retries are spent."""
+        if self.breaker is None:
+            return await call_with_retries(once, self.retry, deadline=deadline)
+        return await self.breaker.call(lambda: call_with_retries(once, self.retry, deadline=deadline))
 
     @property
     def base_url(self) -> str:
@@ -343,7 +361,7 @@ class LMStudioClient:
             response = await self._send(method, path, json_body=json_body, model=model, timeout_s=limit)
             return response.json()
 
-        return await call_with_retries(once, self.retry, deadline=deadline)
+        return await self._guarded(once, deadline)
 
     async def forward(self, path: str, content: bytes, *, model: str | None = None) -> httpx.Response:
         """POST a client's JSON body as is (retried); the response is LM Studio's, untouched."""
@@ -358,7 +376,7 @@ class LMStudioClient:
                 raise error
             return response
 
-        return await call_with_retries(once, self.retry)
+        return await self._guarded(once)
 
     async def open_stream(self, path: str, content: bytes, *, model: str | None = None) -> httpx.Response:
         """POST and return the response with its body unread (retried until LM Studio accepts it).
@@ -384,7 +402,7 @@ class LMStudioClient:
                     raise error
             return response
 
-        return await call_with_retries(once, self.retry)
+        return await self._guarded(once)
 
     async def ping(self, timeout_s: float = 3.0) -> None:
         """One quick call, no retries: raises an `LLMError` when LM Studio does not answer properly."""
@@ -409,7 +427,7 @@ class LMStudioClient:
             # LM Studio answers an unknown endpoint with 200 {"error": "Unexpected endpoint or method..."}
             return None if isinstance(body, dict) and "error" in body else body
 
-        return await call_with_retries(once, self.retry)
+        return await self._guarded(once)
 
     async def list_models(self) -> list[ModelInfo]:
         """Every model LM Studio knows, from the richest model-list API it has (detected once)."""

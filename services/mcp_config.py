@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PureWindowsPath
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from services.errors import MCPConfigError
 
 Transport = Literal["stdio", "http"]
+
+BRIDGE_COMMANDS = frozenset({"lmstudio-bridge", "lmstudio-bridge.exe"})
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", "::"})
 
 _ENV_REF = re.compile(r"\$\{env:([^}]*)\}")
 _TYPE_ALIASES: dict[str, Transport] = {
@@ -39,6 +43,7 @@ class MCPServerConfig:
     timeout_s: float | None = None
     allowed_tools: frozenset[str] | None = None
     disabled_tools: frozenset[str] = frozenset()
+    is_bridge: bool = False  # lmstudio-bridge itself: skipped (recursion guard)
 
     def describe(self) -> dict[str, Any]:
         """A secret-free summary: env and header NAMES only, URL without credentials or query."""
@@ -78,6 +83,32 @@ def safe_url(url: str | None) -> str | None:
         return urlunsplit((parts.scheme, host, parts.path, "", ""))
     except ValueError:
         return "<invalid url>"
+
+
+def is_bridge_entry(cfg: MCPServerConfig, host: str, port: int) -> bool:
+    """Whether the entry runs `lmstudio-bridge mcp` or points at this gateway's own `/mcp` on host:port."""
+    if cfg.transport == "stdio":
+        argv = [cfg.command or "", *cfg.args]
+        return any(
+            (PureWindowsPath(arg).name in BRIDGE_COMMANDS and argv[i + 1 : i + 2] == ["mcp"])
+            or argv[i : i + 3] == ["-m", "app.cli", "mcp"]
+            for i, arg in enumerate(argv)
+        )
+    try:
+        parts = urlsplit(cfg.url or "")
+        url_port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return False
+    local = parts.hostname in LOOPBACK_HOSTS | {host.lower()}
+    return local and url_port == port and parts.path.rstrip("/") == "/mcp"
+
+
+def guard_recursion(servers: dict[str, MCPServerConfig], host: str, port: int) -> dict[str, MCPServerConfig]:
+    """The servers with every entry that is lmstudio-bridge itself marked `is_bridge` and disabled."""
+    return {
+        name: replace(cfg, is_bridge=True, disabled=True) if is_bridge_entry(cfg, host, port) else cfg
+        for name, cfg in servers.items()
+    }
 
 
 def find_config_path(explicit: str | None, cwd: Path, home: Path) -> Path | None:

@@ -28,6 +28,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.message import SessionMessage
 from mcp_types import CONNECTION_CLOSED, INVALID_PARAMS, REQUEST_TIMEOUT
 
+from services.breaker import Breaker
 from services.errors import (
     MCPServerNotFoundError,
     MCPServerUnavailableError,
@@ -48,6 +49,7 @@ DEFAULT_MAX_CONCURRENCY = 16
 STDERR_TAIL_LINES = 20
 STOP_WAIT_S = 15.0
 _MAX_TOOL_PAGES = 100
+RECURSION_SKIPPED = "skipped: this entry is lmstudio-bridge itself (recursion guard)"
 _NOT_FOUND_TEXT = re.compile(r"unknown tool|not found|no such tool|does not exist", re.IGNORECASE)
 
 
@@ -85,6 +87,7 @@ class ServerStatus:
     headers: list[str]
     command: str | None
     url: str | None
+    breaker: str = "closed"
 
 
 @dataclass
@@ -186,11 +189,12 @@ class _Conn:
 
 
 class _Server:
-    def __init__(self, cfg: MCPServerConfig, max_concurrency: int) -> None:
+    def __init__(self, cfg: MCPServerConfig, max_concurrency: int, breaker: Breaker) -> None:
         self.cfg = cfg
+        self.breaker = breaker
         self.conn: _Conn | None = None
         self.failed = False
-        self.last_error: str | None = None
+        self.last_error: str | None = RECURSION_SKIPPED if cfg.is_bridge else None
         self.tool_count: int | None = None
         self.sem = asyncio.Semaphore(max_concurrency)
         self.in_flight = 0
@@ -286,8 +290,19 @@ class MCPPool:
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         restart_backoff_s: float = 1.0,
         restart_backoff_max_s: float = 30.0,
+        breaker_failures: int = 5,
+        breaker_reset_s: float = 30.0,
     ) -> None:
-        self._servers = {name: _Server(cfg, max_concurrency) for name, cfg in servers.items()}
+        def breaker(name: str) -> Breaker:
+            return Breaker(
+                f"MCP server {name!r}",
+                failures=breaker_failures,
+                reset_s=breaker_reset_s,
+                counts=lambda exc: isinstance(exc, MCPServerUnavailableError | MCPToolTimeoutError),
+                unavailable=lambda detail, wait: MCPServerUnavailableError(detail, retry_after=wait),
+            )
+
+        self._servers = {name: _Server(cfg, max_concurrency, breaker(name)) for name, cfg in servers.items()}
         self._call_timeout_s = call_timeout_s
         self._start_timeout_s = start_timeout_s
         self._idle_s = idle_s
@@ -365,6 +380,7 @@ class MCPPool:
                     headers=sorted(cfg.headers),
                     command=cfg.command,
                     url=safe_url(cfg.url),
+                    breaker=srv.breaker.state,
                 )
             )
         return out
@@ -382,7 +398,8 @@ class MCPPool:
         if srv is None:
             raise MCPServerNotFoundError(name, self.names())
         if srv.cfg.disabled:
-            raise MCPServerUnavailableError(f"MCP server {name!r} is disabled in mcp.json")
+            why = RECURSION_SKIPPED if srv.cfg.is_bridge else "disabled in mcp.json"
+            raise MCPServerUnavailableError(f"MCP server {name!r} is {why}")
         return srv
 
     def _visible(self, srv: _Server, conn: _Conn) -> list[mtypes.Tool]:
@@ -400,7 +417,7 @@ class MCPPool:
     async def list_tools(self, server: str) -> list[ToolSpec]:
         """The server's tools (filtered by allowedTools/disabledTools); starts it if needed."""
         srv = self._get(server)
-        conn = await self._ensure(srv, self._call_timeout_s)
+        conn = await srv.breaker.call(lambda: self._ensure(srv, self._call_timeout_s))
         srv.last_used = asyncio.get_running_loop().time()
         return [self._spec(server, t) for t in self._visible(srv, conn)]
 
@@ -431,6 +448,12 @@ class MCPPool:
     ) -> ToolResult:
         """Call one tool. Tool-reported errors come back as `is_error=True`, not as exceptions."""
         srv = self._get(server)
+        return await srv.breaker.call(lambda: self._call_tool(srv, tool, arguments, timeout_s, meta))
+
+    async def _call_tool(
+        self, srv: _Server, tool: str, arguments: dict[str, Any], timeout_s: float | None, meta: dict[str, Any] | None
+    ) -> ToolResult:
+        server = srv.cfg.name
         timeout = srv.cfg.timeout_s or timeout_s or self._call_timeout_s
         loop = asyncio.get_running_loop()
         srv.in_flight += 1

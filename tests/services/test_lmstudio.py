@@ -15,6 +15,7 @@ from services.errors import (
     LLMTimeoutError,
     LLMValidationError,
     ModelNotFoundError,
+    NotSupportedError,
 )
 from services.lmstudio import LMStudioClient
 from services.retry import RetryPolicy
@@ -196,6 +197,6 @@ async def test_bearer_token_and_ttl_are_sent() -> None:
 async def test_unexpected_endpoint_quirk_is_an_error_not_a_result() -> None:
     async with mock_lmstudio("--api", "openai") as mock:
         client = LMStudioClient.create(mock.base_url, retry=NO_RETRY)
-        with pytest.raises(LLMResponseError, match="Unexpected endpoint"):
+        with pytest.raises(NotSupportedError, match="Unexpected endpoint"):
             await client.request_json("GET", "/api/v1/models")
         await client.aclose()

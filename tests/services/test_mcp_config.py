@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from services.errors import MCPConfigError
-from services.mcp_config import MCPServerConfig, find_config_path, load_mcp_config
+from services.mcp_config import MCPServerConfig, find_config_path, guard_recursion, is_bridge_entry, load_mcp_config
 
 
 def write(tmp_path: Path, data: Any) -> Path:
@@ -157,3 +157,39 @@ def test_find_config_path_order(tmp_path: Path) -> None:
     assert find_config_path(str(explicit), cwd, home) == explicit
     with pytest.raises(MCPConfigError, match="does not exist"):
         find_config_path(str(tmp_path / "missing.json"), cwd, home)
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ({"command": "/home/u/bridge/.venv/bin/lmstudio-bridge", "args": ["mcp"]}, True),
+        ({"command": "C:\\bridge\\.venv\\Scripts\\lmstudio-bridge.exe", "args": ["mcp"]}, True),
+        ({"command": "python3", "args": ["-m", "app.cli", "mcp"]}, True),
+        ({"command": "uv", "args": ["run", "--directory", "/src/bridge", "lmstudio-bridge", "mcp"]}, True),
+        ({"command": "lmstudio-bridge", "args": ["serve"]}, False),
+        ({"command": "npx", "args": ["-y", "@modelcontextprotocol/server-filesystem", "mcp"]}, False),
+        ({"command": "python3", "args": ["-m", "mcp_server_time"]}, False),
+        ({"url": "http://localhost:8000/mcp"}, True),
+        ({"url": "http://127.0.0.1:8000/mcp/"}, True),
+        ({"url": "http://[::1]:8000/mcp"}, True),
+        ({"url": "http://gateway.lan:8000/mcp"}, True),  # the host the gateway is bound to
+        ({"url": "http://localhost:8001/mcp"}, False),
+        ({"url": "http://localhost:8000/other/mcp"}, False),
+        ({"url": "https://example.com:8000/mcp"}, False),
+        ({"url": "http://localhost/mcp"}, False),
+    ],
+)
+def test_is_bridge_entry(tmp_path: Path, entry: dict[str, Any], expected: bool) -> None:
+    cfg = load(tmp_path, {"x": entry})["x"]
+    assert is_bridge_entry(cfg, "gateway.lan", 8000) is expected
+
+
+def test_guard_recursion_disables_only_the_bridge(tmp_path: Path) -> None:
+    servers = load(
+        tmp_path,
+        {"time": {"command": "uvx", "args": ["mcp-server-time"]}, "me": {"url": "http://localhost:8000/mcp"}},
+    )
+    guarded = guard_recursion(servers, "127.0.0.1", 8000)
+    assert guarded["time"] is servers["time"]
+    assert guarded["me"].is_bridge and guarded["me"].disabled
+    assert not servers["me"].is_bridge  # configs are frozen: the guard returns new ones

@@ -1,0 +1,59 @@
+"""Running the gateway under uvicorn with a graceful, run-aware shutdown."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+
+import uvicorn
+
+from app.main import create_app
+from app.settings import Settings
+
+log = logging.getLogger("lmstudio_bridge")
+
+
+class GracefulServer(uvicorn.Server):
+    """On SIGTERM: stop accepting, let runs finish within the grace period, then stop them
+    (streams get `run.failed`, JSON callers a 503 `shutting_down`), then the normal shutdown."""
+
+    def __init__(self, config: uvicorn.Config, grace_s: float) -> None:
+        super().__init__(config)
+        self.grace_s = grace_s
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        bridge = getattr(self.config.app.state, "bridge", None)  # type: ignore[union-attr]
+        if bridge is not None:
+            log.info("draining: %d run(s) in flight, grace %.0f s", len(bridge.agent.active), self.grace_s)
+            await bridge.agent.drain(self.grace_s)
+        await super().shutdown(sockets)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run_server(settings: Settings, host: str, port: int) -> None:
+    if not settings.api_keys and not is_loopback(host):
+        log.warning(
+            "!!! lmstudio-bridge listens on %s with NO API KEYS: anyone who reaches this port can run tools "
+            "on your MCP servers. Set BRIDGE_API_KEYS (and --require-auth) or bind to 127.0.0.1. !!!",
+            host,
+        )
+    config = uvicorn.Config(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 10,
+    )
+    GracefulServer(config, settings.shutdown_grace_s).run()

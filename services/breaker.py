@@ -1,0 +1,86 @@
+"""Circuit breakers: aiobreaker's failure counting and state machine, wrapped so that half-open
+admits exactly ONE trial call and `Retry-After` comes from a monotonic clock (aiobreaker lets every
+waiting caller through in half-open and mixes naive UTC and local datetimes)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Literal, TypeVar
+
+import aiobreaker
+
+from services.errors import BridgeError
+
+T = TypeVar("T")
+State = Literal["closed", "open", "half_open"]
+TRIAL_BUSY_RETRY_S = 1.0  # Retry-After for callers turned away while the one trial call runs
+
+
+class Breaker:
+    """Opens after `failures` consecutive failed calls for `reset_s`; then one trial call decides."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        failures: int,
+        reset_s: float,
+        counts: Callable[[BaseException], bool],
+        unavailable: Callable[[str, float], BridgeError],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.reset_s = reset_s
+        self._unavailable = unavailable
+        self._clock = clock
+        self._inner = aiobreaker.CircuitBreaker(
+            fail_max=failures,
+            timeout_duration=timedelta(seconds=reset_s),
+            exclude=[lambda exc: not counts(exc)],
+            name=name,
+        )
+        self._opened_at = 0.0
+        self._trial_running = False
+        self.rejected = 0
+
+    @property
+    def state(self) -> State:
+        state = self._inner.current_state
+        if state == aiobreaker.CircuitBreakerState.OPEN:
+            return "open" if self.retry_after() > 0 else "half_open"
+        return "half_open" if state == aiobreaker.CircuitBreakerState.HALF_OPEN else "closed"
+
+    def retry_after(self) -> float:
+        """Seconds until a trial call may go through (0 when it may now)."""
+        if self._inner.current_state != aiobreaker.CircuitBreakerState.OPEN:
+            return 0.0
+        return max(0.0, self._opened_at + self.reset_s - self._clock())
+
+    def check(self) -> None:
+        """Fail fast if a call would be refused now (without counting or reserving anything)."""
+        if self.state == "open" or (self.state == "half_open" and self._trial_running):
+            raise self._refuse()
+
+    def _refuse(self) -> BridgeError:
+        self.rejected += 1
+        wait = self.retry_after() or TRIAL_BUSY_RETRY_S
+        return self._unavailable(f"{self.name} is failing; circuit open, retry in {wait:.1f} s", wait)
+
+    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        trial = self.state == "half_open"
+        if self.state == "open" or (trial and self._trial_running):
+            raise self._refuse()
+        if trial:
+            self._trial_running = True
+            self._inner.half_open()  # decided by our monotonic clock, not aiobreaker's datetimes
+        try:
+            result: T = await self._inner.call_async(fn)
+            return result
+        except aiobreaker.CircuitBreakerError as exc:  # it just opened (threshold reached or trial failed)
+            self._opened_at = self._clock()
+            raise exc.__cause__ or exc from None
+        finally:
+            if trial:
+                self._trial_running = False
