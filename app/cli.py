@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
 from app.lifespan import build_lmstudio
@@ -12,12 +11,12 @@ from app.main import load_mcp, load_settings
 from app.mcp_front import serve_stdio
 from app.server import run_server
 from app.settings import Settings
+from app.telemetry import configure_logging, secrets_of
 from services.errors import LLMError
 
 
 def serve(args: argparse.Namespace) -> int:
     settings = load_settings()
-    logging.basicConfig(level=settings.log_level, format="%(levelname)s: %(name)s: %(message)s")
     if (args.require_auth or settings.require_auth) and not settings.api_keys:
         print("--require-auth: refusing to start without BRIDGE_API_KEYS", file=sys.stderr)
         return 2
@@ -51,8 +50,9 @@ def check(args: argparse.Namespace) -> int:
 def mcp(args: argparse.Namespace) -> int:
     """Serve the autonomous tools over stdio: stdout carries JSON-RPC only, logs go to stderr."""
     settings = load_settings()
-    logging.basicConfig(stream=sys.stderr, level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve_stdio(settings, load_mcp(settings)))
+    mcp_setup = load_mcp(settings)
+    configure_logging(settings.log_level, secrets_of(settings, mcp_setup.secret_values()))  # stderr only
+    asyncio.run(serve_stdio(settings, mcp_setup))
     return 0
 
 

@@ -12,9 +12,11 @@ from typing import Any
 
 from fastapi import FastAPI
 from mcp.server.mcpserver import MCPServer
+from opentelemetry.sdk.trace import TracerProvider
 
 from app.settings import Settings
 from app.state import BridgeState
+from app.telemetry import instrument_client
 from services.agent import AgentService
 from services.breaker import Breaker
 from services.catalog import ModelCatalog
@@ -23,6 +25,7 @@ from services.limits import RunLimiter
 from services.lmstudio import LMStudioClient, counts_against_lmstudio
 from services.mcp_config import MCPServerConfig, find_config_path, guard_recursion, load_mcp_config
 from services.mcp_pool import MCPPool
+from services.metrics import Metrics, StateReader
 from services.openai_compat import OpenAICompat
 from services.retry import RetryPolicy
 
@@ -34,17 +37,27 @@ class MCPSetup:
     path: Path | None
     servers: dict[str, MCPServerConfig]
 
+    def secret_values(self) -> list[str]:
+        """MCP env and header values: never logged."""
+        return [v for cfg in self.servers.values() for v in (*cfg.env.values(), *cfg.headers.values())]
+
 
 def load_mcp_setup(settings: Settings) -> MCPSetup:
     """Find and parse mcp.json; raises MCPConfigError naming the server and field."""
     path = find_config_path(settings.mcp_config, Path.cwd(), Path.home())
     servers = guard_recursion(load_mcp_config(path, os.environ), settings.host, settings.port)
-    for name in (name for name, cfg in servers.items() if cfg.is_bridge):
-        log.warning("MCP server %r skipped: it is lmstudio-bridge itself (recursion guard)", name)
+    for cfg in servers.values():
+        if cfg.is_bridge:
+            log.warning("MCP server %r skipped: it is lmstudio-bridge itself (recursion guard)", cfg.name)
     return MCPSetup(path, servers)
 
 
-def build_lmstudio(settings: Settings) -> LMStudioClient:
+def _breaker_states(lmstudio: LMStudioClient, pool: MCPPool) -> dict[str, str]:
+    states = {"lmstudio": lmstudio.breaker.state} if lmstudio.breaker else {}
+    return states | {f"mcp:{s.name}": s.breaker for s in pool.status()}
+
+
+def build_lmstudio(settings: Settings, metrics: Metrics | None = None) -> LMStudioClient:
     token = settings.lmstudio_api_token.get_secret_value() if settings.lmstudio_api_token else None
     breaker = Breaker(
         "LM Studio",
@@ -63,10 +76,11 @@ def build_lmstudio(settings: Settings) -> LMStudioClient:
             settings.lmstudio_retries, settings.lmstudio_retry_backoff_s, settings.lmstudio_retry_backoff_max_s
         ),
         breaker=breaker,
+        metrics=metrics,
     )
 
 
-def build_pool(settings: Settings, servers: dict[str, MCPServerConfig]) -> MCPPool:
+def build_pool(settings: Settings, servers: dict[str, MCPServerConfig], metrics: Metrics | None = None) -> MCPPool:
     return MCPPool(
         servers,
         call_timeout_s=settings.mcp_call_timeout_s,
@@ -75,24 +89,36 @@ def build_pool(settings: Settings, servers: dict[str, MCPServerConfig]) -> MCPPo
         max_concurrency=settings.mcp_max_concurrency,
         breaker_failures=settings.breaker_failures,
         breaker_reset_s=settings.breaker_reset_s,
+        metrics=metrics,
+        capture_content=settings.otel_capture_content,
     )
 
 
 def lifespan_for(
-    settings: Settings, mcp: MCPSetup, mcp_server: MCPServer[Any] | None = None
+    settings: Settings,
+    mcp: MCPSetup,
+    mcp_server: MCPServer[Any] | None = None,
+    *,
+    metrics: Metrics | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    metrics = metrics or Metrics()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            lmstudio = build_lmstudio(settings)
+            lmstudio = build_lmstudio(settings, metrics)
             stack.push_async_callback(lmstudio.aclose)
+            if tracer_provider is not None:
+                instrument_client(lmstudio.http, tracer_provider)
+                stack.callback(tracer_provider.force_flush)
             catalog = ModelCatalog(
                 lmstudio.list_models,
                 ttl_s=settings.model_cache_ttl_s,
                 default_model=settings.default_model,
                 aliases=settings.model_aliases,
             )
-            pool = build_pool(settings, mcp.servers)
+            pool = build_pool(settings, mcp.servers, metrics)
             stack.push_async_callback(pool.aclose)
             await pool.start(warmup=settings.mcp_warmup)
             limiter = RunLimiter(settings.max_concurrent_runs, settings.queue_timeout_s)
@@ -104,6 +130,18 @@ def lifespan_for(
                 run_timeout_s=settings.run_timeout_s,
                 tool_output_max_chars=settings.tool_output_max_chars,
                 load_timeout_s=settings.lmstudio_load_timeout_s,
+                metrics=metrics,
+                capture_content=settings.otel_capture_content,
+            )
+            metrics.watch(
+                StateReader(
+                    runs_in_flight=lambda: limiter.in_flight,
+                    runs_rejected=lambda: limiter.rejected,
+                    live_sessions=pool.live_sessions,
+                    cache_hits=lambda: catalog.hits,
+                    cache_misses=lambda: catalog.misses,
+                    breakers=lambda: _breaker_states(lmstudio, pool),
+                )
             )
             app.state.bridge = BridgeState(
                 settings=settings,
@@ -114,6 +152,7 @@ def lifespan_for(
                 limiter=limiter,
                 agent=agent,
                 compat=OpenAICompat(lmstudio, catalog, agent),
+                metrics=metrics,
             )
             if mcp_server is not None:  # the sessions of `/mcp` (streamable HTTP) end before the services
                 await stack.enter_async_context(mcp_server.session_manager.run())

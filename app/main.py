@@ -15,8 +15,11 @@ from app.mcp_front import build_mcp_server, http_routes
 from app.security import APIKeyMiddleware, BodyLimitMiddleware
 from app.settings import Settings, format_validation_error
 from app.state import BridgeState
+from app.telemetry import RequestContextMiddleware, configure_logging, instrument, secrets_of, tracer_provider
 from routers import autonomous, health, mcp, models, openai
+from routers import metrics as metrics_router
 from services.errors import MCPConfigError
+from services.metrics import Metrics
 
 API_DESCRIPTION = (
     "Async HTTP gateway beside LM Studio: a local model carries out tasks by calling tools on MCP servers, "
@@ -42,19 +45,25 @@ def load_mcp(settings: Settings) -> MCPSetup:
         raise SystemExit(2) from None
 
 
-def create_app(settings: Settings | None = None, mcp_setup: MCPSetup | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, mcp_setup: MCPSetup | None = None, *, configure_logs: bool = False
+) -> FastAPI:
     """The ASGI app. Without arguments it reads the environment (and exits on invalid config)."""
     from_env = settings is None
     settings = settings or load_settings()
     if mcp_setup is None:  # tests pass settings and get MCPConfigError raised instead of an exit
         mcp_setup = load_mcp(settings) if from_env else load_mcp_setup(settings)
+    if configure_logs or from_env:
+        configure_logging(settings.log_level, secrets_of(settings, mcp_setup.secret_values()))
+    metrics = Metrics()
+    provider = tracer_provider(settings)
     # the MCP front door's tools read the state the lifespan puts on `app` (looked up at call time)
     mcp_server = build_mcp_server(settings, lambda: cast(BridgeState, app.state.bridge))
     app = FastAPI(
         title="lmstudio-bridge",
         version="0.1.0",
         description=API_DESCRIPTION,
-        lifespan=lifespan_for(settings, mcp_setup, mcp_server),
+        lifespan=lifespan_for(settings, mcp_setup, mcp_server, metrics=metrics, tracer_provider=provider),
     )
     install_error_handler(app)
     # outermost last: body limit, then API keys, then CORS (so preflights are answered first)
@@ -67,9 +76,11 @@ def create_app(settings: Settings | None = None, mcp_setup: MCPSetup | None = No
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-ID", "Mcp-Session-Id"],
-            expose_headers=["X-Request-ID", "X-Run-ID", "Retry-After", "Mcp-Session-Id"],
+            expose_headers=["X-Request-ID", "X-Trace-ID", "X-Run-ID", "Retry-After", "Mcp-Session-Id"],
         )
-    for router in (health.router, models.router, mcp.router, autonomous.router, openai.router):
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    instrument(app, provider)
+    for router in (health.router, metrics_router.router, models.router, mcp.router, autonomous.router, openai.router):
         app.include_router(router)
     app.router.routes.extend(http_routes(mcp_server, settings))  # `/mcp`, no redirect to `/mcp/`
     return app

@@ -204,10 +204,8 @@ def problem_result(exc: Exception) -> CallToolResult:
     err = as_bridge_error(exc)
     if not isinstance(exc, BridgeError):
         log.exception("MCP tool failed unexpectedly", exc_info=exc)
-    problem = err.problem()
-    return CallToolResult(
-        content=[TextContent(type="text", text=f"{err.code}: {err.detail}")], structured_content=problem, is_error=True
-    )
+    text = TextContent(type="text", text=f"{err.code}: {err.detail}")
+    return CallToolResult(content=[text], structured_content=err.problem(), is_error=True)
 
 
 def _result(text: str, data: dict[str, Any]) -> CallToolResult:

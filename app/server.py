@@ -48,12 +48,14 @@ def run_server(settings: Settings, host: str, port: int) -> None:
             "on your MCP servers. Set BRIDGE_API_KEYS (and --require-auth) or bind to 127.0.0.1. !!!",
             host,
         )
+    settings = settings.model_copy(update={"host": host, "port": port})  # the recursion guard needs the real address
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, configure_logs=True),
         host=host,
         port=port,
         log_level=settings.log_level.lower(),
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 10,
+        log_config=None,  # our JSON logging, configured by create_app
     )
     GracefulServer(config, settings.shutdown_grace_s).run()

@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, validation_alias=_env("BRIDGE_API_KEYS")
     )
+    otel_console: bool = Field(False, validation_alias=_env("BRIDGE_OTEL_CONSOLE"))
+    otel_capture_content: bool = Field(False, validation_alias=_env("BRIDGE_OTEL_CAPTURE_CONTENT"))
     shutdown_grace_s: float = Field(20.0, ge=0, validation_alias=_env("BRIDGE_SHUTDOWN_GRACE_S"))
     max_body_bytes: int = Field(1_048_576, ge=1024, validation_alias=_env("BRIDGE_MAX_BODY_BYTES"))
     metrics_require_key: bool = Field(False, validation_alias=_env("BRIDGE_METRICS_REQUIRE_KEY"))

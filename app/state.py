@@ -11,6 +11,7 @@ from services.catalog import ModelCatalog
 from services.limits import RunLimiter
 from services.lmstudio import LMStudioClient
 from services.mcp_pool import MCPPool
+from services.metrics import Metrics
 from services.openai_compat import OpenAICompat
 
 
@@ -24,3 +25,4 @@ class BridgeState:
     limiter: RunLimiter
     agent: AgentService
     compat: OpenAICompat
+    metrics: Metrics

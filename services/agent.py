@@ -15,8 +15,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from opentelemetry import trace
-
 from services.catalog import ModelCatalog, ResolvedModel
 from services.errors import (
     BridgeError,
@@ -28,7 +26,9 @@ from services.errors import (
 from services.limits import RunLimiter
 from services.lmstudio import ChatResult, LMStudioClient, Usage
 from services.mcp_pool import MCPPool, ToolCatalog, ToolSpec
+from services.metrics import Metrics
 from services.tool_args import coerce_arguments, validate_arguments
+from services.tracing import clip, current_run_id, trace_id, tracer
 
 RunStatus = Literal["completed", "max_rounds", "timeout", "cancelled"]
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -102,11 +102,6 @@ class RunResult:
         return asdict(self)
 
 
-def current_trace_id() -> str | None:
-    ctx = trace.get_current_span().get_span_context()
-    return format(ctx.trace_id, "032x") if ctx.is_valid else None
-
-
 def truncate(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
@@ -126,7 +121,11 @@ class AgentService:
         run_timeout_s: float = 300.0,
         tool_output_max_chars: int = 20_000,
         load_timeout_s: float | None = None,
+        metrics: Metrics | None = None,
+        capture_content: bool = False,
     ) -> None:
+        self.metrics = metrics or Metrics()
+        self.capture_content = capture_content
         self.lmstudio = lmstudio
         self.catalog = catalog
         self.pool = pool
@@ -238,9 +237,28 @@ class Run:
         """Carry out the run. Cancelling the calling task cancels the LM Studio call and tool calls."""
         self.task = asyncio.current_task()
         self.service.active.add(self)
+        current_run_id.set(self.run_id)
+        attributes = {
+            "bridge.run_id": self.run_id,
+            "gen_ai.request.model": self.model.id,
+            "bridge.mcp_servers": self.servers,
+            "gen_ai.operation.name": "invoke_agent",
+        }
+        if self.service.capture_content:
+            attributes["bridge.task"] = clip(self.spec.task)
+        started, status = time.monotonic(), "failed"
         try:
-            return await self._execute(emit)
+            with tracer.start_as_current_span("agent.run", attributes=attributes) as span:
+                result = await self._execute(emit)
+                status = result.status
+                span.set_attributes(
+                    {"bridge.status": status, "bridge.rounds": result.rounds, "gen_ai.response.model": result.model}
+                )
+                if self.service.capture_content:
+                    span.set_attribute("bridge.output", clip(result.output))
+                return result
         except asyncio.CancelledError:
+            status = "cancelled"
             if not self._stopping or self.task is None:
                 raise
             self.task.uncancel()
@@ -249,6 +267,10 @@ class Run:
             ) from None
         finally:
             self.service.active.discard(self)
+            metrics = self.service.metrics
+            metrics.runs.labels(status).inc()
+            metrics.run_duration.labels(status).observe(time.monotonic() - started)
+            metrics.run_rounds.labels(status).observe(self.rounds)
 
     async def _execute(self, emit: Emit | None) -> RunResult:
         started = time.monotonic()
@@ -284,7 +306,7 @@ class Run:
             steps=self.steps,
             usage=self.usage,
             duration_ms=round((time.monotonic() - started) * 1000, 2),
-            trace_id=current_trace_id(),
+            trace_id=trace_id(),
             warnings=self.warnings,
             tool_calls=self.client_calls,
         )

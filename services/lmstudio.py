@@ -7,17 +7,21 @@ retried by `call_with_retries`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, TypeVar
 
 import httpx
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind
 
 from services.breaker import Breaker
 from services.errors import (
+    BridgeError,
     LLMConnectionError,
     LLMError,
     LLMRateLimitError,
@@ -27,7 +31,9 @@ from services.errors import (
     ModelNotFoundError,
     NotSupportedError,
 )
+from services.metrics import Metrics
 from services.retry import RetryPolicy, call_with_retries
+from services.tracing import tracer
 
 T = TypeVar("T")
 
@@ -276,6 +282,55 @@ def parse_chat(body: dict[str, Any]) -> ChatResult:
     )
 
 
+# --- telemetry ---------------------------------------------------------------------------
+
+
+def _operation(path: str) -> str:
+    """The GenAI operation name of an OpenAI-style path."""
+    return {
+        "/v1/chat/completions": "chat",
+        "/v1/completions": "text_completion",
+        "/v1/embeddings": "embeddings",
+        "/v1/responses": "responses",
+    }.get(path, "request")
+
+
+@contextlib.contextmanager
+def gen_ai_span(operation: str, model: Any, *, stream: bool = False) -> Iterator[Span]:
+    """A client span following the OpenTelemetry GenAI conventions."""
+    name = f"{operation} {model}" if model else operation
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": operation,
+        "gen_ai.provider.name": "lmstudio",
+        "gen_ai.system": "lmstudio",
+    }
+    if model:
+        attributes["gen_ai.request.model"] = str(model)
+    if stream:
+        attributes["bridge.stream"] = True
+    with tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes) as span:
+        yield span
+
+
+def record_response(span: Span, body: Any, metrics: Metrics) -> None:
+    """Response model, usage and finish reasons on the span; tokens in the metrics."""
+    if not isinstance(body, dict):
+        return
+    model = str(body.get("model") or "")
+    usage = Usage.from_json(body.get("usage"))
+    prompt, completion = usage.prompt_tokens, usage.completion_tokens
+    reasons = [str(c.get("finish_reason")) for c in body.get("choices") or [] if isinstance(c, dict)]
+    if model:
+        span.set_attribute("gen_ai.response.model", model)
+    span.set_attribute("gen_ai.usage.input_tokens", prompt)
+    span.set_attribute("gen_ai.usage.output_tokens", completion)
+    if reasons:
+        span.set_attribute("gen_ai.response.finish_reasons", reasons)
+    if model and (prompt or completion):
+        metrics.tokens.labels(model, "input").inc(prompt)
+        metrics.tokens.labels(model, "output").inc(completion)
+
+
 # --- the client ------------------------------------------------------------------------------
 
 
@@ -283,11 +338,17 @@ class LMStudioClient:
     """Talks to one LM Studio server over a shared, pooled HTTP client."""
 
     def __init__(
-        self, http: httpx.AsyncClient, *, retry: RetryPolicy | None = None, breaker: Breaker | None = None
+        self,
+        http: httpx.AsyncClient,
+        *,
+        retry: RetryPolicy | None = None,
+        breaker: Breaker | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.http = http
         self.retry = retry or RetryPolicy()
         self.breaker = breaker
+        self.metrics = metrics or Metrics()
         self.models_api: str | None = None  # detected once: "api-v1" | "api-v0" | "openai"
 
     @classmethod
@@ -301,6 +362,7 @@ class LMStudioClient:
         max_connections: int = 100,
         retry: RetryPolicy | None = None,
         breaker: Breaker | None = None,
+        metrics: Metrics | None = None,
     ) -> LMStudioClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         http = httpx.AsyncClient(
@@ -309,13 +371,35 @@ class LMStudioClient:
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s, pool=connect_timeout_s),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         )
-        return cls(http, retry=retry, breaker=breaker)
+        return cls(http, retry=retry, breaker=breaker, metrics=metrics)
 
-    async def _guarded(self, once: Callable[[], Awaitable[T]], deadline: float | None = None) -> T:
-        """One logical call: retried, then counted by the breaker only once its retries are spent."""
-        if self.breaker is None:
-            return await call_with_retries(once, self.retry, deadline=deadline)
-        return await self.breaker.call(lambda: call_with_retries(once, self.retry, deadline=deadline))
+    async def _guarded(
+        self, once: Callable[[], Awaitable[T]], deadline: float | None = None, operation: str = "request"
+    ) -> T:
+        """One logical call: retried, then counted by the breaker only once its retries are spent.
+
+        Latency, outcome and retries go to the metrics; the retry count to the current span.
+        """
+        retries = 0
+
+        def on_retry(attempt: int, exc: BaseException) -> None:
+            nonlocal retries
+            retries = attempt
+            self.metrics.lmstudio_retries.labels(getattr(exc, "code", type(exc).__name__)).inc()
+
+        def call() -> Awaitable[T]:
+            return call_with_retries(once, self.retry, deadline=deadline, on_retry=on_retry)
+
+        started, outcome = time.perf_counter(), "ok"
+        try:
+            return await (call() if self.breaker is None else self.breaker.call(call))
+        except BridgeError as exc:
+            outcome = exc.code
+            raise
+        finally:
+            self.metrics.lmstudio_duration.labels(operation, outcome).observe(time.perf_counter() - started)
+            if retries:
+                trace.get_current_span().set_attribute("bridge.retry.attempts", retries)
 
     @property
     def base_url(self) -> str:
@@ -361,10 +445,18 @@ class LMStudioClient:
             response = await self._send(method, path, json_body=json_body, model=model, timeout_s=limit)
             return response.json()
 
-        return await self._guarded(once, deadline)
+        return await self._guarded(once, deadline, _operation(path))
 
     async def forward(self, path: str, content: bytes, *, model: str | None = None) -> httpx.Response:
         """POST a client's JSON body as is (retried); the response is LM Studio's, untouched."""
+        with gen_ai_span(_operation(path), model) as span:
+            response = await self._forward(path, content, model)
+            if span.is_recording() and "json" in response.headers.get("content-type", ""):
+                with contextlib.suppress(ValueError):
+                    record_response(span, response.json(), self.metrics)
+            return response
+
+    async def _forward(self, path: str, content: bytes, model: str | None) -> httpx.Response:
 
         async def once() -> httpx.Response:
             try:
@@ -376,7 +468,7 @@ class LMStudioClient:
                 raise error
             return response
 
-        return await self._guarded(once)
+        return await self._guarded(once, operation=_operation(path))
 
     async def open_stream(self, path: str, content: bytes, *, model: str | None = None) -> httpx.Response:
         """POST and return the response with its body unread (retried until LM Studio accepts it).
@@ -402,7 +494,8 @@ class LMStudioClient:
                     raise error
             return response
 
-        return await self._guarded(once)
+        with gen_ai_span(_operation(path), model, stream=True):
+            return await self._guarded(once, operation=_operation(path))
 
     async def ping(self, timeout_s: float = 3.0) -> None:
         """One quick call, no retries: raises an `LLMError` when LM Studio does not answer properly."""
@@ -427,7 +520,7 @@ class LMStudioClient:
             # LM Studio answers an unknown endpoint with 200 {"error": "Unexpected endpoint or method..."}
             return None if isinstance(body, dict) and "error" in body else body
 
-        return await self._guarded(once)
+        return await self._guarded(once, operation="list_models")
 
     async def list_models(self) -> list[ModelInfo]:
         """Every model LM Studio knows, from the richest model-list API it has (detected once)."""
@@ -446,16 +539,19 @@ class LMStudioClient:
     async def chat(
         self, payload: dict[str, Any], *, timeout_s: float | None = None, deadline: float | None = None
     ) -> ChatResult:
-        """Non-streamed chat completion (retried)."""
-        body = await self.request_json(
-            "POST",
-            "/v1/chat/completions",
-            json_body=payload,
-            model=payload.get("model"),
-            timeout_s=timeout_s,
-            deadline=deadline,
-        )
-        return parse_chat(body)
+        """Non-streamed chat completion (retried), traced as a GenAI `chat <model>` span."""
+        with gen_ai_span("chat", payload.get("model")) as span:
+            body = await self.request_json(
+                "POST",
+                "/v1/chat/completions",
+                json_body=payload,
+                model=payload.get("model"),
+                timeout_s=timeout_s,
+                deadline=deadline,
+            )
+            result = parse_chat(body)
+            record_response(span, body, self.metrics)
+            return result
 
     async def chat_stream(
         self, payload: dict[str, Any], *, timeout_s: float | None = None

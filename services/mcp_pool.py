@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import os
 import re
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.message import SessionMessage
 from mcp_types import CONNECTION_CLOSED, INVALID_PARAMS, REQUEST_TIMEOUT
+from opentelemetry.trace import SpanKind
 
 from services.breaker import Breaker
 from services.errors import (
@@ -36,7 +39,9 @@ from services.errors import (
     MCPToolTimeoutError,
 )
 from services.mcp_config import MCPServerConfig, safe_url
+from services.metrics import Metrics
 from services.tool_names import ToolNameMap, model_tool_name
+from services.tracing import clip, tracer
 
 logger = logging.getLogger(__name__)
 
@@ -292,7 +297,12 @@ class MCPPool:
         restart_backoff_max_s: float = 30.0,
         breaker_failures: int = 5,
         breaker_reset_s: float = 30.0,
+        metrics: Metrics | None = None,
+        capture_content: bool = False,
     ) -> None:
+        self.metrics = metrics or Metrics()
+        self.capture_content = capture_content
+
         def breaker(name: str) -> Breaker:
             return Breaker(
                 f"MCP server {name!r}",
@@ -446,9 +456,37 @@ class MCPPool:
         timeout_s: float | None = None,
         meta: dict[str, Any] | None = None,
     ) -> ToolResult:
-        """Call one tool. Tool-reported errors come back as `is_error=True`, not as exceptions."""
+        """Call one tool. Tool-reported errors come back as `is_error=True`, not as exceptions.
+
+        Traced as `tools/call <server>__<tool>`; the SDK adds the trace context to the request's `_meta`.
+        """
         srv = self._get(server)
-        return await srv.breaker.call(lambda: self._call_tool(srv, tool, arguments, timeout_s, meta))
+        name = model_tool_name(server, tool)
+        attributes = {"mcp.server": server, "gen_ai.tool.name": tool, "gen_ai.operation.name": "execute_tool"}
+        started, outcome = time.perf_counter(), "error"
+        with tracer.start_as_current_span(f"tools/call {name}", kind=SpanKind.CLIENT, attributes=attributes) as span:
+            if self.capture_content:
+                span.set_attribute("bridge.tool.arguments", clip(json.dumps(arguments, default=str)))
+            try:
+                result = await srv.breaker.call(lambda: self._call_tool(srv, tool, arguments, timeout_s, meta))
+                outcome = "tool_error" if result.is_error else "ok"
+                if self.capture_content:
+                    span.set_attribute("bridge.tool.output", clip(result.text))
+                return result
+            except MCPToolTimeoutError:
+                outcome = "timeout"
+                raise
+            except MCPServerUnavailableError:
+                outcome = "unavailable"
+                raise
+            except MCPToolNotFoundError:
+                outcome = "not_found"
+                raise
+            finally:
+                span.set_attribute("bridge.tool.outcome", outcome)
+                span.set_attribute("bridge.tool.is_error", outcome != "ok")
+                self.metrics.tool_calls.labels(server, tool, outcome).inc()
+                self.metrics.tool_duration.labels(server, tool).observe(time.perf_counter() - started)
 
     async def _call_tool(
         self, srv: _Server, tool: str, arguments: dict[str, Any], timeout_s: float | None, meta: dict[str, Any] | None

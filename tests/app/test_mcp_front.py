@@ -61,9 +61,9 @@ async def gateway(mock_server: MockLMStudio, config: Path) -> AsyncIterator[http
 
 
 @contextlib.asynccontextmanager
-async def http_session(gateway: httpx.AsyncClient) -> AsyncIterator[ClientSession]:
+async def http_session(gateway: httpx.AsyncClient, **headers: str) -> AsyncIterator[ClientSession]:
     async with (
-        httpx2.AsyncClient(timeout=60) as http,
+        httpx2.AsyncClient(timeout=60, headers=headers) as http,
         streamable_http_client(str(gateway.base_url.join("/mcp")), http_client=http) as (read, write),
         ClientSession(read, write) as session,
     ):
@@ -173,6 +173,15 @@ async def test_mcp_is_served_without_a_redirect(gateway: httpx.AsyncClient) -> N
     # bound to loopback: the SDK's DNS-rebinding protection refuses foreign Host headers
     foreign = await gateway.post("/mcp", json={}, headers={"Host": "evil.example"})
     assert foreign.status_code == 421
+
+
+async def test_api_keys_apply_to_mcp(mock: MockLMStudio, config: Path) -> None:
+    settings = make_settings(lmstudio_base_url=mock.base_url, mcp_config=str(config), api_keys="k1")
+    async with served(settings) as gateway:
+        refused = await gateway.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+        assert refused.status_code == 401 and refused.json()["code"] == "unauthorized"
+        async with http_session(gateway, Authorization="Bearer k1") as session:
+            assert {t.name for t in (await session.list_tools()).tools} == TOOLS
 
 
 async def test_recursion_guard_is_visible(gateway: httpx.AsyncClient) -> None:

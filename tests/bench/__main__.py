@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from tests.bench import catalog
+from tests.bench import autonomous, catalog, mcp_call, passthrough
 
-SECTIONS: list[Callable[[], Awaitable[dict[str, Any]]]] = [catalog.run]
+SECTIONS: list[Callable[[], Awaitable[dict[str, Any]]]] = [mcp_call.run, autonomous.run, passthrough.run, catalog.run]
 OUT = Path(__file__).resolve().parents[2] / "docs" / "performance.md"
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from opentelemetry import trace
 
+from app.telemetry import tracer_provider
 from services.errors import (
     MCPServerNotFoundError,
     MCPServerUnavailableError,
@@ -20,6 +22,7 @@ from services.errors import (
 from services.mcp_config import MCPServerConfig
 from services.mcp_pool import MCPPool
 from services.tool_args import validate_arguments
+from tests.conftest import make_settings
 from tests.services.conftest import (
     PoolFactory,
     children,
@@ -164,9 +167,11 @@ async def test_result_shapes(make_pool: PoolFactory) -> None:
     result = await pool.call_tool("fault", "fail", {"message": "boom"})
     assert result.is_error
     assert "boom" in result.text
-    result = await pool.call_tool("fault", "get_meta", {}, meta={"traceparent": "00-abc-def-01"})
+    tracer_provider(make_settings())  # the process's SDK provider, as the app sets it up
+    with trace.get_tracer("test").start_as_current_span("caller") as span:  # the SDK puts it in `_meta`
+        result = await pool.call_tool("fault", "get_meta", {}, meta={"progress_hint": "x"})
     assert result.structured_content is not None
-    assert result.structured_content["traceparent"] == "00-abc-def-01"
+    assert format(span.get_span_context().trace_id, "032x") in result.structured_content["traceparent"]
     tools = {t.name: t for t in await pool.list_tools("fault")}
     assert validate_arguments(tools["broken_schema"].input_schema, {"x": "y"}) == []
     assert tools["echo"].model_name == "fault__echo"

@@ -1,0 +1,167 @@
+"""Telemetry: the tracer provider (from OTEL_* variables), server spans, request ids, HTTP metrics,
+and JSON logs with trace/run ids and secrets redacted."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from contextvars import ContextVar
+
+from fastapi import FastAPI
+from opentelemetry import trace
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.settings import Settings
+from services.metrics import Metrics
+from services.tracing import current_run_id
+
+UNTRACED = "healthz,readyz,metrics"
+REQUEST_ID_HEADER = b"x-request-id"
+REQUEST_ID_SHAPE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # anything else is replaced, not echoed
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+def tracer_provider(settings: Settings) -> TracerProvider:
+    """The process's SDK tracer provider, created once from the standard OTEL_* variables.
+
+    Always an SDK provider, so every request has a trace id; exporters only when asked for:
+    OTLP http/protobuf when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set, console by a setting.
+    """
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        return current
+    os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")  # the contrib packages' stable names
+    named = bool(os.environ.get("OTEL_SERVICE_NAME"))  # else the resource would say "unknown_service"
+    provider = TracerProvider(resource=Resource.create({} if named else {"service.name": "lmstudio-bridge"}))
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    if settings.otel_console:
+        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def instrument(app: FastAPI, provider: TracerProvider) -> None:
+    """Server spans for every route but health, readiness and metrics."""
+    FastAPIInstrumentor.instrument_app(
+        app, tracer_provider=provider, excluded_urls=UNTRACED, exclude_spans=["receive", "send"]
+    )
+
+
+def instrument_client(client: object, provider: TracerProvider) -> None:
+    """HTTP client spans (children of the GenAI spans) on the LM Studio client."""
+    HTTPXClientInstrumentor.instrument_client(client, tracer_provider=provider)  # type: ignore[arg-type]
+
+
+class RequestContextMiddleware:
+    """`X-Request-ID` honoured or generated and echoed; `X-Trace-ID` on every traced answer;
+    HTTP requests counted and timed by route template."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v.decode("latin-1") for k, v in scope["headers"] if k == REQUEST_ID_HEADER), "")
+        rid = given if REQUEST_ID_SHAPE.match(given) else uuid.uuid4().hex
+        token = request_id.set(rid)
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_ids(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((REQUEST_ID_HEADER, rid.encode()))
+                ctx = trace.get_current_span().get_span_context()
+                if ctx.is_valid:
+                    headers.append((b"x-trace-id", format(ctx.trace_id, "032x").encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_ids)
+        finally:
+            request_id.reset(token)
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.http_requests.labels(template, scope["method"], str(status)).inc()
+            self.metrics.http_duration.labels(template, scope["method"]).observe(time.perf_counter() - started)
+
+
+# --- logs ------------------------------------------------------------------------------------
+
+BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',]+")
+REDACTED = "[REDACTED]"
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line, with trace_id, span_id, run_id and request_id when known."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        # longest first, so a secret that contains another is replaced whole
+        self.secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, REDACTED)
+        return BEARER.sub(rf"\g<1>{REDACTED}", text)
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid:
+            entry["trace_id"] = format(ctx.trace_id, "032x")
+            entry["span_id"] = format(ctx.span_id, "016x")
+        if run := current_run_id.get():
+            entry["run_id"] = run
+        if rid := request_id.get():
+            entry["request_id"] = rid
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return self.redact(json.dumps(entry, default=str))
+
+
+def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
+    """JSON lines on stderr for the whole process (uvicorn's loggers included)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JSONFormatter(secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
+
+
+def secrets_of(settings: Settings, env_and_header_values: Iterable[str]) -> list[str]:
+    """Every value that must never reach a log line."""
+    values = [key.get_secret_value() for key in settings.api_keys]
+    if settings.lmstudio_api_token:
+        values.append(settings.lmstudio_api_token.get_secret_value())
+    return values + list(env_and_header_values)

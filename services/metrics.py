@@ -1,0 +1,110 @@
+"""Prometheus metrics, in a registry of their own (one per app), recorded by the services."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+ROUND_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50, 100)
+BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class Metrics:
+    """Every metric the gateway exports (docs/operations.md lists them)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.http_requests = Counter(
+            "bridge_http_requests_total",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "bridge_http_request_duration_seconds",
+            "HTTP request duration",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.runs = Counter("bridge_runs_total", "Finished runs by status", ["status"], registry=r)
+        self.run_duration = Histogram(
+            "bridge_run_duration_seconds", "Run duration by status", ["status"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.run_rounds = Histogram(
+            "bridge_run_rounds", "Tool rounds per run by status", ["status"], buckets=ROUND_BUCKETS, registry=r
+        )
+        self.tool_calls = Counter(
+            "bridge_tool_calls_total",
+            "MCP tool calls by server, tool and outcome (ok, tool_error, timeout, unavailable, not_found, error)",
+            ["server", "tool", "outcome"],
+            registry=r,
+        )
+        self.tool_duration = Histogram(
+            "bridge_tool_call_duration_seconds",
+            "MCP tool call latency",
+            ["server", "tool"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.lmstudio_duration = Histogram(
+            "bridge_lmstudio_request_duration_seconds",
+            "LM Studio call latency (retries included) by outcome",
+            ["operation", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.lmstudio_retries = Counter(
+            "bridge_lmstudio_retries_total",
+            "Retried LM Studio calls by the error that caused the retry",
+            ["reason"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "bridge_tokens_total",
+            "Tokens reported by LM Studio by model and direction (input, output)",
+            ["model", "direction"],
+            registry=r,
+        )
+
+    def watch(self, state: StateReader) -> None:
+        """Export values the services keep themselves (read at scrape time)."""
+        self.registry.register(_StateCollector(state))
+
+
+@dataclass
+class StateReader:
+    """Callables the state collector reads at scrape time."""
+
+    runs_in_flight: Callable[[], int] = lambda: 0
+    runs_rejected: Callable[[], int] = lambda: 0
+    live_sessions: Callable[[], int] = lambda: 0
+    cache_hits: Callable[[], int] = lambda: 0
+    cache_misses: Callable[[], int] = lambda: 0
+    breakers: Callable[[], dict[str, str]] = field(default=lambda: {})
+
+
+class _StateCollector(Collector):
+    def __init__(self, state: StateReader) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.state
+        yield GaugeMetricFamily("bridge_runs_in_flight", "Runs in progress", value=s.runs_in_flight())
+        yield CounterMetricFamily("bridge_runs_rejected", "Runs refused with 429 overloaded", value=s.runs_rejected())
+        yield GaugeMetricFamily("bridge_mcp_sessions_live", "Open MCP sessions", value=s.live_sessions())
+        yield CounterMetricFamily("bridge_model_cache_hits", "Model list cache hits", value=s.cache_hits())
+        yield CounterMetricFamily("bridge_model_cache_misses", "Model list cache misses", value=s.cache_misses())
+        breaker = GaugeMetricFamily(
+            "bridge_breaker_state",
+            "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open",
+            labels=["upstream"],
+        )
+        for upstream, state in s.breakers().items():
+            breaker.add_metric([upstream], BREAKER_VALUES[state])
+        yield breaker
