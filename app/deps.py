@@ -15,32 +15,37 @@ from services.mcp_pool import MCPPool
 from services.openai_compat import OpenAICompat
 
 
-def get_state(request: Request) -> BridgeState:
+def _state(request: Request) -> BridgeState:
     return cast(BridgeState, request.app.state.bridge)
 
 
-def get_settings(request: Request) -> Settings:
-    return get_state(request).settings
+# async: FastAPI would run plain `def` dependencies in a worker thread
+async def get_state(request: Request) -> BridgeState:
+    return _state(request)
 
 
-def get_lmstudio(request: Request) -> LMStudioClient:
-    return get_state(request).lmstudio
+async def get_settings(request: Request) -> Settings:
+    return _state(request).settings
 
 
-def get_catalog(request: Request) -> ModelCatalog:
-    return get_state(request).catalog
+async def get_lmstudio(request: Request) -> LMStudioClient:
+    return _state(request).lmstudio
 
 
-def get_pool(request: Request) -> MCPPool:
-    return get_state(request).pool
+async def get_catalog(request: Request) -> ModelCatalog:
+    return _state(request).catalog
 
 
-def get_agent(request: Request) -> AgentService:
-    return get_state(request).agent
+async def get_pool(request: Request) -> MCPPool:
+    return _state(request).pool
 
 
-def get_compat(request: Request) -> OpenAICompat:
-    return get_state(request).compat
+async def get_agent(request: Request) -> AgentService:
+    return _state(request).agent
+
+
+async def get_compat(request: Request) -> OpenAICompat:
+    return _state(request).compat
 
 
 StateDep = Annotated[BridgeState, Depends(get_state)]

@@ -12,14 +12,16 @@ import time
 import uuid
 from collections.abc import Iterable
 from contextvars import ContextVar
+from typing import Any
 
 from fastapi import FastAPI
 from opentelemetry import trace
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased, Sampler, SamplingResult
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.settings import Settings
@@ -30,6 +32,30 @@ UNTRACED = "healthz,readyz,metrics"
 REQUEST_ID_HEADER = b"x-request-id"
 REQUEST_ID_SHAPE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # anything else is replaced, not echoed
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+class WhileExporting(Sampler):
+    """Records spans only once something exports them. Until then spans are non-recording but
+    still carry trace ids (responses and run results keep theirs), at a fraction of the cost."""
+
+    def __init__(self) -> None:
+        self.recording = False
+        self._on = ParentBased(ALWAYS_ON)
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+        if self.recording:
+            return self._on.should_sample(*args, **kwargs)
+        return SamplingResult(Decision.DROP)
+
+    def get_description(self) -> str:
+        return "WhileExporting"
+
+
+def export_spans(provider: TracerProvider, processor: SpanProcessor) -> None:
+    """Send spans to `processor` (and start recording them)."""
+    provider.add_span_processor(processor)
+    if isinstance(provider.sampler, WhileExporting):
+        provider.sampler.recording = True
 
 
 def tracer_provider(settings: Settings) -> TracerProvider:
@@ -43,13 +69,14 @@ def tracer_provider(settings: Settings) -> TracerProvider:
         return current
     os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")  # the contrib packages' stable names
     named = bool(os.environ.get("OTEL_SERVICE_NAME"))  # else the resource would say "unknown_service"
-    provider = TracerProvider(resource=Resource.create({} if named else {"service.name": "lmstudio-bridge"}))
+    resource = Resource.create({} if named else {"service.name": "lmstudio-bridge"})
+    provider = TracerProvider(resource=resource, sampler=WhileExporting())
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        export_spans(provider, BatchSpanProcessor(OTLPSpanExporter()))
     if settings.otel_console:
-        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
+        export_spans(provider, SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
     trace.set_tracer_provider(provider)
     return provider
 

@@ -218,6 +218,11 @@ def error_for_exception(exc: httpx.HTTPError) -> LLMError:
         return err
     if isinstance(exc, httpx.TimeoutException):
         return LLMTimeoutError(f"LM Studio did not answer in time ({exc.__class__.__name__})")
+    if isinstance(exc, httpx.RemoteProtocolError) and "without sending a response" in str(exc):
+        # a kept-alive connection closed by the server as the request went out: safe to send again
+        err = LLMConnectionError(f"LM Studio closed the connection before answering: {exc}")
+        err.retryable = True
+        return err
     return LLMResponseError(f"LM Studio connection failed: {exc.__class__.__name__}: {exc}")
 
 
@@ -369,7 +374,10 @@ class LMStudioClient:
             base_url=base_url,
             headers=headers,
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s, pool=connect_timeout_s),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            # idle connections are dropped before servers usually drop them (uvicorn: 5 s)
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections, keepalive_expiry=2.0
+            ),
         )
         return cls(http, retry=retry, breaker=breaker, metrics=metrics)
 

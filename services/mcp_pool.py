@@ -357,6 +357,10 @@ class MCPPool:
 
     # --- queries -----------------------------------------------------------------------
 
+    def configured(self, name: str) -> bool:
+        """Whether mcp.json names this server (enabled or not)."""
+        return name in self._servers
+
     def names(self) -> list[str]:
         """Enabled server names, in config order."""
         return [name for name, srv in self._servers.items() if not srv.cfg.disabled]
@@ -420,7 +424,7 @@ class MCPPool:
             server=server,
             name=tool.name,
             description=tool.description or tool.title or "",
-            input_schema=dict(tool.input_schema),
+            input_schema=tool.input_schema,  # shared, not copied: compiled validators are cached by identity
             model_name=model_tool_name(server, tool.name),
         )
 

@@ -7,6 +7,7 @@ from typing import Any, cast
 
 from jsonschema import exceptions as js_exceptions
 from jsonschema import validators
+from jsonschema.protocols import Validator
 
 _INT = re.compile(r"^[+-]?\d+$")
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -73,15 +74,37 @@ def _path(error: js_exceptions.ValidationError) -> str:
     return out
 
 
+_VALIDATORS: dict[int, tuple[dict[str, Any], Validator | None]] = {}
+VALIDATOR_CACHE_SIZE = 1024
+
+
+def _validator(schema: dict[str, Any]) -> Validator | None:
+    """The compiled validator of a schema (None if the schema is invalid), cached by identity:
+    tool schemas live as long as the tool list they came from."""
+    cached = _VALIDATORS.get(id(schema))
+    if cached is not None and cached[0] is schema:
+        return cached[1]
+    try:
+        cls = validators.validator_for(schema, default=validators.Draft202012Validator)
+        cls.check_schema(schema)
+        validator: Validator | None = cls(schema)
+    except Exception:  # a broken schema disables validation
+        validator = None
+    if len(_VALIDATORS) >= VALIDATOR_CACHE_SIZE:
+        _VALIDATORS.pop(next(iter(_VALIDATORS)))
+    _VALIDATORS[id(schema)] = (schema, validator)
+    return validator
+
+
 def validate_arguments(schema: dict[str, Any], args: Any) -> list[str]:
     """Schema violations as readable strings; [] when valid or when the schema itself is invalid."""
     if not isinstance(schema, dict) or not schema:
         return []
-    try:
-        cls = validators.validator_for(schema, default=validators.Draft202012Validator)
-        cls.check_schema(schema)
-        validator = cls(schema)
-        errors = sorted(validator.iter_errors(args), key=lambda e: list(map(str, e.absolute_path)))
-        return [f"{_path(e)}: {e.message}" for e in errors]
-    except Exception:  # a broken schema ($ref that does not resolve, bad regex, ...) disables validation
+    validator = _validator(schema)
+    if validator is None:
         return []
+    try:
+        errors = sorted(validator.iter_errors(args), key=lambda e: list(map(str, e.absolute_path)))
+    except Exception:  # e.g. a $ref that does not resolve, a bad regex: no validation
+        return []
+    return [f"{_path(e)}: {e.message}" for e in errors]

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.telemetry import JSONFormatter, tracer_provider
+from app.telemetry import JSONFormatter, export_spans, tracer_provider
 from tests.conftest import REPO, app_client, make_settings, write_mcp_json
 from tests.mock_lmstudio.fixture import MockLMStudio, free_port
 
@@ -41,7 +41,7 @@ def task(script: dict[str, Any], text: str = "Do it") -> str:
 @pytest.fixture(scope="module")
 def exporter() -> InMemorySpanExporter:
     memory = InMemorySpanExporter()
-    tracer_provider(make_settings()).add_span_processor(SimpleSpanProcessor(memory))
+    export_spans(tracer_provider(make_settings()), SimpleSpanProcessor(memory))
     return memory
 
 
