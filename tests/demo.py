@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -43,7 +42,8 @@ def main() -> int:
     parser.add_argument("--mock-port", type=int, default=0, help="mock LM Studio port (0 = any free port)")
     args = parser.parse_args()
     mock_port = args.mock_port or free_port()
-    demo_dir = Path(tempfile.mkdtemp(prefix="lmstudio-bridge-demo-"))
+    demo_dir = REPO / ".demo"  # the filesystem server may read (and write) only here
+    demo_dir.mkdir(exist_ok=True)
     (demo_dir / "hello.txt").write_text("Hello from a real MCP filesystem server!\n")
     env = {
         **os.environ,
