@@ -6,13 +6,13 @@ import argparse
 import asyncio
 import sys
 
-from app.lifespan import build_lmstudio
+from app.lifespan import MCPSetup, build_lmstudio, build_pool
 from app.main import load_mcp, load_settings
 from app.mcp_front import serve_stdio
 from app.server import run_server
 from app.settings import Settings
 from app.telemetry import configure_logging, secrets_of
-from services.errors import LLMError
+from services.errors import BridgeError, LLMError
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -24,7 +24,33 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _check(settings: Settings) -> bool:
+async def _check(settings: Settings, mcp_setup: MCPSetup) -> bool:
+    ok = await _check_lmstudio(settings)
+    if mcp_setup.path is None:
+        print("[warn] no mcp.json found (MCP_CONFIG, ./mcp.json, ~/.lmstudio/mcp.json): runs will have no tools")
+        return ok
+    print(f"[ok]   {mcp_setup.path}: {len(mcp_setup.servers)} server(s)")
+    pool = build_pool(settings, mcp_setup.servers)
+    try:
+        for status in pool.status():
+            if status.status == "disabled":
+                print(f"[skip] {status.name}: {status.last_error or 'disabled in mcp.json'}")
+                continue
+            try:
+                tools = await pool.list_tools(status.name)
+                print(
+                    f"[ok]   {status.name}: {len(tools)} tools ({', '.join(t.name for t in tools[:8])}"
+                    f"{', ...' if len(tools) > 8 else ''})"
+                )
+            except BridgeError as exc:
+                ok = False
+                print(f"[fail] {status.name}: {exc.detail}")
+    finally:
+        await pool.aclose()
+    return ok
+
+
+async def _check_lmstudio(settings: Settings) -> bool:
     ok = True
     lmstudio = build_lmstudio(settings)
     try:
@@ -43,8 +69,9 @@ async def _check(settings: Settings) -> bool:
 def check(args: argparse.Namespace) -> int:
     """Config valid, LM Studio reachable, every MCP server starts and lists its tools."""
     settings = load_settings()
+    mcp_setup = load_mcp(settings)
     print("[ok]   configuration is valid")
-    return 0 if asyncio.run(_check(settings)) else 1
+    return 0 if asyncio.run(_check(settings, mcp_setup)) else 1
 
 
 def mcp(args: argparse.Namespace) -> int:

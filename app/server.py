@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import socket
+from collections.abc import Iterator
 
 import uvicorn
 
-from app.main import create_app
+from app.main import create_app, load_mcp
 from app.settings import Settings
 
 log = logging.getLogger("lmstudio_bridge")
@@ -21,6 +23,16 @@ class GracefulServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, grace_s: float) -> None:
         super().__init__(config)
         self.grace_s = grace_s
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """As uvicorn's, but once the graceful stop is done the signal is not raised again: a drained
+        shutdown on SIGTERM is a clean exit (status 0), not a death by signal."""
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
@@ -50,7 +62,7 @@ def run_server(settings: Settings, host: str, port: int) -> None:
         )
     settings = settings.model_copy(update={"host": host, "port": port})  # the recursion guard needs the real address
     config = uvicorn.Config(
-        create_app(settings, configure_logs=True),
+        create_app(settings, load_mcp(settings), configure_logs=True),
         host=host,
         port=port,
         log_level=settings.log_level.lower(),

@@ -1,0 +1,158 @@
+"""The console script: `check`, start-up errors, `serve` and the uvicorn factory as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import REPO, write_mcp_json
+from tests.mock_lmstudio.fixture import MockLMStudio, free_port
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def cli(*args: str, env: dict[str, str], timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_check_reports_lmstudio_and_every_server(mock_server: MockLMStudio, tmp_path: Path) -> None:
+    config = write_mcp_json(
+        tmp_path / "mcp.json",
+        str(tmp_path),
+        broken={"command": "/nonexistent/server"},
+        off={"command": "x", "disabled": True},
+    )
+    result = cli("check", env={"LMSTUDIO_BASE_URL": mock_server.base_url, "MCP_CONFIG": str(config)})
+    out = result.stdout
+    assert result.returncode == 1, out + result.stderr
+    assert "[ok]   configuration is valid" in out
+    assert "[ok]   LM Studio at" in out and "qwen/qwen3-4b" in out
+    for name in ("time", "filesystem", "memory", "everything", "fault"):
+        assert f"[ok]   {name}: " in out
+    assert "[fail] broken:" in out and "[skip] off:" in out
+
+
+def test_check_passes_when_all_is_well(mock_server: MockLMStudio, tmp_path: Path) -> None:
+    config = tmp_path / "mcp.json"
+    config.write_text(
+        json.dumps({"mcpServers": {"time": {"command": sys.executable, "args": ["-m", "mcp_server_time"]}}})
+    )
+    result = cli("check", env={"LMSTUDIO_BASE_URL": mock_server.base_url, "MCP_CONFIG": str(config)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[ok]   time: 2 tools" in result.stdout
+
+
+def test_check_says_when_there_is_no_mcp_json(mock_server: MockLMStudio, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "check"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "LMSTUDIO_BASE_URL": mock_server.base_url, "HOME": str(tmp_path), "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[warn] no mcp.json found" in result.stdout
+
+
+def test_check_fails_when_lmstudio_is_down(tmp_path: Path) -> None:
+    result = cli(
+        "check",
+        env={
+            "LMSTUDIO_BASE_URL": f"http://127.0.0.1:{free_port()}",
+            "MCP_CONFIG": "",
+            "HOME": str(tmp_path),
+            "BRIDGE_LMSTUDIO_RETRIES": "0",
+        },
+    )
+    assert result.returncode == 1
+    assert "[fail] LM Studio at" in result.stdout and "not reachable" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MODEL_CACHE_TTL_S": "soon"}, "MODEL_CACHE_TTL_S"),
+        ({"LMSTUDIO_BASE_URL": "localhost:1234"}, "LMSTUDIO_BASE_URL"),
+        ({"BRIDGE_MODEL_ALIASES": "coding"}, "BRIDGE_MODEL_ALIASES"),
+        ({"BRIDGE_MAX_CONCURRENT_RUNS": "0"}, "BRIDGE_MAX_CONCURRENT_RUNS"),
+    ],
+)
+def test_invalid_settings_stop_start_up_with_a_clear_message(env: dict[str, str], message: str) -> None:
+    result = cli("serve", "--port", str(free_port()), env=env, timeout=30)
+    assert result.returncode == 2
+    assert "Invalid configuration" in result.stderr and message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"mcpServers": {"fs": {"args": ["x"]}}}', '"fs"'),
+        ('{"mcpServers": {"fs": {"command": 5}}}', '"command"'),
+        ('{"mcpServers": {"fs": {"command": "${env:NOPE_NOT_SET}"}}}', "NOPE_NOT_SET"),
+    ],
+)
+def test_broken_mcp_json_stops_start_up(tmp_path: Path, config: str, message: str) -> None:
+    path = tmp_path / "mcp.json"
+    path.write_text(config)
+    result = cli("serve", "--port", str(free_port()), env={"MCP_CONFIG": str(path)}, timeout=30)
+    assert result.returncode == 2
+    assert "Invalid MCP configuration" in result.stderr and message in result.stderr
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the server exited"
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} never became healthy")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", "{port}"],
+        ["-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1", "--port", "{port}"],
+    ],
+    ids=["lmstudio-bridge-serve", "uvicorn-factory"],
+)
+def test_server_processes_start_answer_and_stop(mock_server: MockLMStudio, command: list[str]) -> None:
+    port = free_port()
+    args = [part.format(port=port) for part in command]
+    env = {**os.environ, "LMSTUDIO_BASE_URL": mock_server.base_url, "MCP_CONFIG": ""}
+    process = subprocess.Popen(
+        [sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/healthz", process)
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json()
+        assert "qwen/qwen3-4b" in [m["id"] for m in models["data"]]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    # plain uvicorn re-raises SIGTERM once it has shut down cleanly; `serve` exits 0 after its drain
+    assert process.returncode == (0 if "app.cli" in args else -signal.SIGTERM), err.decode()[-2000:]
+    assert "Application shutdown complete" in err.decode()
+    if "app.cli" in args:  # our own logging: one JSON object per line
+        lines = [line for line in err.decode().splitlines() if line.strip()]
+        assert lines and all(json.loads(line)["level"] for line in lines)
