@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -30,6 +31,7 @@ from services.metrics import Metrics
 from services.tool_args import coerce_arguments, validate_arguments
 from services.tracing import clip, current_run_id, trace_id, tracer
 
+log = logging.getLogger("lmstudio_bridge.agent")
 RunStatus = Literal["completed", "max_rounds", "timeout", "cancelled"]
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
 
@@ -256,6 +258,14 @@ class Run:
                 )
                 if self.service.capture_content:
                     span.set_attribute("bridge.output", clip(result.output))
+                log.info(
+                    "run finished: %s after %d round(s), %d tool call(s), %d tokens, %.0f ms",
+                    status,
+                    result.rounds,
+                    len(result.steps),
+                    result.usage.total_tokens,
+                    result.duration_ms,
+                )
                 return result
         except asyncio.CancelledError:
             status = "cancelled"

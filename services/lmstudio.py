@@ -16,6 +16,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Literal, TypeVar
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
@@ -349,8 +350,12 @@ class LMStudioClient:
         retry: RetryPolicy | None = None,
         breaker: Breaker | None = None,
         metrics: Metrics | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.http = http
+        self.transport = transport  # the client's own transport, for the fast path of `_exchange`
+        self._base = str(http.base_url).rstrip("/")
+        self._json_headers = httpx.Headers({**http.headers, **JSON_HEADERS})
         self.retry = retry or RetryPolicy()
         self.breaker = breaker
         self.metrics = metrics or Metrics()
@@ -370,16 +375,19 @@ class LMStudioClient:
         metrics: Metrics | None = None,
     ) -> LMStudioClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # idle connections are dropped before servers usually drop them (uvicorn: 5 s)
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections, keepalive_expiry=2.0
+        )
+        # aiohttp's C HTTP parser under the httpx API: about 0.2 ms less CPU per call than httpcore's h11
+        transport = AiohttpTransport(limits=limits, trust_env=False)
         http = httpx.AsyncClient(
             base_url=base_url,
             headers=headers,
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s, pool=connect_timeout_s),
-            # idle connections are dropped before servers usually drop them (uvicorn: 5 s)
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections, keepalive_expiry=2.0
-            ),
+            transport=transport,
         )
-        return cls(http, retry=retry, breaker=breaker, metrics=metrics)
+        return cls(http, retry=retry, breaker=breaker, metrics=metrics, transport=transport)
 
     async def _guarded(
         self, once: Callable[[], Awaitable[T]], deadline: float | None = None, operation: str = "request"
@@ -416,6 +424,25 @@ class LMStudioClient:
     async def aclose(self) -> None:
         await self.http.aclose()
 
+    async def _exchange(
+        self, method: str, path: str, content: bytes | None = None, timeout_s: float | None = None
+    ) -> httpx.Response:
+        """One request with its body read, straight on the pooled transport: the client layer's
+        cookie, auth and redirect handling are not needed here and cost about 0.15 ms a call."""
+        timeout = self.http.timeout if timeout_s is None else httpx.Timeout(timeout_s, connect=min(timeout_s, 5))
+        headers = self.http.headers if content is None else self._json_headers
+        try:
+            if self.transport is None:
+                return await self.http.request(method, path, content=content, headers=headers, timeout=timeout)
+            request = httpx.Request(
+                method, self._base + path, headers=headers, content=content, extensions={"timeout": timeout.as_dict()}
+            )
+            response = await self.transport.handle_async_request(request)
+            await response.aread()  # reads to the end, then releases the connection
+            return response
+        except httpx.HTTPError as exc:
+            raise error_for_exception(exc) from exc
+
     async def _send(
         self,
         method: str,
@@ -425,11 +452,8 @@ class LMStudioClient:
         model: str | None = None,
         timeout_s: float | None = None,
     ) -> httpx.Response:
-        timeout = httpx.USE_CLIENT_DEFAULT if timeout_s is None else httpx.Timeout(timeout_s, connect=min(timeout_s, 5))
-        try:
-            response = await self.http.request(method, path, json=json_body, timeout=timeout)
-        except httpx.HTTPError as exc:
-            raise error_for_exception(exc) from exc
+        content = None if json_body is None else json.dumps(json_body).encode()
+        response = await self._exchange(method, path, content, timeout_s)
         error = error_for_response(response, model)
         if error is not None:
             raise error
@@ -448,8 +472,11 @@ class LMStudioClient:
         """One call with retries; returns the decoded JSON body."""
 
         async def once() -> Any:
-            remaining = None if deadline is None else max(0.001, deadline - time.monotonic())
-            limit = remaining if timeout_s is None else min(timeout_s, remaining or timeout_s)
+            # the read timeout (or the longer `timeout_s`) still applies inside a run: a deadline only shortens it
+            limit = self.http.timeout.read if timeout_s is None else timeout_s
+            if deadline is not None:
+                remaining = max(0.001, deadline - time.monotonic())
+                limit = remaining if limit is None else min(limit, remaining)
             response = await self._send(method, path, json_body=json_body, model=model, timeout_s=limit)
             return response.json()
 
@@ -467,10 +494,7 @@ class LMStudioClient:
     async def _forward(self, path: str, content: bytes, model: str | None) -> httpx.Response:
 
         async def once() -> httpx.Response:
-            try:
-                response = await self.http.post(path, content=content, headers=JSON_HEADERS)
-            except httpx.HTTPError as exc:
-                raise error_for_exception(exc) from exc
+            response = await self._exchange("POST", path, content)
             error = error_for_response(response, model)
             if error is not None:
                 raise error

@@ -171,6 +171,7 @@ class _Conn:
         self.tools: list[mtypes.Tool] = []
         self.is_ready = False
         self.dead = False
+        self.death_counted = False  # a call cut by this session's death has been counted by the breaker
         self.stop = False
         self.refresh = False
         self.wake = asyncio.Event()
@@ -275,6 +276,18 @@ def to_tool_result(result: mtypes.CallToolResult) -> ToolResult:
     return ToolResult(content=content, text=text, structured_content=structured, is_error=bool(result.is_error))
 
 
+class _CutByDeath(MCPServerUnavailableError):
+    """A call cut by a server death that the breaker already counted: one crash is one failure, however
+    many calls were in flight (else a single crash under load opens the breaker although a restart fixes it)."""
+
+
+def _death_error(conn: _Conn, detail: str) -> MCPServerUnavailableError:
+    if conn.death_counted:
+        return _CutByDeath(detail)
+    conn.death_counted = True
+    return MCPServerUnavailableError(detail)
+
+
 def _error_result(text: str) -> ToolResult:
     return ToolResult(content=[{"type": "text", "text": text}], text=text, structured_content=None, is_error=True)
 
@@ -308,7 +321,10 @@ class MCPPool:
                 f"MCP server {name!r}",
                 failures=breaker_failures,
                 reset_s=breaker_reset_s,
-                counts=lambda exc: isinstance(exc, MCPServerUnavailableError | MCPToolTimeoutError),
+                counts=lambda exc: (
+                    isinstance(exc, MCPServerUnavailableError | MCPToolTimeoutError)
+                    and not isinstance(exc, _CutByDeath)
+                ),
                 unavailable=lambda detail, wait: MCPServerUnavailableError(detail, retry_after=wait),
             )
 
@@ -431,7 +447,13 @@ class MCPPool:
     async def list_tools(self, server: str) -> list[ToolSpec]:
         """The server's tools (filtered by allowedTools/disabledTools); starts it if needed."""
         srv = self._get(server)
-        conn = await srv.breaker.call(lambda: self._ensure(srv, self._call_timeout_s))
+        conn = srv.conn
+        if conn is not None and conn.is_ready and not (conn.dead or conn.stop):
+            # a running session answers from its cached list: no call that could pass or fail, so it must not
+            # count as a success (that would reset the breaker's count of failed tool calls before every run)
+            srv.breaker.check()
+        else:
+            conn = await srv.breaker.call(lambda: self._ensure(srv, self._call_timeout_s))
         srv.last_used = asyncio.get_running_loop().time()
         return [self._spec(server, t) for t in self._visible(srv, conn)]
 
@@ -533,7 +555,7 @@ class MCPPool:
         name = srv.cfg.name
         session = conn.session
         if session is None or conn.dead:
-            raise MCPServerUnavailableError(f"MCP server {name!r} closed the connection")
+            raise _death_error(conn, f"MCP server {name!r} closed the connection")
         remaining = max(deadline - asyncio.get_running_loop().time(), 0.001)
         timed_out = MCPToolTimeoutError(f"Tool {tool!r} on MCP server {name!r} did not answer within {budget_s:g}s")
         try:
@@ -557,9 +579,10 @@ class MCPPool:
                     ) from None
                 self._mark_dead(conn)
                 tail = conn.stderr_summary()
-                raise MCPServerUnavailableError(
+                raise _death_error(
+                    conn,
                     f"MCP server {name!r} closed the connection during the call to {tool!r}"
-                    + (f" (stderr: {tail})" if tail else "")
+                    + (f" (stderr: {tail})" if tail else ""),
                 ) from None
             if exc.code == INVALID_PARAMS and await self._tool_vanished(srv, conn, tool):
                 raise MCPToolNotFoundError(name, tool, [t.name for t in self._visible(srv, conn)]) from None

@@ -47,7 +47,7 @@ def exporter() -> InMemorySpanExporter:
 
 @pytest.fixture(scope="module")
 async def bridge(
-    mock_server: MockLMStudio, tmp_path_factory: pytest.TempPathFactory
+    mock_server: MockLMStudio, tmp_path_factory: pytest.TempPathFactory, exporter: InMemorySpanExporter
 ) -> AsyncIterator[httpx.AsyncClient]:
     files = tmp_path_factory.mktemp("tel")
     config = write_mcp_json(Path(files) / "mcp.json", str(files))
@@ -195,7 +195,8 @@ async def test_no_secret_in_logs_or_spans(
     await bridge.get("/v1/models", headers={"Authorization": "Bearer wrong-key"})
     lines = [json.loads(line) for line in json_logs.getvalue().splitlines()]
     assert lines and all({"ts", "level", "logger", "msg"} <= set(line) for line in lines)
-    assert any(line.get("trace_id") for line in lines)
+    [finished] = [line for line in lines if line.get("run_id") == result["run_id"]]
+    assert finished["msg"].startswith("run finished: completed") and finished["trace_id"] == result["trace_id"]
     assert result["status"] == "completed"
     spans = json.dumps(
         [dict(s.attributes or {}) | {"name": s.name} for s in exporter.get_finished_spans()], default=str
