@@ -9,8 +9,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import AgentDep, SettingsDep
-from routers.schemas import RunResultModel, problem_responses
-from routers.streaming import CLIENT_CLOSED_REQUEST, ClientDisconnected, RunStream, cancel_on_disconnect, wants_stream
+from routers.schemas import RUN_EVENT_SCHEMA, RunResultModel, problem_responses
+from routers.streaming import CLIENT_CLOSED_REQUEST, RunStream, execute_for_client, wants_stream
 from services.agent import MAX_ROUNDS_CAP, AgentService, RunSpec
 
 router = APIRouter(prefix="/v1/autonomous", tags=["autonomous"])
@@ -28,67 +28,61 @@ STREAM = Field(False, description="Answer with Server-Sent Events (also chosen b
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: the types are the documented ones (no "stream": 0 or "max_rounds": "5"), as schemathesis checks
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class AutonomousRequest(_Body):
+class _RunOptions(_Body):
+    """What every autonomous request shares."""
+
     task: str = TASK
+    model: str | None = MODEL
+    max_rounds: int | None = ROUNDS
+    max_tokens: int | None = TOKENS
+    timeout_s: float | None = TIMEOUT
+    stream: bool = STREAM
+
+
+class AutonomousRequest(_RunOptions):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"task": "What time is it in Tokyo?", "mcp_servers": ["time"], "model": "qwen/qwen3-4b"}]
+        },
+    )
     mcp_servers: list[str] | None = Field(
         None, description="Servers to use; omitted = every enabled server", examples=[["time"]]
     )
-    model: str | None = MODEL
-    max_rounds: int | None = ROUNDS
-    max_tokens: int | None = TOKENS
     temperature: float | None = Field(None, ge=0, le=2)
     system_prompt: str | None = Field(None, max_length=20_000)
     allowed_tools: list[str] | None = Field(None, description="Subset of <server>__<tool> names the model may call")
-    timeout_s: float | None = TIMEOUT
-    stream: bool = STREAM
 
 
-class WithMCPRequest(_Body):
+class WithMCPRequest(_RunOptions):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"mcp_name": "time", "task": "What time is it in Tokyo?"}]}
+    )
     mcp_name: str = Field(min_length=1, examples=["time"])
-    task: str = TASK
-    model: str | None = MODEL
-    max_rounds: int | None = ROUNDS
-    max_tokens: int | None = TOKENS
-    timeout_s: float | None = TIMEOUT
-    stream: bool = STREAM
 
 
-class WithMultipleMCPsRequest(_Body):
+class WithMultipleMCPsRequest(_RunOptions):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"mcp_names": ["time", "memory"], "task": "Store the current UTC time as an entity 'now'"}]
+        },
+    )
     mcp_names: list[str] = Field(min_length=1, examples=[["time", "memory"]])
-    task: str = TASK
-    model: str | None = MODEL
-    max_rounds: int | None = ROUNDS
-    max_tokens: int | None = TOKENS
-    timeout_s: float | None = TIMEOUT
-    stream: bool = STREAM
 
 
-class DiscoverRequest(_Body):
-    task: str = TASK
-    model: str | None = MODEL
-    max_rounds: int | None = ROUNDS
-    max_tokens: int | None = TOKENS
-    timeout_s: float | None = TIMEOUT
-    stream: bool = STREAM
+class DiscoverRequest(_RunOptions):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"task": "What time is it in Tokyo?", "max_rounds": 5}]})
 
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The run result, or a Server-Sent Events stream when streaming was asked for",
-        "content": {
-            "text/event-stream": {
-                "schema": {
-                    "type": "string",
-                    "description": "SSE: run.started, "
-                    "round.started, tool_call.started, tool_call.completed, message, then run.completed or run.failed",
-                }
-            }
-        },
+        "content": {"text/event-stream": {"schema": RUN_EVENT_SCHEMA}},
     },
-    **problem_responses(401, 413, 422, 429, 502, 503, 504),
+    **problem_responses(400, 401, 413, 422, 429, 502, 503, 504),
 }
 
 
@@ -96,13 +90,8 @@ async def _respond(request: Request, agent: AgentService, spec: RunSpec, stream:
     run = await agent.open(spec)
     if wants_stream(request, stream):
         return RunStream(run)
-    try:
-        result = await cancel_on_disconnect(request.receive, run.execute())
-    except ClientDisconnected:
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
-    finally:
-        run.release()
-    return JSONResponse(result.to_dict())
+    result = await execute_for_client(request, run)
+    return JSONResponse(result.to_dict()) if result else Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
 def _spec(settings_rounds: int, **values: Any) -> RunSpec:
@@ -110,14 +99,20 @@ def _spec(settings_rounds: int, **values: Any) -> RunSpec:
     return RunSpec(**values)
 
 
-@router.post("", response_model=RunResultModel, responses=RESPONSES, operation_id="runAutonomous")
+@router.post("", response_model=RunResultModel, responses=RESPONSES, operation_id="runAutonomous", summary="Run a task")
 async def autonomous(body: AutonomousRequest, request: Request, agent: AgentDep, settings: SettingsDep) -> Response:
     """Run a task with tools from the chosen MCP servers (all enabled ones if omitted)."""
     values = body.model_dump(exclude={"stream"})
     return await _respond(request, agent, _spec(settings.max_rounds_default, **values), body.stream)
 
 
-@router.post("/with-mcp", response_model=RunResultModel, responses=RESPONSES, operation_id="runWithMcp")
+@router.post(
+    "/with-mcp",
+    response_model=RunResultModel,
+    responses=RESPONSES,
+    operation_id="runWithMcp",
+    summary="Run a task with one server",
+)
 async def with_mcp(body: WithMCPRequest, request: Request, agent: AgentDep, settings: SettingsDep) -> Response:
     """Run a task with the tools of one MCP server (mirror of `autonomous_with_mcp`)."""
     values = body.model_dump(exclude={"stream", "mcp_name"})
@@ -126,7 +121,11 @@ async def with_mcp(body: WithMCPRequest, request: Request, agent: AgentDep, sett
 
 
 @router.post(
-    "/with-multiple-mcps", response_model=RunResultModel, responses=RESPONSES, operation_id="runWithMultipleMcps"
+    "/with-multiple-mcps",
+    response_model=RunResultModel,
+    responses=RESPONSES,
+    operation_id="runWithMultipleMcps",
+    summary="Run a task with several servers",
 )
 async def with_multiple_mcps(
     body: WithMultipleMCPsRequest, request: Request, agent: AgentDep, settings: SettingsDep
@@ -137,7 +136,13 @@ async def with_multiple_mcps(
     return await _respond(request, agent, spec, body.stream)
 
 
-@router.post("/discover", response_model=RunResultModel, responses=RESPONSES, operation_id="runDiscover")
+@router.post(
+    "/discover",
+    response_model=RunResultModel,
+    responses=RESPONSES,
+    operation_id="runDiscover",
+    summary="Run a task with every server",
+)
 async def discover(body: DiscoverRequest, request: Request, agent: AgentDep, settings: SettingsDep) -> Response:
     """Run a task with every enabled MCP server's tools (mirror of `autonomous_discover_and_execute`)."""
     values = body.model_dump(exclude={"stream"})

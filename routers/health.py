@@ -12,7 +12,7 @@ from services.errors import LLMError
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Health, operation_id="healthz")
+@router.get("/healthz", response_model=Health, operation_id="healthz", summary="Liveness")
 async def healthz() -> Health:
     """Liveness: the process answers."""
     return Health()
@@ -22,6 +22,7 @@ async def healthz() -> Health:
     "/readyz",
     response_model=Readiness,
     operation_id="readyz",
+    summary="Readiness",
     responses={503: {"model": Readiness, "description": "Not ready"}},
 )
 async def readyz(state: StateDep) -> JSONResponse:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Path
 from fastapi.responses import JSONResponse
 
 from app.deps import PoolDep, StateDep
@@ -13,7 +13,9 @@ from services.errors import MCPServerNotFoundError, RequestValidationFailed
 from services.mcp_pool import MCPPool
 from services.tool_args import validate_arguments
 
-router = APIRouter(prefix="/v1/mcp/servers", tags=["mcp"])
+router = APIRouter(prefix="/v1/mcp/servers", tags=["mcp"], responses=problem_responses(401))
+ServerName = Annotated[str, Path(description="A server name from mcp.json", examples=["time"])]
+ToolName = Annotated[str, Path(description="A tool of that server", examples=["get_current_time"])]
 
 
 def _known(pool: MCPPool, name: str) -> None:
@@ -24,7 +26,7 @@ def _known(pool: MCPPool, name: str) -> None:
         raise err
 
 
-@router.get("", response_model=ServerList, operation_id="listMcpServers")
+@router.get("", response_model=ServerList, operation_id="listMcpServers", summary="List MCP servers")
 async def list_servers(state: StateDep) -> ServerList:
     """Configured MCP servers with their status (env and header names only, never values)."""
     return ServerList(
@@ -34,9 +36,13 @@ async def list_servers(state: StateDep) -> ServerList:
 
 
 @router.get(
-    "/{name}/tools", response_model=ToolList, operation_id="listMcpTools", responses=problem_responses(404, 503, 504)
+    "/{name}/tools",
+    response_model=ToolList,
+    operation_id="listMcpTools",
+    summary="List a server's tools",
+    responses=problem_responses(404, 422, 502, 503, 504),
 )
-async def list_tools(name: str, pool: PoolDep) -> ToolList:
+async def list_tools(name: ServerName, pool: PoolDep) -> ToolList:
     """The server's tools with their input schemas (starts the server if needed)."""
     _known(pool, name)
     tools = await pool.list_tools(name)
@@ -53,11 +59,12 @@ async def list_tools(name: str, pool: PoolDep) -> ToolList:
     "/{name}/tools/{tool}",
     response_model=ToolCallResult,
     operation_id="callMcpTool",
-    responses=problem_responses(404, 422, 503, 504),
+    summary="Call a tool",
+    responses=problem_responses(400, 404, 413, 422, 502, 503, 504),
 )
 async def call_tool(
-    name: str,
-    tool: str,
+    name: ServerName,
+    tool: ToolName,
     pool: PoolDep,
     arguments: Annotated[dict[str, Any], Body(default_factory=dict, examples=[{"timezone": "UTC"}])],
 ) -> JSONResponse:

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import CatalogDep, CompatDep
 from routers.schemas import ModelEntry, ModelList, problem_responses
 from services.errors import ModelNotFoundError
 
-router = APIRouter(prefix="/v1", tags=["models"])
+router = APIRouter(prefix="/v1", tags=["models"], responses=problem_responses(401))
+ModelId = Annotated[str, Path(description="LM Studio model id (may contain `/`)", examples=["qwen/qwen3-4b"])]
 
 
-@router.get("/models", response_model=ModelList, operation_id="listModels", responses=problem_responses(502, 503, 504))
+@router.get(
+    "/models",
+    response_model=ModelList,
+    operation_id="listModels",
+    summary="List models",
+    responses=problem_responses(429, 502, 503, 504),
+)
 async def list_models(catalog: CatalogDep, response: Response) -> ModelList:
     """List LM Studio's models (OpenAI list shape plus type, state, context length, tool use, default)."""
     snap = await catalog.snapshot()
@@ -44,16 +51,17 @@ async def list_models(catalog: CatalogDep, response: Response) -> ModelList:
 
 
 class LoadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"ttl": 600}]})
     ttl: int | None = Field(None, ge=1, description="Idle seconds before LM Studio unloads the model again")
 
 
 @router.post(
     "/models/{model_id:path}/load",
     operation_id="loadModel",
-    responses=problem_responses(404, 422, 501, 502, 503, 504),
+    summary="Load a model",
+    responses=problem_responses(400, 404, 413, 422, 429, 501, 502, 503, 504),
 )
-async def load_model(model_id: str, compat: CompatDep, body: LoadRequest | None = None) -> dict[str, Any]:
+async def load_model(model_id: ModelId, compat: CompatDep, body: LoadRequest | None = None) -> dict[str, Any]:
     """Load a model in LM Studio (REST API of LM Studio 0.4+; else 501)."""
     with _unknown_is_404():
         return await compat.load_model(model_id, body.ttl if body else None)
@@ -62,9 +70,10 @@ async def load_model(model_id: str, compat: CompatDep, body: LoadRequest | None 
 @router.post(
     "/models/{model_id:path}/unload",
     operation_id="unloadModel",
-    responses=problem_responses(404, 422, 501, 502, 503, 504),
+    summary="Unload a model",
+    responses=problem_responses(404, 413, 422, 429, 501, 502, 503, 504),
 )
-async def unload_model(model_id: str, compat: CompatDep) -> dict[str, Any]:
+async def unload_model(model_id: ModelId, compat: CompatDep) -> dict[str, Any]:
     """Unload a model from LM Studio (REST API of LM Studio 0.4+; else 501)."""
     with _unknown_is_404():
         return await compat.unload_model(model_id)

@@ -10,17 +10,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.deps import CompatDep
-from routers.schemas import problem_responses
-from routers.streaming import (
-    CLIENT_CLOSED_REQUEST,
-    ClientDisconnected,
-    ProxyStream,
-    RunFrames,
-    RunStream,
-    cancel_on_disconnect,
-)
+from routers.schemas import CHUNK_EVENT_SCHEMA, problem_responses
+from routers.streaming import CLIENT_CLOSED_REQUEST, ProxyStream, RunFrames, RunStream, execute_for_client
 from services.agent import Run, RunResult
-from services.openai_compat import chunks_of, completion_of, mcp_servers_of, parse_body, role_chunk
+from services.openai_compat import OpenAICompat, chunks_of, completion_of, mcp_servers_of, parse_body, role_chunk
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -49,7 +42,7 @@ CHAT_DOC = _body_schema(
 PASS_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "LM Studio's answer (JSON, or SSE when `stream` is true)",
-        "content": {"text/event-stream": {}},
+        "content": {"text/event-stream": {"schema": CHUNK_EVENT_SCHEMA}},
     },
     **problem_responses(401, 413, 422, 429, 501, 502, 503, 504),
 }
@@ -82,7 +75,22 @@ def _relay(upstream: Any) -> Response:
     return Response(upstream.content, upstream.status_code, media_type=upstream.headers.get("content-type"))
 
 
-@router.post("/chat/completions", operation_id="createChatCompletion", responses=PASS_RESPONSES, openapi_extra=CHAT_DOC)
+async def _pass_through(request: Request, compat: OpenAICompat, path: str) -> Response:
+    """LM Studio's answer to the same body: relayed as JSON, or streamed when `stream` is true."""
+    raw = await request.body()
+    body = parse_body(raw)
+    if body.get("stream"):
+        return ProxyStream(await compat.open_stream(path, raw, body))
+    return _relay(await compat.forward(path, raw, body))
+
+
+@router.post(
+    "/chat/completions",
+    operation_id="createChatCompletion",
+    summary="Chat completion (OpenAI)",
+    responses=PASS_RESPONSES,
+    openapi_extra=CHAT_DOC,
+)
 async def chat_completions(request: Request, compat: CompatDep) -> Response:
     """OpenAI chat completion: passed to LM Studio, or run with MCP tools when the body names servers."""
     raw = await request.body()
@@ -93,13 +101,8 @@ async def chat_completions(request: Request, compat: CompatDep) -> Response:
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return RunStream(run, ChatFrames(include_usage))
-        try:
-            result = await cancel_on_disconnect(request.receive, run.execute())
-        except ClientDisconnected:
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
-        finally:
-            run.release()
-        return JSONResponse(completion_of(result))
+        result = await execute_for_client(request, run)
+        return JSONResponse(completion_of(result)) if result else Response(status_code=CLIENT_CLOSED_REQUEST)
     if body.get("stream"):
         return ProxyStream(await compat.open_stream("/v1/chat/completions", raw, body))
     return _relay(await compat.forward("/v1/chat/completions", raw, body))
@@ -108,21 +111,19 @@ async def chat_completions(request: Request, compat: CompatDep) -> Response:
 @router.post(
     "/completions",
     operation_id="createCompletion",
+    summary="Text completion (OpenAI)",
     responses=PASS_RESPONSES,
     openapi_extra=_body_schema("An OpenAI text completion request", {"model": "qwen/qwen3-4b", "prompt": "Once"}),
 )
 async def completions(request: Request, compat: CompatDep) -> Response:
     """OpenAI text completion, passed to LM Studio."""
-    raw = await request.body()
-    body = parse_body(raw)
-    if body.get("stream"):
-        return ProxyStream(await compat.open_stream("/v1/completions", raw, body))
-    return _relay(await compat.forward("/v1/completions", raw, body))
+    return await _pass_through(request, compat, "/v1/completions")
 
 
 @router.post(
     "/embeddings",
     operation_id="createEmbedding",
+    summary="Embeddings (OpenAI)",
     responses=PASS_RESPONSES,
     openapi_extra=_body_schema(
         "An OpenAI embeddings request (embedding models only)",
@@ -138,13 +139,10 @@ async def embeddings(request: Request, compat: CompatDep) -> Response:
 @router.post(
     "/responses",
     operation_id="createResponse",
+    summary="Responses API (OpenAI)",
     responses=PASS_RESPONSES,
     openapi_extra=_body_schema("An OpenAI Responses API request", {"model": "qwen/qwen3-4b", "input": "Hi"}),
 )
 async def responses(request: Request, compat: CompatDep) -> Response:
     """OpenAI Responses API, passed to LM Studio where it has it (else 501)."""
-    raw = await request.body()
-    body = parse_body(raw)
-    if body.get("stream"):
-        return ProxyStream(await compat.open_stream("/v1/responses", raw, body))
-    return _relay(await compat.forward("/v1/responses", raw, body))
+    return await _pass_through(request, compat, "/v1/responses")

@@ -47,10 +47,29 @@ class Readiness(BaseModel):
     mcp: dict[str, Any] = Field(default_factory=dict)
 
 
+PROBLEM_DESCRIPTIONS = {
+    400: "The body could not be read as JSON (`http_400`)",
+    401: "Missing or wrong API key (`unauthorized`)",
+    404: "Unknown name in the path (`mcp_server_not_found`, `tool_not_found`, `model_not_found`)",
+    413: "Request body larger than BRIDGE_MAX_BODY_BYTES (`payload_too_large`)",
+    422: "Invalid request (`validation_error`, `model_not_found`, `mcp_server_not_found`, `upstream_rejected`)",
+    429: "Too many runs in progress (`overloaded`) or LM Studio rate limiting; see Retry-After",
+    501: "This LM Studio does not have the endpoint (`not_supported_by_lmstudio`)",
+    502: "LM Studio or an MCP server answered with an error (`upstream_error`, `mcp_error`)",
+    503: "LM Studio or an MCP server is unavailable or its breaker is open; see Retry-After",
+    504: "LM Studio or a tool did not answer in time (`upstream_timeout`, `tool_timeout`)",
+}
+PROBLEM_SCHEMA = {"$ref": "#/components/schemas/Problem"}
+
+
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries declaring problem+json bodies for these statuses."""
     return {
-        status: {"model": Problem, "content": {"application/problem+json": {}}, "description": "Problem"}
+        status: {
+            "model": Problem,  # registers the schema (FastAPI also lists it under application/json)
+            "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}},
+            "description": PROBLEM_DESCRIPTIONS.get(status, "Problem"),
+        }
         for status in statuses
     }
 
@@ -121,3 +140,46 @@ class ToolCallResult(BaseModel):
     content: list[dict[str, Any]]
     structured_content: dict[str, Any] | None
     is_error: bool
+
+
+RUN_EVENTS = ("run.started", "round.started", "tool_call.started", "tool_call.completed", "message")
+
+
+def _json_data(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {"type": "string", "contentMediaType": "application/json", "description": description}
+    if schema is not None:
+        data["contentSchema"] = schema
+    return data
+
+
+def _terminal(event: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "if": {"properties": {"event": {"const": event}}},
+        "then": {"properties": {"data": _json_data(event, schema)}},
+    }
+
+
+# One Server-Sent Event as parsed from the stream: `event:` name and `data:` text (JSON here).
+RUN_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "One SSE event of a run: "
+    + ", ".join(RUN_EVENTS)
+    + ", then exactly one of run.completed (data = the run result) or run.failed (data = a problem document)."
+    " `: keep-alive` comments may come in between.",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": [*RUN_EVENTS, "run.completed", "run.failed"]},
+        "data": _json_data("The event's JSON payload"),
+    },
+    "allOf": [
+        _terminal("run.completed", {"$ref": "#/components/schemas/RunResultModel"}),
+        _terminal("run.failed", PROBLEM_SCHEMA),
+    ],
+}
+CHUNK_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "One SSE `data:` line: an OpenAI chunk (`chat.completion.chunk` for chat) as JSON, and finally "
+    '`[DONE]`. With MCP servers a failed run sends `{"error": <problem document>}` before `[DONE]`.',
+    "required": ["data"],
+    "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+}

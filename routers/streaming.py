@@ -59,6 +59,16 @@ async def cancel_on_disconnect(receive: Receive, work: Awaitable[T]) -> T:
         watcher.cancel()
 
 
+async def execute_for_client(request: Request, run: Run) -> RunResult | None:
+    """Run to the end for a JSON answer; None when the client left (the run was cancelled)."""
+    try:
+        return await cancel_on_disconnect(request.receive, run.execute())
+    except ClientDisconnected:
+        return None
+    finally:
+        run.release()
+
+
 def _cancelling() -> bool:
     """True when the current task itself is being cancelled (not just the work it awaited)."""
     task = asyncio.current_task()

@@ -425,35 +425,34 @@ class LMStudioClient:
         await self.http.aclose()
 
     async def _exchange(
-        self, method: str, path: str, content: bytes | None = None, timeout_s: float | None = None
+        self,
+        method: str,
+        path: str,
+        content: bytes | None = None,
+        *,
+        timeout_s: float | None = None,
+        model: str | None = None,
     ) -> httpx.Response:
-        """One request with its body read, straight on the pooled transport: the client layer's
-        cookie, auth and redirect handling are not needed here and cost about 0.15 ms a call."""
+        """One request with its body read, failures mapped to `LLMError`s. It goes straight to the
+        pooled transport: the client layer's cookie, auth and redirect handling are not needed here
+        and cost about 0.15 ms a call."""
         timeout = self.http.timeout if timeout_s is None else httpx.Timeout(timeout_s, connect=min(timeout_s, 5))
         headers = self.http.headers if content is None else self._json_headers
         try:
             if self.transport is None:
-                return await self.http.request(method, path, content=content, headers=headers, timeout=timeout)
-            request = httpx.Request(
-                method, self._base + path, headers=headers, content=content, extensions={"timeout": timeout.as_dict()}
-            )
-            response = await self.transport.handle_async_request(request)
-            await response.aread()  # reads to the end, then releases the connection
-            return response
+                response = await self.http.request(method, path, content=content, headers=headers, timeout=timeout)
+            else:
+                request = httpx.Request(
+                    method,
+                    self._base + path,
+                    headers=headers,
+                    content=content,
+                    extensions={"timeout": timeout.as_dict()},
+                )
+                response = await self.transport.handle_async_request(request)
+                await response.aread()  # reads to the end, then releases the connection
         except httpx.HTTPError as exc:
             raise error_for_exception(exc) from exc
-
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        *,
-        json_body: Any = None,
-        model: str | None = None,
-        timeout_s: float | None = None,
-    ) -> httpx.Response:
-        content = None if json_body is None else json.dumps(json_body).encode()
-        response = await self._exchange(method, path, content, timeout_s)
         error = error_for_response(response, model)
         if error is not None:
             raise error
@@ -477,7 +476,8 @@ class LMStudioClient:
             if deadline is not None:
                 remaining = max(0.001, deadline - time.monotonic())
                 limit = remaining if limit is None else min(limit, remaining)
-            response = await self._send(method, path, json_body=json_body, model=model, timeout_s=limit)
+            content = None if json_body is None else json.dumps(json_body).encode()
+            response = await self._exchange(method, path, content, timeout_s=limit, model=model)
             return response.json()
 
         return await self._guarded(once, deadline, _operation(path))
@@ -494,11 +494,7 @@ class LMStudioClient:
     async def _forward(self, path: str, content: bytes, model: str | None) -> httpx.Response:
 
         async def once() -> httpx.Response:
-            response = await self._exchange("POST", path, content)
-            error = error_for_response(response, model)
-            if error is not None:
-                raise error
-            return response
+            return await self._exchange("POST", path, content, model=model)
 
         return await self._guarded(once, operation=_operation(path))
 
@@ -531,7 +527,7 @@ class LMStudioClient:
 
     async def ping(self, timeout_s: float = 3.0) -> None:
         """One quick call, no retries: raises an `LLMError` when LM Studio does not answer properly."""
-        await self._send("GET", "/v1/models", timeout_s=timeout_s)
+        await self._exchange("GET", "/v1/models", timeout_s=timeout_s)
 
     async def _probe(self, path: str) -> Any:
         """GET a model-list endpoint: its JSON body, or None when this server does not have it."""
