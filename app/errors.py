@@ -15,6 +15,7 @@ from services.errors import BridgeError, RequestValidationFailed
 
 log = logging.getLogger("lmstudio_bridge.errors")
 PROBLEM_JSON = "application/problem+json"
+DEFAULT_RETRY_AFTER_S = 5
 
 
 class RouteError(BridgeError):
@@ -52,8 +53,11 @@ def problem_response(err: BridgeError, instance: str | None = None) -> JSONRespo
     if instance:
         body["instance"] = instance
     headers = {}
-    if err.retry_after is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(err.retry_after)))
+    retry_after = err.retry_after
+    if retry_after is None and err.status in (429, 503):
+        retry_after = DEFAULT_RETRY_AFTER_S  # e.g. LM Studio refused the connection: worth a retry soon
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     if err.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="lmstudio-bridge"'
     return JSONResponse(body, status_code=err.status, headers=headers, media_type=PROBLEM_JSON)

@@ -216,11 +216,12 @@ class HTTPFailure(RuntimeError):
         super().__init__(f"POST {url} answered {response.status_code}: {response.text[:1000]}")
 
 
-def post_json(client: httpx.AsyncClient, url: str, body: Any) -> Callable[[], Awaitable[Any]]:
-    """A call that POSTs `body` and returns the decoded answer; anything but 200 raises HTTPFailure."""
+def post_json(client: httpx.AsyncClient, url: str, body: Any | None = None) -> Callable[[], Awaitable[Any]]:
+    """A call that POSTs `body` (GETs when it is None) and returns the decoded answer; anything but 200
+    raises HTTPFailure."""
 
     async def call() -> Any:
-        response = await client.post(url, json=body)
+        response = await (client.get(url) if body is None else client.post(url, json=body))
         if response.status_code != 200:
             raise HTTPFailure(url, response)
         return response.json()

@@ -44,6 +44,12 @@ async def run() -> dict[str, object]:
         client = await stack.enter_async_context(http_client())
 
         floor_c = Contender("floor (fixed JSON)", post_json(client, base.url("/"), {"text": "hi"}), [base])
+        # what the gateway's framework and middleware cost alone: a route that does no work
+        health = Contender(
+            "gateway `GET /healthz` (framework + middleware, no work)",
+            post_json(client, bridge.url("/healthz")),
+            [bridge],
+        )
         pairs: list[tuple[str, Contender, Contender]] = []
         for server, tool, args, expected in TOOLS:
             session = await stack.enter_async_context(mcp_session(server_params(directory, server)))
@@ -55,7 +61,7 @@ async def run() -> dict[str, object]:
             )
             await _check(direct, rest, expected)
             pairs.append((f"{server}.{tool}", direct, rest))
-        contenders = [floor_c, *(c for _, direct, rest in pairs for c in (direct, rest))]
+        contenders = [floor_c, health, *(c for _, direct, rest in pairs for c in (direct, rest))]
 
         await warm_up(contenders, WARMUP)
         children_before = bridge.descendants()
@@ -64,7 +70,11 @@ async def run() -> dict[str, object]:
         spawns = len(children_after - children_before)
         left_behind = await bridge.stop()
 
-        rows: list[Row] = [latency_row(floor_c)]
+        rows: list[Row] = [
+            latency_row(floor_c),
+            latency_row(health, "report: the gateway's fixed cost per request"),
+            cpu_row("gateway CPU per `GET /healthz`", health, bridge, unit="request"),
+        ]
         for name, direct, rest in pairs:
             rows += [
                 latency_row(direct),

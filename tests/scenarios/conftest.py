@@ -179,6 +179,26 @@ def scenario_mcp_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # --- an in-process gateway per scenario ------------------------------------------------------------
 
 
+async def post_run(client: httpx.AsyncClient, task: str, **body: Any) -> httpx.Response:
+    """POST /v1/autonomous; without `mcp_servers`, a run with no MCP server."""
+    body.setdefault("mcp_servers", [])
+    return await client.post("/v1/autonomous", json={"task": task, **body})
+
+
+async def post_stream_run(client: httpx.AsyncClient, task: str, **body: Any) -> tuple[str, Any, list[str]]:
+    """A streamed run: (its one terminal event, that event's data, the names of all events before it)."""
+    body.setdefault("mcp_servers", [])
+    payload = {"task": task, "stream": True, **body}
+    async with client.stream("POST", "/v1/autonomous", json=payload) as response:
+        assert response.status_code == 200, await response.aread()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = await read_sse(response)
+    names = [name for name, _ in events]
+    terminal = [name for name in names if name in ("run.completed", "run.failed")]
+    assert len(terminal) == 1 and names[-1] == terminal[0], names
+    return names[-1], events[-1][1], names[:-1]
+
+
 @dataclass
 class Gateway:
     """A started gateway, the mock LM Studio behind it, and shortcuts for the scenarios."""
@@ -189,22 +209,10 @@ class Gateway:
     checked: bool = False
 
     async def run(self, task: str, **body: Any) -> httpx.Response:
-        """POST /v1/autonomous; without `mcp_servers`, a run with no MCP server."""
-        body.setdefault("mcp_servers", [])
-        return await self.client.post("/v1/autonomous", json={"task": task, **body})
+        return await post_run(self.client, task, **body)
 
     async def stream_run(self, task: str, **body: Any) -> tuple[str, Any, list[str]]:
-        """A streamed run: (terminal event, its data, the names of all events before it)."""
-        body.setdefault("mcp_servers", [])
-        payload = {"task": task, "stream": True, **body}
-        async with self.client.stream("POST", "/v1/autonomous", json=payload) as response:
-            assert response.status_code == 200, await response.aread()
-            assert response.headers["content-type"].startswith("text/event-stream")
-            events = await read_sse(response)
-        names = [name for name, _ in events]
-        terminal = [name for name in names if name in ("run.completed", "run.failed")]
-        assert len(terminal) == 1 and names[-1] == terminal[0], names
-        return names[-1], events[-1][1], names[:-1]
+        return await post_stream_run(self.client, task, **body)
 
     async def tool(self, server: str, tool: str, **arguments: Any) -> httpx.Response:
         return await self.client.post(f"/v1/mcp/servers/{server}/tools/{tool}", json=arguments)
@@ -240,9 +248,11 @@ GatewayFactory = Callable[..., AbstractAsyncContextManager[Gateway]]
 
 
 @contextlib.asynccontextmanager
-async def gateway(mock: MockLMStudio, mcp_config: Path | None, *, wire: bool, **overrides: Any) -> AsyncIterator[Gateway]:
+async def gateway(
+    mock: MockLMStudio, mcp_config: Path | None, *, wire: bool, **overrides: Any
+) -> AsyncIterator[Gateway]:
     before = child_processes()
-    values: dict[str, Any] = {"lmstudio_base_url": mock.base_url, "mcp_config": str(mcp_config) if mcp_config else None}
+    values: dict[str, Any] = {"lmstudio_base_url": mock.base_url, "mcp_config": mcp_config and str(mcp_config)}
     values.update(overrides)
     connect = served if wire else app_client
     async with connect(make_settings(**values), timeout=CLIENT_TIMEOUT_S) as client:
@@ -305,6 +315,12 @@ class GatewayProcess:
     @property
     def ps(self) -> psutil.Process:
         return psutil.Process(self.process.pid)
+
+    async def run(self, task: str, **body: Any) -> httpx.Response:
+        return await post_run(self.client, task, **body)
+
+    async def stream_run(self, task: str, **body: Any) -> tuple[str, Any, list[str]]:
+        return await post_stream_run(self.client, task, **body)
 
     def rss(self) -> int:
         return int(self.ps.memory_info().rss)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,7 +31,6 @@ from tests.scenarios.conftest import (
     gateway_process,
     mock_on_port,
     open_breaker,
-    read_sse,
     scenario_mcp_config,
     script,
     wait_half_open,
@@ -54,7 +54,9 @@ def chat_body(text: str, **extra: Any) -> dict[str, Any]:
 async def test_lmstudio_refused_then_back(open_gateway: GatewayFactory) -> None:
     port = free_port()
     async with open_gateway(lmstudio_base_url=f"http://127.0.0.1:{port}") as gw:
-        assert_problem(await gw.run("anyone there?"), 503, "upstream_unavailable")
+        refused = await gw.run("anyone there?")
+        assert_problem(refused, 503, "upstream_unavailable")
+        assert int(refused.headers["retry-after"]) >= 1
         ready = await gw.client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["lmstudio"]["code"] == "upstream_unavailable"
         async with mock_on_port(port):
@@ -138,8 +140,9 @@ async def test_passthrough_stream_cut_midway(open_gateway: GatewayFactory) -> No
                 assert response.status_code == 200
                 async for line in response.aiter_lines():
                     lines.append(line)
-        data = [line for line in lines if line.startswith("data: ")]
-        assert data and "data: [DONE]" not in data
+        # the first chunks may or may not get through (the LM Studio client's transport drops what it had
+        # buffered when the connection breaks); the end of the stream never does
+        assert "data: [DONE]" not in lines
 
 
 async def test_passthrough_single_503_absorbed(open_gateway: GatewayFactory) -> None:
@@ -360,6 +363,18 @@ async def test_mcp_killed_between_calls_restarts(open_gateway: GatewayFactory) -
         assert await gw.fault_pid() != pid
 
 
+async def test_mcp_crash_with_calls_in_flight_counts_once(open_gateway: GatewayFactory) -> None:
+    async with open_gateway(mcp=True, breaker_failures=2) as gw:
+        victim = psutil.Process(await gw.fault_pid())
+        calls = [asyncio.ensure_future(gw.tool("fault", "slow", seconds=10)) for _ in range(4)]
+        await asyncio.sleep(0.5)  # let the four calls reach the server
+        victim.kill()
+        for response in await asyncio.gather(*calls):
+            assert_problem(response, 503, "mcp_server_unavailable")
+        servers = {s["name"]: s for s in (await gw.client.get("/v1/mcp/servers")).json()["data"]}
+        assert servers["fault"]["breaker"] == "closed"  # one crash is one failure, whatever was in flight
+
+
 async def test_mcp_hang_in_run(open_gateway: GatewayFactory) -> None:
     async with open_gateway(mcp=True) as gw:
         task = "hang " + script(calls=[[call("fault_timeout__hang", {})]])
@@ -534,7 +549,8 @@ async def test_oversized_body_chunked(open_gateway: GatewayFactory) -> None:
         yield b'"}'
 
     async with open_gateway(wire=True, max_body_bytes=4096) as gw:
-        response = await gw.client.post("/v1/autonomous", content=chunks(), headers={"content-type": "application/json"})
+        headers = {"content-type": "application/json"}
+        response = await gw.client.post("/v1/autonomous", content=chunks(), headers=headers)
         assert "content-length" not in response.request.headers
         assert_problem(response, 413, "payload_too_large")
 
@@ -552,26 +568,15 @@ async def test_max_rounds_over_cap(open_gateway: GatewayFactory) -> None:
 # --- shutting down a real server process ---------------------------------------------------------------
 
 
-async def test_sigterm_with_runs_in_flight(mock: MockLMStudio, scenario_mcp_json: Any) -> None:
+async def test_sigterm_with_runs_in_flight(mock: MockLMStudio, scenario_mcp_json: Path) -> None:
     env = {"LMSTUDIO_BASE_URL": mock.base_url, "MCP_CONFIG": str(scenario_mcp_json), "BRIDGE_SHUTDOWN_GRACE_S": "3"}
+    echo = script(calls=[[call("fault__echo", {"text": "hi"})]])
     async with gateway_process(**env) as gw:
-        warm = "warm up " + script(calls=[[call("fault__echo", {"text": "hi"})]])
-        assert (await gw.client.post("/v1/autonomous", json={"task": warm, "mcp_servers": ["fault"]})).status_code == 200
+        assert_run(await gw.run("warm up " + echo, mcp_servers=["fault"]), "completed")
         assert gw.note_children(), "the fault server runs under the gateway"
-
-        async def stream_events() -> list[tuple[str, Any]]:
-            body = {"task": "long " + script(delay_ms=30_000), "mcp_servers": [], "stream": True}
-            async with gw.client.stream("POST", "/v1/autonomous", json=body) as response:
-                assert response.status_code == 200
-                return await read_sse(response)
-
-        short = asyncio.ensure_future(
-            gw.client.post("/v1/autonomous", json={"task": "short " + script(delay_ms=500), "mcp_servers": []})
-        )
-        long_json = asyncio.ensure_future(
-            gw.client.post("/v1/autonomous", json={"task": "long " + script(delay_ms=30_000), "mcp_servers": []})
-        )
-        long_stream = asyncio.ensure_future(stream_events())
+        short = asyncio.ensure_future(gw.run("short " + script(delay_ms=500)))  # ends within the grace
+        long_json = asyncio.ensure_future(gw.run("long " + script(delay_ms=30_000)))
+        long_stream = asyncio.ensure_future(gw.stream_run("long " + script(delay_ms=30_000)))
 
         async def all_in_flight() -> bool:
             return len([r for r in await mock.requests() if r["path"] == CHAT]) == 2 + 3
@@ -580,13 +585,9 @@ async def test_sigterm_with_runs_in_flight(mock: MockLMStudio, scenario_mcp_json
         assert await gw.sigterm() == 0, gw.log_tail()
         assert_run(await short, "completed")
         assert_problem(await long_json, 503, "shutting_down")
-        event, problem = (await long_stream)[-1]
+        event, problem, _ = await long_stream
         assert (event, problem["code"]) == ("run.failed", "shutting_down")
-    # the port is free again and a new process on it serves a normal run
+    # the port is free again, and a new process on it serves a normal run
     async with gateway_process(port=gw.port, **env) as again:
-        task = "normal " + script(calls=[[call("fault__echo", {"text": "back"})]])
-        response = await again.client.post("/v1/autonomous", json={"task": task, "mcp_servers": ["fault"]})
-        assert_run(response, "completed")
-        again.note_children()
+        assert_run(await again.run("normal " + echo, mcp_servers=["fault"]), "completed")
         assert await again.sigterm() == 0, again.log_tail()
-
