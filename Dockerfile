@@ -1,0 +1,49 @@
+# lmstudio-bridge: the gateway (and, with another command, the mock LM Studio) in one slim image.
+#   docker build -t lmstudio-bridge .
+#   docker run --rm -p 8000:8000 --add-host host.docker.internal:host-gateway \
+#     -v ~/.lmstudio/mcp.json:/config/mcp.json:ro lmstudio-bridge
+# See docs/operations.md.
+
+# Node 20 for MCP servers started with npx / npm (copied, not installed: no apt in the final image)
+FROM node:20-slim AS node
+
+# Build stage: a virtualenv with the gateway and its dependencies, no compilers left behind
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY app ./app
+COPY routers ./routers
+COPY services ./services
+# the gateway; uv for `uvx` MCP servers; the reference time server (deploy/mcp.json uses it)
+RUN pip install . uv==0.13.8 mcp-server-time==2026.10.19
+
+# Final stage
+FROM python:3.11-slim AS runtime
+COPY --from=node /usr/local/bin/node /usr/local/bin/node
+COPY --from=node /usr/local/lib/node_modules /usr/local/lib/node_modules
+RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
+    && ln -s ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx \
+    && node --version && npx --version \
+    && useradd --create-home --uid 10001 --shell /usr/sbin/nologin bridge \
+    && mkdir /config && chown bridge /config
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+# the mock LM Studio (docker-compose.yml's `mock-lmstudio` service runs it from this image)
+COPY tests/__init__.py tests/__init__.py
+COPY tests/mock_lmstudio tests/mock_lmstudio
+COPY deploy/mcp.json /config/mcp.json
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    BRIDGE_HOST=0.0.0.0 \
+    BRIDGE_PORT=8000 \
+    LMSTUDIO_BASE_URL=http://host.docker.internal:1234 \
+    MCP_CONFIG=/config/mcp.json
+USER bridge
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('BRIDGE_PORT', '8000'), timeout=4)"]
+CMD ["lmstudio-bridge", "serve"]
