@@ -15,9 +15,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from tests.bench import autonomous, catalog, mcp_call, passthrough
+from tests.bench import autonomous, catalog, mcp_call, passthrough, tracing
 
-SECTIONS: list[Callable[[], Awaitable[dict[str, Any]]]] = [mcp_call.run, autonomous.run, passthrough.run, catalog.run]
+SECTIONS: list[Callable[[], Awaitable[dict[str, Any]]]] = [
+    mcp_call.run,
+    autonomous.run,
+    tracing.run,
+    passthrough.run,
+    catalog.run,
+]
 OUT = Path(__file__).resolve().parents[2] / "docs" / "performance.md"
 
 
