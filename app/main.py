@@ -78,8 +78,8 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-ID", "Mcp-Session-Id"],
             expose_headers=["X-Request-ID", "X-Trace-ID", "X-Run-ID", "Retry-After", "Mcp-Session-Id"],
         )
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
-    instrument(app, provider)
+    instrumented = instrument(app, provider)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, open_trace=not instrumented)
     for router in (health.router, metrics_router.router, models.router, mcp.router, autonomous.router, openai.router):
         app.include_router(router)
     app.router.routes.extend(http_routes(mcp_server, settings))  # `/mcp`, no redirect to `/mcp/`

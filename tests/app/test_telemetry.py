@@ -301,3 +301,24 @@ async def test_otlp_export_reaches_a_local_receiver(mock: MockLMStudio, tmp_path
         gateway.wait(timeout=30)
         receiver.should_exit = True
         await receiver_task
+
+
+async def test_without_server_instrumentation_the_middleware_opens_the_trace() -> None:
+    from starlette.responses import JSONResponse
+
+    from app.telemetry import RequestContextMiddleware
+    from services.metrics import Metrics
+    from services.tracing import trace_id
+
+    async def seen(request: Request) -> JSONResponse:
+        return JSONResponse({"trace_id": trace_id()})
+
+    app = RequestContextMiddleware(Starlette(routes=[Route("/v1/x", seen)]), Metrics(), open_trace=True)
+    tracer_provider(make_settings())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        parent = "0af7651916cd43dd8448eb211c80319c"
+        continued = await client.get("/v1/x", headers={"traceparent": f"00-{parent}-b7ad6b7169203331-01"})
+        fresh = await client.get("/v1/x")
+    assert continued.json()["trace_id"] == parent == continued.headers["x-trace-id"]
+    assert len(fresh.json()["trace_id"]) == 32 and fresh.json()["trace_id"] != parent
+    assert fresh.headers["x-trace-id"] == fresh.json()["trace_id"]
