@@ -43,6 +43,8 @@ def render(results: list[dict[str, Any]]) -> str:
         lines += ["| measure | value | target |", "|---|---|---|"]
         lines += [f"| {a} | {b} | {c} |" for a, b, c in result["rows"]]
         lines.append("")
+        if result.get("analysis"):
+            lines += [str(result["analysis"]), ""]
     return "\n".join(lines)
 
 
