@@ -278,3 +278,16 @@ async def test_deadline_gives_timeout_with_what_was_gathered(bridge: httpx.Async
     result = (await bridge.post("/v1/autonomous", json=body)).json()
     assert result["status"] == "timeout"
     assert result["rounds"] == 1 and "UTC" in result["output"]
+
+
+async def test_model_mismatch_is_reported_and_flagged(tmp_path: Path) -> None:
+    from tests.mock_lmstudio.fixture import mock_lmstudio
+
+    async with (
+        mock_lmstudio("--pin-loaded-model") as pinned,
+        app_client(make_settings(lmstudio_base_url=pinned.base_url, mcp_config=None)) as client,
+    ):
+        result = (await client.post("/v1/autonomous", json={"task": "hi", "model": "qwen/qwen3-coder-30b"})).json()
+    assert result["status"] == "completed"
+    assert result["model"] == "qwen/qwen3-4b"  # the model that answered, not the one asked for
+    assert any("qwen/qwen3-4b" in w and "qwen/qwen3-coder-30b" in w for w in result["warnings"])
