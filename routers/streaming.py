@@ -106,7 +106,7 @@ class RunStream(GuardedStream):
 
     def __init__(self, run: Run, frames: RunFrames | None = None) -> None:
         self.run = run
-        self.frames = frames or AutonomousFrames()
+        self.frames = frames or RunFrames()
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(EVENT_QUEUE_SIZE)
         self.work: asyncio.Future[None] | None = None
         super().__init__(
@@ -157,7 +157,8 @@ class RunStream(GuardedStream):
 
 
 class RunFrames:
-    """How a run's progress is written on the wire."""
+    """How a run's progress is written on the wire; by default the named events of /v1/autonomous:
+    run.started, round.started, tool_call.started/completed, message, then run.completed | run.failed."""
 
     def opening(self, run: Run) -> bytes | None:
         return None
@@ -170,10 +171,6 @@ class RunFrames:
 
     def failed(self, problem: dict[str, Any]) -> bytes:
         return _sse("run.failed", problem)
-
-
-class AutonomousFrames(RunFrames):
-    """Named events: run.started ... run.completed | run.failed (the defaults)."""
 
 
 class ProxyStream(GuardedStream):

@@ -20,7 +20,6 @@ from services.catalog import ModelCatalog, ResolvedModel
 from services.errors import (
     BridgeError,
     MCPError,
-    MCPServerUnavailableError,
     RequestValidationFailed,
     ShuttingDownError,
 )
@@ -442,9 +441,7 @@ class Run:
             return args, "Error: the arguments do not match the tool's input schema: " + "; ".join(violations), True
         try:
             result = await self.service.pool.call_tool(spec.server, spec.name, args)
-        except (MCPError, MCPServerUnavailableError) as exc:
-            return args, f"Error: {exc.detail}", True
-        except BridgeError as exc:
+        except BridgeError as exc:  # unavailable server, timeout, vanished tool: the model reads why
             return args, f"Error: {exc.detail}", True
         return args, truncate(result.text, self.service.tool_output_max_chars), result.is_error
 
