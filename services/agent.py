@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from services.catalog import ModelCatalog, ResolvedModel
@@ -82,6 +82,13 @@ class Step:
     is_error: bool
     duration_ms: float
 
+    def to_dict(self) -> dict[str, Any]:
+        """The step as JSON-ready data (shallow: `dataclasses.asdict` would deep-copy the arguments)."""
+        return {name: getattr(self, name) for name in STEP_FIELDS}
+
+
+STEP_FIELDS = tuple(f.name for f in fields(Step))
+
 
 @dataclass(slots=True)
 class RunResult:
@@ -100,7 +107,15 @@ class RunResult:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The result as JSON-ready data (built by hand: `asdict` deep-copies every step's arguments)."""
+        data = {name: getattr(self, name) for name in RESULT_FIELDS}
+        data["steps"] = [step.to_dict() for step in self.steps]
+        data["usage"] = {
+            "prompt_tokens": self.usage.prompt_tokens,
+            "completion_tokens": self.usage.completion_tokens,
+            "total_tokens": self.usage.total_tokens,
+        }
+        return data
 
 
 def truncate(text: str, limit: int) -> str:
@@ -421,7 +436,7 @@ class Run:
             duration_ms=round((time.monotonic() - started) * 1000, 2),
         )
         self.steps.append(step)
-        await emit("tool_call.completed", asdict(step))
+        await emit("tool_call.completed", step.to_dict())
         return step
 
     def _unknown_tool(self, name: str) -> str:
@@ -453,6 +468,9 @@ class Run:
         if not results:
             return f"{reason} No tool results were gathered."
         return f"{reason} Tool results gathered so far:\n" + "\n".join(results)
+
+
+RESULT_FIELDS = tuple(f.name for f in fields(RunResult))
 
 
 def _maybe_json(raw: str) -> Any:
