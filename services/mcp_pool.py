@@ -338,6 +338,9 @@ class MCPPool:
         self._owners: set[asyncio.Task[None]] = set()
         self._closed = False
         self.spawn_count = 0
+        # tool lists as specs, and catalogs of server sets, kept while the tool lists they came from last
+        self._spec_cache: dict[str, tuple[list[mtypes.Tool], list[ToolSpec]]] = {}
+        self._catalog_cache: dict[tuple[str, ...], tuple[list[list[ToolSpec]], ToolCatalog]] = {}
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -455,21 +458,38 @@ class MCPPool:
         else:
             conn = await srv.breaker.call(lambda: self._ensure(srv, self._call_timeout_s))
         srv.last_used = asyncio.get_running_loop().time()
-        return [self._spec(server, t) for t in self._visible(srv, conn)]
+        return self._specs(srv, conn)
+
+    def _specs(self, srv: _Server, conn: _Conn) -> list[ToolSpec]:
+        """The visible tools as specs, built once per tool list (the list is replaced when it changes)."""
+        cached = self._spec_cache.get(srv.cfg.name)
+        if cached is None or cached[0] is not conn.tools:
+            cached = (conn.tools, [self._spec(srv.cfg.name, t) for t in self._visible(srv, conn)])
+            self._spec_cache[srv.cfg.name] = cached
+        return cached[1]
 
     async def catalog(self, servers: list[str]) -> ToolCatalog:
-        """Tools of these servers (started concurrently) with collision-safe model names."""
+        """Tools of these servers (started concurrently) with collision-safe model names; the same
+        catalog object while none of the servers' tool lists changes."""
         for name in servers:
             self._get(name)
-        unique = list(dict.fromkeys(servers))
-        results = await asyncio.gather(*(self.list_tools(n) for n in unique), return_exceptions=True)
-        specs: list[ToolSpec] = []
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-            specs.extend(result)
+        unique = tuple(dict.fromkeys(servers))
+        if len(unique) == 1:
+            lists = [await self.list_tools(unique[0])]
+        else:
+            results = await asyncio.gather(*(self.list_tools(n) for n in unique), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            lists = cast("list[list[ToolSpec]]", results)
+        cached = self._catalog_cache.get(unique)
+        if cached is not None and all(a is b for a, b in zip(cached[0], lists, strict=True)):
+            return cached[1]
+        specs = [spec for listed in lists for spec in listed]
         names = ToolNameMap((s.server, s.name) for s in specs)
-        return ToolCatalog([dataclasses.replace(s, model_name=names.name_for(s.server, s.name)) for s in specs])
+        catalog = ToolCatalog([dataclasses.replace(s, model_name=names.name_for(s.server, s.name)) for s in specs])
+        self._catalog_cache[unique] = (lists, catalog)
+        return catalog
 
     # --- calls -------------------------------------------------------------------------
 
