@@ -103,7 +103,11 @@ class RunResultModel(BaseModel):
     usage: UsageModel
     duration_ms: float
     trace_id: str | None
-    warnings: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list, description="e.g. LM Studio answered with another model")
+    tool_calls: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Calls of the client's own function tools, handed back unexecuted (chat completions only)",
+    )
 
 
 class ServerModel(BaseModel):
