@@ -544,11 +544,14 @@ class MCPPool:
         srv.last_used = loop.time()
         try:
             conn = await self._ensure(srv, timeout)
-            if tool not in {t.name for t in self._visible(srv, conn)}:
-                raise MCPToolNotFoundError(server, tool, [t.name for t in self._visible(srv, conn)])
+            if not any(spec.name == tool for spec in self._specs(srv, conn)):
+                raise MCPToolNotFoundError(server, tool, [spec.name for spec in self._specs(srv, conn)])
             deadline = loop.time() + timeout
             try:
-                async with asyncio.timeout(timeout):
+                if srv.sem.locked():  # only a wait for a slot needs its own timer
+                    async with asyncio.timeout(timeout):
+                        await srv.sem.acquire()
+                else:
                     await srv.sem.acquire()
             except TimeoutError:
                 raise MCPToolTimeoutError(
