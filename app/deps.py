@@ -10,7 +10,6 @@ from app.settings import Settings
 from app.state import BridgeState
 from services.agent import AgentService
 from services.catalog import ModelCatalog
-from services.lmstudio import LMStudioClient
 from services.mcp_pool import MCPPool
 from services.openai_compat import OpenAICompat
 
@@ -26,10 +25,6 @@ async def get_state(request: Request) -> BridgeState:
 
 async def get_settings(request: Request) -> Settings:
     return _state(request).settings
-
-
-async def get_lmstudio(request: Request) -> LMStudioClient:
-    return _state(request).lmstudio
 
 
 async def get_catalog(request: Request) -> ModelCatalog:
@@ -50,7 +45,6 @@ async def get_compat(request: Request) -> OpenAICompat:
 
 StateDep = Annotated[BridgeState, Depends(get_state)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-LMStudioDep = Annotated[LMStudioClient, Depends(get_lmstudio)]
 CatalogDep = Annotated[ModelCatalog, Depends(get_catalog)]
 PoolDep = Annotated[MCPPool, Depends(get_pool)]
 AgentDep = Annotated[AgentService, Depends(get_agent)]

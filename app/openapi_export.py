@@ -20,7 +20,7 @@ DEFAULT_PATH = Path("openapi/openapi.json")
 
 def openapi_document() -> dict[str, Any]:
     """The document of an app built from default settings (it does not depend on the environment)."""
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     return create_app(settings, MCPSetup(None, {})).openapi()
 
 

@@ -9,9 +9,11 @@ import socket
 from collections.abc import Iterator
 
 import uvicorn
+from fastapi import FastAPI
 
 from app.main import create_app, load_mcp
 from app.settings import Settings
+from app.state import BridgeState
 
 log = logging.getLogger("lmstudio_bridge")
 
@@ -20,8 +22,9 @@ class GracefulServer(uvicorn.Server):
     """On SIGTERM: stop accepting, let runs finish within the grace period, then stop them
     (streams get `run.failed`, JSON callers a 503 `shutting_down`), then the normal shutdown."""
 
-    def __init__(self, config: uvicorn.Config, grace_s: float) -> None:
+    def __init__(self, app: FastAPI, config: uvicorn.Config, grace_s: float) -> None:
         super().__init__(config)
+        self.app = app
         self.grace_s = grace_s
 
     @contextlib.contextmanager
@@ -37,7 +40,7 @@ class GracefulServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
             server.close()
-        bridge = getattr(self.config.app.state, "bridge", None)  # type: ignore[union-attr]
+        bridge: BridgeState | None = getattr(self.app.state, "bridge", None)  # absent if start-up failed
         if bridge is not None:
             log.info("draining: %d run(s) in flight, grace %.0f s", len(bridge.agent.active), self.grace_s)
             await bridge.agent.drain(self.grace_s)
@@ -61,8 +64,9 @@ def run_server(settings: Settings, host: str, port: int) -> None:
             host,
         )
     settings = settings.model_copy(update={"host": host, "port": port})  # the recursion guard needs the real address
+    app = create_app(settings, load_mcp(settings), configure_logs=True)
     config = uvicorn.Config(
-        create_app(settings, load_mcp(settings), configure_logs=True),
+        app,
         host=host,
         port=port,
         log_level=settings.log_level.lower(),
@@ -70,4 +74,4 @@ def run_server(settings: Settings, host: str, port: int) -> None:
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 10,
         log_config=None,  # our JSON logging, configured by create_app
     )
-    GracefulServer(config, settings.shutdown_grace_s).run()
+    GracefulServer(app, config, settings.shutdown_grace_s).run()

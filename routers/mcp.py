@@ -8,22 +8,14 @@ from fastapi import APIRouter, Body, Path
 from fastapi.responses import JSONResponse
 
 from app.deps import PoolDep, StateDep
+from routers.paths import named_in_path
 from routers.schemas import ServerList, ServerModel, ToolCallResult, ToolList, ToolModel, problem_responses
-from services.errors import MCPServerNotFoundError, RequestValidationFailed
-from services.mcp_pool import MCPPool
+from services.errors import RequestValidationFailed
 from services.tool_args import validate_arguments
 
 router = APIRouter(prefix="/v1/mcp/servers", tags=["mcp"], responses=problem_responses(401))
 ServerName = Annotated[str, Path(description="A server name from mcp.json", examples=["time"])]
 ToolName = Annotated[str, Path(description="A tool of that server", examples=["get_current_time"])]
-
-
-def _known(pool: MCPPool, name: str) -> None:
-    """Unknown names in a path are 404 (a body naming one is 422)."""
-    if not pool.configured(name):
-        err = MCPServerNotFoundError(name, pool.names())
-        err.status = 404
-        raise err
 
 
 @router.get("", response_model=ServerList, operation_id="listMcpServers", summary="List MCP servers")
@@ -44,8 +36,8 @@ async def list_servers(state: StateDep) -> ServerList:
 )
 async def list_tools(name: ServerName, pool: PoolDep) -> ToolList:
     """The server's tools with their input schemas (starts the server if needed)."""
-    _known(pool, name)
-    tools = await pool.list_tools(name)
+    with named_in_path():
+        tools = await pool.list_tools(name)
     return ToolList(
         server=name,
         data=[
@@ -69,8 +61,8 @@ async def call_tool(
     arguments: Annotated[dict[str, Any], Body(default_factory=dict, examples=[{"timezone": "UTC"}])],
 ) -> JSONResponse:
     """Call one tool directly; the body is its arguments, checked against its input schema."""
-    _known(pool, name)
-    spec = next((t for t in await pool.list_tools(name) if t.name == tool), None)
+    with named_in_path():
+        spec = next((t for t in await pool.list_tools(name) if t.name == tool), None)
     if spec is not None:
         violations = validate_arguments(spec.input_schema, arguments)
         if violations:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import CatalogDep, CompatDep
+from routers.paths import named_in_path
 from routers.schemas import ModelEntry, ModelList, problem_responses
 from services.errors import ModelNotFoundError
 
@@ -63,7 +62,7 @@ class LoadRequest(BaseModel):
 )
 async def load_model(model_id: ModelId, compat: CompatDep, body: LoadRequest | None = None) -> dict[str, Any]:
     """Load a model in LM Studio (REST API of LM Studio 0.4+; else 501)."""
-    with _unknown_is_404():
+    with named_in_path():
         return await compat.load_model(model_id, body.ttl if body else None)
 
 
@@ -75,15 +74,5 @@ async def load_model(model_id: ModelId, compat: CompatDep, body: LoadRequest | N
 )
 async def unload_model(model_id: ModelId, compat: CompatDep) -> dict[str, Any]:
     """Unload a model from LM Studio (REST API of LM Studio 0.4+; else 501)."""
-    with _unknown_is_404():
+    with named_in_path():
         return await compat.unload_model(model_id)
-
-
-@contextmanager
-def _unknown_is_404() -> Iterator[None]:
-    """A model named in the path that does not exist is 404 (in a body it is 422)."""
-    try:
-        yield
-    except ModelNotFoundError as err:
-        err.status = 404
-        raise

@@ -184,14 +184,17 @@ class AgentService:
         if spec.mcp_servers is not None:
             servers = list(dict.fromkeys(spec.mcp_servers))
             tools = await self.pool.catalog(servers)  # unknown name -> 422, cannot start -> 503
-        else:  # every enabled server; one that cannot start is left out, not fatal
+        else:  # every enabled server, started together; one that cannot start is left out, not fatal
+            names = self.pool.names()
+            listed = await asyncio.gather(*(self.pool.list_tools(n) for n in names), return_exceptions=True)
             servers = []
-            for name in self.pool.names():
-                try:
-                    await self.pool.list_tools(name)
+            for name, outcome in zip(names, listed, strict=True):
+                if isinstance(outcome, MCPError):
+                    warnings.append(f"MCP server {name!r} left out: {outcome.detail}")
+                elif isinstance(outcome, BaseException):
+                    raise outcome
+                else:
                     servers.append(name)
-                except MCPError as exc:
-                    warnings.append(f"MCP server {name!r} left out: {exc.detail}")
             tools = await self.pool.catalog(servers)
         if spec.allowed_tools is not None:
             known = {t.model_name for t in tools.tools}

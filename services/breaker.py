@@ -58,9 +58,12 @@ class Breaker:
             return 0.0
         return max(0.0, self._opened_at + self.reset_s - self._clock())
 
+    def _admits(self, state: State) -> bool:
+        return state == "closed" or (state == "half_open" and not self._trial_running)
+
     def check(self) -> None:
         """Fail fast if a call would be refused now (without counting or reserving anything)."""
-        if self.state == "open" or (self.state == "half_open" and self._trial_running):
+        if not self._admits(self.state):
             raise self._refuse()
 
     def _refuse(self) -> BridgeError:
@@ -69,9 +72,10 @@ class Breaker:
         return self._unavailable(f"{self.name} is failing; circuit open, retry in {wait:.1f} s", wait)
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        trial = self.state == "half_open"
-        if self.state == "open" or (trial and self._trial_running):
+        state = self.state
+        if not self._admits(state):
             raise self._refuse()
+        trial = state == "half_open"
         if trial:
             self._trial_running = True
             self._inner.half_open()  # decided by our monotonic clock, not aiobreaker's datetimes

@@ -52,7 +52,6 @@ class ModelCatalog:
         self._refresh: asyncio.Task[Snapshot] | None = None
         self.hits = 0
         self.misses = 0
-        self.upstream_calls = 0
 
     def invalidate(self) -> None:
         self._snapshot = None
@@ -73,7 +72,6 @@ class ModelCatalog:
         return min(self.ttl_s, STALE_RETRY_S) if snap.stale else self.ttl_s
 
     async def _load(self) -> Snapshot:
-        self.upstream_calls += 1
         try:
             models = await self._fetch()
         except (LLMConnectionError, LLMTimeoutError):

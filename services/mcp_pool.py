@@ -376,10 +376,6 @@ class MCPPool:
 
     # --- queries -----------------------------------------------------------------------
 
-    def configured(self, name: str) -> bool:
-        """Whether mcp.json names this server (enabled or not)."""
-        return name in self._servers
-
     def names(self) -> list[str]:
         """Enabled server names, in config order."""
         return [name for name, srv in self._servers.items() if not srv.cfg.disabled]

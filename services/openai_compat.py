@@ -69,10 +69,6 @@ class OpenAICompat:
         content, model = await self._validated(raw, body, "chat")
         return await self.lmstudio.open_stream(path, content, model=model)
 
-    async def forward_unvalidated(self, path: str, raw: bytes) -> httpx.Response:
-        """For endpoints whose body has no `model` to check (e.g. /v1/responses)."""
-        return await self.lmstudio.forward(path, raw)
-
     async def open_run(self, body: dict[str, Any], servers: list[str]) -> Run:
         """The agent run a chat request with MCP servers stands for."""
         messages = body.get("messages")

@@ -33,7 +33,7 @@ def make_settings(**overrides: Any) -> Settings:
     """Settings for tests: no .env file, fast retries, no MCP config unless given."""
     values: dict[str, Any] = {"lmstudio_retry_backoff_s": 0.01, "lmstudio_retry_backoff_max_s": 0.05}
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 @contextlib.asynccontextmanager

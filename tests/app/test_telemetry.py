@@ -28,6 +28,7 @@ from starlette.routing import Route
 from app.telemetry import JSONFormatter, export_spans, tracer_provider
 from tests.conftest import REPO, app_client, make_settings, write_mcp_json
 from tests.mock_lmstudio.fixture import MockLMStudio, free_port
+from tests.processes import terminate
 
 pytestmark = pytest.mark.timeout(120)
 SLOW_PAIR = {"calls": [[{"name": "fault__slow", "arguments": {"seconds": 0.3}}] * 2]}
@@ -270,8 +271,9 @@ async def test_otlp_export_reaches_a_local_receiver(mock: MockLMStudio, tmp_path
         "OTEL_BSP_SCHEDULE_DELAY": "100",
         "OTEL_SERVICE_NAME": "bridge-under-test",
     }
-    gateway = subprocess.Popen(  # noqa: ASYNC220 - started once, waited for with a bound at the end
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(gateway_port)],
+    gateway = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "app.cli", "serve", "--port", str(gateway_port)),
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -297,8 +299,7 @@ async def test_otlp_export_reaches_a_local_receiver(mock: MockLMStudio, tmp_path
         assert b"bridge-under-test" in exported
         assert bytes.fromhex(run.json()["trace_id"]) in exported
     finally:
-        gateway.terminate()
-        gateway.wait(timeout=30)
+        await terminate(gateway, 30)
         receiver.should_exit = True
         await receiver_task
 

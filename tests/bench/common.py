@@ -16,7 +16,6 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from mcp import ClientSession, StdioServerParameters, stdio_client
 
 from tests.conftest import mcp_servers_json
 from tests.mock_lmstudio.fixture import free_port
+from tests.processes import log_file, terminate
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 60.0
@@ -93,15 +93,7 @@ class Server:
         if self._log.closed:
             return 0
         children = _processes(self.descendants())
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.terminate()
-            try:
-                await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT_S)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.process.kill()
-                await self.process.wait()
+        await terminate(self.process, STOP_TIMEOUT_S)
         _, alive = await asyncio.to_thread(psutil.wait_procs, children, 2)
         for orphan in alive:
             with contextlib.suppress(psutil.NoSuchProcess):
@@ -126,7 +118,7 @@ async def serve(
 ) -> AsyncIterator[Server]:
     """``python -m <module> <args> --host 127.0.0.1 --port <free>``; healthy on entry, stopped on exit."""
     port = free_port()
-    log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)  # noqa: SIM115
+    log = log_file(f"bench-{name}-")
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

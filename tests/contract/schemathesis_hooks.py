@@ -24,7 +24,7 @@ SERVERS: list[str] = sorted(TARGETS["servers"])
 # slows its generation down several times over; their examples (name=time, model_id=qwen/qwen3-4b) and the
 # values schemathesis learns from responses already reach real names.
 STEERED = r"^/v1/(autonomous.*|mcp/servers/\{name\}/tools/\{tool\}|models/\{model_id\}/load)$"
-CALLS: list[tuple[str, str, dict[str, Any] | None]] = [tuple(call) for call in TARGETS["calls"]]  # type: ignore[misc]
+CALLS: list[tuple[str, str, dict[str, Any] | None]] = [tuple(call) for call in TARGETS["calls"]]
 MODELS: list[str] = TARGETS["models"]
 # the mock LM Studio's script: one round calling a real tool, then the final answer
 SCRIPT = ' [[mock {"calls": [[{"name": "time__get_current_time", "arguments": {"timezone": "UTC"}}]]}]]'

@@ -14,7 +14,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,9 +21,10 @@ from typing import IO, Any
 
 import httpx
 
+from tests.processes import log_file, terminate
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 20.0
-STOP_TIMEOUT_S = 5.0
 
 
 def free_port() -> int:
@@ -32,10 +32,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _log_file() -> IO[bytes]:
-    return tempfile.NamedTemporaryFile(prefix="mock-lmstudio-", suffix=".log", delete=False)
 
 
 class MockLMStudio:
@@ -74,15 +70,7 @@ class MockLMStudio:
     async def stop(self) -> None:
         """Terminate the process (kill after 5 s) and wait for it."""
         await self.client.aclose()
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.terminate()
-            try:
-                await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT_S)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.process.kill()
-                await self.process.wait()
+        await terminate(self.process)
         self._log.close()
         with contextlib.suppress(OSError):
             os.unlink(self.log_path)
@@ -106,7 +94,7 @@ class MockLMStudio:
 async def start_mock(*args: str) -> MockLMStudio:
     """Start ``python -m tests.mock_lmstudio --port P *args`` and wait until it answers."""
     port = free_port()
-    log = _log_file()
+    log = log_file("mock-lmstudio-")
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -56,7 +56,10 @@ async def test_passthrough_is_byte_faithful(gateway: httpx.AsyncClient, mock: Mo
     via = await gateway.post("/v1/chat/completions", json=body)
     async with httpx.AsyncClient() as direct:
         straight = await direct.post(f"{mock.base_url}/v1/chat/completions", json=body)
-    strip = lambda raw: {k: v for k, v in json.loads(raw).items() if k not in ("id", "created")}  # noqa: E731
+
+    def strip(raw: bytes) -> dict[str, Any]:
+        return {k: v for k, v in json.loads(raw).items() if k not in ("id", "created")}
+
     assert strip(via.content) == strip(straight.content)
     assert via.headers["content-type"] == straight.headers["content-type"]
 
@@ -93,7 +96,7 @@ async def test_chat_through_mcp_via_extra_body(sdk: openai.AsyncOpenAI) -> None:
     assert answer.object == "chat.completion"
     assert "UTC" in (answer.choices[0].message.content or "")
     assert answer.choices[0].finish_reason == "stop"
-    run = answer.model_extra["bridge_run"]  # type: ignore[index]
+    run = answer.model_extra["bridge_run"]
     assert run["status"] == "completed" and run["steps"][0]["tool"] == "get_current_time"
     assert answer.usage and answer.usage.total_tokens == run["usage"]["total_tokens"]
 
@@ -102,7 +105,7 @@ async def test_chat_through_mcp_via_tool_entry(sdk: openai.AsyncOpenAI) -> None:
     answer = await sdk.chat.completions.create(
         model="qwen/qwen3-4b",
         messages=[{"role": "user", "content": f"Time? [[mock {json.dumps(TIME_CALL)}]]"}],
-        tools=[{"type": "mcp", "server_label": "time"}],  # type: ignore[list-item]
+        tools=[{"type": "mcp", "server_label": "time"}],
     )
     assert "UTC" in (answer.choices[0].message.content or "")
 
@@ -128,14 +131,14 @@ async def test_client_function_tool_comes_back_unexecuted(sdk: openai.AsyncOpenA
     answer = await sdk.chat.completions.create(
         model="qwen/qwen3-4b",
         messages=[{"role": "user", "content": f"Weather? [[mock {json.dumps(script)}]]"}],
-        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tools=[WEATHER_TOOL],
         extra_body={"mcp_servers": ["time"]} if with_mcp else None,
     )
     choice = answer.choices[0]
     assert choice.finish_reason == "tool_calls"
     [tool_call] = choice.message.tool_calls or []
-    assert tool_call.function.name == "get_weather"  # type: ignore[union-attr]
-    assert json.loads(tool_call.function.arguments) == {"city": "Oslo"}  # type: ignore[union-attr]
+    assert tool_call.function.name == "get_weather"
+    assert json.loads(tool_call.function.arguments) == {"city": "Oslo"}
 
 
 async def test_unknown_model_is_the_same_422(gateway: httpx.AsyncClient, sdk: openai.AsyncOpenAI) -> None:

@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -30,6 +29,7 @@ import pytest
 
 from tests.conftest import REPO, app_client, make_settings, mcp_servers_json, served
 from tests.mock_lmstudio.fixture import MockLMStudio, free_port, start_mock
+from tests.processes import log_file
 
 CHAT = "/v1/chat/completions"
 PROBLEM_JSON = "application/problem+json"
@@ -348,7 +348,7 @@ async def gateway_process(port: int | None = None, **env: str) -> AsyncIterator[
     port = port or free_port()
     before = child_processes()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(SETTING_PREFIXES)}
-    log = tempfile.NamedTemporaryFile(prefix="bridge-", suffix=".log", delete=False)  # noqa: SIM115
+    log = log_file("bridge-")
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -144,9 +144,9 @@ async def test_each_fault_maps_to_its_exception(
         await client.chat({"model": "qwen/qwen3-4b", "messages": [{"role": "user", "content": "hi"}]})
     await client.aclose()
     if fault.get("retry_after"):
-        assert info.value.retry_after == 7  # type: ignore[attr-defined]
+        assert info.value.retry_after == 7
     status = fault.get("status")
-    assert info.value.retryable == (status in (429, 502, 503, 504))  # type: ignore[attr-defined]
+    assert info.value.retryable == (status in (429, 502, 503, 504))
 
 
 async def test_cut_stream_fails_the_stream(lm: LMStudioClient, mock: MockLMStudio) -> None:

@@ -1,0 +1,18 @@
+"""Names in a URL path: one that does not exist is 404 (the same name in a body is 422)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from services.errors import MCPServerNotFoundError, ModelNotFoundError
+
+
+@contextmanager
+def named_in_path() -> Iterator[None]:
+    """Turn the services' 422 "no such server/model" into the 404 a path lookup answers."""
+    try:
+        yield
+    except (MCPServerNotFoundError, ModelNotFoundError) as err:
+        err.status = 404
+        raise
