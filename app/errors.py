@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.errors import BridgeError, RequestValidationFailed
+from services.errors import BridgeError, InvalidRequestError
 
 log = logging.getLogger("lmstudio_bridge.errors")
 PROBLEM_JSON = "application/problem+json"
@@ -42,7 +42,7 @@ def as_bridge_error(exc: Exception) -> BridgeError:
     if isinstance(exc, RequestValidationError):
         errors = _validation_errors(exc)
         summary = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors)
-        return RequestValidationFailed(summary or "Request is not valid", errors=errors)
+        return InvalidRequestError(summary or "Request is not valid", errors=errors)
     if isinstance(exc, StarletteHTTPException):
         return RouteError(exc.status_code, str(exc.detail))
     return BridgeError("The gateway failed unexpectedly; see its log for details")

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from app.deps import PoolDep, StateDep
 from routers.paths import named_in_path
 from routers.schemas import ServerList, ServerModel, ToolCallResult, ToolList, ToolModel, problem_responses
-from services.errors import RequestValidationFailed
+from services.errors import InvalidRequestError
 from services.tool_args import validate_arguments
 
 router = APIRouter(prefix="/v1/mcp/servers", tags=["mcp"], responses=problem_responses(401))
@@ -66,7 +66,7 @@ async def call_tool(
     if spec is not None:
         violations = validate_arguments(spec.input_schema, arguments)
         if violations:
-            raise RequestValidationFailed(
+            raise InvalidRequestError(
                 "Arguments do not match the tool's input schema: " + "; ".join(violations), violations=violations
             )
     result = await pool.call_tool(name, tool, arguments)  # unknown tool -> 404 listing the tools

@@ -19,8 +19,8 @@ from typing import Any, Literal
 from services.catalog import ModelCatalog, ResolvedModel
 from services.errors import (
     BridgeError,
-    MCPError,
-    RequestValidationFailed,
+    InvalidRequestError,
+    MCPServerError,
     ShuttingDownError,
 )
 from services.limits import RunLimiter
@@ -169,7 +169,7 @@ class AgentService:
         if not self.accepting:
             raise ShuttingDownError("The gateway is shutting down; retry on another instance", retry_after=5)
         if not 1 <= spec.max_rounds <= MAX_ROUNDS_CAP:
-            raise RequestValidationFailed(f"max_rounds must be between 1 and {MAX_ROUNDS_CAP}")
+            raise InvalidRequestError(f"max_rounds must be between 1 and {MAX_ROUNDS_CAP}")
         if self.lmstudio.breaker is not None:
             self.lmstudio.breaker.check()  # LM Studio is known to be down: fail in milliseconds
         model = await self.catalog.resolve(spec.model)
@@ -189,7 +189,7 @@ class AgentService:
             listed = await asyncio.gather(*(self.pool.list_tools(n) for n in names), return_exceptions=True)
             servers = []
             for name, outcome in zip(names, listed, strict=True):
-                if isinstance(outcome, MCPError):
+                if isinstance(outcome, MCPServerError):
                     warnings.append(f"MCP server {name!r} left out: {outcome.detail}")
                 elif isinstance(outcome, BaseException):
                     raise outcome
@@ -200,7 +200,7 @@ class AgentService:
             known = {t.model_name for t in tools.tools}
             unknown = [name for name in spec.allowed_tools if name not in known]
             if unknown:
-                raise RequestValidationFailed(
+                raise InvalidRequestError(
                     f"allowed_tools names tools the chosen servers do not have: {', '.join(unknown)}",
                     unknown_tools=unknown,
                     available_tools=sorted(known),

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from services.errors import LLMConnectionError, LLMTimeoutError, ModelNotFoundError, RequestValidationFailed
+from services.errors import InvalidRequestError, LLMConnectionError, LLMTimeoutError, ModelNotFoundError
 from services.lmstudio import ModelInfo
 
 DEFAULT_NAMES = frozenset({"", "default"})
@@ -103,7 +103,7 @@ class ModelCatalog:
             info = found
         if kind != "any" and (kind == "embedding") == info.can_chat:
             need = "an embedding model" if kind == "embedding" else "a chat (LLM/VLM) model"
-            raise RequestValidationFailed(
+            raise InvalidRequestError(
                 f"Model {info.id!r} is a {info.type} model; this endpoint needs {need}",
                 model=info.id,
                 available_models=[m.id for m in snap.models if (kind == "embedding") != m.can_chat],

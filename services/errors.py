@@ -34,7 +34,7 @@ class BridgeError(Exception):
         }
 
 
-class RequestValidationFailed(BridgeError):
+class InvalidRequestError(BridgeError):
     status, code, title = 422, "validation_error", "Request is not valid"
 
 
@@ -118,13 +118,13 @@ class UpstreamUnavailableError(BridgeError):
 # --- MCP -------------------------------------------------------------------------------
 
 
-class MCPError(BridgeError):
+class MCPServerError(BridgeError):
     """A failure involving an MCP server."""
 
     status, code, title = 502, "mcp_error", "MCP server error"
 
 
-class MCPServerNotFoundError(MCPError):
+class MCPServerNotFoundError(MCPServerError):
     status, code, title = 422, "mcp_server_not_found", "MCP server not configured"
 
     def __init__(self, name: str, available_servers: list[str]) -> None:
@@ -136,7 +136,7 @@ class MCPServerNotFoundError(MCPError):
         )
 
 
-class MCPToolNotFoundError(MCPError):
+class MCPToolNotFoundError(MCPServerError):
     status, code, title = 404, "tool_not_found", "Tool not found"
 
     def __init__(self, server: str, tool: str, available_tools: list[str]) -> None:
@@ -148,11 +148,11 @@ class MCPToolNotFoundError(MCPError):
         )
 
 
-class MCPServerUnavailableError(MCPError):
+class MCPServerUnavailableError(MCPServerError):
     status, code, title = 503, "mcp_server_unavailable", "MCP server unavailable"
 
 
-class MCPToolTimeoutError(MCPError):
+class MCPToolTimeoutError(MCPServerError):
     status, code, title = 504, "tool_timeout", "Tool call timed out"
 
 

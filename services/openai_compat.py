@@ -11,7 +11,7 @@ import httpx
 
 from services.agent import AgentService, Run, RunResult, RunSpec
 from services.catalog import ModelCatalog, ModelKind
-from services.errors import NotSupportedError, RequestValidationFailed
+from services.errors import InvalidRequestError, NotSupportedError
 from services.lmstudio import LMStudioClient
 
 BRIDGE_FIELDS = ("mcp_servers", "max_rounds", "allowed_tools", "timeout_s", "system_prompt")
@@ -22,9 +22,9 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw or b"null")
     except ValueError as exc:
-        raise RequestValidationFailed(f"The body is not valid JSON: {exc}") from None
+        raise InvalidRequestError(f"The body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
-        raise RequestValidationFailed("The body must be a JSON object")
+        raise InvalidRequestError("The body must be a JSON object")
     return body
 
 
@@ -32,13 +32,13 @@ def mcp_servers_of(body: dict[str, Any]) -> list[str]:
     """Servers a chat request names: `mcp_servers: [...]` or `{"type": "mcp", "server_label": ...}` tools."""
     named = body.get("mcp_servers") or []
     if not isinstance(named, list) or not all(isinstance(n, str) for n in named):
-        raise RequestValidationFailed("mcp_servers must be a list of server names")
+        raise InvalidRequestError("mcp_servers must be a list of server names")
     servers = list(named)
     for tool in body.get("tools") or []:
         if isinstance(tool, dict) and tool.get("type") == "mcp":
             label = tool.get("server_label")
             if not isinstance(label, str) or not label:
-                raise RequestValidationFailed('An {"type": "mcp"} tool needs a "server_label" naming an MCP server')
+                raise InvalidRequestError('An {"type": "mcp"} tool needs a "server_label" naming an MCP server')
             servers.append(label)
     return list(dict.fromkeys(servers))
 
@@ -55,7 +55,7 @@ class OpenAICompat:
         """Resolve `model` (aliases, default); the body is re-encoded only if the id changed."""
         requested = body.get("model")
         if requested is not None and not isinstance(requested, str):
-            raise RequestValidationFailed("model must be a string")
+            raise InvalidRequestError("model must be a string")
         resolved = await self.catalog.resolve(requested, kind=kind)
         if resolved.id == requested:
             return raw, resolved.id
@@ -73,7 +73,7 @@ class OpenAICompat:
         """The agent run a chat request with MCP servers stands for."""
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise RequestValidationFailed("messages must be a non-empty list")
+            raise InvalidRequestError("messages must be a non-empty list")
         client_tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
         spec = RunSpec(
             task=_last_user_text(messages),

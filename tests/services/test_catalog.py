@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from services.catalog import ModelCatalog
-from services.errors import LLMConnectionError, ModelNotFoundError, RequestValidationFailed
+from services.errors import InvalidRequestError, LLMConnectionError, ModelNotFoundError
 from services.lmstudio import ModelInfo
 
 EMBED = ModelInfo("nomic-embed", "embedding", loaded=True)
@@ -104,7 +104,7 @@ async def test_unknown_model_lists_ids_and_aliases() -> None:
 
 async def test_embedding_model_is_refused_for_chat_and_chosen_for_embeddings() -> None:
     catalog = ModelCatalog(FakeUpstream([EMBED, SMALL]))
-    with pytest.raises(RequestValidationFailed):
+    with pytest.raises(InvalidRequestError):
         await catalog.resolve(EMBED.id)
     assert (await catalog.resolve(None, kind="embedding")).id == EMBED.id
 
