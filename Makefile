@@ -22,7 +22,7 @@ run: install
 	$(VENV)/bin/lmstudio-bridge serve --port $(PORT)
 
 demo: install
-	$(PY) -m tests.demo --port $(PORT) --mock-port $(MOCK_PORT)
+	$(PY) -m scripts.demo --port $(PORT) --mock-port $(MOCK_PORT)
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -33,7 +33,7 @@ test: install lint
 	$(VENV)/bin/pytest -q
 
 bench: install
-	$(PY) -m tests.bench
+	$(PY) -m bench
 
 openapi: install
 	$(PY) -m app.openapi_export openapi/openapi.json

@@ -6,12 +6,11 @@ import argparse
 import asyncio
 import sys
 
-from app.lifespan import MCPSetup, build_lmstudio, build_pool
-from app.main import load_mcp, load_settings
-from app.mcp_front import serve_stdio
+from app.gateway import BridgeState, MCPSetup, load_mcp, open_gateway
 from app.server import run_server
-from app.settings import Settings
+from app.settings import Settings, load_settings
 from app.telemetry import configure_logging, secrets_of
+from routers.mcp_front import build_mcp_server
 from services.errors import BridgeError, LLMError
 
 
@@ -25,45 +24,48 @@ def serve(args: argparse.Namespace) -> int:
 
 
 async def _check(settings: Settings, mcp_setup: MCPSetup) -> bool:
-    ok = await _check_lmstudio(settings)
-    if mcp_setup.path is None:
-        print("[warn] no mcp.json found (MCP_CONFIG, ./mcp.json, ~/.lmstudio/mcp.json): runs will have no tools")
-        return ok
-    print(f"[ok]   {mcp_setup.path}: {len(mcp_setup.servers)} server(s)")
-    pool = build_pool(settings, mcp_setup.servers)
-    try:
-        for status in pool.status():
-            if status.status == "disabled":
-                print(f"[skip] {status.name}: {status.last_error or 'disabled in mcp.json'}")
-                continue
-            try:
-                tools = await pool.list_tools(status.name)
-                print(
-                    f"[ok]   {status.name}: {len(tools)} tools ({', '.join(t.name for t in tools[:8])}"
-                    f"{', ...' if len(tools) > 8 else ''})"
-                )
-            except BridgeError as exc:
-                ok = False
-                print(f"[fail] {status.name}: {exc.detail}")
-    finally:
-        await pool.aclose()
-    return ok
+    async with open_gateway(settings, mcp_setup, warmup=False) as gateway:
+        ok = await _check_lmstudio(gateway)
+        if mcp_setup.path is None:
+            print("[warn] no mcp.json found (MCP_CONFIG, ./mcp.json, ~/.lmstudio/mcp.json): runs will have no tools")
+            return ok
+        print(f"[ok]   {mcp_setup.path}: {len(mcp_setup.servers)} server(s)")
+        return await _check_servers(gateway) and ok
 
 
-async def _check_lmstudio(settings: Settings) -> bool:
+async def _check_servers(gateway: BridgeState) -> bool:
     ok = True
-    lmstudio = build_lmstudio(settings)
-    try:
-        models = await lmstudio.list_models()
-        chat = [m.id for m in models if m.can_chat]
-        print(f"[ok]   LM Studio at {settings.lmstudio_base_url} ({lmstudio.models_api} API): {len(models)} models")
-        print(f"       chat models: {', '.join(chat) or '(none)'}")
-    except LLMError as exc:
-        ok = False
-        print(f"[fail] LM Studio at {settings.lmstudio_base_url}: {exc.detail}")
-    finally:
-        await lmstudio.aclose()
+    for status in gateway.pool.status():
+        if status.status == "disabled":
+            print(f"[skip] {status.name}: {status.last_error or 'disabled in mcp.json'}")
+            continue
+        try:
+            tools = await gateway.pool.list_tools(status.name)
+            names = ", ".join(t.name for t in tools[:8]) + (", ..." if len(tools) > 8 else "")
+            print(f"[ok]   {status.name}: {len(tools)} tools ({names})")
+        except BridgeError as exc:
+            ok = False
+            print(f"[fail] {status.name}: {exc.detail}")
     return ok
+
+
+async def _check_lmstudio(gateway: BridgeState) -> bool:
+    url = gateway.settings.lmstudio_base_url
+    try:
+        models = await gateway.lmstudio.list_models()
+    except LLMError as exc:
+        print(f"[fail] LM Studio at {url}: {exc.detail}")
+        return False
+    chat = [m.id for m in models if m.can_chat]
+    print(f"[ok]   LM Studio at {url} ({gateway.lmstudio.models_api} API): {len(models)} models")
+    print(f"       chat models: {', '.join(chat) or '(none)'}")
+    return True
+
+
+async def serve_stdio(settings: Settings, mcp_setup: MCPSetup) -> None:
+    """Serve the MCP front door's tools over stdin/stdout with the gateway's parts (no HTTP)."""
+    async with open_gateway(settings, mcp_setup) as gateway:
+        await build_mcp_server(settings, lambda: gateway).run_stdio_async()
 
 
 def check(args: argparse.Namespace) -> int:

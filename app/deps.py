@@ -6,11 +6,11 @@ from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
+from app.gateway import BridgeState
 from app.settings import Settings
-from app.state import BridgeState
 from services.agent import AgentService
-from services.catalog import ModelCatalog
-from services.mcp_pool import MCPPool
+from services.lmstudio import ModelCatalog
+from services.mcp import MCPPool
 from services.openai_compat import OpenAICompat
 
 

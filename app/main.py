@@ -2,47 +2,26 @@
 
 from __future__ import annotations
 
-import sys
 from typing import cast
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from pydantic import ValidationError
 
 from app.errors import install_error_handler
-from app.lifespan import MCPSetup, lifespan_for, load_mcp_setup
-from app.mcp_front import build_mcp_server, http_routes
+from app.gateway import BridgeState, MCPSetup, load_mcp, load_mcp_setup
+from app.lifespan import lifespan_for
 from app.security import APIKeyMiddleware, BodyLimitMiddleware
-from app.settings import Settings, format_validation_error
-from app.state import BridgeState
+from app.settings import Settings, load_settings
 from app.telemetry import RequestContextMiddleware, configure_logging, instrument, secrets_of, tracer_provider
 from routers import autonomous, health, mcp, models, openai
 from routers import metrics as metrics_router
-from services.errors import MCPConfigError
+from routers.mcp_front import build_mcp_server, http_routes
 from services.metrics import Metrics
 
 API_DESCRIPTION = (
     "Async HTTP gateway beside LM Studio: a local model carries out tasks by calling tools on MCP servers, "
     "and every step comes back with the answer. Errors are RFC 9457 problem documents with a stable `code`."
 )
-
-
-def load_settings() -> Settings:
-    """Settings from the environment; invalid values stop start-up with a clear message."""
-    try:
-        return Settings()
-    except ValidationError as exc:
-        print(format_validation_error(exc), file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def load_mcp(settings: Settings) -> MCPSetup:
-    """mcp.json; an invalid file stops start-up with a message naming server and field."""
-    try:
-        return load_mcp_setup(settings)
-    except MCPConfigError as exc:
-        print(f"Invalid MCP configuration: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def create_app(
@@ -63,6 +42,7 @@ def create_app(
         title="lmstudio-bridge",
         version="0.1.0",
         description=API_DESCRIPTION,
+        redirect_slashes=False,  # a redirect would be built from the client's Host header: 404 instead
         lifespan=lifespan_for(settings, mcp_setup, mcp_server, metrics=metrics, tracer_provider=provider),
     )
     install_error_handler(app)

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app.lifespan import MCPSetup
+from app.gateway import MCPSetup
 from app.main import create_app
 from app.settings import Settings
 

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 import uvicorn
 from fastapi import FastAPI
 
-from app.main import create_app, load_mcp
+from app.gateway import BridgeState, load_mcp
+from app.header_timeout import header_timeout_protocol
+from app.main import create_app
 from app.settings import Settings
-from app.state import BridgeState
 
 log = logging.getLogger("lmstudio_bridge")
 
@@ -71,6 +72,7 @@ def run_server(settings: Settings, host: str, port: int) -> None:
         port=port,
         log_level=settings.log_level.lower(),
         access_log=False,
+        http=header_timeout_protocol(settings.header_timeout_s),
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 10,
         log_config=None,  # our JSON logging, configured by create_app
     )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_LMSTUDIO_URL = "http://localhost:1234"
@@ -52,6 +53,8 @@ class Settings(BaseSettings):
     # Runs
     run_timeout_s: float = Field(300.0, gt=0, validation_alias=_env("BRIDGE_RUN_TIMEOUT_S"))
     max_rounds_default: int = Field(10, ge=1, le=100, validation_alias=_env("BRIDGE_MAX_ROUNDS_DEFAULT"))
+    max_tokens_default: int = Field(2048, ge=1, le=1_000_000, validation_alias=_env("BRIDGE_MAX_TOKENS_DEFAULT"))
+    repeat_call_limit: int = Field(3, ge=2, le=100, validation_alias=_env("BRIDGE_REPEAT_CALL_LIMIT"))
     tool_output_max_chars: int = Field(20_000, ge=100, validation_alias=_env("BRIDGE_TOOL_OUTPUT_MAX_CHARS"))
     max_concurrent_runs: int = Field(32, ge=1, validation_alias=_env("BRIDGE_MAX_CONCURRENT_RUNS"))
     queue_timeout_s: float = Field(10.0, ge=0, validation_alias=_env("BRIDGE_QUEUE_TIMEOUT_S"))
@@ -66,6 +69,7 @@ class Settings(BaseSettings):
     otel_capture_content: bool = Field(False, validation_alias=_env("BRIDGE_OTEL_CAPTURE_CONTENT"))
     shutdown_grace_s: float = Field(20.0, ge=0, validation_alias=_env("BRIDGE_SHUTDOWN_GRACE_S"))
     max_body_bytes: int = Field(1_048_576, ge=1024, validation_alias=_env("BRIDGE_MAX_BODY_BYTES"))
+    header_timeout_s: float = Field(10.0, gt=0, le=300, validation_alias=_env("BRIDGE_HEADER_TIMEOUT_S"))
     metrics_require_key: bool = Field(False, validation_alias=_env("BRIDGE_METRICS_REQUIRE_KEY"))
     require_auth: bool = Field(False, validation_alias=_env("BRIDGE_REQUIRE_AUTH"))
     cors_origins: Annotated[list[str], NoDecode] = Field(
@@ -125,3 +129,12 @@ def format_validation_error(exc: Exception) -> str:
             name = " / ".join(str(choice) for choice in alias.choices)
         lines.append(f"  {name}: {err['msg']} (got {err.get('input')!r})")
     return "\n".join(lines)
+
+
+def load_settings() -> Settings:
+    """Settings from the environment; invalid values stop start-up with a clear message."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        print(format_validation_error(exc), file=sys.stderr)
+        raise SystemExit(2) from None

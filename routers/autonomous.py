@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import AgentDep, SettingsDep
-from routers.schemas import RUN_EVENT_SCHEMA, RunResultModel, problem_responses
+from app.deps import AgentDep
+from routers.schemas import RUN_EVENT_SCHEMA, problem_responses
 from routers.streaming import CLIENT_CLOSED_REQUEST, RunStream, execute_for_client, wants_stream
-from services.agent import MAX_ROUNDS_CAP, AgentService, RunSpec
+from services.agent import MAX_ROUNDS_CAP, AgentService, RunResult, RunSpec, ToolChoice, result_json
 
 router = APIRouter(prefix="/v1/autonomous", tags=["autonomous"])
 
@@ -21,9 +21,19 @@ TASK = Field(
 MODEL = Field(
     None, description='Model id or alias; null or "default" picks the default model', examples=["qwen/qwen3-4b"]
 )
-ROUNDS = Field(None, ge=1, le=MAX_ROUNDS_CAP, description="Tool rounds before a final answer is asked for (default 10)")
-TOKENS = Field(None, ge=1, le=1_000_000, description="max_tokens of each LM Studio call")
+ROUNDS = Field(
+    None,
+    ge=1,
+    le=MAX_ROUNDS_CAP,
+    description="Tool rounds before a final answer is asked for (BRIDGE_MAX_ROUNDS_DEFAULT)",
+)
+TOKENS = Field(None, ge=1, le=1_000_000, description="max_tokens of each LM Studio call (BRIDGE_MAX_TOKENS_DEFAULT)")
 TIMEOUT = Field(None, gt=0, le=86_400, description="Run deadline in seconds (default BRIDGE_RUN_TIMEOUT_S)")
+TOOL_CHOICE = Field(
+    None,
+    description='OpenAI tool_choice for the first round ("auto", "required", "none" or a named function); '
+    'later rounds use "auto"; "none" offers no tools',
+)
 STREAM = Field(False, description="Answer with Server-Sent Events (also chosen by Accept: text/event-stream)")
 
 
@@ -40,6 +50,7 @@ class _RunOptions(_Body):
     max_rounds: int | None = ROUNDS
     max_tokens: int | None = TOKENS
     timeout_s: float | None = TIMEOUT
+    tool_choice: ToolChoice | None = TOOL_CHOICE
     stream: bool = STREAM
 
 
@@ -91,59 +102,54 @@ async def _respond(request: Request, agent: AgentService, spec: RunSpec, stream:
     if wants_stream(request, stream):
         return RunStream(run)
     result = await execute_for_client(request, run)
-    return JSONResponse(result.to_dict()) if result else Response(status_code=CLIENT_CLOSED_REQUEST)
+    if result is None:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    return Response(result_json(result), media_type="application/json")
 
 
-def _spec(settings_rounds: int, **values: Any) -> RunSpec:
-    values["max_rounds"] = values.get("max_rounds") or settings_rounds
-    return RunSpec(**values)
-
-
-@router.post("", response_model=RunResultModel, responses=RESPONSES, operation_id="runAutonomous", summary="Run a task")
-async def autonomous(body: AutonomousRequest, request: Request, agent: AgentDep, settings: SettingsDep) -> Response:
+@router.post("", response_model=RunResult, responses=RESPONSES, operation_id="runAutonomous", summary="Run a task")
+async def autonomous(body: AutonomousRequest, request: Request, agent: AgentDep) -> Response:
     """Run a task with tools from the chosen MCP servers (all enabled ones if omitted)."""
     values = body.model_dump(exclude={"stream"})
-    return await _respond(request, agent, _spec(settings.max_rounds_default, **values), body.stream)
+    return await _respond(request, agent, RunSpec(**values), body.stream)
 
 
 @router.post(
     "/with-mcp",
-    response_model=RunResultModel,
+    response_model=RunResult,
     responses=RESPONSES,
     operation_id="runWithMcp",
     summary="Run a task with one server",
 )
-async def with_mcp(body: WithMCPRequest, request: Request, agent: AgentDep, settings: SettingsDep) -> Response:
+async def with_mcp(body: WithMCPRequest, request: Request, agent: AgentDep) -> Response:
     """Run a task with the tools of one MCP server (mirror of `autonomous_with_mcp`)."""
     values = body.model_dump(exclude={"stream", "mcp_name"})
-    spec = _spec(settings.max_rounds_default, mcp_servers=[body.mcp_name], **values)
+    spec = RunSpec(mcp_servers=[body.mcp_name], **values)
     return await _respond(request, agent, spec, body.stream)
 
 
 @router.post(
     "/with-multiple-mcps",
-    response_model=RunResultModel,
+    response_model=RunResult,
     responses=RESPONSES,
     operation_id="runWithMultipleMcps",
     summary="Run a task with several servers",
 )
-async def with_multiple_mcps(
-    body: WithMultipleMCPsRequest, request: Request, agent: AgentDep, settings: SettingsDep
-) -> Response:
+async def with_multiple_mcps(body: WithMultipleMCPsRequest, request: Request, agent: AgentDep) -> Response:
     """Run a task with the tools of several MCP servers (mirror of `autonomous_with_multiple_mcps`)."""
     values = body.model_dump(exclude={"stream", "mcp_names"})
-    spec = _spec(settings.max_rounds_default, mcp_servers=body.mcp_names, **values)
+    spec = RunSpec(mcp_servers=body.mcp_names, **values)
     return await _respond(request, agent, spec, body.stream)
 
 
 @router.post(
     "/discover",
-    response_model=RunResultModel,
+    response_model=RunResult,
     responses=RESPONSES,
     operation_id="runDiscover",
     summary="Run a task with every server",
 )
-async def discover(body: DiscoverRequest, request: Request, agent: AgentDep, settings: SettingsDep) -> Response:
+async def discover(body: DiscoverRequest, request: Request, agent: AgentDep) -> Response:
     """Run a task with every enabled MCP server's tools (mirror of `autonomous_discover_and_execute`)."""
     values = body.model_dump(exclude={"stream"})
-    return await _respond(request, agent, _spec(settings.max_rounds_default, **values), body.stream)
+    return await _respond(request, agent, RunSpec(**values), body.stream)

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import CatalogDep, CompatDep
+from app.deps import CompatDep, StateDep
 from routers.paths import named_in_path
-from routers.schemas import ModelEntry, ModelList, problem_responses
-from services.errors import ModelNotFoundError
+from routers.schemas import problem_responses
+from services.status import ModelList
 
 router = APIRouter(prefix="/v1", tags=["models"], responses=problem_responses(401))
 ModelId = Annotated[str, Path(description="LM Studio model id (may contain `/`)", examples=["qwen/qwen3-4b"])]
@@ -23,30 +23,12 @@ ModelId = Annotated[str, Path(description="LM Studio model id (may contain `/`)"
     summary="List models",
     responses=problem_responses(429, 502, 503, 504),
 )
-async def list_models(catalog: CatalogDep, response: Response) -> ModelList:
+async def list_models(state: StateDep, response: Response) -> ModelList:
     """List LM Studio's models (OpenAI list shape plus type, state, context length, tool use, default)."""
-    snap = await catalog.snapshot()
-    try:
-        default_id: str | None = (await catalog.resolve(None)).id
-    except ModelNotFoundError:
-        default_id = None
-    if snap.stale:
+    models = await state.status.models()
+    if models.stale:
         response.headers["X-Bridge-Stale"] = "true"
-    return ModelList(
-        data=[
-            ModelEntry(
-                id=m.id,
-                type=m.type,
-                state="loaded" if m.loaded else "not-loaded",
-                max_context_length=m.max_context_length,
-                tool_use=m.tool_use,
-                default=m.id == default_id,
-            )
-            for m in snap.models
-        ],
-        aliases=catalog.aliases,
-        stale=snap.stale,
-    )
+    return models
 
 
 class LoadRequest(BaseModel):

@@ -13,7 +13,15 @@ from app.deps import CompatDep
 from routers.schemas import CHUNK_EVENT_SCHEMA, problem_responses
 from routers.streaming import CLIENT_CLOSED_REQUEST, ProxyStream, RunFrames, RunStream, execute_for_client
 from services.agent import Run, RunResult
-from services.openai_compat import OpenAICompat, chunks_of, completion_of, mcp_servers_of, parse_body, role_chunk
+from services.openai_compat import (
+    OpenAICompat,
+    chat_options,
+    chunks_of,
+    completion_of,
+    mcp_servers_of,
+    parse_body,
+    role_chunk,
+)
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -95,9 +103,10 @@ async def chat_completions(request: Request, compat: CompatDep) -> Response:
     """OpenAI chat completion: passed to LM Studio, or run with MCP tools when the body names servers."""
     raw = await request.body()
     body = parse_body(raw)
+    options = chat_options(body)
     servers = mcp_servers_of(body)
     if servers:
-        run = await compat.open_run(body, servers)
+        run = await compat.open_run(body, options, servers)
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return RunStream(run, ChatFrames(include_usage))

@@ -6,6 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.agent import PROGRESS_EVENTS, RunEvent
+from services.mcp import ToolSpec
+
 
 class Problem(BaseModel):
     """RFC 9457 problem document; `code` is stable, extra members depend on it."""
@@ -19,36 +22,12 @@ class Problem(BaseModel):
     instance: str | None = None
 
 
-class ModelEntry(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    owned_by: str = "lmstudio"
-    type: Literal["llm", "vlm", "embedding"]
-    state: Literal["loaded", "not-loaded"]
-    max_context_length: int | None
-    tool_use: bool
-    default: bool = Field(description="True for the model a request without `model` gets")
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelEntry]
-    aliases: dict[str, str] = Field(default_factory=dict, description="BRIDGE_MODEL_ALIASES")
-    stale: bool = Field(False, description="LM Studio did not answer; this is the last list it gave")
-
-
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
 
 
-class Readiness(BaseModel):
-    status: Literal["ready", "not_ready"]
-    lmstudio: dict[str, Any]
-    mcp: dict[str, Any] = Field(default_factory=dict)
-
-
 PROBLEM_DESCRIPTIONS = {
-    400: "The body could not be read as JSON (`http_400`)",
+    400: "The body is not valid JSON or is nested too deeply (`invalid_json`)",
     401: "Missing or wrong API key (`unauthorized`)",
     404: "Unknown name in the path (`mcp_server_not_found`, `tool_not_found`, `model_not_found`)",
     413: "Request body larger than BRIDGE_MAX_BODY_BYTES (`payload_too_large`)",
@@ -74,79 +53,12 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-class UsageModel(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class StepModel(BaseModel):
-    round: int
-    tool_call_id: str
-    name: str = Field(description="The <server>__<tool> name the model called")
-    server: str | None
-    tool: str | None
-    arguments: Any = Field(description="Arguments as sent to the tool (the raw string if they were not JSON)")
-    output: str
-    is_error: bool
-    duration_ms: float
-
-
-class RunResultModel(BaseModel):
-    run_id: str
-    status: Literal["completed", "max_rounds", "timeout", "cancelled"]
-    output: str
-    model: str = Field(description="The model that answered")
-    mcp_servers: list[str]
-    rounds: int = Field(description="Rounds that called tools")
-    steps: list[StepModel]
-    usage: UsageModel
-    duration_ms: float
-    trace_id: str | None
-    warnings: list[str] = Field(default_factory=list, description="e.g. LM Studio answered with another model")
-    tool_calls: list[dict[str, Any]] = Field(
-        default_factory=list,
-        description="Calls of the client's own function tools, handed back unexecuted (chat completions only)",
-    )
-
-
-class ServerModel(BaseModel):
-    name: str
-    transport: Literal["stdio", "http"]
-    status: Literal["idle", "starting", "ready", "failed", "disabled"]
-    tools: int | None = Field(description="Number of tools once the server has started")
-    last_error: str | None
-    env: list[str] = Field(description="Names of the environment variables set for it (never values)")
-    headers: list[str] = Field(description="Names of the HTTP headers sent to it (never values)")
-    command: str | None
-    url: str | None
-    breaker: Literal["closed", "open", "half_open"] = "closed"
-
-
-class ServerList(BaseModel):
-    data: list[ServerModel]
-    config_path: str | None = Field(description="The mcp.json in use; null when none was found")
-
-
-class ToolModel(BaseModel):
-    name: str
-    model_name: str = Field(description="The name offered to the model: <server>__<tool>")
-    description: str
-    input_schema: dict[str, Any]
-
-
 class ToolList(BaseModel):
     server: str
-    data: list[ToolModel]
+    data: list[ToolSpec]
 
 
-class ToolCallResult(BaseModel):
-    content: list[dict[str, Any]]
-    structured_content: dict[str, Any] | None
-    is_error: bool
-
-
-RUN_EVENTS = ("run.started", "round.started", "tool_call.started", "tool_call.completed", "message")
+RUN_EVENTS = [str(e) for e in PROGRESS_EVENTS]
 
 
 def _json_data(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -172,12 +84,12 @@ RUN_EVENT_SCHEMA: dict[str, Any] = {
     " `: keep-alive` comments may come in between.",
     "required": ["event", "data"],
     "properties": {
-        "event": {"type": "string", "enum": [*RUN_EVENTS, "run.completed", "run.failed"]},
+        "event": {"type": "string", "enum": [str(e) for e in RunEvent]},
         "data": _json_data("The event's JSON payload"),
     },
     "allOf": [
-        _terminal("run.completed", {"$ref": "#/components/schemas/RunResultModel"}),
-        _terminal("run.failed", PROBLEM_SCHEMA),
+        _terminal(RunEvent.COMPLETED, {"$ref": "#/components/schemas/RunResult"}),
+        _terminal(RunEvent.FAILED, PROBLEM_SCHEMA),
     ],
 }
 CHUNK_EVENT_SCHEMA: dict[str, Any] = {

@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.sse import format_sse_event
 from starlette.types import Receive, Scope, Send
 
-from services.agent import Run, RunResult
+from services.agent import Run, RunEvent, RunResult, result_data
 from services.errors import BridgeError
 
 T = TypeVar("T")
@@ -167,10 +167,10 @@ class RunFrames:
         return _sse(event, data)
 
     def completed(self, result: RunResult) -> bytes:
-        return _sse("run.completed", result.to_dict())
+        return _sse(RunEvent.COMPLETED, result_data(result))
 
     def failed(self, problem: dict[str, Any]) -> bytes:
-        return _sse("run.failed", problem)
+        return _sse(RunEvent.FAILED, problem)
 
 
 class ProxyStream(GuardedStream):

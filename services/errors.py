@@ -38,6 +38,12 @@ class InvalidRequestError(BridgeError):
     status, code, title = 422, "validation_error", "Request is not valid"
 
 
+class InvalidJSONError(BridgeError):
+    """The body is not JSON, or nested deeper than the parser allows."""
+
+    status, code, title = 400, "invalid_json", "The body is not valid JSON"
+
+
 class UnauthorizedError(BridgeError):
     status, code, title = 401, "unauthorized", "Missing or wrong API key"
 

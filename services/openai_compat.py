@@ -8,21 +8,59 @@ import time
 from typing import Any
 
 import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from services.agent import AgentService, Run, RunResult, RunSpec
-from services.catalog import ModelCatalog, ModelKind
-from services.errors import InvalidRequestError, NotSupportedError
-from services.lmstudio import LMStudioClient
+from services.agent import MAX_ROUNDS_CAP, AgentService, Run, RunResult, RunSpec, ToolChoice, result_data
+from services.errors import InvalidJSONError, InvalidRequestError, NotSupportedError
+from services.lmstudio import LMStudioClient, ModelCatalog, ModelKind
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+
+
+class ChatOptions(BaseModel):
+    """The fields of a chat request the gateway reads itself (the rest goes to LM Studio as is)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    messages: list[ChatMessage] = Field(min_length=1)
+    model: str | None = None
+    stream: bool | None = None
+    mcp_servers: list[str] | None = None
+    max_rounds: int | None = Field(None, ge=1, le=MAX_ROUNDS_CAP)
+    max_tokens: int | None = Field(None, ge=1)
+    allowed_tools: list[str] | None = None
+    timeout_s: float | None = Field(None, gt=0, le=86_400)
+    system_prompt: str | None = None
+    tool_choice: ToolChoice | None = None
+
 
 BRIDGE_FIELDS = ("mcp_servers", "max_rounds", "allowed_tools", "timeout_s", "system_prompt")
-NOT_FOR_LMSTUDIO = frozenset({*BRIDGE_FIELDS, "model", "messages", "tools", "stream", "stream_options", "tool_choice"})
+NOT_FOR_LMSTUDIO = frozenset(
+    {*BRIDGE_FIELDS, "model", "messages", "tools", "stream", "stream_options", "tool_choice", "max_tokens"}
+)
+
+
+def chat_options(body: dict[str, Any]) -> ChatOptions:
+    """The gateway's fields of a chat body, checked like /v1/autonomous's (422 naming the field)."""
+    try:
+        return ChatOptions.model_validate(body)
+    except ValidationError as exc:
+        errors = [
+            {"loc": ["body", *(str(p) for p in e["loc"])], "msg": e["msg"], "type": e["type"]} for e in exc.errors()
+        ]
+        summary = "; ".join(f"{'.'.join(e['loc'][1:])}: {e['msg']}" for e in errors)
+        raise InvalidRequestError(summary, errors=errors) from None
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw or b"null")
     except ValueError as exc:
-        raise InvalidRequestError(f"The body is not valid JSON: {exc}") from None
+        raise InvalidJSONError(f"The body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidJSONError("The body could not be parsed as JSON (malformed or nested too deeply)") from None
     if not isinstance(body, dict):
         raise InvalidRequestError("The body must be a JSON object")
     return body
@@ -69,20 +107,20 @@ class OpenAICompat:
         content, model = await self._validated(raw, body, "chat")
         return await self.lmstudio.open_stream(path, content, model=model)
 
-    async def open_run(self, body: dict[str, Any], servers: list[str]) -> Run:
-        """The agent run a chat request with MCP servers stands for."""
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise InvalidRequestError("messages must be a non-empty list")
+    async def open_run(self, body: dict[str, Any], options: ChatOptions, servers: list[str]) -> Run:
+        """The agent run a chat request with MCP servers stands for (`options`: from `chat_options(body)`)."""
+        messages = body["messages"]
         client_tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
         spec = RunSpec(
             task=_last_user_text(messages),
             mcp_servers=servers,
-            model=body.get("model"),
-            max_rounds=int(body.get("max_rounds") or 10),
-            timeout_s=body.get("timeout_s"),
-            allowed_tools=body.get("allowed_tools"),
-            system_prompt=body.get("system_prompt"),
+            model=options.model,
+            max_rounds=options.max_rounds,
+            max_tokens=options.max_tokens,
+            timeout_s=options.timeout_s,
+            allowed_tools=options.allowed_tools,
+            system_prompt=options.system_prompt,
+            tool_choice=options.tool_choice,
             messages=messages,
             client_tools=client_tools,
             extra_body={k: v for k, v in body.items() if k not in NOT_FOR_LMSTUDIO},
@@ -139,7 +177,7 @@ def completion_of(result: RunResult) -> dict[str, Any]:
             "completion_tokens": result.usage.completion_tokens,
             "total_tokens": result.usage.total_tokens,
         },
-        "bridge_run": result.to_dict(),
+        "bridge_run": result_data(result),
     }
 
 
@@ -178,4 +216,6 @@ def role_chunk(run: Run, created: int) -> dict[str, Any]:
 def _finish(result: RunResult) -> str:
     if result.tool_calls:
         return "tool_calls"
-    return "length" if result.status in ("max_rounds", "timeout") and not result.output else "stop"
+    if result.status == "length" or (result.status in ("max_rounds", "timeout") and not result.output):
+        return "length"
+    return "stop"

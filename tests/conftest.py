@@ -1,18 +1,31 @@
-"""Shared fixtures: a real mock LM Studio process, settings pointing at it, an app client."""
+"""Shared fixtures: a real mock LM Studio process, settings pointing at it, the gateway as a client.
+
+A test module's gateway (`bridge` in-process, `live` behind a real socket) runs on the shared mock with
+the real MCP servers of tests/helpers.py; a module tunes it by overriding `mcp_extra` (more or changed
+mcp.json entries), `gateway_settings` (settings on top) or `mcp_json` (a whole other mcp.json).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from asgi_lifespan import LifespanManager
 
 from app.main import create_app
 from app.settings import Settings
+from tests.helpers import eventually, write_mcp_json
 from tests.mock_lmstudio.fixture import MockLMStudio, start_mock
+from tests.processes import free_port
+
+CLIENT_TIMEOUT_S = 60.0
+HELLO = "hello from the filesystem server"
 
 
 @pytest.fixture(scope="session")
@@ -49,21 +62,18 @@ async def app_client(settings: Settings, **client_kwargs: Any) -> AsyncIterator[
 @contextlib.asynccontextmanager
 async def served(settings: Settings, **client_kwargs: Any) -> AsyncIterator[httpx.AsyncClient]:
     """The app behind a real uvicorn server on a free port (in this event loop); a client for it."""
-    import asyncio
-
-    import uvicorn
-
-    from tests.mock_lmstudio.fixture import free_port
-
     port = free_port()
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.ensure_future(server.serve())
-    while not server.started:
+
+    def started() -> bool:
         if task.done():
             task.result()
             raise RuntimeError("uvicorn stopped before it started")
-        await asyncio.sleep(0.02)
+        return bool(server.started)
+
+    await eventually(started, CLIENT_TIMEOUT_S, "uvicorn started")
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", **client_kwargs) as client:
             yield client
@@ -79,32 +89,50 @@ async def client(mock: MockLMStudio) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
-NODE_SERVERS = REPO / "node_modules" / "@modelcontextprotocol"
+# --- a test module's gateway with real MCP servers ---------------------------------------------------
 
 
-def mcp_servers_json(files_dir: str) -> dict[str, Any]:
-    """An mcp.json (as a dict) with real servers: time, filesystem, memory, everything, and our fault server."""
-    import sys
-
-    def node(package: str, *args: str) -> dict[str, Any]:
-        return {"command": "node", "args": [str(NODE_SERVERS / f"server-{package}" / "dist" / "index.js"), *args]}
-
-    return {
-        "mcpServers": {
-            "time": {"command": sys.executable, "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]},
-            "filesystem": node("filesystem", files_dir),
-            "memory": {**node("memory"), "env": {"MEMORY_FILE_PATH": f"{files_dir}/memory.jsonl"}},
-            "everything": node("everything"),
-            "fault": {"command": sys.executable, "args": ["-m", "tests.mcp_servers.fault_server"], "cwd": str(REPO)},
-        }
-    }
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The module's files directory (the filesystem server's root), with hello.txt in it."""
+    root = tmp_path_factory.mktemp("files")
+    (root / "hello.txt").write_text(HELLO)
+    return root
 
 
-def write_mcp_json(path: Any, files_dir: str, **extra: Any) -> Any:
-    import json
+@pytest.fixture(scope="module")
+def mcp_extra() -> dict[str, dict[str, Any]]:
+    """mcp.json entries a module adds, or merges into the real servers' entries (override it)."""
+    return {}
 
-    config = mcp_servers_json(files_dir)
-    config["mcpServers"].update(extra)
-    path.write_text(json.dumps(config))
-    return path
+
+@pytest.fixture(scope="module")
+def mcp_json(files: Path, mcp_extra: dict[str, dict[str, Any]]) -> Path:
+    """The module's mcp.json: the real servers (tests/helpers.py) plus `mcp_extra`."""
+    return write_mcp_json(files.parent / "mcp.json", str(files), **mcp_extra)
+
+
+@pytest.fixture(scope="module")
+def gateway_settings() -> dict[str, Any]:
+    """Settings of the module's gateway on top of the mock and `mcp_json` (override it)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def settings(mock_server: MockLMStudio, mcp_json: Path, gateway_settings: dict[str, Any]) -> Settings:
+    values = {"lmstudio_base_url": mock_server.base_url, "mcp_config": str(mcp_json), **gateway_settings}
+    return make_settings(**values)
+
+
+@pytest.fixture(scope="module")
+async def bridge(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The module's gateway in-process (ASGITransport, lifespan run)."""
+    async with app_client(settings, timeout=CLIENT_TIMEOUT_S) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+async def live(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The module's gateway behind a real uvicorn socket (ASGITransport buffers whole responses)."""
+    async with served(settings, timeout=CLIENT_TIMEOUT_S) as client:
+        yield client

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 
-from tests.mock_lmstudio.fixture import MockLMStudio, start_mock
+from tests.helpers import call, eventually, script
+from tests.mock_lmstudio.fixture import MockLMStudio, mock_lmstudio, start_mock
 
 QWEN = "qwen/qwen3-4b"
 EMBED = "text-embedding-nomic-embed-text-v1.5"
@@ -21,26 +20,10 @@ TOOLS = [
 ]
 
 
-def script(obj: dict[str, Any]) -> str:
-    return f"[[mock {json.dumps(obj)}]]"
-
-
-@pytest_asyncio.fixture(scope="module")
-async def mock() -> AsyncIterator[MockLMStudio]:
-    m = await start_mock()
-    yield m
-    await m.stop()
-
-
-@pytest_asyncio.fixture(scope="module")
-async def client(mock: MockLMStudio) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=mock.base_url, timeout=5) as c:
-        yield c
-
-
-@pytest_asyncio.fixture(autouse=True)
-async def _fresh(mock: MockLMStudio) -> None:
-    await mock.reset()
+@pytest.fixture
+def client(mock: MockLMStudio) -> httpx.AsyncClient:
+    """Straight to the shared mock (reset for each test): this module tests the mock itself."""
+    return mock.client
 
 
 async def chat(client: httpx.AsyncClient, content: str, **extra: Any) -> httpx.Response:
@@ -94,10 +77,10 @@ async def test_unknown_endpoint_answers_200_with_error_string(client: httpx.Asyn
 
 
 async def test_scripted_two_round_conversation(client: httpx.AsyncClient) -> None:
-    calls = [[{"name": "fs__read_file", "arguments": {"path": "/tmp/a.txt"}}, {"name": "time__now"}]]
+    calls = [[call("fs__read_file", {"path": "/tmp/a.txt"}), {"name": "time__now"}]]
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": "be brief"},
-        {"role": "user", "content": "read it " + script({"calls": calls})},
+        {"role": "user", "content": "read it " + script(calls=calls)},
     ]
     r = await client.post("/v1/chat/completions", json={"model": QWEN, "messages": messages, "tools": TOOLS})
     body = r.json()
@@ -121,14 +104,14 @@ async def test_scripted_two_round_conversation(client: httpx.AsyncClient) -> Non
     assert choice["message"]["content"] == "Based on the tools: hello from a.txt\n12:00"
 
     # without tools offered, no call is emitted; the default answer echoes the last user message
-    r = await chat(client, "plain question " + script({"calls": calls}))
+    r = await chat(client, "plain question " + script(calls=calls))
     assert r.json()["choices"][0]["message"]["content"] == "Mock answer to: plain question"
-    r = await chat(client, script({"answer": "forty-two"}))
+    r = await chat(client, script(answer="forty-two"))
     assert r.json()["choices"][0]["message"]["content"] == "forty-two"
 
 
 async def test_forever_calls_tools_only_when_offered(client: httpx.AsyncClient) -> None:
-    forever = script({"forever": {"name": "time__now", "arguments": {}}})
+    forever = script(forever=call("time__now", {}))
     messages: list[dict[str, Any]] = [{"role": "user", "content": forever}]
     for round_ in range(3):
         r = await client.post("/v1/chat/completions", json={"model": QWEN, "messages": messages, "tools": TOOLS})
@@ -139,7 +122,8 @@ async def test_forever_calls_tools_only_when_offered(client: httpx.AsyncClient) 
     assert r.json()["choices"][0]["message"]["content"] == "Based on the tools: t\nt\nt"
 
 
-async def read_sse(response: httpx.Response) -> list[Any]:
+async def sse_data(response: httpx.Response) -> list[Any]:
+    """The data of every event of an OpenAI-style stream (no `event:` lines), `[DONE]` as a string."""
     events = []
     async for line in response.aiter_lines():
         if line.startswith("data: "):
@@ -152,14 +136,14 @@ async def test_streaming_sends_tool_call_deltas_in_pieces(client: httpx.AsyncCli
     args = {"path": "/tmp/some/long/file/name.txt"}
     body = {
         "model": QWEN,
-        "messages": [{"role": "user", "content": script({"calls": [[{"name": "fs__read_file", "arguments": args}]]})}],
+        "messages": [{"role": "user", "content": script(calls=[[call("fs__read_file", args)]])}],
         "tools": TOOLS,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
     async with client.stream("POST", "/v1/chat/completions", json=body) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
-        events = await read_sse(r)
+        events = await sse_data(r)
     assert events[-1] == "[DONE]"
     chunks = events[:-1]
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
@@ -173,7 +157,7 @@ async def test_streaming_sends_tool_call_deltas_in_pieces(client: httpx.AsyncCli
 
     body = {"model": QWEN, "messages": [{"role": "user", "content": "tell me a long story"}], "stream": True}
     async with client.stream("POST", "/v1/chat/completions", json=body) as r:
-        events = await read_sse(r)
+        events = await sse_data(r)
     pieces = [c["choices"][0]["delta"].get("content") for c in events[1:-2]]
     assert len(pieces) >= 2 and "".join(pieces) == "Mock answer to: tell me a long story"
     assert events[-2]["choices"][0]["finish_reason"] == "stop" and events[-1] == "[DONE]"
@@ -250,22 +234,24 @@ async def test_delay_and_hang_faults(client: httpx.AsyncClient, mock: MockLMStud
     assert r.status_code == 200 and r.elapsed.total_seconds() >= 0.3
 
     await mock.faults({"kind": "hang"})
+    body = {"model": QWEN, "messages": [{"role": "user", "content": "hang"}]}
     with pytest.raises(httpx.ReadTimeout):
-        await chat(client, "hang", timeout=0.3)
-    for _ in range(50):
+        await client.post("/v1/chat/completions", json=body, timeout=0.3)
+
+    async def aborted() -> list[dict[str, Any]] | None:
         log = await mock.requests()
-        if log[-1]["aborted"]:
-            break
-        await asyncio.sleep(0.02)
-    assert log[-1]["aborted"] is True and log[-1]["status"] is None and log[-1]["ended"] is not None
+        return log if log[-1]["aborted"] else None
+
+    log = await eventually(aborted, what="the hung request aborted")
+    assert log[-1]["status"] is None and log[-1]["ended"] is not None
     assert log[0]["aborted"] is False and log[0]["status"] == 200 and log[0]["path"] == "/v1/chat/completions"
 
 
 async def test_script_delay_and_inline_fault(client: httpx.AsyncClient) -> None:
-    r = await chat(client, script({"delay_ms": 200, "answer": "late"}))
+    r = await chat(client, script(delay_ms=200, answer="late"))
     assert r.elapsed.total_seconds() >= 0.2 and r.json()["choices"][0]["message"]["content"] == "late"
     for _ in range(2):
-        r = await chat(client, script({"fault": {"kind": "status", "status": 502}}))
+        r = await chat(client, script(fault={"kind": "status", "status": 502}))
         assert r.status_code == 502
 
 
@@ -278,10 +264,10 @@ async def test_malformed_faults(client: httpx.AsyncClient, mock: MockLMStudio) -
 
     await mock.faults({"kind": "malformed_tool_args"})
     r = await chat(client, "no script", tools=TOOLS)
-    call = r.json()["choices"][0]["message"]["tool_calls"][0]
-    assert call["function"] == {"name": "fs__read_file", "arguments": '{"path": '}
+    tool_call = r.json()["choices"][0]["message"]["tool_calls"][0]
+    assert tool_call["function"] == {"name": "fs__read_file", "arguments": '{"path": '}
     # a script can send malformed arguments itself
-    r = await chat(client, script({"calls": [[{"name": "time__now", "arguments": "{oops"}]]}), tools=TOOLS)
+    r = await chat(client, script(calls=[[call("time__now", "{oops")]]), tools=TOOLS)
     assert r.json()["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == "{oops"
 
 
@@ -315,14 +301,10 @@ async def test_unknown_model_and_unload_faults(client: httpx.AsyncClient, mock: 
 
 
 async def test_pin_loaded_model_answers_with_the_loaded_model() -> None:
-    pinned = await start_mock("--pin-loaded-model")
-    try:
-        async with httpx.AsyncClient(base_url=pinned.base_url, timeout=5) as c:
-            r = await c.post(
-                "/v1/chat/completions",
-                json={"model": "qwen/qwen3-coder-30b", "messages": [{"role": "user", "content": "x"}]},
-            )
-            assert r.status_code == 200 and r.json()["model"] == QWEN
-            assert (await pinned.requests())[0]["body"]["model"] == "qwen/qwen3-coder-30b"
-    finally:
-        await pinned.stop()
+    async with mock_lmstudio("--pin-loaded-model") as pinned:
+        r = await pinned.client.post(
+            "/v1/chat/completions",
+            json={"model": "qwen/qwen3-coder-30b", "messages": [{"role": "user", "content": "x"}]},
+        )
+        assert r.status_code == 200 and r.json()["model"] == QWEN
+        assert (await pinned.requests())[0]["body"]["model"] == "qwen/qwen3-coder-30b"

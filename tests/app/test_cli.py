@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import REPO, write_mcp_json
-from tests.mock_lmstudio.fixture import MockLMStudio, free_port
+from tests.helpers import REPO, write_mcp_json
+from tests.mock_lmstudio.fixture import MockLMStudio
+from tests.processes import free_port, wait_healthy
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def cli(*args: str, env: dict[str, str], timeout: float = 90) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, env: dict[str, str], timeout: float = 90, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    """`python -m app.cli <args>` with `env` on top of this process's environment."""
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
-        cwd=REPO,
-        env={**os.environ, **env},
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -58,14 +61,8 @@ def test_check_passes_when_all_is_well(mock_server: MockLMStudio, tmp_path: Path
 
 
 def test_check_says_when_there_is_no_mcp_json(mock_server: MockLMStudio, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "check"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "LMSTUDIO_BASE_URL": mock_server.base_url, "HOME": str(tmp_path), "PYTHONPATH": str(REPO)},
-    )
+    env = {"LMSTUDIO_BASE_URL": mock_server.base_url, "HOME": str(tmp_path)}
+    result = cli("check", env=env, timeout=60, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[warn] no mcp.json found" in result.stdout
 
@@ -116,18 +113,6 @@ def test_broken_mcp_json_stops_start_up(tmp_path: Path, config: str, message: st
     assert "Invalid MCP configuration" in result.stderr and message in result.stderr
 
 
-def wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the server exited"
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise AssertionError(f"{url} never became healthy")
-
-
 @pytest.mark.parametrize(
     "command",
     [
@@ -136,20 +121,22 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
     ],
     ids=["lmstudio-bridge-serve", "uvicorn-factory"],
 )
-def test_server_processes_start_answer_and_stop(mock_server: MockLMStudio, command: list[str]) -> None:
+async def test_server_processes_start_answer_and_stop(mock_server: MockLMStudio, command: list[str]) -> None:
     port = free_port()
     args = [part.format(port=port) for part in command]
     env = {**os.environ, "LMSTUDIO_BASE_URL": mock_server.base_url, "MCP_CONFIG": ""}
-    process = subprocess.Popen(
-        [sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, *args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
-        wait_healthy(f"http://127.0.0.1:{port}/healthz", process)
-        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json()
+        await wait_healthy(f"http://127.0.0.1:{port}/healthz", process, 30)
+        async with httpx.AsyncClient(timeout=10) as client:
+            models = (await client.get(f"http://127.0.0.1:{port}/v1/models")).json()
         assert "qwen/qwen3-4b" in [m["id"] for m in models["data"]]
     finally:
-        process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(process.communicate(), 30)
     # plain uvicorn re-raises SIGTERM once it has shut down cleanly; `serve` exits 0 after its drain
     assert process.returncode == (0 if "app.cli" in args else -signal.SIGTERM), err.decode()[-2000:]
     assert "Application shutdown complete" in err.decode()

@@ -7,7 +7,6 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,7 +17,8 @@ from app import security
 from app.cli import main as cli_main
 from app.main import create_app
 from app.server import is_loopback
-from tests.conftest import app_client, make_settings, write_mcp_json
+from tests.conftest import app_client, make_settings
+from tests.helpers import TIME_CALL, script
 from tests.mock_lmstudio.fixture import MockLMStudio
 
 KEY = "bridge-key-0123456789"
@@ -30,24 +30,16 @@ SAMPLE = {"name": "time", "tool": "get_current_time", "model_id": "qwen/qwen3-4b
 
 
 @pytest.fixture(scope="module")
-async def guarded(
-    mock_server: MockLMStudio, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[httpx.AsyncClient]:
-    files = tmp_path_factory.mktemp("sec")
-    remote = {"url": "http://127.0.0.1:9/mcp", "headers": {"Authorization": f"Bearer {HEADER_SECRET}"}}
-    config = write_mcp_json(Path(files) / "mcp.json", str(files), remote=remote)
-    data = json.loads(config.read_text())
-    data["mcpServers"]["time"]["env"] = {"TIME_SECRET": ENV_SECRET}
-    config.write_text(json.dumps(data))
-    settings = make_settings(
-        lmstudio_base_url=mock_server.base_url,
-        mcp_config=str(config),
-        api_keys=f"{KEY},other-key",
-        lmstudio_api_token=TOKEN,
-        max_body_bytes=4096,
-    )
-    async with app_client(settings, timeout=30) as client:
-        yield client
+def mcp_extra() -> dict[str, dict[str, Any]]:
+    return {
+        "remote": {"url": "http://127.0.0.1:9/mcp", "headers": {"Authorization": f"Bearer {HEADER_SECRET}"}},
+        "time": {"env": {"TIME_SECRET": ENV_SECRET}},
+    }
+
+
+@pytest.fixture(scope="module")
+def gateway_settings() -> dict[str, Any]:
+    return {"api_keys": f"{KEY},other-key", "lmstudio_api_token": TOKEN, "max_body_bytes": 4096}
 
 
 def protected_routes() -> list[tuple[str, str]]:
@@ -70,27 +62,27 @@ def test_every_v1_route_is_listed() -> None:
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
-async def test_missing_wrong_and_right_key(guarded: httpx.AsyncClient, method: str, path: str) -> None:
-    missing = await guarded.request(method, path, json={})
+async def test_missing_wrong_and_right_key(bridge: httpx.AsyncClient, method: str, path: str) -> None:
+    missing = await bridge.request(method, path, json={})
     assert missing.status_code == 401
     assert missing.json()["code"] == "unauthorized"
     assert missing.headers["www-authenticate"].startswith("Bearer")
     assert missing.headers["content-type"] == "application/problem+json"
-    wrong = await guarded.request(method, path, json={}, headers={"Authorization": "Bearer nope"})
+    wrong = await bridge.request(method, path, json={}, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
-    right = await guarded.request(method, path, json={}, headers={"Authorization": f"Bearer {KEY}"})
+    right = await bridge.request(method, path, json={}, headers={"Authorization": f"Bearer {KEY}"})
     assert right.status_code != 401
-    second = await guarded.request(method, path, json={}, headers={"Authorization": "Bearer other-key"})
+    second = await bridge.request(method, path, json={}, headers={"Authorization": "Bearer other-key"})
     assert second.status_code != 401
 
 
-async def test_mcp_endpoint_needs_a_key(guarded: httpx.AsyncClient) -> None:
-    assert (await guarded.post("/mcp", json={})).status_code == 401
+async def test_mcp_endpoint_needs_a_key(bridge: httpx.AsyncClient) -> None:
+    assert (await bridge.post("/mcp", json={})).status_code == 401
 
 
-async def test_health_and_readiness_stay_open(guarded: httpx.AsyncClient) -> None:
-    assert (await guarded.get("/healthz")).status_code == 200
-    assert (await guarded.get("/readyz")).status_code in (200, 503)
+async def test_health_and_readiness_stay_open(bridge: httpx.AsyncClient) -> None:
+    assert (await bridge.get("/healthz")).status_code == 200
+    assert (await bridge.get("/readyz")).status_code in (200, 503)
 
 
 def test_constant_time_compare_against_every_key(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,18 +101,18 @@ def test_constant_time_compare_against_every_key(monkeypatch: pytest.MonkeyPatch
 
 
 async def test_no_secret_in_bodies_or_logs(
-    guarded: httpx.AsyncClient, mock: MockLMStudio, caplog: pytest.LogCaptureFixture
+    bridge: httpx.AsyncClient, mock: MockLMStudio, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     auth = {"Authorization": f"Bearer {KEY}"}
-    task = 'Time? [[mock {"calls": [[{"name": "time__get_current_time", "arguments": {"timezone": "UTC"}}]]}]]'
+    task = "Time? " + script(calls=[[TIME_CALL]])
     bodies = [
-        await guarded.post("/v1/autonomous", json={"task": task, "mcp_servers": ["time"]}, headers=auth),
-        await guarded.get("/v1/mcp/servers", headers=auth),
-        await guarded.get("/v1/mcp/servers/remote/tools", headers=auth),
-        await guarded.get("/readyz"),
-        await guarded.post("/v1/autonomous", json={"task": "x", "model": "nope"}, headers=auth),
-        await guarded.get("/v1/models", headers={"Authorization": "Bearer wrong"}),
+        await bridge.post("/v1/autonomous", json={"task": task, "mcp_servers": ["time"]}, headers=auth),
+        await bridge.get("/v1/mcp/servers", headers=auth),
+        await bridge.get("/v1/mcp/servers/remote/tools", headers=auth),
+        await bridge.get("/readyz"),
+        await bridge.post("/v1/autonomous", json={"task": "x", "model": "nope"}, headers=auth),
+        await bridge.get("/v1/models", headers={"Authorization": "Bearer wrong"}),
     ]
     assert bodies[0].json()["status"] == "completed"
     servers = {s["name"]: s for s in bodies[1].json()["data"]}
@@ -133,24 +125,24 @@ async def test_no_secret_in_bodies_or_logs(
     assert all(secret not in logged_upstream for secret in (KEY, ENV_SECRET, HEADER_SECRET))
 
 
-async def test_oversized_body_is_413(guarded: httpx.AsyncClient) -> None:
+async def test_oversized_body_is_413(bridge: httpx.AsyncClient) -> None:
     auth = {"Authorization": f"Bearer {KEY}"}
     big = {"task": "x" * 5000}
-    response = await guarded.post("/v1/autonomous", json=big, headers=auth)
+    response = await bridge.post("/v1/autonomous", json=big, headers=auth)
     assert response.status_code == 413 and response.json()["code"] == "payload_too_large"
 
     async def chunks() -> AsyncIterator[bytes]:
         for _ in range(10):
             yield b" " * 1000
 
-    chunked = await guarded.post("/v1/chat/completions", content=chunks(), headers=auth)
+    chunked = await bridge.post("/v1/chat/completions", content=chunks(), headers=auth)
     assert chunked.status_code == 413
 
 
-async def test_task_length_and_rounds_are_limited(guarded: httpx.AsyncClient) -> None:
+async def test_task_length_and_rounds_are_limited(bridge: httpx.AsyncClient) -> None:
     auth = {"Authorization": f"Bearer {KEY}"}
-    assert (await guarded.post("/v1/autonomous", json={"task": ""}, headers=auth)).status_code == 422
-    too_many = await guarded.post("/v1/autonomous", json={"task": "x", "max_rounds": 101}, headers=auth)
+    assert (await bridge.post("/v1/autonomous", json={"task": ""}, headers=auth)).status_code == 422
+    too_many = await bridge.post("/v1/autonomous", json={"task": "x", "max_rounds": 101}, headers=auth)
     assert too_many.status_code == 422 and too_many.json()["code"] == "validation_error"
 
 
@@ -164,10 +156,10 @@ async def test_task_length_and_rounds_are_limited(guarded: httpx.AsyncClient) ->
         {"mcp_name": "time", "task": "x", "cwd": "/"},
     ],
 )
-async def test_a_body_naming_a_command_does_nothing_but_422(guarded: httpx.AsyncClient, body: dict[str, Any]) -> None:
+async def test_a_body_naming_a_command_does_nothing_but_422(bridge: httpx.AsyncClient, body: dict[str, Any]) -> None:
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     path = "/v1/autonomous/with-mcp" if "mcp_name" in body else "/v1/autonomous"
-    response = await guarded.post(path, json=body, headers={"Authorization": f"Bearer {KEY}"})
+    response = await bridge.post(path, json=body, headers={"Authorization": f"Bearer {KEY}"})
     assert response.status_code == 422 and response.json()["code"] == "validation_error"
     assert {p.pid for p in psutil.Process().children(recursive=True)} - before == set()
 

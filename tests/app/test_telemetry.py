@@ -7,9 +7,7 @@ import io
 import json
 import logging
 import os
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +24,19 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.telemetry import JSONFormatter, export_spans, tracer_provider
-from tests.conftest import REPO, app_client, make_settings, write_mcp_json
-from tests.mock_lmstudio.fixture import MockLMStudio, free_port
-from tests.processes import terminate
+from tests.conftest import app_client, make_settings
+from tests.helpers import call, eventually, script, write_mcp_json
+from tests.mock_lmstudio.fixture import MockLMStudio
+from tests.processes import free_port, log_file, log_tail, spawn_python, terminate, wait_healthy
 
 pytestmark = pytest.mark.timeout(120)
-SLOW_PAIR = {"calls": [[{"name": "fault__slow", "arguments": {"seconds": 0.3}}] * 2]}
+SLOW_PAIR = "Do it " + script(calls=[[call("fault__slow", {"seconds": 0.3})] * 2])
 KEY, TOKEN, ENV_SECRET = "key-SECRET-1111", "token-SECRET-2222", "env-SECRET-3333"
 
 
-def task(script: dict[str, Any], text: str = "Do it") -> str:
-    return f"{text} [[mock {json.dumps(script)}]]"
+def echo(text: str) -> str:
+    """A task whose model calls the fault server's echo once."""
+    return "Do it " + script(calls=[[call("fault__echo", {"text": text})]])
 
 
 @pytest.fixture(scope="module")
@@ -47,19 +47,21 @@ def exporter() -> InMemorySpanExporter:
 
 
 @pytest.fixture(scope="module")
-async def bridge(
-    mock_server: MockLMStudio, tmp_path_factory: pytest.TempPathFactory, exporter: InMemorySpanExporter
-) -> AsyncIterator[httpx.AsyncClient]:
-    files = tmp_path_factory.mktemp("tel")
-    config = write_mcp_json(Path(files) / "mcp.json", str(files))
-    data = json.loads(config.read_text())
-    data["mcpServers"]["fault"]["env"] = {"FAULT_SECRET": ENV_SECRET}
-    config.write_text(json.dumps(data))
-    settings = make_settings(
-        lmstudio_base_url=mock_server.base_url, mcp_config=str(config), api_keys=KEY, lmstudio_api_token=TOKEN
-    )
-    async with app_client(settings, timeout=60, headers={"Authorization": f"Bearer {KEY}"}) as client:
-        yield client
+def mcp_extra() -> dict[str, dict[str, Any]]:
+    return {"fault": {"env": {"FAULT_SECRET": ENV_SECRET}}}
+
+
+@pytest.fixture(scope="module")
+def gateway_settings(exporter: InMemorySpanExporter) -> dict[str, Any]:
+    """(After the span exporter is in place.)"""
+    return {"api_keys": KEY, "lmstudio_api_token": TOKEN}
+
+
+@pytest.fixture(scope="module")
+def bridge(bridge: httpx.AsyncClient) -> httpx.AsyncClient:
+    """The module's gateway, every request with the API key."""
+    bridge.headers["Authorization"] = f"Bearer {KEY}"
+    return bridge
 
 
 def trace_of(exporter: InMemorySpanExporter, trace_id: str) -> list[ReadableSpan]:
@@ -73,7 +75,7 @@ def children(spans: list[ReadableSpan], parent: ReadableSpan) -> list[ReadableSp
 async def test_span_tree_of_a_run_with_two_concurrent_tool_calls(
     bridge: httpx.AsyncClient, exporter: InMemorySpanExporter
 ) -> None:
-    response = await bridge.post("/v1/autonomous", json={"task": task(SLOW_PAIR), "mcp_servers": ["fault"]})
+    response = await bridge.post("/v1/autonomous", json={"task": SLOW_PAIR, "mcp_servers": ["fault"]})
     result = response.json()
     assert result["status"] == "completed"
     assert response.headers["x-trace-id"] == result["trace_id"]
@@ -141,10 +143,7 @@ async def test_metrics_move_after_runs(bridge: httpx.AsyncClient) -> None:
     before = (await bridge.get("/metrics")).text
     await bridge.post(
         "/v1/autonomous",
-        json={
-            "task": task({"calls": [[{"name": "fault__echo", "arguments": {"text": "x"}}]]}),
-            "mcp_servers": ["fault"],
-        },
+        json={"task": echo("x"), "mcp_servers": ["fault"]},
     )
     await bridge.post("/v1/autonomous", json={"task": "x", "model": "nope"})
     after = (await bridge.get("/metrics")).text
@@ -191,7 +190,7 @@ async def test_no_secret_in_logs_or_spans(
 ) -> None:
     exporter.clear()
     logging.getLogger("test").warning("leak attempt: %s %s Bearer %s", KEY, ENV_SECRET, TOKEN)
-    result = (await bridge.post("/v1/autonomous", json={"task": task(SLOW_PAIR), "mcp_servers": ["fault"]})).json()
+    result = (await bridge.post("/v1/autonomous", json={"task": SLOW_PAIR, "mcp_servers": ["fault"]})).json()
     await bridge.get("/v1/mcp/servers")
     await bridge.get("/v1/models", headers={"Authorization": "Bearer wrong-key"})
     lines = [json.loads(line) for line in json_logs.getvalue().splitlines()]
@@ -234,9 +233,9 @@ async def test_content_capture_when_turned_on(
 ) -> None:
     config = write_mcp_json(tmp_path / "mcp.json", str(tmp_path))
     settings = make_settings(lmstudio_base_url=mock.base_url, mcp_config=str(config), otel_capture_content=True)
-    script = {"calls": [[{"name": "fault__echo", "arguments": {"text": "captured-text"}}]]}
     async with app_client(settings) as client:
-        result = (await client.post("/v1/autonomous", json={"task": task(script), "mcp_servers": ["fault"]})).json()
+        body = {"task": echo("captured-text"), "mcp_servers": ["fault"]}
+        result = (await client.post("/v1/autonomous", json=body)).json()
     spans = trace_of(exporter, result["trace_id"])
     [tool] = [s for s in spans if s.name == "tools/call fault__echo"]
     assert tool.attributes is not None and "captured-text" in str(tool.attributes["bridge.tool.arguments"])
@@ -271,35 +270,22 @@ async def test_otlp_export_reaches_a_local_receiver(mock: MockLMStudio, tmp_path
         "OTEL_BSP_SCHEDULE_DELAY": "100",
         "OTEL_SERVICE_NAME": "bridge-under-test",
     }
-    gateway = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *("-m", "app.cli", "serve", "--port", str(gateway_port)),
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = log_file("bridge-otlp-")
+    gateway = await spawn_python("app.cli", "serve", "--port", str(gateway_port), log=log, env=env)
     try:
+        await wait_healthy(f"http://127.0.0.1:{gateway_port}/healthz", gateway, 30, lambda: log_tail(log.name))
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway_port}", timeout=30) as client:
-            for _ in range(200):
-                try:
-                    if (await client.get("/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
-            script = {"calls": [[{"name": "fault__echo", "arguments": {"text": "otlp"}}]]}
-            run = await client.post("/v1/autonomous", json={"task": task(script), "mcp_servers": ["fault"]})
+            run = await client.post("/v1/autonomous", json={"task": echo("otlp"), "mcp_servers": ["fault"]})
             assert run.status_code == 200
-        for _ in range(100):
-            if any(b"agent.run" in body for body in received):
-                break
-            await asyncio.sleep(0.1)
+        await eventually(lambda: any(b"agent.run" in body for body in received), what="the run's spans exported")
         exported = b"".join(received)
         assert b"agent.run" in exported and b"tools/call fault__echo" in exported
         assert b"bridge-under-test" in exported
         assert bytes.fromhex(run.json()["trace_id"]) in exported
     finally:
         await terminate(gateway, 30)
+        log.close()
+        os.unlink(log.name)
         receiver.should_exit = True
         await receiver_task
 

@@ -1,4 +1,5 @@
-"""Fixtures for the contract tests: the exported document and an mcp.json of well-behaved real servers."""
+"""Fixtures for the contract tests: the exported document, and an mcp.json of well-behaved real servers
+for the gateway of a module (`bridge`, `live`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, mcp_servers_json
+from tests.helpers import REPO, mcp_servers_json
 
 OPENAPI_PATH = REPO / "openapi" / "openapi.json"
 # servers the fuzzer and the SDK test may call with anything: no tool that hangs, crashes or sleeps on purpose
@@ -23,14 +24,12 @@ def openapi_doc() -> dict[str, Any]:
     return dict(json.loads(OPENAPI_PATH.read_text(encoding="utf-8")))
 
 
-def contract_mcp_json(directory: Path) -> Path:
-    """An mcp.json in `directory` with the real time, memory and filesystem servers (files under it)."""
-    files = directory / "files"
-    files.mkdir(exist_ok=True)
-    (files / "hello.txt").write_text("hello from the contract tests\n")
+@pytest.fixture(scope="module")
+def mcp_json(files: Path) -> Path:
+    """The real time, memory and filesystem servers (the latter on `files`, read-only)."""
     servers = mcp_servers_json(str(files))["mcpServers"]
-    path = directory / "mcp.json"
     config = {name: servers[name] for name in CONTRACT_SERVERS}
     config["filesystem"].update(READ_ONLY_FILESYSTEM)
+    path = files.parent / "mcp.json"
     path.write_text(json.dumps({"mcpServers": config}))
     return path

@@ -2,7 +2,8 @@
 to the live gateway's real servers, tools and models, so the fuzzing reaches them, not only 404s and 422s.
 
 The targets come from the JSON file named by BRIDGE_FUZZ_TARGETS, written by the test from the live
-gateway: {"servers": {"time": [...tools]}, "calls": [[server, tool, good arguments or null]], "models": [...]}.
+gateway: {"servers": {"time": [...tools]}, "calls": [[server, tool, good arguments or null]], "models": [...],
+"script": the mock LM Studio markup appended to steered tasks}.
 Cases are steered round-robin (deterministic, like the generation): one case in each cycle keeps its
 generated values. Only positive cases are steered, and only with valid values, so a negative case stays
 negative and a positive one positive.
@@ -26,8 +27,7 @@ SERVERS: list[str] = sorted(TARGETS["servers"])
 STEERED = r"^/v1/(autonomous.*|mcp/servers/\{name\}/tools/\{tool\}|models/\{model_id\}/load)$"
 CALLS: list[tuple[str, str, dict[str, Any] | None]] = [tuple(call) for call in TARGETS["calls"]]
 MODELS: list[str] = TARGETS["models"]
-# the mock LM Studio's script: one round calling a real tool, then the final answer
-SCRIPT = ' [[mock {"calls": [[{"name": "time__get_current_time", "arguments": {"timezone": "UTC"}}]]}]]'
+SCRIPT: str = TARGETS["script"]
 TASK_MAX = 20_000
 _turn = itertools.count()
 

@@ -19,9 +19,9 @@ import yaml
 from pydantic import AliasChoices
 
 from app.settings import Settings
-from services.mcp_config import load_mcp_config
-from tests.conftest import REPO
-from tests.mock_lmstudio.fixture import free_port
+from services.mcp import load_mcp_config
+from tests.helpers import REPO, TIME_CALL, eventually, script
+from tests.processes import free_port, terminate
 
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
@@ -30,7 +30,7 @@ OBSERVABILITY = ("otel-collector", "jaeger")
 VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 60.0
-SCRIPT = '[[mock {"calls": [[{"name": "time__get_current_time", "arguments": {"timezone": "UTC"}}]]}]]'
+SCRIPT = script(calls=[[TIME_CALL]])
 
 
 def compose() -> dict[str, Any]:
@@ -180,17 +180,15 @@ def test_image_pins_match_the_project() -> None:
 
 async def _healthy(check: list[str], env: Mapping[str, str]) -> None:
     """Run a compose healthcheck (`CMD python -c ...`) until it passes, like Docker does."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + START_TIMEOUT_S
     argv = [sys.executable if part == "python" else part for part in check[1:]]
-    while True:
+
+    async def passes() -> bool:
         process = await asyncio.create_subprocess_exec(
             *argv, env=dict(env), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
         )
-        if await process.wait() == 0:
-            return
-        assert loop.time() < deadline, f"healthcheck never passed: {check}"
-        await asyncio.sleep(0.2)
+        return await process.wait() == 0
+
+    await eventually(passes, START_TIMEOUT_S, f"healthcheck {check} passing", every_s=0.2)
 
 
 @contextlib.asynccontextmanager
@@ -202,14 +200,7 @@ async def _process(argv: list[str], env: Mapping[str, str], cwd: Path, log: Path
         try:
             yield process
         finally:
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.terminate()
-                try:
-                    await asyncio.wait_for(process.wait(), 30)
-                except TimeoutError:
-                    process.kill()
-                    await process.wait()
+            await terminate(process, 30)
 
 
 def _local(argv: list[str]) -> list[str]:

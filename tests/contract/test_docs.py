@@ -8,9 +8,9 @@ from typing import Any
 from prometheus_client import generate_latest
 
 from services.metrics import Metrics, StateReader
-from tests.conftest import REPO
 from tests.contract.test_compose import setting_names
 from tests.contract.test_openapi import operations
+from tests.helpers import REPO
 
 DOCS = REPO / "docs"
 PAGES = ("architecture", "api", "configuration", "multi-model", "operations", "troubleshooting")

@@ -16,17 +16,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+import httpx
 import pytest
 
-from tests.conftest import make_settings, served
-from tests.contract.conftest import OPENAPI_PATH, contract_mcp_json
-from tests.mock_lmstudio.fixture import MockLMStudio
+from tests.contract.conftest import OPENAPI_PATH
+from tests.helpers import TIME_CALL, script
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "schemathesis.toml"  # deterministic generation, checks, phases, max examples
 MIN_CASES = 1_000
 RESPONSES_API = "POST /v1/responses"
 CLI_TIMEOUT_S = 240
+# what steered run tasks get appended: one round calling a real tool, then the final answer
+SCRIPT = " " + script(calls=[[TIME_CALL]])
 
 
 def good_arguments(files: Path) -> dict[tuple[str, str], dict[str, Any]]:
@@ -56,7 +58,7 @@ async def _targets(client: Any, files: Path) -> dict[str, Any]:
     assert set(good) <= {(s, t) for s, tools in servers.items() for t in tools}, "a known tool was renamed"
     calls = [[s, t, good.get((s, t))] for s, tools in servers.items() for t in tools]
     models = [model["id"] for model in (await client.get("/v1/models")).json()["data"]]
-    return {"servers": servers, "calls": calls, "models": models}
+    return {"servers": servers, "calls": calls, "models": models, "script": SCRIPT}
 
 
 def _cases(ndjson: Path) -> list[dict[str, Any]]:
@@ -82,42 +84,41 @@ def _cases(ndjson: Path) -> list[dict[str, Any]]:
     return seen
 
 
+@pytest.fixture(scope="module")
+def gateway_settings() -> dict[str, Any]:
+    return {"mcp_call_timeout_s": 20, "max_concurrent_runs": 64}
+
+
+@pytest.mark.usefixtures("mock")  # reset
 @pytest.mark.timeout(CLI_TIMEOUT_S + 60)
-async def test_schemathesis_finds_nothing(mock: MockLMStudio, tmp_path: Path) -> None:
-    settings = make_settings(
-        lmstudio_base_url=mock.base_url,
-        mcp_config=str(contract_mcp_json(tmp_path)),
-        mcp_call_timeout_s=20,
-        max_concurrent_runs=64,
+async def test_schemathesis_finds_nothing(live: httpx.AsyncClient, files: Path, tmp_path: Path) -> None:
+    targets = tmp_path / "targets.json"
+    targets.write_text(json.dumps(await _targets(live, files)))
+    report = tmp_path / "report"
+    ndjson = report / "events.ndjson"
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("schemathesis")),
+        "--config-file",
+        str(CONFIG),
+        "run",
+        str(OPENAPI_PATH),
+        "--url",
+        str(live.base_url).rstrip("/"),
+        "--report",
+        "ndjson",
+        "--report-ndjson-path",
+        str(ndjson),
+        "--no-color",
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "SCHEMATHESIS_HOOKS": str(HERE / "schemathesis_hooks.py"),
+            "BRIDGE_FUZZ_TARGETS": str(targets),
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
-    async with served(settings, timeout=60) as client:
-        targets = tmp_path / "targets.json"
-        targets.write_text(json.dumps(await _targets(client, tmp_path / "files")))
-        report = tmp_path / "report"
-        ndjson = report / "events.ndjson"
-        process = await asyncio.create_subprocess_exec(
-            str(Path(sys.executable).with_name("schemathesis")),
-            "--config-file",
-            str(CONFIG),
-            "run",
-            str(OPENAPI_PATH),
-            "--url",
-            str(client.base_url).rstrip("/"),
-            "--report",
-            "ndjson",
-            "--report-ndjson-path",
-            str(ndjson),
-            "--no-color",
-            cwd=tmp_path,
-            env={
-                **os.environ,
-                "SCHEMATHESIS_HOOKS": str(HERE / "schemathesis_hooks.py"),
-                "BRIDGE_FUZZ_TARGETS": str(targets),
-            },
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        output, _ = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT_S)
+    output, _ = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT_S)
     text = output.decode(errors="replace")
     (tmp_path / "schemathesis.log").write_text(text)
     summary = text[-6000:]

@@ -11,14 +11,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.conftest import make_settings, served
-from tests.contract.conftest import OPENAPI_PATH, contract_mcp_json
-from tests.mock_lmstudio.fixture import MockLMStudio
+from tests.contract.conftest import OPENAPI_PATH
+from tests.helpers import TIME_CALL, script
 
 PACKAGE = "lmstudio_bridge_client"
-SCRIPT = '[[mock {"calls": [[{"name": "time__get_current_time", "arguments": {"timezone": "UTC"}}]]}]]'
+SCRIPT = script(calls=[[TIME_CALL]])
 
 
 @pytest.fixture(scope="module")
@@ -74,44 +74,43 @@ def test_the_sdk_has_every_operation(sdk: ModuleType) -> None:
         assert hasattr(_api(module), "asyncio_detailed"), module
 
 
-async def test_sdk_lists_models_and_runs_a_task(sdk: ModuleType, mock: MockLMStudio, tmp_path: Path) -> None:
-    settings = make_settings(lmstudio_base_url=mock.base_url, mcp_config=str(contract_mcp_json(tmp_path)))
+@pytest.mark.usefixtures("mock")  # reset
+async def test_sdk_lists_models_and_runs_a_task(sdk: ModuleType, live: httpx.AsyncClient) -> None:
     models = _models()
-    async with served(settings) as gateway:
-        client = sdk.Client(base_url=str(gateway.base_url).rstrip("/"), timeout=60, raise_on_unexpected_status=True)
-        async with client:
-            listing = await _api("models.list_models").asyncio(client=client)
-            assert isinstance(listing, models.ModelList)
-            ids = [m.id for m in listing.data]
-            assert "qwen/qwen3-4b" in ids
-            assert [m.id for m in listing.data if m.default] == ["qwen/qwen3-4b"]
+    client = sdk.Client(base_url=str(live.base_url).rstrip("/"), timeout=60, raise_on_unexpected_status=True)
+    async with client:
+        listing = await _api("models.list_models").asyncio(client=client)
+        assert isinstance(listing, models.ModelList)
+        ids = [m.id for m in listing.data]
+        assert "qwen/qwen3-4b" in ids
+        assert [m.id for m in listing.data if m.default] == ["qwen/qwen3-4b"]
 
-            body = models.WithMCPRequest(mcp_name="time", task=f"What time is it in UTC? {SCRIPT}")
-            result = await _api("autonomous.run_with_mcp").asyncio(client=client, body=body)
-            assert isinstance(result, models.RunResultModel), result
-            assert result.status == "completed" and result.model == "qwen/qwen3-4b"
-            assert [(s.server, s.tool, s.is_error) for s in result.steps] == [("time", "get_current_time", False)]
-            assert "UTC" in result.steps[0].output and result.output.startswith("Based on the tools")
+        body = models.WithMCPRequest(mcp_name="time", task=f"What time is it in UTC? {SCRIPT}")
+        result = await _api("autonomous.run_with_mcp").asyncio(client=client, body=body)
+        assert isinstance(result, models.RunResult), result
+        assert result.status == "completed" and result.model == "qwen/qwen3-4b"
+        assert [(s.server, s.tool, s.is_error) for s in result.steps] == [("time", "get_current_time", False)]
+        assert "UTC" in result.steps[0].output and result.output.startswith("Based on the tools")
 
-            general = models.AutonomousRequest(task=f"Same, all servers. {SCRIPT}", max_rounds=2)
-            run = await _api("autonomous.run_autonomous").asyncio(client=client, body=general)
-            assert isinstance(run, models.RunResultModel) and run.rounds == 1
-            assert sorted(run.mcp_servers) == ["filesystem", "memory", "time"]
+        general = models.AutonomousRequest(task=f"Same, all servers. {SCRIPT}", max_rounds=2)
+        run = await _api("autonomous.run_autonomous").asyncio(client=client, body=general)
+        assert isinstance(run, models.RunResult) and run.rounds == 1
+        assert sorted(run.mcp_servers) == ["filesystem", "memory", "time"]
 
-            tools = await _api("mcp.list_mcp_tools").asyncio(name="time", client=client)
-            assert isinstance(tools, models.ToolList)
-            assert "get_current_time" in [t.name for t in tools.data]
-            arguments = models.CallMcpToolArguments.from_dict({"timezone": "UTC"})
-            called = await _api("mcp.call_mcp_tool").asyncio(
-                name="time", tool="get_current_time", client=client, body=arguments
-            )
-            assert isinstance(called, models.ToolCallResult) and called.is_error is False
+        tools = await _api("mcp.list_mcp_tools").asyncio(name="time", client=client)
+        assert isinstance(tools, models.ToolList)
+        assert "get_current_time" in [t.name for t in tools.data]
+        arguments = models.CallMcpToolArguments.from_dict({"timezone": "UTC"})
+        called = await _api("mcp.call_mcp_tool").asyncio(
+            name="time", tool="get_current_time", client=client, body=arguments
+        )
+        assert isinstance(called, models.ToolResult) and called.is_error is False
 
-            # errors come back as the Problem model, with the stable code and the extras
-            unknown = models.WithMCPRequest(mcp_name="nope", task="x")
-            problem = await _api("autonomous.run_with_mcp").asyncio_detailed(client=client, body=unknown)
-            assert problem.status_code == 422 and isinstance(problem.parsed, models.Problem)
-            assert problem.parsed.code == "mcp_server_not_found"
-            assert problem.parsed.additional_properties["available_servers"] == ["time", "memory", "filesystem"]
-            missing = await _api("mcp.list_mcp_tools").asyncio_detailed(name="nope", client=client)
-            assert missing.status_code == 404 and missing.parsed.code == "mcp_server_not_found"
+        # errors come back as the Problem model, with the stable code and the extras
+        unknown = models.WithMCPRequest(mcp_name="nope", task="x")
+        problem = await _api("autonomous.run_with_mcp").asyncio_detailed(client=client, body=unknown)
+        assert problem.status_code == 422 and isinstance(problem.parsed, models.Problem)
+        assert problem.parsed.code == "mcp_server_not_found"
+        assert problem.parsed.additional_properties["available_servers"] == ["time", "memory", "filesystem"]
+        missing = await _api("mcp.list_mcp_tools").asyncio_detailed(name="nope", client=client)
+        assert missing.status_code == 404 and missing.parsed.code == "mcp_server_not_found"

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import anyio
@@ -16,6 +18,17 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 server: MCPServer[Any] = MCPServer("fault")
 _added = 0
+_running = 0  # calls of `slow` and `hang` in progress
+
+
+@contextmanager
+def _counted() -> Iterator[None]:
+    global _running
+    _running += 1
+    try:
+        yield
+    finally:
+        _running -= 1
 
 
 @server.tool()
@@ -33,15 +46,23 @@ def add(a: int, b: int) -> int:
 @server.tool()
 async def slow(seconds: float) -> str:
     """Sleep, then answer "slept"."""
-    await anyio.sleep(seconds)
+    with _counted():
+        await anyio.sleep(seconds)
     return "slept"
 
 
 @server.tool()
 async def hang() -> str:
     """Never answer."""
-    await anyio.sleep_forever()
+    with _counted():
+        await anyio.sleep_forever()
     return "unreachable"
+
+
+@server.tool()
+def running() -> int:
+    """How many calls of `slow` and `hang` are in progress (tests wait for their calls to arrive)."""
+    return _running
 
 
 @server.tool()

@@ -11,27 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import IO, Any
 
 import httpx
 
-from tests.processes import log_file, terminate
+from tests.processes import free_port, log_file, log_tail, spawn_python, terminate, wait_healthy
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 20.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class MockLMStudio:
@@ -63,9 +50,7 @@ class MockLMStudio:
         (await self.client.post("/_mock/reset")).raise_for_status()
 
     def log_tail(self, chars: int = 2000) -> str:
-        with contextlib.suppress(OSError):
-            return Path(self.log_path).read_text(errors="replace")[-chars:]
-        return ""
+        return log_tail(self.log_path, chars)
 
     async def stop(self) -> None:
         """Terminate the process (kill after 5 s) and wait for it."""
@@ -76,47 +61,27 @@ class MockLMStudio:
             os.unlink(self.log_path)
 
     async def _wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.returncode is not None:
-                break
-            with contextlib.suppress(httpx.TransportError):
-                if (await self.client.get("/_mock/health", timeout=1)).status_code == 200:
-                    return
-            await asyncio.sleep(0.05)
-        tail = self.log_tail()
-        await self.stop()
-        raise RuntimeError(
-            f"mock LM Studio on port {self.port} not ready (exit code {self.process.returncode}); log:\n{tail}"
-        )
+        try:
+            await wait_healthy(f"{self.base_url}/_mock/health", self.process, START_TIMEOUT_S, self.log_tail)
+        except RuntimeError as exc:
+            await self.stop()
+            raise RuntimeError(f"mock LM Studio on port {self.port} not ready: {exc}") from None
 
 
-async def start_mock(*args: str) -> MockLMStudio:
-    """Start ``python -m tests.mock_lmstudio --port P *args`` and wait until it answers."""
-    port = free_port()
+async def start_mock(*args: str, port: int | None = None) -> MockLMStudio:
+    """Start ``python -m tests.mock_lmstudio --port P *args`` (P: `port` or a free one); wait until it answers."""
+    port = port or free_port()
     log = log_file("mock-lmstudio-")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.mock_lmstudio",
-        "--port",
-        str(port),
-        *args,
-        cwd=REPO_ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    process = await spawn_python("tests.mock_lmstudio", "--port", str(port), *args, log=log)
     mock = MockLMStudio(process, port, log)
     await mock._wait_ready()
     return mock
 
 
 @contextlib.asynccontextmanager
-async def mock_lmstudio(*args: str) -> AsyncIterator[MockLMStudio]:
+async def mock_lmstudio(*args: str, port: int | None = None) -> AsyncIterator[MockLMStudio]:
     """``async with mock_lmstudio("--api", "v0") as mock:`` — started, then stopped on exit."""
-    mock = await start_mock(*args)
+    mock = await start_mock(*args, port=port)
     try:
         yield mock
     finally:

@@ -2,42 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import app_client, make_settings, served, write_mcp_json
-from tests.mock_lmstudio.fixture import MockLMStudio
+from tests.conftest import app_client, make_settings
+from tests.helpers import TIME_CALL, call, eventually, read_sse, script, sse_events
+from tests.mock_lmstudio.fixture import MockLMStudio, mock_lmstudio
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def script(**spec: Any) -> str:
-    return f"[[mock {json.dumps(spec)}]]"
-
-
-def call(name: str, arguments: Any) -> dict[str, Any]:
-    return {"name": name, "arguments": arguments}
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("files")
-    (root / "notes.txt").write_text("The launch code is PELICAN-42.")
-    return root
-
-
-@pytest.fixture(scope="module")
-async def bridge(mock_server: MockLMStudio, files: Path) -> AsyncIterator[httpx.AsyncClient]:
-    config = write_mcp_json(files.parent / "mcp.json", str(files))
-    settings = make_settings(lmstudio_base_url=mock_server.base_url, mcp_config=str(config))
-    async with app_client(settings, timeout=60) as client:
-        yield client
 
 
 async def chat_requests(mock: MockLMStudio) -> list[dict[str, Any]]:
@@ -46,6 +22,7 @@ async def chat_requests(mock: MockLMStudio) -> list[dict[str, Any]]:
 
 async def test_reads_a_file_through_filesystem(bridge: httpx.AsyncClient, mock: MockLMStudio, files: Path) -> None:
     path = str(files / "notes.txt")
+    (files / "notes.txt").write_text("The launch code is PELICAN-42.")
     task = "What is the launch code? " + script(calls=[[call("filesystem__read_text_file", {"path": path})]])
     response = await bridge.post("/v1/autonomous", json={"task": task, "mcp_servers": ["filesystem"]})
     assert response.status_code == 200, response.text
@@ -78,24 +55,12 @@ async def test_reads_a_file_through_filesystem(bridge: httpx.AsyncClient, mock: 
 
 async def test_two_servers_in_one_run(bridge: httpx.AsyncClient) -> None:
     entity = {"entities": [{"name": "Ada", "entityType": "person", "observations": ["wrote the first program"]}]}
-    task = "Remember Ada and tell the time. " + script(
-        calls=[[call("time__get_current_time", {"timezone": "UTC"}), call("memory__create_entities", entity)]]
-    )
+    task = "Remember Ada and tell the time. " + script(calls=[[TIME_CALL, call("memory__create_entities", entity)]])
     result = (await bridge.post("/v1/autonomous", json={"task": task, "mcp_servers": ["time", "memory"]})).json()
     assert result["status"] == "completed"
     assert [s["server"] for s in sorted(result["steps"], key=lambda s: s["server"])] == ["memory", "time"]
     assert all(not s["is_error"] for s in result["steps"])
     assert "UTC" in result["output"] and "Ada" in result["output"]
-
-
-async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, Any]]:
-    event = None
-    async for line in response.aiter_lines():
-        if line.startswith("event: "):
-            event = line[7:]
-        elif line.startswith("data: ") and event:
-            yield event, json.loads(line[6:])
-            event = None
 
 
 async def test_calls_of_one_round_overlap(bridge: httpx.AsyncClient) -> None:
@@ -104,7 +69,7 @@ async def test_calls_of_one_round_overlap(bridge: httpx.AsyncClient) -> None:
     )
     body = {"task": task, "mcp_servers": ["fault"], "stream": True}
     async with bridge.stream("POST", "/v1/autonomous", json=body) as response:
-        kinds = [event async for event, _ in sse_events(response) if event.startswith("tool_call")]
+        kinds = [event for event, _ in await read_sse(response) if event.startswith("tool_call")]
     # both calls started before either completed
     assert kinds == ["tool_call.started", "tool_call.started", "tool_call.completed", "tool_call.completed"]
 
@@ -149,15 +114,24 @@ async def test_long_tool_output_is_cut_with_a_marker(bridge: httpx.AsyncClient) 
 
 
 async def test_model_that_never_stops_gets_max_rounds(bridge: httpx.AsyncClient, mock: MockLMStudio) -> None:
-    task = "Loop " + script(forever=call("time__get_current_time", {"timezone": "UTC"}))
-    body = {"task": task, "mcp_servers": ["time"], "max_rounds": 3}
+    task = "Loop " + script(forever=TIME_CALL)
+    body = {"task": task, "mcp_servers": ["time"], "max_rounds": 2}  # below BRIDGE_REPEAT_CALL_LIMIT (3)
     result = (await bridge.post("/v1/autonomous", json=body)).json()
     assert result["status"] == "max_rounds"
-    assert result["rounds"] == 3 and len(result["steps"]) == 3
+    assert result["rounds"] == 2 and len(result["steps"]) == 2
     assert result["output"]
     requests = await chat_requests(mock)
-    assert len(requests) == 4
-    assert all("tools" in r["body"] for r in requests[:3]) and "tools" not in requests[3]["body"]
+    assert len(requests) == 3
+    assert all("tools" in r["body"] for r in requests[:2]) and "tools" not in requests[2]["body"]
+
+
+async def test_model_repeating_one_call_ends_with_loop(bridge: httpx.AsyncClient, mock: MockLMStudio) -> None:
+    task = "Loop " + script(forever=TIME_CALL)
+    result = (await bridge.post("/v1/autonomous", json={"task": task, "mcp_servers": ["time"]})).json()
+    assert (result["status"], result["rounds"], len(result["steps"])) == ("loop", 2, 2)
+    assert result["output"] and any("repeated the same tool call" in w for w in result["warnings"])
+    requests = await chat_requests(mock)
+    assert len(requests) == 4 and "tools" not in requests[3]["body"]
 
 
 async def test_unknown_model_server_and_tool_are_422(bridge: httpx.AsyncClient) -> None:
@@ -184,12 +158,12 @@ async def test_allowed_tools_narrow_what_is_offered(bridge: httpx.AsyncClient, m
 
 
 async def test_stream_events_in_order(bridge: httpx.AsyncClient) -> None:
-    task = "Time? " + script(calls=[[call("time__get_current_time", {"timezone": "UTC"})]])
+    task = "Time? " + script(calls=[[TIME_CALL]])
     async with bridge.stream(
         "POST", "/v1/autonomous", json={"task": task, "mcp_servers": ["time"]}, headers={"Accept": "text/event-stream"}
     ) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
-        events = [e async for e in sse_events(response)]
+        events = await read_sse(response)
     kinds = [k for k, _ in events]
     assert kinds[0] == "run.started"
     assert kinds[-1] == "run.completed"
@@ -197,15 +171,6 @@ async def test_stream_events_in_order(bridge: httpx.AsyncClient) -> None:
     assert kinds.index("tool_call.started") < kinds.index("tool_call.completed")
     assert "round.started" in kinds and "message" in kinds
     assert events[-1][1]["status"] == "completed" and events[-1][1]["steps"][0]["tool"] == "get_current_time"
-
-
-@pytest.fixture(scope="module")
-async def live(mock_server: MockLMStudio, files: Path) -> AsyncIterator[httpx.AsyncClient]:
-    """The gateway behind a real uvicorn socket (ASGITransport buffers whole responses)."""
-    config = write_mcp_json(files.parent / "mcp-live.json", str(files))
-    settings = make_settings(lmstudio_base_url=mock_server.base_url, mcp_config=str(config))
-    async with served(settings, timeout=60) as client:
-        yield client
 
 
 async def test_first_event_is_sent_before_lmstudio_answers(live: httpx.AsyncClient, mock: MockLMStudio) -> None:
@@ -229,8 +194,12 @@ async def test_client_disconnect_cancels_the_run(live: httpx.AsyncClient, mock: 
         async with live.stream("POST", "/v1/autonomous", json=body, timeout=0.5) as response:
             async for _ in response.aiter_bytes():
                 pass
-    await asyncio.sleep(2.0)  # past the moment the model would have answered
-    [request] = await chat_requests(mock)
+
+    async def ended() -> dict[str, Any] | None:
+        [request] = await chat_requests(mock)
+        return request if request["ended"] is not None else None
+
+    request = await eventually(ended, what="the LM Studio call ending")  # abandoned, or answered at 1.5 s
     assert request["aborted"] is True
     graph = await live.post("/v1/mcp/servers/memory/tools/read_graph", json={})
     assert f"ghost-{stream}" not in json.dumps(graph.json())
@@ -243,7 +212,7 @@ async def test_errors_before_the_run_are_problems_not_streams(bridge: httpx.Asyn
 
 
 async def test_mirrors_of_the_original_tools(bridge: httpx.AsyncClient) -> None:
-    task = "Time? " + script(calls=[[call("time__get_current_time", {"timezone": "UTC"})]])
+    task = "Time? " + script(calls=[[TIME_CALL]])
     one = (await bridge.post("/v1/autonomous/with-mcp", json={"mcp_name": "time", "task": task})).json()
     assert one["mcp_servers"] == ["time"] and one["steps"][0]["server"] == "time"
     many = await bridge.post("/v1/autonomous/with-multiple-mcps", json={"mcp_names": ["time", "memory"], "task": task})
@@ -273,16 +242,14 @@ async def test_two_step_pipeline_with_two_models(bridge: httpx.AsyncClient) -> N
 
 
 async def test_deadline_gives_timeout_with_what_was_gathered(bridge: httpx.AsyncClient) -> None:
-    task = "Slow " + script(calls=[[call("time__get_current_time", {"timezone": "UTC"})]], delay_ms=700)
+    task = "Slow " + script(calls=[[TIME_CALL]], delay_ms=700)
     body = {"task": task, "mcp_servers": ["time"], "timeout_s": 1.0}
     result = (await bridge.post("/v1/autonomous", json=body)).json()
     assert result["status"] == "timeout"
     assert result["rounds"] == 1 and "UTC" in result["output"]
 
 
-async def test_model_mismatch_is_reported_and_flagged(tmp_path: Path) -> None:
-    from tests.mock_lmstudio.fixture import mock_lmstudio
-
+async def test_model_mismatch_is_reported_and_flagged() -> None:
     async with (
         mock_lmstudio("--pin-loaded-model") as pinned,
         app_client(make_settings(lmstudio_base_url=pinned.base_url, mcp_config=None)) as client,

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 import pytest
 
 from services.errors import MCPConfigError
-from tests.conftest import REPO, app_client, make_settings, write_mcp_json
+from tests.conftest import HELLO, app_client, make_settings
+from tests.helpers import REPO, write_mcp_json
 from tests.mock_lmstudio.fixture import MockLMStudio
 
 pytestmark = pytest.mark.timeout(180)
@@ -20,28 +21,14 @@ SECRET = "sk-very-secret-value-123"
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("mcpfiles")
-    (root / "hello.txt").write_text("hello from the filesystem server")
-    return root
-
-
-@pytest.fixture(scope="module")
-async def bridge(mock_server: MockLMStudio, files: Path) -> AsyncIterator[httpx.AsyncClient]:
-    slow = {
-        "command": sys.executable,
-        "args": ["-m", "tests.mcp_servers.fault_server"],
-        "timeout": 1,
-        "cwd": str(REPO),
-        "env": {"FAULT_TOKEN": SECRET},
+def mcp_extra() -> dict[str, dict[str, Any]]:
+    fault = {"command": sys.executable, "args": ["-m", "tests.mcp_servers.fault_server"], "cwd": str(REPO)}
+    return {
+        "slow": {**fault, "timeout": 1, "env": {"FAULT_TOKEN": SECRET}},
+        "broken": {**fault, "args": [*fault["args"], "--crash-on-start"]},
+        "missing": {"command": "/nonexistent/mcp-server-binary"},
+        "off": {"command": "whatever", "disabled": True},
     }
-    broken = {"command": sys.executable, "args": ["-m", "tests.mcp_servers.fault_server", "--crash-on-start"]}
-    missing = {"command": "/nonexistent/mcp-server-binary"}
-    off = {"command": "whatever", "disabled": True}
-    config = write_mcp_json(files.parent / "mcp.json", str(files), slow=slow, broken=broken, missing=missing, off=off)
-    settings = make_settings(lmstudio_base_url=mock_server.base_url, mcp_config=str(config))
-    async with app_client(settings, timeout=60) as client:
-        yield client
 
 
 async def test_server_list_shows_names_never_values(bridge: httpx.AsyncClient) -> None:
@@ -68,7 +55,7 @@ async def test_filesystem_read_text_file(bridge: httpx.AsyncClient, files: Path)
     response = await bridge.post(
         "/v1/mcp/servers/filesystem/tools/read_text_file", json={"path": str(files / "hello.txt")}
     )
-    assert response.json()["content"][0]["text"] == "hello from the filesystem server"
+    assert response.json()["content"][0]["text"] == HELLO
 
 
 async def test_memory_keeps_state_in_one_session(bridge: httpx.AsyncClient) -> None:

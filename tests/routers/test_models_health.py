@@ -5,7 +5,8 @@ from __future__ import annotations
 import httpx
 
 from tests.conftest import app_client, make_settings
-from tests.mock_lmstudio.fixture import MockLMStudio, free_port, mock_lmstudio
+from tests.mock_lmstudio.fixture import MockLMStudio, mock_lmstudio
+from tests.processes import free_port
 
 
 async def test_models_list_openai_shape_with_extras(client: httpx.AsyncClient) -> None:

@@ -13,23 +13,20 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from unittest.mock import patch
 
 import httpx
 import psutil
 import pytest
 
-from tests.conftest import REPO, app_client, make_settings, mcp_servers_json, served
-from tests.mock_lmstudio.fixture import MockLMStudio, free_port, start_mock
-from tests.processes import log_file
+from tests.conftest import app_client, make_settings, served
+from tests.helpers import REPO, call, eventually, mcp_servers_json, read_sse, script
+from tests.mock_lmstudio.fixture import MockLMStudio
+from tests.processes import free_port, log_file, log_tail, spawn_python, wait_healthy
 
 CHAT = "/v1/chat/completions"
 PROBLEM_JSON = "application/problem+json"
@@ -40,16 +37,7 @@ FAULT_TOOL_TIMEOUT_S = 0.5  # the per-server "timeout" of the `fault_timeout` en
 Child = tuple[int, float]  # (pid, create_time): a pid alone may be reused
 
 
-# --- scripting the mock ------------------------------------------------------------------------
-
-
-def script(**spec: Any) -> str:
-    """An inline `[[mock {...}]]` script for the mock LM Studio."""
-    return f"[[mock {json.dumps(spec)}]]"
-
-
-def call(name: str, arguments: Any) -> dict[str, Any]:
-    return {"name": name, "arguments": arguments}
+# --- faults of the mock ------------------------------------------------------------------------
 
 
 def chat_fault(kind: str, **params: Any) -> dict[str, Any]:
@@ -78,33 +66,6 @@ def assert_run(response: httpx.Response, status: str) -> dict[str, Any]:
     result: dict[str, Any] = response.json()
     assert result["status"] == status, result
     return result
-
-
-async def read_sse(response: httpx.Response) -> list[tuple[str, Any]]:
-    """Every (event, data) of a Server-Sent Events response."""
-    events: list[tuple[str, Any]] = []
-    event = None
-    async for line in response.aiter_lines():
-        if line.startswith("event: "):
-            event = line[7:]
-        elif line.startswith("data: ") and event:
-            events.append((event, json.loads(line[6:])))
-            event = None
-    return events
-
-
-async def eventually(check: Callable[[], Any], within_s: float = 10.0, what: str = "condition") -> None:
-    """Poll `check` (sync or async) until it is truthy."""
-    deadline = time.monotonic() + within_s
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {within_s:g} s")
-        await asyncio.sleep(0.05)
 
 
 # --- child processes ----------------------------------------------------------------------------
@@ -199,14 +160,10 @@ async def post_stream_run(client: httpx.AsyncClient, task: str, **body: Any) -> 
     return names[-1], events[-1][1], names[:-1]
 
 
-@dataclass
-class Gateway:
-    """A started gateway, the mock LM Studio behind it, and shortcuts for the scenarios."""
+class Runs:
+    """Shortcuts on a gateway's `client`."""
 
     client: httpx.AsyncClient
-    mock: MockLMStudio
-    mcp: bool
-    checked: bool = False
 
     async def run(self, task: str, **body: Any) -> httpx.Response:
         return await post_run(self.client, task, **body)
@@ -214,8 +171,25 @@ class Gateway:
     async def stream_run(self, task: str, **body: Any) -> tuple[str, Any, list[str]]:
         return await post_stream_run(self.client, task, **body)
 
+    async def run_tool_call(self, name: str, arguments: Any, **body: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A completed run in which the model calls `name` (`<server>__<tool>`) once: the result and its step."""
+        task = f"call {name} " + script(calls=[[call(name, arguments)]])
+        result = assert_run(await self.run(task, mcp_servers=[name.split("__")[0]], **body), "completed")
+        [step] = result["steps"]
+        return result, step
+
     async def tool(self, server: str, tool: str, **arguments: Any) -> httpx.Response:
         return await self.client.post(f"/v1/mcp/servers/{server}/tools/{tool}", json=arguments)
+
+
+@dataclass
+class Gateway(Runs):
+    """A started gateway, the mock LM Studio behind it, and shortcuts for the scenarios."""
+
+    client: httpx.AsyncClient
+    mock: MockLMStudio
+    mcp: bool
+    checked: bool = False
 
     async def chat_requests(self) -> list[dict[str, Any]]:
         return [r for r in await self.mock.requests() if r["path"] == CHAT]
@@ -229,14 +203,19 @@ class Gateway:
         assert response.status_code == 200, response.text
         return int(response.json()["content"][0]["text"])
 
+    async def fault_running(self, server: str = "fault") -> int:
+        """How many `slow` or `hang` calls the fault server is in the middle of."""
+        response = await self.tool(server, "running")
+        assert response.status_code == 200, response.text
+        return int(response.json()["content"][0]["text"])
+
     async def serves_normally(self) -> None:
         """GET /v1/models answers, and a short scripted run (with a tool when MCP is configured) completes."""
         models = await self.client.get("/v1/models")
         assert models.status_code == 200, models.text
         if self.mcp:
-            task = "normal " + script(calls=[[call("fault__echo", {"text": "still here"})]])
-            result = assert_run(await self.run(task, mcp_servers=["fault"]), "completed")
-            assert [s["is_error"] for s in result["steps"]] == [False], result["steps"]
+            result, step = await self.run_tool_call("fault__echo", {"text": "still here"})
+            assert not step["is_error"], step
             assert "still here" in result["output"]
         else:
             result = assert_run(await self.run("normal " + script(answer="fine")), "completed")
@@ -273,17 +252,6 @@ def open_gateway(mock: MockLMStudio, scenario_mcp_json: Path) -> GatewayFactory:
     return factory
 
 
-@contextlib.asynccontextmanager
-async def mock_on_port(port: int) -> AsyncIterator[MockLMStudio]:
-    """A second mock LM Studio on a chosen port (to bring a refused LM Studio back)."""
-    with patch("tests.mock_lmstudio.fixture.free_port", return_value=port):
-        mock = await start_mock()
-    try:
-        yield mock
-    finally:
-        await mock.stop()
-
-
 async def open_breaker(gw: Gateway, failures: int) -> None:
     """Fail `failures` runs with LM Studio 500s (each counts once: retries are off in these scenarios)."""
     await gw.mock.faults(*[chat_fault("status", status=500)] * failures)
@@ -305,7 +273,7 @@ SETTING_PREFIXES = ("BRIDGE_", "LMSTUDIO_", "MCP_", "DEFAULT_MODEL", "MODEL_CACH
 
 
 @dataclass
-class GatewayProcess:
+class GatewayProcess(Runs):
     process: asyncio.subprocess.Process
     port: int
     client: httpx.AsyncClient
@@ -315,12 +283,6 @@ class GatewayProcess:
     @property
     def ps(self) -> psutil.Process:
         return psutil.Process(self.process.pid)
-
-    async def run(self, task: str, **body: Any) -> httpx.Response:
-        return await post_run(self.client, task, **body)
-
-    async def stream_run(self, task: str, **body: Any) -> tuple[str, Any, list[str]]:
-        return await post_stream_run(self.client, task, **body)
 
     def rss(self) -> int:
         return int(self.ps.memory_info().rss)
@@ -332,7 +294,7 @@ class GatewayProcess:
         return now
 
     def log_tail(self, chars: int = 3000) -> str:
-        return Path(self.log_path).read_text(errors="replace")[-chars:]
+        return log_tail(self.log_path, chars)
 
     async def sigterm(self, within_s: float = 60.0) -> int:
         """SIGTERM, then the exit code (the process must stop within `within_s`)."""
@@ -349,30 +311,15 @@ async def gateway_process(port: int | None = None, **env: str) -> AsyncIterator[
     before = child_processes()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(SETTING_PREFIXES)}
     log = log_file("bridge-")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "app.cli",
-        "serve",
-        "--port",
-        str(port),
-        cwd=log.name.rsplit("/", 1)[0],  # away from a developer's .env
-        env={**clean, "PYTHONUNBUFFERED": "1", "BRIDGE_LOG_LEVEL": "WARNING", **env},
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    away_from_dotenv = Path(log.name).parent  # not the repository, where a developer's .env may be
+    gateway_env = {**clean, "BRIDGE_LOG_LEVEL": "WARNING", **env}
+    process = await spawn_python(
+        "app.cli", "serve", "--port", str(port), log=log, env=gateway_env, cwd=away_from_dotenv
     )
     client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=CLIENT_TIMEOUT_S)
     gp = GatewayProcess(process, port, client, log.name)
     try:
-
-        async def healthy() -> bool:
-            assert process.returncode is None, f"gateway exited early: {gp.log_tail()}"
-            with contextlib.suppress(httpx.TransportError):
-                return (await client.get("/healthz", timeout=1)).status_code == 200
-            return False
-
-        await eventually(healthy, 30, "gateway /healthz")
+        await wait_healthy(f"http://127.0.0.1:{port}/healthz", process, 30, gp.log_tail)
         yield gp
     finally:
         await client.aclose()

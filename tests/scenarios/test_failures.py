@@ -17,7 +17,9 @@ import httpx
 import psutil
 import pytest
 
-from tests.mock_lmstudio.fixture import MockLMStudio, free_port
+from tests.helpers import call, eventually, script
+from tests.mock_lmstudio.fixture import MockLMStudio, mock_lmstudio
+from tests.processes import free_port
 from tests.scenarios.conftest import (
     CHAT,
     FAULT_TOOL_TIMEOUT_S,
@@ -25,14 +27,10 @@ from tests.scenarios.conftest import (
     GatewayFactory,
     assert_problem,
     assert_run,
-    call,
     chat_fault,
-    eventually,
     gateway_process,
-    mock_on_port,
     open_breaker,
     scenario_mcp_config,
-    script,
     wait_half_open,
 )
 
@@ -59,7 +57,7 @@ async def test_lmstudio_refused_then_back(open_gateway: GatewayFactory) -> None:
         assert int(refused.headers["retry-after"]) >= 1
         ready = await gw.client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["lmstudio"]["code"] == "upstream_unavailable"
-        async with mock_on_port(port):
+        async with mock_lmstudio(port=port):  # LM Studio comes back on its port
             await gw.serves_normally()
 
 
@@ -337,9 +335,7 @@ async def test_mcp_crash_at_start(open_gateway: GatewayFactory) -> None:
 
 async def test_mcp_crash_mid_call_in_run(open_gateway: GatewayFactory) -> None:
     async with open_gateway(mcp=True) as gw:
-        task = "crash it " + script(calls=[[call("fault__crash", {})]])
-        result = assert_run(await gw.run(task, mcp_servers=["fault"]), "completed")
-        [step] = result["steps"]
+        _, step = await gw.run_tool_call("fault__crash", {})
         assert step["is_error"] and "closed the connection" in step["output"]
 
 
@@ -367,7 +363,11 @@ async def test_mcp_crash_with_calls_in_flight_counts_once(open_gateway: GatewayF
     async with open_gateway(mcp=True, breaker_failures=2) as gw:
         victim = psutil.Process(await gw.fault_pid())
         calls = [asyncio.ensure_future(gw.tool("fault", "slow", seconds=10)) for _ in range(4)]
-        await asyncio.sleep(0.5)  # let the four calls reach the server
+
+        async def all_running() -> bool:
+            return await gw.fault_running() == 4
+
+        await eventually(all_running, what="the four calls running in the server")
         victim.kill()
         for response in await asyncio.gather(*calls):
             assert_problem(response, 503, "mcp_server_unavailable")
@@ -377,9 +377,7 @@ async def test_mcp_crash_with_calls_in_flight_counts_once(open_gateway: GatewayF
 
 async def test_mcp_hang_in_run(open_gateway: GatewayFactory) -> None:
     async with open_gateway(mcp=True) as gw:
-        task = "hang " + script(calls=[[call("fault_timeout__hang", {})]])
-        result = assert_run(await gw.run(task, mcp_servers=["fault_timeout"]), "completed")
-        [step] = result["steps"]
+        _, step = await gw.run_tool_call("fault_timeout__hang", {})
         assert step["is_error"] and f"did not answer within {FAULT_TOOL_TIMEOUT_S:g}s" in step["output"]
 
 
@@ -401,8 +399,7 @@ async def test_mcp_breaker_opens_for_one_server(open_gateway: GatewayFactory) ->
 
 async def test_mcp_huge_output_truncated_in_run(open_gateway: GatewayFactory) -> None:
     async with open_gateway(mcp=True) as gw:
-        task = "huge " + script(calls=[[call("fault__huge", {"chars": 50_000})]])
-        [step] = assert_run(await gw.run(task, mcp_servers=["fault"]), "completed")["steps"]
+        _, step = await gw.run_tool_call("fault__huge", {"chars": 50_000})
         assert "output truncated by lmstudio-bridge" in step["output"]
         assert len(step["output"]) < 20_000 + 200 and not step["is_error"]
 
@@ -418,8 +415,7 @@ async def test_mcp_bad_schema_run_still_works(open_gateway: GatewayFactory) -> N
     async with open_gateway(mcp=True) as gw:
         tools = (await gw.client.get("/v1/mcp/servers/fault/tools")).json()["data"]
         assert "broken_schema" in {t["name"] for t in tools}
-        task = "broken schema " + script(calls=[[call("fault__broken_schema", {"x": "schema-less"})]])
-        [step] = assert_run(await gw.run(task, mcp_servers=["fault"]), "completed")["steps"]
+        _, step = await gw.run_tool_call("fault__broken_schema", {"x": "schema-less"})
         assert not step["is_error"] and step["output"] == "schema-less"
 
 
@@ -434,7 +430,7 @@ async def test_mcp_server_dies_during_shutdown(open_gateway: GatewayFactory) -> 
             await gw.serves_normally()
             victim = psutil.Process(await gw.fault_pid())
             in_flight = asyncio.ensure_future(gw.tool("fault", "slow", seconds=30))
-            await asyncio.sleep(0.2)
+            await eventually(gw.fault_running, what="the slow call running in the server")
             killer = asyncio.ensure_future(kill_soon(victim))  # fires while the app shuts down
         await killer
         assert_problem(await in_flight, 503, "mcp_server_unavailable")
@@ -458,9 +454,7 @@ async def test_mcp_unknown_tool_rest(open_gateway: GatewayFactory) -> None:
 
 async def test_tool_error_step(open_gateway: GatewayFactory) -> None:
     async with open_gateway(mcp=True) as gw:
-        task = "fail " + script(calls=[[call("fault__fail", {"message": "disk on fire"})]])
-        result = assert_run(await gw.run(task, mcp_servers=["fault"]), "completed")
-        [step] = result["steps"]
+        result, step = await gw.run_tool_call("fault__fail", {"message": "disk on fire"})
         assert step["is_error"] and "disk on fire" in step["output"] and "disk on fire" in result["output"]
 
 
@@ -474,8 +468,7 @@ async def test_malformed_tool_calls_from_model(open_gateway: GatewayFactory) -> 
 
 async def test_unknown_tool_from_model(open_gateway: GatewayFactory) -> None:
     async with open_gateway(mcp=True) as gw:
-        task = "invent a tool " + script(calls=[[call("fault__teleport", {})]])
-        [step] = assert_run(await gw.run(task, mcp_servers=["fault"]), "completed")["steps"]
+        _, step = await gw.run_tool_call("fault__teleport", {})
         assert step["is_error"] and "no tool named 'fault__teleport'" in step["output"]
 
 

@@ -18,8 +18,9 @@ import httpx
 import psutil
 import pytest
 
+from tests.helpers import call, script
 from tests.mock_lmstudio.fixture import MockLMStudio
-from tests.scenarios.conftest import PROBLEM_JSON, GatewayProcess, call, chat_fault, gateway_process, script
+from tests.scenarios.conftest import PROBLEM_JSON, GatewayProcess, chat_fault, gateway_process
 
 RUNS = 600
 CONCURRENCY = 16

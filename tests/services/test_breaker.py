@@ -8,6 +8,7 @@ import pytest
 
 from services.breaker import Breaker
 from services.errors import BridgeError, LLMConnectionError, LLMValidationError, UpstreamUnavailableError
+from tests.helpers import eventually
 
 
 class Clock:
@@ -35,6 +36,15 @@ async def fail() -> None:
 
 async def ok() -> str:
     return "ok"
+
+
+async def tripped(clock: Clock, reset_s: float = 5) -> Breaker:
+    """A breaker that one failure opens, just opened."""
+    breaker = make(clock, failures=1, reset_s=reset_s)
+    with pytest.raises(LLMConnectionError):
+        await breaker.call(fail)
+    assert breaker.state == "open"
+    return breaker
 
 
 async def test_opens_after_consecutive_failures_and_fails_fast() -> None:
@@ -72,9 +82,7 @@ async def test_success_resets_the_count_and_other_errors_do_not_count() -> None:
 
 async def test_half_open_admits_exactly_one_trial_among_20_callers() -> None:
     clock = Clock()
-    breaker = make(clock, failures=1, reset_s=5)
-    with pytest.raises(LLMConnectionError):
-        await breaker.call(fail)
+    breaker = await tripped(clock)
     clock.now += 5
     assert breaker.state == "half_open"
     entered = 0
@@ -93,7 +101,7 @@ async def test_half_open_admits_exactly_one_trial_among_20_callers() -> None:
             return exc
 
     tasks = [asyncio.ensure_future(caller()) for _ in range(20)]
-    await asyncio.sleep(0.01)
+    await eventually(lambda: entered == 1 and sum(t.done() for t in tasks) == 19, what="19 callers turned away")
     gate.set()
     results = await asyncio.gather(*tasks)
     assert entered == 1
@@ -105,9 +113,7 @@ async def test_half_open_admits_exactly_one_trial_among_20_callers() -> None:
 
 async def test_failed_trial_reopens() -> None:
     clock = Clock()
-    breaker = make(clock, failures=1, reset_s=5)
-    with pytest.raises(LLMConnectionError):
-        await breaker.call(fail)
+    breaker = await tripped(clock)
     clock.now += 5
     with pytest.raises(LLMConnectionError):
         await breaker.call(fail)
@@ -117,12 +123,16 @@ async def test_failed_trial_reopens() -> None:
 
 async def test_cancelled_trial_lets_the_next_caller_try() -> None:
     clock = Clock()
-    breaker = make(clock, failures=1, reset_s=5)
-    with pytest.raises(LLMConnectionError):
-        await breaker.call(fail)
+    breaker = await tripped(clock)
     clock.now += 5
-    task = asyncio.ensure_future(breaker.call(asyncio.Event().wait))
-    await asyncio.sleep(0.01)
+    trial_started = asyncio.Event()
+
+    async def trial() -> None:
+        trial_started.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.ensure_future(breaker.call(trial))
+    await eventually(trial_started.is_set, what="the trial call started")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -135,9 +145,7 @@ async def test_retry_after_ignores_the_wall_clock_timezone(monkeypatch: pytest.M
 
     time_module.tzset()
     try:
-        breaker = make(Clock(), failures=1, reset_s=30)
-        with pytest.raises(LLMConnectionError):
-            await breaker.call(fail)
+        breaker = await tripped(Clock(), reset_s=30)
         assert 0 < breaker.retry_after() <= 30
     finally:
         monkeypatch.delenv("TZ")

@@ -1,0 +1,176 @@
+"""The one builder of the gateway's parts, used by the app's lifespan, `lmstudio-bridge check` and the
+stdio MCP mode: every shared object built once from the settings and closed in reverse order."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from opentelemetry.sdk.trace import TracerProvider
+
+from app.settings import Settings
+from app.telemetry import instrument_client
+from services.agent import AgentService, RunDefaults
+from services.breaker import Breaker
+from services.errors import MCPConfigError, UpstreamUnavailableError
+from services.limits import RunLimiter
+from services.lmstudio import LMStudioClient, ModelCatalog, RetryPolicy, counts_against_lmstudio
+from services.mcp import MCPPool, MCPServerConfig, find_config_path, guard_recursion, load_mcp_config
+from services.metrics import Metrics, StateReader
+from services.openai_compat import OpenAICompat
+from services.status import StatusService
+
+log = logging.getLogger("lmstudio_bridge")
+
+
+@dataclass(frozen=True, slots=True)
+class MCPSetup:
+    path: Path | None
+    servers: dict[str, MCPServerConfig]
+
+    def secret_values(self) -> list[str]:
+        """MCP env and header values: never logged."""
+        return [v for cfg in self.servers.values() for v in (*cfg.env.values(), *cfg.headers.values())]
+
+
+def load_mcp_setup(settings: Settings) -> MCPSetup:
+    """Find and parse mcp.json; raises MCPConfigError naming the server and field."""
+    path = find_config_path(settings.mcp_config, Path.cwd(), Path.home())
+    servers = guard_recursion(load_mcp_config(path, os.environ), settings.host, settings.port)
+    for cfg in servers.values():
+        if cfg.is_bridge:
+            log.warning("MCP server %r skipped: it is lmstudio-bridge itself (recursion guard)", cfg.name)
+    return MCPSetup(path, servers)
+
+
+def load_mcp(settings: Settings) -> MCPSetup:
+    """mcp.json; an invalid file stops start-up with a message naming server and field."""
+    try:
+        return load_mcp_setup(settings)
+    except MCPConfigError as exc:
+        print(f"Invalid MCP configuration: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+@dataclass(slots=True)
+class BridgeState:
+    """Everything a request, a CLI command or an MCP tool call shares."""
+
+    settings: Settings
+    lmstudio: LMStudioClient
+    catalog: ModelCatalog
+    pool: MCPPool
+    mcp_config_path: Path | None
+    limiter: RunLimiter
+    agent: AgentService
+    compat: OpenAICompat
+    status: StatusService
+    metrics: Metrics
+
+
+def build_lmstudio(settings: Settings, metrics: Metrics) -> LMStudioClient:
+    token = settings.lmstudio_api_token.get_secret_value() if settings.lmstudio_api_token else None
+    breaker = Breaker(
+        "LM Studio",
+        failures=settings.breaker_failures,
+        reset_s=settings.breaker_reset_s,
+        counts=counts_against_lmstudio,
+        unavailable=lambda detail, wait: UpstreamUnavailableError(detail, retry_after=wait),
+    )
+    return LMStudioClient.create(
+        settings.lmstudio_base_url,
+        token=token,
+        connect_timeout_s=settings.lmstudio_connect_timeout_s,
+        read_timeout_s=settings.lmstudio_read_timeout_s,
+        max_connections=settings.lmstudio_max_connections,
+        retry=RetryPolicy(
+            settings.lmstudio_retries, settings.lmstudio_retry_backoff_s, settings.lmstudio_retry_backoff_max_s
+        ),
+        breaker=breaker,
+        metrics=metrics,
+    )
+
+
+def build_pool(settings: Settings, servers: dict[str, MCPServerConfig], metrics: Metrics) -> MCPPool:
+    return MCPPool(
+        servers,
+        call_timeout_s=settings.mcp_call_timeout_s,
+        start_timeout_s=settings.mcp_start_timeout_s,
+        idle_s=settings.mcp_idle_s,
+        max_concurrency=settings.mcp_max_concurrency,
+        breaker_failures=settings.breaker_failures,
+        breaker_reset_s=settings.breaker_reset_s,
+        metrics=metrics,
+        capture_content=settings.otel_capture_content,
+    )
+
+
+def _breaker_states(lmstudio: LMStudioClient, pool: MCPPool) -> dict[str, str]:
+    states: dict[str, str] = {"lmstudio": lmstudio.breaker.state} if lmstudio.breaker else {}
+    return states | {f"mcp:{s.name}": s.breaker for s in pool.status()}
+
+
+@asynccontextmanager
+async def open_gateway(
+    settings: Settings,
+    mcp: MCPSetup,
+    *,
+    metrics: Metrics | None = None,
+    tracer_provider: TracerProvider | None = None,
+    warmup: bool | None = None,
+) -> AsyncIterator[BridgeState]:
+    """Build every part once; on exit close them in reverse order (MCP servers stop, clients close)."""
+    metrics = metrics or Metrics()
+    async with AsyncExitStack() as stack:
+        lmstudio = build_lmstudio(settings, metrics)
+        stack.push_async_callback(lmstudio.aclose)
+        if tracer_provider is not None:
+            instrument_client(lmstudio.http, tracer_provider)
+            stack.callback(tracer_provider.force_flush)
+        catalog = ModelCatalog(
+            lmstudio.list_models,
+            ttl_s=settings.model_cache_ttl_s,
+            default_model=settings.default_model,
+            aliases=settings.model_aliases,
+        )
+        pool = build_pool(settings, mcp.servers, metrics)
+        stack.push_async_callback(pool.aclose)
+        await pool.start(warmup=settings.mcp_warmup if warmup is None else warmup)
+        limiter = RunLimiter(settings.max_concurrent_runs, settings.queue_timeout_s)
+        defaults = RunDefaults(
+            max_rounds=settings.max_rounds_default,
+            run_timeout_s=settings.run_timeout_s,
+            tool_output_max_chars=settings.tool_output_max_chars,
+            load_timeout_s=settings.lmstudio_load_timeout_s,
+            max_tokens=settings.max_tokens_default,
+            repeat_call_limit=settings.repeat_call_limit,
+            capture_content=settings.otel_capture_content,
+        )
+        agent = AgentService(lmstudio, catalog, pool, limiter, defaults, metrics)
+        metrics.watch(
+            StateReader(
+                runs_in_flight=lambda: limiter.in_flight,
+                runs_rejected=lambda: limiter.rejected,
+                live_sessions=pool.live_sessions,
+                cache_hits=lambda: catalog.hits,
+                cache_misses=lambda: catalog.misses,
+                breakers=lambda: _breaker_states(lmstudio, pool),
+            )
+        )
+        yield BridgeState(
+            settings=settings,
+            lmstudio=lmstudio,
+            catalog=catalog,
+            pool=pool,
+            mcp_config_path=mcp.path,
+            limiter=limiter,
+            agent=agent,
+            compat=OpenAICompat(lmstudio, catalog, agent),
+            status=StatusService(lmstudio, catalog, pool, limiter, mcp.path),
+            metrics=metrics,
+        )

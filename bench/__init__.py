@@ -1,0 +1,1 @@
+"""The benchmarks: `python -m bench` (`make bench`) writes docs/performance.md."""

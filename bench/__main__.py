@@ -1,0 +1,75 @@
+"""`make bench` (`python -m bench`): run the benchmarks in one process and write docs/performance.md.
+
+Absolute times drift on shared machines, so every figure is compared with baselines measured
+in the same run (see each section). Naming sections runs only those and prints their tables
+without touching docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import platform
+import sys
+import time
+from typing import Any
+
+from tests.helpers import REPO
+
+SECTIONS = ["mcp_call", "autonomous", "tracing", "passthrough", "catalog"]  # modules of bench/, in report order
+OUT = REPO / "docs" / "performance.md"
+
+
+def render(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "# Performance",
+        "",
+        "Produced by `make bench` (`python -m bench`); do not edit by hand.",
+        f"Run on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, {platform.machine()}.",
+        "",
+    ]
+    for result in results:
+        lines += [f"## {result['title']}", ""]
+        if result.get("note"):
+            lines += [str(result["note"]), ""]
+        lines += ["| measure | value | target |", "|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} |" for a, b, c in result["rows"]]
+        lines.append("")
+        if result.get("analysis"):
+            lines += [str(result["analysis"]), ""]
+    return "\n".join(lines)
+
+
+async def run(sections: list[str]) -> list[dict[str, Any]]:
+    results = []
+    for name in sections:
+        result: dict[str, Any] = await importlib.import_module(f"bench.{name}").run()
+        print(f"## {result['title']}")
+        for row in result["rows"]:
+            print("  ", " | ".join(row))
+        results.append(result)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("sections", nargs="*", metavar="SECTION", help=f"some of: {', '.join(SECTIONS)}")
+    parser.add_argument("--list", action="store_true", help="list the sections and exit")
+    args = parser.parse_args()
+    unknown = [name for name in args.sections if name not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    if args.list:
+        print("\n".join(SECTIONS))
+        return
+    results = asyncio.run(run(args.sections or SECTIONS))
+    if not args.sections:
+        OUT.write_text(render(results))
+        print(f"wrote {OUT}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

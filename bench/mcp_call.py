@@ -1,0 +1,140 @@
+"""Warm MCP tool call through REST vs a direct ClientSession call vs the floor."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    Contender,
+    Row,
+    budget_row,
+    compare,
+    cpu_row,
+    floor,
+    gateway,
+    http_client,
+    latency_row,
+    mcp_session,
+    nothing_listening,
+    post_json,
+    server_params,
+    verdict,
+    warm_up,
+    write_mcp_config,
+)
+
+N = 2000
+WARMUP = 200
+# (server, tool, arguments, expected text): our Python fault server and the Node "everything" server
+TOOLS: list[tuple[str, str, dict[str, Any], str]] = [
+    ("fault", "echo", {"text": "hi"}, "hi"),
+    ("everything", "echo", {"message": "hi"}, "Echo: hi"),
+]
+
+
+async def run() -> dict[str, object]:
+    async with contextlib.AsyncExitStack() as stack:
+        directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-mcp-")))
+        config = write_mcp_config(directory)
+        base = await stack.enter_async_context(floor())
+        bridge = await stack.enter_async_context(gateway(nothing_listening(), config))
+        client = await stack.enter_async_context(http_client())
+
+        floor_c = Contender("floor (fixed JSON)", post_json(client, base.url("/"), {"text": "hi"}), [base])
+        # what the gateway's framework and middleware cost alone: a route that does no work
+        health = Contender(
+            "gateway `GET /healthz` (framework + middleware, no work)",
+            post_json(client, bridge.url("/healthz")),
+            [bridge],
+        )
+        pairs: list[tuple[str, Contender, Contender]] = []
+        for server, tool, args, expected in TOOLS:
+            session = await stack.enter_async_context(mcp_session(server_params(directory, server)))
+            direct = Contender(f"direct `ClientSession.call_tool` {server}.{tool}", _direct(session, tool, args))
+            rest = Contender(
+                f"gateway `POST /v1/mcp/servers/{server}/tools/{tool}`",
+                post_json(client, bridge.url(f"/v1/mcp/servers/{server}/tools/{tool}"), args),
+                [bridge],
+            )
+            await _check(direct, rest, expected)
+            pairs.append((f"{server}.{tool}", direct, rest))
+        contenders = [floor_c, health, *(c for _, direct, rest in pairs for c in (direct, rest))]
+
+        await warm_up(contenders, WARMUP)
+        children_before = bridge.descendants()
+        await compare(contenders, N)
+        children_after = bridge.descendants()
+        spawns = len(children_after - children_before)
+        left_behind = await bridge.stop()
+
+        rows: list[Row] = [
+            latency_row(floor_c),
+            latency_row(health, "report: the gateway's fixed cost per request"),
+            cpu_row("gateway CPU per `GET /healthz`", health, bridge, unit="request"),
+        ]
+        for name, direct, rest in pairs:
+            rows += [
+                latency_row(direct),
+                latency_row(rest, "see next row"),
+                budget_row(rest, direct, floor_c, 0.3, f"direct {name}"),
+                cpu_row(f"gateway CPU per call, {name}", rest, bridge, unit="call"),
+            ]
+        rows += [
+            cpu_row("floor CPU per call", floor_c, base, unit="call"),
+            (
+                f"gateway child processes spawned during the {N * len(pairs):,} measured calls",
+                f"{spawns} ({verdict(spawns == 0)})",
+                "0",
+            ),
+            (
+                "gateway child processes left after its shutdown (SIGTERM)",
+                f"{left_behind} ({verdict(not left_behind)})",
+                "0",
+            ),
+        ]
+        return {
+            "title": "Warm MCP tool call through REST",
+            "note": (
+                f"`echo` of our Python fault server and of the Node `everything` server, {N:,} sequential calls "
+                f"per contender after {WARMUP} warm-up calls each, one keep-alive httpx client, the contenders "
+                "interleaved in 10 blocks. **Direct**: `ClientSession.call_tool` on a kept stdio session to the "
+                "same server command, in the benchmark process. **Gateway**: `python -m app.cli serve` "
+                "(BRIDGE_LOG_LEVEL=WARNING) as a subprocess, REST call with the arguments as body, its pooled "
+                "session warm. **Floor**: bench/floor.py, a Starlette app returning a fixed JSON, served by "
+                "uvicorn the same way. CPU = the server process's user+system time over the measured calls / calls "
+                "(the gateway's MCP children not included). Spawns = new child pids of the gateway (psutil) "
+                "between warm-up and the end of the measured calls."
+            ),
+            "rows": rows,
+            "analysis": (
+                "**Where the gap comes from** (measured in one process with `ASGITransport`, CPU per call, "
+                "2026-11-25): the bare SDK `call_tool` costs about 0.40 ms of client CPU and the pool's "
+                "`call_tool` about 0.55 ms (span, breaker, metrics, concurrency cap, timeout and the SDK's own "
+                "`MCP send` span); FastAPI with the gateway's middleware costs about 0.2 ms over the Starlette "
+                "floor on a route that does nothing (`GET /healthz` above); serving the HTTP request while the "
+                "stdio round trip is in flight adds about 0.25 ms of event-loop work that neither baseline pays. "
+                "Together that is about 1 ms over direct + floor: the +0.3 ms target is missed. Meeting it would "
+                "take a leaner MCP client than the SDK or a route outside FastAPI's request handling; both go "
+                "against the design (mcp SDK sessions, FastAPI routers), so they were not done."
+            ),
+        }
+
+
+def _direct(session: Any, tool: str, args: dict[str, Any]) -> Any:
+    async def call() -> Any:
+        return await session.call_tool(tool, args)
+
+    return call
+
+
+async def _check(direct: Contender, rest: Contender, expected: str) -> None:
+    """Both paths must do the work and get the same answer before anything is measured."""
+    direct_result: Any = await direct.call()
+    rest_result: Any = await rest.call()
+    direct_text = "".join(getattr(block, "text", "") for block in direct_result.content)
+    rest_text = "".join(block.get("text", "") for block in rest_result["content"])
+    if direct_text != expected or rest_text != expected or rest_result["is_error"]:
+        raise RuntimeError(f"unexpected tool answers: direct {direct_result!r}, gateway {rest_result!r}")

@@ -1,0 +1,187 @@
+"""The autonomous tools as an MCP server: streamable HTTP at `/mcp`, and stdio (`lmstudio-bridge mcp`).
+
+The tools call the same services as the REST routes; failures come back as `is_error` results that
+carry the problem document of the REST API (same `code`), and a run reports progress per event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from textwrap import shorten
+from typing import Annotated, Any
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp_types import CallToolResult, TextContent
+from pydantic import Field, TypeAdapter
+from starlette.routing import BaseRoute
+
+from app.errors import as_bridge_error
+from app.gateway import BridgeState
+from app.settings import Settings
+from services.agent import Emit, RunEvent, RunResult, RunSpec, result_data
+from services.errors import BridgeError
+
+log = logging.getLogger("lmstudio_bridge.mcp")
+
+MCP_PATH = "/mcp"
+PROGRESS_TEXT_MAX = 200
+INSTRUCTIONS = (
+    "Delegate a task to a local model in LM Studio: it carries the task out with the tools of the MCP "
+    "servers configured in the bridge's mcp.json and answers with the result and a record of every step."
+)
+
+Task = Annotated[str, Field(description="What the local model should do")]
+Model = Annotated[str | None, Field(description='Model id or alias; null or "default" picks the default model')]
+MaxRounds = Annotated[int, Field(description="Tool rounds before a final answer is asked for (1-100)")]
+MaxTokens = Annotated[int | None, Field(description="max_tokens of each LM Studio call")]
+BridgeContext = Context[Any, Any]
+
+
+def build_mcp_server(settings: Settings, state: Callable[[], BridgeState]) -> MCPServer[Any]:
+    """The MCP server; `state` returns the services the lifespan built (read at call time)."""
+    server: MCPServer[Any] = MCPServer(
+        "lmstudio-bridge", instructions=INSTRUCTIONS, version="0.1.0", log_level=settings.log_level
+    )
+    rounds = settings.max_rounds_default  # shown as the tools' default
+
+    async def run(ctx: BridgeContext, spec: RunSpec) -> RunResult:
+        opened = await state().agent.open(spec)
+        return await opened.execute(progress_reporter(ctx))
+
+    @server.tool()
+    async def autonomous_with_mcp(
+        mcp_name: Annotated[str, Field(description="The MCP server whose tools the model may use")],
+        task: Task,
+        ctx: BridgeContext,
+        model: Model = None,
+        max_rounds: MaxRounds = rounds,
+        max_tokens: MaxTokens = None,
+    ) -> CallToolResult:
+        """Let a local model carry out a task with the tools of one MCP server."""
+        spec = RunSpec(task=task, mcp_servers=[mcp_name], model=model, max_rounds=max_rounds, max_tokens=max_tokens)
+        return await answer(run(ctx, spec))
+
+    @server.tool()
+    async def autonomous_with_multiple_mcps(
+        mcp_names: Annotated[list[str], Field(description="The MCP servers whose tools the model may use")],
+        task: Task,
+        ctx: BridgeContext,
+        model: Model = None,
+        max_rounds: MaxRounds = rounds,
+        max_tokens: MaxTokens = None,
+    ) -> CallToolResult:
+        """Let a local model carry out a task with the tools of several MCP servers."""
+        spec = RunSpec(task=task, mcp_servers=mcp_names, model=model, max_rounds=max_rounds, max_tokens=max_tokens)
+        return await answer(run(ctx, spec))
+
+    @server.tool()
+    async def autonomous_discover_and_execute(
+        task: Task,
+        ctx: BridgeContext,
+        model: Model = None,
+        max_rounds: MaxRounds = rounds,
+        max_tokens: MaxTokens = None,
+    ) -> CallToolResult:
+        """Let a local model carry out a task with the tools of every enabled MCP server."""
+        spec = RunSpec(task=task, model=model, max_rounds=max_rounds, max_tokens=max_tokens)
+        return await answer(run(ctx, spec))
+
+    @server.tool()
+    async def list_available_mcps() -> CallToolResult:
+        """The MCP servers of the bridge's mcp.json with their status and tool counts."""
+        return await answer(servers(state()))
+
+    @server.tool()
+    async def list_models() -> CallToolResult:
+        """LM Studio's models (type, loaded or not, context length, tool use) and the default one."""
+        return await answer(models(state()))
+
+    @server.tool()
+    async def health_check() -> CallToolResult:
+        """Whether LM Studio answers, and the status of every MCP server."""
+        return await answer(health(state()))
+
+    return server
+
+
+def http_routes(server: MCPServer[Any], settings: Settings) -> list[BaseRoute]:
+    """The streamable HTTP route at exactly `/mcp` (its session manager runs in the app's lifespan)."""
+    # host: bound to loopback, the SDK accepts only loopback Host/Origin headers (DNS-rebinding protection)
+    return list(server.streamable_http_app(streamable_http_path=MCP_PATH, host=settings.host).routes)
+
+
+def progress_reporter(ctx: BridgeContext) -> Emit:
+    """An `emit` for `Run.execute` that sends one progress notification per run event."""
+    count = 0
+
+    async def emit(event: str, data: dict[str, Any]) -> None:
+        nonlocal count
+        count += 1
+        await ctx.report_progress(count, message=describe_event(event, data))
+
+    return emit
+
+
+_EVENT_TEXT: dict[str, Callable[[dict[str, Any]], str]] = {
+    RunEvent.STARTED: lambda d: (
+        f"run started: model {d['model']}, MCP servers: {', '.join(d['mcp_servers']) or 'none'}"
+    ),
+    RunEvent.ROUND_STARTED: lambda d: f"round {d['round']}: asking the model",
+    RunEvent.TOOL_CALL_STARTED: lambda d: f"round {d['round']}: calling {d['name']}",
+    RunEvent.TOOL_CALL_COMPLETED: lambda d: (
+        f"round {d['round']}: {d['name']} {'failed' if d['is_error'] else 'done'} in {d['duration_ms']:g} ms"
+    ),
+    RunEvent.MESSAGE: lambda d: f"round {d['round']}: {shorten(d['content'], PROGRESS_TEXT_MAX, placeholder=' ...')}",
+}
+
+
+def describe_event(event: str, data: dict[str, Any]) -> str:
+    """A one-line progress message for a run event."""
+    text = _EVENT_TEXT.get(event)
+    return text(data) if text else event
+
+
+async def servers(bridge: BridgeState) -> dict[str, Any]:
+    """The configured MCP servers, as `GET /v1/mcp/servers` lists them."""
+    return _wire(bridge.status.servers())
+
+
+async def models(bridge: BridgeState) -> dict[str, Any]:
+    """The model list, as `GET /v1/models` gives it (the default model marked)."""
+    return _wire(await bridge.status.models())
+
+
+async def health(bridge: BridgeState) -> dict[str, Any]:
+    """The same readiness document as `GET /readyz`."""
+    return _wire(await bridge.status.readiness())
+
+
+async def answer(work: Awaitable[RunResult | dict[str, Any]]) -> CallToolResult:
+    """A run as its output text, a dict as JSON text, each as structured content; failures as problems."""
+    try:
+        value = await work
+    except Exception as exc:
+        return problem_result(exc)
+    if isinstance(value, RunResult):
+        return _result(value.output, result_data(value))
+    return _result(json.dumps(value, indent=2, default=str), value)
+
+
+def problem_result(exc: Exception) -> CallToolResult:
+    """An `is_error` result carrying the REST API's problem document (same `code`)."""
+    err = as_bridge_error(exc)
+    if not isinstance(exc, BridgeError):
+        log.exception("MCP tool failed unexpectedly", exc_info=exc)
+    text = TextContent(type="text", text=f"{err.code}: {err.detail}")
+    return CallToolResult(content=[text], structured_content=err.problem(), is_error=True)
+
+
+def _result(text: str, data: dict[str, Any]) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
+
+
+def _wire(value: Any) -> dict[str, Any]:
+    """A service's wire dataclass as the JSON the REST API gives for it."""
+    return dict(TypeAdapter(type(value)).dump_python(value, mode="json"))

@@ -1,0 +1,88 @@
+"""`make demo` (`python -m scripts.demo`): the mock LM Studio, real MCP servers and the gateway, until Ctrl-C.
+
+The mock LM Studio is not a model: it follows `[[mock {...}]]` scripts inside the task (see
+tests/mock_lmstudio/__init__.py), so the README's curl makes it call a real MCP tool and then
+answer from the tool's output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from tests.helpers import REPO
+from tests.processes import free_port, wait_healthy
+
+
+def wait_until_up(url: str, process: subprocess.Popen[bytes]) -> None:
+    """Until `url` answers 200; exits the demo if the process stops first or it takes over a minute."""
+    try:
+        asyncio.run(wait_healthy(url, process))
+    except RuntimeError as exc:
+        raise SystemExit(f"{process.args!r}: {exc}") from None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.demo", description=__doc__)
+    parser.add_argument("--port", type=int, default=8000, help="gateway port")
+    parser.add_argument("--mock-port", type=int, default=0, help="mock LM Studio port (0 = any free port)")
+    args = parser.parse_args()
+    mock_port = args.mock_port or free_port()
+    demo_dir = REPO / ".demo"  # the filesystem server may read (and write) only here
+    demo_dir.mkdir(exist_ok=True)
+    (demo_dir / "hello.txt").write_text("Hello from a real MCP filesystem server!\n")
+    env = {
+        **os.environ,
+        "LMSTUDIO_BASE_URL": f"http://127.0.0.1:{mock_port}",
+        "MCP_CONFIG": str(REPO / "examples" / "demo-mcp.json"),
+        "DEMO_DIR": str(demo_dir),
+        "BRIDGE_PYTHON": sys.executable,
+    }
+    mock = subprocess.Popen([sys.executable, "-m", "tests.mock_lmstudio", "--port", str(mock_port)], cwd=REPO)
+    gateway = None
+    try:
+        wait_until_up(f"http://127.0.0.1:{mock_port}/_mock/health", mock)
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(args.port)],
+            cwd=REPO,
+            env=env,
+        )
+        wait_until_up(f"http://127.0.0.1:{args.port}/healthz", gateway)
+        print(
+            f"\n  mock LM Studio: http://127.0.0.1:{mock_port}\n  gateway:        http://127.0.0.1:{args.port}"
+            f"\n  demo files:     {demo_dir}\n\n  try:  curl localhost:{args.port}/v1/models\n"
+            "  (the README shows a whole run)   Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        while gateway.poll() is None and mock.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not abandon the children
+            signal.signal(sig, signal.SIG_IGN)
+        for process in (gateway, mock):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGINT)
+        for process in (gateway, mock):
+            if process is not None:
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+    print("demo stopped")
+    return 0
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _interrupt)
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""The agent: a model in LM Studio carries out a task by calling MCP tools.
+
+`AgentService.open(spec)` checks everything that can fail before a run starts (model, servers,
+tools, a free run slot) and returns a `Run`; `Run.execute(emit)` carries it out. The split lets
+the HTTP layer answer early failures with a problem document and stream everything after.
+"""
+
+from services.agent.loop import Emit, Run
+from services.agent.records import (
+    PROGRESS_EVENTS,
+    RUN_STATUSES,
+    RunEvent,
+    RunResult,
+    RunSpec,
+    RunStatus,
+    Step,
+    ToolChoice,
+    result_data,
+    result_json,
+    step_data,
+)
+from services.agent.service import MAX_ROUNDS_CAP, AgentService, RunDefaults
+
+__all__ = [
+    "MAX_ROUNDS_CAP",
+    "PROGRESS_EVENTS",
+    "RUN_STATUSES",
+    "AgentService",
+    "Emit",
+    "Run",
+    "RunDefaults",
+    "RunEvent",
+    "RunResult",
+    "RunSpec",
+    "RunStatus",
+    "Step",
+    "ToolChoice",
+    "result_data",
+    "result_json",
+    "step_data",
+]

@@ -1,0 +1,352 @@
+"""One run of the agent loop: ask the model, run the tools it calls, feed the results back, repeat."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from services.agent.arguments import Rejected, check_arguments, maybe_json
+from services.agent.records import RunEvent, RunResult, RunSpec, RunStatus, Step, ToolChoice, step_data
+from services.errors import BridgeError, ShuttingDownError
+from services.lmstudio import ChatResult, ResolvedModel, ToolCall, Usage
+from services.mcp import ToolSet, ToolSpec
+from services.text import scrub
+from services.tracing import clip, current_run_id, trace_id, tracer
+
+if TYPE_CHECKING:
+    from services.agent.service import AgentService
+
+log = logging.getLogger("lmstudio_bridge.agent")
+Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+TRUNCATION_MARKER = "\n[... output truncated by lmstudio-bridge: {omitted} of {total} characters omitted ...]"
+REPEATED_CALL_PROMPT = (
+    "You are calling the same tool with the same arguments again and again. Do not call tools. Using only the "
+    "tool results above, give your best final answer to the task now."
+)
+FINAL_ANSWER_PROMPT = (
+    "You have used all the tool rounds this task allows. Do not call tools. Using only the tool results "
+    "above, give your best final answer to the task now."
+)
+
+
+def default_system_prompt(servers: list[str]) -> str:
+    listing = ", ".join(servers) if servers else "none"
+    return (
+        "You are a capable assistant. You carry out the user's task by calling tools when they help. "
+        f"Tools come from these MCP servers: {listing}; a tool named <server>__<tool> belongs to <server>. "
+        "Base your answer on the tool results; do not invent them. When you have the answer, reply "
+        "without calling tools."
+    )
+
+
+def truncate(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit] + TRUNCATION_MARKER.format(omitted=len(text) - limit, total=len(text))
+
+
+class Run:
+    """One run, opened (slot held) by `AgentService.open`; `execute` releases the slot."""
+
+    def __init__(
+        self,
+        service: AgentService,
+        spec: RunSpec,
+        model: ResolvedModel,
+        servers: list[str],
+        tools: ToolSet,
+        warnings: list[str],
+    ) -> None:
+        self.service = service
+        self.spec = spec
+        self.model = model
+        self.servers = servers
+        self.tools = tools
+        self.run_id = f"run_{uuid.uuid4().hex[:24]}"
+        self.max_rounds = spec.max_rounds or service.defaults.max_rounds
+        self.steps: list[Step] = []
+        self.usage = Usage()
+        self.rounds = 0
+        self.warnings = warnings
+        self.answered_model = model.id
+        self._released = False
+        self._last_text = ""
+        self.client_calls: list[dict[str, Any]] = []
+        self.task: asyncio.Task[Any] | None = None
+        self._stopping = False
+        self._client_tool_names = {t.get("function", {}).get("name") for t in spec.client_tools}
+        self._last_call: tuple[str, str] | None = None
+        self._same_calls = 0
+
+    def release(self) -> None:
+        """Give the run slot back (idempotent); `execute` does it itself."""
+        if not self._released:
+            self._released = True
+            self.service.limiter.release()
+
+    def stop_for_shutdown(self) -> None:
+        """Cancel the run because the gateway stops; `execute` then raises ShuttingDownError."""
+        if self.task is not None and not self.task.done():
+            self._stopping = True
+            self.task.cancel()
+
+    async def execute(self, emit: Emit | None = None) -> RunResult:
+        """Carry out the run. Cancelling the calling task cancels the LM Studio call and tool calls."""
+        self.task = asyncio.current_task()
+        self.service.active.add(self)
+        current_run_id.set(self.run_id)
+        attributes = {
+            "bridge.run_id": self.run_id,
+            "gen_ai.request.model": self.model.id,
+            "bridge.mcp_servers": self.servers,
+            "gen_ai.operation.name": "invoke_agent",
+        }
+        if self.service.defaults.capture_content:
+            attributes["bridge.task"] = clip(self.spec.task)
+        started, status = time.monotonic(), "failed"
+        try:
+            with tracer.start_as_current_span("agent.run", attributes=attributes) as span:
+                result = await self._execute(emit)
+                status = result.status
+                span.set_attributes(
+                    {"bridge.status": status, "bridge.rounds": result.rounds, "gen_ai.response.model": result.model}
+                )
+                if self.service.defaults.capture_content:
+                    span.set_attribute("bridge.output", clip(result.output))
+                log.info(
+                    "run finished: %s after %d round(s), %d tool call(s), %d tokens, %.0f ms",
+                    status,
+                    result.rounds,
+                    len(result.steps),
+                    result.usage.total_tokens,
+                    result.duration_ms,
+                )
+                return result
+        except asyncio.CancelledError:
+            status = "cancelled"
+            if not self._stopping or self.task is None:
+                raise
+            self.task.uncancel()
+            raise ShuttingDownError(
+                f"The gateway shut down while run {self.run_id} was in progress", retry_after=5
+            ) from None
+        finally:
+            self.service.active.discard(self)
+            metrics = self.service.metrics
+            metrics.runs.labels(status).inc()
+            metrics.run_duration.labels(status).observe(time.monotonic() - started)
+            metrics.run_rounds.labels(status).observe(self.rounds)
+
+    async def _execute(self, emit: Emit | None) -> RunResult:
+        started = time.monotonic()
+        timeout_s = self.spec.timeout_s or self.service.defaults.run_timeout_s
+        deadline = started + timeout_s
+        status: RunStatus = "completed"
+        output = ""
+        emit = emit or _no_emit
+        try:
+            await emit(
+                RunEvent.STARTED,
+                {
+                    "run_id": self.run_id,
+                    "model": self.model.id,
+                    "mcp_servers": self.servers,
+                    "tools": [t.model_name for t in self.tools.tools],
+                },
+            )
+            try:
+                async with asyncio.timeout(timeout_s):
+                    status, output = await self._loop(emit, deadline)
+            except TimeoutError:
+                status, output = "timeout", self._gathered(f"The run reached its {timeout_s:g} s deadline.")
+        finally:
+            self.release()
+        return RunResult(
+            run_id=self.run_id,
+            status=status,
+            output=output,
+            model=self.answered_model,
+            mcp_servers=self.servers,
+            rounds=self.rounds,
+            steps=self.steps,
+            usage=self.usage,
+            duration_ms=round((time.monotonic() - started) * 1000, 2),
+            trace_id=trace_id(),
+            warnings=self.warnings,
+            tool_calls=self.client_calls,
+        )
+
+    def _initial_messages(self) -> list[dict[str, Any]]:
+        system = self.spec.system_prompt or default_system_prompt(self.servers)
+        if self.spec.messages:
+            has_system = any(m.get("role") == "system" for m in self.spec.messages)
+            return ([] if has_system else [{"role": "system", "content": system}]) + list(self.spec.messages)
+        return [{"role": "system", "content": system}, {"role": "user", "content": self.spec.task}]
+
+    async def _loop(self, emit: Emit, deadline: float) -> tuple[RunStatus, str]:
+        messages = self._initial_messages()
+        offered = [] if self.spec.tool_choice == "none" else self.tools.openai_tools() + self.spec.client_tools
+        while True:
+            if self.rounds >= self.max_rounds:
+                return "max_rounds", await self._final_answer(messages, emit, deadline, FINAL_ANSWER_PROMPT)
+            round_no = self.rounds + 1
+            await emit(RunEvent.ROUND_STARTED, {"round": round_no, "tools": bool(offered)})
+            # the request's tool_choice applies to the first round only: a forced call cannot loop forever
+            choice = self.spec.tool_choice if self.rounds == 0 else None
+            answer = await self._chat(messages, offered or None, deadline, tool_choice=choice)
+            if answer.content:
+                self._last_text = answer.content
+                await emit(RunEvent.MESSAGE, {"round": round_no, "content": answer.content})
+            if answer.finish_reason == "length":
+                return "length", self._cut_at_token_limit(answer)
+            if not answer.tool_calls:
+                return "completed", answer.content or ""
+            mine = [c for c in answer.tool_calls if c.name in self._client_tool_names]
+            if mine:  # the client runs its own tools: hand the calls back (MCP calls of this answer are dropped)
+                self.client_calls = [_wire_call(c) for c in mine]
+                return "completed", answer.content or ""
+            if self._repeats(answer.tool_calls):
+                self.warnings.append(
+                    f"The model repeated the same tool call {self.service.defaults.repeat_call_limit} times in a row; "
+                    "the run was ended with one last call without tools"
+                )
+                return "loop", await self._final_answer(messages, emit, deadline, REPEATED_CALL_PROMPT)
+            self.rounds += 1
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": answer.content,
+                    "tool_calls": [_wire_call(c) for c in answer.tool_calls],
+                }
+            )
+            steps = await asyncio.gather(
+                *(self._call(self.rounds, c.id, c.name, c.arguments, emit) for c in answer.tool_calls)
+            )
+            for step in steps:
+                messages.append({"role": "tool", "tool_call_id": step.tool_call_id, "content": step.output})
+
+    async def _final_answer(self, messages: list[dict[str, Any]], emit: Emit, deadline: float, prompt: str) -> str:
+        """One last call WITHOUT tools: the best answer from what was gathered."""
+        messages.append({"role": "user", "content": prompt})
+        await emit(RunEvent.ROUND_STARTED, {"round": self.rounds + 1, "tools": False})
+        answer = await self._chat(messages, None, deadline)
+        if answer.finish_reason == "length":
+            self._cut_at_token_limit(answer)
+        text = answer.content or self._gathered("The run ended before a final answer.")
+        await emit(RunEvent.MESSAGE, {"round": self.rounds + 1, "content": text})
+        return text
+
+    def _cut_at_token_limit(self, answer: ChatResult) -> str:
+        limit = self.spec.max_tokens or self.service.defaults.max_tokens
+        self.warnings.append(
+            f"The model hit its token limit (max_tokens {limit} or the context length); the answer is cut off"
+        )
+        return answer.content or self._gathered("The model hit its token limit.")
+
+    def _repeats(self, calls: list[ToolCall]) -> bool:
+        """True once the same call (name and arguments) has come `repeat_call_limit` times in a row."""
+        for call in calls:
+            signature = (call.name, call.arguments.strip())
+            self._same_calls = self._same_calls + 1 if signature == self._last_call else 1
+            self._last_call = signature
+            if self._same_calls >= self.service.defaults.repeat_call_limit:
+                return True
+        return False
+
+    async def _chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        deadline: float,
+        *,
+        tool_choice: ToolChoice | None = None,
+    ) -> ChatResult:
+        payload: dict[str, Any] = {**self.spec.extra_body, "model": self.model.id, "messages": messages}
+        if tools:
+            payload["tools"] = tools
+            if tool_choice is not None:
+                payload["tool_choice"] = tool_choice
+        payload["max_tokens"] = self.spec.max_tokens or self.service.defaults.max_tokens
+        if self.spec.temperature is not None:
+            payload["temperature"] = self.spec.temperature
+        first_load = not self.model.info.loaded and self.usage.total_tokens == 0
+        timeout_s = self.service.defaults.load_timeout_s if first_load else None
+        result = await self.service.lmstudio.chat(payload, timeout_s=timeout_s, deadline=deadline)
+        self.usage.add(result.usage)
+        if result.model and result.model != self.model.id and result.model != self.answered_model:
+            self.answered_model = result.model
+            self.warnings.append(
+                f"LM Studio answered with model {result.model!r} although {self.model.id!r} was requested"
+            )
+        return result
+
+    async def _call(self, round_no: int, call_id: str, name: str, raw_args: str, emit: Emit) -> Step:
+        call_id, name = scrub(call_id), scrub(name)
+        spec = self.tools.resolve(name)
+        arguments: Any = raw_args
+        await emit(
+            RunEvent.TOOL_CALL_STARTED,
+            {
+                "round": round_no,
+                "tool_call_id": call_id,
+                "name": name,
+                "server": spec.server if spec else None,
+                "tool": spec.name if spec else None,
+                "arguments": maybe_json(scrub(raw_args)),
+            },
+        )
+        started = time.monotonic()
+        if spec is None:
+            output, is_error = self._unknown_tool(name), True
+        else:
+            arguments, output, is_error = await self._invoke(spec, raw_args)
+        step = Step(
+            round=round_no,
+            tool_call_id=call_id,
+            name=name,
+            server=spec.server if spec else None,
+            tool=spec.name if spec else None,
+            arguments=arguments,
+            output=output,
+            is_error=is_error,
+            duration_ms=round((time.monotonic() - started) * 1000, 2),
+        )
+        self.steps.append(step)
+        await emit(RunEvent.TOOL_CALL_COMPLETED, step_data(step))
+        return step
+
+    def _unknown_tool(self, name: str) -> str:
+        names = ", ".join(t.model_name for t in self.tools.tools) or "(none)"
+        return f"Error: there is no tool named {name!r}. Available tools: {names}"
+
+    async def _invoke(self, spec: ToolSpec, raw_args: str) -> tuple[Any, str, bool]:
+        checked = check_arguments(spec, raw_args)
+        if isinstance(checked, Rejected):
+            return checked.arguments, checked.message, True
+        try:
+            result = await self.service.pool.call_tool(spec.server, spec.name, checked)
+        except BridgeError as exc:  # unavailable server, timeout, vanished tool: the model reads why
+            return checked, f"Error: {exc.detail}", True
+        return checked, truncate(result.text, self.service.defaults.tool_output_max_chars), result.is_error
+
+    def _gathered(self, reason: str) -> str:
+        """Best output available when the run ends without a final answer."""
+        if self._last_text:
+            return self._last_text
+        results = [f"- {s.name}: {s.output}" for s in self.steps if not s.is_error]
+        if not results:
+            return f"{reason} No tool results were gathered."
+        return f"{reason} Tool results gathered so far:\n" + "\n".join(results)
+
+
+async def _no_emit(event: str, data: dict[str, Any]) -> None:
+    return None
+
+
+def _wire_call(call: ToolCall) -> dict[str, Any]:
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": scrub(call.arguments)}}

@@ -1,0 +1,115 @@
+"""What a run is asked to do and what it reports: the one definition of the run's wire types.
+
+The dataclasses are plain (cheap to build in the loop) and are also the HTTP response models:
+pydantic reads the `Field` descriptions for the OpenAPI document and serialises them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import Field, TypeAdapter
+
+from services.lmstudio import Usage
+
+# length: the model hit its token limit; loop: it repeated the same tool call
+RunStatus = Literal["completed", "max_rounds", "timeout", "cancelled", "length", "loop"]
+RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
+
+
+# OpenAI's tool_choice: a mode, or {"type": "function", "function": {"name": "<server>__<tool>"}}
+ToolChoice = Literal["auto", "required", "none"] | dict[str, Any]
+
+
+class RunEvent(StrEnum):
+    """Names of a run's progress events (SSE `event:`, MCP progress), in the order they can occur."""
+
+    STARTED = "run.started"
+    ROUND_STARTED = "round.started"
+    TOOL_CALL_STARTED = "tool_call.started"
+    TOOL_CALL_COMPLETED = "tool_call.completed"
+    MESSAGE = "message"
+    COMPLETED = "run.completed"  # terminal: data = the run result
+    FAILED = "run.failed"  # terminal: data = a problem document
+
+
+PROGRESS_EVENTS = tuple(e for e in RunEvent if e not in (RunEvent.COMPLETED, RunEvent.FAILED))
+
+
+@dataclass(slots=True)
+class RunSpec:
+    """What a client asks for; `messages` (a chat conversation) replaces `task` when given.
+    Unset limits (None) take the gateway's settings."""
+
+    task: str
+    mcp_servers: list[str] | None = None
+    model: str | None = None
+    max_rounds: int | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    system_prompt: str | None = None
+    allowed_tools: list[str] | None = None
+    timeout_s: float | None = None
+    tool_choice: ToolChoice | None = None  # first round only; "none" offers no tools
+    messages: list[dict[str, Any]] | None = None
+    extra_body: dict[str, Any] = field(default_factory=dict)  # passed to LM Studio as is (e.g. ttl)
+    client_tools: list[dict[str, Any]] = field(default_factory=list)  # OpenAI function tools the CLIENT runs
+
+
+@dataclass(slots=True)
+class Step:
+    """One tool call of a run and its outcome."""
+
+    round: int
+    tool_call_id: str
+    name: Annotated[str, Field(description="The <server>__<tool> name the model called")]
+    server: str | None
+    tool: str | None
+    arguments: Annotated[Any, Field(description="Arguments as sent to the tool (the raw string if they were not JSON)")]
+    output: str
+    is_error: bool
+    duration_ms: float
+
+
+@dataclass(slots=True)
+class RunResult:
+    """The outcome of a run with the record of every step."""
+
+    run_id: str
+    status: RunStatus
+    output: str
+    model: Annotated[str, Field(description="The model that answered")]
+    mcp_servers: list[str]
+    rounds: Annotated[int, Field(description="Rounds that called tools")]
+    steps: list[Step]
+    usage: Usage
+    duration_ms: float
+    trace_id: str | None
+    warnings: Annotated[list[str], Field(description="e.g. LM Studio answered with another model")] = field(
+        default_factory=list
+    )
+    tool_calls: Annotated[
+        list[dict[str, Any]],
+        Field(description="Calls of the client's own function tools, handed back unexecuted (chat completions only)"),
+    ] = field(default_factory=list)
+
+
+_STEP = TypeAdapter(Step)
+_RESULT = TypeAdapter(RunResult)
+
+
+def step_data(step: Step) -> dict[str, Any]:
+    """The step as JSON-ready data."""
+    return dict(_STEP.dump_python(step, mode="json"))
+
+
+def result_data(result: RunResult) -> dict[str, Any]:
+    """The run result as JSON-ready data."""
+    return dict(_RESULT.dump_python(result, mode="json"))
+
+
+def result_json(result: RunResult) -> bytes:
+    """The run result as JSON bytes."""
+    return _RESULT.dump_json(result)

@@ -1,0 +1,109 @@
+"""The agent service: checks a run spec and opens runs (see `services.agent.loop` for the loop)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from services.agent.loop import Run
+from services.agent.records import RunSpec
+from services.errors import InvalidRequestError, MCPServerError, ShuttingDownError
+from services.limits import RunLimiter
+from services.lmstudio import LMStudioClient, ModelCatalog
+from services.mcp import MCPPool, ToolSet
+from services.metrics import Metrics
+
+MAX_ROUNDS_CAP = 100
+
+
+@dataclass(frozen=True, slots=True)
+class RunDefaults:
+    """The gateway's run settings (from `Settings`); a request's own values win."""
+
+    max_rounds: int
+    run_timeout_s: float
+    tool_output_max_chars: int
+    load_timeout_s: float | None
+    max_tokens: int
+    repeat_call_limit: int
+    capture_content: bool = False
+
+
+class AgentService:
+    """Opens agent runs over one LM Studio client, model catalog and MCP pool."""
+
+    def __init__(
+        self,
+        lmstudio: LMStudioClient,
+        catalog: ModelCatalog,
+        pool: MCPPool,
+        limiter: RunLimiter,
+        defaults: RunDefaults,
+        metrics: Metrics,
+    ) -> None:
+        self.lmstudio = lmstudio
+        self.catalog = catalog
+        self.pool = pool
+        self.limiter = limiter
+        self.defaults = defaults
+        self.metrics = metrics
+        self.accepting = True
+        self.active: set[Run] = set()
+
+    async def drain(self, grace_s: float) -> None:
+        """Refuse new runs, give runs in flight `grace_s` to finish, then stop them."""
+        self.accepting = False
+        tasks = {run.task for run in self.active if run.task is not None}
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_s)
+        for run in list(self.active):
+            run.stop_for_shutdown()
+        tasks = {run.task for run in self.active if run.task is not None}
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
+
+    async def open(self, spec: RunSpec) -> Run:
+        """Validate the spec and take a run slot; raises before anything runs."""
+        if not self.accepting:
+            raise ShuttingDownError("The gateway is shutting down; retry on another instance", retry_after=5)
+        if spec.max_rounds is None:
+            spec.max_rounds = self.defaults.max_rounds
+        if not 1 <= spec.max_rounds <= MAX_ROUNDS_CAP:
+            raise InvalidRequestError(f"max_rounds must be between 1 and {MAX_ROUNDS_CAP}")
+        if self.lmstudio.breaker is not None:
+            self.lmstudio.breaker.check()  # LM Studio is known to be down: fail in milliseconds
+        model = await self.catalog.resolve(spec.model)
+        servers, tools, warnings = await self._tools_for(spec)
+        await self.limiter.acquire()
+        if model.stale:
+            warnings.append("LM Studio did not answer the model list; the model was checked against the last list")
+        return Run(self, spec, model, servers, tools, warnings)
+
+    async def _tools_for(self, spec: RunSpec) -> tuple[list[str], ToolSet, list[str]]:
+        warnings: list[str] = []
+        if spec.mcp_servers is not None:
+            servers = list(dict.fromkeys(spec.mcp_servers))
+        else:  # every enabled server, started together; one that cannot start is left out, not fatal
+            names = self.pool.names()
+            listed = await asyncio.gather(*(self.pool.list_tools(n) for n in names), return_exceptions=True)
+            servers = []
+            for name, outcome in zip(names, listed, strict=True):
+                if isinstance(outcome, MCPServerError):
+                    warnings.append(f"MCP server {name!r} left out: {outcome.detail}")
+                elif isinstance(outcome, BaseException):
+                    raise outcome
+                else:
+                    servers.append(name)
+        tools = await self.pool.tool_set(servers)  # unknown name -> 422, cannot start -> 503
+        if spec.allowed_tools is not None:
+            known = {t.model_name for t in tools.tools}
+            unknown = [name for name in spec.allowed_tools if name not in known]
+            if unknown:
+                raise InvalidRequestError(
+                    f"allowed_tools names tools the chosen servers do not have: {', '.join(unknown)}",
+                    unknown_tools=unknown,
+                    available_tools=sorted(known),
+                )
+            allowed = set(spec.allowed_tools)
+            tools = ToolSet([t for t in tools.tools if t.model_name in allowed])
+        return servers, tools, warnings

@@ -1,0 +1,162 @@
+"""Model catalog: a cached, single-flight view of LM Studio's models, model resolution, and the list
+as `GET /v1/models` shows it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from services.errors import InvalidRequestError, LLMConnectionError, LLMTimeoutError, ModelNotFoundError
+from services.lmstudio.listing import ModelInfo, ModelType
+
+DEFAULT_NAMES = frozenset({"", "default"})
+ModelKind = Literal["chat", "embedding", "any"]  # what the caller will do with the model
+STALE_RETRY_S = 5.0  # while LM Studio is down, ask it again at most this often
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelEntry:
+    """A model as the gateway lists it: OpenAI's model object plus what LM Studio says of it."""
+
+    id: str
+    object: Literal["model"] = "model"
+    owned_by: str = "lmstudio"
+    type: ModelType
+    state: Annotated[Literal["loaded", "not-loaded"], Field(description="Whether LM Studio has it in memory")]
+    max_context_length: Annotated[int | None, Field(description="Context window in tokens, when LM Studio says")]
+    tool_use: Annotated[bool, Field(description="Trained for tool use, when LM Studio says")]
+    default: Annotated[bool, Field(description="True for the model a request without `model` gets")]
+
+    @classmethod
+    def of(cls, info: ModelInfo, *, default: bool) -> ModelEntry:
+        return cls(
+            id=info.id,
+            type=info.type,
+            state="loaded" if info.loaded else "not-loaded",
+            max_context_length=info.max_context_length,
+            tool_use=info.tool_use,
+            default=default,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    models: tuple[ModelInfo, ...]
+    by_id: dict[str, ModelInfo]
+    fetched_at: float
+    stale: bool = False  # LM Studio did not answer; this is the last list it gave
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedModel:
+    id: str
+    info: ModelInfo
+    stale: bool  # validated against a stale list because LM Studio did not answer
+
+
+class ModelCatalog:
+    """Caches the model list for `ttl_s`; concurrent misses share one upstream request."""
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[list[ModelInfo]]],
+        *,
+        ttl_s: float = 60.0,
+        default_model: str | None = None,
+        aliases: dict[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._fetch = fetch
+        self.ttl_s = ttl_s
+        self.default_model = default_model or None
+        self.aliases = dict(aliases or {})
+        self._clock = clock
+        self._snapshot: Snapshot | None = None
+        self._refresh: asyncio.Task[Snapshot] | None = None
+        self.hits = 0
+        self.misses = 0
+
+    def invalidate(self) -> None:
+        self._snapshot = None
+
+    async def snapshot(self) -> Snapshot:
+        """The cached list, refreshed when older than the TTL."""
+        snap = self._snapshot
+        if snap is not None and self._clock() - snap.fetched_at < self._max_age(snap):
+            self.hits += 1
+            return snap
+        self.misses += 1
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.ensure_future(self._load())
+        # shield: one caller going away must not cancel the refresh the others wait for
+        return await asyncio.shield(self._refresh)
+
+    def _max_age(self, snap: Snapshot) -> float:
+        return min(self.ttl_s, STALE_RETRY_S) if snap.stale else self.ttl_s
+
+    async def _load(self) -> Snapshot:
+        try:
+            models = await self._fetch()
+        except (LLMConnectionError, LLMTimeoutError):
+            if self._snapshot is None:
+                raise
+            old = self._snapshot
+            self._snapshot = Snapshot(old.models, old.by_id, self._clock(), stale=True)
+            return self._snapshot
+        snap = Snapshot(tuple(models), {m.id: m for m in models}, self._clock())
+        self._snapshot = snap
+        return snap
+
+    async def resolve(self, requested: str | None, *, kind: ModelKind = "chat") -> ResolvedModel:
+        """`None`/"default" -> DEFAULT_MODEL, else the first loaded LLM, else the first LLM.
+
+        An alias maps to its model id. `kind="embedding"` asks for an embedding model instead.
+        """
+        snap = await self.snapshot()
+        info = self._find(snap, requested, kind)
+        return ResolvedModel(info.id, info, snap.stale)
+
+    def default_id(self, snap: Snapshot) -> str | None:
+        """The id a chat request without `model` gets from this list, or None when no model fits."""
+        try:
+            return self._find(snap, None, "chat").id
+        except ModelNotFoundError:
+            return None
+
+    def entries(self, snap: Snapshot) -> list[ModelEntry]:
+        """The list as the gateway shows it, the default model marked."""
+        default = self.default_id(snap)
+        return [ModelEntry.of(m, default=m.id == default) for m in snap.models]
+
+    def _find(self, snap: Snapshot, requested: str | None, kind: ModelKind) -> ModelInfo:
+        name = (requested or "").strip()
+        wanted = self.aliases.get(name, name)
+        if wanted.lower() in DEFAULT_NAMES:
+            wanted = self.aliases.get(self.default_model or "", self.default_model or "")
+        if not wanted:
+            info = self._pick_default(snap, kind)
+        else:
+            found = snap.by_id.get(wanted)
+            if found is None:
+                raise ModelNotFoundError(name or wanted, [m.id for m in snap.models], self.aliases)
+            info = found
+        if kind != "any" and (kind == "embedding") == info.can_chat:
+            need = "an embedding model" if kind == "embedding" else "a chat (LLM/VLM) model"
+            raise InvalidRequestError(
+                f"Model {info.id!r} is a {info.type} model; this endpoint needs {need}",
+                model=info.id,
+                available_models=[m.id for m in snap.models if (kind == "embedding") != m.can_chat],
+            )
+        return info
+
+    def _pick_default(self, snap: Snapshot, kind: ModelKind) -> ModelInfo:
+        fits = [m for m in snap.models if (kind == "embedding") != m.can_chat]
+        loaded = [m for m in fits if m.loaded]
+        if loaded or fits:
+            return (loaded or fits)[0]
+        raise ModelNotFoundError("default", [m.id for m in snap.models], self.aliases)

@@ -1,0 +1,111 @@
+"""LM Studio's answers and httpx's failures mapped to the domain errors of `services.errors`.
+
+Failures that may pass (connect errors, 429, 502, 503, 504) are marked `retryable`.
+"""
+
+from __future__ import annotations
+
+import time
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from services.errors import (
+    LLMConnectionError,
+    LLMError,
+    LLMRateLimitError,
+    LLMResponseError,
+    LLMTimeoutError,
+    LLMValidationError,
+    ModelNotFoundError,
+    NotSupportedError,
+)
+
+RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+UNKNOWN_ENDPOINT = "Unexpected endpoint or method"  # LM Studio's 200 answer to a path it does not have
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def _error_message(body: Any) -> str:
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict):
+        return str(err.get("message") or err)
+    return str(err if err is not None else body)
+
+
+def _models_from_message(message: str) -> list[str]:
+    _, _, listing = message.partition("Your models:")
+    return [line.strip().lstrip("-• ").strip() for line in listing.splitlines() if line.strip()]
+
+
+def error_for_response(response: httpx.Response, model: str | None = None) -> LLMError | None:
+    """The domain error an LM Studio response (body read) stands for, or None when it is a success."""
+    status = response.status_code
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = None
+    if status < 400:
+        if body is None:
+            return LLMResponseError(f"LM Studio answered {status} with a body that is not JSON")
+        if isinstance(body, dict) and "error" in body and "choices" not in body and "data" not in body:
+            message = _error_message(body)
+            if message.startswith(UNKNOWN_ENDPOINT):
+                return NotSupportedError(f"This LM Studio does not support it: {message}")
+            return LLMResponseError(f"LM Studio answered with an error: {message}")
+        return None
+    message = _error_message(body) if body is not None else response.text[:500]
+    err: LLMError
+    code = body.get("error", {}).get("code") if isinstance(body, dict) and isinstance(body.get("error"), dict) else None
+    if status == 404 and (code == "model_not_found" or "not found" in message.lower()) and model:
+        return ModelNotFoundError(model, _models_from_message(message))
+    if status == 429:
+        err = LLMRateLimitError(f"LM Studio is rate limiting: {message}", retry_after=_retry_after(response))
+    elif status >= 500:
+        err = LLMResponseError(f"LM Studio answered {status}: {message}", retry_after=_retry_after(response))
+    else:
+        err = LLMValidationError(f"LM Studio rejected the request ({status}): {message}", upstream_status=status)
+    err.retryable = status in RETRYABLE_STATUS
+    return err
+
+
+def error_for_probe(response: httpx.Response, model: str | None = None) -> LLMError | None:
+    """For a model-list probe only a 429 or a 5xx is an error: any other answer may just mean
+    "not this API" (see `ModelAPI.models`)."""
+    if response.status_code == 429 or response.status_code >= 500:
+        return error_for_response(response, model)
+    return None
+
+
+def error_for_exception(exc: httpx.HTTPError) -> LLMError:
+    """The domain error a failed exchange (no answer, or an answer cut short) stands for."""
+    if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
+        err: LLMError = LLMConnectionError(f"LM Studio is not reachable: {exc.__class__.__name__}: {exc}")
+        err.retryable = True
+        return err
+    if isinstance(exc, httpx.TimeoutException):
+        return LLMTimeoutError(f"LM Studio did not answer in time ({exc.__class__.__name__})")
+    if isinstance(exc, httpx.RemoteProtocolError) and "without sending a response" in str(exc):
+        # a kept-alive connection closed by the server as the request went out: safe to send again
+        err = LLMConnectionError(f"LM Studio closed the connection before answering: {exc}")
+        err.retryable = True
+        return err
+    return LLMResponseError(f"LM Studio connection failed: {exc.__class__.__name__}: {exc}")
+
+
+def counts_against_lmstudio(exc: BaseException) -> bool:
+    """Failures that say LM Studio is down or broken (not a bad request, a missing model or a 429)."""
+    return isinstance(exc, LLMConnectionError | LLMTimeoutError | LLMResponseError)

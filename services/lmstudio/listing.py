@@ -1,0 +1,105 @@
+"""Model listing for LM Studio's three API generations, normalised to `ModelInfo`.
+
+`/api/v1/models` (0.4+), `/api/v0/models` (the older REST API) and OpenAI's `/v1/models`, richest first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+
+ModelType = Literal["llm", "vlm", "embedding"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """One model, normalised from whichever model-list API the server has."""
+
+    id: str
+    type: ModelType
+    loaded: bool
+    max_context_length: int | None = None
+    tool_use: bool = False
+
+    @property
+    def can_chat(self) -> bool:
+        return self.type != "embedding"
+
+
+def _parse_api_v1(body: Any) -> list[ModelInfo] | None:
+    models = body.get("models") if isinstance(body, dict) else None
+    if not isinstance(models, list):
+        return None
+    out = []
+    for m in models:
+        caps = m.get("capabilities") or {}
+        kind: ModelType = "embedding" if m.get("type") == "embedding" else "llm"
+        if kind == "llm" and caps.get("vision"):
+            kind = "vlm"
+        out.append(
+            ModelInfo(
+                id=str(m["key"]),
+                type=kind,
+                loaded=bool(m.get("loaded_instances")),
+                max_context_length=m.get("max_context_length"),
+                tool_use=bool(caps.get("trained_for_tool_use")),
+            )
+        )
+    return out
+
+
+def _parse_api_v0(body: Any) -> list[ModelInfo] | None:
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list) or (data and "state" not in data[0]):
+        return None
+    kinds: dict[str, ModelType] = {"embeddings": "embedding", "embedding": "embedding", "vlm": "vlm"}
+    return [
+        ModelInfo(
+            id=str(m["id"]),
+            type=kinds.get(str(m.get("type")), "llm"),
+            loaded=m.get("state") == "loaded",
+            max_context_length=m.get("max_context_length"),
+            tool_use="tool_use" in (m.get("capabilities") or []),
+        )
+        for m in data
+    ]
+
+
+def _parse_openai(body: Any) -> list[ModelInfo] | None:
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list):
+        return None
+    return [
+        ModelInfo(id=str(m["id"]), type="embedding" if "embed" in str(m["id"]).lower() else "llm", loaded=False)
+        for m in data
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelAPI:
+    """One model-list API: its name (as `LMStudioClient.models_api` reports it), path and parser."""
+
+    name: str
+    path: str
+    parse: Callable[[Any], list[ModelInfo] | None]
+
+    def models(self, response: httpx.Response) -> list[ModelInfo] | None:
+        """The models in an answer, or None when the answer says this server does not have the API
+        (a 4xx, a body that is not JSON, or LM Studio's 200 `{"error": "Unexpected endpoint..."}`)."""
+        if response.status_code >= 400:
+            return None
+        try:
+            body = response.json()
+        except ValueError:
+            return None
+        return self.parse(body)
+
+
+MODEL_APIS = (
+    ModelAPI("api-v1", "/api/v1/models", _parse_api_v1),
+    ModelAPI("api-v0", "/api/v0/models", _parse_api_v0),
+    ModelAPI("openai", "/v1/models", _parse_openai),
+)

@@ -1,0 +1,61 @@
+"""OpenTelemetry GenAI spans and token metrics of LM Studio calls."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from opentelemetry.trace import Span, SpanKind
+
+from services.lmstudio.chat import Usage
+from services.metrics import Metrics
+from services.tracing import tracer
+
+OPERATIONS = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "text_completion",
+    "/v1/embeddings": "embeddings",
+    "/v1/responses": "responses",
+}
+
+
+def operation_name(path: str) -> str:
+    """The GenAI operation name of an OpenAI-style path."""
+    return OPERATIONS.get(path, "request")
+
+
+@contextlib.contextmanager
+def gen_ai_span(operation: str, model: Any, *, stream: bool = False) -> Iterator[Span]:
+    """A client span following the OpenTelemetry GenAI conventions."""
+    name = f"{operation} {model}" if model else operation
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": operation,
+        "gen_ai.provider.name": "lmstudio",
+        "gen_ai.system": "lmstudio",
+    }
+    if model:
+        attributes["gen_ai.request.model"] = str(model)
+    if stream:
+        attributes["bridge.stream"] = True
+    with tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes) as span:
+        yield span
+
+
+def record_response(span: Span, body: Any, metrics: Metrics) -> None:
+    """Response model, usage and finish reasons on the span; tokens in the metrics."""
+    if not isinstance(body, dict):
+        return
+    model = str(body.get("model") or "")
+    usage = Usage.from_json(body.get("usage"))
+    prompt, completion = usage.prompt_tokens, usage.completion_tokens
+    reasons = [str(c.get("finish_reason")) for c in body.get("choices") or [] if isinstance(c, dict)]
+    if model:
+        span.set_attribute("gen_ai.response.model", model)
+    span.set_attribute("gen_ai.usage.input_tokens", prompt)
+    span.set_attribute("gen_ai.usage.output_tokens", completion)
+    if reasons:
+        span.set_attribute("gen_ai.response.finish_reasons", reasons)
+    if model and (prompt or completion):
+        metrics.tokens.labels(model, "input").inc(prompt)
+        metrics.tokens.labels(model, "output").inc(completion)

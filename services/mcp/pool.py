@@ -1,0 +1,208 @@
+"""MCP session pool: one lazily started, long-lived session per configured MCP server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import time
+from typing import Any, cast
+
+from opentelemetry.trace import SpanKind
+
+from services.breaker import Breaker
+from services.errors import (
+    MCPServerNotFoundError,
+    MCPServerUnavailableError,
+    MCPToolNotFoundError,
+    MCPToolTimeoutError,
+)
+from services.mcp.config import MCPServerConfig
+from services.mcp.connection import counts_against_server
+from services.mcp.session import RECURSION_SKIPPED, STOP_WAIT_S, ServerStatus, Session
+from services.mcp.tools import ToolResult, ToolSet, ToolSpec, model_tool_name
+from services.metrics import Metrics
+from services.tracing import clip, tracer
+
+DEFAULT_CALL_TIMEOUT_S = 60.0
+DEFAULT_START_TIMEOUT_S = 30.0
+DEFAULT_IDLE_S = 600.0
+DEFAULT_MAX_CONCURRENCY = 16
+
+
+class MCPPool:
+    """Lazily started MCP sessions, one per server, with restart, timeouts and idle close."""
+
+    def __init__(
+        self,
+        servers: dict[str, MCPServerConfig],
+        *,
+        call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
+        start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
+        idle_s: float = DEFAULT_IDLE_S,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        restart_backoff_s: float = 1.0,
+        restart_backoff_max_s: float = 30.0,
+        breaker_failures: int = 5,
+        breaker_reset_s: float = 30.0,
+        metrics: Metrics | None = None,
+        capture_content: bool = False,
+    ) -> None:
+        self.metrics = metrics or Metrics()
+        self.capture_content = capture_content
+
+        def session(cfg: MCPServerConfig) -> Session:
+            breaker = Breaker(
+                f"MCP server {cfg.name!r}",
+                failures=breaker_failures,
+                reset_s=breaker_reset_s,
+                counts=counts_against_server,
+                unavailable=lambda detail, wait: MCPServerUnavailableError(detail, retry_after=wait),
+            )
+            return Session(
+                cfg,
+                breaker,
+                max_concurrency=max_concurrency,
+                start_timeout_s=start_timeout_s,
+                backoff_s=restart_backoff_s,
+                backoff_max_s=restart_backoff_max_s,
+            )
+
+        self._sessions = {name: session(cfg) for name, cfg in servers.items()}
+        self._call_timeout_s = call_timeout_s
+        self._idle_s = idle_s
+        self._reaper: asyncio.Task[None] | None = None
+        # tool sets of server sets, kept while the tool lists they came from last
+        self._tool_sets: dict[tuple[str, ...], tuple[list[list[ToolSpec]], ToolSet]] = {}
+
+    @property
+    def spawn_count(self) -> int:
+        """Server processes started so far."""
+        return sum(s.spawn_count for s in self._sessions.values())
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self, *, warmup: bool = False) -> None:
+        """Launch the idle reaper; with `warmup`, start every enabled server (failures are recorded)."""
+        if self._reaper is None and self._idle_s > 0 and math.isfinite(self._idle_s):
+            self._reaper = asyncio.create_task(self._reap_loop(), name="mcp-pool-reaper")
+        if warmup:
+            await asyncio.gather(*(s.warm() for s in self._sessions.values() if not s.cfg.disabled))
+
+    async def aclose(self) -> None:
+        """Close every session and wait for the server processes to end."""
+        for session in self._sessions.values():
+            session.close()
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
+        owners = set().union(*(s.owners for s in self._sessions.values()))
+        if owners:
+            _, pending = await asyncio.wait(owners, timeout=STOP_WAIT_S)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=STOP_WAIT_S)
+
+    async def _reap_loop(self) -> None:
+        interval = min(max(self._idle_s / 4, 0.05), 5.0)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for session in self._sessions.values():
+                session.stop_if_idle(now, self._idle_s)
+
+    # --- queries -----------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        """Enabled server names, in config order."""
+        return [name for name, s in self._sessions.items() if not s.cfg.disabled]
+
+    def status(self) -> list[ServerStatus]:
+        """Status of every configured server (secret-free)."""
+        return [s.status() for s in self._sessions.values()]
+
+    def live_sessions(self) -> int:
+        """Number of sessions that are up and usable."""
+        return sum(1 for s in self._sessions.values() if s.live)
+
+    def _get(self, name: str) -> Session:
+        session = self._sessions.get(name)
+        if session is None:
+            raise MCPServerNotFoundError(name, self.names())
+        if session.cfg.disabled:
+            why = RECURSION_SKIPPED if session.cfg.is_bridge else "disabled in mcp.json"
+            raise MCPServerUnavailableError(f"MCP server {name!r} is {why}")
+        return session
+
+    async def list_tools(self, server: str) -> list[ToolSpec]:
+        """The server's tools (filtered by allowedTools/disabledTools); starts it if needed."""
+        return await self._get(server).list_tools(self._call_timeout_s)
+
+    async def tool_set(self, servers: list[str]) -> ToolSet:
+        """Tools of these servers (started concurrently) with collision-safe model names; the same
+        tool set object while none of the servers' tool lists changes."""
+        for name in servers:
+            self._get(name)
+        unique = tuple(dict.fromkeys(servers))
+        if len(unique) == 1:
+            lists = [await self.list_tools(unique[0])]
+        else:
+            results = await asyncio.gather(*(self.list_tools(n) for n in unique), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            lists = cast("list[list[ToolSpec]]", results)
+        cached = self._tool_sets.get(unique)
+        if cached is not None and all(a is b for a, b in zip(cached[0], lists, strict=True)):
+            return cached[1]
+        tools = ToolSet.named(spec for listed in lists for spec in listed)
+        self._tool_sets[unique] = (lists, tools)
+        return tools
+
+    # --- calls -------------------------------------------------------------------------
+
+    async def call_tool(
+        self,
+        server: str,
+        tool: str,
+        arguments: dict[str, Any],
+        *,
+        timeout_s: float | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> ToolResult:
+        """Call one tool. Tool-reported errors come back as `is_error=True`, not as exceptions.
+
+        Traced as `tools/call <server>__<tool>`; the SDK adds the trace context to the request's `_meta`.
+        """
+        session = self._get(server)
+        name = model_tool_name(server, tool)
+        attributes = {"mcp.server": server, "gen_ai.tool.name": tool, "gen_ai.operation.name": "execute_tool"}
+        started, outcome = time.perf_counter(), "error"
+        with tracer.start_as_current_span(f"tools/call {name}", kind=SpanKind.CLIENT, attributes=attributes) as span:
+            if self.capture_content:
+                span.set_attribute("bridge.tool.arguments", clip(json.dumps(arguments, default=str)))
+            try:
+                result = await session.call_tool(tool, arguments, timeout_s or self._call_timeout_s, meta)
+                outcome = "tool_error" if result.is_error else "ok"
+                if self.capture_content:
+                    span.set_attribute("bridge.tool.output", clip(result.text))
+                return result
+            except MCPToolTimeoutError:
+                outcome = "timeout"
+                raise
+            except MCPServerUnavailableError:
+                outcome = "unavailable"
+                raise
+            except MCPToolNotFoundError:
+                outcome = "not_found"
+                raise
+            finally:
+                span.set_attribute("bridge.tool.outcome", outcome)
+                span.set_attribute("bridge.tool.is_error", outcome != "ok")
+                self.metrics.tool_calls.labels(server, tool, outcome).inc()
+                self.metrics.tool_duration.labels(server, tool).observe(time.perf_counter() - started)

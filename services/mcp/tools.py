@@ -1,0 +1,164 @@
+"""Tools as the gateway sees them: one tool's spec, a call's result, the tool set offered to a model,
+and model-facing names (`<server>__<tool>` sanitised to `^[a-zA-Z0-9_-]{1,64}$`, collision-safe).
+
+The dataclasses are also the HTTP response models: their fields carry the OpenAPI descriptions, and
+internal-only fields are excluded from the wire. Constructing them validates nothing (hot path).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import mcp_types as mtypes
+from pydantic import Field
+
+MAX_TOOL_NAME_LEN = 64
+SEPARATOR = "__"
+_HASH_LEN = 8
+_INVALID = re.compile(r"[^a-zA-Z0-9_-]")
+VALID_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:_HASH_LEN]
+
+
+def _fit(name: str, key: str) -> str:
+    """Truncate to the limit, keeping a stable hash of `key` as the suffix."""
+    if len(name) <= MAX_TOOL_NAME_LEN:
+        return name
+    suffix = "_" + _short_hash(key)
+    return name[: MAX_TOOL_NAME_LEN - len(suffix)] + suffix
+
+
+def model_tool_name(server: str, tool: str) -> str:
+    """`<server>__<tool>` with invalid characters replaced by `_`, shortened with a hash when too long."""
+    raw = f"{server}{SEPARATOR}{tool}"
+    return _fit(_INVALID.sub("_", raw) or "_", raw)
+
+
+class ToolNameMap:
+    """Unique model names for (server, tool) pairs, and the way back."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
+        self._by_name: dict[str, tuple[str, str]] = {}
+        self._by_pair: dict[tuple[str, str], str] = {}
+        for pair in pairs:
+            if pair in self._by_pair:
+                continue
+            name = model_tool_name(*pair)
+            if name in self._by_name:
+                name = self._dedupe(name, pair)
+            self._by_name[name] = pair
+            self._by_pair[pair] = name
+
+    def _dedupe(self, base: str, pair: tuple[str, str]) -> str:
+        for n in range(2, 100):
+            suffix = f"_{n}"
+            candidate = base[: MAX_TOOL_NAME_LEN - len(suffix)] + suffix
+            if candidate not in self._by_name:
+                return candidate
+        suffix = "_" + _short_hash(f"{pair[0]}{SEPARATOR}{pair[1]}")
+        return base[: MAX_TOOL_NAME_LEN - len(suffix)] + suffix
+
+    def name_for(self, server: str, tool: str) -> str:
+        """The model name given to (server, tool); KeyError when it was not in the map."""
+        return self._by_pair[(server, tool)]
+
+    def resolve(self, model_name: str) -> tuple[str, str] | None:
+        """(server, tool) for a model-facing name, or None."""
+        return self._by_name.get(model_name)
+
+    def names(self) -> list[str]:
+        return list(self._by_name)
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """One tool of one MCP server, with the name the model sees."""
+
+    name: Annotated[str, Field(description="The tool's name on its server")]
+    model_name: Annotated[str, Field(description="The name offered to the model: <server>__<tool>")]
+    description: Annotated[str, Field(description="What the tool does, as its server describes it")]
+    input_schema: Annotated[dict[str, Any], Field(description="JSON Schema of the tool's arguments")]
+    server: Annotated[str, Field(exclude=True)]
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """The outcome of a tool call; `is_error` is the tool's own error flag."""
+
+    content: Annotated[list[dict[str, Any]], Field(description="MCP content blocks (text, image, resource, ...)")]
+    text: Annotated[str, Field(exclude=True)]  # the content summarised as text, for the model
+    structured_content: Annotated[
+        dict[str, Any] | None, Field(description="The tool's structured output, when it gives one")
+    ]
+    is_error: Annotated[bool, Field(description="True when the tool reported an error")]
+
+
+@dataclass
+class ToolSet:
+    """Tools of several servers with collision-safe model names."""
+
+    tools: list[ToolSpec]
+    _by_name: dict[str, ToolSpec] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_name = {t.model_name: t for t in self.tools}
+
+    @classmethod
+    def named(cls, specs: Iterable[ToolSpec]) -> ToolSet:
+        """The specs renamed so that no two share a model name (first come keeps `<server>__<tool>`)."""
+        specs = list(specs)
+        names = ToolNameMap((s.server, s.name) for s in specs)
+        return cls([dataclasses.replace(s, model_name=names.name_for(s.server, s.name)) for s in specs])
+
+    def resolve(self, model_name: str) -> ToolSpec | None:
+        """The tool a model-facing name refers to, or None."""
+        return self._by_name.get(model_name)
+
+    def openai_tools(self) -> list[dict[str, Any]]:
+        """The tools as OpenAI function tools."""
+        return [
+            {
+                "type": "function",
+                "function": {"name": t.model_name, "description": t.description, "parameters": t.input_schema},
+            }
+            for t in self.tools
+        ]
+
+
+def _summarise_block(block: Any) -> str:
+    if isinstance(block, mtypes.TextContent):
+        return block.text
+    if isinstance(block, mtypes.ImageContent | mtypes.AudioContent):
+        return f"[{block.type} {block.mime_type}]"
+    if isinstance(block, mtypes.ResourceLink):
+        return f"[resource {block.uri}]"
+    if isinstance(block, mtypes.EmbeddedResource):
+        res = block.resource
+        if isinstance(res, mtypes.TextResourceContents):
+            return res.text
+        return f"[resource {res.uri} {res.mime_type or 'binary'}]"
+    return f"[{getattr(block, 'type', 'content')}]"
+
+
+def to_tool_result(result: mtypes.CallToolResult) -> ToolResult:
+    """Convert the SDK's result into a plain ToolResult."""
+    content = [b.model_dump(mode="json", by_alias=True, exclude_none=True) for b in result.content]
+    text = "\n".join(_summarise_block(b) for b in result.content)
+    structured = result.structured_content if isinstance(result.structured_content, dict) else None
+    return ToolResult(content=content, text=text, structured_content=structured, is_error=bool(result.is_error))
+
+
+def error_result(text: str) -> ToolResult:
+    """A tool-error result carrying one text block."""
+    return ToolResult(content=[{"type": "text", "text": text}], text=text, structured_content=None, is_error=True)

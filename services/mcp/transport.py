@@ -1,0 +1,180 @@
+"""Transports to an MCP server (stdio child process or streamable HTTP), the child's stderr tail, and
+readable reasons for a failed start."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections import deque
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Self, cast
+
+import anyio
+import anyio.abc
+import httpx2
+import mcp_types as mtypes
+from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.message import SessionMessage
+from mcp_types import CONNECTION_CLOSED
+
+from services.mcp.config import MCPServerConfig
+
+STDERR_TAIL_LINES = 20
+_STDERR_LINE_CHARS = 500
+_READ_CHUNK = 65536
+_MAX_TOOL_PAGES = 100
+
+
+class StderrTail:
+    """The last lines a server process wrote to stderr."""
+
+    def __init__(self) -> None:
+        self.lines: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self._partial = b""
+
+    def absorb(self, chunk: bytes) -> None:
+        data = self._partial + chunk
+        *lines, self._partial = data.split(b"\n")
+        for line in lines:
+            text = line.decode("utf-8", "replace").rstrip()
+            if text:
+                self.lines.append(text[:_STDERR_LINE_CHARS])
+
+    def summary(self) -> str:
+        """The last three lines, joined (an unfinished last line counts)."""
+        if self._partial:
+            self.absorb(b"\n")
+        return " | ".join(list(self.lines)[-3:])
+
+
+class WatchedReadStream:
+    """Wraps a transport's read stream and reports when it ends (the connection died)."""
+
+    def __init__(self, inner: Any, on_close: Callable[[], None]) -> None:
+        self._inner = inner
+        self._on_close = on_close
+
+    def __getattr__(self, name: str) -> Any:  # `last_context` and friends
+        return getattr(self._inner, name)
+
+    async def receive(self) -> SessionMessage | Exception:
+        try:
+            return cast("SessionMessage | Exception", await self._inner.receive())
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._on_close()
+            raise
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+async def open_transport(
+    cfg: MCPServerConfig, stack: contextlib.AsyncExitStack, tg: anyio.abc.TaskGroup, stderr: StderrTail
+) -> tuple[Any, Any]:
+    """Enter the server's transport on `stack` and return its (read, write) streams; a stdio server's
+    stderr is read into `stderr` by a task in `tg`."""
+    if cfg.transport == "http":
+        assert cfg.url is not None
+        client = httpx2.AsyncClient(headers=cfg.headers, timeout=httpx2.Timeout(30.0, read=300.0))
+        await stack.enter_async_context(client)
+        return await stack.enter_async_context(streamable_http_client(cfg.url, http_client=client))
+    assert cfg.command is not None
+    params = StdioServerParameters(command=cfg.command, args=list(cfg.args), env=cfg.env or None, cwd=cfg.cwd)
+    read_fd, write_fd = os.pipe()
+    errlog = os.fdopen(write_fd, "w", encoding="utf-8", errors="replace")
+    try:
+        streams = await stack.enter_async_context(stdio_client(params, errlog=errlog))
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        errlog.close()  # the child holds its own copy
+    tg.start_soon(_read_stderr, read_fd, stderr)
+    return streams
+
+
+async def _read_stderr(fd: int, stderr: StderrTail) -> None:
+    os.set_blocking(fd, False)
+    try:
+        while True:
+            await anyio.wait_readable(fd)
+            try:
+                chunk = os.read(fd, _READ_CHUNK)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                return
+            stderr.absorb(chunk)
+    except OSError:
+        return
+    finally:
+        with contextlib.suppress(OSError):
+            while chunk := os.read(fd, _READ_CHUNK):
+                stderr.absorb(chunk)
+        os.close(fd)
+
+
+async def list_all_tools(session: ClientSession) -> list[mtypes.Tool]:
+    """Every page of the server's tool list."""
+    tools: list[mtypes.Tool] = []
+    cursor: str | None = None
+    for _ in range(_MAX_TOOL_PAGES):
+        params = mtypes.PaginatedRequestParams(cursor=cursor) if cursor else None
+        result = await session.list_tools(params=params)
+        tools.extend(result.tools)
+        cursor = result.next_cursor
+        if not cursor:
+            break
+    return tools
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        out: list[BaseException] = []
+        for sub in exc.exceptions:
+            out.extend(_leaves(sub))
+        return out
+    return [exc]
+
+
+def describe_failure(exc: BaseException, cfg: MCPServerConfig) -> str:
+    """Why a server could not start, in words an operator can act on."""
+    leaves = [e for e in _leaves(exc) if not isinstance(e, asyncio.CancelledError)] or [exc]
+    for leaf in leaves:
+        if isinstance(leaf, FileNotFoundError):
+            return f"command {cfg.command!r} not found"
+        if isinstance(leaf, PermissionError):
+            return f"command {cfg.command!r} is not executable"
+    for leaf in leaves:
+        if isinstance(leaf, OSError) and not isinstance(leaf, ConnectionError):
+            return f"cannot run {cfg.command!r}: {leaf.strerror or leaf}"
+    for leaf in leaves:
+        if isinstance(leaf, MCPError):
+            if leaf.code == CONNECTION_CLOSED:
+                return "the server closed the connection before initialization finished (did it exit?)"
+            return f"MCP error {leaf.code}: {leaf.message}"
+    for leaf in leaves:
+        if isinstance(leaf, httpx2.HTTPError):
+            return f"{type(leaf).__name__}: {leaf}"
+    leaf = leaves[0]
+    return f"{type(leaf).__name__}: {leaf}" if str(leaf) else type(leaf).__name__

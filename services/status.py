@@ -1,0 +1,112 @@
+"""What the gateway can serve right now: readiness, models and MCP servers, for REST and the MCP front door."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from services.errors import LLMError
+from services.limits import RunLimiter
+from services.lmstudio import LMStudioClient, ModelCatalog, ModelEntry
+from services.mcp import MCPPool, ServerStatus
+
+
+@dataclass(slots=True)
+class ModelList:
+    """LM Studio's models in the OpenAI list shape, with the gateway's extras."""
+
+    data: list[ModelEntry]
+    aliases: Annotated[dict[str, str], Field(description="BRIDGE_MODEL_ALIASES")]
+    stale: Annotated[bool, Field(description="LM Studio did not answer; this is the last list it gave")]
+    object: Literal["list"] = "list"
+
+
+@dataclass(slots=True)
+class ServerList:
+    """The servers of mcp.json (secret-free)."""
+
+    data: list[ServerStatus]
+    config_path: Annotated[str | None, Field(description="The mcp.json in use; null when none was found")]
+
+
+@dataclass(slots=True)
+class LMStudioReadiness:
+    url: str
+    ok: bool
+    breaker: Annotated[str | None, Field(description="closed, open or half_open")]
+    error: str | None = None
+    code: Annotated[str | None, Field(description="The problem code LM Studio's failure maps to")] = None
+
+
+@dataclass(slots=True)
+class ServerReadiness:
+    name: str
+    status: str
+    breaker: str
+    last_error: str | None
+
+
+@dataclass(slots=True)
+class MCPReadiness:
+    config_path: Annotated[str | None, Field(description="The mcp.json in use; null when none was found")]
+    servers: list[ServerReadiness]
+    note: str | None = None
+
+
+@dataclass(slots=True)
+class Readiness:
+    """Ready while LM Studio answers and its breaker is not open; MCP servers are reported, not required."""
+
+    status: Literal["ready", "not_ready"]
+    lmstudio: LMStudioReadiness
+    mcp: MCPReadiness
+    runs_in_flight: int = 0
+
+
+class StatusService:
+    """Readiness and listings, computed once for every front door."""
+
+    def __init__(
+        self,
+        lmstudio: LMStudioClient,
+        catalog: ModelCatalog,
+        pool: MCPPool,
+        limiter: RunLimiter,
+        mcp_config_path: Path | None,
+    ) -> None:
+        self.lmstudio = lmstudio
+        self.catalog = catalog
+        self.pool = pool
+        self.limiter = limiter
+        self.config_path = str(mcp_config_path) if mcp_config_path else None
+
+    async def models(self) -> ModelList:
+        """The model list (cached per MODEL_CACHE_TTL_S), the default one marked."""
+        snap = await self.catalog.snapshot()
+        return ModelList(data=self.catalog.entries(snap), aliases=self.catalog.aliases, stale=snap.stale)
+
+    def servers(self) -> ServerList:
+        """Every configured MCP server with its status."""
+        return ServerList(data=self.pool.status(), config_path=self.config_path)
+
+    async def readiness(self) -> Readiness:
+        """Ping LM Studio and report every MCP server."""
+        breaker = self.lmstudio.breaker
+        lmstudio = LMStudioReadiness(url=self.lmstudio.base_url, ok=True, breaker=breaker.state if breaker else None)
+        try:
+            await self.lmstudio.ping()
+        except LLMError as exc:
+            lmstudio.ok, lmstudio.error, lmstudio.code = False, exc.detail, exc.code
+        servers = [ServerReadiness(s.name, s.status, s.breaker, s.last_error) for s in self.pool.status()]
+        mcp = MCPReadiness(config_path=self.config_path, servers=servers)
+        if not servers:
+            mcp.note = (
+                "no MCP servers configured (no mcp.json found)"
+                if self.config_path is None
+                else ("mcp.json lists no servers")
+            )
+        ready = lmstudio.ok and lmstudio.breaker != "open"
+        return Readiness("ready" if ready else "not_ready", lmstudio, mcp, self.limiter.in_flight)

@@ -1,0 +1,39 @@
+"""Text that may not be valid Unicode: JSON allows lone surrogates ("\\udc00"), UTF-8 does not.
+
+Anything from a client, a model or a tool passes through here before it is sent on or rendered,
+so one bad string can neither break a shared MCP session nor a response.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def scrub(text: str) -> str:
+    """`text` with every lone surrogate replaced by U+FFFD (valid text is returned as is, cheaply)."""
+    if _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def unencodable_path(value: Any, path: str = "") -> str | None:
+    """The JSON path (e.g. `arguments.items[2]`) of the first string, or key, that UTF-8 cannot encode."""
+    if isinstance(value, str):
+        return path or "$" if _SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and _SURROGATE.search(key):
+                return here
+            found = unencodable_path(item, here)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = unencodable_path(item, f"{path}[{index}]")
+            if found:
+                return found
+    return None

@@ -1,0 +1,195 @@
+"""mcp.json loading: shapes, ${env:VAR} expansion, clear errors, lookup order, no secrets in repr."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.errors import MCPConfigError
+from services.mcp import MCPServerConfig, find_config_path, guard_recursion, is_bridge_entry, load_mcp_config
+
+
+def write(tmp_path: Path, data: Any) -> Path:
+    path = tmp_path / "mcp.json"
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+def load(tmp_path: Path, servers: dict[str, Any], environ: dict[str, str] | None = None) -> dict[str, MCPServerConfig]:
+    return load_mcp_config(write(tmp_path, {"mcpServers": servers}), environ or {})
+
+
+def test_full_config(tmp_path: Path) -> None:
+    env = {"HOME_DIR": "/home/u", "TOKEN": "t0k3n", "PORT": "8080"}
+    servers = load(
+        tmp_path,
+        {
+            "fs": {
+                "command": "npx",
+                "args": ["-y", "@modelcontextprotocol/server-filesystem", "${env:HOME_DIR}/docs"],
+                "env": {"API_KEY": "key-${env:TOKEN}"},
+                "cwd": "${env:HOME_DIR}",
+                "timeout": 12,
+                "allowedTools": ["read_text_file", "list_directory"],
+                "disabledTools": ["list_directory"],
+            },
+            "web": {
+                "type": "streamable-http",
+                "url": "http://localhost:${env:PORT}/mcp",
+                "headers": {"Authorization": "Bearer ${env:TOKEN}"},
+            },
+            "web2": {"type": "streamableHttp", "url": "https://example.com/mcp"},
+            "off": {"command": "x", "disabled": True},
+        },
+        env,
+    )
+    assert list(servers) == ["fs", "web", "web2", "off"]
+    fs = servers["fs"]
+    assert fs.transport == "stdio"
+    assert fs.args == ("-y", "@modelcontextprotocol/server-filesystem", "/home/u/docs")
+    assert fs.env == {"API_KEY": "key-t0k3n"}
+    assert fs.cwd == "/home/u"
+    assert fs.timeout_s == 12.0
+    assert fs.allowed_tools == frozenset({"read_text_file", "list_directory"})
+    assert fs.tool_allowed("read_text_file")
+    assert not fs.tool_allowed("list_directory")
+    assert not fs.tool_allowed("write_file")
+    web = servers["web"]
+    assert web.transport == "http"
+    assert web.url == "http://localhost:8080/mcp"
+    assert web.headers == {"Authorization": "Bearer t0k3n"}
+    assert servers["web2"].transport == "http"
+    assert servers["off"].disabled
+    # secrets never show in repr or describe()
+    for cfg in servers.values():
+        assert "t0k3n" not in repr(cfg)
+        assert "t0k3n" not in json.dumps(cfg.describe())
+    assert fs.describe()["env"] == ["API_KEY"]
+    assert web.describe()["headers"] == ["Authorization"]
+
+
+def test_url_credentials_and_query_hidden(tmp_path: Path) -> None:
+    cfg = load(tmp_path, {"w": {"url": "https://user:pw@host:9000/mcp?key=abc#x"}})["w"]
+    assert cfg.describe()["url"] == "https://host:9000/mcp"
+    assert "pw" not in repr(cfg)
+
+
+def test_none_path_is_empty() -> None:
+    assert load_mcp_config(None, {}) == {}
+
+
+def test_empty_servers(tmp_path: Path) -> None:
+    assert load_mcp_config(write(tmp_path, {"mcpServers": {}}), {}) == {}
+    assert load_mcp_config(write(tmp_path, {}), {}) == {}
+
+
+@pytest.mark.parametrize(
+    ("servers", "expected"),
+    [
+        ({"fs": {"args": ["a"]}}, 'mcp.json: server "fs": field "command" or "url" is required'),
+        ({"fs": {"command": "x", "args": "a b"}}, 'mcp.json: server "fs": field "args" must be a list of strings'),
+        ({"fs": {"command": "x", "args": [1, 2]}}, 'mcp.json: server "fs": field "args" must be a list of strings'),
+        ({"fs": {"command": 5}}, 'mcp.json: server "fs": field "command" must be a string'),
+        ({"fs": {"command": "x", "env": {"A": 1}}}, 'mcp.json: server "fs": field "env" must be an object'),
+        ({"fs": {"command": "x", "env": ["A=1"]}}, 'mcp.json: server "fs": field "env" must be an object'),
+        ({"fs": {"command": "x", "disabled": "yes"}}, 'mcp.json: server "fs": field "disabled" must be true or false'),
+        ({"fs": {"command": "x", "timeout": 0}}, 'mcp.json: server "fs": field "timeout" must be a number'),
+        ({"fs": {"command": "x", "timeout": "5"}}, 'mcp.json: server "fs": field "timeout" must be a number'),
+        ({"fs": {"command": "x", "allowedTools": "read"}}, 'server "fs": field "allowedTools" must be a list'),
+        ({"fs": {"command": "x", "disabledTools": [1]}}, 'server "fs": field "disabledTools" must be a list'),
+        ({"w": {"url": "http://h", "headers": {"A": 1}}}, 'mcp.json: server "w": field "headers" must be an object'),
+        ({"w": {"url": "ftp://h"}}, 'mcp.json: server "w": field "url" must start with http'),
+        ({"w": {"type": "sse", "url": "http://h/sse"}}, 'mcp.json: server "w": field "type" is "sse"'),
+        ({"w": {"type": "websocket", "url": "http://h"}}, 'server "w": field "type" has unknown value'),
+        ({"w": {"type": "http"}}, 'mcp.json: server "w": field "url" is required'),
+        ({"w": {"type": "stdio", "url": "http://h"}}, 'mcp.json: server "w": field "command" is required'),
+        ({"fs": "npx"}, 'mcp.json: server "fs" must be an object'),
+        ({"": {"command": "x"}}, "empty name"),
+        (
+            {"fs": {"command": "x", "args": ["${env:NOPE}"]}},
+            'mcp.json: server "fs": field "args" ${env:NOPE} refers to an unset environment variable',
+        ),
+        (
+            {"w": {"url": "http://h", "headers": {"Authorization": "Bearer ${env:NOPE}"}}},
+            'server "w": field "headers.Authorization" ${env:NOPE} refers to an unset environment variable',
+        ),
+    ],
+)
+def test_broken_configs(tmp_path: Path, servers: dict[str, Any], expected: str) -> None:
+    with pytest.raises(MCPConfigError) as info:
+        load(tmp_path, servers)
+    assert expected in str(info.value)
+
+
+def test_sse_message_is_clear(tmp_path: Path) -> None:
+    with pytest.raises(MCPConfigError, match="not supported"):
+        load(tmp_path, {"w": {"type": "sse", "url": "http://h/sse"}})
+
+
+def test_not_json(tmp_path: Path) -> None:
+    path = write(tmp_path, '{\n  "mcpServers": {\n    "fs": {command: "x"}\n  }\n}')
+    with pytest.raises(MCPConfigError) as info:
+        load_mcp_config(path, {})
+    assert str(info.value).startswith("mcp.json is not valid JSON: line 3 column 12: ")
+
+
+@pytest.mark.parametrize("data", [[], {"mcpServers": []}, {"mcpServers": "x"}])
+def test_wrong_top_level(tmp_path: Path, data: Any) -> None:
+    with pytest.raises(MCPConfigError, match=r"mcp\.json"):
+        load_mcp_config(write(tmp_path, data), {})
+
+
+def test_find_config_path_order(tmp_path: Path) -> None:
+    cwd = tmp_path / "work"
+    home = tmp_path / "home"
+    (home / ".lmstudio").mkdir(parents=True)
+    cwd.mkdir()
+    assert find_config_path(None, cwd, home) is None
+    (home / ".lmstudio" / "mcp.json").write_text("{}")
+    assert find_config_path(None, cwd, home) == home / ".lmstudio" / "mcp.json"
+    (cwd / "mcp.json").write_text("{}")
+    assert find_config_path(None, cwd, home) == cwd / "mcp.json"
+    explicit = tmp_path / "other.json"
+    explicit.write_text("{}")
+    assert find_config_path(str(explicit), cwd, home) == explicit
+    with pytest.raises(MCPConfigError, match="does not exist"):
+        find_config_path(str(tmp_path / "missing.json"), cwd, home)
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ({"command": "/home/u/bridge/.venv/bin/lmstudio-bridge", "args": ["mcp"]}, True),
+        ({"command": "C:\\bridge\\.venv\\Scripts\\lmstudio-bridge.exe", "args": ["mcp"]}, True),
+        ({"command": "python3", "args": ["-m", "app.cli", "mcp"]}, True),
+        ({"command": "uv", "args": ["run", "--directory", "/src/bridge", "lmstudio-bridge", "mcp"]}, True),
+        ({"command": "lmstudio-bridge", "args": ["serve"]}, False),
+        ({"command": "npx", "args": ["-y", "@modelcontextprotocol/server-filesystem", "mcp"]}, False),
+        ({"command": "python3", "args": ["-m", "mcp_server_time"]}, False),
+        ({"url": "http://localhost:8000/mcp"}, True),
+        ({"url": "http://127.0.0.1:8000/mcp/"}, True),
+        ({"url": "http://[::1]:8000/mcp"}, True),
+        ({"url": "http://gateway.lan:8000/mcp"}, True),  # the host the gateway is bound to
+        ({"url": "http://localhost:8001/mcp"}, False),
+        ({"url": "http://localhost:8000/other/mcp"}, False),
+        ({"url": "https://example.com:8000/mcp"}, False),
+        ({"url": "http://localhost/mcp"}, False),
+    ],
+)
+def test_is_bridge_entry(tmp_path: Path, entry: dict[str, Any], expected: bool) -> None:
+    cfg = load(tmp_path, {"x": entry})["x"]
+    assert is_bridge_entry(cfg, "gateway.lan", 8000) is expected
+
+
+def test_guard_recursion_disables_only_the_bridge(tmp_path: Path) -> None:
+    servers = load(
+        tmp_path,
+        {"time": {"command": "uvx", "args": ["mcp-server-time"]}, "me": {"url": "http://localhost:8000/mcp"}},
+    )
+    guarded = guard_recursion(servers, "127.0.0.1", 8000)
+    assert guarded["time"] is servers["time"]
+    assert guarded["me"].is_bridge and guarded["me"].disabled
+    assert not servers["me"].is_bridge  # configs are frozen: the guard returns new ones
