@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.errors import BridgeError, InvalidJSONError, InvalidRequestError
@@ -52,7 +53,7 @@ def as_bridge_error(exc: Exception) -> BridgeError:
     return BridgeError("The gateway failed unexpectedly; see its log for details")
 
 
-def problem_response(err: BridgeError, instance: str | None = None) -> JSONResponse:
+def problem_response(err: BridgeError, instance: str | None = None) -> Response:
     body = err.problem()
     if instance:
         body["instance"] = instance
@@ -64,10 +65,11 @@ def problem_response(err: BridgeError, instance: str | None = None) -> JSONRespo
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     if err.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="lmstudio-bridge"'
-    return JSONResponse(body, status_code=err.status, headers=headers, media_type=PROBLEM_JSON)
+    # ASCII-escaped JSON: a detail quoting a client's text (even a lone surrogate) always renders
+    return Response(json.dumps(body).encode(), status_code=err.status, headers=headers, media_type=PROBLEM_JSON)
 
 
-async def handle_error(request: Request, exc: Exception) -> JSONResponse:
+async def handle_error(request: Request, exc: Exception) -> Response:
     err = as_bridge_error(exc)
     if err.status >= 500 and not isinstance(exc, BridgeError):
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)

@@ -25,6 +25,7 @@ KEY="$(printf '%s\n' "$VERSION" "${CMAKE_OPTS[@]}" | sha256sum | cut -c1-10)"
 ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/lmstudio-bridge"
 CACHE="$ROOT/llama-server-$VERSION-$KEY"
 BIN="$CACHE/llama-server"
+if [[ "${1:-}" == "--path" ]]; then echo "$BIN"; exit 0; fi   # where it is (or will be); no build
 if [[ -x "$BIN" ]]; then echo "$BIN"; exit 0; fi
 
 mkdir -p "$CACHE"

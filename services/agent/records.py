@@ -6,11 +6,13 @@ pydantic reads the `Field` descriptions for the OpenAPI document and serialises 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, TypeAdapter
+from pydantic_core import PydanticSerializationError
 
 from services.lmstudio import Usage
 
@@ -111,5 +113,8 @@ def result_data(result: RunResult) -> dict[str, Any]:
 
 
 def result_json(result: RunResult) -> bytes:
-    """The run result as JSON bytes."""
-    return _RESULT.dump_json(result)
+    """The run result as JSON bytes; text that UTF-8 cannot hold is written as JSON escapes."""
+    try:
+        return _RESULT.dump_json(result)
+    except PydanticSerializationError:  # a lone surrogate that slipped through: never a failed response
+        return json.dumps(result_data(result)).encode()

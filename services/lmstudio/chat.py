@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from pydantic import ConfigDict, Field
 
 from services.errors import LLMResponseError
+from services.text import scrub
 
 
 @dataclass(slots=True)
@@ -56,7 +57,12 @@ def parse_chat(body: dict[str, Any]) -> ChatResult:
         choice = body["choices"][0]
         message = choice.get("message") or {}
         calls = [
-            ToolCall(str(c.get("id") or f"call_{i}"), c["function"]["name"], c["function"].get("arguments") or "")
+            # arguments stay as written: the agent checks them and tells the model what is wrong
+            ToolCall(
+                scrub(str(c.get("id") or f"call_{i}")),
+                scrub(str(c["function"]["name"])),
+                c["function"].get("arguments") or "",
+            )
             for i, c in enumerate(message.get("tool_calls") or [])
         ]
     except (KeyError, IndexError, TypeError) as exc:
@@ -64,10 +70,11 @@ def parse_chat(body: dict[str, Any]) -> ChatResult:
     for call in calls:  # some servers send arguments as an object, not a JSON string
         if not isinstance(call.arguments, str):
             call.arguments = json.dumps(call.arguments)
+    content = message.get("content")
     return ChatResult(
-        message.get("content"),
+        scrub(content) if isinstance(content, str) else None,
         calls,
         choice.get("finish_reason"),
-        str(body.get("model") or ""),
+        scrub(str(body.get("model") or "")),
         Usage.from_json(body.get("usage")),
     )

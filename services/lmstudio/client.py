@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 from opentelemetry import trace
@@ -140,7 +141,7 @@ class LMStudioClient:
                 response = await self.http.send(request, stream=True)
             else:
                 response = await self.transport.handle_async_request(request)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, aiohttp.ClientError) as exc:
             raise error_for_exception(exc) from exc
         if stream and response.status_code < 400 and "json" not in response.headers.get("content-type", ""):
             return response
@@ -148,7 +149,7 @@ class LMStudioClient:
             await response.aread()  # reads to the end, then releases the connection
         except BaseException as exc:
             await response.aclose()
-            if isinstance(exc, httpx.HTTPError):
+            if isinstance(exc, httpx.HTTPError | aiohttp.ClientError):
                 raise error_for_exception(exc) from exc
             raise
         error = check(response, model)

@@ -9,6 +9,8 @@ import time
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import aiohttp
+import aiohttp.http_exceptions
 import httpx
 
 from services.errors import (
@@ -90,20 +92,44 @@ def error_for_probe(response: httpx.Response, model: str | None = None) -> LLMEr
     return None
 
 
-def error_for_exception(exc: httpx.HTTPError) -> LLMError:
-    """The domain error a failed exchange (no answer, or an answer cut short) stands for."""
-    if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
-        err: LLMError = LLMConnectionError(f"LM Studio is not reachable: {exc.__class__.__name__}: {exc}")
-        err.retryable = True
-        return err
-    if isinstance(exc, httpx.TimeoutException):
-        return LLMTimeoutError(f"LM Studio did not answer in time ({exc.__class__.__name__})")
-    if isinstance(exc, httpx.RemoteProtocolError) and "without sending a response" in str(exc):
-        # a kept-alive connection closed by the server as the request went out: safe to send again
-        err = LLMConnectionError(f"LM Studio closed the connection before answering: {exc}")
-        err.retryable = True
-        return err
-    return LLMResponseError(f"LM Studio connection failed: {exc.__class__.__name__}: {exc}")
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and its causes (httpx-aiohttp raises httpx errors caused by aiohttp's)."""
+    out: list[BaseException] = []
+    while exc is not None and exc not in out:
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return out
+
+
+def _retryable(err: LLMError) -> LLMError:
+    err.retryable = True
+    return err
+
+
+def error_for_exception(exc: BaseException) -> LLMError:
+    """The domain error a failed exchange stands for, told apart truthfully: refused, timed out,
+    dropped before the answer was complete, or an answer that is not HTTP."""
+    chain = _chain(exc)
+    root = chain[-1]
+    name = f"{type(root).__name__}: {' '.join(str(root).split())[:200]}"
+    if any(isinstance(e, aiohttp.ServerDisconnectedError | httpx.RemoteProtocolError) for e in chain):
+        # also a kept-alive connection closed by the server as the request went out: safe to send again
+        return _retryable(LLMResponseError(f"LM Studio closed the connection before its answer was complete ({name})"))
+    if any(isinstance(e, aiohttp.ClientPayloadError | httpx.ReadError) for e in chain):
+        return LLMResponseError(f"LM Studio's answer was cut short ({name})")  # not resent: generating is costly
+    if any(isinstance(e, aiohttp.ClientResponseError | aiohttp.http_exceptions.HttpProcessingError) for e in chain):
+        return LLMResponseError(f"LM Studio answered with something that is not HTTP ({name})")
+    if any(isinstance(e, aiohttp.ConnectionTimeoutError | httpx.ConnectTimeout) for e in chain) and not any(
+        isinstance(e, aiohttp.ClientConnectorError) and not isinstance(e, aiohttp.ConnectionTimeoutError) for e in chain
+    ):
+        return _retryable(
+            LLMConnectionError(f"LM Studio is not reachable: no connection within the time limit ({name})")
+        )
+    if any(isinstance(e, aiohttp.ClientConnectorError | httpx.ConnectError) for e in chain):
+        return _retryable(LLMConnectionError(f"LM Studio is not reachable: the connection was refused ({name})"))
+    if any(isinstance(e, httpx.TimeoutException | aiohttp.ServerTimeoutError | TimeoutError) for e in chain):
+        return LLMTimeoutError(f"LM Studio did not answer in time ({type(exc).__name__})")
+    return LLMResponseError(f"LM Studio connection failed ({name})")
 
 
 def counts_against_lmstudio(exc: BaseException) -> bool:

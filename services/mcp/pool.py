@@ -13,6 +13,7 @@ from opentelemetry.trace import SpanKind
 
 from services.breaker import Breaker
 from services.errors import (
+    InvalidRequestError,
     MCPServerNotFoundError,
     MCPServerUnavailableError,
     MCPToolNotFoundError,
@@ -23,8 +24,11 @@ from services.mcp.connection import counts_against_server
 from services.mcp.session import RECURSION_SKIPPED, STOP_WAIT_S, ServerStatus, Session
 from services.mcp.tools import ToolResult, ToolSet, ToolSpec, model_tool_name
 from services.metrics import Metrics
+from services.text import unencodable_path
 from services.tracing import clip, tracer
 
+UNKNOWN_TOOL = "(unknown)"  # the metric label of calls to tools the server does not have
+MAX_LABEL_CHARS = 64
 DEFAULT_CALL_TIMEOUT_S = 60.0
 DEFAULT_START_TIMEOUT_S = 30.0
 DEFAULT_IDLE_S = 600.0
@@ -180,6 +184,11 @@ class MCPPool:
         Traced as `tools/call <server>__<tool>`; the SDK adds the trace context to the request's `_meta`.
         """
         session = self._get(server)
+        bad = unencodable_path(arguments)
+        if bad:  # it would break the server's stream and with it the session every caller shares
+            raise InvalidRequestError(
+                f"The argument {bad} holds text that is not valid Unicode (a lone surrogate)", field=bad
+            )
         name = model_tool_name(server, tool)
         attributes = {"mcp.server": server, "gen_ai.tool.name": tool, "gen_ai.operation.name": "execute_tool"}
         started, outcome = time.perf_counter(), "error"
@@ -204,5 +213,7 @@ class MCPPool:
             finally:
                 span.set_attribute("bridge.tool.outcome", outcome)
                 span.set_attribute("bridge.tool.is_error", outcome != "ok")
-                self.metrics.tool_calls.labels(server, tool, outcome).inc()
-                self.metrics.tool_duration.labels(server, tool).observe(time.perf_counter() - started)
+                # label values stay bounded: only tools the server has, never what a client made up
+                label = tool[:MAX_LABEL_CHARS] if session.knows_tool(tool) else UNKNOWN_TOOL
+                self.metrics.tool_calls.labels(server, label, outcome).inc()
+                self.metrics.tool_duration.labels(server, label).observe(time.perf_counter() - started)

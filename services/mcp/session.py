@@ -149,6 +149,11 @@ class Session:
             cached = self._spec_cache = (conn.tools, specs)
         return cached[1]
 
+    def knows_tool(self, tool: str) -> bool:
+        """True when the server's last tool list offers `tool`."""
+        listed = self._listed
+        return listed is not None and any(spec.name == tool for spec in self._specs(listed))
+
     def _not_found(self, conn: Connection, tool: str) -> MCPToolNotFoundError:
         return MCPToolNotFoundError(self.cfg.name, tool, [spec.name for spec in self._specs(conn)])
 
