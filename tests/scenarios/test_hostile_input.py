@@ -1,0 +1,261 @@
+"""What a careless client, an attacker or a broken model can send, kept as regression tests:
+none of it may break another client's session, blow up /metrics, or answer 500."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import socket
+import string
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from app.header_timeout import header_timeout_protocol
+from app.main import create_app
+from app.settings import Settings
+from services.lmstudio import LMStudioClient, RetryPolicy
+from services.metrics import Metrics
+from tests.helpers import call, eventually, read_sse, script
+from tests.processes import free_port
+
+SURROGATE = "\udc00"
+ECHO = "/v1/mcp/servers/fault/tools/echo"
+
+
+def raw_json(body: Any) -> dict[str, Any]:
+    """A body sent as ASCII-escaped JSON, the way a client can send a lone surrogate ("\\udc00")."""
+    return {"content": json.dumps(body).encode(), "headers": {"Content-Type": "application/json"}}
+
+
+async def fault_pid(bridge: httpx.AsyncClient) -> int:
+    return int((await bridge.post("/v1/mcp/servers/fault/tools/pid", json={})).json()["content"][0]["text"])
+
+
+# --- 1. lone surrogates never reach a shared MCP session ------------------------------------------
+
+
+async def test_a_surrogate_argument_is_422_naming_the_field(bridge: httpx.AsyncClient) -> None:
+    assert (await bridge.post(ECHO, json={"text": "warm"})).status_code == 200
+    response = await bridge.post(ECHO, **raw_json({"text": "bad " + SURROGATE}))
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "validation_error" and response.json()["field"] == "text"
+    again = await bridge.post(ECHO, json={"text": "still here"})
+    assert again.status_code == 200 and again.json()["content"][0]["text"] == "still here"
+
+
+async def test_poison_beside_normal_traffic_breaks_nothing(bridge: httpx.AsyncClient) -> None:
+    pid = await fault_pid(bridge)
+    stop = asyncio.Event()
+    poison_answers: list[int] = []
+
+    async def poison() -> None:
+        while not stop.is_set():
+            bad = {"text": random.choice([SURROGATE, "\ud800x", "a\udfff" * 3])}
+            poison_answers.append((await bridge.post(ECHO, **raw_json(bad))).status_code)
+            await asyncio.sleep(0)
+
+    async def normal(i: int) -> int:
+        response = await bridge.post(ECHO, json={"text": f"call {i}"})
+        return response.status_code if response.json()["content"][0]["text"] == f"call {i}" else -1
+
+    poisoner = asyncio.ensure_future(poison())
+    try:
+        codes = [await normal(i) for i in range(150)]
+    finally:
+        stop.set()
+        await poisoner
+    assert codes == [200] * 150
+    assert poison_answers and set(poison_answers) == {422}
+    after = {s["name"]: s for s in (await bridge.get("/v1/mcp/servers")).json()["data"]}["fault"]
+    assert after["status"] == "ready" and after["last_error"] is None and after["breaker"] == "closed"
+    assert await fault_pid(bridge) == pid  # the same process: the session was never restarted
+
+
+SURROGATE_RUN = "Echo " + script(calls=[[call("fault__echo", {"text": "x" + SURROGATE})]], answer="done")
+
+
+async def test_a_run_whose_model_writes_a_surrogate_answers_200(bridge: httpx.AsyncClient) -> None:
+    body = {"task": SURROGATE_RUN, "mcp_servers": ["fault"]}
+    response = await bridge.post("/v1/autonomous", json=body)
+    assert response.status_code == 200, response.text
+    step = response.json()["steps"][0]
+    assert step["is_error"] and "not valid Unicode" in step["output"]
+    assert response.json()["status"] == "completed"
+
+
+async def test_the_surrogate_run_streams_to_the_end(live: httpx.AsyncClient) -> None:
+    body = {"task": SURROGATE_RUN, "mcp_servers": ["fault"], "stream": True}
+    async with live.stream("POST", "/v1/autonomous", json=body) as response:
+        events = await read_sse(response)
+    assert events[-1][0] == "run.completed"
+    assert events[-1][1]["steps"][0]["is_error"]
+
+
+async def test_the_surrogate_run_through_chat_completions(bridge: httpx.AsyncClient) -> None:
+    body = {"messages": [{"role": "user", "content": SURROGATE_RUN}], "mcp_servers": ["fault"]}
+    response = await bridge.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["bridge_run"]["steps"][0]["is_error"]
+
+
+async def test_a_surrogate_in_the_task_is_422_naming_it(bridge: httpx.AsyncClient) -> None:
+    body = {"task": "say " + SURROGATE + " " + script(answer="ok"), "mcp_servers": []}
+    response = await bridge.post("/v1/autonomous", **raw_json(body))
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["loc"] == ["body", "task"]
+
+
+# --- 3. metric labels stay bounded -----------------------------------------------------------------
+
+
+async def test_unknown_tool_names_do_not_grow_metrics(bridge: httpx.AsyncClient) -> None:
+    rng = random.Random(7)
+
+    async def unknown_names(count: int) -> None:
+        for _ in range(count):
+            name = "".join(rng.choices(string.ascii_letters + string.digits + "_-", k=rng.randint(1, 200)))
+            response = await bridge.post(f"/v1/mcp/servers/fault/tools/{name}", json={})
+            assert response.status_code == 404
+
+    await unknown_names(5)  # the one "(unknown)" series and the route's 404 series exist from here on
+    await bridge.get("/metrics")  # and the scrape's own series
+    before = (await bridge.get("/metrics")).text
+    await unknown_names(1000)
+    after = (await bridge.get("/metrics")).text
+    assert abs(len(after.splitlines()) - len(before.splitlines())) <= 2
+    assert abs(len(after) - len(before)) < 500
+
+
+# --- 4. one body parser: the same limits and answers on every JSON route ---------------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/autonomous", "/v1/completions", "/v1/embeddings"])
+@pytest.mark.parametrize(
+    "body", [b"[" * 10_000 + b"]" * 10_000, b'{"task": ', b"\xff\xfe"], ids=["deep", "cut", "bytes"]
+)
+async def test_unparseable_bodies_are_400_invalid_json(bridge: httpx.AsyncClient, path: str, body: bytes) -> None:
+    response = await bridge.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "invalid_json"
+
+
+# --- 5. upstream failures told apart truthfully ---------------------------------------------------
+
+ANSWERS = {
+    "dropped": b"",
+    "dropped-mid-headers": b"HTTP/1.1 200 OK\r\nContent-Ty",
+    "cut-body": b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"choices":',
+    "garbage": b"HELLO THERE\r\n\r\n",
+    "not-json": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\n{{{{{",
+}
+
+
+@pytest.fixture
+async def broken_upstream(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    kind = request.param
+    if kind == "refused":
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+        return
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(ANSWERS[kind])
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    server.close()
+
+
+@pytest.mark.parametrize(
+    ("broken_upstream", "status", "code", "words"),
+    [
+        ("refused", 503, "upstream_unavailable", "refused"),
+        ("dropped", 502, "upstream_error", "closed the connection"),
+        ("dropped-mid-headers", 502, "upstream_error", "closed the connection"),
+        ("cut-body", 502, "upstream_error", "cut short"),
+        ("garbage", 502, "upstream_error", "not HTTP"),
+        ("not-json", 502, "upstream_error", "not JSON"),
+    ],
+    indirect=["broken_upstream"],
+)
+async def test_upstream_failures_are_classified(broken_upstream: str, status: int, code: str, words: str) -> None:
+    client = LMStudioClient.create(
+        broken_upstream,
+        token=None,
+        connect_timeout_s=2,
+        read_timeout_s=2,
+        max_connections=2,
+        retry=RetryPolicy(0, 0.01, 0.01),
+        breaker=None,
+        metrics=Metrics(),
+    )
+    try:
+        with pytest.raises(Exception) as info:
+            await client.chat({"model": "m", "messages": [{"role": "user", "content": "hi"}]}, deadline=None)
+    finally:
+        await client.aclose()
+    err: Any = info.value
+    assert (err.status, err.code) == (status, code) and words in err.detail, err.detail
+    assert "ConnectTimeout" not in err.detail
+
+
+# --- 6. slow headers --------------------------------------------------------------------------------
+
+
+async def test_slow_header_connections_are_closed_and_healthz_stays_fast(settings: Settings) -> None:
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", http=header_timeout_protocol(1.0)
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.ensure_future(server.serve())
+    await eventually(lambda: bool(server.started), 30, "uvicorn started")
+    slow: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        for _ in range(50):
+            slow.append(await asyncio.open_connection("127.0.0.1", port))
+        started = time.monotonic()
+        for _, writer in slow:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            assert (await client.get("/healthz")).status_code == 200
+
+            async def dribble_until_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> float:
+                while not reader.at_eof():
+                    writer.write(b"X")
+                    try:
+                        await writer.drain()
+                        await asyncio.wait_for(reader.read(1024), 0.2)
+                    except (TimeoutError, ConnectionError):
+                        if writer.is_closing() or reader.at_eof():
+                            break
+                return time.monotonic() - started
+
+            closed_after = await asyncio.wait_for(asyncio.gather(*(dribble_until_closed(r, w) for r, w in slow)), 15)
+            assert max(closed_after) < 5.0
+            assert (await client.get("/healthz")).status_code == 200
+    finally:
+        for _, writer in slow:
+            writer.close()
+        server.should_exit = True
+        await task
+
+
+# --- 7. no redirect built from the client's Host ---------------------------------------------------
+
+
+async def test_a_trailing_slash_is_404_without_a_location(bridge: httpx.AsyncClient) -> None:
+    response = await bridge.get("/v1/models/", headers={"Host": "evil.example"}, follow_redirects=False)
+    assert response.status_code == 404 and "location" not in response.headers
+    assert response.json()["code"] == "not_found"
