@@ -52,7 +52,7 @@ PASS_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "LM Studio's answer (JSON, or SSE when `stream` is true)",
         "content": {"text/event-stream": {"schema": CHUNK_EVENT_SCHEMA}},
     },
-    **problem_responses(401, 413, 422, 429, 501, 502, 503, 504),
+    **problem_responses(400, 401, 413, 422, 429, 501, 502, 503, 504),
 }
 
 

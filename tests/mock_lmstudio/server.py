@@ -264,22 +264,9 @@ class MockServer:
         if isinstance(call.script.get("delay_ms"), int | float):
             await self.wait(call, call.script["delay_ms"] / 1000)
         for fault in faults:
-            kind = fault.get("kind")
-            if kind == "status":
-                return self.status_fault(fault)
-            if kind == "delay":
-                await self.wait(call, float(fault.get("ms", 0)) / 1000)
-            elif kind == "hang":
-                await self.wait(call, None)
-            elif kind == "malformed_json":
-                return Response(b'{"id": "chatcmpl-broken", "choices": [', media_type="application/json")
-            elif kind == "unload":
-                model = self.find(self.body_model(call))
-                if model is not None:
-                    model.loaded = False
-                call.flags.add("unknown_model")
-            elif isinstance(kind, str):
-                call.flags.add(kind)
+            early = await self.apply_fault(call, fault)
+            if early is not None:
+                return early
         handler = self.routes.get((method, path))
         if handler is None:
             return JSONResponse({"error": f"Unexpected endpoint or method. ({method} {path})"})
@@ -291,6 +278,26 @@ class MockServer:
             data = bytes(response.body)
             return CutResponse([data[: len(data) // 2]], response.media_type or "", len(data))
         return response
+
+    async def apply_fault(self, call: Call, fault: Json) -> Response | None:
+        """Carry out one fault: the answer that replaces the normal one, or None (waited, or flagged)."""
+        kind = fault.get("kind")
+        if kind == "status":
+            return self.status_fault(fault)
+        if kind == "malformed_json":
+            return Response(b'{"id": "chatcmpl-broken", "choices": [', media_type="application/json")
+        if kind == "delay":
+            await self.wait(call, float(fault.get("ms", 0)) / 1000)
+        elif kind == "hang":
+            await self.wait(call, None)
+        elif kind == "unload":
+            model = self.find(self.body_model(call))
+            if model is not None:
+                model.loaded = False
+            call.flags.add("unknown_model")
+        elif isinstance(kind, str):
+            call.flags.add(kind)
+        return None
 
     def pop_fault(self, path: str) -> Json | None:
         for i, fault in enumerate(self.faults):
