@@ -7,13 +7,14 @@ tool calls, finish reasons and usage, and that a client disconnect frees the slo
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.helpers import eventually
-from tests.real_engine.conftest import CONTEXT, MODEL_ALIAS, PARALLEL, RealEngine
+from tests.real_engine.engine import CONTEXT, MODEL_ALIAS, PARALLEL, RealEngine
 
 pytestmark = pytest.mark.real_engine
 
@@ -38,7 +39,7 @@ PREFILL = {"role": "assistant", "content": "<tool_call>\n"}
 
 
 @pytest.fixture
-async def client(real_engine: RealEngine) -> Any:
+async def client(real_engine: RealEngine) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=real_engine.base_url, timeout=60) as client:
         yield client
 
@@ -168,6 +169,16 @@ async def test_max_tokens_gives_length_and_exact_usage(client: httpx.AsyncClient
     usage = body["usage"]
     assert usage["completion_tokens"] == 5
     assert usage["total_tokens"] == usage["prompt_tokens"] + 5
+
+
+async def test_prompt_over_the_context_is_a_400(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi " * 5000}], "max_tokens": 3}
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "exceed_context_size_error"
+    assert error["n_ctx"] == CONTEXT and error["n_prompt_tokens"] > CONTEXT
 
 
 async def test_slot_busy_while_generating_and_idle_after_disconnect(
