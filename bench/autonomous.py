@@ -35,7 +35,7 @@ from bench.common import (
     warm_up,
     write_mcp_config,
 )
-from services.agent import default_system_prompt
+from services.agent.loop import default_system_prompt
 from tests.helpers import call, script
 
 N = 300
