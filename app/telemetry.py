@@ -91,8 +91,8 @@ def exporting(provider: TracerProvider) -> bool:
 
 def instrument(app: FastAPI, provider: TracerProvider) -> bool:
     """Server spans for every route but health, readiness and metrics, when spans are exported
-    (the instrumentation costs about 0.3 ms a request even when nothing is recorded; without it,
-    `RequestContextMiddleware` opens the request's trace itself). True when instrumented."""
+    (the instrumentation costs CPU on every request even when nothing is recorded, see docs/performance.md;
+    without it, `RequestContextMiddleware` opens the request's trace itself). True when instrumented."""
     if not exporting(provider):
         return False
     FastAPIInstrumentor.instrument_app(
@@ -103,7 +103,7 @@ def instrument(app: FastAPI, provider: TracerProvider) -> bool:
 
 def instrument_client(client: httpx.AsyncClient, provider: TracerProvider) -> None:
     """HTTP client spans (children of the GenAI spans) on the LM Studio client, when spans are
-    exported (the wrapper costs about 0.1 ms per call even when nothing is recorded)."""
+    exported (the wrapper costs CPU on every call even when nothing is recorded; see docs/performance.md)."""
     if not exporting(provider):
         return
     HTTPXClientInstrumentor.instrument_client(client, tracer_provider=provider)

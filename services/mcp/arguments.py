@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, cast
 
 from jsonschema import exceptions as js_exceptions
@@ -25,25 +26,57 @@ def _types_of(schema: Any) -> list[str]:
     return []
 
 
+_UNCHANGED: Any = object()  # a converter's answer when the text does not convert
+
+
+def _as_integer(text: str) -> Any:
+    return int(text) if _INT.match(text) else _UNCHANGED
+
+
+def _as_number(text: str) -> Any:
+    if _INT.match(text):
+        return int(text)
+    return float(text) if _FLOAT.match(text) else _UNCHANGED
+
+
+def _as_boolean(text: str) -> Any:
+    lowered = text.lower()
+    return lowered == "true" if lowered in ("true", "false") else _UNCHANGED
+
+
+def _as_null(text: str) -> Any:
+    return None if text.lower() in ("null", "none") else _UNCHANGED
+
+
+# schema type -> converter of the stripped text, tried in this order
+_STRING_CONVERTERS: tuple[tuple[str, Callable[[str], Any]], ...] = (
+    ("integer", _as_integer),
+    ("number", _as_number),
+    ("boolean", _as_boolean),
+    ("null", _as_null),
+)
+
+
+def _coerce_string(types: list[str], value: str) -> Any:
+    """`value` converted to the first of `types` it cleanly matches, else `value` unchanged."""
+    text = value.strip()
+    for type_name, convert in _STRING_CONVERTERS:
+        if type_name in types:
+            converted = convert(text)
+            if converted is not _UNCHANGED:
+                return converted
+    return value
+
+
 def _coerce_value(schema: Any, value: Any, depth: int) -> Any:
-    types = _types_of(schema)
-    if isinstance(value, str) and "string" not in types:
-        text = value.strip()
-        if "integer" in types and _INT.match(text):
-            return int(text)
-        if "number" in types:
-            if _INT.match(text):
-                return int(text)
-            if _FLOAT.match(text):
-                return float(text)
-        if "boolean" in types and text.lower() in ("true", "false"):
-            return text.lower() == "true"
-        if "null" in types and text.lower() in ("null", "none"):
-            return None
+    if isinstance(value, str):
+        types = _types_of(schema)
+        return value if "string" in types else _coerce_string(types, value)
+    if depth >= _MAX_DEPTH or not isinstance(schema, dict):
         return value
-    if isinstance(value, dict) and depth < _MAX_DEPTH and isinstance(schema, dict):
+    if isinstance(value, dict):
         return _coerce_object(schema, cast("dict[str, Any]", value), depth + 1)
-    if isinstance(value, list) and depth < _MAX_DEPTH and isinstance(schema, dict):
+    if isinstance(value, list):
         items = schema.get("items")
         if isinstance(items, dict):
             return [_coerce_value(items, v, depth + 1) for v in value]

@@ -167,41 +167,30 @@ class _Ctx:
         return {k: self.expand(f"{fld}.{k}", v) for k, v in value.items()}
 
 
-def _parse_server(file: str, name: str, raw: Any, environ: Mapping[str, str]) -> MCPServerConfig:
-    ctx = _Ctx(file, name, environ)
-    if not isinstance(raw, dict):
-        raise MCPConfigError(f'{file}: server "{name}" must be an object')
-
-    transport: Transport | None = None
+def _declared_transport(ctx: _Ctx, raw: Mapping[str, Any]) -> Transport | None:
+    """The transport named by `type` (or `transport`), None when neither is given."""
     type_key = "type" if "type" in raw else "transport"
     raw_type = raw.get(type_key)
-    if raw_type is not None:
-        if not isinstance(raw_type, str):
-            raise ctx.error(type_key, "must be a string")
-        if raw_type.lower() == "sse":
-            raise ctx.error(
-                type_key,
-                'is "sse": the legacy SSE transport is not supported; use "stdio" or "streamable-http"',
-            )
-        transport = _TYPE_ALIASES.get(raw_type.lower())
-        if transport is None:
-            raise ctx.error(type_key, f'has unknown value {raw_type!r} (use "stdio" or "streamable-http")')
-
-    command = ctx.opt_str(raw, "command")
-    url = ctx.opt_str(raw, "url")
-    args = ctx.str_list(raw, "args") or []
-    args = [ctx.expand("args", a) for a in args]
-    env = ctx.str_map(raw, "env")
-    headers = ctx.str_map(raw, "headers")
-    cwd = ctx.opt_str(raw, "cwd")
-
+    if raw_type is None:
+        return None
+    if not isinstance(raw_type, str):
+        raise ctx.error(type_key, "must be a string")
+    if raw_type.lower() == "sse":
+        raise ctx.error(
+            type_key,
+            'is "sse": the legacy SSE transport is not supported; use "stdio" or "streamable-http"',
+        )
+    transport = _TYPE_ALIASES.get(raw_type.lower())
     if transport is None:
-        if command:
-            transport = "stdio"
-        elif url:
-            transport = "http"
-        else:
-            raise ctx.error("command", 'or "url" is required')
+        raise ctx.error(type_key, f'has unknown value {raw_type!r} (use "stdio" or "streamable-http")')
+    return transport
+
+
+def _resolve_transport(ctx: _Ctx, declared: Transport | None, command: str | None, url: str | None) -> Transport:
+    """The declared transport, else the one `command` or `url` implies; checks it has what it needs."""
+    transport = declared or ("stdio" if command else "http" if url else None)
+    if transport is None:
+        raise ctx.error("command", 'or "url" is required')
     if transport == "stdio" and not command:
         raise ctx.error("command", "is required for a stdio server")
     if transport == "http":
@@ -209,26 +198,50 @@ def _parse_server(file: str, name: str, raw: Any, environ: Mapping[str, str]) ->
             raise ctx.error("url", "is required for an HTTP server")
         if not url.startswith(("http://", "https://")):
             raise ctx.error("url", "must start with http:// or https://")
+    return transport
 
+
+def _disabled(ctx: _Ctx, raw: Mapping[str, Any]) -> bool:
     disabled = raw.get("disabled", False)
     if not isinstance(disabled, bool):
         raise ctx.error("disabled", "must be true or false")
+    return disabled
 
+
+def _timeout_s(ctx: _Ctx, raw: Mapping[str, Any]) -> float | None:
     timeout = raw.get("timeout")
-    timeout_s: float | None = None
-    if timeout is not None:
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise ctx.error("timeout", "must be a number of seconds greater than 0")
-        timeout_s = float(timeout)
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise ctx.error("timeout", "must be a number of seconds greater than 0")
+    return float(timeout)
 
+
+def _parse_server(file: str, name: str, raw: Any, environ: Mapping[str, str]) -> MCPServerConfig:
+    ctx = _Ctx(file, name, environ)
+    if not isinstance(raw, dict):
+        raise MCPConfigError(f'{file}: server "{name}" must be an object')
+
+    # fields are checked in this order, so the first problem reported does not change
+    declared = _declared_transport(ctx, raw)
+    command = ctx.opt_str(raw, "command")
+    url = ctx.opt_str(raw, "url")
+    args = [ctx.expand("args", a) for a in ctx.str_list(raw, "args") or []]
+    env = ctx.str_map(raw, "env")
+    headers = ctx.str_map(raw, "headers")
+    cwd = ctx.opt_str(raw, "cwd")
+    transport = _resolve_transport(ctx, declared, command, url)
+    disabled = _disabled(ctx, raw)
+    timeout_s = _timeout_s(ctx, raw)
     allowed = ctx.str_list(raw, "allowedTools")
     disabled_tools = ctx.str_list(raw, "disabledTools") or []
 
+    stdio = transport == "stdio"
     return MCPServerConfig(
         name=name,
         transport=transport,
-        command=command if transport == "stdio" else None,
-        args=tuple(args) if transport == "stdio" else (),
+        command=command if stdio else None,
+        args=tuple(args) if stdio else (),
         env=env,
         cwd=cwd,
         url=url if transport == "http" else None,

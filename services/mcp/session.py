@@ -243,37 +243,45 @@ class Session:
 
     async def _ensure(self, wait_budget_s: float) -> Connection:
         """A ready connection: reuse it, join a start in progress, or start one (single-flight)."""
-        loop = asyncio.get_running_loop()
-        name = self.cfg.name
         while True:
             if self._closed:
-                raise MCPServerUnavailableError(f"MCP server {name!r} is unavailable: the pool is closed")
+                raise MCPServerUnavailableError(f"MCP server {self.cfg.name!r} is unavailable: the pool is closed")
             conn = self._conn
             if conn is not None:
                 if conn.live:
                     return conn
-                if conn.starting:
-                    try:
-                        await asyncio.shield(conn.ready)
-                    except MCPServerUnavailableError as exc:
-                        raise MCPServerUnavailableError(exc.detail) from None
-                    continue
-                # The connection is winding down (died or idle-closed): let its owner finish.
-                if conn.task is not None and not conn.task.done():
-                    await asyncio.wait({conn.task}, timeout=STOP_WAIT_S)
-                if self._conn is conn:
-                    self._conn = None
-                continue
-            delay = self._next_start_at - loop.time()
-            if delay > 0:
-                if delay > wait_budget_s:
-                    raise MCPServerUnavailableError(
-                        f"MCP server {name!r} is unavailable ({self._last_error or 'failed'}); "
-                        f"next restart attempt in {delay:.1f}s"
-                    )
-                await asyncio.sleep(delay)
-                continue
-            self._launch()
+                await self._settle(conn)
+            elif not await self._waited_out_backoff(wait_budget_s):
+                self._launch()
+            # then look again: the state may have changed while we waited or launched
+
+    async def _settle(self, conn: Connection) -> None:
+        """Wait for a current connection that is not live: join its start, or let a winding-down owner finish."""
+        if conn.starting:
+            try:
+                await asyncio.shield(conn.ready)
+            except MCPServerUnavailableError as exc:
+                raise MCPServerUnavailableError(exc.detail) from None
+            return
+        # The connection is winding down (died or idle-closed): let its owner finish.
+        if conn.task is not None and not conn.task.done():
+            await asyncio.wait({conn.task}, timeout=STOP_WAIT_S)
+        if self._conn is conn:
+            self._conn = None
+
+    async def _waited_out_backoff(self, wait_budget_s: float) -> bool:
+        """False when a start may begin now; True after sleeping out the restart backoff; raises when the
+        backoff outlasts `wait_budget_s`."""
+        delay = self._next_start_at - asyncio.get_running_loop().time()
+        if delay <= 0:
+            return False
+        if delay > wait_budget_s:
+            raise MCPServerUnavailableError(
+                f"MCP server {self.cfg.name!r} is unavailable ({self._last_error or 'failed'}); "
+                f"next restart attempt in {delay:.1f}s"
+            )
+        await asyncio.sleep(delay)
+        return True
 
     def _launch(self) -> None:
         conn = Connection(self.cfg)

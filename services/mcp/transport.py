@@ -157,24 +157,48 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
+def _missing_command(leaf: BaseException, cfg: MCPServerConfig) -> str | None:
+    if isinstance(leaf, FileNotFoundError):
+        return f"command {cfg.command!r} not found"
+    if isinstance(leaf, PermissionError):
+        return f"command {cfg.command!r} is not executable"
+    return None
+
+
+def _os_failure(leaf: BaseException, cfg: MCPServerConfig) -> str | None:
+    if isinstance(leaf, OSError) and not isinstance(leaf, ConnectionError):
+        return f"cannot run {cfg.command!r}: {leaf.strerror or leaf}"
+    return None
+
+
+def _mcp_failure(leaf: BaseException, cfg: MCPServerConfig) -> str | None:
+    if not isinstance(leaf, MCPError):
+        return None
+    if leaf.code == CONNECTION_CLOSED:
+        return "the server closed the connection before initialization finished (did it exit?)"
+    return f"MCP error {leaf.code}: {leaf.message}"
+
+
+def _http_failure(leaf: BaseException, cfg: MCPServerConfig) -> str | None:
+    return f"{type(leaf).__name__}: {leaf}" if isinstance(leaf, httpx2.HTTPError) else None
+
+
+# Most telling first: each one looks at every leaf of the failure before the next one is tried.
+_DESCRIBERS: tuple[Callable[[BaseException, MCPServerConfig], str | None], ...] = (
+    _missing_command,
+    _os_failure,
+    _mcp_failure,
+    _http_failure,
+)
+
+
 def describe_failure(exc: BaseException, cfg: MCPServerConfig) -> str:
     """Why a server could not start, in words an operator can act on."""
     leaves = [e for e in _leaves(exc) if not isinstance(e, asyncio.CancelledError)] or [exc]
-    for leaf in leaves:
-        if isinstance(leaf, FileNotFoundError):
-            return f"command {cfg.command!r} not found"
-        if isinstance(leaf, PermissionError):
-            return f"command {cfg.command!r} is not executable"
-    for leaf in leaves:
-        if isinstance(leaf, OSError) and not isinstance(leaf, ConnectionError):
-            return f"cannot run {cfg.command!r}: {leaf.strerror or leaf}"
-    for leaf in leaves:
-        if isinstance(leaf, MCPError):
-            if leaf.code == CONNECTION_CLOSED:
-                return "the server closed the connection before initialization finished (did it exit?)"
-            return f"MCP error {leaf.code}: {leaf.message}"
-    for leaf in leaves:
-        if isinstance(leaf, httpx2.HTTPError):
-            return f"{type(leaf).__name__}: {leaf}"
+    for describe in _DESCRIBERS:
+        for leaf in leaves:
+            reason = describe(leaf, cfg)
+            if reason is not None:
+                return reason
     leaf = leaves[0]
     return f"{type(leaf).__name__}: {leaf}" if str(leaf) else type(leaf).__name__
