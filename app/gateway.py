@@ -149,6 +149,7 @@ async def open_gateway(
             load_timeout_s=settings.lmstudio_load_timeout_s,
             max_tokens=settings.max_tokens_default,
             repeat_call_limit=settings.repeat_call_limit,
+            text_tool_calls=settings.text_tool_calls,
             capture_content=settings.otel_capture_content,
         )
         agent = AgentService(lmstudio, catalog, pool, limiter, defaults, metrics)

@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     run_timeout_s: float = Field(300.0, gt=0, validation_alias=_env("BRIDGE_RUN_TIMEOUT_S"))
     max_rounds_default: int = Field(10, ge=1, le=100, validation_alias=_env("BRIDGE_MAX_ROUNDS_DEFAULT"))
     max_tokens_default: int = Field(2048, ge=1, le=1_000_000, validation_alias=_env("BRIDGE_MAX_TOKENS_DEFAULT"))
+    text_tool_calls: bool = Field(True, validation_alias=_env("BRIDGE_TEXT_TOOL_CALLS"))
     repeat_call_limit: int = Field(3, ge=2, le=100, validation_alias=_env("BRIDGE_REPEAT_CALL_LIMIT"))
     tool_output_max_chars: int = Field(20_000, ge=100, validation_alias=_env("BRIDGE_TOOL_OUTPUT_MAX_CHARS"))
     max_concurrent_runs: int = Field(32, ge=1, validation_alias=_env("BRIDGE_MAX_CONCURRENT_RUNS"))

@@ -18,7 +18,7 @@ from typing import Any
 
 from tests.helpers import REPO
 
-SECTIONS = ["mcp_call", "autonomous", "tracing", "passthrough", "catalog"]  # modules of bench/, in report order
+SECTIONS = ["mcp_call", "autonomous", "run_upstreams", "tracing", "passthrough", "catalog"]  # modules of bench/, in report order
 OUT = REPO / "docs" / "performance.md"
 
 

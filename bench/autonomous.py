@@ -35,7 +35,7 @@ from bench.common import (
     warm_up,
     write_mcp_config,
 )
-from services.agent.loop import default_system_prompt
+from services.agent.prompts import default_system_prompt
 from tests.helpers import call, script
 
 N = 300
@@ -57,15 +57,30 @@ def task(delay_ms: int = 0) -> str:
 
 
 class Script:
-    """The same run by hand: two POSTs to the mock's chat endpoint and one `call_tool` on a kept session."""
+    """The same run by hand: two POSTs to the upstream's chat endpoint and one `call_tool` on a kept session.
 
-    def __init__(self, client: httpx.AsyncClient, mock: Server, session: ClientSession) -> None:
+    By default the run of this section (the mock, the fault server's echo); `server`, `model` and `prompt`
+    (the task) make it the same run on another upstream or MCP server (bench/run_upstreams.py).
+    """
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        upstream: Server,
+        session: ClientSession,
+        *,
+        server: str = SERVER,
+        model: str = MODEL,
+        prompt: str | None = None,
+    ) -> None:
         self.client = client
-        self.chat_url = mock.url("/v1/chat/completions")
+        self.chat_url = upstream.url("/v1/chat/completions")
         self.session = session
+        self.server = server
+        self.model = model
         self.tools: list[dict[str, Any]] = []
-        self.system = default_system_prompt([SERVER])
-        self.task = task()
+        self.system = default_system_prompt([server])
+        self.task = task() if prompt is None else prompt
 
     async def setup(self) -> None:
         """The tools as OpenAI function tools, named like the gateway names them (`<server>__<tool>`)."""
@@ -74,7 +89,7 @@ class Script:
             {
                 "type": "function",
                 "function": {
-                    "name": f"{SERVER}__{t.name}",
+                    "name": f"{self.server}__{t.name}",
                     "description": t.description or "",
                     "parameters": t.input_schema,
                 },
@@ -83,14 +98,14 @@ class Script:
         ]
 
     async def _chat(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
-        body = {"model": MODEL, "messages": messages, "tools": self.tools}
+        body = {"model": self.model, "messages": messages, "tools": self.tools}
         response = await self.client.post(self.chat_url, json=body)
         response.raise_for_status()
         message: dict[str, Any] = response.json()["choices"][0]["message"]
         return message
 
     async def _tool(self, call: dict[str, Any]) -> dict[str, Any]:
-        name = call["function"]["name"].removeprefix(f"{SERVER}__")
+        name = call["function"]["name"].removeprefix(f"{self.server}__")
         result = await self.session.call_tool(name, json.loads(call["function"]["arguments"]))
         text = "".join(getattr(block, "text", "") for block in result.content)
         return {"role": "tool", "tool_call_id": call["id"], "content": text}

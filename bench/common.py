@@ -14,6 +14,8 @@ import contextlib
 import json
 import math
 import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,8 +26,8 @@ import httpx
 import psutil
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
-from tests.helpers import mcp_servers_json
-from tests.processes import free_port, log_file, log_tail, spawn_python, terminate, wait_healthy
+from tests.helpers import REPO, mcp_servers_json
+from tests.processes import free_port, log_file, log_tail, terminate, wait_healthy
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
@@ -104,10 +106,29 @@ async def serve(
     name: str, module: str, *args: str, health: str, env: dict[str, str] | None = None
 ) -> AsyncIterator[Server]:
     """``python -m <module> <args> --host 127.0.0.1 --port <free>``; healthy on entry, stopped on exit."""
+    async with serve_command(name, [sys.executable, "-m", module, *args], health=health, env=env) as server:
+        yield server
+
+
+@contextlib.asynccontextmanager
+async def serve_command(
+    name: str, command: list[str], *, health: str, env: dict[str, str] | None = None
+) -> AsyncIterator[Server]:
+    """``<command> --host 127.0.0.1 --port <free>`` (any executable, e.g. another venv's); healthy on entry,
+    stopped (with its children) on exit."""
     port = free_port()
     log = log_file(f"bench-{name}-")
-    process = await spawn_python(
-        module, *args, "--host", "127.0.0.1", "--port", str(port), log=log, env={**os.environ, **(env or {})}
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
     )
     server = Server(name, process, port, log)
     try:
@@ -127,10 +148,58 @@ def mock_lmstudio() -> contextlib.AbstractAsyncContextManager[Server]:
     return serve("mock", "tests.mock_lmstudio", health="/_mock/health")
 
 
-def gateway(lmstudio_url: str, mcp_config: Path, **env: str) -> contextlib.AbstractAsyncContextManager[Server]:
-    """``python -m app.cli serve`` with BRIDGE_LOG_LEVEL=WARNING; extra settings as environment variables."""
+def stdlib_upstream() -> contextlib.AbstractAsyncContextManager[Server]:
+    """bench/stdlib_upstream.py: a fake LM Studio written with the standard library only (no mock code)."""
+    return serve("stdlib-upstream", "bench.stdlib_upstream", health="/v1/models")
+
+
+def gateway(
+    lmstudio_url: str, mcp_config: Path, name: str = "gateway", **env: str
+) -> contextlib.AbstractAsyncContextManager[Server]:
+    """``python -m app.cli serve`` with BRIDGE_LOG_LEVEL=WARNING unless `env` sets it; extra settings as
+    environment variables. `name` tells gateways of one section apart (CPU time is kept per name)."""
     settings = {"LMSTUDIO_BASE_URL": lmstudio_url, "MCP_CONFIG": str(mcp_config), "BRIDGE_LOG_LEVEL": "WARNING"}
-    return serve("gateway", "app.cli", "serve", health="/healthz", env={**settings, **env})
+    return serve(name, "app.cli", "serve", health="/healthz", env={**settings, **env})
+
+
+# --- mcpo (the peer of the REST tool call), in its own venv -------------------------------------------
+
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lmstudio-bridge" / "bench"
+# mcpo needs the 1.x MCP SDK (the gateway runs 2.x) and a FastAPI older than 0.145: its own venv, pinned
+MCPO_REQUIREMENTS = ("mcpo==0.0.20", "mcp<2", "fastapi<0.145")
+MCPO_VENV = CACHE / "mcpo-venv"
+INSTALL_TIMEOUT_S = 600.0
+
+
+def mcpo_executable() -> Path:
+    """`mcpo` in ``<cache>/mcpo-venv``, created with MCPO_REQUIREMENTS on first use (and again when they
+    change); the pip output goes to ``<cache>/mcpo-venv.log``. Blocking: call it in a thread."""
+    marker = MCPO_VENV / ".installed"
+    wanted = "\n".join(MCPO_REQUIREMENTS)
+    executable = MCPO_VENV / "bin" / "mcpo"
+    if executable.exists() and marker.exists() and marker.read_text() == wanted:
+        return executable
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "mcpo-venv.log", "wb") as log:
+        for command in (
+            [sys.executable, "-m", "venv", "--clear", str(MCPO_VENV)],
+            [str(MCPO_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", *MCPO_REQUIREMENTS],
+        ):
+            done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=INSTALL_TIMEOUT_S)
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(command)} failed; see {log.name}")
+    marker.write_text(wanted)
+    return executable
+
+
+@contextlib.asynccontextmanager
+async def mcpo(mcp_config: Path, log_level: str = "WARNING") -> AsyncIterator[Server]:
+    """mcpo serving every server of `mcp_config` at ``/<server>/<tool>``; healthy once `/docs` answers (its
+    sessions are opened in its lifespan, before it accepts requests)."""
+    executable = await asyncio.to_thread(mcpo_executable)
+    command = [str(executable), "--config", str(mcp_config), "--log-level", log_level]
+    async with serve_command("mcpo", command, health="/docs") as server:
+        yield server
 
 
 def nothing_listening() -> str:
@@ -208,6 +277,12 @@ class Contender:
     servers: list[Server] = field(default_factory=list)
     samples: list[float] = field(default_factory=list)
     cpu_s: dict[str, float] = field(default_factory=dict)
+    own_cpu_s: float = 0.0  # CPU time of the benchmark process itself while this contender ran
+
+    @property
+    def own_cpu_ms(self) -> float:
+        """CPU ms of the benchmark process per measured call: the work of a contender that runs in it."""
+        return self.own_cpu_s / len(self.samples) * 1000
 
     def p(self, q: float) -> float:
         """Nearest-rank percentile in ms."""
@@ -242,10 +317,12 @@ async def compare(contenders: list[Contender], n: int, blocks: int = BLOCKS) -> 
         for contender in order:
             before = {s.name: s.cpu_s() for s in contender.servers}
             call, samples = contender.call, contender.samples
+            own = time.process_time()
             for _ in range(per_block):
                 start = perf()
                 await call()
                 samples.append(perf() - start)
+            contender.own_cpu_s += time.process_time() - own
             for s in contender.servers:
                 contender.cpu_s[s.name] = contender.cpu_s.get(s.name, 0.0) + s.cpu_s() - before[s.name]
 

@@ -129,6 +129,7 @@ _EVENT_TEXT: dict[str, Callable[[dict[str, Any]], str]] = {
         f"run started: model {d['model']}, MCP servers: {', '.join(d['mcp_servers']) or 'none'}"
     ),
     RunEvent.ROUND_STARTED: lambda d: f"round {d['round']}: asking the model",
+    RunEvent.REASONING: lambda d: f"round {d['round']}: thinking",
     RunEvent.TOOL_CALL_STARTED: lambda d: f"round {d['round']}: calling {d['name']}",
     RunEvent.TOOL_CALL_COMPLETED: lambda d: (
         f"round {d['round']}: {d['name']} {'failed' if d['is_error'] else 'done'} in {d['duration_ms']:g} ms"

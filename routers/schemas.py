@@ -31,7 +31,8 @@ PROBLEM_DESCRIPTIONS = {
     401: "Missing or wrong API key (`unauthorized`)",
     404: "Unknown name in the path (`mcp_server_not_found`, `tool_not_found`, `model_not_found`)",
     413: "Request body larger than BRIDGE_MAX_BODY_BYTES (`payload_too_large`)",
-    422: "Invalid request (`validation_error`, `model_not_found`, `mcp_server_not_found`, `upstream_rejected`)",
+    422: "Invalid request (`validation_error`, `model_not_found`, `no_model_loaded`, `mcp_server_not_found`, "
+    "`upstream_rejected`)",
     429: "Too many runs in progress (`overloaded`) or LM Studio rate limiting; see Retry-After",
     501: "This LM Studio does not have the endpoint (`not_supported_by_lmstudio`)",
     502: "LM Studio or an MCP server answered with an error (`upstream_error`, `mcp_error`)",

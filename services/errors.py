@@ -115,6 +115,23 @@ class ModelNotFoundError(LLMError):
         self.available_models = available_models
 
 
+class NoModelLoadedError(LLMError):
+    """LM Studio has no model loaded and does not load one on demand (its JIT loading is off)."""
+
+    status, code, title = 422, "no_model_loaded", "No model loaded in LM Studio"
+
+    def __init__(self, model: str | None = None) -> None:
+        path = f"/v1/models/{model or '{model_id}'}/load"
+        super().__init__(
+            "LM Studio has no model loaded and does not load one on demand (its JIT loading is off). "
+            f"Load a model first with POST {path} (GET /v1/models lists them), or turn on JIT loading "
+            "in LM Studio's server settings.",
+            model=model,
+            load_endpoint=f"POST {path}",
+        )
+        self.model = model
+
+
 class UpstreamUnavailableError(BridgeError):
     """A circuit breaker is open: fail fast until it lets a trial call through."""
 

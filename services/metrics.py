@@ -45,6 +45,12 @@ class Metrics:
             ["server", "tool", "outcome"],
             registry=r,
         )
+        self.text_tool_calls = Counter(
+            "bridge_text_tool_calls_recovered_total",
+            "Tool calls a model wrote as text and the gateway recovered, by format",
+            ["format"],
+            registry=r,
+        )
         self.tool_duration = Histogram(
             "bridge_tool_call_duration_seconds",
             "MCP tool call latency",

@@ -128,21 +128,22 @@ class OpenAICompat:
         return await self.agent.open(spec)
 
     async def load_model(self, model: str, ttl: int | None) -> dict[str, Any]:
+        """Load a model; the answer names the new instance in `instance_id` (whichever name LM Studio used)."""
         await self._require_rest_api()
         resolved = await self.catalog.resolve(model, kind="any")
-        payload: dict[str, Any] = {"model": resolved.id} | ({"ttl": ttl} if ttl is not None else {})
-        answer = await self.lmstudio.request_json("POST", "/api/v1/models/load", json_body=payload, model=resolved.id)
-        self.catalog.invalidate()
-        return dict(answer)
+        try:
+            return await self.lmstudio.load_model(resolved.id, ttl)
+        finally:
+            self.catalog.invalidate()
 
     async def unload_model(self, model: str) -> dict[str, Any]:
+        """Unload every instance of a model, by the instance ids LM Studio lists (`<key>:2` and the like)."""
         await self._require_rest_api()
         resolved = await self.catalog.resolve(model, kind="any")
-        answer = await self.lmstudio.request_json(
-            "POST", "/api/v1/models/unload", json_body={"instance_id": resolved.id}, model=resolved.id
-        )
-        self.catalog.invalidate()
-        return dict(answer)
+        try:
+            return await self.lmstudio.unload_model(resolved.id)
+        finally:
+            self.catalog.invalidate()
 
     async def _require_rest_api(self) -> None:
         await self.catalog.snapshot()  # detects the model API on first use
@@ -164,6 +165,9 @@ def _last_user_text(messages: list[Any]) -> str:
 def completion_of(result: RunResult) -> dict[str, Any]:
     """A run as an OpenAI `chat.completion`; the run record travels in `bridge_run`."""
     message: dict[str, Any] = {"role": "assistant", "content": result.output or None}
+    reasoning = reasoning_of(result)
+    if reasoning:
+        message["reasoning_content"] = reasoning  # as LM Studio sends it with reasoning separation on
     if result.tool_calls:
         message["tool_calls"] = result.tool_calls
     return {
@@ -186,6 +190,9 @@ def chunks_of(result: RunResult, include_usage: bool) -> list[dict[str, Any]]:
     full = completion_of(result)
     head = {"id": full["id"], "object": "chat.completion.chunk", "created": full["created"], "model": full["model"]}
     delta: dict[str, Any] = {"content": result.output} if result.output else {}
+    reasoning = reasoning_of(result)
+    if reasoning:
+        delta = {"reasoning_content": reasoning, **delta}
     if result.tool_calls:
         delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(result.tool_calls)]
     out = [
@@ -211,6 +218,11 @@ def role_chunk(run: Run, created: int) -> dict[str, Any]:
             {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
         ],
     }
+
+
+def reasoning_of(result: RunResult) -> str:
+    """The run's reasoning as one text (rounds in order)."""
+    return "\n\n".join(r.content for r in result.reasoning)
 
 
 def _finish(result: RunResult) -> str:

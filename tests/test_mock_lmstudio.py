@@ -14,6 +14,8 @@ from tests.mock_lmstudio.fixture import MockLMStudio, mock_lmstudio, start_mock
 
 QWEN = "qwen/qwen3-4b"
 EMBED = "text-embedding-nomic-embed-text-v1.5"
+MAGISTRAL = "mistralai/magistral-small-2509"
+CODER = "qwen/qwen3-coder-30b"
 TOOLS = [
     {"type": "function", "function": {"name": "fs__read_file", "parameters": {"type": "object"}}},
     {"type": "function", "function": {"name": "time__now", "parameters": {"type": "object"}}},
@@ -163,7 +165,21 @@ async def test_streaming_sends_tool_call_deltas_in_pieces(client: httpx.AsyncCli
     assert events[-2]["choices"][0]["finish_reason"] == "stop" and events[-1] == "[DONE]"
 
 
-async def test_model_errors(client: httpx.AsyncClient) -> None:
+async def test_model_errors(client: httpx.AsyncClient, mock: MockLMStudio) -> None:
+    r = await client.post(
+        "/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert r.status_code == 400  # current LM Studio
+    assert r.json() == {
+        "error": {
+            "message": 'Invalid model identifier "nope". Please specify a valid downloaded model '
+            f"(e.g., {EMBED}, {QWEN}, {MAGISTRAL}).",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }
+    }
+    await mock.configure(lmstudio="0.3")
     r = await client.post(
         "/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "x"}]}
     )
@@ -195,7 +211,7 @@ async def test_embeddings_and_completions(client: httpx.AsyncClient) -> None:
 
 
 async def test_load_unload_and_ttl(client: httpx.AsyncClient, mock: MockLMStudio) -> None:
-    magistral = "mistralai/magistral-small-2509"
+    magistral = MAGISTRAL
     r = await client.post("/api/v1/models/load", json={"model": magistral, "ttl": 300})
     assert r.json() == {"type": "llm", "instance_id": magistral, "load_time_seconds": 0.1, "status": "loaded"}
     states = {m["id"]: m["state"] for m in (await client.get("/api/v0/models")).json()["data"]}
@@ -206,7 +222,7 @@ async def test_load_unload_and_ttl(client: httpx.AsyncClient, mock: MockLMStudio
     states = {m["id"]: m["state"] for m in (await client.get("/api/v0/models")).json()["data"]}
     assert states[magistral] == "not-loaded"
     r = await client.post("/api/v1/models/load", json={"model": "nope"})
-    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    assert r.status_code == 400 and r.json()["error"]["code"] == "model_not_found"
 
     await chat(client, "hi", ttl=120)
     assert (await mock.requests())[-1]["body"]["ttl"] == 120
@@ -288,11 +304,11 @@ async def test_cut_stream_fault(client: httpx.AsyncClient, mock: MockLMStudio) -
 async def test_unknown_model_and_unload_faults(client: httpx.AsyncClient, mock: MockLMStudio) -> None:
     await mock.faults({"kind": "unknown_model"})
     r = await chat(client, "x")
-    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    assert r.status_code == 400 and r.json()["error"]["code"] == "model_not_found"
 
     await mock.faults({"kind": "unload"})
     r = await chat(client, "x")
-    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    assert r.status_code == 400 and r.json()["error"]["code"] == "model_not_found"
     states = {m["id"]: m["state"] for m in (await client.get("/api/v0/models")).json()["data"]}
     assert states[QWEN] == "not-loaded"
     await mock.reset()
@@ -308,3 +324,132 @@ async def test_pin_loaded_model_answers_with_the_loaded_model() -> None:
         )
         assert r.status_code == 200 and r.json()["model"] == QWEN
         assert (await pinned.requests())[0]["body"]["model"] == "qwen/qwen3-coder-30b"
+
+
+# --- current LM Studio: JIT loading, instances, versions, reasoning, headers ---------------------------
+
+
+async def states(client: httpx.AsyncClient) -> dict[str, list[str]]:
+    """Each model's loaded instance ids, from /api/v1/models."""
+    models = (await client.get("/api/v1/models")).json()["models"]
+    return {m["key"]: [i["id"] for i in m["loaded_instances"]] for m in models}
+
+
+async def test_jit_loads_on_first_use_and_auto_evicts(client: httpx.AsyncClient, mock: MockLMStudio) -> None:
+    await mock.configure(jit_load_ms=200)
+    r = await client.post(
+        "/v1/chat/completions", json={"model": MAGISTRAL, "messages": [{"role": "user", "content": "a"}]}
+    )
+    assert r.status_code == 200 and r.json()["model"] == MAGISTRAL and r.elapsed.total_seconds() >= 0.2
+    assert (await states(client))[MAGISTRAL] == [MAGISTRAL]
+    # the next JIT load evicts the model the previous one brought in, not the model loaded from the start
+    r = await client.post("/v1/chat/completions", json={"model": CODER, "messages": [{"role": "user", "content": "b"}]})
+    loaded = await states(client)
+    assert r.status_code == 200 and loaded[CODER] == [CODER] and loaded[MAGISTRAL] == [] and loaded[QWEN] == [QWEN]
+    await client.post("/v1/chat/completions", json={"model": CODER, "messages": [{"role": "user", "content": "c"}]})
+    assert (await states(client))[CODER] == [CODER]  # loaded now: used as it is, not loaded again
+
+    await mock.configure(auto_evict=False)
+    await client.post("/v1/chat/completions", json={"model": MAGISTRAL, "messages": [{"role": "user", "content": "d"}]})
+    loaded = await states(client)
+    assert loaded[CODER] == [CODER] and loaded[MAGISTRAL] == [MAGISTRAL]
+
+
+async def test_without_jit_nothing_loaded_is_a_plain_string_error(
+    client: httpx.AsyncClient, mock: MockLMStudio
+) -> None:
+    await mock.configure(jit=False)
+    ids = [m["id"] for m in (await client.get("/v1/models")).json()["data"]]
+    assert ids == [EMBED, QWEN]  # only the loaded models
+    r = await client.post("/v1/chat/completions", json={"model": CODER, "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "model_not_found"
+    await client.post("/api/v1/models/unload", json={"instance_id": QWEN})
+    await client.post("/api/v1/models/unload", json={"instance_id": EMBED})
+    for body in ({"model": CODER}, {}):
+        r = await client.post("/v1/chat/completions", json={**body, "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 400
+        assert r.json() == {
+            "error": "No models loaded. Please load a model in the developer page or use the 'lms load' command."
+        }
+    assert (await states(client))[CODER] == []
+
+
+async def test_instance_ids_can_differ_from_the_key(client: httpx.AsyncClient, mock: MockLMStudio) -> None:
+    models = [
+        {
+            "id": QWEN,
+            "type": "llm",
+            "loaded": True,
+            "max_context_length": 32768,
+            "tool_use": True,
+            "instance_id": f"{QWEN}:2",
+        },
+        {"id": CODER, "type": "llm", "loaded": False, "max_context_length": 262144, "tool_use": True},
+    ]
+    await mock.configure(models=models)
+    assert (await states(client)) == {QWEN: [f"{QWEN}:2"], CODER: []}
+    # unload takes the instance id: the key is not found
+    r = await client.post("/api/v1/models/unload", json={"instance_id": QWEN})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    r = await client.post("/api/v1/models/unload", json={"model": QWEN})
+    assert r.status_code == 404
+    # a second load of a loaded model is a second instance
+    r = await client.post("/api/v1/models/load", json={"model": QWEN})
+    assert r.json()["instance_id"] == f"{QWEN}:3"
+    assert (await states(client))[QWEN] == [f"{QWEN}:2", f"{QWEN}:3"]
+    assert (await client.post("/api/v1/models/unload", json={"instance_id": f"{QWEN}:2"})).json() == {
+        "instance_id": f"{QWEN}:2"
+    }
+    assert (await states(client))[QWEN] == [f"{QWEN}:3"]
+    await mock.reset()
+    assert (await states(client))[QWEN] == [QWEN]
+
+
+async def test_older_version_shapes() -> None:
+    async with mock_lmstudio(lmstudio="0.3") as old:
+        r = await old.client.post("/api/v1/models/load", json={"model": CODER})
+        assert r.json() == {"type": "llm", "model_instance_id": CODER, "load_time_seconds": 0.1, "status": "loaded"}
+        r = await old.client.post(
+            "/v1/chat/completions", json={"model": "x", "messages": [{"role": "user", "content": "x"}]}
+        )
+        assert r.status_code == 404 and "Your models:\n" in r.json()["error"]["message"]
+        assert (await old.client.get("/_mock/config")).json()["lmstudio"] == "0.3"
+
+
+async def test_reasoning_and_text_beside_tool_calls(client: httpx.AsyncClient, mock: MockLMStudio) -> None:
+    spec = script(
+        reasoning="Let me think.", say="I will read the file.", calls=[[call("fs__read_file", {"path": "a"})]]
+    )
+    r = await chat(client, spec, tools=TOOLS)
+    message = r.json()["choices"][0]["message"]
+    assert message["content"] == "<think>Let me think.</think>\nI will read the file."  # separation off: inline
+    assert "reasoning_content" not in message and message["tool_calls"][0]["function"]["name"] == "fs__read_file"
+
+    await mock.configure(separate_reasoning=True)
+    r = await chat(client, spec, tools=TOOLS)
+    message = r.json()["choices"][0]["message"]
+    assert message["reasoning_content"] == "Let me think." and message["content"] == "I will read the file."
+    assert r.json()["choices"][0]["finish_reason"] == "tool_calls" and len(message["tool_calls"]) == 1
+
+    body = {"model": QWEN, "messages": [{"role": "user", "content": spec}], "tools": TOOLS, "stream": True}
+    async with client.stream("POST", "/v1/chat/completions", json=body) as streamed:
+        events = await sse_data(streamed)
+    deltas = [e["choices"][0]["delta"] for e in events[:-1] if e["choices"]]
+    assert "".join(d.get("reasoning_content", "") for d in deltas) == "Let me think."
+    assert "".join(d.get("content") or "" for d in deltas) == "I will read the file."
+    first_content = next(i for i, d in enumerate(deltas) if d.get("content"))
+    assert all("reasoning_content" not in d for d in deltas[first_content:])
+    assert any("tool_calls" in d for d in deltas)
+
+
+async def test_request_log_has_headers(client: httpx.AsyncClient, mock: MockLMStudio) -> None:
+    await client.get("/v1/models", headers={"Authorization": "Bearer t0k3n", "X-Extra": "1"})
+    [entry] = await mock.requests()
+    assert entry["headers"]["authorization"] == "Bearer t0k3n" and entry["headers"]["x-extra"] == "1"
+
+
+async def test_bad_config_is_refused(mock: MockLMStudio) -> None:
+    r = await mock.client.post("/_mock/config", json={"nope": 1})
+    assert r.status_code == 400 and "nope" in r.json()["error"]["message"]
+    r = await mock.client.post("/_mock/config", json={"lmstudio": "9.9"})
+    assert r.status_code == 400

@@ -9,8 +9,19 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from services.agent.answers import recover_text_calls
 from services.agent.arguments import Rejected, check_arguments, maybe_json
-from services.agent.records import RunEvent, RunResult, RunSpec, RunStatus, Step, ToolChoice, step_data
+from services.agent.prompts import FINAL_ANSWER_PROMPT, REPEATED_CALL_PROMPT, default_system_prompt, truncate
+from services.agent.records import (
+    RoundReasoning,
+    RunEvent,
+    RunResult,
+    RunSpec,
+    RunStatus,
+    Step,
+    ToolChoice,
+    step_data,
+)
 from services.errors import BridgeError, ShuttingDownError
 from services.lmstudio import ChatResult, ResolvedModel, ToolCall, Usage
 from services.mcp import ToolSet, ToolSpec
@@ -22,32 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lmstudio_bridge.agent")
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
-
-TRUNCATION_MARKER = "\n[... output truncated by lmstudio-bridge: {omitted} of {total} characters omitted ...]"
-REPEATED_CALL_PROMPT = (
-    "You are calling the same tool with the same arguments again and again. Do not call tools. Using only the "
-    "tool results above, give your best final answer to the task now."
-)
-FINAL_ANSWER_PROMPT = (
-    "You have used all the tool rounds this task allows. Do not call tools. Using only the tool results "
-    "above, give your best final answer to the task now."
-)
-
-
-def default_system_prompt(servers: list[str]) -> str:
-    listing = ", ".join(servers) if servers else "none"
-    return (
-        "You are a capable assistant. You carry out the user's task by calling tools when they help. "
-        f"Tools come from these MCP servers: {listing}; a tool named <server>__<tool> belongs to <server>. "
-        "Base your answer on the tool results; do not invent them. When you have the answer, reply "
-        "without calling tools."
-    )
-
-
-def truncate(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    return text[:limit] + TRUNCATION_MARKER.format(omitted=len(text) - limit, total=len(text))
 
 
 class Run:
@@ -73,6 +58,7 @@ class Run:
         self.usage = Usage()
         self.rounds = 0
         self.warnings = warnings
+        self.reasoning: list[RoundReasoning] = []
         self.answered_model = model.id
         self._released = False
         self._last_text = ""
@@ -179,6 +165,7 @@ class Run:
             trace_id=trace_id(),
             warnings=self.warnings,
             tool_calls=self.client_calls,
+            reasoning=self.reasoning,
         )
 
     def _initial_messages(self) -> list[dict[str, Any]]:
@@ -199,6 +186,7 @@ class Run:
             # the request's tool_choice applies to the first round only: a forced call cannot loop forever
             choice = self.spec.tool_choice if self.rounds == 0 else None
             answer = await self._chat(messages, offered or None, deadline, tool_choice=choice)
+            await self._read(answer, round_no, offered, emit)
             if answer.content:
                 self._last_text = answer.content
                 await emit(RunEvent.MESSAGE, {"round": round_no, "content": answer.content})
@@ -224,17 +212,27 @@ class Run:
                     "tool_calls": [_wire_call(c) for c in answer.tool_calls],
                 }
             )
-            steps = await asyncio.gather(
-                *(self._call(self.rounds, c.id, c.name, c.arguments, emit) for c in answer.tool_calls)
-            )
+            steps = await asyncio.gather(*(self._call(self.rounds, c, emit) for c in answer.tool_calls))
             for step in steps:
                 messages.append({"role": "tool", "tool_call_id": step.tool_call_id, "content": step.output})
+
+    async def _read(self, answer: ChatResult, round_no: int, offered: list[dict[str, Any]], emit: Emit) -> None:
+        """Keep the round's reasoning apart; recover tool calls the model wrote as text."""
+        if answer.reasoning:
+            self.reasoning.append(RoundReasoning(round_no, answer.reasoning))
+            await emit(RunEvent.REASONING, {"round": round_no, "content": answer.reasoning})
+        if offered and self.service.defaults.text_tool_calls:
+            names = {t["function"]["name"] for t in offered}
+            found = recover_text_calls(answer, names, round_no)
+            if found:
+                self.service.metrics.text_tool_calls.labels(found).inc(len(answer.tool_calls))
 
     async def _final_answer(self, messages: list[dict[str, Any]], emit: Emit, deadline: float, prompt: str) -> str:
         """One last call WITHOUT tools: the best answer from what was gathered."""
         messages.append({"role": "user", "content": prompt})
         await emit(RunEvent.ROUND_STARTED, {"round": self.rounds + 1, "tools": False})
         answer = await self._chat(messages, None, deadline)
+        await self._read(answer, self.rounds + 1, [], emit)
         if answer.finish_reason == "length":
             self._cut_at_token_limit(answer)
         text = answer.content or self._gathered("The run ended before a final answer.")
@@ -277,6 +275,8 @@ class Run:
         first_load = not self.model.info.loaded and self.usage.total_tokens == 0
         timeout_s = self.service.defaults.load_timeout_s if first_load else None
         result = await self.service.lmstudio.chat(payload, timeout_s=timeout_s, deadline=deadline)
+        if first_load:  # LM Studio JIT-loaded it (Auto-Evict may have unloaded another): the list is out of date
+            self.service.catalog.invalidate()
         self.usage.add(result.usage)
         if result.model and result.model != self.model.id and result.model != self.answered_model:
             self.answered_model = result.model
@@ -285,8 +285,8 @@ class Run:
             )
         return result
 
-    async def _call(self, round_no: int, call_id: str, name: str, raw_args: str, emit: Emit) -> Step:
-        call_id, name = scrub(call_id), scrub(name)
+    async def _call(self, round_no: int, call: ToolCall, emit: Emit) -> Step:
+        call_id, name, raw_args = scrub(call.id), scrub(call.name), call.arguments
         spec = self.tools.resolve(name)
         arguments: Any = raw_args
         await emit(
@@ -315,6 +315,8 @@ class Run:
             output=output,
             is_error=is_error,
             duration_ms=round((time.monotonic() - started) * 1000, 2),
+            recovered_from=call.recovered_from,
+            arguments_repaired=call.repaired,
         )
         self.steps.append(step)
         await emit(RunEvent.TOOL_CALL_COMPLETED, step_data(step))

@@ -30,6 +30,7 @@ class RunEvent(StrEnum):
 
     STARTED = "run.started"
     ROUND_STARTED = "round.started"
+    REASONING = "reasoning"  # the model's reasoning of a round, kept out of `message` and `output`
     TOOL_CALL_STARTED = "tool_call.started"
     TOOL_CALL_COMPLETED = "tool_call.completed"
     MESSAGE = "message"
@@ -73,6 +74,19 @@ class Step:
     output: str
     is_error: bool
     duration_ms: float
+    recovered_from: Annotated[
+        str | None,
+        Field(description="The text format the model wrote the call in (hermes, mistral, ...); null when structured"),
+    ] = None
+    arguments_repaired: Annotated[bool, Field(description="The call's JSON was broken and has been repaired")] = False
+
+
+@dataclass(slots=True)
+class RoundReasoning:
+    """What the model reasoned in one round (`<think>` blocks or LM Studio's `reasoning_content`)."""
+
+    round: int
+    content: str
 
 
 @dataclass(slots=True)
@@ -95,6 +109,9 @@ class RunResult:
     tool_calls: Annotated[
         list[dict[str, Any]],
         Field(description="Calls of the client's own function tools, handed back unexecuted (chat completions only)"),
+    ] = field(default_factory=list)
+    reasoning: Annotated[
+        list[RoundReasoning], Field(description="The model's reasoning per round; never part of `output`")
     ] = field(default_factory=list)
 
 

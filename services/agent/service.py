@@ -26,6 +26,7 @@ class RunDefaults:
     load_timeout_s: float | None
     max_tokens: int
     repeat_call_limit: int
+    text_tool_calls: bool = True  # recover tool calls written as text
     capture_content: bool = False
 
 

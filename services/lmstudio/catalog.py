@@ -11,7 +11,15 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from services.errors import InvalidRequestError, LLMConnectionError, LLMTimeoutError, ModelNotFoundError
+from services.errors import (
+    BridgeError,
+    InvalidRequestError,
+    LLMConnectionError,
+    LLMError,
+    LLMTimeoutError,
+    ModelNotFoundError,
+)
+from services.lmstudio.client import LMStudioClient
 from services.lmstudio.listing import ModelInfo, ModelType
 
 DEFAULT_NAMES = frozenset({"", "default"})
@@ -60,7 +68,12 @@ class ResolvedModel:
 
 
 class ModelCatalog:
-    """Caches the model list for `ttl_s`; concurrent misses share one upstream request."""
+    """Caches the model list for `ttl_s`; concurrent misses share one upstream request.
+
+    Built over an `LMStudioClient`'s `list_models`, it also hears from that client when LM Studio says a model
+    is missing or none is loaded (`model_error`), so every path (runs, chat pass-through, chat with MCP,
+    load/unload) answers with the fresh list.
+    """
 
     def __init__(
         self,
@@ -80,9 +93,36 @@ class ModelCatalog:
         self._refresh: asyncio.Task[Snapshot] | None = None
         self.hits = 0
         self.misses = 0
+        client = getattr(fetch, "__self__", None)
+        if isinstance(client, LMStudioClient):
+            client.on_model_error = self.model_error
 
     def invalidate(self) -> None:
+        """Forget the list (a model was loaded or unloaded, by us or by LM Studio's JIT loading)."""
         self._snapshot = None
+
+    async def model_error(self, error: LLMError, since: float | None = None) -> LLMError:
+        """LM Studio said a model is missing (or none is loaded): the cached list is out of date. Refresh it,
+        once for calls that failed together, and return the error to raise: a missing model's lists the
+        fresh ids. `since`: when the failed call began (`time.monotonic()`); a list fetched later is fresh."""
+        snap = self._snapshot
+        if since is None or snap is None or snap.fetched_at < since:
+            self.invalidate()
+        if not isinstance(error, ModelNotFoundError):
+            return error
+        try:
+            fresh = await self.snapshot()
+        except BridgeError:  # LM Studio cannot list its models now: the error as LM Studio gave it
+            return error
+        ids = [m.id for m in fresh.models]
+        missing = ModelNotFoundError(error.model, ids, self.aliases)
+        listed = fresh.by_id.get(error.model)
+        if listed is not None and not listed.loaded:  # downloaded, but LM Studio would not load it (JIT off)
+            missing.detail = (
+                f"LM Studio refused model {error.model!r}: it is downloaded but not loaded. Load it with "
+                f"POST /v1/models/{error.model}/load and retry. Available models: {', '.join(ids)}"
+            )
+        return missing
 
     async def snapshot(self) -> Snapshot:
         """The cached list, refreshed when older than the TTL."""

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from pydantic import ConfigDict, Field
 
 from services.errors import LLMResponseError
+from services.lmstudio.reasoning import split_reasoning
 from services.text import scrub
 
 
@@ -40,6 +41,8 @@ class ToolCall:
     id: str
     name: str
     arguments: str  # the raw JSON string the model produced (may be malformed)
+    recovered_from: str | None = None  # the text format the call was recovered from (see services.agent)
+    repaired: bool = False  # its JSON was broken and has been repaired
 
 
 @dataclass(slots=True)
@@ -49,6 +52,7 @@ class ChatResult:
     finish_reason: str | None = None
     model: str = ""
     usage: Usage = field(default_factory=Usage)
+    reasoning: str | None = None  # `reasoning_content`, or <think> blocks taken out of `content`
 
 
 def parse_chat(body: dict[str, Any]) -> ChatResult:
@@ -71,10 +75,15 @@ def parse_chat(body: dict[str, Any]) -> ChatResult:
         if not isinstance(call.arguments, str):
             call.arguments = json.dumps(call.arguments)
     content = message.get("content")
+    reasoning, answer = split_reasoning(scrub(content) if isinstance(content, str) else None)
+    separated = message.get("reasoning_content")
+    if isinstance(separated, str) and separated:
+        reasoning = scrub(separated) + ("\n\n" + reasoning if reasoning else "")
     return ChatResult(
-        scrub(content) if isinstance(content, str) else None,
+        answer,
         calls,
         choice.get("finish_reason"),
         scrub(str(body.get("model") or "")),
         Usage.from_json(body.get("usage")),
+        reasoning,
     )

@@ -16,7 +16,7 @@ from httpx_aiohttp import AiohttpTransport
 from opentelemetry import trace
 
 from services.breaker import Breaker
-from services.errors import BridgeError, LLMError, LLMResponseError
+from services.errors import BridgeError, LLMError, LLMResponseError, ModelNotFoundError, NoModelLoadedError
 from services.lmstudio.chat import ChatResult, parse_chat
 from services.lmstudio.errors import error_for_exception, error_for_probe, error_for_response
 from services.lmstudio.listing import MODEL_APIS, ModelInfo
@@ -28,6 +28,8 @@ T = TypeVar("T")
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 ResponseCheck = Callable[[httpx.Response, str | None], LLMError | None]
+# (the error, time.monotonic() when the failed call began) -> the error to raise instead
+ModelErrorHook = Callable[[LLMError, float], Awaitable[LLMError]]
 
 
 class LMStudioClient:
@@ -50,6 +52,9 @@ class LMStudioClient:
         self.breaker = breaker
         self.metrics = metrics or Metrics()
         self.models_api: str | None = None  # detected once: "api-v1" | "api-v0" | "openai"
+        # told when LM Studio says a model is missing or none is loaded (the `ModelCatalog` over this client
+        # sets it: its cached list is out of date); what it returns is raised instead
+        self.on_model_error: ModelErrorHook | None = None
 
     @classmethod
     def create(
@@ -104,8 +109,14 @@ class LMStudioClient:
             return call_with_retries(once, self.retry, deadline=deadline, on_retry=on_retry)
 
         started, outcome = time.perf_counter(), "ok"
+        began = time.monotonic()
         try:
             return await (call() if self.breaker is None else self.breaker.call(call))
+        except (ModelNotFoundError, NoModelLoadedError) as exc:
+            outcome = exc.code
+            if self.on_model_error is None:
+                raise
+            model_error: LLMError = exc
         except BridgeError as exc:
             outcome = exc.code
             raise
@@ -113,6 +124,10 @@ class LMStudioClient:
             self.metrics.lmstudio_duration.labels(operation, outcome).observe(time.perf_counter() - started)
             if retries:
                 trace.get_current_span().set_attribute("bridge.retry.attempts", retries)
+        replacement = await self.on_model_error(model_error, began)
+        if replacement is model_error:
+            raise model_error
+        raise replacement from model_error
 
     async def _send(
         self,
@@ -218,6 +233,39 @@ class LMStudioClient:
             self.models_api = None
             return await self.list_models()
         raise LLMResponseError("LM Studio answered no model list on /api/v1/models, /api/v0/models or /v1/models")
+
+    async def loaded_instances(self, key: str) -> list[str]:
+        """The instance ids of a model's loaded instances (REST API, LM Studio 0.4+): `loaded_instances[].id`,
+        which need not be the key (a second instance is `<key>:2`)."""
+        body = await self.request_json("GET", "/api/v1/models")
+        models = body.get("models") if isinstance(body, dict) else None
+        for entry in models if isinstance(models, list) else []:
+            if isinstance(entry, dict) and entry.get("key") == key:
+                instances = entry.get("loaded_instances") or []
+                return [str(i["id"]) for i in instances if isinstance(i, dict) and i.get("id")]
+        return []
+
+    async def load_model(self, key: str, ttl: int | None = None) -> dict[str, Any]:
+        """Load a model (REST API, LM Studio 0.4+). The answer always names the new instance `instance_id`
+        (LM Studio's documentation has called it `instance_id` and `model_instance_id`)."""
+        payload: dict[str, Any] = {"model": key} | ({"ttl": ttl} if ttl is not None else {})
+        answer = await self.request_json("POST", "/api/v1/models/load", json_body=payload, model=key)
+        answer = dict(answer) if isinstance(answer, dict) else {}
+        aliases = [answer.pop(name, None) for name in ("instance_id", "model_instance_id", "identifier")]
+        instance = next((str(a) for a in aliases if a), key)
+        return {**answer, "instance_id": instance, "status": answer.get("status") or "loaded"}
+
+    async def unload_model(self, key: str) -> dict[str, Any]:
+        """Unload every loaded instance of a model (REST API, LM Studio 0.4+); LM Studio's unload takes an
+        INSTANCE id, read from the model list. A model that is not loaded is left as it is."""
+        instances = await self.loaded_instances(key)
+        for instance in instances:
+            await self.request_json("POST", "/api/v1/models/unload", json_body={"instance_id": instance}, model=key)
+        return {
+            "instance_id": instances[0] if instances else None,
+            "instance_ids": instances,
+            "status": "unloaded" if instances else "not-loaded",
+        }
 
     async def chat(
         self, payload: dict[str, Any], *, timeout_s: float | None = None, deadline: float | None = None

@@ -5,6 +5,7 @@ Failures that may pass (connect errors, 429, 502, 503, 504) are marked `retryabl
 
 from __future__ import annotations
 
+import re
 import time
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -21,11 +22,17 @@ from services.errors import (
     LLMTimeoutError,
     LLMValidationError,
     ModelNotFoundError,
+    NoModelLoadedError,
     NotSupportedError,
 )
 
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 UNKNOWN_ENDPOINT = "Unexpected endpoint or method"  # LM Studio's 200 answer to a path it does not have
+# with JIT loading off and nothing loaded; a plain string error on chat (assafelovic/gpt-researcher#1556),
+# an object with `"code": null` on /v1/responses (lmstudio-bug-tracker #1730)
+NO_MODELS_LOADED = "No models loaded"
+INVALID_MODEL = "Invalid model identifier"  # current LM Studio's 400 for an unknown model
+_EXAMPLES = re.compile(r"\(e\.g\., ([^()]*)\)")
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -49,8 +56,33 @@ def _error_message(body: Any) -> str:
 
 
 def _models_from_message(message: str) -> list[str]:
+    """The model ids an unknown-model message names: "(e.g., a, b, c)" now, "Your models:\n..." before."""
+    examples = _EXAMPLES.search(message)
+    if examples:
+        return [name.strip() for name in examples.group(1).split(",") if name.strip()]
     _, _, listing = message.partition("Your models:")
     return [line.strip().lstrip("-• ").strip() for line in listing.splitlines() if line.strip()]
+
+
+def _quoted(message: str) -> str | None:
+    """The model id an error message names in double quotes."""
+    found = re.search(r'"([^"]+)"', message)
+    return found.group(1) if found else None
+
+
+def _model_error(status: int, body: Any, message: str, model: str | None) -> LLMError | None:
+    """No model loaded, or an unknown model in either version's words (current LM Studio: 400 "Invalid model
+    identifier ...", `code` model_not_found; older: 404 "... not found"); else None."""
+    if message.startswith(NO_MODELS_LOADED):
+        return NoModelLoadedError(model)
+    err = body.get("error") if isinstance(body, dict) else None
+    code = err.get("code") if isinstance(err, dict) else None
+    if status == 404:
+        missing = code == "model_not_found" or "not found" in message.lower()
+    else:
+        missing = status == 400 and (code == "model_not_found" or message.startswith(INVALID_MODEL))
+    name = model or (_quoted(message) if message.startswith(INVALID_MODEL) else None)
+    return ModelNotFoundError(name, _models_from_message(message)) if missing and name else None
 
 
 def error_for_response(response: httpx.Response, model: str | None = None) -> LLMError | None:
@@ -67,13 +99,14 @@ def error_for_response(response: httpx.Response, model: str | None = None) -> LL
             message = _error_message(body)
             if message.startswith(UNKNOWN_ENDPOINT):
                 return NotSupportedError(f"This LM Studio does not support it: {message}")
+            if message.startswith(NO_MODELS_LOADED):
+                return NoModelLoadedError(model)
             return LLMResponseError(f"LM Studio answered with an error: {message}")
         return None
     message = _error_message(body) if body is not None else response.text[:500]
-    err: LLMError
-    code = body.get("error", {}).get("code") if isinstance(body, dict) and isinstance(body.get("error"), dict) else None
-    if status == 404 and (code == "model_not_found" or "not found" in message.lower()) and model:
-        return ModelNotFoundError(model, _models_from_message(message))
+    err: LLMError | None = _model_error(status, body, message, model) if status < 500 else None
+    if err is not None:
+        return err
     if status == 429:
         err = LLMRateLimitError(f"LM Studio is rate limiting: {message}", retry_after=_retry_after(response))
     elif status >= 500:

@@ -108,6 +108,7 @@ def test_streaming_responses_are_documented(openapi_doc: dict[str, Any]) -> None
     assert events == {
         "run.started",
         "round.started",
+        "reasoning",
         "tool_call.started",
         "tool_call.completed",
         "message",

@@ -1,18 +1,43 @@
 """A mock LM Studio: a real HTTP server (Starlette + uvicorn) for tests and benchmarks.
 
 Run it with ``python -m tests.mock_lmstudio --port N [--host 127.0.0.1] [--api v1|v0|openai]
-[--models FILE.json] [--pin-loaded-model]``, or from tests with :mod:`tests.mock_lmstudio.fixture`.
+[--lmstudio current|0.4|0.3] [--models FILE.json] [--pin-loaded-model] [--no-jit] [--jit-load-ms N]
+[--no-auto-evict] [--separate-reasoning]``, or from tests with :mod:`tests.mock_lmstudio.fixture`.
+
+It follows CURRENT LM Studio (each quirk cites its source in server.py); ``--lmstudio 0.3`` keeps the older
+shapes where they differ (see "Versions").
 
 Endpoints
 ---------
-- ``GET /v1/models`` (OpenAI list, entries carry no ``created``), ``GET /api/v0/models`` (``--api`` v0/v1),
-  ``GET /api/v1/models`` and ``POST /api/v1/models/load|unload`` (``--api v1``, the default).
+- ``GET /v1/models`` (OpenAI list, entries carry no ``created``; with JIT off only loaded models),
+  ``GET /api/v0/models`` (``--api`` v0/v1), ``GET /api/v1/models`` and ``POST /api/v1/models/load|unload``
+  (``--api v1``, the default). ``loaded_instances[].id`` is an INSTANCE id: the key, or ``instance_id`` from
+  the model file, and ``<key>:2``, ``<key>:3``... for further instances (a load of a loaded model adds one).
+  Unload takes ``{"instance_id"}`` only: a key that is no instance's id is 404 not found.
 - ``POST /v1/chat/completions`` (JSON or ``"stream": true`` SSE), ``/v1/completions``, ``/v1/embeddings``.
 - Anything else answers **200** ``{"error": "Unexpected endpoint or method. (GET /path)"}`` like LM Studio.
-- ``--pin-loaded-model``: chat answers come from the first loaded LLM whatever ``model`` says.
 - ``--models FILE.json``: a list of ``{"id", "type": "llm"|"vlm"|"embeddings", "loaded", "max_context_length",
-  "tool_use"}`` replacing the default list (embedding model first, then ``qwen/qwen3-4b`` loaded, ...).
-  Chat does not JIT-load a model: states change only through load/unload, the ``unload`` fault and reset.
+  "tool_use", "instance_id"?}`` replacing the default list (embedding model first, then ``qwen/qwen3-4b``
+  loaded, ...).
+
+Model loading (JIT)
+-------------------
+- JIT on (default): a request naming a model that is not loaded loads it (after ``--jit-load-ms``), and
+  Auto-Evict (on unless ``--no-auto-evict``) first unloads the models earlier JIT loads brought in (models
+  loaded through ``/api/v1/models/load`` or loaded from the start stay).
+- ``--no-jit``: such a request gets 400 ``{"error": "No models loaded. Please load a model ..."}`` (a plain
+  string) when no model is loaded at all, else the unknown-model answer; ``/v1/models`` lists loaded models only.
+- A request without ``model`` uses the first loaded model of the right kind (or gets "No models loaded").
+- ``--pin-loaded-model``: chat answers come from the first loaded LLM whatever ``model`` says (no JIT load).
+
+Versions (``--lmstudio``)
+-------------------------
+- unknown model: current (default; ``0.4`` is the same) **400** ``{"error": {"message": "Invalid model
+  identifier \"x\". Please specify a valid downloaded model (e.g., a, b, c).", "type": "invalid_request_error",
+  "param": "model", "code": "model_not_found"}}``; ``0.3``: **404**, message ``"Model \"x\" not found. Please
+  specify a valid model.\n\nYour models:\n<one id a line>"`` (same ``type``, ``param``, ``code``).
+- load answer: current ``{"type", "instance_id", "load_time_seconds", "status": "loaded"}``; ``0.3`` the
+  other documented name, ``{"type", "model_instance_id", "load_time_seconds", "status": "loaded"}``.
 
 The scripted model (stateless, per conversation)
 ------------------------------------------------
@@ -23,6 +48,10 @@ the answer. Keys, all optional:
   calls; the round used is the number of assistant messages with ``tool_calls`` already in the conversation.
   Object arguments are sent as a JSON string, string arguments verbatim (malformed JSON on purpose).
 - ``"forever": {"name": "t", "arguments": {...}}``: call this tool in every answer (when tools are offered).
+- ``"say": "text"``: the ``content`` of an answer that calls tools (else ``null``): text AND ``tool_calls``.
+- ``"reasoning": "text"``: the model reasons; with ``--separate-reasoning`` it comes in
+  ``message.reasoning_content`` (streamed: ``delta.reasoning_content`` chunks before the content), without it
+  at the start of ``content`` as ``<think>text</think>\\n``.
 - ``"answer": "text"``: final text instead of ``"Mock answer to: <last user message>"``.
 - ``"delay_ms": N``: sleep N ms before answering each request of the conversation.
 - ``"fault": {...}``: a fault object (below) applied to each request of the conversation.
@@ -32,8 +61,8 @@ emitted). Ids are ``call_<round>_<i>``. Without a (further) round the final answ
 ``"Based on the tools: " + "\\n".join(tool message contents)`` when the conversation has ``role: tool``
 messages, else the ``answer`` text or ``"Mock answer to: <last user message>"`` (script markup removed).
 
-Injected faults (control API)
------------------------------
+Injected faults and control API
+-------------------------------
 ``POST /_mock/faults {"faults": [...]}`` appends to a FIFO queue; each non-``/_mock`` request pops the first
 fault whose optional ``"path"`` equals its path. ``DELETE /_mock/faults`` clears the queue. Fault kinds:
 
@@ -42,9 +71,13 @@ fault whose optional ``"path"`` equals its path. ``DELETE /_mock/faults`` clears
 - ``{"kind": "malformed_json"}``: 200 ``application/json`` whose body is not JSON.
 - ``{"kind": "malformed_tool_args"}``: tool call arguments become ``{"path": `` (first offered tool if no call).
 - ``{"kind": "cut_stream"}``: send part of the answer (one or two SSE chunks) and drop the connection.
-- ``{"kind": "unknown_model"}``: 404 model_not_found.  ``{"kind": "unload"}``: unload the model, then 404.
+- ``{"kind": "unknown_model"}``: the unknown-model answer of the version (400 now, 404 in 0.3 mode).
+  ``{"kind": "unload"}``: unload the model, then the unknown-model answer.
 
-``GET /_mock/requests`` -> ``{"requests": [{"id", "method", "path", "body", "aborted", "status", "started",
-"ended"}]}`` (last 10,000, ``aborted`` = client went away first); ``POST /_mock/reset`` clears faults, log
-and model states; ``GET /_mock/health`` -> ``{"ok": true}``.
+``POST /_mock/config {"lmstudio", "jit", "jit_load_ms", "auto_evict", "separate_reasoning",
+"pin_loaded_model", "models": [...]}`` changes options (any subset; ``models`` in the ``--models`` format)
+until the next reset; ``GET /_mock/config`` shows them. ``GET /_mock/requests`` -> ``{"requests": [{"id",
+"method", "path", "headers", "body", "aborted", "status", "started", "ended"}]}`` (last 10,000; ``headers``
+with lower-case names; ``aborted`` = client went away first); ``POST /_mock/reset`` clears faults and log
+and restores the model list, states and options; ``GET /_mock/health`` -> ``{"ok": true}``.
 """

@@ -2,8 +2,11 @@
 
 mock = await start_mock("--api", "v0")      # or: async with mock_lmstudio() as mock: ...
 await mock.faults({"kind": "status", "status": 503})
+await mock.configure(lmstudio="0.3", jit=False)   # until the next reset
 ...
 await mock.stop()
+
+`start_mock(lmstudio="0.3")` starts one that answers in an older version's shapes (``--lmstudio 0.3``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,13 @@ class MockLMStudio:
     async def clear_faults(self) -> None:
         (await self.client.delete("/_mock/faults")).raise_for_status()
 
+    async def configure(self, **options: Any) -> dict[str, Any]:
+        """Change how the mock behaves until the next reset: `lmstudio` ("current" | "0.3"), `jit`, `jit_load_ms`,
+        `auto_evict`, `separate_reasoning`, `pin_loaded_model`, and `models` (the ``--models`` file format)."""
+        response = await self.client.post("/_mock/config", json=options)
+        response.raise_for_status()
+        return dict(response.json())
+
     async def requests(self) -> list[dict[str, Any]]:
         """The request log since the last reset (control calls excluded)."""
         response = await self.client.get("/_mock/requests")
@@ -46,7 +56,7 @@ class MockLMStudio:
         return list(response.json()["requests"])
 
     async def reset(self) -> None:
-        """Clear faults and the request log; restore the model list and states."""
+        """Clear faults and the request log; restore the model list and states and the options."""
         (await self.client.post("/_mock/reset")).raise_for_status()
 
     def log_tail(self, chars: int = 2000) -> str:
@@ -68,9 +78,13 @@ class MockLMStudio:
             raise RuntimeError(f"mock LM Studio on port {self.port} not ready: {exc}") from None
 
 
-async def start_mock(*args: str, port: int | None = None) -> MockLMStudio:
-    """Start ``python -m tests.mock_lmstudio --port P *args`` (P: `port` or a free one); wait until it answers."""
+async def start_mock(*args: str, port: int | None = None, lmstudio: str | None = None) -> MockLMStudio:
+    """Start ``python -m tests.mock_lmstudio --port P *args`` (P: `port` or a free one); wait until it answers.
+
+    `lmstudio`: the version whose answer shapes it takes (``--lmstudio``; default: current LM Studio)."""
     port = port or free_port()
+    if lmstudio is not None:
+        args = (*args, "--lmstudio", lmstudio)
     log = log_file("mock-lmstudio-")
     process = await spawn_python("tests.mock_lmstudio", "--port", str(port), *args, log=log)
     mock = MockLMStudio(process, port, log)
@@ -79,9 +93,11 @@ async def start_mock(*args: str, port: int | None = None) -> MockLMStudio:
 
 
 @contextlib.asynccontextmanager
-async def mock_lmstudio(*args: str, port: int | None = None) -> AsyncIterator[MockLMStudio]:
+async def mock_lmstudio(
+    *args: str, port: int | None = None, lmstudio: str | None = None
+) -> AsyncIterator[MockLMStudio]:
     """``async with mock_lmstudio("--api", "v0") as mock:`` — started, then stopped on exit."""
-    mock = await start_mock(*args, port=port)
+    mock = await start_mock(*args, port=port, lmstudio=lmstudio)
     try:
         yield mock
     finally:

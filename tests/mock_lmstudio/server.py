@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -29,6 +30,7 @@ BROKEN_ARGS = '{"path": '
 SCRIPT_TAG = "[[mock "
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
+NO_MODELS_LOADED = "No models loaded. Please load a model in the developer page or use the 'lms load' command."
 
 
 @dataclass
@@ -39,6 +41,31 @@ class Model:
     max_context_length: int
     tool_use: bool
     ttl: int | None = None
+    # LM Studio docs, REST API "List your models": unload takes `loaded_instances[].id`, which need not be the
+    # key (a second instance of a model is "<key>:2"); `instance_id` sets the first instance's id
+    instance_id: str | None = None
+    instances: list[str] = field(default_factory=list)
+    jit_loaded: bool = False  # loaded on demand by a request (Auto-Evict unloads only these)
+
+    def __post_init__(self) -> None:
+        if self.loaded and not self.instances:
+            self.instances = [self.instance_id or self.id]
+
+    def add_instance(self) -> str:
+        """Load one more instance (LM Studio's load makes a new instance even when one exists): its id."""
+        new, n = self.instance_id or self.id, 1
+        while new in self.instances:
+            n += 1
+            new = f"{self.id}:{n}"
+        self.instances.append(new)
+        self.loaded = True
+        return new
+
+    def drop(self, instance: str | None = None) -> None:
+        """Unload one instance, or all of them."""
+        self.instances = [] if instance is None else [i for i in self.instances if i != instance]
+        self.loaded = bool(self.instances)
+        self.jit_loaded = self.jit_loaded and self.loaded
 
 
 DEFAULT_MODELS = [
@@ -50,14 +77,52 @@ DEFAULT_MODELS = [
 ]
 
 
+def parse_models(items: list[Json]) -> list[Model]:
+    """Models from the ``--models`` file format (also what ``POST /_mock/config {"models": [...]}`` takes)."""
+    return [
+        Model(
+            m["id"],
+            m["type"],
+            bool(m["loaded"]),
+            int(m["max_context_length"]),
+            bool(m["tool_use"]),
+            instance_id=m.get("instance_id"),
+        )
+        for m in items
+    ]
+
+
 def load_models(path: str | None) -> list[Model]:
     if path is None:
         return copy.deepcopy(DEFAULT_MODELS)
     with open(path, encoding="utf-8") as f:
-        items = json.load(f)
-    return [
-        Model(m["id"], m["type"], bool(m["loaded"]), int(m["max_context_length"]), bool(m["tool_use"])) for m in items
-    ]
+        return parse_models(json.load(f))
+
+
+CURRENT, OLDER = "current", "0.3"
+VERSIONS = {"current": CURRENT, "0.4": CURRENT, "0.3": OLDER}
+
+
+@dataclass
+class Options:
+    """How the mock behaves; set by the command line, changed by ``POST /_mock/config``, restored by reset."""
+
+    lmstudio: str = CURRENT  # "current" (0.4) or "0.3": which shapes the answers take
+    jit: bool = True  # load a requested model that is not loaded (LM Studio's JIT loading, on by default)
+    jit_load_ms: float = 0  # how long such a load takes
+    auto_evict: bool = True  # a JIT load first unloads the models an earlier JIT load brought in
+    separate_reasoning: bool = False  # reasoning goes to `reasoning_content` instead of `<think>` in content
+    pin_loaded_model: bool = False  # answers come from the first loaded LLM whatever `model` says
+
+    def update(self, values: Json) -> None:
+        for key, value in values.items():
+            if key not in self.__dataclass_fields__:
+                raise ValueError(f"unknown mock option {key!r}")
+            if key == "lmstudio":
+                if str(value) not in VERSIONS:
+                    raise ValueError(f"lmstudio must be one of {sorted(VERSIONS)}")
+                value = VERSIONS[str(value)]
+            setattr(self, key, value)
 
 
 class Aborted(Exception):
@@ -126,7 +191,7 @@ def find_script(body: Any) -> Json:
 
 
 def plan_chat(body: Json, script: Json, malformed: bool) -> tuple[str | None, list[Json]]:
-    """Decide the answer: (text, []) or (None, tool calls in OpenAI shape)."""
+    """Decide the answer: (text, []) or (the script's ``say`` text or None, tool calls in OpenAI shape)."""
     messages = [m for m in body.get("messages", []) if isinstance(m, dict)]
     tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
     done = sum(1 for m in messages if m.get("role") == "assistant" and m.get("tool_calls"))
@@ -150,7 +215,9 @@ def plan_chat(body: Json, script: Json, malformed: bool) -> tuple[str | None, li
             }
         )
     if calls:
-        return None, calls
+        # one message can carry text beside its tool calls (the OpenAI format allows both; models do it)
+        say = script.get("say")
+        return (say if isinstance(say, str) else None), calls
     tool_outputs = [text_of(m.get("content")) for m in messages if m.get("role") == "tool"]
     if tool_outputs:
         return "Based on the tools: " + "\n".join(tool_outputs), []
@@ -201,11 +268,12 @@ Handler = Callable[[Call], Awaitable[Response]]
 
 
 class MockServer:
-    def __init__(self, models: list[Model], api: str = "v1", pin_loaded_model: bool = False) -> None:
+    def __init__(self, models: list[Model], api: str = "v1", options: Options | None = None) -> None:
         self.initial = copy.deepcopy(models)
         self.models = copy.deepcopy(models)
         self.api = api
-        self.pin = pin_loaded_model
+        self.initial_options = options or Options()
+        self.options = copy.copy(self.initial_options)
         self.faults: list[Json] = []
         self.log: deque[Json] = deque(maxlen=LOG_LIMIT)
         self.ids = itertools.count(1)
@@ -224,6 +292,10 @@ class MockServer:
         methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
         self.app = Starlette(routes=[Route("/{path:path}", self.dispatch, methods=methods)])
 
+    @property
+    def current(self) -> bool:
+        return self.options.lmstudio == CURRENT
+
     # --- plumbing
 
     async def dispatch(self, request: Request) -> Response:
@@ -238,6 +310,7 @@ class MockServer:
             "id": next(self.ids),
             "method": request.method,
             "path": request.url.path,
+            "headers": dict(request.headers),  # names in lower case
             "body": body,
             "aborted": False,
             "status": None,
@@ -293,7 +366,7 @@ class MockServer:
         elif kind == "unload":
             model = self.find(self.body_model(call))
             if model is not None:
-                model.loaded = False
+                model.drop()
             call.flags.add("unknown_model")
         elif isinstance(kind, str):
             call.flags.add(kind)
@@ -338,8 +411,27 @@ class MockServer:
             self.faults.clear()
             self.log.clear()
             self.models = copy.deepcopy(self.initial)
+            self.options = copy.copy(self.initial_options)
             return JSONResponse({"ok": True})
+        if key in (("GET", "/_mock/config"), ("POST", "/_mock/config")):
+            if key[0] == "POST":
+                return self.configure(await request.json())
+            return JSONResponse(dataclasses.asdict(self.options))
         return JSONResponse({"error": f"Unexpected endpoint or method. ({key[0]} {key[1]})"})
+
+    def configure(self, body: Any) -> Response:
+        """Change options (and with ``models``, the model list) until the next reset."""
+        if not isinstance(body, dict):
+            return self.bad_request("the config must be a JSON object")
+        values = dict(body)
+        try:
+            models = parse_models(values.pop("models")) if "models" in values else None
+            self.options.update(values)
+        except (KeyError, TypeError, ValueError) as exc:
+            return self.bad_request(f"bad mock config: {exc}")
+        if models is not None:
+            self.models = models
+        return JSONResponse(dataclasses.asdict(self.options))
 
     # --- models
 
@@ -352,28 +444,62 @@ class MockServer:
             return None
         return call.body.get("model") or call.body.get("instance_id")
 
+    def visible(self) -> list[Model]:
+        """The models a request may name: every downloaded one, or with JIT loading off only the loaded ones
+        (LM Studio docs, "Idle TTL and Auto-Evict": JIT loading is what lets a request use an unloaded model)."""
+        return self.models if self.options.jit else [m for m in self.models if m.loaded]
+
     def not_found(self, model_id: Any) -> Response:
-        names = "\n".join(m.id for m in self.models)
-        message = f'Model "{model_id}" not found. Please specify a valid model.\n\nYour models:\n{names}'
+        """LM Studio's answer to a model it does not have, in the shape of the configured version."""
+        names = [m.id for m in self.visible()]
+        if self.current:
+            # 400 naming three models: assafelovic/gpt-researcher#1556, QwenLM/qwen-code#10065 (LM Studio 0.4.23)
+            message = (
+                f'Invalid model identifier "{model_id}". Please specify a valid downloaded model '
+                f"(e.g., {', '.join(names[:3])})."
+            )
+            status = 400
+        else:  # older versions (DESIGN.md, "LM Studio facts"): 404 listing every model
+            listing = "\n".join(names)
+            message = f'Model "{model_id}" not found. Please specify a valid model.\n\nYour models:\n{listing}'
+            status = 404
         error = {"message": message, "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
-        return JSONResponse({"error": error}, status_code=404)
+        return JSONResponse({"error": error}, status_code=status)
+
+    @staticmethod
+    def no_models_loaded() -> Response:
+        # a plain STRING error, status 400: assafelovic/gpt-researcher#1556 (LM Studio with JIT loading off)
+        return JSONResponse({"error": NO_MODELS_LOADED}, status_code=400)
 
     @staticmethod
     def bad_request(message: str) -> Response:
         return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}}, status_code=400)
 
-    def resolve(self, call: Call, kinds: tuple[str, ...]) -> Model | Response:
-        """The requested model of one of kinds, or the error response LM Studio would give."""
+    async def resolve(self, call: Call, kinds: tuple[str, ...], *, load: bool = True) -> Model | Response:
+        """The requested model of one of kinds (JIT-loaded when `load`), or the error LM Studio would give."""
         requested = self.body_model(call)
         if not requested:
             first = next((m for m in self.models if m.loaded and m.type in kinds), None)
-            return first if first is not None else self.bad_request("No models loaded. Please load a model.")
+            return first if first is not None else self.no_models_loaded()
         model = self.find(requested)
         if model is None or "unknown_model" in call.flags:
             return self.not_found(requested)
         if model.type not in kinds:
             what = "a llm" if "llm" in kinds else "an embedding model"
             return self.bad_request(f'Model "{requested}" is not {what} (it is of type {model.type}).')
+        if model.loaded or not load:
+            return model
+        if not self.options.jit:
+            return self.no_models_loaded() if not any(m.loaded for m in self.models) else self.not_found(requested)
+        # LM Studio docs, "Idle TTL and Auto-Evict": JIT loads the model on first use (which can take a while),
+        # Auto-Evict first unloads the models earlier JIT loads brought in; a JIT model gets the request's ttl
+        await self.wait(call, self.options.jit_load_ms / 1000)
+        if self.options.auto_evict:
+            for other in self.models:
+                if other.jit_loaded and other is not model:
+                    other.drop()
+        model.add_instance()
+        model.jit_loaded = True
         return model
 
     @staticmethod
@@ -382,7 +508,8 @@ class MockServer:
         return publisher or "lmstudio-community", name
 
     async def openai_models(self, call: Call) -> Response:
-        data = [{"id": m.id, "object": "model", "owned_by": "organization_owner"} for m in self.models]
+        # DESIGN.md: with JIT loading on, /v1/models lists every downloaded model (else only the loaded ones)
+        data = [{"id": m.id, "object": "model", "owned_by": "organization_owner"} for m in self.visible()]
         return JSONResponse({"object": "list", "data": data})
 
     async def v0_models(self, call: Call) -> Response:
@@ -414,7 +541,8 @@ class MockServer:
                 "quantization": {"name": "Q4_K_M", "bits_per_weight": 4},
                 "size_bytes": 2_500_000_000,
                 "params_string": "4B",
-                "loaded_instances": [{"id": m.id, "config": {"context_length": 4096}}] if m.loaded else [],
+                # LM Studio docs, REST API "List your models": one entry per loaded instance, `id` its instance id
+                "loaded_instances": [{"id": i, "config": {"context_length": 4096}} for i in m.instances],
                 "max_context_length": m.max_context_length,
                 "format": "gguf",
                 "capabilities": {"vision": m.type == "vlm", "trained_for_tool_use": m.tool_use},
@@ -424,21 +552,29 @@ class MockServer:
         return JSONResponse({"models": models})
 
     async def load(self, call: Call) -> Response:
-        model = self.find(self.body_model(call))
+        model = self.find(call.body.get("model"))
         if model is None or "unknown_model" in call.flags:
-            return self.not_found(self.body_model(call))
-        model.loaded = True
+            return self.not_found(call.body.get("model"))
+        instance = model.add_instance()
         if isinstance(call.body.get("ttl"), int):
             model.ttl = call.body["ttl"]
         kind = "embedding" if model.type == "embeddings" else "llm"
-        return JSONResponse({"type": kind, "instance_id": model.id, "load_time_seconds": 0.1, "status": "loaded"})
+        # LM Studio docs, REST API "Load a model": lmstudio.ai names the id `instance_id`, the beta.lmstudio.ai
+        # page `model_instance_id`; the 0.3 mode answers the other name so the gateway is tested on both
+        name = "instance_id" if self.current else "model_instance_id"
+        return JSONResponse({"type": kind, name: instance, "load_time_seconds": 0.1, "status": "loaded"})
 
     async def unload(self, call: Call) -> Response:
-        model = self.find(self.body_model(call))
-        if model is None or not model.loaded or "unknown_model" in call.flags:
-            return self.not_found(self.body_model(call))
-        model.loaded = False
-        return JSONResponse({"instance_id": model.id})
+        # LM Studio docs, REST API "Unload a model": the body names an INSTANCE (`loaded_instances[].id`); a key
+        # that is no instance's id is not found (the docs give no error body: this one is the mock's)
+        instance = call.body.get("instance_id")
+        model = next((m for m in self.models if instance in m.instances), None)
+        if model is None or "unknown_model" in call.flags:
+            message = f'No loaded model instance with id "{instance}" was found.'
+            error = {"message": message, "type": "invalid_request_error", "param": "instance_id"}
+            return JSONResponse({"error": {**error, "code": "model_not_found"}}, status_code=404)
+        model.drop(instance)
+        return JSONResponse({"instance_id": instance})
 
     # --- inference
 
@@ -446,17 +582,23 @@ class MockServer:
         body = call.body
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return self.bad_request("'messages' field is required")
-        model = self.resolve(call, ("llm", "vlm"))
+        # lmstudio-bug-tracker #619: with one model loaded, some versions answer with it whatever `model` says
+        model = await self.resolve(call, ("llm", "vlm"), load=not self.options.pin_loaded_model)
         if isinstance(model, Response):
             return model
         if isinstance(body.get("ttl"), int):
             model.ttl = body["ttl"]
         name = model.id
-        if self.pin:
+        if self.options.pin_loaded_model:
             name = next((m.id for m in self.models if m.loaded and m.type in ("llm", "vlm")), name)
         text, calls = plan_chat(body, call.script, "malformed_tool_args" in call.flags)
+        reasoning = call.script.get("reasoning") if isinstance(call.script.get("reasoning"), str) else None
+        if reasoning is not None and not self.options.separate_reasoning:
+            text = f"<think>{reasoning}</think>\n{text or ''}"  # the model's raw output, reasoning inline
+            reasoning = None
         prompt = sum(len(text_of(m.get("content"))) for m in body["messages"] if isinstance(m, dict))
-        completion = count_tokens(text or "") + sum(len(c["function"]["arguments"]) // 4 for c in calls)
+        completion = count_tokens((text or "") + (reasoning or ""))
+        completion += sum(len(c["function"]["arguments"]) // 4 for c in calls)
         usage = {"prompt_tokens": prompt // 4 + 1, "completion_tokens": completion}
         usage["total_tokens"] = usage["prompt_tokens"] + completion
         head = {"id": f"chatcmpl-{call.entry['id']}", "created": int(time.time()), "model": name}
@@ -464,23 +606,31 @@ class MockServer:
         finish = "tool_calls" if calls else "stop"
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            chunks = self.chunks(head, text, calls, finish, usage if include_usage else None)
+            chunks = self.chunks(head, text, calls, finish, usage if include_usage else None, reasoning)
             if "cut_stream" in call.flags:
                 return CutResponse([sse(c) for c in chunks[:2]], "text/event-stream")
             return StreamingResponse(self.stream(call, chunks), media_type="text/event-stream")
         message: Json = {"role": "assistant", "content": text}
+        if reasoning is not None:
+            # LM Studio API changelog 0.3.9: "Separate reasoning_content in Chat Completion responses"
+            # (App Settings > Developer); off, the reasoning stays in content inside <think>...</think>
+            message["reasoning_content"] = reasoning
         if calls:
             message["tool_calls"] = calls
         choice = {"index": 0, "logprobs": None, "finish_reason": finish, "message": message}
         return JSONResponse({**head, "object": "chat.completion", "choices": [choice], "usage": usage, "stats": {}})
 
     @staticmethod
-    def chunks(head: Json, text: str | None, calls: list[Json], finish: str, usage: Json | None) -> list[Json]:
+    def chunks(
+        head: Json, text: str | None, calls: list[Json], finish: str, usage: Json | None, reasoning: str | None = None
+    ) -> list[Json]:
         def chunk(delta: Json, reason: str | None = None) -> Json:
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
             return {**head, "object": "chat.completion.chunk", "choices": [choice]}
 
         out = [chunk({"role": "assistant"})]
+        for piece in pieces(reasoning, 3) if reasoning else []:
+            out.append(chunk({"reasoning_content": piece}))
         for piece in pieces(text or "", 4) if text else []:
             out.append(chunk({"content": piece}))
         for i, c in enumerate(calls):
@@ -504,7 +654,7 @@ class MockServer:
             call.entry["ended"] = time.time()
 
     async def completions(self, call: Call) -> Response:
-        model = self.resolve(call, ("llm", "vlm"))
+        model = await self.resolve(call, ("llm", "vlm"))
         if isinstance(model, Response):
             return model
         prompt = text_of(call.body.get("prompt"))
@@ -525,7 +675,7 @@ class MockServer:
         )
 
     async def embeddings(self, call: Call) -> Response:
-        model = self.resolve(call, ("embeddings",))
+        model = await self.resolve(call, ("embeddings",))
         if isinstance(model, Response):
             return model
         raw = call.body.get("input")
@@ -540,9 +690,13 @@ def sse(chunk: Json) -> bytes:
     return f"data: {json.dumps(chunk)}\n\n".encode()
 
 
-def build_app(models: list[Model] | None = None, api: str = "v1", pin_loaded_model: bool = False) -> Starlette:
-    """The mock as an ASGI app (also usable in-process with httpx.ASGITransport)."""
-    return MockServer(models if models is not None else load_models(None), api, pin_loaded_model).app
+def build_app(
+    models: list[Model] | None = None, api: str = "v1", pin_loaded_model: bool = False, **options: Any
+) -> Starlette:
+    """The mock as an ASGI app (also usable in-process with httpx.ASGITransport); `options`: `Options` fields."""
+    settings = Options(pin_loaded_model=pin_loaded_model)
+    settings.update(options)
+    return MockServer(models if models is not None else load_models(None), api, settings).app
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -550,10 +704,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--api", choices=["v1", "v0", "openai"], default="v1")
+    parser.add_argument("--lmstudio", choices=sorted(VERSIONS), default=CURRENT, help="answer shapes of this version")
     parser.add_argument("--models", help="JSON file with the model list")
     parser.add_argument("--pin-loaded-model", action="store_true")
+    parser.add_argument("--no-jit", action="store_true", help="JIT loading off: unloaded models cannot be used")
+    parser.add_argument("--jit-load-ms", type=float, default=0, help="how long a JIT load takes")
+    parser.add_argument("--no-auto-evict", action="store_true", help="a JIT load keeps earlier JIT-loaded models")
+    parser.add_argument("--separate-reasoning", action="store_true", help="reasoning in `reasoning_content`")
     args = parser.parse_args(argv)
-    app = build_app(load_models(args.models), args.api, args.pin_loaded_model)
+    app = build_app(
+        load_models(args.models),
+        args.api,
+        args.pin_loaded_model,
+        lmstudio=args.lmstudio,
+        jit=not args.no_jit,
+        jit_load_ms=args.jit_load_ms,
+        auto_evict=not args.no_auto_evict,
+        separate_reasoning=args.separate_reasoning,
+    )
     uvicorn.run(
         app,
         host=args.host,
@@ -565,4 +733,4 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
-__all__ = ["DEFAULT_MODELS", "MockServer", "Model", "build_app", "main"]
+__all__ = ["DEFAULT_MODELS", "MockServer", "Model", "Options", "build_app", "main"]

@@ -228,3 +228,12 @@ async def test_readiness_is_the_same_on_rest_and_mcp_with_an_open_breaker(mock: 
     assert health.structured_content is not None
     assert health.structured_content["status"] == rest.json()["status"] == "not_ready"
     assert health.structured_content["lmstudio"] == rest.json()["lmstudio"]
+
+
+async def test_honest_endings_reach_mcp_clients(live: httpx.AsyncClient) -> None:
+    async with http_session(live) as session:
+        looped, _ = await call(
+            session, "autonomous_with_mcp", mcp_name="time", task="Loop " + script(forever=TIME_CALL)
+        )
+    assert looped.structured_content is not None and looped.structured_content["status"] == "loop"
+    assert not looped.is_error and text_of(looped)

@@ -1,0 +1,152 @@
+"""What current LM Studio does (and what older versions did): its unknown-model and no-model answers, instance ids
+that differ from the key, both load-answer shapes, and the catalog refreshed when a cached model has gone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from services.errors import ModelNotFoundError, NoModelLoadedError
+from services.lmstudio import LMStudioClient, ModelCatalog
+from services.lmstudio.errors import error_for_response
+from tests.mock_lmstudio.fixture import MockLMStudio
+from tests.services.lmstudio.conftest import NO_RETRY
+
+QWEN = "qwen/qwen3-4b"
+CODER = "qwen/qwen3-coder-30b"
+HI = [{"role": "user", "content": "hi"}]
+INVALID = {
+    "error": {
+        "message": 'Invalid model identifier "gone/x". Please specify a valid downloaded model (e.g., a/b, c, d).',
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_found",
+    }
+}
+OLD_NOT_FOUND = {
+    "error": {
+        "message": 'Model "gone/x" not found. Please specify a valid model.\n\nYour models:\na/b\nc',
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_found",
+    }
+}
+NO_MODELS = "No models loaded. Please load a model in the developer page or use the 'lms load' command."
+
+
+def model(key: str, loaded: bool = False, **extra: Any) -> dict[str, Any]:
+    """A model entry in the mock's `--models` format."""
+    return {"id": key, "type": "llm", "loaded": loaded, "max_context_length": 8192, "tool_use": True, **extra}
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "model", "available"),
+    [
+        (400, INVALID, "gone/x", ["a/b", "c", "d"]),
+        (400, INVALID, None, ["a/b", "c", "d"]),  # the id is read from the message
+        (404, OLD_NOT_FOUND, "gone/x", ["a/b", "c"]),
+    ],
+)
+def test_unknown_model_in_both_versions(status: int, body: Any, model: str | None, available: list[str]) -> None:
+    error = error_for_response(httpx.Response(status, json=body), model)
+    assert isinstance(error, ModelNotFoundError)
+    assert error.model == "gone/x" and error.available_models == available and not error.retryable
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (400, {"error": NO_MODELS}),  # chat: a plain string
+        (400, {"error": {"message": NO_MODELS, "type": "invalid_request_error", "param": "model", "code": None}}),
+        (200, {"error": NO_MODELS}),
+    ],
+)
+def test_no_models_loaded_is_its_own_error(status: int, body: Any) -> None:
+    error = error_for_response(httpx.Response(status, json=body), QWEN)
+    assert isinstance(error, NoModelLoadedError)
+    problem = error.problem()
+    assert (problem["status"], problem["code"]) == (422, "no_model_loaded")
+    assert f"POST /v1/models/{QWEN}/load" in problem["detail"] and problem["load_endpoint"].startswith("POST ")
+    assert not error.retryable
+
+
+def test_a_plain_400_is_not_a_missing_model() -> None:
+    error = error_for_response(httpx.Response(400, json={"error": {"message": "'messages' field is required"}}))
+    assert error is not None and error.code == "upstream_rejected"
+
+
+@pytest.fixture
+async def client(mock: MockLMStudio) -> AsyncIterator[LMStudioClient]:
+    lm = LMStudioClient.create(mock.base_url, read_timeout_s=5, retry=NO_RETRY)
+    yield lm
+    await lm.aclose()
+
+
+async def listings(mock: MockLMStudio) -> int:
+    return len([r for r in await mock.requests() if r["path"].endswith("/models")])
+
+
+@pytest.mark.parametrize("version", ["current", "0.3"])
+async def test_model_gone_after_caching_refreshes_the_catalog_once(
+    client: LMStudioClient, mock: MockLMStudio, version: str
+) -> None:
+    catalog = ModelCatalog(client.list_models)
+    assert client.on_model_error is not None  # a catalog over a client hears of its missing models
+    assert (await catalog.resolve(CODER)).id == CODER  # cached with CODER in it
+    await mock.configure(lmstudio=version, models=[model(QWEN, loaded=True), model("other/model")])
+    before = await listings(mock)
+    results = await asyncio.gather(
+        *(client.chat({"model": CODER, "messages": HI}) for _ in range(5)), return_exceptions=True
+    )
+    for error in results:
+        assert isinstance(error, ModelNotFoundError)
+        assert error.model == CODER and error.available_models == [QWEN, "other/model"]  # the fresh list
+    assert await listings(mock) == before + 1  # five failures, one refresh
+    with pytest.raises(ModelNotFoundError):  # and now the catalog knows without asking LM Studio
+        await catalog.resolve(CODER)
+    assert await listings(mock) == before + 1
+
+
+async def test_no_model_loaded_invalidates_the_catalog(client: LMStudioClient, mock: MockLMStudio) -> None:
+    catalog = ModelCatalog(client.list_models)
+    await catalog.snapshot()
+    await mock.configure(jit=False, models=[model(QWEN), model(CODER)])
+    with pytest.raises(NoModelLoadedError) as info:
+        await client.chat({"model": CODER, "messages": HI})
+    assert info.value.model == CODER and info.value.status == 422
+    assert not any(m.loaded for m in (await catalog.snapshot()).models)  # listed afresh
+
+
+async def test_unload_uses_the_instance_ids(client: LMStudioClient, mock: MockLMStudio) -> None:
+    await mock.configure(models=[model(QWEN, loaded=True, instance_id=f"{QWEN}:2"), model(CODER)])
+    await client.list_models()
+    assert await client.loaded_instances(QWEN) == [f"{QWEN}:2"]
+    assert (await client.load_model(QWEN))["instance_id"] == f"{QWEN}:3"  # a second instance
+    answer = await client.unload_model(QWEN)
+    assert answer == {"instance_id": f"{QWEN}:2", "instance_ids": [f"{QWEN}:2", f"{QWEN}:3"], "status": "unloaded"}
+    unloads = [r["body"] for r in await mock.requests() if r["path"] == "/api/v1/models/unload"]
+    assert unloads == [{"instance_id": f"{QWEN}:2"}, {"instance_id": f"{QWEN}:3"}]
+    assert await client.loaded_instances(QWEN) == []
+    assert (await client.unload_model(CODER))["status"] == "not-loaded"  # nothing to unload: left as it is
+
+
+@pytest.mark.parametrize("version", ["current", "0.3"])
+async def test_both_load_answer_shapes(client: LMStudioClient, mock: MockLMStudio, version: str) -> None:
+    await mock.configure(lmstudio=version)
+    answer = await client.load_model(CODER, ttl=60)
+    assert answer == {"type": "llm", "instance_id": CODER, "load_time_seconds": 0.1, "status": "loaded"}
+    [load] = [r for r in await mock.requests() if r["path"] == "/api/v1/models/load"]
+    assert load["body"] == {"model": CODER, "ttl": 60}
+
+
+async def test_a_listed_but_unloaded_model_says_how_to_load_it(client: LMStudioClient, mock: MockLMStudio) -> None:
+    ModelCatalog(client.list_models)
+    await mock.configure(jit=False)  # QWEN is loaded, CODER is not, and LM Studio will not load it
+    with pytest.raises(ModelNotFoundError) as info:
+        await client.chat({"model": CODER, "messages": HI})
+    assert CODER in info.value.available_models
+    assert "not loaded" in info.value.detail and f"POST /v1/models/{CODER}/load" in info.value.detail
