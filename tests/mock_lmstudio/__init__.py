@@ -56,6 +56,9 @@ the answer. Keys, all optional:
 - ``"delay_ms": N``: sleep N ms before answering each request of the conversation.
 - ``"fault": {...}``: a fault object (below) applied to each request of the conversation.
 
+``max_tokens`` is honoured: an answer longer than it (at 4 characters a token) is cut there, with no tool
+calls and ``finish_reason: "length"``.
+
 Tool calls are emitted only when the request offers ``tools`` (an unoffered name in a round is still
 emitted). Ids are ``call_<round>_<i>``. Without a (further) round the final answer is
 ``"Based on the tools: " + "\\n".join(tool message contents)`` when the conversation has ``role: tool``

@@ -228,6 +228,17 @@ def plan_chat(body: Json, script: Json, malformed: bool) -> tuple[str | None, li
     return f"Mock answer to: {last}", []
 
 
+def cut_at_max_tokens(
+    body: Json, usage: Json, text: str | None, calls: list[Json]
+) -> tuple[str | None, list[Json], str]:
+    """The answer as a model under `max_tokens` gives it: cut where the budget ends (finish `length`)."""
+    limit = body.get("max_tokens")
+    if isinstance(limit, int) and limit > 0 and usage["completion_tokens"] > limit:
+        usage["completion_tokens"], usage["total_tokens"] = limit, usage["prompt_tokens"] + limit
+        return (text or "")[: limit * 4], [], "length"
+    return text, calls, "tool_calls" if calls else "stop"
+
+
 def count_tokens(text: str) -> int:
     return len(text) // 4 + 1
 
@@ -603,7 +614,7 @@ class MockServer:
         usage["total_tokens"] = usage["prompt_tokens"] + completion
         head = {"id": f"chatcmpl-{call.entry['id']}", "created": int(time.time()), "model": name}
         head["system_fingerprint"] = name
-        finish = "tool_calls" if calls else "stop"
+        text, calls, finish = cut_at_max_tokens(body, usage, text, calls)
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             chunks = self.chunks(head, text, calls, finish, usage if include_usage else None, reasoning)

@@ -22,7 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO
+
 BUILD_SCRIPT = REPO / "scripts" / "build-llama-server.sh"
 BUILD_TIMEOUT_S = 3600.0
 START_TIMEOUT_S = 120.0

@@ -258,3 +258,16 @@ async def test_model_mismatch_is_reported_and_flagged() -> None:
     assert result["status"] == "completed"
     assert result["model"] == "qwen/qwen3-4b"  # the model that answered, not the one asked for
     assert any("qwen/qwen3-4b" in w and "qwen/qwen3-coder-30b" in w for w in result["warnings"])
+
+
+async def test_an_answer_cut_at_max_tokens_ends_length_in_json_and_sse(live: httpx.AsyncClient) -> None:
+    body = {"task": "Talk " + script(answer="It is noon. " * 50), "mcp_servers": ["time"], "max_tokens": 8}
+    result = (await live.post("/v1/autonomous", json=body)).json()
+    assert (result["status"], result["output"]) == ("length", ("It is noon. " * 50)[:32])
+    assert any("token limit" in w for w in result["warnings"])
+    async with live.stream("POST", "/v1/autonomous", json={**body, "stream": True}) as response:
+        events = await read_sse(response)
+    assert events[-1][0] == "run.completed" and events[-1][1]["status"] == "length"
+    chat = {"messages": [{"role": "user", "content": body["task"]}], "mcp_servers": ["time"], "max_tokens": 8}
+    answer = (await live.post("/v1/chat/completions", json=chat)).json()
+    assert answer["choices"][0]["finish_reason"] == "length" and answer["bridge_run"]["status"] == "length"

@@ -235,5 +235,9 @@ async def test_honest_endings_reach_mcp_clients(live: httpx.AsyncClient) -> None
         looped, _ = await call(
             session, "autonomous_with_mcp", mcp_name="time", task="Loop " + script(forever=TIME_CALL)
         )
+        long_answer = script(answer="It is noon. " * 50)
+        cut, _ = await call(session, "autonomous_with_mcp", mcp_name="time", task="Cut " + long_answer, max_tokens=8)
     assert looped.structured_content is not None and looped.structured_content["status"] == "loop"
     assert not looped.is_error and text_of(looped)
+    assert cut.structured_content is not None and cut.structured_content["status"] == "length"
+    assert text_of(cut).startswith("It is noon.") and len(text_of(cut)) <= 32
