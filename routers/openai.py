@@ -14,6 +14,7 @@ from routers.schemas import CHUNK_EVENT_SCHEMA, problem_responses
 from routers.streaming import CLIENT_CLOSED_REQUEST, ProxyStream, RunFrames, RunStream, execute_for_client
 from services.agent import Run, RunResult
 from services.openai_compat import (
+    ChatOptions,
     OpenAICompat,
     chat_options,
     chunks_of,
@@ -26,14 +27,14 @@ from services.openai_compat import (
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 
-def _body_schema(description: str, example: dict[str, Any]) -> dict[str, Any]:
+def _body_schema(description: str, example: dict[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "requestBody": {
             "required": True,
             "description": description,
             "content": {
                 "application/json": {
-                    "schema": {"type": "object", "additionalProperties": True},
+                    "schema": schema or {"type": "object", "additionalProperties": True},
                     "example": example,
                 }
             },
@@ -41,11 +42,30 @@ def _body_schema(description: str, example: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its `$defs` inlined (the operation's body cannot refer to them)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {key: walk(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        return node
+
+    return dict(walk(schema))
+
+
 CHAT_DOC = _body_schema(
-    "An OpenAI chat completion request. Add `mcp_servers: [...]` (or `tools` entries "
-    '`{"type": "mcp", "server_label": "<name>"}`) to run MCP tools server-side; the answer then carries '
-    "the run record in `bridge_run`. Optional bridge fields: `max_rounds`, `allowed_tools`, `timeout_s`.",
+    "An OpenAI chat completion request (every other OpenAI field goes to LM Studio as is). Add "
+    '`mcp_servers: [...]` (or `tools` entries `{"type": "mcp", "server_label": "<name>"}`) to run MCP tools '
+    "server-side; the answer then carries the run record in `bridge_run`. The bridge fields `max_rounds`, "
+    "`allowed_tools`, `timeout_s`, `system_prompt` and `tool_choice` (first round only) apply to such runs.",
     {"model": "qwen/qwen3-4b", "messages": [{"role": "user", "content": "What time is it?"}], "mcp_servers": ["time"]},
+    {**_inlined(ChatOptions.model_json_schema()), "additionalProperties": True},
 )
 PASS_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
