@@ -13,6 +13,7 @@ from app.deps import CompatDep
 from routers.schemas import CHUNK_EVENT_SCHEMA, problem_responses
 from routers.streaming import CLIENT_CLOSED_REQUEST, ProxyStream, RunFrames, RunStream, execute_for_client
 from services.agent import Run, RunResult
+from services.lmstudio.reasoning_relay import separate_reasoning, separate_reasoning_stream
 from services.openai_compat import (
     ChatOptions,
     OpenAICompat,
@@ -99,8 +100,9 @@ class ChatFrames(RunFrames):
         return _data({"error": problem}) + b"data: [DONE]\n\n"
 
 
-def _relay(upstream: Any) -> Response:
-    return Response(upstream.content, upstream.status_code, media_type=upstream.headers.get("content-type"))
+def _relay(upstream: Any, content: bytes | None = None) -> Response:
+    body = upstream.content if content is None else content
+    return Response(body, upstream.status_code, media_type=upstream.headers.get("content-type"))
 
 
 async def _pass_through(request: Request, compat: OpenAICompat, path: str) -> Response:
@@ -133,8 +135,12 @@ async def chat_completions(request: Request, compat: CompatDep) -> Response:
         result = await execute_for_client(request, run)
         return JSONResponse(completion_of(result)) if result else Response(status_code=CLIENT_CLOSED_REQUEST)
     if body.get("stream"):
-        return ProxyStream(await compat.open_stream("/v1/chat/completions", raw, body))
-    return _relay(await compat.forward("/v1/chat/completions", raw, body))
+        upstream = await compat.open_stream("/v1/chat/completions", raw, body)
+        return ProxyStream(upstream, separate_reasoning_stream(upstream.aiter_bytes()))
+    answer = await compat.forward("/v1/chat/completions", raw, body)
+    return Response(
+        separate_reasoning(answer.content), answer.status_code, media_type=answer.headers.get("content-type")
+    )
 
 
 @router.post(

@@ -176,10 +176,10 @@ class RunFrames:
 class ProxyStream(GuardedStream):
     """LM Studio's streamed answer relayed byte for byte; the upstream response is always closed."""
 
-    def __init__(self, upstream: httpx.Response) -> None:
+    def __init__(self, upstream: httpx.Response, body: AsyncIterator[bytes] | None = None) -> None:
         self.upstream = upstream
         super().__init__(
-            upstream.aiter_bytes(),
+            body if body is not None else upstream.aiter_bytes(),
             status_code=upstream.status_code,
             media_type=upstream.headers.get("content-type", "text/event-stream"),
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
