@@ -5,10 +5,11 @@ tools, a free run slot) and returns a `Run`; `Run.execute(emit)` carries it out.
 the HTTP layer answer early failures with a problem document and stream everything after.
 """
 
-from services.agent.loop import Emit, Run
+from services.agent.loop import Run
 from services.agent.records import (
     PROGRESS_EVENTS,
     RUN_STATUSES,
+    Emit,
     RunEvent,
     RunResult,
     RunSpec,

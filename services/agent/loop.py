@@ -6,13 +6,12 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from services.agent.answers import recover_text_calls
-from services.agent.arguments import Rejected, check_arguments, maybe_json
-from services.agent.prompts import FINAL_ANSWER_PROMPT, REPEATED_CALL_PROMPT, default_system_prompt, truncate
+from services.agent.prompts import FINAL_ANSWER_PROMPT, REPEATED_CALL_PROMPT, default_system_prompt
 from services.agent.records import (
+    Emit,
     RoundReasoning,
     RunEvent,
     RunResult,
@@ -20,11 +19,11 @@ from services.agent.records import (
     RunStatus,
     Step,
     ToolChoice,
-    step_data,
 )
-from services.errors import BridgeError, ShuttingDownError
+from services.agent.tool_steps import run_tool_call
+from services.errors import ShuttingDownError
 from services.lmstudio import ChatResult, ResolvedModel, ToolCall, Usage
-from services.mcp import ToolSet, ToolSpec
+from services.mcp import ToolSet
 from services.text import scrub
 from services.tracing import clip, current_run_id, trace_id, tracer
 
@@ -32,7 +31,6 @@ if TYPE_CHECKING:
     from services.agent.service import AgentService
 
 log = logging.getLogger("lmstudio_bridge.agent")
-Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
 class Run:
@@ -54,6 +52,7 @@ class Run:
         self.tools = tools
         self.run_id = f"run_{uuid.uuid4().hex[:24]}"
         self.max_rounds = spec.max_rounds or service.defaults.max_rounds
+        self._max_chars = service.defaults.tool_output_max_chars
         self.steps: list[Step] = []
         self.usage = Usage()
         self.rounds = 0
@@ -286,55 +285,9 @@ class Run:
         return result
 
     async def _call(self, round_no: int, call: ToolCall, emit: Emit) -> Step:
-        call_id, name, raw_args = scrub(call.id), scrub(call.name), call.arguments
-        spec = self.tools.resolve(name)
-        arguments: Any = raw_args
-        await emit(
-            RunEvent.TOOL_CALL_STARTED,
-            {
-                "round": round_no,
-                "tool_call_id": call_id,
-                "name": name,
-                "server": spec.server if spec else None,
-                "tool": spec.name if spec else None,
-                "arguments": maybe_json(scrub(raw_args)),
-            },
-        )
-        started = time.monotonic()
-        if spec is None:
-            output, is_error = self._unknown_tool(name), True
-        else:
-            arguments, output, is_error = await self._invoke(spec, raw_args)
-        step = Step(
-            round=round_no,
-            tool_call_id=call_id,
-            name=name,
-            server=spec.server if spec else None,
-            tool=spec.name if spec else None,
-            arguments=arguments,
-            output=output,
-            is_error=is_error,
-            duration_ms=round((time.monotonic() - started) * 1000, 2),
-            recovered_from=call.recovered_from,
-            arguments_repaired=call.repaired,
-        )
+        step = await run_tool_call(self.service.pool, self.tools, round_no, call, emit, self._max_chars)
         self.steps.append(step)
-        await emit(RunEvent.TOOL_CALL_COMPLETED, step_data(step))
         return step
-
-    def _unknown_tool(self, name: str) -> str:
-        names = ", ".join(t.model_name for t in self.tools.tools) or "(none)"
-        return f"Error: there is no tool named {name!r}. Available tools: {names}"
-
-    async def _invoke(self, spec: ToolSpec, raw_args: str) -> tuple[Any, str, bool]:
-        checked = check_arguments(spec, raw_args)
-        if isinstance(checked, Rejected):
-            return checked.arguments, checked.message, True
-        try:
-            result = await self.service.pool.call_tool(spec.server, spec.name, checked)
-        except BridgeError as exc:  # unavailable server, timeout, vanished tool: the model reads why
-            return checked, f"Error: {exc.detail}", True
-        return checked, truncate(result.text, self.service.defaults.tool_output_max_chars), result.is_error
 
     def _gathered(self, reason: str) -> str:
         """Best output available when the run ends without a final answer."""

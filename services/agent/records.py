@@ -7,6 +7,7 @@ pydantic reads the `Field` descriptions for the OpenAPI document and serialises 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Annotated, Any, Literal, get_args
@@ -37,6 +38,9 @@ class RunEvent(StrEnum):
     COMPLETED = "run.completed"  # terminal: data = the run result
     FAILED = "run.failed"  # terminal: data = a problem document
 
+
+# how a run reports its progress events (event name, JSON-ready data)
+Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 PROGRESS_EVENTS = tuple(e for e in RunEvent if e not in (RunEvent.COMPLETED, RunEvent.FAILED))
 

@@ -190,6 +190,7 @@ async def test_client_disconnect_cancels_the_run(live: httpx.AsyncClient, mock: 
     entity = {"entities": [{"name": f"ghost-{stream}", "entityType": "x", "observations": []}]}
     task = "Slow " + script(calls=[[call("memory__create_entities", entity)]], delay_ms=1500)
     body = {"task": task, "mcp_servers": ["memory"], "stream": stream}
+    await live.get("/v1/mcp/servers/memory/tools")  # started: the 0.5 s below is the LM Studio call's alone
     with pytest.raises(httpx.ReadTimeout):
         async with live.stream("POST", "/v1/autonomous", json=body, timeout=0.5) as response:
             async for _ in response.aiter_bytes():

@@ -1,0 +1,63 @@
+"""One tool call of a run, from the model's call to the recorded step: resolved, checked, run,
+its output cut to size, and announced (`tool_call.started` / `tool_call.completed`)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from services.agent.arguments import Rejected, check_arguments, maybe_json
+from services.agent.prompts import truncate
+from services.agent.records import Emit, RunEvent, Step, step_data
+from services.errors import BridgeError
+from services.lmstudio import ToolCall
+from services.mcp import MCPPool, ToolSet, ToolSpec
+from services.text import scrub
+
+
+async def run_tool_call(
+    pool: MCPPool, tools: ToolSet, round_no: int, call: ToolCall, emit: Emit, max_chars: int
+) -> Step:
+    """Run one call; whatever goes wrong becomes the step's error output, for the model to read."""
+    call_id, name, raw_args = scrub(call.id), scrub(call.name), call.arguments
+    spec = tools.resolve(name)
+    where = {"server": spec.server if spec else None, "tool": spec.name if spec else None}
+    started_event = {"round": round_no, "tool_call_id": call_id, "name": name, **where}
+    await emit(RunEvent.TOOL_CALL_STARTED, {**started_event, "arguments": maybe_json(scrub(raw_args))})
+    started = time.monotonic()
+    arguments: Any = raw_args
+    if spec is None:
+        output, is_error = unknown_tool(tools, name), True
+    else:
+        arguments, output, is_error = await _invoke(pool, spec, raw_args, max_chars)
+    step = Step(
+        round=round_no,
+        tool_call_id=call_id,
+        name=name,
+        server=where["server"],
+        tool=where["tool"],
+        arguments=arguments,
+        output=output,
+        is_error=is_error,
+        duration_ms=round((time.monotonic() - started) * 1000, 2),
+        recovered_from=call.recovered_from,
+        arguments_repaired=call.repaired,
+    )
+    await emit(RunEvent.TOOL_CALL_COMPLETED, step_data(step))
+    return step
+
+
+def unknown_tool(tools: ToolSet, name: str) -> str:
+    names = ", ".join(t.model_name for t in tools.tools) or "(none)"
+    return f"Error: there is no tool named {name!r}. Available tools: {names}"
+
+
+async def _invoke(pool: MCPPool, spec: ToolSpec, raw_args: str, max_chars: int) -> tuple[Any, str, bool]:
+    checked = check_arguments(spec, raw_args)
+    if isinstance(checked, Rejected):
+        return checked.arguments, checked.message, True
+    try:
+        result = await pool.call_tool(spec.server, spec.name, checked)
+    except BridgeError as exc:  # unavailable server, timeout, vanished tool: the model reads why
+        return checked, f"Error: {exc.detail}", True
+    return checked, truncate(result.text, max_chars), result.is_error
