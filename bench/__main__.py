@@ -2,7 +2,8 @@
 
 Absolute times drift on shared machines, so every figure is compared with baselines measured
 in the same run (see each section). Naming sections runs only those and prints their tables
-without touching docs/performance.md.
+without touching docs/performance.md. The hand-written sections of docs/performance.md (HAND_WRITTEN)
+are kept as they are, after the measured ones.
 """
 
 from __future__ import annotations
@@ -12,21 +13,36 @@ import asyncio
 import importlib
 import os
 import platform
+import re
 import sys
 import time
 from typing import Any
 
 from tests.helpers import REPO
 
-SECTIONS = ["mcp_call", "autonomous", "run_upstreams", "tracing", "passthrough", "catalog"]  # modules of bench/, in report order
+# modules of bench/, in report order
+SECTIONS = ["mcp_call", "autonomous", "tracing", "run_upstreams", "passthrough", "catalog"]
 OUT = REPO / "docs" / "performance.md"
+# sections of OUT written by hand (profiles, figures behind code choices): kept verbatim on every run
+HAND_WRITTEN = ("Where the time goes", "Figures behind code choices")
 
 
-def render(results: list[dict[str, Any]]) -> str:
+def hand_written(text: str) -> list[str]:
+    """The HAND_WRITTEN sections of an existing OUT, verbatim, in their order there."""
+    sections = re.split(r"(?m)^(?=## )", text)
+    return [
+        part.rstrip() + "\n"
+        for part in sections
+        if part.startswith("## ") and part[3:].split("\n", 1)[0].strip() in HAND_WRITTEN
+    ]
+
+
+def render(results: list[dict[str, Any]], kept: list[str] | None = None) -> str:
     lines = [
         "# Performance",
         "",
-        "Produced by `make bench` (`python -m bench`); do not edit by hand.",
+        "Produced by `make bench` (`python -m bench`); do not edit by hand, except the sections "
+        f"{' and '.join(repr(t) for t in HAND_WRITTEN)}, which it keeps as they are.",
         f"Run on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, Python {platform.python_version()}, "
         f"{os.cpu_count()} CPUs, {platform.machine()}.",
         "",
@@ -40,6 +56,8 @@ def render(results: list[dict[str, Any]]) -> str:
         lines.append("")
         if result.get("analysis"):
             lines += [str(result["analysis"]), ""]
+    for section in kept or []:
+        lines += [section.rstrip(), ""]
     return "\n".join(lines)
 
 
@@ -67,7 +85,8 @@ def main() -> None:
         return
     results = asyncio.run(run(args.sections or SECTIONS))
     if not args.sections:
-        OUT.write_text(render(results))
+        kept = hand_written(OUT.read_text()) if OUT.exists() else []
+        OUT.write_text(render(results, kept))
         print(f"wrote {OUT}", file=sys.stderr)
 
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TextIO
 
 import httpx
 import psutil
@@ -223,7 +223,7 @@ def server_params(directory: Path, name: str) -> StdioServerParameters:
     return StdioServerParameters(command=cfg["command"], args=cfg["args"], env=cfg.get("env"), cwd=cfg.get("cwd"))
 
 
-def _devnull() -> IO[str]:
+def _devnull() -> TextIO:
     return open(os.devnull, "w")
 
 
@@ -238,7 +238,8 @@ async def mcp_session(params: StdioServerParameters) -> AsyncIterator[ClientSess
 
 def http_client(connections: int = 100) -> httpx.AsyncClient:
     """One keep-alive client for every HTTP contender of a section."""
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    # idle connections dropped after 2 s, before uvicorn's 5 s keep-alive timeout closes them under a request
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=2.0)
     return httpx.AsyncClient(timeout=120, limits=limits)
 
 
@@ -342,6 +343,18 @@ async def throughput(call: Call, concurrency: int, total: int) -> float:
     return total / (time.perf_counter() - start)
 
 
+async def throughputs(calls: dict[str, Call], concurrency: int, total: int, rounds: int = 4) -> dict[str, float]:
+    """Calls per second of each of `calls` with `concurrency` workers sharing `total` calls, measured in
+    `rounds` rounds that interleave the contenders (so that drift on a shared machine hits them alike)."""
+    per_round = max(1, total // rounds)
+    elapsed = dict.fromkeys(calls, 0.0)
+    names = list(calls)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            elapsed[name] += per_round / await throughput(calls[name], concurrency, per_round)
+    return {name: per_round * rounds / seconds for name, seconds in elapsed.items()}
+
+
 class PeakRSS:
     """``async with PeakRSS(server) as rss: ...`` samples the server's RSS every `interval_s`; see `.peak_mb`."""
 
@@ -397,4 +410,4 @@ def cpu_row(
     value = contender.cpu_ms(server)
     if target_ms is None:
         return (label, f"{value:.2f} ms/{unit}", "baseline")
-    return (label, f"{value:.2f} ms/{unit} ({verdict(value <= target_ms)})", f"<= {target_ms:g} ms/{unit}")
+    return (label, f"{value:.2f} ms/{unit} ({verdict(value <= target_ms)})", f"<= {round(target_ms, 2):g} ms/{unit}")

@@ -1,4 +1,4 @@
-"""Warm MCP tool call through REST vs a direct ClientSession call vs the floor."""
+"""Warm MCP tool call through REST vs a direct ClientSession call vs mcpo (the peer) vs the floor."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    MCPO_REQUIREMENTS,
     Contender,
     Row,
     budget_row,
@@ -18,6 +19,7 @@ from bench.common import (
     http_client,
     latency_row,
     mcp_session,
+    mcpo,
     nothing_listening,
     post_json,
     server_params,
@@ -25,6 +27,7 @@ from bench.common import (
     warm_up,
     write_mcp_config,
 )
+from tests.helpers import eventually
 
 N = 2000
 WARMUP = 200
@@ -41,6 +44,10 @@ async def run() -> dict[str, object]:
         config = write_mcp_config(directory)
         base = await stack.enter_async_context(floor())
         bridge = await stack.enter_async_context(gateway(nothing_listening(), config))
+        # mcpo on the same servers (same commands), in its own venv: its sessions are its own children
+        peer_dir = directory / "mcpo"
+        peer_dir.mkdir()
+        peer = await stack.enter_async_context(mcpo(write_mcp_config(peer_dir, [s for s, *_ in TOOLS])))
         client = await stack.enter_async_context(http_client())
 
         floor_c = Contender("floor (fixed JSON)", post_json(client, base.url("/"), {"text": "hi"}), [base])
@@ -50,7 +57,7 @@ async def run() -> dict[str, object]:
             post_json(client, bridge.url("/healthz")),
             [bridge],
         )
-        pairs: list[tuple[str, Contender, Contender]] = []
+        pairs: list[tuple[str, Contender, Contender, Contender]] = []
         for server, tool, args, expected in TOOLS:
             session = await stack.enter_async_context(mcp_session(server_params(directory, server)))
             direct = Contender(f"direct `ClientSession.call_tool` {server}.{tool}", _direct(session, tool, args))
@@ -59,9 +66,11 @@ async def run() -> dict[str, object]:
                 post_json(client, bridge.url(f"/v1/mcp/servers/{server}/tools/{tool}"), args),
                 [bridge],
             )
-            await _check(direct, rest, expected)
-            pairs.append((f"{server}.{tool}", direct, rest))
-        contenders = [floor_c, health, *(c for _, direct, rest in pairs for c in (direct, rest))]
+            peer_call = post_json(client, peer.url(f"/{server}/{tool}"), args)
+            other = Contender(f"mcpo `POST /{server}/{tool}`", peer_call, [peer])
+            await _check(direct, rest, other, expected)
+            pairs.append((f"{server}.{tool}", direct, rest, other))
+        contenders = [floor_c, health, *(c for _, *trio in pairs for c in trio)]
 
         await warm_up(contenders, WARMUP)
         children_before = bridge.descendants()
@@ -75,12 +84,23 @@ async def run() -> dict[str, object]:
             latency_row(health, "report: the gateway's fixed cost per request"),
             cpu_row("gateway CPU per `GET /healthz`", health, bridge, unit="request"),
         ]
-        for name, direct, rest in pairs:
+        for name, direct, rest, other in pairs:
             rows += [
                 latency_row(direct),
                 latency_row(rest, "see next row"),
                 budget_row(rest, direct, floor_c, 0.3, f"direct {name}"),
                 cpu_row(f"gateway CPU per call, {name}", rest, bridge, unit="call"),
+                latency_row(other, "peer"),
+                (
+                    f"p50 over direct {name}: gateway / mcpo",
+                    f"{rest.p50 - direct.p50:+.2f} / {other.p50 - direct.p50:+.2f} ms",
+                    "report (the gateway's budget is floor + 0.3 ms)",
+                ),
+                (
+                    f"server CPU per call, {name}: gateway / mcpo",
+                    f"{rest.cpu_ms(bridge):.2f} / {other.cpu_ms(peer):.2f} ms/call",
+                    "report",
+                ),
             ]
         rows += [
             cpu_row("floor CPU per call", floor_c, base, unit="call"),
@@ -103,7 +123,11 @@ async def run() -> dict[str, object]:
                 "interleaved in 10 blocks. **Direct**: `ClientSession.call_tool` on a kept stdio session to the "
                 "same server command, in the benchmark process. **Gateway**: `python -m app.cli serve` "
                 "(BRIDGE_LOG_LEVEL=WARNING) as a subprocess, REST call with the arguments as body, its pooled "
-                "session warm. **Floor**: bench/floor.py, a Starlette app returning a fixed JSON, served by "
+                f"session warm. **mcpo** (the peer, `--log-level WARNING`): `{' '.join(MCPO_REQUIREMENTS)}` in its "
+                "own venv (`~/.cache/lmstudio-bridge/bench/mcpo-venv`, made on first use: mcpo needs MCP SDK 1.x) "
+                "serving the same two server commands from an mcp.json, `POST /<server>/<tool>` with the same "
+                "body; CPU = the mcpo process's, its MCP children excluded. **Floor**: bench/floor.py, a Starlette "
+                "app returning a fixed JSON, served by "
                 "uvicorn the same way. CPU = the server process's user+system time over the measured calls / calls "
                 "(the gateway's MCP children not included). Spawns = new child pids of the gateway (psutil) "
                 "between warm-up and the end of the measured calls."
@@ -130,11 +154,27 @@ def _direct(session: Any, tool: str, args: dict[str, Any]) -> Any:
     return call
 
 
-async def _check(direct: Contender, rest: Contender, expected: str) -> None:
-    """Both paths must do the work and get the same answer before anything is measured."""
+async def _check(direct: Contender, rest: Contender, peer: Contender, expected: str) -> None:
+    """The three paths must do the work and get the same answer before anything is measured (mcpo opens
+    its sessions in the background after it starts answering: it gets a few seconds)."""
     direct_result: Any = await direct.call()
     rest_result: Any = await rest.call()
+    peer_result: Any = await eventually(_answer(peer), 30.0, f"{peer.label} answering")
     direct_text = "".join(getattr(block, "text", "") for block in direct_result.content)
     rest_text = "".join(block.get("text", "") for block in rest_result["content"])
-    if direct_text != expected or rest_text != expected or rest_result["is_error"]:
-        raise RuntimeError(f"unexpected tool answers: direct {direct_result!r}, gateway {rest_result!r}")
+    if direct_text != expected or rest_text != expected or rest_result["is_error"] or peer_result != expected:
+        raise RuntimeError(
+            f"unexpected tool answers: direct {direct_result!r}, gateway {rest_result!r}, mcpo {peer_result!r}"
+        )
+
+
+def _answer(contender: Contender) -> Any:
+    """A poll for `eventually`: the call's answer, or None while it fails."""
+
+    async def attempt() -> Any:
+        try:
+            return await contender.call()
+        except Exception:
+            return None
+
+    return attempt

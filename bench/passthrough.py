@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from bench.common import (
     Contender,
@@ -44,8 +45,8 @@ async def run() -> dict[str, object]:
         probe = await client.post(bridge.url(PATH), json=BODY)
         available = probe.status_code not in NOT_THERE
         if available:
-            direct_answer = await direct_c.call()
-            bridge_answer = await bridge_c.call()  # raises unless 200
+            direct_answer: Any = await direct_c.call()
+            bridge_answer: Any = await bridge_c.call()  # raises unless 200
             if bridge_answer["choices"][0]["message"] != direct_answer["choices"][0]["message"]:
                 raise RuntimeError(f"the pass-through changed the answer: {bridge_answer!r} vs {direct_answer!r}")
         contenders = [floor_c, direct_c, *([bridge_c] if available else [])]

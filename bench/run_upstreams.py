@@ -28,16 +28,16 @@ from bench.common import (
     post_json,
     server_params,
     stdlib_upstream,
-    throughput,
+    throughputs,
     verdict,
     warm_up,
     write_mcp_config,
 )
 from tests.helpers import TIME_CALL, script
 
-N = 300
+N = 500
 WARMUP = 30
-CONCURRENCY, CONCURRENT_RUNS = 16, 320
+CONCURRENCY, CONCURRENT_RUNS = 16, 480  # runs per contender, in 4 interleaved rounds
 COUNT_RUNS = 20  # runs whose upstream requests are counted
 SERVER = "time"  # mcp-server-time (`python -m mcp_server_time --local-timezone UTC`), as the tests start it
 QUESTION = "What time is it in UTC? Use the tool."
@@ -92,12 +92,7 @@ async def run() -> dict[str, object]:
         await warm_up(contenders, WARMUP)
         hops = {key: await _upstream_requests(client, up, c) for up in upstreams for key, (_, c) in _of(gateways, up)}
         await compare(contenders, N)
-        rates: dict[str, float] = {}
-        for up in upstreams:
-            assert up.script_c is not None
-            rates[up.script_c.label] = await throughput(up.script_c.call, CONCURRENCY, CONCURRENT_RUNS)
-            for _, (_, c) in _of(gateways, up):
-                rates[c.label] = await throughput(c.call, CONCURRENCY, CONCURRENT_RUNS)
+        rates = await throughputs({c.label: c.call for c in contenders[1:]}, CONCURRENCY, CONCURRENT_RUNS)
 
         rows = _rows(floor_c, upstreams, gateways, hops, rates)
         return {
@@ -115,7 +110,8 @@ async def run() -> dict[str, object]:
                 f"CPU time while it ran. {N} sequential runs per contender after {WARMUP} warm-up runs, interleaved "
                 "in 10 blocks, one keep-alive httpx client. Gateway CPU = the gateway process's user+system time / "
                 "runs (its time-server child excluded). **Floor**: bench/floor.py answering the same kind of body "
-                f"with a fixed JSON. Runs/s: {CONCURRENCY} workers sharing {CONCURRENT_RUNS} runs. Upstream "
+                f"with a fixed JSON. Runs/s: {CONCURRENCY} workers sharing {CONCURRENT_RUNS} runs per contender, in "
+                "4 rounds that interleave the contenders. Upstream "
                 f"requests per run: counted by the upstream over {COUNT_RUNS} runs after the warm-up."
             ),
             "rows": rows,
@@ -147,7 +143,7 @@ async def _check(up: Upstream, bridges: list[Contender]) -> None:
         raise RuntimeError(f"unexpected script answer on {up.name}: {by_hand!r}")
 
 
-async def _upstream_requests(client: httpx.AsyncClient, up: Upstream, contender: Contender) -> str:
+async def _upstream_requests(client: httpx.AsyncClient, up: Upstream, contender: Contender) -> tuple[str, bool]:
     """`chat + model list` requests the upstream got per run of `contender`, over COUNT_RUNS runs."""
     reset, read = ("/_mock/reset", "/_mock/requests") if up.name == "mock" else ("/_stats/reset", "/_stats")
     (await client.post(up.server.url(reset))).raise_for_status()
@@ -160,14 +156,15 @@ async def _upstream_requests(client: httpx.AsyncClient, up: Upstream, contender:
     listing = sum(n for key, n in counts.items() if key.startswith("GET ") and key.endswith("/models"))
     other = sum(counts.values()) - listing
     text = f"{chat / COUNT_RUNS:g} chat + {listing / COUNT_RUNS:g} model list"
-    return text + (f" + {other / COUNT_RUNS:g} other" if other else "")
+    text += f" + {other / COUNT_RUNS:g} other" if other else ""
+    return text, chat == 2 * COUNT_RUNS and listing == other == 0
 
 
 def _rows(
     floor_c: Contender,
     upstreams: list[Upstream],
     gateways: dict[tuple[str, str], tuple[Server, Contender]],
-    hops: dict[tuple[str, str], str],
+    hops: dict[tuple[str, str], tuple[str, bool]],
     rates: dict[str, float],
 ) -> list[Row]:
     rows: list[Row] = [
@@ -203,7 +200,11 @@ def _rows(
                     else f"{cpu:.2f} ms ({cpu - s.own_cpu_ms:+.2f} over the script)",
                     f"<= script CPU + {ALLOWANCE_MS:g} ms = {cpu_target:.2f} ms" if level == "INFO" else "report",
                 ),
-                (f"{c.label}: upstream requests per run", hops[(up.name, level)], "2 chat (the script's hops)"),
+                (
+                    f"{c.label}: upstream requests per run",
+                    f"{hops[(up.name, level)][0]} ({verdict(hops[(up.name, level)][1])})",
+                    "2 chat + 0 model list (the script's hops)",
+                ),
             ]
         rows += [
             (

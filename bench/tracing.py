@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from bench.autonomous import EXPECTED, SERVER, task
 from bench.common import (
@@ -41,7 +42,8 @@ async def run() -> dict[str, object]:
         off = Contender("run, tracing off (default)", post_json(client, plain.url("/v1/autonomous"), body), [plain])
         on = Contender("run, tracing on (OTLP export)", post_json(client, traced.url("/v1/autonomous"), body), [traced])
         for contender in (off, on):
-            assert (await contender.call())["output"] == EXPECTED
+            answer: Any = await contender.call()
+            assert answer["output"] == EXPECTED
         await warm_up([off, on], WARMUP)
         await compare([off, on], N)
         cost = on.p50 - off.p50

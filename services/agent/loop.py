@@ -274,7 +274,9 @@ class Run:
         first_load = not self.model.info.loaded and self.usage.total_tokens == 0
         timeout_s = self.service.defaults.load_timeout_s if first_load else None
         result = await self.service.lmstudio.chat(payload, timeout_s=timeout_s, deadline=deadline)
-        if first_load:  # LM Studio JIT-loaded it (Auto-Evict may have unloaded another): the list is out of date
+        if first_load and self.service.lmstudio.models_api != "openai":
+            # LM Studio JIT-loaded it (Auto-Evict may have unloaded another): the list's states are out of
+            # date. An OpenAI-only list says nothing about what is loaded, so refetching it would tell nothing.
             self.service.catalog.invalidate()
         self.usage.add(result.usage)
         if result.model and result.model != self.model.id and result.model != self.answered_model:
