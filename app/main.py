@@ -43,6 +43,8 @@ def create_app(
         version="0.1.0",
         description=API_DESCRIPTION,
         redirect_slashes=False,  # a redirect would be built from the client's Host header: 404 instead
+        # our own spans and Prometheus metrics cover requests; FastAPI's native telemetry would add cost only
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
         lifespan=lifespan_for(settings, mcp_setup, mcp_server, metrics=metrics, tracer_provider=provider),
     )
     install_error_handler(app)
@@ -60,7 +62,8 @@ def create_app(
         )
     instrumented = instrument(app, provider)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, open_trace=not instrumented)
-    for router in (health.router, metrics_router.router, models.router, mcp.router, autonomous.router, openai.router):
+    # the hot routes first: route matching stops at the first match
+    for router in (autonomous.router, openai.router, mcp.router, models.router, health.router, metrics_router.router):
         app.include_router(router)
     app.router.routes.extend(http_routes(mcp_server, settings))  # `/mcp`, no redirect to `/mcp/`
     return app

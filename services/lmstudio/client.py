@@ -18,7 +18,7 @@ from opentelemetry import trace
 from services.breaker import Breaker
 from services.errors import BridgeError, LLMError, LLMResponseError, ModelNotFoundError, NoModelLoadedError
 from services.lmstudio.chat import ChatResult, parse_chat
-from services.lmstudio.errors import error_for_exception, error_for_probe, error_for_response
+from services.lmstudio.errors import decoded, error_for_exception, error_for_probe, error_for_response
 from services.lmstudio.listing import MODEL_APIS, ModelInfo
 from services.lmstudio.retry import RetryPolicy, call_with_retries
 from services.lmstudio.telemetry import gen_ai_span, operation_name, record_response
@@ -192,7 +192,7 @@ class LMStudioClient:
                 remaining = max(0.001, deadline - time.monotonic())
                 limit = remaining if limit is None else min(limit, remaining)
             response = await self._send(method, path, content, timeout_s=limit, model=model)
-            return response.json()
+            return decoded(response)
 
         return await self._guarded(once, deadline, operation_name(path))
 
@@ -203,7 +203,7 @@ class LMStudioClient:
             response = await self._guarded(partial(self._send, "POST", path, content, model=model), operation=operation)
             if span.is_recording() and "json" in response.headers.get("content-type", ""):
                 with contextlib.suppress(ValueError):
-                    record_response(span, response.json(), self.metrics)
+                    record_response(span, decoded(response), self.metrics)
             return response
 
     async def open_stream(self, path: str, content: bytes, *, model: str | None = None) -> httpx.Response:

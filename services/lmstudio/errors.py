@@ -85,13 +85,23 @@ def _model_error(status: int, body: Any, message: str, model: str | None) -> LLM
     return ModelNotFoundError(name, _models_from_message(message)) if missing and name else None
 
 
+_DECODED = "lmstudio_bridge.json"  # where a response keeps its decoded body (decoded once per answer)
+
+
+def decoded(response: httpx.Response) -> Any:
+    """The response's JSON body (None when it is not JSON), decoded at most once."""
+    if _DECODED not in response.extensions:
+        try:
+            response.extensions[_DECODED] = response.json()
+        except ValueError:
+            response.extensions[_DECODED] = None
+    return response.extensions[_DECODED]
+
+
 def error_for_response(response: httpx.Response, model: str | None = None) -> LLMError | None:
     """The domain error an LM Studio response (body read) stands for, or None when it is a success."""
     status = response.status_code
-    try:
-        body: Any = response.json()
-    except ValueError:
-        body = None
+    body: Any = decoded(response)
     if status < 400:
         if body is None:
             return LLMResponseError(f"LM Studio answered {status} with a body that is not JSON")
