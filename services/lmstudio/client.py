@@ -48,6 +48,8 @@ class LMStudioClient:
         self.transport = transport  # the client's own transport, for the fast path of `_send`
         self._base = str(http.base_url).rstrip("/")
         self._json_headers = httpx.Headers({**http.headers, **JSON_HEADERS})
+        self._urls: dict[str, httpx.URL] = {}
+        self._default_timeouts = http.timeout.as_dict()
         self.retry = retry or RetryPolicy()
         self.breaker = breaker
         self.metrics = metrics or Metrics()
@@ -146,11 +148,15 @@ class LMStudioClient:
 
         It goes straight to the pooled transport: the client layer's cookie, auth and redirect handling
         are not needed here and cost CPU on every call (see docs/performance.md)."""
-        timeout = self.http.timeout if timeout_s is None else httpx.Timeout(timeout_s, connect=min(timeout_s, 5))
+        if timeout_s is None:
+            timeouts = self._default_timeouts
+        else:
+            timeouts = httpx.Timeout(timeout_s, connect=min(timeout_s, 5)).as_dict()
         headers = self.http.headers if content is None else self._json_headers
-        request = httpx.Request(
-            method, self._base + path, headers=headers, content=content, extensions={"timeout": timeout.as_dict()}
-        )
+        url = self._urls.get(path)
+        if url is None:  # parsed once per path
+            url = self._urls[path] = httpx.URL(self._base + path)
+        request = httpx.Request(method, url, headers=headers, content=content, extensions={"timeout": timeouts})
         try:
             if self.transport is None:
                 response = await self.http.send(request, stream=True)

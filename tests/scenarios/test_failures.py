@@ -402,7 +402,8 @@ async def test_mcp_breaker_opens_for_one_server(open_gateway: GatewayFactory) ->
 
 async def test_mcp_huge_output_truncated_in_run(open_gateway: GatewayFactory) -> None:
     async with open_gateway(mcp=True) as gw:
-        _, step = await gw.run_tool_call("fault__huge", {"chars": 50_000})
+        # the mock answers with the tool output itself: room for it beyond the default max_tokens
+        _, step = await gw.run_tool_call("fault__huge", {"chars": 50_000}, max_tokens=20_000)
         assert "output truncated by lmstudio-bridge" in step["output"]
         assert len(step["output"]) < 20_000 + 200 and not step["is_error"]
 
