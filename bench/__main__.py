@@ -21,7 +21,16 @@ from typing import Any
 from tests.helpers import REPO
 
 # modules of bench/, in report order
-SECTIONS = ["mcp_call", "autonomous", "tracing", "run_upstreams", "passthrough", "catalog"]
+SECTIONS = [
+    "mcp_call",
+    "autonomous",
+    "tracing",
+    "run_upstreams",
+    "passthrough",
+    "catalog",
+    "real_engine",
+    "answer_reading",
+]
 OUT = REPO / "docs" / "performance.md"
 # sections of OUT written by hand (profiles, figures behind code choices): kept verbatim on every run
 HAND_WRITTEN = ("Where the time goes", "Figures behind code choices")

@@ -1,6 +1,8 @@
 """Model listing for LM Studio's three API generations, normalised to `ModelInfo`.
 
 `/api/v1/models` (0.4+), `/api/v0/models` (the older REST API) and OpenAI's `/v1/models`, richest first.
+llama.cpp's `llama-server` has only `/v1/models`; its entries (`owned_by: "llamacpp"`, a `meta` object with
+`n_ctx`) say more than OpenAI's, and are read as such.
 """
 
 from __future__ import annotations
@@ -72,10 +74,32 @@ def _parse_openai(body: Any) -> list[ModelInfo] | None:
     data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, list):
         return None
-    return [
-        ModelInfo(id=str(m["id"]), type="embedding" if "embed" in str(m["id"]).lower() else "llm", loaded=False)
-        for m in data
-    ]
+    return [_openai_entry(m) for m in data]
+
+
+def _openai_entry(m: dict[str, Any]) -> ModelInfo:
+    kind: ModelType = "embedding" if "embed" in str(m["id"]).lower() else "llm"
+    if not _is_llamacpp(m):  # OpenAI's list (and LM Studio's) says nothing about state or context
+        return ModelInfo(id=str(m["id"]), type=kind, loaded=False)
+    n_ctx = _object(m, "meta").get("n_ctx")
+    if kind == "llm" and "image" in (_object(m, "architecture").get("input_modalities") or []):
+        kind = "vlm"
+    # a single-model llama-server serves exactly what it lists; in router mode (several models) each entry
+    # carries `status: {"value": "loaded" | "loading" | "unloaded" | ...}`
+    status = m.get("status")
+    loaded = status.get("value") == "loaded" if isinstance(status, dict) else True
+    context = n_ctx if type(n_ctx) is int and n_ctx > 0 else None
+    return ModelInfo(id=str(m["id"]), type=kind, loaded=loaded, max_context_length=context)
+
+
+def _object(m: dict[str, Any], key: str) -> dict[str, Any]:
+    value = m.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _is_llamacpp(m: dict[str, Any]) -> bool:
+    """A `/v1/models` entry of llama.cpp's llama-server: `owned_by: "llamacpp"` and/or `meta.n_ctx`."""
+    return m.get("owned_by") == "llamacpp" or "n_ctx" in _object(m, "meta")
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, eventually
 
 BUILD_SCRIPT = REPO / "scripts" / "build-llama-server.sh"
 BUILD_TIMEOUT_S = 3600.0
@@ -34,6 +34,10 @@ MODEL_ALIAS = "smollm2-135m-instruct"  # an LM Studio-like id instead of the GGU
 CONTEXT = 4096
 PARALLEL = 2  # two slots; with --kv-unified each may use the whole 4096-token context
 SEED = 42
+# one thread: on the shared 2-core machine, 2 threads collapse whenever another process takes a core
+# (ggml's threads wait for each other: measured 6-17 tokens/s generated instead of ~47 with one thread)
+THREADS = 1
+IDLE_POLL_S = 1.1  # slower than llama-server's 1 s check for closed connections (see RealEngine)
 
 _build: dict[str, Any] = {}  # {"binary": Path} or {"error": str}, settled once per session
 
@@ -97,7 +101,13 @@ def smollm2_gguf() -> Path:
 
 @dataclass
 class RealEngine:
-    """A running llama-server. `base_url` has no /v1 suffix (the OpenAI routes are under /v1)."""
+    """A running llama-server. `base_url` has no /v1 suffix (the OpenAI routes are under /v1).
+
+    Poll /slots and /metrics at most once a second while waiting for a NON-streamed call to be cancelled:
+    llama-server notices a closed connection only when its 1 s wait for that call's result times out, and
+    every other result (each /slots or /metrics answer is one) starts that wait again. Polled every 50 ms,
+    an abandoned call runs to max_tokens (measured; a streamed call is cancelled on its next write anyway).
+    """
 
     base_url: str
     model_id: str  # as GET /v1/models reports it
@@ -115,6 +125,22 @@ class RealEngine:
     async def slots_busy(self) -> int:
         """How many slots are processing a prompt or generating right now."""
         return sum(1 for slot in await self.slots() if slot["is_processing"])
+
+    async def tokens_generated(self) -> int:
+        """Tokens generated so far by the calls in progress (0 while they still read their prompts)."""
+        slots = await self.slots()
+        return sum(s["next_token"][0]["n_decoded"] for s in slots if s["is_processing"] and s.get("next_token"))
+
+    async def wait_idle(self, within_s: float, what: str) -> None:
+        """Until no slot is busy, polled every IDLE_POLL_S; the failure shows the end of the engine's log."""
+
+        async def idle() -> bool:
+            return await self.slots_busy() == 0
+
+        try:
+            await eventually(idle, within_s, what, every_s=IDLE_POLL_S)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; llama-server's log ends with:\n{self.log_tail(3000)}") from None
 
     async def metrics_text(self) -> str:
         """GET /metrics: Prometheus text (llamacpp:requests_processing, llamacpp:tokens_predicted_total...)."""
@@ -180,6 +206,7 @@ def _command(binary: Path, gguf: Path, port: int) -> list[str]:
         "--metrics",
         "--slots",
         "--seed", str(SEED),
+        "--threads", str(THREADS),
         "--no-ui",
     ]  # fmt: skip
 

@@ -188,7 +188,7 @@ async def test_slot_busy_while_generating_and_idle_after_disconnect(
         "messages": [{"role": "user", "content": "Write a very long story."}],
         "stream": True,
         "max_tokens": 3000,
-        "ignore_eos": True,  # llama.cpp extension: keeps it generating for ~30 s unless cancelled
+        "ignore_eos": True,  # llama.cpp extension: keeps it generating for about a minute unless cancelled
         "temperature": 0,
     }
     await eventually(lambda: _no_busy_slot(real_engine), 10, "no slot busy before the test")
