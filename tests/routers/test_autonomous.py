@@ -132,6 +132,11 @@ async def test_model_repeating_one_call_ends_with_loop(bridge: httpx.AsyncClient
     assert result["output"] and any("repeated the same tool call" in w for w in result["warnings"])
     requests = await chat_requests(mock)
     assert len(requests) == 4 and "tools" not in requests[3]["body"]
+    async with bridge.stream(
+        "POST", "/v1/autonomous", json={"task": task, "mcp_servers": ["time"], "stream": True}
+    ) as r:
+        events = await read_sse(r)
+    assert events[-1][0] == "run.completed" and events[-1][1]["status"] == "loop"
 
 
 async def test_unknown_model_server_and_tool_are_422(bridge: httpx.AsyncClient) -> None:

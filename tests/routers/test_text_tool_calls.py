@@ -131,3 +131,25 @@ async def test_chat_completions_return_reasoning_content(live: httpx.AsyncClient
     deltas = [c[0]["delta"] for c in deltas if c]
     assert "".join(d.get("reasoning_content") or "" for d in deltas) == "Reasoning here."
     assert "".join(d.get("content") or "" for d in deltas).strip() == "It is noon."
+
+
+def as_fault_echo(case: dict[str, Any]) -> str:
+    """The case's content with every offered tool renamed to the fault server's `echo` (run end to end)."""
+    content = case["content"]
+    for name in sorted(case["offered"], key=len, reverse=True):
+        content = content.replace(name, "fault__echo")
+    return content
+
+
+@pytest.mark.parametrize("case", POSITIVE, ids=[c["id"] for c in POSITIVE])
+async def test_the_corpus_runs_on_autonomous_json_and_sse(live: httpx.AsyncClient, case: dict[str, Any]) -> None:
+    body = {"task": "Go " + script(answer=as_fault_echo(case)), "mcp_servers": ["fault"]}
+    expected = [("fault__echo", c["arguments"], case["expected"]["format"]) for c in case["expected"]["calls"]]
+    result = (await live.post("/v1/autonomous", json=body)).json()
+    steps = [(s["name"], s["arguments"], s["recovered_from"]) for s in result["steps"]]
+    assert sorted(steps, key=json.dumps) == sorted(expected, key=json.dumps), result  # calls of a round run at once
+    async with live.stream("POST", "/v1/autonomous", json={**body, "stream": True}) as response:
+        events = await read_sse(response)
+    started = [data for name, data in events if name == "tool_call.started"]
+    assert len(started) == len(expected) and events[-1][0] == "run.completed"
+    assert [s["recovered_from"] for s in events[-1][1]["steps"]] == [e[2] for e in expected]
