@@ -14,14 +14,14 @@ from services.lmstudio import LMStudioClient, ModelCatalog, ModelEntry
 from services.mcp import MCPPool, ServerStatus
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class ModelList:
     """LM Studio's models in the OpenAI list shape, with the gateway's extras."""
 
+    object: Literal["list"] = "list"
     data: list[ModelEntry]
     aliases: Annotated[dict[str, str], Field(description="BRIDGE_MODEL_ALIASES")]
     stale: Annotated[bool, Field(description="LM Studio did not answer; this is the last list it gave")]
-    object: Literal["list"] = "list"
 
 
 @dataclass(slots=True)
