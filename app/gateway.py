@@ -132,8 +132,8 @@ async def open_gateway(
         if tracer_provider is not None:
             instrument_client(lmstudio.http, tracer_provider)
             stack.callback(tracer_provider.force_flush)
-        catalog = ModelCatalog(
-            lmstudio.list_models,
+        catalog = ModelCatalog.over(
+            lmstudio,
             ttl_s=settings.model_cache_ttl_s,
             default_model=settings.default_model,
             aliases=settings.model_aliases,

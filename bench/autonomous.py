@@ -28,6 +28,7 @@ from bench.common import (
     latency_row,
     mcp_session,
     mock_lmstudio,
+    openai_tools,
     post_json,
     server_params,
     throughput,
@@ -86,17 +87,7 @@ class Script:
     async def setup(self) -> None:
         """The tools as OpenAI function tools, named like the gateway names them (`<server>__<tool>`)."""
         listed = await self.session.list_tools()
-        self.tools = [
-            {
-                "type": "function",
-                "function": {
-                    "name": f"{self.server}__{t.name}",
-                    "description": t.description or "",
-                    "parameters": t.input_schema,
-                },
-            }
-            for t in listed.tools
-        ]
+        self.tools = openai_tools(listed.tools, self.server)
 
     async def _chat(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
         body = {"model": self.model, "messages": messages, "tools": self.tools}

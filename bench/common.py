@@ -411,3 +411,19 @@ def cpu_row(
     if target_ms is None:
         return (label, f"{value:.2f} ms/{unit}", "baseline")
     return (label, f"{value:.2f} ms/{unit} ({verdict(value <= target_ms)})", f"<= {round(target_ms, 2):g} ms/{unit}")
+
+
+def openai_tools(tools: list[Any], server: str) -> list[dict[str, Any]]:
+    """An MCP server's tools (`list_tools().tools`) as OpenAI function tools named like the gateway names
+    them (`<server>__<tool>`), for the hand-written scripts."""
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": f"{server}__{t.name}",
+                "description": t.description or "",
+                "parameters": t.input_schema,
+            },
+        }
+        for t in tools
+    ]

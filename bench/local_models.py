@@ -32,13 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 from app.main import create_app
 from app.settings import Settings
 from services.agent.text_calls import recover_calls
-from tests.helpers import eventually, mcp_servers_json
-from tests.processes import free_port
+from tests.helpers import mcp_servers_json
+from tests.processes import serve_in_loop
 from tests.real_engine.engine import GGUF_NAME, SEED, TEMPLATE_NAME, RealEngine, llama_server_binary, running_engine
 
 TASKS: tuple[str, ...] = (
@@ -100,24 +99,11 @@ async def gateway(engine: RealEngine, mcp_config: Path, text_tool_calls: bool) -
         max_tokens_default=256,
         log_level="WARNING",
     )
-    port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.ensure_future(server.serve())
-
-    def started() -> bool:
-        if task.done():
-            task.result()
-            raise RuntimeError("uvicorn stopped before it started")
-        return bool(server.started)
-
-    await eventually(started, START_TIMEOUT_S, "uvicorn started")
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=CLIENT_TIMEOUT_S) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        await task
+    async with (
+        serve_in_loop(create_app(settings), "the gateway", START_TIMEOUT_S) as url,
+        httpx.AsyncClient(base_url=url, timeout=CLIENT_TIMEOUT_S) as client,
+    ):
+        yield client
 
 
 async def offered_names(client: httpx.AsyncClient) -> set[str]:

@@ -26,7 +26,7 @@ import httpx
 import pytest
 from mcp import ClientSession
 
-from bench.common import Row, Server, gateway, http_client, mcp_session, server_params, write_mcp_config
+from bench.common import Row, Server, gateway, http_client, mcp_session, openai_tools, server_params, write_mcp_config
 from services.agent.prompts import FINAL_ANSWER_PROMPT
 from tests.real_engine.engine import PARALLEL, THREADS, RealEngine, running_engine
 
@@ -162,17 +162,7 @@ class DirectRun:
 
     async def setup(self) -> None:
         listed = await self.session.list_tools()
-        self.tools = [
-            {
-                "type": "function",
-                "function": {
-                    "name": f"{SERVER}__{t.name}",
-                    "description": t.description or "",
-                    "parameters": t.input_schema,
-                },
-            }
-            for t in listed.tools
-        ]
+        self.tools = openai_tools(listed.tools, SERVER)
 
     async def send(self, body: dict[str, Any]) -> dict[str, Any]:
         return await post(self.client, self.url, body)()

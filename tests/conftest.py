@@ -7,7 +7,6 @@ mcp.json entries), `gateway_settings` (settings on top) or `mcp_json` (a whole o
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,14 +14,13 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from asgi_lifespan import LifespanManager
 
 from app.main import create_app
 from app.settings import Settings
-from tests.helpers import eventually, write_mcp_json
+from tests.helpers import write_mcp_json
 from tests.mock_lmstudio.fixture import MockLMStudio, start_mock
-from tests.processes import free_port
+from tests.processes import serve_in_loop
 
 CLIENT_TIMEOUT_S = 60.0
 HELLO = "hello from the filesystem server"
@@ -62,24 +60,11 @@ async def app_client(settings: Settings, **client_kwargs: Any) -> AsyncIterator[
 @contextlib.asynccontextmanager
 async def served(settings: Settings, **client_kwargs: Any) -> AsyncIterator[httpx.AsyncClient]:
     """The app behind a real uvicorn server on a free port (in this event loop); a client for it."""
-    port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.ensure_future(server.serve())
-
-    def started() -> bool:
-        if task.done():
-            task.result()
-            raise RuntimeError("uvicorn stopped before it started")
-        return bool(server.started)
-
-    await eventually(started, CLIENT_TIMEOUT_S, "uvicorn started")
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", **client_kwargs) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        await task
+    async with (
+        serve_in_loop(create_app(settings), "the gateway", CLIENT_TIMEOUT_S) as url,
+        httpx.AsyncClient(base_url=url, **client_kwargs) as client,
+    ):
+        yield client
 
 
 @pytest.fixture

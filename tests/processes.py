@@ -9,11 +9,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
+import uvicorn
 
 from tests.helpers import REPO, eventually
 
@@ -99,3 +100,25 @@ async def terminate(process: asyncio.subprocess.Process, timeout_s: float = STOP
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         await process.wait()
+
+
+@contextlib.asynccontextmanager
+async def serve_in_loop(app: Any, what: str = "uvicorn", within_s: float = START_TIMEOUT_S) -> AsyncIterator[str]:
+    """An ASGI app under uvicorn on a free 127.0.0.1 port, in this event loop; yields its base URL and
+    stops it on exit."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    task = asyncio.ensure_future(server.serve())
+
+    def started() -> bool:
+        if task.done():
+            task.result()
+            raise RuntimeError(f"{what} stopped before it started")
+        return bool(server.started)
+
+    await eventually(started, within_s, f"{what} started")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task

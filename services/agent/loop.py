@@ -177,6 +177,7 @@ class Run:
     async def _loop(self, emit: Emit, deadline: float) -> tuple[RunStatus, str]:
         messages = self._initial_messages()
         offered = [] if self.spec.tool_choice == "none" else self.tools.openai_tools() + self.spec.client_tools
+        offered_names = {t["function"]["name"] for t in offered}
         while True:
             if self.rounds >= self.max_rounds:
                 return "max_rounds", await self._final_answer(messages, emit, deadline, FINAL_ANSWER_PROMPT)
@@ -185,7 +186,7 @@ class Run:
             # the request's tool_choice applies to the first round only: a forced call cannot loop forever
             choice = self.spec.tool_choice if self.rounds == 0 else None
             answer = await self._chat(messages, offered or None, deadline, tool_choice=choice)
-            await self._read(answer, round_no, offered, emit)
+            await self._read(answer, round_no, offered_names, emit)
             if answer.content:
                 self._last_text = answer.content
                 await emit(RunEvent.MESSAGE, {"round": round_no, "content": answer.content})
@@ -215,14 +216,13 @@ class Run:
             for step in steps:
                 messages.append({"role": "tool", "tool_call_id": step.tool_call_id, "content": step.output})
 
-    async def _read(self, answer: ChatResult, round_no: int, offered: list[dict[str, Any]], emit: Emit) -> None:
+    async def _read(self, answer: ChatResult, round_no: int, offered: set[str], emit: Emit) -> None:
         """Keep the round's reasoning apart; recover tool calls the model wrote as text."""
         if answer.reasoning:
             self.reasoning.append(RoundReasoning(round_no, answer.reasoning))
             await emit(RunEvent.REASONING, {"round": round_no, "content": answer.reasoning})
         if offered and self.service.defaults.text_tool_calls:
-            names = {t["function"]["name"] for t in offered}
-            found = recover_text_calls(answer, names, round_no)
+            found = recover_text_calls(answer, offered, round_no)
             if found:
                 self.service.metrics.text_tool_calls.labels(found).inc(len(answer.tool_calls))
 
@@ -231,7 +231,7 @@ class Run:
         messages.append({"role": "user", "content": prompt})
         await emit(RunEvent.ROUND_STARTED, {"round": self.rounds + 1, "tools": False})
         answer = await self._chat(messages, None, deadline)
-        await self._read(answer, self.rounds + 1, [], emit)
+        await self._read(answer, self.rounds + 1, set(), emit)
         if answer.finish_reason == "length":
             self._cut_at_token_limit(answer)
         text = answer.content or self._gathered("The run ended before a final answer.")
@@ -274,9 +274,8 @@ class Run:
         first_load = not self.model.info.loaded and self.usage.total_tokens == 0
         timeout_s = self.service.defaults.load_timeout_s if first_load else None
         result = await self.service.lmstudio.chat(payload, timeout_s=timeout_s, deadline=deadline)
-        if first_load and self.service.lmstudio.models_api != "openai":
-            # LM Studio JIT-loaded it (Auto-Evict may have unloaded another): the list's states are out of
-            # date. An OpenAI-only list says nothing about what is loaded, so refetching it would tell nothing.
+        if first_load and self.service.lmstudio.reports_load_state:
+            # LM Studio JIT-loaded it (Auto-Evict may have unloaded another): the list's states are out of date
             self.service.catalog.invalidate()
         self.usage.add(result.usage)
         if result.model and result.model != self.model.id and result.model != self.answered_model:

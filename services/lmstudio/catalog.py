@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -70,10 +70,17 @@ class ResolvedModel:
 class ModelCatalog:
     """Caches the model list for `ttl_s`; concurrent misses share one upstream request.
 
-    Built over an `LMStudioClient`'s `list_models`, it also hears from that client when LM Studio says a model
-    is missing or none is loaded (`model_error`), so every path (runs, chat pass-through, chat with MCP,
+    Built over an `LMStudioClient` (`ModelCatalog.over`), it also hears from that client when LM Studio says a
+    model is missing or none is loaded (`model_error`), so every path (runs, chat pass-through, chat with MCP,
     load/unload) answers with the fresh list.
     """
+
+    @classmethod
+    def over(cls, client: LMStudioClient, **options: Any) -> ModelCatalog:
+        """The catalog of `client`'s models, told by the client when LM Studio says a model is missing."""
+        catalog = cls(client.list_models, **options)
+        client.on_model_error = catalog.model_error
+        return catalog
 
     def __init__(
         self,
@@ -93,9 +100,6 @@ class ModelCatalog:
         self._refresh: asyncio.Task[Snapshot] | None = None
         self.hits = 0
         self.misses = 0
-        client = getattr(fetch, "__self__", None)
-        if isinstance(client, LMStudioClient):
-            client.on_model_error = self.model_error
 
     def invalidate(self) -> None:
         """Forget the list (a model was loaded or unloaded, by us or by LM Studio's JIT loading)."""

@@ -90,6 +90,12 @@ class LMStudioClient:
     def base_url(self) -> str:
         return self._base
 
+    @property
+    def reports_load_state(self) -> bool:
+        """Whether the model list says which models are loaded (LM Studio's REST APIs do; OpenAI's list does
+        not, so refetching it after a load would tell nothing)."""
+        return self.models_api in ("api-v1", "api-v0")
+
     async def aclose(self) -> None:
         await self.http.aclose()
 

@@ -138,9 +138,10 @@ def error_for_probe(response: httpx.Response, model: str | None = None) -> LLMEr
 def _chain(exc: BaseException) -> list[BaseException]:
     """The exception and its causes (httpx-aiohttp raises httpx errors caused by aiohttp's)."""
     out: list[BaseException] = []
-    while exc is not None and exc not in out:
-        out.append(exc)
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    current: BaseException | None = exc
+    while current is not None and current not in out:
+        out.append(current)
+        current = current.__cause__ or current.__context__
     return out
 
 

@@ -9,7 +9,6 @@ import contextlib
 import ctypes
 import importlib.util
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import httpx
 import pytest
 
 from tests.helpers import REPO, eventually
+from tests.processes import free_port
 
 BUILD_SCRIPT = REPO / "scripts" / "build-llama-server.sh"
 BUILD_TIMEOUT_S = 3600.0
@@ -162,7 +162,7 @@ def running_engine(extra_args: Sequence[str] = ()) -> Iterator[RealEngine]:
     process: subprocess.Popen[bytes] | None = None
     try:
         for _attempt in range(3):  # another port only when someone took ours between probe and bind
-            port = _free_port()
+            port = free_port()
             with log_path.open("wb") as log:
                 process = subprocess.Popen(
                     [*_command(binary, gguf, port), *extra_args],
@@ -240,12 +240,6 @@ def _die_with_parent() -> None:
     """In the child before exec (Linux): SIGTERM when pytest dies, so not even a killed run leaves it behind."""
     with contextlib.suppress(Exception):
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _tail(path: Path, chars: int = 4000) -> str:

@@ -7,7 +7,6 @@ buffered, so tests that watch streaming or disconnects talk to the engine withou
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -15,11 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from tests.helpers import eventually
-from tests.processes import free_port
+from tests.processes import serve_in_loop
 
 HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "host"})
 
@@ -89,20 +86,8 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 async def recording_proxy(upstream: str) -> AsyncIterator[tuple[str, Recorder]]:
     """(base URL, recorder) of a proxy to `upstream` on a free 127.0.0.1 port, served in this event loop."""
     recorder = Recorder(upstream)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(recorder, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.ensure_future(server.serve())
-
-    def started() -> bool:
-        if task.done():
-            task.result()
-            raise RuntimeError("the recording proxy stopped before it started")
-        return bool(server.started)
-
-    await eventually(started, 30, "recording proxy started")
     try:
-        yield f"http://127.0.0.1:{port}", recorder
+        async with serve_in_loop(recorder, "the recording proxy", 30) as url:
+            yield url, recorder
     finally:
-        server.should_exit = True
-        await task
         await recorder.aclose()

@@ -14,6 +14,7 @@ from services.limits import RunLimiter
 from services.lmstudio import ChatResult, ModelInfo, ResolvedModel, ToolCall, Usage
 from services.mcp import ToolResult, ToolSet, ToolSpec
 from services.metrics import Metrics
+from tests.helpers import eventually
 
 SCHEMA = {"type": "object", "properties": {"timezone": {"type": "string"}}, "required": ["timezone"]}
 TIME = ToolSpec(
@@ -106,7 +107,7 @@ def service(lmstudio: FakeLMStudio, pool: FakePool, *, max_rounds: int = 10, tim
         max_tokens=256,
         repeat_call_limit=3,
     )
-    return AgentService(lmstudio, FakeCatalog(), pool, RunLimiter(4, 1), defaults, Metrics())  # type: ignore[arg-type]
+    return AgentService(lmstudio, FakeCatalog(), pool, RunLimiter(4, 1), defaults, Metrics())
 
 
 async def run(lmstudio: FakeLMStudio, pool: FakePool, **spec: Any) -> Any:
@@ -190,11 +191,7 @@ async def test_calls_of_one_round_run_concurrently() -> None:
     pool = FakePool(TIME)
     pool.gate = asyncio.Event()
     running = asyncio.ensure_future(run(lm, pool))
-    for _ in range(100):  # all three calls must be in flight at once before any may finish
-        if pool.in_flight == 3:
-            break
-        await asyncio.sleep(0)
-    assert pool.in_flight == 3
+    await eventually(lambda: pool.in_flight == 3, 5, "all three calls in flight before any may finish")
     pool.gate.set()
     result = await running
     assert sorted(s.tool_call_id for s in result.steps) == ["c0", "c1", "c2"]

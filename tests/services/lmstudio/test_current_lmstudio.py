@@ -94,7 +94,7 @@ async def listings(mock: MockLMStudio) -> int:
 async def test_model_gone_after_caching_refreshes_the_catalog_once(
     client: LMStudioClient, mock: MockLMStudio, version: str
 ) -> None:
-    catalog = ModelCatalog(client.list_models)
+    catalog = ModelCatalog.over(client)
     assert client.on_model_error is not None  # a catalog over a client hears of its missing models
     assert (await catalog.resolve(CODER)).id == CODER  # cached with CODER in it
     await mock.configure(lmstudio=version, models=[model(QWEN, loaded=True), model("other/model")])
@@ -112,7 +112,7 @@ async def test_model_gone_after_caching_refreshes_the_catalog_once(
 
 
 async def test_no_model_loaded_invalidates_the_catalog(client: LMStudioClient, mock: MockLMStudio) -> None:
-    catalog = ModelCatalog(client.list_models)
+    catalog = ModelCatalog.over(client)
     await catalog.snapshot()
     await mock.configure(jit=False, models=[model(QWEN), model(CODER)])
     with pytest.raises(NoModelLoadedError) as info:
@@ -144,7 +144,7 @@ async def test_both_load_answer_shapes(client: LMStudioClient, mock: MockLMStudi
 
 
 async def test_a_listed_but_unloaded_model_says_how_to_load_it(client: LMStudioClient, mock: MockLMStudio) -> None:
-    ModelCatalog(client.list_models)
+    ModelCatalog.over(client)
     await mock.configure(jit=False)  # QWEN is loaded, CODER is not, and LM Studio will not load it
     with pytest.raises(ModelNotFoundError) as info:
         await client.chat({"model": CODER, "messages": HI})
