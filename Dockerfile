@@ -28,7 +28,7 @@ RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
     && ln -s ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx \
     && node --version && npx --version \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin bridge \
-    && mkdir /config && chown bridge /config
+    && mkdir /config /app /app/data && chown bridge /config /app/data
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 # the mock LM Studio (docker-compose.yml's `mock-lmstudio` service runs it from this image)
@@ -43,6 +43,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     LMSTUDIO_BASE_URL=http://host.docker.internal:1234 \
     MCP_CONFIG=/config/mcp.json
 USER bridge
+# the run store (./data/runs.db, SQLite) lives here: mount a volume to keep run records
+VOLUME ["/app/data"]
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('BRIDGE_PORT', '8000'), timeout=4)"]

@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 MOCK_PORT ?= 0
 
-.PHONY: install run demo test lint bench openapi clean
+.PHONY: install run demo test lint bench soak openapi clean
 
 install: $(VENV)/.installed node_modules/.installed
 
@@ -34,6 +34,10 @@ test: install lint
 
 bench: install
 	$(PY) -m bench
+
+# 10,000 runs with ~5 % injected faults; SOAK_ARGS="--runs 500" to try it (bench/soak.py)
+soak: install
+	$(PY) -m bench.soak $(SOAK_ARGS)
 
 openapi: install
 	$(PY) -m app.openapi_export openapi/openapi.json

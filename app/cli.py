@@ -10,7 +10,6 @@ from app.gateway import BridgeState, MCPSetup, load_mcp, open_gateway
 from app.server import run_server
 from app.settings import Settings, load_settings
 from app.telemetry import configure_logging, secrets_of
-from routers.mcp_front import build_mcp_server
 from services.errors import BridgeError, LLMError
 
 
@@ -64,6 +63,8 @@ async def _check_lmstudio(gateway: BridgeState) -> bool:
 
 async def serve_stdio(settings: Settings, mcp_setup: MCPSetup) -> None:
     """Serve the MCP front door's tools over stdin/stdout with the gateway's parts (no HTTP)."""
+    from routers.mcp_front import build_mcp_server  # the MCP SDK: only this mode (and `/mcp`) loads it
+
     async with open_gateway(settings, mcp_setup) as gateway:
         await build_mcp_server(settings, lambda: gateway).run_stdio_async()
 

@@ -12,6 +12,7 @@ from services.agent import AgentService
 from services.lmstudio import ModelCatalog
 from services.mcp import MCPPool
 from services.openai_compat import OpenAICompat
+from services.runs import RunService
 
 
 def _state(request: Request) -> BridgeState:
@@ -43,9 +44,14 @@ async def get_compat(request: Request) -> OpenAICompat:
     return _state(request).compat
 
 
+async def get_runs(request: Request) -> RunService:
+    return _state(request).runs
+
+
 StateDep = Annotated[BridgeState, Depends(get_state)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CatalogDep = Annotated[ModelCatalog, Depends(get_catalog)]
 PoolDep = Annotated[MCPPool, Depends(get_pool)]
 AgentDep = Annotated[AgentService, Depends(get_agent)]
 CompatDep = Annotated[OpenAICompat, Depends(get_compat)]
+RunsDep = Annotated[RunService, Depends(get_runs)]

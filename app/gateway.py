@@ -14,8 +14,8 @@ from pathlib import Path
 from opentelemetry.sdk.trace import TracerProvider
 
 from app.settings import Settings
-from app.telemetry import instrument_client
-from services.agent import AgentService, RunDefaults
+from app.telemetry import instrument_client, secrets_of
+from services.agent import AgentService, ApprovalPolicy, RunDefaults
 from services.breaker import Breaker
 from services.errors import MCPConfigError, UpstreamUnavailableError
 from services.limits import RunLimiter
@@ -23,7 +23,9 @@ from services.lmstudio import LMStudioClient, ModelCatalog, RetryPolicy, counts_
 from services.mcp import MCPPool, MCPServerConfig, find_config_path, guard_recursion, load_mcp_config
 from services.metrics import Metrics, StateReader
 from services.openai_compat import OpenAICompat
+from services.runs import RunService, RunStore, sqlite_path
 from services.status import StatusService
+from services.text import Redactor
 
 log = logging.getLogger("lmstudio_bridge")
 
@@ -70,6 +72,8 @@ class BridgeState:
     agent: AgentService
     compat: OpenAICompat
     status: StatusService
+    store: RunStore
+    runs: RunService
     metrics: Metrics
 
 
@@ -107,6 +111,20 @@ def build_pool(settings: Settings, servers: dict[str, MCPServerConfig], metrics:
         breaker_reset_s=settings.breaker_reset_s,
         metrics=metrics,
         capture_content=settings.otel_capture_content,
+    )
+
+
+async def open_store(settings: Settings, mcp: MCPSetup, metrics: Metrics) -> RunStore:
+    """The run store at BRIDGE_DATABASE_URL (its SQLite directory made when missing)."""
+    path = sqlite_path(settings.database_url)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return await RunStore.open(
+        settings.database_url,
+        instance=settings.instance_id,
+        metrics=metrics,
+        redact=Redactor(secrets_of(settings, mcp.secret_values())),
+        retention_days=settings.run_retention_days,
     )
 
 
@@ -151,8 +169,17 @@ async def open_gateway(
             repeat_call_limit=settings.repeat_call_limit,
             text_tool_calls=settings.text_tool_calls,
             capture_content=settings.otel_capture_content,
+            approval_timeout_s=settings.approval_timeout_s,
         )
-        agent = AgentService(lmstudio, catalog, pool, limiter, defaults, metrics)
+        approvals = ApprovalPolicy.of(
+            settings.approval_tools, {name: cfg.approval_tools for name, cfg in mcp.servers.items()}
+        )
+        agent = AgentService(lmstudio, catalog, pool, limiter, defaults, metrics, approvals)
+        store = await open_store(settings, mcp, metrics)
+        stack.push_async_callback(store.aclose)
+        agent.journals = store.journal
+        runs = RunService(agent, store, settings.max_queued_runs)
+        stack.push_async_callback(runs.aclose)
         metrics.watch(
             StateReader(
                 runs_in_flight=lambda: limiter.in_flight,
@@ -160,6 +187,8 @@ async def open_gateway(
                 live_sessions=pool.live_sessions,
                 cache_hits=lambda: catalog.hits,
                 cache_misses=lambda: catalog.misses,
+                runs_queued=lambda: runs.queued,
+                store_backlog=lambda: store.backlog,
                 breakers=lambda: _breaker_states(lmstudio, pool),
             )
         )
@@ -173,5 +202,7 @@ async def open_gateway(
             agent=agent,
             compat=OpenAICompat(lmstudio, catalog, agent),
             status=StatusService(lmstudio, catalog, pool, limiter, mcp.path),
+            store=store,
+            runs=runs,
             metrics=metrics,
         )

@@ -1,16 +1,16 @@
-"""The app's lifespan: the gateway's parts (app.gateway) on `app.state.bridge`, and the `/mcp` sessions."""
+"""The app's lifespan: the gateway's parts (app.gateway) on `app.state.bridge`; on shutdown, the `/mcp`
+sessions (app.front_door, started by the first request there) end before the gateway's parts close."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
-from mcp.server.mcpserver import MCPServer
 from opentelemetry.sdk.trace import TracerProvider
 
+from app.front_door import MCPFrontDoor
 from app.gateway import MCPSetup, open_gateway
 from app.settings import Settings
 from services.metrics import Metrics
@@ -21,7 +21,7 @@ log = logging.getLogger("lmstudio_bridge")
 def lifespan_for(
     settings: Settings,
     mcp: MCPSetup,
-    mcp_server: MCPServer[Any] | None = None,
+    front_door: MCPFrontDoor | None = None,
     *,
     metrics: Metrics | None = None,
     tracer_provider: TracerProvider | None = None,
@@ -33,8 +33,8 @@ def lifespan_for(
                 open_gateway(settings, mcp, metrics=metrics, tracer_provider=tracer_provider)
             )
             app.state.bridge = state
-            if mcp_server is not None:  # the sessions of `/mcp` (streamable HTTP) end before the services
-                await stack.enter_async_context(mcp_server.session_manager.run())
+            if front_door is not None:  # the sessions of `/mcp` (if it was used) end before the services
+                stack.push_async_callback(front_door.aclose)
             if mcp.path is None:
                 log.warning("no mcp.json found (MCP_CONFIG, ./mcp.json, ~/.lmstudio/mcp.json): no MCP servers")
             log.info(

@@ -8,14 +8,14 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.errors import install_error_handler
+from app.front_door import MCPFrontDoor
 from app.gateway import BridgeState, MCPSetup, load_mcp, load_mcp_setup
 from app.lifespan import lifespan_for
 from app.security import APIKeyMiddleware, BodyLimitMiddleware
 from app.settings import Settings, load_settings
 from app.telemetry import RequestContextMiddleware, configure_logging, instrument, secrets_of, tracer_provider
-from routers import autonomous, health, mcp, models, openai
+from routers import autonomous, health, mcp, models, openai, runs
 from routers import metrics as metrics_router
-from routers.mcp_front import build_mcp_server, http_routes
 from services.metrics import Metrics
 
 API_DESCRIPTION = (
@@ -36,8 +36,8 @@ def create_app(
         configure_logging(settings.log_level, secrets_of(settings, mcp_setup.secret_values()))
     metrics = Metrics()
     provider = tracer_provider(settings)
-    # the MCP front door's tools read the state the lifespan puts on `app` (looked up at call time)
-    mcp_server = build_mcp_server(settings, lambda: cast(BridgeState, app.state.bridge))
+    # the MCP front door, built on its first request; its tools read the state the lifespan puts on `app`
+    front_door = MCPFrontDoor(settings, lambda: cast(BridgeState, app.state.bridge))
     app = FastAPI(
         title="lmstudio-bridge",
         version="0.1.0",
@@ -45,7 +45,7 @@ def create_app(
         redirect_slashes=False,  # a redirect would be built from the client's Host header: 404 instead
         # our own spans and Prometheus metrics cover requests; FastAPI's native telemetry would add cost only
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
-        lifespan=lifespan_for(settings, mcp_setup, mcp_server, metrics=metrics, tracer_provider=provider),
+        lifespan=lifespan_for(settings, mcp_setup, front_door, metrics=metrics, tracer_provider=provider),
     )
     install_error_handler(app)
     # outermost last: body limit, then API keys, then CORS (so preflights are answered first)
@@ -63,7 +63,15 @@ def create_app(
     instrumented = instrument(app, provider)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, open_trace=not instrumented)
     # the hot routes first: route matching stops at the first match
-    for router in (autonomous.router, openai.router, mcp.router, models.router, health.router, metrics_router.router):
+    for router in (
+        autonomous.router,
+        openai.router,
+        runs.router,
+        mcp.router,
+        models.router,
+        health.router,
+        metrics_router.router,
+    ):
         app.include_router(router)
-    app.router.routes.extend(http_routes(mcp_server, settings))  # `/mcp`, no redirect to `/mcp/`
+    app.router.routes.append(front_door.route())  # `/mcp`, no redirect to `/mcp/`
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from typing import Annotated, Literal
 
@@ -60,6 +61,18 @@ class Settings(BaseSettings):
     max_concurrent_runs: int = Field(32, ge=1, validation_alias=_env("BRIDGE_MAX_CONCURRENT_RUNS"))
     queue_timeout_s: float = Field(10.0, ge=0, validation_alias=_env("BRIDGE_QUEUE_TIMEOUT_S"))
 
+    # Run store, background runs, approvals
+    database_url: str = Field("sqlite+aiosqlite:///./data/runs.db", validation_alias=_env("BRIDGE_DATABASE_URL"))
+    run_retention_days: float = Field(30.0, gt=0, validation_alias=_env("BRIDGE_RUN_RETENTION_DAYS"))
+    max_queued_runs: int = Field(100, ge=0, validation_alias=_env("BRIDGE_MAX_QUEUED_RUNS"))
+    approval_tools: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=_env("BRIDGE_APPROVAL_TOOLS")
+    )
+    approval_timeout_s: float = Field(300.0, gt=0, validation_alias=_env("BRIDGE_APPROVAL_TIMEOUT_S"))
+    instance_id: str = Field(
+        default_factory=socket.gethostname, min_length=1, validation_alias=_env("BRIDGE_INSTANCE_ID")
+    )
+
     # Server
     host: str = Field("127.0.0.1", validation_alias=_env("BRIDGE_HOST"))
     port: int = Field(8000, ge=1, le=65535, validation_alias=_env("BRIDGE_PORT"))
@@ -91,11 +104,18 @@ class Settings(BaseSettings):
             aliases[name.strip()] = model.strip()
         return aliases
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "approval_tools", mode="before")
     @classmethod
     def _parse_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("must be sqlite+aiosqlite:///<path> or postgresql+asyncpg://<user>@<host>/<db>")
         return value
 
     @field_validator("lmstudio_base_url")

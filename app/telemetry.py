@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from fastapi import FastAPI
@@ -28,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.settings import Settings
 from services.metrics import Metrics
+from services.text import Redactor
 from services.tracing import current_run_id
 
 UNTRACED = "healthz,readyz,metrics"  # the instrumentation's excluded_urls format
@@ -163,22 +165,13 @@ class RequestContextMiddleware:
 
 # --- logs ------------------------------------------------------------------------------------
 
-BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',]+")
-REDACTED = "[REDACTED]"
-
 
 class JSONFormatter(logging.Formatter):
     """One JSON object per line, with trace_id, span_id, run_id and request_id when known."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
-        # longest first, so a secret that contains another is replaced whole
-        self.secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
-
-    def redact(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, REDACTED)
-        return BEARER.sub(rf"\g<1>{REDACTED}", text)
+        self.redact = Redactor(secrets)
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -211,7 +204,8 @@ def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
+    for noisy in ("httpx", "aiosqlite"):  # a line per request / per database call at DEBUG
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
 def secrets_of(settings: Settings, env_and_header_values: Iterable[str]) -> list[str]:
@@ -219,4 +213,6 @@ def secrets_of(settings: Settings, env_and_header_values: Iterable[str]) -> list
     values = [key.get_secret_value() for key in settings.api_keys]
     if settings.lmstudio_api_token:
         values.append(settings.lmstudio_api_token.get_secret_value())
+    if password := urlsplit(settings.database_url).password:
+        values.append(password)
     return values + list(env_and_header_values)

@@ -30,6 +30,7 @@ SECTIONS = [
     "catalog",
     "real_engine",
     "answer_reading",
+    "run_store",
 ]
 OUT = REPO / "docs" / "performance.md"
 # sections of OUT written by hand (profiles, figures behind code choices): kept verbatim on every run

@@ -16,6 +16,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -153,13 +154,19 @@ def stdlib_upstream() -> contextlib.AbstractAsyncContextManager[Server]:
     return serve("stdlib-upstream", "bench.stdlib_upstream", health="/v1/models")
 
 
-def gateway(
-    lmstudio_url: str, mcp_config: Path, name: str = "gateway", **env: str
-) -> contextlib.AbstractAsyncContextManager[Server]:
+@contextlib.asynccontextmanager
+async def gateway(lmstudio_url: str, mcp_config: Path, name: str = "gateway", **env: str) -> AsyncIterator[Server]:
     """``python -m app.cli serve`` with BRIDGE_LOG_LEVEL=WARNING unless `env` sets it; extra settings as
-    environment variables. `name` tells gateways of one section apart (CPU time is kept per name)."""
+    environment variables. `name` tells gateways of one section apart (CPU time is kept per name).
+    Unless `env` sets BRIDGE_DATABASE_URL, the run store is a SQLite file in a temp dir removed on exit
+    (the default, ./data/runs.db, would be in the repository)."""
     settings = {"LMSTUDIO_BASE_URL": lmstudio_url, "MCP_CONFIG": str(mcp_config), "BRIDGE_LOG_LEVEL": "WARNING"}
-    return serve(name, "app.cli", "serve", health="/healthz", env={**settings, **env})
+    with contextlib.ExitStack() as files:
+        if "BRIDGE_DATABASE_URL" not in env:
+            directory = files.enter_context(tempfile.TemporaryDirectory(prefix=f"bench-{name}-store-"))
+            settings["BRIDGE_DATABASE_URL"] = f"sqlite+aiosqlite:///{directory}/runs.db"
+        async with serve(name, "app.cli", "serve", health="/healthz", env={**settings, **env}) as server:
+            yield server
 
 
 # --- mcpo (the peer of the REST tool call), in its own venv -------------------------------------------

@@ -91,6 +91,7 @@ class Outcome:
 @contextlib.asynccontextmanager
 async def gateway(engine: RealEngine, mcp_config: Path, text_tool_calls: bool) -> AsyncIterator[httpx.AsyncClient]:
     """The app under uvicorn on a free port (in this event loop), its LM Studio = the engine; a client for it."""
+    store = tempfile.TemporaryDirectory(prefix="bridge-bench-store-")  # never ./data/ of the repository
     settings = Settings(
         _env_file=None,
         lmstudio_base_url=engine.base_url,
@@ -98,8 +99,10 @@ async def gateway(engine: RealEngine, mcp_config: Path, text_tool_calls: bool) -
         text_tool_calls=text_tool_calls,
         max_tokens_default=256,
         log_level="WARNING",
+        database_url=f"sqlite+aiosqlite:///{store.name}/runs.db",
     )
     async with (
+        store,
         serve_in_loop(create_app(settings), "the gateway", START_TIMEOUT_S) as url,
         httpx.AsyncClient(base_url=url, timeout=CLIENT_TIMEOUT_S) as client,
     ):

@@ -35,6 +35,7 @@ TOOL_CHOICE = Field(
     'later rounds use "auto"; "none" offers no tools',
 )
 STREAM = Field(False, description="Answer with Server-Sent Events (also chosen by Accept: text/event-stream)")
+STORE = Field(True, description="Record the run in the run store (GET /v1/runs/{run_id}); false: keep no record")
 
 
 class _Body(BaseModel):
@@ -52,6 +53,7 @@ class _RunOptions(_Body):
     timeout_s: float | None = TIMEOUT
     tool_choice: ToolChoice | None = TOOL_CHOICE
     stream: bool = STREAM
+    store: bool = STORE
 
 
 class AutonomousRequest(_RunOptions):

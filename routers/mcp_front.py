@@ -1,5 +1,8 @@
 """The autonomous tools as an MCP server: streamable HTTP at `/mcp`, and stdio (`lmstudio-bridge mcp`).
 
+This module imports the MCP SDK: only the front door's first request (app.front_door) and the stdio mode
+import it, so a gateway that serves no MCP client never loads the SDK.
+
 The tools call the same services as the REST routes; failures come back as `is_error` results that
 carry the problem document of the REST API (same `code`), and a run reports progress per event.
 """
@@ -15,18 +18,20 @@ from typing import Annotated, Any
 from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import CallToolResult, TextContent
 from pydantic import Field, TypeAdapter
-from starlette.routing import BaseRoute
+from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from app.errors import as_bridge_error
+from app.front_door import MCP_PATH
 from app.gateway import BridgeState
 from app.settings import Settings
-from services.agent import Emit, RunEvent, RunResult, RunSpec, result_data
+from services.agent import FINISHED_STATUSES, Emit, RunEvent, RunResult, RunSpec, result_data
 from services.errors import BridgeError
 
 log = logging.getLogger("lmstudio_bridge.mcp")
 
-MCP_PATH = "/mcp"
 PROGRESS_TEXT_MAX = 200
+WAIT_DEFAULT_S, WAIT_MAX_S = 30.0, 50.0  # below the ~60 s tool-call limit of MCP clients
 INSTRUCTIONS = (
     "Delegate a task to a local model in LM Studio: it carries the task out with the tools of the MCP "
     "servers configured in the bridge's mcp.json and answers with the result and a record of every step."
@@ -89,6 +94,31 @@ def build_mcp_server(settings: Settings, state: Callable[[], BridgeState]) -> MC
         return await answer(run(ctx, spec))
 
     @server.tool()
+    async def start_task(
+        task: Task,
+        mcp_servers: Annotated[
+            list[str] | None, Field(description="The MCP servers whose tools the model may use; null: every one")
+        ] = None,
+        model: Model = None,
+        max_rounds: MaxRounds = rounds,
+        max_tokens: MaxTokens = None,
+    ) -> CallToolResult:
+        """Start a task in the background and return its run id at once; poll it with get_task_result.
+        For long tasks: each call stays well within a client's tool-call time limit."""
+        spec = RunSpec(task=task, mcp_servers=mcp_servers, model=model, max_rounds=max_rounds, max_tokens=max_tokens)
+        return await answer(started(state(), spec))
+
+    @server.tool()
+    async def get_task_result(
+        run_id: Annotated[str, Field(description="The run id start_task returned")],
+        wait_s: Annotated[
+            float, Field(ge=0, le=WAIT_MAX_S, description=f"Seconds to wait for the end (0-{WAIT_MAX_S:g})")
+        ] = WAIT_DEFAULT_S,
+    ) -> CallToolResult:
+        """The task's status and progress; once it has ended, its result. Waits up to `wait_s` seconds."""
+        return await answer(task_result(state(), run_id, wait_s))
+
+    @server.tool()
     async def list_available_mcps() -> CallToolResult:
         """The MCP servers of the bridge's mcp.json with their status and tool counts."""
         return await answer(servers(state()))
@@ -106,10 +136,13 @@ def build_mcp_server(settings: Settings, state: Callable[[], BridgeState]) -> MC
     return server
 
 
-def http_routes(server: MCPServer[Any], settings: Settings) -> list[BaseRoute]:
-    """The streamable HTTP route at exactly `/mcp` (its session manager runs in the app's lifespan)."""
+def http_endpoint(server: MCPServer[Any], settings: Settings) -> ASGIApp:
+    """The handler of the streamable HTTP route at exactly `/mcp`; the caller runs `server.session_manager`
+    (app.front_door: in a task of its own)."""
     # host: bound to loopback, the SDK accepts only loopback Host/Origin headers (DNS-rebinding protection)
-    return list(server.streamable_http_app(streamable_http_path=MCP_PATH, host=settings.host).routes)
+    app = server.streamable_http_app(streamable_http_path=MCP_PATH, host=settings.host)
+    [route] = [r for r in app.routes if isinstance(r, Route) and r.path == MCP_PATH]
+    return route.handle
 
 
 def progress_reporter(ctx: BridgeContext) -> Emit:
@@ -135,6 +168,10 @@ _EVENT_TEXT: dict[str, Callable[[dict[str, Any]], str]] = {
         f"round {d['round']}: {d['name']} {'failed' if d['is_error'] else 'done'} in {d['duration_ms']:g} ms"
     ),
     RunEvent.MESSAGE: lambda d: f"round {d['round']}: {shorten(d['content'], PROGRESS_TEXT_MAX, placeholder=' ...')}",
+    RunEvent.APPROVAL_REQUESTED: lambda d: f"waiting for a person to approve {d['name']} ({d['tool_call_id']})",
+    RunEvent.APPROVAL_DECIDED: lambda d: f"{d['name']}: {d['decision']}",
+    RunEvent.COMPLETED: lambda d: f"run ended: {d['status']}",
+    RunEvent.FAILED: lambda d: f"run failed: {d.get('code')}: {d.get('detail')}",
 }
 
 
@@ -142,6 +179,27 @@ def describe_event(event: str, data: dict[str, Any]) -> str:
     """A one-line progress message for a run event."""
     text = _EVENT_TEXT.get(event)
     return text(data) if text else event
+
+
+async def started(bridge: BridgeState, spec: RunSpec) -> dict[str, Any]:
+    run = await bridge.runs.submit(spec)
+    return {"run_id": run.run_id, "status": run.status}
+
+
+async def task_result(bridge: BridgeState, run_id: str, wait_s: float) -> dict[str, Any]:
+    """Where a background run stands: `done`, `status`, `progress` and, once done, `result`."""
+    record = await bridge.runs.wait(run_id, wait_s)
+    done = record.status in FINISHED_STATUSES
+    last = await bridge.store.last_event(run_id)
+    progress = {
+        "rounds": record.rounds,
+        "tool_calls": len(record.steps),
+        "last_event": describe_event(last.event, json.loads(last.data)) if last else None,
+    }
+    answer: dict[str, Any] = {"run_id": run_id, "status": record.status, "done": done, "progress": progress}
+    if done:
+        answer["result"] = _wire(record)
+    return answer
 
 
 async def servers(bridge: BridgeState) -> dict[str, Any]:

@@ -59,7 +59,8 @@ class ToolList(BaseModel):
     data: list[ToolSpec]
 
 
-RUN_EVENTS = [str(e) for e in PROGRESS_EVENTS]
+# only a stored (background) run can wait for a person: a synchronous run denies such calls at once
+_APPROVAL_EVENTS = (RunEvent.APPROVAL_REQUESTED, RunEvent.APPROVAL_DECIDED)
 
 
 def _json_data(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -76,23 +77,37 @@ def _terminal(event: str, schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# One Server-Sent Event as parsed from the stream: `event:` name and `data:` text (JSON here).
-RUN_EVENT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "description": "One SSE event of a run: "
-    + ", ".join(RUN_EVENTS)
-    + ", then exactly one of run.completed (data = the run result) or run.failed (data = a problem document)."
-    " `: keep-alive` comments may come in between.",
-    "required": ["event", "data"],
-    "properties": {
-        "event": {"type": "string", "enum": [str(e) for e in RunEvent]},
+def _run_event_schema(stored: bool) -> dict[str, Any]:
+    """One Server-Sent Event as parsed from the stream: `event:` name, `data:` text (JSON here) and,
+    for a stored run's events, `id:` (the sequence number)."""
+    progress = [str(e) for e in PROGRESS_EVENTS if stored or e not in _APPROVAL_EVENTS]
+    properties: dict[str, Any] = {
+        "event": {"type": "string", "enum": [*progress, RunEvent.COMPLETED, RunEvent.FAILED]},
         "data": _json_data("The event's JSON payload"),
-    },
-    "allOf": [
-        _terminal(RunEvent.COMPLETED, {"$ref": "#/components/schemas/RunResult"}),
-        _terminal(RunEvent.FAILED, PROBLEM_SCHEMA),
-    ],
-}
+    }
+    if stored:
+        properties["id"] = {
+            "type": "string",
+            "pattern": "^[0-9]+$",
+            "description": "The event's sequence number (1, 2, ...); send it as Last-Event-ID to resume after it",
+        }
+    return {
+        "type": "object",
+        "description": "One SSE event of a run: "
+        + ", ".join(progress)
+        + ", then exactly one of run.completed (data = the run result) or run.failed (data = a problem document)."
+        " `: keep-alive` comments may come in between.",
+        "required": ["event", "data", *(["id"] if stored else [])],
+        "properties": properties,
+        "allOf": [
+            _terminal(RunEvent.COMPLETED, {"$ref": "#/components/schemas/RunResult"}),
+            _terminal(RunEvent.FAILED, PROBLEM_SCHEMA),
+        ],
+    }
+
+
+RUN_EVENT_SCHEMA = _run_event_schema(stored=False)
+STORED_EVENT_SCHEMA = _run_event_schema(stored=True)
 CHUNK_EVENT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "One SSE `data:` line: an OpenAI chunk (`chat.completion.chunk` for chat) as JSON, and finally "

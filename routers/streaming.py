@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from services.agent import Run, RunEvent, RunResult, result_data
 from services.errors import BridgeError
+from services.runs import StoredEvent
 
 T = TypeVar("T")
 log = logging.getLogger("lmstudio_bridge.stream")
@@ -100,40 +101,34 @@ class GuardedStream(StreamingResponse):
             await self.cleanup()
 
 
-class RunStream(GuardedStream):
-    """SSE of one run. The run works in its own task (owned by the request task, not by the
-    response's cancel scope) and feeds the client through a bounded queue."""
+class QueuedStream(GuardedStream):
+    """SSE fed by a producer task (owned by the request task, not by the response's cancel scope)
+    through a bounded queue, with keep-alive comments while nothing comes."""
 
-    def __init__(self, run: Run, frames: RunFrames | None = None) -> None:
-        self.run = run
-        self.frames = frames or RunFrames()
+    def __init__(self, headers: dict[str, str]) -> None:
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(EVENT_QUEUE_SIZE)
         self.work: asyncio.Future[None] | None = None
         super().__init__(
             self._body(),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Run-ID": run.run_id},
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
         )
 
-    async def _emit(self, event: str, data: dict[str, Any]) -> None:
-        frame = self.frames.event(event, data)
-        if frame is not None:
-            await self.queue.put(frame)
+    def opening(self) -> bytes | None:
+        return None
+
+    async def produce(self) -> None:
+        """Put the stream's frames on `self.queue`."""
+        raise NotImplementedError
 
     async def _work(self) -> None:
         try:
-            result = await self.run.execute(self._emit)
-            await self.queue.put(self.frames.completed(result))
-        except BridgeError as exc:
-            await self.queue.put(self.frames.failed(exc.problem()))
-        except Exception:
-            log.exception("run %s failed", self.run.run_id)
-            await self.queue.put(self.frames.failed(BridgeError("The run failed unexpectedly").problem()))
+            await self.produce()
         finally:
             await self.queue.put(None)
 
     async def _body(self) -> AsyncIterator[bytes]:
-        first = self.frames.opening(self.run)
+        first = self.opening()
         if first:
             yield first
         while True:
@@ -153,7 +148,49 @@ class RunStream(GuardedStream):
         if self.work is not None and not self.work.done():
             self.work.cancel()
             await asyncio.wait([self.work])
+
+
+class RunStream(QueuedStream):
+    """SSE of one run as it executes."""
+
+    def __init__(self, run: Run, frames: RunFrames | None = None) -> None:
+        self.run = run
+        self.frames = frames or RunFrames()
+        super().__init__({"X-Run-ID": run.run_id})
+
+    def opening(self) -> bytes | None:
+        return self.frames.opening(self.run)
+
+    async def _emit(self, event: str, data: dict[str, Any]) -> None:
+        frame = self.frames.event(event, data)
+        if frame is not None:
+            await self.queue.put(frame)
+
+    async def produce(self) -> None:
+        try:
+            result = await self.run.execute(self._emit)
+            await self.queue.put(self.frames.completed(result))
+        except BridgeError as exc:
+            await self.queue.put(self.frames.failed(exc.problem()))
+        except Exception:
+            log.exception("run %s failed", self.run.run_id)
+            await self.queue.put(self.frames.failed(BridgeError("The run failed unexpectedly").problem()))
+
+    async def cleanup(self) -> None:
+        await super().cleanup()
         self.run.release()
+
+
+class StoredEventStream(QueuedStream):
+    """A stored run's events (`id:` = sequence number), replayed then followed live to the terminal one."""
+
+    def __init__(self, run_id: str, events: AsyncIterator[StoredEvent]) -> None:
+        self.events = events
+        super().__init__({"X-Run-ID": run_id})
+
+    async def produce(self) -> None:
+        async for item in self.events:
+            await self.queue.put(format_sse_event(event=item.event, data_str=item.data, id=str(item.seq)))
 
 
 class RunFrames:

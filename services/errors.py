@@ -56,6 +56,45 @@ class OverloadedError(BridgeError):
     status, code, title = 429, "overloaded", "Too many runs in progress"
 
 
+class ClientGoneError(BridgeError):
+    """Recorded for a run whose client went away (it was cancelled); no client reads it."""
+
+    status, code, title = 499, "client_disconnected", "The client went away"
+
+
+# --- runs (the run store) ---------------------------------------------------------------
+
+
+class RunNotFoundError(BridgeError):
+    status, code, title = 404, "run_not_found", "Run not found"
+
+
+class RunFinishedError(BridgeError):
+    status, code, title = 409, "run_finished", "The run has already ended"
+
+
+class RunActiveError(BridgeError):
+    status, code, title = 409, "run_active", "The run has not ended yet"
+
+
+class ApprovalNotFoundError(BridgeError):
+    status, code, title = 404, "approval_not_found", "No tool call of this run awaits a decision"
+
+
+class RunInterruptedError(BridgeError):
+    """Recorded for a run the gateway stopped under (shutdown, or found unfinished at start-up)."""
+
+    status, code, title = 503, "interrupted", "Run interrupted"
+
+
+class QueueFullError(BridgeError):
+    status, code, title = 429, "queue_full", "Too many runs are queued"
+
+
+class StoreUnavailableError(BridgeError):
+    status, code, title = 503, "store_unavailable", "The run store is not available"
+
+
 # --- LM Studio -------------------------------------------------------------------------
 
 

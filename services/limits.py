@@ -8,7 +8,8 @@ from services.errors import OverloadedError
 
 
 class RunLimiter:
-    """At most `max_runs` runs at once; a caller waits at most `queue_timeout_s` for a slot."""
+    """At most `max_runs` runs at once; a caller waits at most `queue_timeout_s` for a slot
+    (the queued runs of `POST /v1/runs` wait as long as it takes: `acquire(bounded=False)`)."""
 
     def __init__(self, max_runs: int, queue_timeout_s: float) -> None:
         self.max_runs = max_runs
@@ -17,9 +18,17 @@ class RunLimiter:
         self.in_flight = 0
         self.rejected = 0
 
-    async def acquire(self) -> None:
+    async def try_acquire(self) -> bool:
+        """Take a slot if one is free now (a free semaphore is taken without waiting)."""
+        if self._slots.locked():
+            return False
+        await self._slots.acquire()
+        self.in_flight += 1
+        return True
+
+    async def acquire(self, *, bounded: bool = True) -> None:
         try:
-            await asyncio.wait_for(self._slots.acquire(), self.queue_timeout_s)
+            await asyncio.wait_for(self._slots.acquire(), self.queue_timeout_s if bounded else None)
         except TimeoutError:
             self.rejected += 1
             raise OverloadedError(

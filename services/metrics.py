@@ -78,6 +78,15 @@ class Metrics:
             registry=r,
         )
 
+        self.store_errors = Counter(
+            "bridge_store_errors_total", "Failed run store operations (writes, pruning)", registry=r
+        )
+        self.store_dropped = Counter(
+            "bridge_store_writes_dropped_total",
+            "Run store writes lost (the database failed or fell behind); those runs are marked incomplete",
+            registry=r,
+        )
+
     def watch(self, state: StateReader) -> None:
         """Export values the services keep themselves (read at scrape time)."""
         self.registry.register(_StateCollector(state))
@@ -92,6 +101,8 @@ class StateReader:
     live_sessions: Callable[[], int] = lambda: 0
     cache_hits: Callable[[], int] = lambda: 0
     cache_misses: Callable[[], int] = lambda: 0
+    runs_queued: Callable[[], int] = lambda: 0
+    store_backlog: Callable[[], int] = lambda: 0
     breakers: Callable[[], dict[str, str]] = field(default=lambda: {})
 
 
@@ -103,6 +114,10 @@ class _StateCollector(Collector):
         s = self.state
         yield GaugeMetricFamily("bridge_runs_in_flight", "Runs in progress", value=s.runs_in_flight())
         yield CounterMetricFamily("bridge_runs_rejected", "Runs refused with 429 overloaded", value=s.runs_rejected())
+        yield GaugeMetricFamily("bridge_runs_queued", "Runs of POST /v1/runs waiting for a slot", value=s.runs_queued())
+        yield GaugeMetricFamily(
+            "bridge_store_backlog", "Run store writes queued, not yet committed", value=s.store_backlog()
+        )
         yield GaugeMetricFamily("bridge_mcp_sessions_live", "Open MCP sessions", value=s.live_sessions())
         yield CounterMetricFamily("bridge_model_cache_hits", "Model list cache hits", value=s.cache_hits())
         yield CounterMetricFamily("bridge_model_cache_misses", "Model list cache misses", value=s.cache_misses())

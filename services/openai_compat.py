@@ -34,11 +34,12 @@ class ChatOptions(BaseModel):
     timeout_s: float | None = Field(None, gt=0, le=86_400)
     system_prompt: str | None = None
     tool_choice: ToolChoice | None = None
+    store: bool | None = Field(None, description="false: the run with MCP servers is not recorded in the run store")
 
 
 BRIDGE_FIELDS = ("mcp_servers", "max_rounds", "allowed_tools", "timeout_s", "system_prompt")
 NOT_FOR_LMSTUDIO = frozenset(
-    {*BRIDGE_FIELDS, "model", "messages", "tools", "stream", "stream_options", "tool_choice", "max_tokens"}
+    {*BRIDGE_FIELDS, "model", "messages", "tools", "stream", "stream_options", "tool_choice", "max_tokens", "store"}
 )
 
 
@@ -124,6 +125,7 @@ class OpenAICompat:
             messages=messages,
             client_tools=client_tools,
             extra_body={k: v for k, v in body.items() if k not in NOT_FOR_LMSTUDIO},
+            store=options.store is not False,
         )
         return await self.agent.open(spec)
 

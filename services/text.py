@@ -6,7 +6,9 @@ so one bad string can neither break a shared MCP session nor a response.
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterable
 from typing import Any
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -37,3 +39,30 @@ def unencodable_path(value: Any, path: str = "") -> str | None:
             if found:
                 return found
     return None
+
+
+# a bearer token ends at whitespace, a quote, a comma, or the backslash of an escape in JSON text
+BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',\\]+")
+REDACTED = "[REDACTED]"
+
+
+class Redactor:
+    """Replaces known secrets (API keys, tokens, MCP env and header values) and bearer tokens in text,
+    before it reaches a log line or the run store."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # each secret also as JSON text writes it (escaped quotes, \uXXXX), since logs and stored data are JSON;
+        # longest first, so a secret that contains another is replaced whole
+        forms = {
+            form
+            for secret in secrets
+            if len(secret) >= 4
+            for form in (secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1])
+        }
+        self.secrets = sorted(forms, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return BEARER.sub(rf"\g<1>{REDACTED}", text)

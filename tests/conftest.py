@@ -8,7 +8,9 @@ mcp.json entries), `gateway_settings` (settings on top) or `mcp_json` (a whole o
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from app.main import create_app
 from app.settings import Settings
 from tests.helpers import write_mcp_json
 from tests.mock_lmstudio.fixture import MockLMStudio, start_mock
+from tests.postgres import PostgresCluster, PostgresNotFound
 from tests.processes import serve_in_loop
 
 CLIENT_TIMEOUT_S = 60.0
@@ -40,9 +43,21 @@ async def mock(mock_server: MockLMStudio) -> MockLMStudio:
     return mock_server
 
 
+_STORES = tempfile.TemporaryDirectory(prefix="bridge-test-stores-")
+
+
+def store_url() -> str:
+    """A fresh SQLite run store in the session's temporary directory."""
+    return f"sqlite+aiosqlite:///{_STORES.name}/runs-{uuid.uuid4().hex[:12]}.db"
+
+
 def make_settings(**overrides: Any) -> Settings:
-    """Settings for tests: no .env file, fast retries, no MCP config unless given."""
-    values: dict[str, Any] = {"lmstudio_retry_backoff_s": 0.01, "lmstudio_retry_backoff_max_s": 0.05}
+    """Settings for tests: no .env file, fast retries, no MCP config unless given, a fresh run store."""
+    values: dict[str, Any] = {
+        "lmstudio_retry_backoff_s": 0.01,
+        "lmstudio_retry_backoff_max_s": 0.05,
+        "database_url": store_url(),
+    }
     values.update(overrides)
     return Settings(_env_file=None, **values)
 
@@ -121,3 +136,30 @@ async def live(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The module's gateway behind a real uvicorn socket (ASGITransport buffers whole responses)."""
     async with served(settings, timeout=CLIENT_TIMEOUT_S) as client:
         yield client
+
+
+# --- a throwaway PostgreSQL cluster (tests/postgres.py) ---------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """One PostgreSQL cluster for the session, started when a test first asks for it; fails (does not skip)
+    when the PostgreSQL binaries are missing."""
+    cluster = PostgresCluster()
+    missing = ""
+    try:
+        cluster.start()
+    except PostgresNotFound as error:
+        missing = str(error)  # says to install Debian's `postgresql` package
+    if missing:
+        pytest.fail(missing, pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: PostgresCluster) -> str:
+    """The SQLAlchemy URL (postgresql+asyncpg://...) of a fresh, empty database of the session's cluster."""
+    return postgres_cluster.new_database(f"test_{uuid.uuid4().hex[:16]}")

@@ -5,11 +5,17 @@ tools, a free run slot) and returns a `Run`; `Run.execute(emit)` carries it out.
 the HTTP layer answer early failures with a problem document and stream everything after.
 """
 
+from services.agent.approvals import ApprovalPolicy, Decision
 from services.agent.loop import Run
 from services.agent.records import (
+    FINISHED_STATUSES,
     PROGRESS_EVENTS,
     RUN_STATUSES,
+    TERMINAL_EVENTS,
+    UNFINISHED_STATUSES,
     Emit,
+    Journal,
+    RoundReasoning,
     RunEvent,
     RunResult,
     RunSpec,
@@ -23,11 +29,18 @@ from services.agent.records import (
 from services.agent.service import MAX_ROUNDS_CAP, AgentService, RunDefaults
 
 __all__ = [
+    "FINISHED_STATUSES",
     "MAX_ROUNDS_CAP",
     "PROGRESS_EVENTS",
     "RUN_STATUSES",
+    "TERMINAL_EVENTS",
+    "UNFINISHED_STATUSES",
     "AgentService",
+    "ApprovalPolicy",
+    "Decision",
     "Emit",
+    "Journal",
+    "RoundReasoning",
     "Run",
     "RunDefaults",
     "RunEvent",

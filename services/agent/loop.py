@@ -9,9 +9,11 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from services.agent.answers import recover_text_calls
+from services.agent.approvals import Decision
 from services.agent.prompts import FINAL_ANSWER_PROMPT, REPEATED_CALL_PROMPT, default_system_prompt
 from services.agent.records import (
     Emit,
+    Journal,
     RoundReasoning,
     RunEvent,
     RunResult,
@@ -21,9 +23,9 @@ from services.agent.records import (
     ToolChoice,
 )
 from services.agent.tool_steps import run_tool_call
-from services.errors import ShuttingDownError
+from services.errors import BridgeError, ClientGoneError, RunInterruptedError, ShuttingDownError
 from services.lmstudio import ChatResult, ResolvedModel, ToolCall, Usage
-from services.mcp import ToolSet
+from services.mcp import ToolSet, ToolSpec
 from services.text import scrub
 from services.tracing import clip, current_run_id, trace_id, tracer
 
@@ -34,7 +36,8 @@ log = logging.getLogger("lmstudio_bridge.agent")
 
 
 class Run:
-    """One run, opened (slot held) by `AgentService.open`; `execute` releases the slot."""
+    """One run, made by `AgentService.prepare` (`open` also takes its run slot); `execute` releases the slot.
+    Every event gets a sequence number and goes to the run's journal (the run store) when it has one."""
 
     def __init__(
         self,
@@ -59,14 +62,26 @@ class Run:
         self.warnings = warnings
         self.reasoning: list[RoundReasoning] = []
         self.answered_model = model.id
-        self._released = False
+        self.journal: Journal | None = None
+        self.status: RunStatus = "queued"
+        self.seq = 0  # events so far
+        self.pending: dict[str, asyncio.Future[Decision]] = {}  # tool calls awaiting a person's decision
+        self._released = True  # no slot held until `hold_slot`
         self._last_text = ""
         self.client_calls: list[dict[str, Any]] = []
         self.task: asyncio.Task[Any] | None = None
         self._stopping = False
+        self._cancel_requested = False
+        self._emit: Emit = _no_emit
+        self.deadline = 0.0
+        self._timeout: asyncio.Timeout | None = None
         self._client_tool_names = {t.get("function", {}).get("name") for t in spec.client_tools}
         self._last_call: tuple[str, str] | None = None
         self._same_calls = 0
+
+    def hold_slot(self) -> None:
+        """The run has taken a slot of the run limiter; `release` gives it back."""
+        self._released = False
 
     def release(self) -> None:
         """Give the run slot back (idempotent); `execute` does it itself."""
@@ -74,17 +89,60 @@ class Run:
             self._released = True
             self.service.limiter.release()
 
+    def set_status(self, status: RunStatus) -> None:
+        self.status = status
+        if self.journal is not None:
+            self.journal.status(status)
+
     def stop_for_shutdown(self) -> None:
         """Cancel the run because the gateway stops; `execute` then raises ShuttingDownError."""
         if self.task is not None and not self.task.done():
             self._stopping = True
             self.task.cancel()
 
+    def cancel(self) -> bool:
+        """Stop the executing run on a client's request: it ends `cancelled` with what it gathered.
+        False when it is not executing (not started yet, or finished)."""
+        if self.task is None or self.task.done():
+            return False
+        if not self._cancel_requested:
+            self._cancel_requested = True
+            self.task.cancel()
+        return True
+
+    def decide(self, tool_call_id: str, decision: Decision) -> bool:
+        """A person's decision on a call awaiting approval; False when no such call is waiting."""
+        future = self.pending.get(tool_call_id)
+        if future is None or future.done():
+            return False
+        future.set_result(decision)
+        return True
+
+    def finish(self, status: RunStatus, result: RunResult | None, problem: dict[str, Any] | None) -> None:
+        """Write the terminal event: the result, or the problem that ended the run."""
+        self.status = status
+        self.seq += 1
+        if self.journal is not None:
+            self.journal.finished(self.seq, status, result, problem)
+
+    async def _record(self, emit: Emit, event: str, data: dict[str, Any]) -> None:
+        self.seq += 1
+        if self.journal is not None:
+            self.journal.event(self.seq, event, data)
+        await emit(event, data)
+
     async def execute(self, emit: Emit | None = None) -> RunResult:
         """Carry out the run. Cancelling the calling task cancels the LM Studio call and tool calls."""
         self.task = asyncio.current_task()
         self.service.active.add(self)
         current_run_id.set(self.run_id)
+        client_emit = emit or _no_emit
+
+        async def record(event: str, data: dict[str, Any]) -> None:
+            await self._record(client_emit, event, data)
+
+        self._emit = record
+        self.set_status("running")
         attributes = {
             "bridge.run_id": self.run_id,
             "gen_ai.request.model": self.model.id,
@@ -93,10 +151,11 @@ class Run:
         }
         if self.service.defaults.capture_content:
             attributes["bridge.task"] = clip(self.spec.task)
-        started, status = time.monotonic(), "failed"
+        started = time.monotonic()
+        status: RunStatus = "failed"
         try:
             with tracer.start_as_current_span("agent.run", attributes=attributes) as span:
-                result = await self._execute(emit)
+                result = await self._execute(record)
                 status = result.status
                 span.set_attributes(
                     {"bridge.status": status, "bridge.rounds": result.rounds, "gen_ai.response.model": result.model}
@@ -111,15 +170,24 @@ class Run:
                     result.usage.total_tokens,
                     result.duration_ms,
                 )
+                self.finish(result.status, result, None)
                 return result
         except asyncio.CancelledError:
-            status = "cancelled"
             if not self._stopping or self.task is None:
+                status = "cancelled"
+                self.finish(status, None, ClientGoneError("The run was cancelled: its client went away").problem())
                 raise
+            status = "interrupted"
             self.task.uncancel()
-            raise ShuttingDownError(
-                f"The gateway shut down while run {self.run_id} was in progress", retry_after=5
-            ) from None
+            detail = f"The gateway shut down while run {self.run_id} was in progress"
+            self.finish(status, None, RunInterruptedError(detail).problem())
+            raise ShuttingDownError(detail, retry_after=5) from None
+        except BridgeError as exc:
+            self.finish("failed", None, exc.problem())
+            raise
+        except Exception:
+            self.finish("failed", None, BridgeError("The run failed unexpectedly").problem())
+            raise
         finally:
             self.service.active.discard(self)
             metrics = self.service.metrics
@@ -127,13 +195,12 @@ class Run:
             metrics.run_duration.labels(status).observe(time.monotonic() - started)
             metrics.run_rounds.labels(status).observe(self.rounds)
 
-    async def _execute(self, emit: Emit | None) -> RunResult:
+    async def _execute(self, emit: Emit) -> RunResult:
         started = time.monotonic()
         timeout_s = self.spec.timeout_s or self.service.defaults.run_timeout_s
-        deadline = started + timeout_s
+        self.deadline = started + timeout_s
         status: RunStatus = "completed"
         output = ""
-        emit = emit or _no_emit
         try:
             await emit(
                 RunEvent.STARTED,
@@ -145,12 +212,21 @@ class Run:
                 },
             )
             try:
-                async with asyncio.timeout(timeout_s):
-                    status, output = await self._loop(emit, deadline)
+                async with asyncio.timeout(timeout_s) as self._timeout:
+                    status, output = await self._loop(emit)
             except TimeoutError:
                 status, output = "timeout", self._gathered(f"The run reached its {timeout_s:g} s deadline.")
+            except asyncio.CancelledError:
+                if not self._cancel_requested or self._stopping or self.task is None:
+                    raise
+                self.task.uncancel()  # cancelled on request: an ordinary end with what was gathered
+                status, output = "cancelled", self._gathered("The run was cancelled.")
         finally:
             self.release()
+        return self.result(status, output, round((time.monotonic() - started) * 1000, 2))
+
+    def result(self, status: RunStatus, output: str, duration_ms: float = 0.0) -> RunResult:
+        """The run's result as it stands."""
         return RunResult(
             run_id=self.run_id,
             status=status,
@@ -160,7 +236,7 @@ class Run:
             rounds=self.rounds,
             steps=self.steps,
             usage=self.usage,
-            duration_ms=round((time.monotonic() - started) * 1000, 2),
+            duration_ms=duration_ms,
             trace_id=trace_id(),
             warnings=self.warnings,
             tool_calls=self.client_calls,
@@ -174,18 +250,18 @@ class Run:
             return ([] if has_system else [{"role": "system", "content": system}]) + list(self.spec.messages)
         return [{"role": "system", "content": system}, {"role": "user", "content": self.spec.task}]
 
-    async def _loop(self, emit: Emit, deadline: float) -> tuple[RunStatus, str]:
+    async def _loop(self, emit: Emit) -> tuple[RunStatus, str]:
         messages = self._initial_messages()
         offered = [] if self.spec.tool_choice == "none" else self.tools.openai_tools() + self.spec.client_tools
         offered_names = {t["function"]["name"] for t in offered}
         while True:
             if self.rounds >= self.max_rounds:
-                return "max_rounds", await self._final_answer(messages, emit, deadline, FINAL_ANSWER_PROMPT)
+                return "max_rounds", await self._final_answer(messages, emit, FINAL_ANSWER_PROMPT)
             round_no = self.rounds + 1
             await emit(RunEvent.ROUND_STARTED, {"round": round_no, "tools": bool(offered)})
             # the request's tool_choice applies to the first round only: a forced call cannot loop forever
             choice = self.spec.tool_choice if self.rounds == 0 else None
-            answer = await self._chat(messages, offered or None, deadline, tool_choice=choice)
+            answer = await self._chat(messages, offered or None, tool_choice=choice)
             await self._read(answer, round_no, offered_names, emit)
             if answer.content:
                 self._last_text = answer.content
@@ -203,7 +279,7 @@ class Run:
                     f"The model repeated the same tool call {self.service.defaults.repeat_call_limit} times in a row; "
                     "the run was ended with one last call without tools"
                 )
-                return "loop", await self._final_answer(messages, emit, deadline, REPEATED_CALL_PROMPT)
+                return "loop", await self._final_answer(messages, emit, REPEATED_CALL_PROMPT)
             self.rounds += 1
             messages.append(
                 {
@@ -226,11 +302,11 @@ class Run:
             if found:
                 self.service.metrics.text_tool_calls.labels(found).inc(len(answer.tool_calls))
 
-    async def _final_answer(self, messages: list[dict[str, Any]], emit: Emit, deadline: float, prompt: str) -> str:
+    async def _final_answer(self, messages: list[dict[str, Any]], emit: Emit, prompt: str) -> str:
         """One last call WITHOUT tools: the best answer from what was gathered."""
         messages.append({"role": "user", "content": prompt})
         await emit(RunEvent.ROUND_STARTED, {"round": self.rounds + 1, "tools": False})
-        answer = await self._chat(messages, None, deadline)
+        answer = await self._chat(messages, None)
         await self._read(answer, self.rounds + 1, set(), emit)
         if answer.finish_reason == "length":
             self._cut_at_token_limit(answer)
@@ -259,7 +335,6 @@ class Run:
         self,
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None,
-        deadline: float,
         *,
         tool_choice: ToolChoice | None = None,
     ) -> ChatResult:
@@ -273,7 +348,7 @@ class Run:
             payload["temperature"] = self.spec.temperature
         first_load = not self.model.info.loaded and self.usage.total_tokens == 0
         timeout_s = self.service.defaults.load_timeout_s if first_load else None
-        result = await self.service.lmstudio.chat(payload, timeout_s=timeout_s, deadline=deadline)
+        result = await self.service.lmstudio.chat(payload, timeout_s=timeout_s, deadline=self.deadline)
         if first_load and self.service.lmstudio.reports_load_state:
             # LM Studio JIT-loaded it (Auto-Evict may have unloaded another): the list's states are out of date
             self.service.catalog.invalidate()
@@ -286,9 +361,47 @@ class Run:
         return result
 
     async def _call(self, round_no: int, call: ToolCall, emit: Emit) -> Step:
-        step = await run_tool_call(self.service.pool, self.tools, round_no, call, emit, self._max_chars)
+        step = await run_tool_call(self.service.pool, self.tools, round_no, call, emit, self._max_chars, self._approve)
         self.steps.append(step)
         return step
+
+    async def _approve(self, call_id: str, spec: ToolSpec, arguments: Any) -> Decision | None:
+        """None when the tool needs no approval; else a person's decision (async runs) or a denial."""
+        if not self.service.approvals.needs(spec.server, spec.name):
+            return None
+        name = spec.model_name
+        if not self.spec.interactive:
+            self.warnings.append(
+                f"The model called {name}, which needs a person's approval; a synchronous run cannot wait for one, "
+                "so the call was denied (start the run with POST /v1/runs to approve calls)"
+            )
+            return Decision("denied", "it needs a person's approval, which this run cannot ask for")
+        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self.pending[call_id] = future
+        self.set_status("awaiting_approval")
+        request = {"tool_call_id": call_id, "name": name, "server": spec.server, "tool": spec.name}
+        await self._emit(RunEvent.APPROVAL_REQUESTED, {**request, "arguments": arguments})
+        timeout_s = self.service.defaults.approval_timeout_s
+        asked = time.monotonic()
+        try:
+            decision = await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            decision = Decision("timed_out", f"no decision within {timeout_s:g} s")
+        finally:
+            del self.pending[call_id]
+            if not self.pending:
+                self.set_status("running")
+            self._extend_deadline(time.monotonic() - asked)
+        decided = {**request, "decision": decision.verdict, "reason": decision.reason}
+        await self._emit(RunEvent.APPROVAL_DECIDED, decided)
+        return decision
+
+    def _extend_deadline(self, waited_s: float) -> None:
+        """Time spent waiting for a person does not count against the run's deadline."""
+        self.deadline += waited_s
+        when = self._timeout.when() if self._timeout is not None else None
+        if self._timeout is not None and when is not None:
+            self._timeout.reschedule(when + waited_s)
 
     def _gathered(self, reason: str) -> str:
         """Best output available when the run ends without a final answer."""

@@ -23,7 +23,15 @@ def default_system_prompt(servers: list[str]) -> str:
     )
 
 
+CUT_LOOKBACK = 256  # how far back a cut may move to fall between words
+
+
 def truncate(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, at the last whitespace within CUT_LOOKBACK of it when there is one:
+    a token (a key, an id, a URL) is then kept whole or left out, never cut in half for the logs and records
+    to hold a piece of it that no redaction can recognise."""
     if len(text) <= limit:
         return text
-    return text[:limit] + TRUNCATION_MARKER.format(omitted=len(text) - limit, total=len(text))
+    space = max(text.rfind(c, max(0, limit - CUT_LOOKBACK), limit + 1) for c in " \n\t")
+    cut = space if space > 0 else limit
+    return text[:cut] + TRUNCATION_MARKER.format(omitted=len(text) - cut, total=len(text))

@@ -10,16 +10,32 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, Protocol, get_args
 
 from pydantic import Field, TypeAdapter
 from pydantic_core import PydanticSerializationError
 
 from services.lmstudio import Usage
 
-# length: the model hit its token limit; loop: it repeated the same tool call
-RunStatus = Literal["completed", "max_rounds", "timeout", "cancelled", "length", "loop"]
+# How a run ended (length: the model hit its token limit; loop: it repeated the same tool call;
+# failed: an error ended it; interrupted: the gateway stopped or restarted under it), or where a
+# stored run is now (queued for a run slot, running, awaiting a person's approval of a tool call).
+RunStatus = Literal[
+    "completed",
+    "max_rounds",
+    "timeout",
+    "cancelled",
+    "length",
+    "loop",
+    "failed",
+    "interrupted",
+    "queued",
+    "running",
+    "awaiting_approval",
+]
 RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
+UNFINISHED_STATUSES: frozenset[str] = frozenset({"queued", "running", "awaiting_approval"})
+FINISHED_STATUSES: frozenset[str] = frozenset(RUN_STATUSES) - UNFINISHED_STATUSES
 
 
 # OpenAI's tool_choice: a mode, or {"type": "function", "function": {"name": "<server>__<tool>"}}
@@ -35,6 +51,8 @@ class RunEvent(StrEnum):
     TOOL_CALL_STARTED = "tool_call.started"
     TOOL_CALL_COMPLETED = "tool_call.completed"
     MESSAGE = "message"
+    APPROVAL_REQUESTED = "approval.requested"  # a tool call waits for a person's decision
+    APPROVAL_DECIDED = "approval.decided"  # approved, denied, or denied when nobody answered in time
     COMPLETED = "run.completed"  # terminal: data = the run result
     FAILED = "run.failed"  # terminal: data = a problem document
 
@@ -43,6 +61,20 @@ class RunEvent(StrEnum):
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 PROGRESS_EVENTS = tuple(e for e in RunEvent if e not in (RunEvent.COMPLETED, RunEvent.FAILED))
+TERMINAL_EVENTS = (RunEvent.COMPLETED, RunEvent.FAILED)
+
+
+class Journal(Protocol):
+    """Where a run's life is written down (the run store); every call returns at once."""
+
+    def status(self, status: RunStatus) -> None:
+        """The run is now queued, running or awaiting approval."""
+
+    def event(self, seq: int, event: str, data: dict[str, Any]) -> None:
+        """Progress event number `seq` (1, 2, ...) of the run."""
+
+    def finished(self, seq: int, status: RunStatus, result: RunResult | None, problem: dict[str, Any] | None) -> None:
+        """The terminal event `seq`: `run.completed` with the result, or `run.failed` with a problem."""
 
 
 @dataclass(slots=True)
@@ -63,6 +95,8 @@ class RunSpec:
     messages: list[dict[str, Any]] | None = None
     extra_body: dict[str, Any] = field(default_factory=dict)  # passed to LM Studio as is (e.g. ttl)
     client_tools: list[dict[str, Any]] = field(default_factory=list)  # OpenAI function tools the CLIENT runs
+    store: bool = True  # recorded in the run store
+    interactive: bool = False  # tool calls that need approval wait for a person (async runs); else denied
 
 
 @dataclass(slots=True)
@@ -83,6 +117,10 @@ class Step:
         Field(description="The text format the model wrote the call in (hermes, mistral, ...); null when structured"),
     ] = None
     arguments_repaired: Annotated[bool, Field(description="The call's JSON was broken and has been repaired")] = False
+    approval: Annotated[
+        Literal["approved", "denied", "timed_out"] | None,
+        Field(description="A person's decision on a tool that needs approval (BRIDGE_APPROVAL_TOOLS); else null"),
+    ] = None
 
 
 @dataclass(slots=True)

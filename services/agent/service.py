@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from services.agent.approvals import ApprovalPolicy
 from services.agent.loop import Run
-from services.agent.records import RunSpec
+from services.agent.records import Journal, RunSpec
 from services.errors import InvalidRequestError, MCPServerError, ShuttingDownError
 from services.limits import RunLimiter
 from services.lmstudio import LMStudioClient, ModelCatalog
@@ -28,6 +30,11 @@ class RunDefaults:
     repeat_call_limit: int
     text_tool_calls: bool = True  # recover tool calls written as text
     capture_content: bool = False
+    approval_timeout_s: float = 300.0  # a call nobody decides on is denied after this
+
+
+# gives each new run its journal (the run store), or None when it is not recorded
+Journals = Callable[[Run], Journal | None]
 
 
 class AgentService:
@@ -41,6 +48,7 @@ class AgentService:
         limiter: RunLimiter,
         defaults: RunDefaults,
         metrics: Metrics,
+        approvals: ApprovalPolicy | None = None,
     ) -> None:
         self.lmstudio = lmstudio
         self.catalog = catalog
@@ -48,6 +56,8 @@ class AgentService:
         self.limiter = limiter
         self.defaults = defaults
         self.metrics = metrics
+        self.approvals = approvals or ApprovalPolicy()
+        self.journals: Journals | None = None  # set by the run store once it is open
         self.accepting = True
         self.active: set[Run] = set()
 
@@ -64,7 +74,14 @@ class AgentService:
             await asyncio.wait(tasks, timeout=5.0)
 
     async def open(self, spec: RunSpec) -> Run:
-        """Validate the spec and take a run slot; raises before anything runs."""
+        """Validate the spec and take a run slot (waiting at most the queue timeout); raises before anything runs."""
+        run = await self.prepare(spec)
+        await self.limiter.acquire()
+        run.hold_slot()
+        return run
+
+    async def prepare(self, spec: RunSpec) -> Run:
+        """Validate the spec (model, servers, tools) without taking a run slot; raises before anything runs."""
         if not self.accepting:
             raise ShuttingDownError("The gateway is shutting down; retry on another instance", retry_after=5)
         if spec.max_rounds is None:
@@ -75,10 +92,12 @@ class AgentService:
             self.lmstudio.breaker.check()  # LM Studio is known to be down: fail in milliseconds
         model = await self.catalog.resolve(spec.model)
         servers, tools, warnings = await self._tools_for(spec)
-        await self.limiter.acquire()
         if model.stale:
             warnings.append("LM Studio did not answer the model list; the model was checked against the last list")
-        return Run(self, spec, model, servers, tools, warnings)
+        run = Run(self, spec, model, servers, tools, warnings)
+        if spec.store and self.journals is not None:
+            run.journal = self.journals(run)
+        return run
 
     async def _tools_for(self, spec: RunSpec) -> tuple[list[str], ToolSet, list[str]]:
         warnings: list[str] = []

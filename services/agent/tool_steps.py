@@ -4,8 +4,10 @@ its output cut to size, and announced (`tool_call.started` / `tool_call.complete
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from services.agent.approvals import Decision, Verdict
 from services.agent.arguments import Rejected, check_arguments, maybe_json
 from services.agent.prompts import truncate
 from services.agent.records import Emit, RunEvent, Step, step_data
@@ -14,9 +16,12 @@ from services.lmstudio import ToolCall
 from services.mcp import MCPPool, ToolSet, ToolSpec
 from services.text import scrub
 
+# asks a person about a call (call id, tool, checked arguments) when the tool needs approval; None: it does not
+Approve = Callable[[str, ToolSpec, Any], Awaitable[Decision | None]]
+
 
 async def run_tool_call(
-    pool: MCPPool, tools: ToolSet, round_no: int, call: ToolCall, emit: Emit, max_chars: int
+    pool: MCPPool, tools: ToolSet, round_no: int, call: ToolCall, emit: Emit, max_chars: int, approve: Approve
 ) -> Step:
     """Run one call; whatever goes wrong becomes the step's error output, for the model to read."""
     call_id, name, raw_args = scrub(call.id), scrub(call.name), call.arguments
@@ -26,10 +31,11 @@ async def run_tool_call(
     await emit(RunEvent.TOOL_CALL_STARTED, {**started_event, "arguments": maybe_json(scrub(raw_args))})
     started = time.monotonic()
     arguments: Any = raw_args
+    verdict: Verdict | None = None
     if spec is None:
         output, is_error = unknown_tool(tools, name), True
     else:
-        arguments, output, is_error = await _invoke(pool, spec, raw_args, max_chars)
+        arguments, output, is_error, verdict = await _invoke(pool, spec, call_id, raw_args, max_chars, approve)
     step = Step(
         round=round_no,
         tool_call_id=call_id,
@@ -42,6 +48,7 @@ async def run_tool_call(
         duration_ms=round((time.monotonic() - started) * 1000, 2),
         recovered_from=call.recovered_from,
         arguments_repaired=call.repaired,
+        approval=verdict,
     )
     await emit(RunEvent.TOOL_CALL_COMPLETED, step_data(step))
     return step
@@ -52,12 +59,18 @@ def unknown_tool(tools: ToolSet, name: str) -> str:
     return f"Error: there is no tool named {name!r}. Available tools: {names}"
 
 
-async def _invoke(pool: MCPPool, spec: ToolSpec, raw_args: str, max_chars: int) -> tuple[Any, str, bool]:
+async def _invoke(
+    pool: MCPPool, spec: ToolSpec, call_id: str, raw_args: str, max_chars: int, approve: Approve
+) -> tuple[Any, str, bool, Verdict | None]:
     checked = check_arguments(spec, raw_args)
     if isinstance(checked, Rejected):
-        return checked.arguments, checked.message, True
+        return checked.arguments, checked.message, True, None
+    decision = await approve(call_id, spec, checked)  # the person sees exactly the arguments that would run
+    if decision is not None and not decision.approved:
+        return checked, decision.message(), True, decision.verdict
+    verdict = decision.verdict if decision else None
     try:
         result = await pool.call_tool(spec.server, spec.name, checked)
     except BridgeError as exc:  # unavailable server, timeout, vanished tool: the model reads why
-        return checked, f"Error: {exc.detail}", True
-    return checked, truncate(result.text, max_chars), result.is_error
+        return checked, f"Error: {exc.detail}", True, verdict
+    return checked, truncate(result.text, max_chars), result.is_error, verdict

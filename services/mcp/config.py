@@ -44,6 +44,7 @@ class MCPServerConfig:
     allowed_tools: frozenset[str] | None = None
     disabled_tools: frozenset[str] = frozenset()
     is_bridge: bool = False  # lmstudio-bridge itself: skipped (recursion guard)
+    approval_tools: tuple[str, ...] = ()  # `bridge.approval_tools`: globs of this server's tools a person approves
 
     def describe(self) -> dict[str, Any]:
         """A secret-free summary: env and header NAMES only, URL without credentials or query."""
@@ -60,6 +61,7 @@ class MCPServerConfig:
             "timeout_s": self.timeout_s,
             "allowed_tools": sorted(self.allowed_tools) if self.allowed_tools is not None else None,
             "disabled_tools": sorted(self.disabled_tools),
+            "approval_tools": list(self.approval_tools),
         }
 
     def tool_allowed(self, tool: str) -> bool:
@@ -217,6 +219,22 @@ def _timeout_s(ctx: _Ctx, raw: Mapping[str, Any]) -> float | None:
     return float(timeout)
 
 
+def _bridge_options(ctx: _Ctx, raw: Mapping[str, Any]) -> list[str]:
+    """The server's `bridge` object (other readers of mcp.json ignore it): `approval_tools` globs."""
+    options = raw.get("bridge")
+    if options is None:
+        return []
+    if not isinstance(options, dict):
+        raise ctx.error("bridge", "must be an object")
+    unknown = sorted(set(options) - {"approval_tools"})
+    if unknown:
+        raise ctx.error(f"bridge.{unknown[0]}", "is not a known option (known: approval_tools)")
+    globs = options.get("approval_tools", [])
+    if not isinstance(globs, list) or not all(isinstance(g, str) for g in globs):
+        raise ctx.error("bridge.approval_tools", "must be a list of strings")
+    return globs
+
+
 def _parse_server(file: str, name: str, raw: Any, environ: Mapping[str, str]) -> MCPServerConfig:
     ctx = _Ctx(file, name, environ)
     if not isinstance(raw, dict):
@@ -235,6 +253,7 @@ def _parse_server(file: str, name: str, raw: Any, environ: Mapping[str, str]) ->
     timeout_s = _timeout_s(ctx, raw)
     allowed = ctx.str_list(raw, "allowedTools")
     disabled_tools = ctx.str_list(raw, "disabledTools") or []
+    approval_tools = _bridge_options(ctx, raw)
 
     stdio = transport == "stdio"
     return MCPServerConfig(
@@ -250,6 +269,7 @@ def _parse_server(file: str, name: str, raw: Any, environ: Mapping[str, str]) ->
         timeout_s=timeout_s,
         allowed_tools=frozenset(allowed) if allowed is not None else None,
         disabled_tools=frozenset(disabled_tools),
+        approval_tools=tuple(approval_tools),
     )
 
 

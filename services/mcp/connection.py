@@ -2,6 +2,9 @@
 
 The owner task enters and exits the transport and the client session (anyio cancel scopes require one
 task); callers use the client session from their own tasks, since MCP multiplexes concurrent requests.
+
+The MCP SDK is imported by the functions that need it (a connection's start, its calls), never at module
+level: the gateway starts without it and loads it with the first server session.
 """
 
 from __future__ import annotations
@@ -11,16 +14,17 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
-import mcp_types as mtypes
-from mcp import ClientSession, MCPError
-from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 
 from services.errors import MCPServerUnavailableError, MCPToolTimeoutError
 from services.mcp.config import MCPServerConfig
 from services.mcp.transport import StderrTail, WatchedReadStream, describe_failure, list_all_tools, open_transport
+
+if TYPE_CHECKING:
+    import mcp_types as mtypes
+    from mcp import ClientSession
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +95,8 @@ class Connection:
     ) -> str | None:
         """The owner task's body: enter transport + session, initialize, list tools, serve until stopped or
         dead. Returns why the connection failed (None when it was stopped)."""
+        from mcp import ClientSession  # the SDK loads with the first connection
+
         cfg = self.cfg
         scope = anyio.CancelScope(deadline=anyio.current_time() + start_timeout_s)
         self._scope = scope
@@ -126,6 +132,8 @@ class Connection:
         return None
 
     async def _on_message(self, message: Any) -> None:
+        import mcp_types as mtypes
+
         if isinstance(message, mtypes.ToolListChangedNotification):
             self._refresh = True  # re-listed by the owner task, never inside the handler
             self._wake.set()
@@ -133,6 +141,8 @@ class Connection:
             logger.debug("MCP transport reported: %r", message)
 
     async def _serve(self, session: ClientSession, relist_timeout_s: float) -> None:
+        from mcp import MCPError
+
         while not (self.stop or self.dead):
             await self._wake.wait()
             self._wake.clear()
@@ -148,6 +158,8 @@ class Connection:
 
     async def relist(self, timeout_s: float) -> bool:
         """Fetch the tool list again; False when that failed."""
+        from mcp import MCPError
+
         session = self.session
         if session is None:
             return False
@@ -162,6 +174,9 @@ class Connection:
         self, tool: str, arguments: dict[str, Any], deadline: float, budget_s: float, meta: dict[str, Any] | None
     ) -> mtypes.CallToolResult:
         """Call a tool. Timeouts and a dead connection become domain errors; other MCP errors propagate."""
+        from mcp import MCPError
+        from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
+
         name = self.cfg.name
         session = self.session
         if session is None or self.dead:

@@ -8,11 +8,8 @@ import contextlib
 import logging
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import mcp_types as mtypes
-from mcp import MCPError
-from mcp_types import INVALID_PARAMS
 from pydantic import Field
 
 from services.breaker import Breaker, State
@@ -20,6 +17,9 @@ from services.errors import MCPServerUnavailableError, MCPToolNotFoundError, MCP
 from services.mcp.config import MCPServerConfig, Transport, safe_url
 from services.mcp.connection import Connection
 from services.mcp.tools import ToolResult, ToolSpec, error_result, model_tool_name, to_tool_result
+
+if TYPE_CHECKING:  # the SDK is imported with a server's first connection (services.mcp.connection)
+    import mcp_types as mtypes
 
 logger = logging.getLogger(__name__)
 
@@ -208,6 +208,9 @@ class Session:
         budget_s: float,
         meta: dict[str, Any] | None,
     ) -> ToolResult:
+        from mcp import MCPError  # loaded with `conn`
+        from mcp_types import INVALID_PARAMS
+
         try:
             result = await conn.call(tool, arguments, deadline, budget_s, meta)
         except MCPError as exc:

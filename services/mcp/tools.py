@@ -12,10 +12,12 @@ import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import mcp_types as mtypes
 from pydantic import Field
+
+if TYPE_CHECKING:  # the SDK is imported when a server session starts, not at the gateway's start-up
+    import mcp_types as mtypes
 
 MAX_TOOL_NAME_LEN = 64
 SEPARATOR = "__"
@@ -137,6 +139,8 @@ class ToolSet:
 
 
 def _summarise_block(block: Any) -> str:
+    import mcp_types as mtypes  # loaded with the session that produced the result
+
     if isinstance(block, mtypes.TextContent):
         return block.text
     if isinstance(block, mtypes.ImageContent | mtypes.AudioContent):

@@ -6,21 +6,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import TYPE_CHECKING, Any, Self, cast
 
 import anyio
 import anyio.abc
-import httpx2
-import mcp_types as mtypes
-from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.message import SessionMessage
-from mcp_types import CONNECTION_CLOSED
 
 from services.mcp.config import MCPServerConfig
+
+if TYPE_CHECKING:  # the SDK (and httpx2) are imported when a connection starts, not at start-up
+    import mcp_types as mtypes
+    from mcp import ClientSession
+    from mcp.shared.message import SessionMessage
 
 STDERR_TAIL_LINES = 20
 _STDERR_LINE_CHARS = 500
@@ -93,7 +93,12 @@ async def open_transport(
 ) -> tuple[Any, Any]:
     """Enter the server's transport on `stack` and return its (read, write) streams; a stdio server's
     stderr is read into `stderr` by a task in `tg`."""
+    from mcp import StdioServerParameters, stdio_client  # the SDK loads with the first connection
+
     if cfg.transport == "http":
+        import httpx2
+        from mcp.client.streamable_http import streamable_http_client
+
         assert cfg.url is not None
         client = httpx2.AsyncClient(headers=cfg.headers, timeout=httpx2.Timeout(30.0, read=300.0))
         await stack.enter_async_context(client)
@@ -136,6 +141,8 @@ async def _read_stderr(fd: int, stderr: StderrTail) -> None:
 
 async def list_all_tools(session: ClientSession) -> list[mtypes.Tool]:
     """Every page of the server's tool list."""
+    import mcp_types as mtypes
+
     tools: list[mtypes.Tool] = []
     cursor: str | None = None
     for _ in range(_MAX_TOOL_PAGES):
@@ -172,6 +179,11 @@ def _os_failure(leaf: BaseException, cfg: MCPServerConfig) -> str | None:
 
 
 def _mcp_failure(leaf: BaseException, cfg: MCPServerConfig) -> str | None:
+    if "mcp" not in sys.modules:  # an SDK error needs the SDK: a failure before it loaded is none
+        return None
+    from mcp import MCPError
+    from mcp_types import CONNECTION_CLOSED
+
     if not isinstance(leaf, MCPError):
         return None
     if leaf.code == CONNECTION_CLOSED:
@@ -180,7 +192,8 @@ def _mcp_failure(leaf: BaseException, cfg: MCPServerConfig) -> str | None:
 
 
 def _http_failure(leaf: BaseException, cfg: MCPServerConfig) -> str | None:
-    return f"{type(leaf).__name__}: {leaf}" if isinstance(leaf, httpx2.HTTPError) else None
+    httpx2 = sys.modules.get("httpx2")  # not loaded: the failure cannot be one of its errors
+    return f"{type(leaf).__name__}: {leaf}" if httpx2 is not None and isinstance(leaf, httpx2.HTTPError) else None
 
 
 # Most telling first: each one looks at every leaf of the failure before the next one is tried.

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import store_url
 from tests.helpers import REPO, write_mcp_json
 from tests.mock_lmstudio.fixture import MockLMStudio
 from tests.processes import free_port, wait_healthy
@@ -26,7 +27,7 @@ def cli(*args: str, env: dict[str, str], timeout: float = 90, cwd: Path = REPO) 
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
         cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        env={**os.environ, "PYTHONPATH": str(REPO), "BRIDGE_DATABASE_URL": store_url(), **env},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -124,7 +125,12 @@ def test_broken_mcp_json_stops_start_up(tmp_path: Path, config: str, message: st
 async def test_server_processes_start_answer_and_stop(mock_server: MockLMStudio, command: list[str]) -> None:
     port = free_port()
     args = [part.format(port=port) for part in command]
-    env = {**os.environ, "LMSTUDIO_BASE_URL": mock_server.base_url, "MCP_CONFIG": ""}
+    env = {
+        **os.environ,
+        "LMSTUDIO_BASE_URL": mock_server.base_url,
+        "MCP_CONFIG": "",
+        "BRIDGE_DATABASE_URL": store_url(),
+    }
     process = await asyncio.create_subprocess_exec(
         sys.executable, *args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )

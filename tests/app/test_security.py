@@ -26,7 +26,13 @@ TOKEN = "lm-token-SECRET-4242"
 ENV_SECRET = "env-value-SECRET-7777"
 HEADER_SECRET = "header-value-SECRET-9999"
 SECRETS = (KEY, TOKEN, ENV_SECRET, HEADER_SECRET)
-SAMPLE = {"name": "time", "tool": "get_current_time", "model_id": "qwen/qwen3-4b"}
+SAMPLE = {
+    "name": "time",
+    "tool": "get_current_time",
+    "model_id": "qwen/qwen3-4b",
+    "run_id": "run_0",
+    "tool_call_id": "call_0",
+}
 
 
 @pytest.fixture(scope="module")

@@ -111,6 +111,9 @@ def test_compose_environment_uses_real_settings() -> None:
     assert set(load_mcp_config(REPO / source, {})) == {"time"}
     with_lmstudio = interpolate(gateway["volumes"][0], {"MCP_JSON": "~/.lmstudio/mcp.json"})
     assert with_lmstudio == "~/.lmstudio/mcp.json:/config/mcp.json:ro"
+    # the run store's SQLite file (relative to the image's WORKDIR /app) sits in a named volume
+    assert interpolate(env["BRIDGE_DATABASE_URL"], {}) == "sqlite+aiosqlite:///./data/runs.db"
+    assert "runs:/app/data" in gateway["volumes"] and "runs" in compose()["volumes"]
 
 
 def test_observability_profile_wiring() -> None:
@@ -152,6 +155,7 @@ def test_dockerfile_is_multi_stage_slim_non_root_with_healthcheck_and_node() -> 
     assert "useradd" in ops["RUN"] and users[-1] in ops["RUN"]
     assert "/healthz" in ops["HEALTHCHECK"] and "urllib.request" in ops["HEALTHCHECK"]
     assert ops["EXPOSE"] == "8000"
+    assert ops["VOLUME"] == '["/app/data"]' and "chown bridge /config /app/data" in ops["RUN"], "the run store's volume"
     assert "MCP_CONFIG=/config/mcp.json" in ops["ENV"] and "host.docker.internal" in ops["ENV"]
     assert ops["CMD"] == '["lmstudio-bridge", "serve"]' == '["' + '", "'.join(compose_cmd()) + '"]'
     # every file copied from the context exists and is not excluded by .dockerignore

@@ -25,6 +25,13 @@ OPERATION_IDS = {
     ("post", "/v1/completions"): "createCompletion",
     ("post", "/v1/embeddings"): "createEmbedding",
     ("post", "/v1/responses"): "createResponse",
+    ("post", "/v1/runs"): "startRun",
+    ("get", "/v1/runs"): "listRuns",
+    ("get", "/v1/runs/{run_id}"): "getRun",
+    ("delete", "/v1/runs/{run_id}"): "deleteRun",
+    ("get", "/v1/runs/{run_id}/events"): "streamRunEvents",
+    ("post", "/v1/runs/{run_id}/cancel"): "cancelRun",
+    ("post", "/v1/runs/{run_id}/approvals/{tool_call_id}"): "decideApproval",
 }
 STREAMING = {"runAutonomous", "runWithMcp", "runWithMultipleMcps", "runDiscover", "createChatCompletion"}
 PROBLEM_REF = "#/components/schemas/Problem"
@@ -88,7 +95,13 @@ def test_request_bodies_have_examples(openapi_doc: dict[str, Any]) -> None:
 
 
 def test_path_parameters_have_examples(openapi_doc: dict[str, Any]) -> None:
-    expected = {"name": "time", "tool": "get_current_time", "model_id": "qwen/qwen3-4b"}
+    expected = {
+        "name": "time",
+        "tool": "get_current_time",
+        "model_id": "qwen/qwen3-4b",
+        "run_id": "run_5f0c1e2a9b7d4c3e8a6f1b2d",
+        "tool_call_id": "call_0_0",
+    }
     for method, path, op in operations(openapi_doc):
         for param in op.get("parameters", []):
             if param["in"] == "path":

@@ -17,7 +17,7 @@ from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 from services.mcp import RECURSION_SKIPPED
-from tests.conftest import make_settings, served
+from tests.conftest import make_settings, served, store_url
 from tests.helpers import REPO, TIME_CALL, mcp_servers_json, script
 from tests.mock_lmstudio.fixture import MockLMStudio
 
@@ -27,6 +27,8 @@ TOOLS = {
     "autonomous_with_mcp",
     "autonomous_with_multiple_mcps",
     "autonomous_discover_and_execute",
+    "start_task",
+    "get_task_result",
     "list_available_mcps",
     "list_models",
     "health_check",
@@ -189,6 +191,7 @@ async def test_recursion_guard_is_visible(live: httpx.AsyncClient) -> None:
 async def test_run_over_stdio(mock: MockLMStudio, mcp_json: Path) -> None:
     """`python -m app.cli mcp` (what the `lmstudio-bridge mcp` script runs): stdout carries JSON-RPC only."""
     env = {"LMSTUDIO_BASE_URL": mock.base_url, "MCP_CONFIG": str(mcp_json), "BRIDGE_LOG_LEVEL": "DEBUG"}
+    env["BRIDGE_DATABASE_URL"] = store_url()  # not ./data/ of the repository
     params = StdioServerParameters(command=sys.executable, args=["-m", "app.cli", "mcp"], env=env, cwd=str(REPO))
     stray: list[Exception] = []
 

@@ -1,0 +1,50 @@
+"""Tool calls that need a person's yes before they run (BRIDGE_APPROVAL_TOOLS, mcp.json `bridge.approval_tools`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Literal
+
+Verdict = Literal["approved", "denied", "timed_out"]
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalPolicy:
+    """`patterns` are globs over `<server>__<tool>`; `per_server` globs over one server's tool names."""
+
+    patterns: tuple[str, ...] = ()
+    per_server: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, patterns: Iterable[str], per_server: Mapping[str, Iterable[str]]) -> ApprovalPolicy:
+        return cls(tuple(patterns), {name: tuple(globs) for name, globs in per_server.items() if globs})
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns or self.per_server)
+
+    def needs(self, server: str, tool: str) -> bool:
+        name = f"{server}__{tool}"
+        if any(fnmatchcase(name, p) for p in self.patterns):
+            return True
+        return any(fnmatchcase(tool, p) for p in self.per_server.get(server, ()))
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A person's answer to one tool call (or the answer given for them)."""
+
+    verdict: Verdict
+    reason: str = ""
+
+    @property
+    def approved(self) -> bool:
+        return self.verdict == "approved"
+
+    def message(self) -> str:
+        """What the model reads as the tool's result when the call was not approved."""
+        why = f": {self.reason}" if self.reason else ""
+        if self.verdict == "timed_out":
+            return f"Error: this tool call was not run: nobody approved it in time{why}"
+        return f"Error: this tool call was not run: a person denied it{why}"

@@ -1,0 +1,22 @@
+"""The run store and the runs that outlive their request.
+
+`RunStore` records every run (SQLite by default, PostgreSQL at scale) without holding the run up;
+`RunService` starts background runs (`POST /v1/runs`, the MCP front door's `start_task`), queues,
+cancels, approves and reads them back.
+"""
+
+from services.runs.records import RunPage, RunRecord, StoredEvent, page_json, record_json
+from services.runs.service import RunService
+from services.runs.store import RunFilter, RunStore, sqlite_path
+
+__all__ = [
+    "RunFilter",
+    "RunPage",
+    "RunRecord",
+    "RunService",
+    "RunStore",
+    "StoredEvent",
+    "page_json",
+    "record_json",
+    "sqlite_path",
+]

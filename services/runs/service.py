@@ -1,0 +1,171 @@
+"""Runs that outlive their request (`POST /v1/runs`, the MCP front door's `start_task`): started in the
+background, queued while every run slot is taken, cancelled, decided on (approvals), read back from the store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from services.agent import FINISHED_STATUSES, AgentService, Run, RunSpec
+from services.agent.approvals import Decision
+from services.errors import (
+    ApprovalNotFoundError,
+    BridgeError,
+    QueueFullError,
+    RunActiveError,
+    RunFinishedError,
+    RunInterruptedError,
+    RunNotFoundError,
+)
+from services.runs.records import RunPage, RunRecord, StoredEvent
+from services.runs.store import RunFilter, RunStore
+
+log = logging.getLogger("lmstudio_bridge.runs")
+
+
+class RunService:
+    """Background runs over one agent service and run store."""
+
+    def __init__(self, agent: AgentService, store: RunStore, max_queued: int) -> None:
+        self.agent = agent
+        self.store = store
+        self.max_queued = max_queued
+        self.waiting: set[str] = set()  # queued runs: no run slot yet
+        self.stopping = False
+        self.runs: dict[str, tuple[Run, asyncio.Task[None]]] = {}  # background runs not finished yet
+
+    @property
+    def queued(self) -> int:
+        return len(self.waiting)
+
+    async def submit(self, spec: RunSpec) -> Run:
+        """Check the spec and start the run in the background (queued when no slot is free)."""
+        spec.store, spec.interactive = True, True
+        run = await self.agent.prepare(spec)
+        if await self.agent.limiter.try_acquire():
+            run.hold_slot()
+            run.set_status("running")
+        elif self.queued >= self.max_queued:
+            raise QueueFullError(
+                f"{self.queued} runs are already waiting for a slot (BRIDGE_MAX_QUEUED_RUNS)", retry_after=5
+            )
+        else:
+            self.waiting.add(run.run_id)
+            run.set_status("queued")
+        task = asyncio.create_task(self._drive(run), name=run.run_id)
+        self.runs[run.run_id] = (run, task)
+        return run
+
+    async def _drive(self, run: Run) -> None:
+        try:
+            if run.run_id in self.waiting:
+                try:
+                    await self.agent.limiter.acquire(bounded=False)
+                finally:
+                    self.waiting.discard(run.run_id)
+                run.hold_slot()
+                if not self.agent.accepting:  # the gateway began to stop while the run waited
+                    run.release()
+                    raise asyncio.CancelledError
+            await run.execute()
+        except asyncio.CancelledError:
+            if run.task is None:  # cancelled (or stopped) while queued: `execute` never wrote its end
+                self._end_unstarted(run)
+        except BridgeError:
+            pass  # recorded by the run: status failed (or interrupted) with its problem document
+        except Exception:
+            log.exception("background run %s failed", run.run_id)
+        finally:
+            self.runs.pop(run.run_id, None)
+
+    def _end_unstarted(self, run: Run) -> None:
+        """Record the end of a run that never executed (idempotent): cancelled, or interrupted by a stop.
+        Its task may never get to run its own body, so this does the task's bookkeeping too."""
+        self.waiting.discard(run.run_id)
+        self.runs.pop(run.run_id, None)
+        if run.status in FINISHED_STATUSES:
+            return
+        if self.stopping or not self.agent.accepting:
+            run.finish("interrupted", None, RunInterruptedError("The gateway stopped before the run started").problem())
+        else:
+            run.finish("cancelled", run.result("cancelled", "The run was cancelled before it started."), None)
+
+    def _live(self, run_id: str) -> Run | None:
+        entry = self.runs.get(run_id)
+        if entry is not None:
+            return entry[0]
+        return next((run for run in self.agent.active if run.run_id == run_id), None)
+
+    async def get(self, run_id: str) -> RunRecord:
+        record = await self.store.get(run_id)
+        if record is None:
+            raise RunNotFoundError(f"No run with id {run_id!r}")
+        return record
+
+    async def page(self, filters: RunFilter, limit: int, cursor: str | None) -> RunPage:
+        return await self.store.page(filters, limit, cursor)
+
+    async def events(self, run_id: str, after: int) -> AsyncIterator[StoredEvent]:
+        """The run's events after `after`, following it live; raises RunNotFoundError before the first."""
+        if self._live(run_id) is None and await self.store.status_of(run_id) is None:
+            raise RunNotFoundError(f"No run with id {run_id!r}")
+        return self.store.follow(run_id, after)
+
+    async def cancel(self, run_id: str) -> None:
+        """Stop a run that has not ended (it ends `cancelled`); RunFinishedError once it has."""
+        entry = self.runs.get(run_id)
+        run = self._live(run_id)
+        if run is not None and run.cancel():
+            return
+        if entry is not None and entry[0].task is None:  # still queued
+            self._end_unstarted(entry[0])
+            entry[1].cancel()
+            return
+        status = await self.store.status_of(run_id)
+        if status is None:
+            raise RunNotFoundError(f"No run with id {run_id!r}")
+        if run is None and status in ("queued", "running", "awaiting_approval"):
+            raise RunActiveError(f"Run {run_id} runs in another gateway process; cancel it there")
+        raise RunFinishedError(f"Run {run_id} has already ended ({status})", run_status=status)
+
+    async def delete(self, run_id: str) -> None:
+        if self._live(run_id) is not None or run_id in self.runs:
+            raise RunActiveError(f"Run {run_id} is still running; cancel it first")
+        status = await self.store.status_of(run_id)
+        if status is None:
+            raise RunNotFoundError(f"No run with id {run_id!r}")
+        if status in ("queued", "running", "awaiting_approval"):
+            raise RunActiveError(f"Run {run_id} has not ended ({status})")
+        await self.store.delete(run_id)
+
+    async def decide(self, run_id: str, tool_call_id: str, decision: Decision) -> None:
+        run = self._live(run_id)
+        if run is not None and run.decide(tool_call_id, decision):
+            return
+        if run is None and await self.store.status_of(run_id) is None:
+            raise RunNotFoundError(f"No run with id {run_id!r}")
+        waiting = sorted(run.pending) if run is not None else []
+        raise ApprovalNotFoundError(
+            f"No tool call {tool_call_id!r} of run {run_id} awaits a decision", awaiting=waiting
+        )
+
+    async def wait(self, run_id: str, timeout_s: float) -> RunRecord:
+        """The run's record once it ended, or as it stands after `timeout_s`."""
+        entry = self.runs.get(run_id)
+        if entry is not None:
+            await asyncio.wait([entry[1]], timeout=timeout_s)
+        return await self.get(run_id)
+
+    async def aclose(self) -> None:
+        """Stop background runs (the gateway stops): each is recorded `interrupted`."""
+        self.stopping = True
+        tasks = [task for _, task in self.runs.values()]
+        for run, task in list(self.runs.values()):
+            if run.task is None:
+                self._end_unstarted(run)
+                task.cancel()
+            else:
+                run.stop_for_shutdown()
+        if tasks:
+            await asyncio.wait(tasks, timeout=10.0)

@@ -1,0 +1,50 @@
+"""The run store's tables (SQLAlchemy Core). Changes go through a new Alembic migration in `migrations/`."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+# a row number that orders runs newest first and serves as the paging cursor
+_ROW_NUMBER = BigInteger().with_variant(Integer(), "sqlite")
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("num", _ROW_NUMBER, primary_key=True, autoincrement=True),
+    Column("run_id", String(64), nullable=False, unique=True),
+    Column("status", String(32), nullable=False),
+    Column("model_requested", String(512)),
+    Column("model", String(512), nullable=False),
+    Column("mcp_servers", Text, nullable=False),  # JSON list
+    Column("task", Text, nullable=False),
+    Column("options", Text, nullable=False),  # JSON: the request's options (never a key)
+    Column("output", Text, nullable=False),
+    Column("rounds", Integer, nullable=False),
+    Column("usage", Text),  # JSON
+    Column("warnings", Text),  # JSON list
+    Column("tool_calls", Text),  # JSON list
+    Column("error", Text),  # JSON problem document of a run that failed or was interrupted
+    Column("duration_ms", Float),
+    Column("trace_id", String(64)),
+    Column("key_name", String(256)),
+    Column("instance", String(256), nullable=False),  # the gateway process that ran it
+    Column("incomplete", Boolean, nullable=False),  # some of its writes were lost
+    Column("created_at", Float, nullable=False),  # seconds since the epoch, UTC
+    Column("started_at", Float),
+    Column("finished_at", Float),
+)
+Index("ix_runs_status_num", runs.c.status, runs.c.num)
+Index("ix_runs_model_num", runs.c.model, runs.c.num)
+Index("ix_runs_finished_at", runs.c.finished_at)
+
+run_events = Table(
+    "run_events",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("event", String(64), nullable=False),
+    Column("data", Text, nullable=False),  # JSON
+    Column("at", Float, nullable=False),
+)
