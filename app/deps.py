@@ -7,7 +7,9 @@ from typing import Annotated, cast
 from fastapi import Depends, Request
 
 from app.gateway import BridgeState
+from app.security import access_of
 from app.settings import Settings
+from services.access import Access
 from services.agent import AgentService
 from services.lmstudio import ModelCatalog
 from services.mcp import MCPPool
@@ -48,6 +50,11 @@ async def get_runs(request: Request) -> RunService:
     return _state(request).runs
 
 
+async def get_access(request: Request) -> Access | None:
+    """The scope of the request's API key (None: no keys configured)."""
+    return access_of(request.scope)
+
+
 StateDep = Annotated[BridgeState, Depends(get_state)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CatalogDep = Annotated[ModelCatalog, Depends(get_catalog)]
@@ -55,3 +62,4 @@ PoolDep = Annotated[MCPPool, Depends(get_pool)]
 AgentDep = Annotated[AgentService, Depends(get_agent)]
 CompatDep = Annotated[OpenAICompat, Depends(get_compat)]
 RunsDep = Annotated[RunService, Depends(get_runs)]
+AccessDep = Annotated[Access | None, Depends(get_access)]

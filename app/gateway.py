@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from app.settings import Settings
 from app.telemetry import instrument_client, secrets_of
+from services.access import KeyRing, KeysFileError
 from services.agent import AgentService, ApprovalPolicy, RunDefaults
 from services.breaker import Breaker
 from services.errors import MCPConfigError, UpstreamUnavailableError
@@ -50,6 +51,17 @@ def load_mcp_setup(settings: Settings) -> MCPSetup:
     return MCPSetup(path, servers)
 
 
+def load_keys(settings: Settings, *, exit_on_error: bool = True) -> KeyRing:
+    """BRIDGE_API_KEYS and the keys file; a broken file stops start-up naming the entry and the field."""
+    try:
+        return KeyRing.build([k.get_secret_value() for k in settings.api_keys], settings.keys_file)
+    except KeysFileError as exc:
+        if not exit_on_error:
+            raise
+        print(f"Invalid keys file (BRIDGE_KEYS_FILE): {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def load_mcp(settings: Settings) -> MCPSetup:
     """mcp.json; an invalid file stops start-up with a message naming server and field."""
     try:
@@ -72,6 +84,7 @@ class BridgeState:
     agent: AgentService
     compat: OpenAICompat
     status: StatusService
+    keys: KeyRing
     store: RunStore
     runs: RunService
     metrics: Metrics
@@ -141,9 +154,11 @@ async def open_gateway(
     metrics: Metrics | None = None,
     tracer_provider: TracerProvider | None = None,
     warmup: bool | None = None,
+    keys: KeyRing | None = None,
 ) -> AsyncIterator[BridgeState]:
     """Build every part once; on exit close them in reverse order (MCP servers stop, clients close)."""
     metrics = metrics or Metrics()
+    keys = keys or load_keys(settings)
     async with AsyncExitStack() as stack:
         lmstudio = build_lmstudio(settings, metrics)
         stack.push_async_callback(lmstudio.aclose)
@@ -174,7 +189,7 @@ async def open_gateway(
         approvals = ApprovalPolicy.of(
             settings.approval_tools, {name: cfg.approval_tools for name, cfg in mcp.servers.items()}
         )
-        agent = AgentService(lmstudio, catalog, pool, limiter, defaults, metrics, approvals)
+        agent = AgentService(lmstudio, catalog, pool, limiter, defaults, metrics, approvals, keys)
         store = await open_store(settings, mcp, metrics)
         stack.push_async_callback(store.aclose)
         agent.journals = store.journal
@@ -202,6 +217,7 @@ async def open_gateway(
             agent=agent,
             compat=OpenAICompat(lmstudio, catalog, agent),
             status=StatusService(lmstudio, catalog, pool, limiter, mcp.path),
+            keys=keys,
             store=store,
             runs=runs,
             metrics=metrics,

@@ -3,7 +3,10 @@ sessions (app.front_door, started by the first request there) end before the gat
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
@@ -13,15 +16,18 @@ from opentelemetry.sdk.trace import TracerProvider
 from app.front_door import MCPFrontDoor
 from app.gateway import MCPSetup, open_gateway
 from app.settings import Settings
+from services.access import KeyRing
 from services.metrics import Metrics
 
 log = logging.getLogger("lmstudio_bridge")
+KEYS_POLL_S = 1.0
 
 
 def lifespan_for(
     settings: Settings,
     mcp: MCPSetup,
     front_door: MCPFrontDoor | None = None,
+    keys: KeyRing | None = None,
     *,
     metrics: Metrics | None = None,
     tracer_provider: TracerProvider | None = None,
@@ -30,9 +36,11 @@ def lifespan_for(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             state = await stack.enter_async_context(
-                open_gateway(settings, mcp, metrics=metrics, tracer_provider=tracer_provider)
+                open_gateway(settings, mcp, metrics=metrics, tracer_provider=tracer_provider, keys=keys)
             )
             app.state.bridge = state
+            if state.keys.path is not None:
+                await stack.enter_async_context(watch_keys_file(state.keys))
             if front_door is not None:  # the sessions of `/mcp` (if it was used) end before the services
                 stack.push_async_callback(front_door.aclose)
             if mcp.path is None:
@@ -45,3 +53,26 @@ def lifespan_for(
             yield
 
     return lifespan
+
+
+@asynccontextmanager
+async def watch_keys_file(keys: KeyRing) -> AsyncIterator[None]:
+    """Reload the keys file when it changes (checked every KEYS_POLL_S) and on SIGHUP, without a restart."""
+    loop = asyncio.get_running_loop()
+
+    async def poll() -> None:
+        while True:
+            await asyncio.sleep(KEYS_POLL_S)
+            keys.reload()
+
+    task = asyncio.create_task(poll())
+    hup = False
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no signals off the main thread
+        loop.add_signal_handler(signal.SIGHUP, lambda: keys.reload(force=True))
+        hup = True
+    try:
+        yield
+    finally:
+        task.cancel()
+        if hup:
+            loop.remove_signal_handler(signal.SIGHUP)

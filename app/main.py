@@ -9,7 +9,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.errors import install_error_handler
 from app.front_door import MCPFrontDoor
-from app.gateway import BridgeState, MCPSetup, load_mcp, load_mcp_setup
+from app.gateway import BridgeState, MCPSetup, load_keys, load_mcp, load_mcp_setup
 from app.lifespan import lifespan_for
 from app.security import APIKeyMiddleware, BodyLimitMiddleware
 from app.settings import Settings, load_settings
@@ -34,6 +34,7 @@ def create_app(
         mcp_setup = load_mcp(settings) if from_env else load_mcp_setup(settings)
     if configure_logs or from_env:
         configure_logging(settings.log_level, secrets_of(settings, mcp_setup.secret_values()))
+    keys = load_keys(settings, exit_on_error=from_env)
     metrics = Metrics()
     provider = tracer_provider(settings)
     # the MCP front door, built on its first request; its tools read the state the lifespan puts on `app`
@@ -45,12 +46,11 @@ def create_app(
         redirect_slashes=False,  # a redirect would be built from the client's Host header: 404 instead
         # our own spans and Prometheus metrics cover requests; FastAPI's native telemetry would add cost only
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
-        lifespan=lifespan_for(settings, mcp_setup, front_door, metrics=metrics, tracer_provider=provider),
+        lifespan=lifespan_for(settings, mcp_setup, front_door, keys, metrics=metrics, tracer_provider=provider),
     )
     install_error_handler(app)
     # outermost last: body limit, then API keys, then CORS (so preflights are answered first)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    keys = [key.get_secret_value() for key in settings.api_keys]
     app.add_middleware(APIKeyMiddleware, keys=keys, protect_metrics=settings.metrics_require_key)
     if settings.cors_origins:
         app.add_middleware(

@@ -5,22 +5,13 @@ Pure ASGI (not BaseHTTPMiddleware) so streaming and client-disconnect detection 
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Sequence
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import problem_response
-from services.errors import PayloadTooLargeError, UnauthorizedError
+from services.access import Access, KeyRing
+from services.errors import BridgeError, PayloadTooLargeError, UnauthorizedError
 
 OPEN_PATHS = ("/healthz", "/readyz")
-
-
-def key_matches(presented: str, keys: Sequence[bytes]) -> bool:
-    """Constant-time comparison against every key (no early exit on the first match)."""
-    candidate = presented.encode()
-    results = [hmac.compare_digest(candidate, key) for key in keys]
-    return any(results)
 
 
 def bearer_token(scope: Scope) -> str | None:
@@ -31,27 +22,41 @@ def bearer_token(scope: Scope) -> str | None:
     return None
 
 
-class APIKeyMiddleware:
-    """`Authorization: Bearer <key>` on every /v1/* route and /mcp (and /metrics if asked)."""
+def access_of(scope: Scope) -> Access | None:
+    """The access of the request's API key (None: no keys are configured, everything is allowed)."""
+    state = scope.get("state")
+    return state.get("access") if state else None
 
-    def __init__(self, app: ASGIApp, keys: Sequence[str], *, protect_metrics: bool = False) -> None:
+
+class APIKeyMiddleware:
+    """`Authorization: Bearer <key>` on every /v1/* route and /mcp (and /metrics if asked); the key's
+    access goes on the request (`access_of`), and its requests-per-minute limit is applied here."""
+
+    def __init__(self, app: ASGIApp, keys: KeyRing, *, protect_metrics: bool = False) -> None:
         self.app = app
-        self.keys = [key.encode() for key in keys]
+        self.keys = keys
         self.prefixes = ("/v1/", "/mcp") + (("/metrics",) if protect_metrics else ())
 
     def protects(self, path: str) -> bool:
         return path == "/v1" or path.startswith(self.prefixes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or not self.protects(scope["path"]):
+        if scope["type"] != "http" or not self.keys.enabled or not self.protects(scope["path"]):
             await self.app(scope, receive, send)
             return
         token = bearer_token(scope)
-        if token is not None and key_matches(token, self.keys):
-            await self.app(scope, receive, send)
+        access = self.keys.resolve(token) if token is not None else None
+        if access is None:
+            detail = "The API key is not valid" if token else "An API key is required: Authorization: Bearer <key>"
+            await problem_response(UnauthorizedError(detail), scope["path"])(scope, receive, send)
             return
-        detail = "An API key is required: Authorization: Bearer <key>" if token is None else "The API key is not valid"
-        await problem_response(UnauthorizedError(detail), scope["path"])(scope, receive, send)
+        try:
+            self.keys.take_request(access)
+        except BridgeError as exc:
+            await problem_response(exc, scope["path"])(scope, receive, send)
+            return
+        scope.setdefault("state", {})["access"] = access
+        await self.app(scope, receive, send)
 
 
 class BodyLimitMiddleware:

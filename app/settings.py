@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, validation_alias=_env("BRIDGE_API_KEYS")
     )
+    keys_file: str | None = Field(None, validation_alias=_env("BRIDGE_KEYS_FILE"))
     otel_console: bool = Field(False, validation_alias=_env("BRIDGE_OTEL_CONSOLE"))
     otel_capture_content: bool = Field(False, validation_alias=_env("BRIDGE_OTEL_CAPTURE_CONTENT"))
     shutdown_grace_s: float = Field(20.0, ge=0, validation_alias=_env("BRIDGE_SHUTDOWN_GRACE_S"))

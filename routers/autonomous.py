@@ -9,6 +9,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import AgentDep
+from app.security import access_of
 from routers.schemas import RUN_EVENT_SCHEMA, problem_responses
 from routers.streaming import CLIENT_CLOSED_REQUEST, RunStream, execute_for_client, wants_stream
 from services.agent import MAX_ROUNDS_CAP, AgentService, RunResult, RunSpec, ToolChoice, result_json
@@ -95,11 +96,12 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "The run result, or a Server-Sent Events stream when streaming was asked for",
         "content": {"text/event-stream": {"schema": RUN_EVENT_SCHEMA}},
     },
-    **problem_responses(400, 401, 413, 422, 429, 502, 503, 504),
+    **problem_responses(400, 401, 403, 413, 422, 429, 502, 503, 504),
 }
 
 
 async def _respond(request: Request, agent: AgentService, spec: RunSpec, stream: bool) -> Response:
+    spec.access = access_of(request.scope)
     run = await agent.open(spec)
     if wants_stream(request, stream):
         return RunStream(run)

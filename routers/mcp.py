@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path, Response
 from pydantic import TypeAdapter
 
-from app.deps import PoolDep, StateDep
+from app.deps import AccessDep, PoolDep, StateDep
 from routers.paths import named_in_path
 from routers.schemas import ToolList, problem_responses
 from services.errors import InvalidRequestError
@@ -22,9 +22,9 @@ _TOOL_RESULT = TypeAdapter(ToolResult)
 
 
 @router.get("", response_model=ServerList, operation_id="listMcpServers", summary="List MCP servers")
-async def list_servers(state: StateDep) -> ServerList:
-    """Configured MCP servers with their status (env and header names only, never values)."""
-    return state.status.servers()
+async def list_servers(state: StateDep, access: AccessDep) -> ServerList:
+    """Configured MCP servers (those the API key may use) with their status (env and header names, never values)."""
+    return state.status.servers(access)
 
 
 @router.get(
@@ -32,12 +32,12 @@ async def list_servers(state: StateDep) -> ServerList:
     response_model=ToolList,
     operation_id="listMcpTools",
     summary="List a server's tools",
-    responses=problem_responses(404, 422, 502, 503, 504),
+    responses=problem_responses(403, 404, 422, 502, 503, 504),
 )
-async def list_tools(name: ServerName, pool: PoolDep) -> ToolList:
-    """The server's tools with their input schemas (starts the server if needed)."""
+async def list_tools(name: ServerName, state: StateDep, access: AccessDep) -> ToolList:
+    """The server's tools (those the API key may use) with their input schemas (starts the server if needed)."""
     with named_in_path():
-        tools = await pool.list_tools(name)
+        tools = await state.status.tools(name, access)
     return ToolList(server=name, data=tools)
 
 
@@ -46,15 +46,18 @@ async def list_tools(name: ServerName, pool: PoolDep) -> ToolList:
     response_model=ToolResult,
     operation_id="callMcpTool",
     summary="Call a tool",
-    responses=problem_responses(400, 404, 413, 422, 502, 503, 504),
+    responses=problem_responses(400, 403, 404, 413, 422, 502, 503, 504),
 )
 async def call_tool(
     name: ServerName,
     tool: ToolName,
     pool: PoolDep,
+    access: AccessDep,
     arguments: Annotated[dict[str, Any], Body(default_factory=dict, examples=[{"timezone": "UTC"}])],
 ) -> Response:
     """Call one tool directly; the body is its arguments, checked against its input schema."""
+    if access is not None:
+        access.check_tools([(name, tool)])
     with named_in_path():
         spec = next((t for t in await pool.list_tools(name) if t.name == tool), None)
     if spec is not None:

@@ -24,7 +24,9 @@ from starlette.types import ASGIApp
 from app.errors import as_bridge_error
 from app.front_door import MCP_PATH
 from app.gateway import BridgeState
+from app.security import access_of
 from app.settings import Settings
+from services.access import Access
 from services.agent import FINISHED_STATUSES, Emit, RunEvent, RunResult, RunSpec, result_data
 from services.errors import BridgeError
 
@@ -52,6 +54,7 @@ def build_mcp_server(settings: Settings, state: Callable[[], BridgeState]) -> MC
     rounds = settings.max_rounds_default  # shown as the tools' default
 
     async def run(ctx: BridgeContext, spec: RunSpec) -> RunResult:
+        spec.access = key_access(ctx)
         opened = await state().agent.open(spec)
         return await opened.execute(progress_reporter(ctx))
 
@@ -96,6 +99,7 @@ def build_mcp_server(settings: Settings, state: Callable[[], BridgeState]) -> MC
     @server.tool()
     async def start_task(
         task: Task,
+        ctx: BridgeContext,
         mcp_servers: Annotated[
             list[str] | None, Field(description="The MCP servers whose tools the model may use; null: every one")
         ] = None,
@@ -106,27 +110,29 @@ def build_mcp_server(settings: Settings, state: Callable[[], BridgeState]) -> MC
         """Start a task in the background and return its run id at once; poll it with get_task_result.
         For long tasks: each call stays well within a client's tool-call time limit."""
         spec = RunSpec(task=task, mcp_servers=mcp_servers, model=model, max_rounds=max_rounds, max_tokens=max_tokens)
+        spec.access = key_access(ctx)
         return await answer(started(state(), spec))
 
     @server.tool()
     async def get_task_result(
         run_id: Annotated[str, Field(description="The run id start_task returned")],
+        ctx: BridgeContext,
         wait_s: Annotated[
             float, Field(ge=0, le=WAIT_MAX_S, description=f"Seconds to wait for the end (0-{WAIT_MAX_S:g})")
         ] = WAIT_DEFAULT_S,
     ) -> CallToolResult:
         """The task's status and progress; once it has ended, its result. Waits up to `wait_s` seconds."""
-        return await answer(task_result(state(), run_id, wait_s))
+        return await answer(task_result(state(), run_id, wait_s, key_access(ctx)))
 
     @server.tool()
-    async def list_available_mcps() -> CallToolResult:
-        """The MCP servers of the bridge's mcp.json with their status and tool counts."""
-        return await answer(servers(state()))
+    async def list_available_mcps(ctx: BridgeContext) -> CallToolResult:
+        """The MCP servers of the bridge's mcp.json (those the API key may use) with their status and tool counts."""
+        return await answer(servers(state(), key_access(ctx)))
 
     @server.tool()
-    async def list_models() -> CallToolResult:
-        """LM Studio's models (type, loaded or not, context length, tool use) and the default one."""
-        return await answer(models(state()))
+    async def list_models(ctx: BridgeContext) -> CallToolResult:
+        """LM Studio's models the API key may use (type, loaded or not, context length, tool use), the default one."""
+        return await answer(models(state(), key_access(ctx)))
 
     @server.tool()
     async def health_check() -> CallToolResult:
@@ -143,6 +149,16 @@ def http_endpoint(server: MCPServer[Any], settings: Settings) -> ASGIApp:
     app = server.streamable_http_app(streamable_http_path=MCP_PATH, host=settings.host)
     [route] = [r for r in app.routes if isinstance(r, Route) and r.path == MCP_PATH]
     return route.handle
+
+
+def key_access(ctx: BridgeContext | None) -> Access | None:
+    """The API key's scope, from the HTTP request the tool call came in (None over stdio, or without keys)."""
+    try:
+        request = ctx.request_context.request if ctx is not None else None
+    except ValueError:  # no request context (called outside a request)
+        return None
+    scope = getattr(request, "scope", None)
+    return access_of(scope) if isinstance(scope, dict) else None
 
 
 def progress_reporter(ctx: BridgeContext) -> Emit:
@@ -186,9 +202,9 @@ async def started(bridge: BridgeState, spec: RunSpec) -> dict[str, Any]:
     return {"run_id": run.run_id, "status": run.status}
 
 
-async def task_result(bridge: BridgeState, run_id: str, wait_s: float) -> dict[str, Any]:
+async def task_result(bridge: BridgeState, run_id: str, wait_s: float, access: Access | None) -> dict[str, Any]:
     """Where a background run stands: `done`, `status`, `progress` and, once done, `result`."""
-    record = await bridge.runs.wait(run_id, wait_s)
+    record = await bridge.runs.wait(run_id, wait_s, access)
     done = record.status in FINISHED_STATUSES
     last = await bridge.store.last_event(run_id)
     progress = {
@@ -202,14 +218,14 @@ async def task_result(bridge: BridgeState, run_id: str, wait_s: float) -> dict[s
     return answer
 
 
-async def servers(bridge: BridgeState) -> dict[str, Any]:
+async def servers(bridge: BridgeState, access: Access | None = None) -> dict[str, Any]:
     """The configured MCP servers, as `GET /v1/mcp/servers` lists them."""
-    return _wire(bridge.status.servers())
+    return _wire(bridge.status.servers(access))
 
 
-async def models(bridge: BridgeState) -> dict[str, Any]:
+async def models(bridge: BridgeState, access: Access | None = None) -> dict[str, Any]:
     """The model list, as `GET /v1/models` gives it (the default model marked)."""
-    return _wire(await bridge.status.models())
+    return _wire(await bridge.status.models(access))
 
 
 async def health(bridge: BridgeState) -> dict[str, Any]:

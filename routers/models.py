@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import CompatDep, StateDep
+from app.deps import AccessDep, CompatDep, StateDep
 from routers.paths import named_in_path
 from routers.schemas import problem_responses
 from services.status import ModelList
@@ -23,9 +23,10 @@ ModelId = Annotated[str, Path(description="LM Studio model id (may contain `/`)"
     summary="List models",
     responses=problem_responses(429, 502, 503, 504),
 )
-async def list_models(state: StateDep, response: Response) -> ModelList:
-    """List LM Studio's models (OpenAI list shape plus type, state, context length, tool use, default)."""
-    models = await state.status.models()
+async def list_models(state: StateDep, access: AccessDep, response: Response) -> ModelList:
+    """List LM Studio's models the API key may use (OpenAI list shape plus type, state, context length, tool use,
+    default)."""
+    models = await state.status.models(access)
     if models.stale:
         response.headers["X-Bridge-Stale"] = "true"
     return models
@@ -40,10 +41,14 @@ class LoadRequest(BaseModel):
     "/models/{model_id:path}/load",
     operation_id="loadModel",
     summary="Load a model",
-    responses=problem_responses(400, 404, 413, 422, 429, 501, 502, 503, 504),
+    responses=problem_responses(400, 403, 404, 413, 422, 429, 501, 502, 503, 504),
 )
-async def load_model(model_id: ModelId, compat: CompatDep, body: LoadRequest | None = None) -> dict[str, Any]:
-    """Load a model in LM Studio (REST API of LM Studio 0.4+; else 501)."""
+async def load_model(
+    model_id: ModelId, compat: CompatDep, access: AccessDep, body: LoadRequest | None = None
+) -> dict[str, Any]:
+    """Load a model in LM Studio (REST API of LM Studio 0.4+; else 501). An admin key's right."""
+    if access is not None:
+        access.check_admin("load models")
     with named_in_path():
         return await compat.load_model(model_id, body.ttl if body else None)
 
@@ -52,9 +57,11 @@ async def load_model(model_id: ModelId, compat: CompatDep, body: LoadRequest | N
     "/models/{model_id:path}/unload",
     operation_id="unloadModel",
     summary="Unload a model",
-    responses=problem_responses(404, 413, 422, 429, 501, 502, 503, 504),
+    responses=problem_responses(403, 404, 413, 422, 429, 501, 502, 503, 504),
 )
-async def unload_model(model_id: ModelId, compat: CompatDep) -> dict[str, Any]:
-    """Unload a model from LM Studio (REST API of LM Studio 0.4+; else 501)."""
+async def unload_model(model_id: ModelId, compat: CompatDep, access: AccessDep) -> dict[str, Any]:
+    """Unload a model from LM Studio (REST API of LM Studio 0.4+; else 501). An admin key's right."""
+    if access is not None:
+        access.check_admin("unload models")
     with named_in_path():
         return await compat.unload_model(model_id)

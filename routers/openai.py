@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.deps import CompatDep
+from app.security import access_of
 from routers.schemas import CHUNK_EVENT_SCHEMA, problem_responses
 from routers.streaming import CLIENT_CLOSED_REQUEST, ProxyStream, RunFrames, RunStream, execute_for_client
 from services.agent import Run, RunResult
@@ -73,7 +74,7 @@ PASS_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "LM Studio's answer (JSON, or SSE when `stream` is true)",
         "content": {"text/event-stream": {"schema": CHUNK_EVENT_SCHEMA}},
     },
-    **problem_responses(400, 401, 413, 422, 429, 501, 502, 503, 504),
+    **problem_responses(400, 401, 403, 413, 422, 429, 501, 502, 503, 504),
 }
 
 
@@ -109,9 +110,10 @@ async def _pass_through(request: Request, compat: OpenAICompat, path: str) -> Re
     """LM Studio's answer to the same body: relayed as JSON, or streamed when `stream` is true."""
     raw = await request.body()
     body = parse_body(raw)
+    access = access_of(request.scope)
     if body.get("stream"):
-        return ProxyStream(await compat.open_stream(path, raw, body))
-    return _relay(await compat.forward(path, raw, body))
+        return ProxyStream(await compat.open_stream(path, raw, body, access))
+    return _relay(await compat.forward(path, raw, body, access))
 
 
 @router.post(
@@ -127,17 +129,18 @@ async def chat_completions(request: Request, compat: CompatDep) -> Response:
     body = parse_body(raw)
     options = chat_options(body)
     servers = mcp_servers_of(body)
+    access = access_of(request.scope)
     if servers:
-        run = await compat.open_run(body, options, servers)
+        run = await compat.open_run(body, options, servers, access)
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return RunStream(run, ChatFrames(include_usage))
         result = await execute_for_client(request, run)
         return JSONResponse(completion_of(result)) if result else Response(status_code=CLIENT_CLOSED_REQUEST)
     if body.get("stream"):
-        upstream = await compat.open_stream("/v1/chat/completions", raw, body)
+        upstream = await compat.open_stream("/v1/chat/completions", raw, body, access)
         return ProxyStream(upstream, separate_reasoning_stream(upstream.aiter_bytes()))
-    answer = await compat.forward("/v1/chat/completions", raw, body)
+    answer = await compat.forward("/v1/chat/completions", raw, body, access)
     return Response(
         separate_reasoning(answer.content), answer.status_code, media_type=answer.headers.get("content-type")
     )
@@ -168,7 +171,9 @@ async def completions(request: Request, compat: CompatDep) -> Response:
 async def embeddings(request: Request, compat: CompatDep) -> Response:
     """OpenAI embeddings, passed to LM Studio; only embedding models are accepted."""
     raw = await request.body()
-    return _relay(await compat.forward("/v1/embeddings", raw, parse_body(raw), kind="embedding"))
+    return _relay(
+        await compat.forward("/v1/embeddings", raw, parse_body(raw), access_of(request.scope), kind="embedding")
+    )
 
 
 @router.post(

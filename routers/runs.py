@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import RunsDep
+from app.deps import AccessDep, RunsDep
 from routers.autonomous import AutonomousRequest
 from routers.schemas import STORED_EVENT_SCHEMA, problem_responses
 from routers.streaming import StoredEventStream
@@ -58,18 +58,18 @@ def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None)
     "",
     status_code=202,
     response_model=RunAccepted,
-    responses=problem_responses(400, 401, 413, 422, 429, 503),
+    responses=problem_responses(400, 401, 403, 413, 422, 429, 503),
     operation_id="startRun",
     summary="Start a run in the background",
 )
-async def start_run(body: AutonomousRequest, runs: RunsDep) -> Response:
+async def start_run(body: AutonomousRequest, runs: RunsDep, access: AccessDep) -> Response:
     """Start a run that goes on when the client leaves; follow it at `Location` and its `/events`.
     The body is the `/v1/autonomous` body (`stream` and `store: false` do not apply)."""
     if body.stream:
         raise InvalidRequestError("A background run does not stream here; follow GET /v1/runs/{run_id}/events")
     if not body.store:
         raise InvalidRequestError("A background run is always stored; leave out `store` or set it to true")
-    run = await runs.submit(RunSpec(**body.model_dump(exclude={"stream", "store"})))
+    run = await runs.submit(RunSpec(**body.model_dump(exclude={"stream", "store"}), access=access))
     accepted = RunAccepted(run_id=run.run_id, status="queued" if run.status == "queued" else "running")
     return _json(accepted.model_dump_json().encode(), 202, {"Location": f"/v1/runs/{run.run_id}"})
 
@@ -83,6 +83,7 @@ async def start_run(body: AutonomousRequest, runs: RunsDep) -> Response:
 )
 async def list_runs(
     runs: RunsDep,
+    access: AccessDep,
     status: Annotated[RunStatus | None, Query(description="Only runs with this status")] = None,
     model: Annotated[str | None, Query(description="Only runs answered by this model")] = None,
     server: Annotated[str | None, Query(description="Only runs that used this MCP server")] = None,
@@ -98,7 +99,7 @@ async def list_runs(
 ) -> Response:
     """Stored runs newest first (steps and reasoning left out), with filters and cursor paging."""
     filters = RunFilter(status=status, model=model, server=server, since=_instant(since))
-    return _json(page_json(await runs.page(filters, limit, cursor)))
+    return _json(page_json(await runs.page(filters, limit, cursor, access)))
 
 
 @router.get(
@@ -108,9 +109,9 @@ async def list_runs(
     operation_id="getRun",
     summary="A stored run",
 )
-async def get_run(run_id: RunId, runs: RunsDep) -> Response:
+async def get_run(run_id: RunId, runs: RunsDep, access: AccessDep) -> Response:
     """The run's record: the `/v1/autonomous` result fields (so far, while it runs) plus status and times."""
-    return _json(record_json(await runs.get(run_id)))
+    return _json(record_json(await runs.get(run_id, access)))
 
 
 @router.get(
@@ -126,6 +127,7 @@ async def get_run(run_id: RunId, runs: RunsDep) -> Response:
 async def run_events(
     run_id: RunId,
     runs: RunsDep,
+    access: AccessDep,
     after: Annotated[
         int | None, Query(ge=0, le=MAX_SEQ, description="Replay events after this sequence number")
     ] = None,
@@ -136,7 +138,7 @@ async def run_events(
     """Server-Sent Events of the run, each with `id:` = its sequence number: what came after `after`
     (or `Last-Event-ID`), then live events until the terminal `run.completed` / `run.failed`."""
     start = after if after is not None else _event_id(last_event_id)
-    return StoredEventStream(run_id, await runs.events(run_id, start))
+    return StoredEventStream(run_id, await runs.events(run_id, start, access))
 
 
 def _event_id(value: str | None) -> int:
@@ -166,9 +168,9 @@ def _instant(value: str | None) -> datetime | None:
     operation_id="cancelRun",
     summary="Cancel a run",
 )
-async def cancel_run(run_id: RunId, runs: RunsDep) -> Response:
+async def cancel_run(run_id: RunId, runs: RunsDep, access: AccessDep) -> Response:
     """Stop a run that has not ended; it ends `cancelled` with what it gathered. 409 once it ended."""
-    await runs.cancel(run_id)
+    await runs.cancel(run_id, access)
     return _json(RunCancelling(run_id=run_id, status="cancelling").model_dump_json().encode(), 202)
 
 
@@ -179,9 +181,9 @@ async def cancel_run(run_id: RunId, runs: RunsDep) -> Response:
     operation_id="deleteRun",
     summary="Delete a finished run",
 )
-async def delete_run(run_id: RunId, runs: RunsDep) -> Response:
+async def delete_run(run_id: RunId, runs: RunsDep, access: AccessDep) -> Response:
     """Delete the record and events of a run that has ended (409 while it runs)."""
-    await runs.delete(run_id)
+    await runs.delete(run_id, access)
     return Response(status_code=204)
 
 
@@ -192,9 +194,11 @@ async def delete_run(run_id: RunId, runs: RunsDep) -> Response:
     operation_id="decideApproval",
     summary="Approve or deny a tool call",
 )
-async def decide(run_id: RunId, tool_call_id: ToolCallId, body: ApprovalDecision, runs: RunsDep) -> Any:
+async def decide(
+    run_id: RunId, tool_call_id: ToolCallId, body: ApprovalDecision, runs: RunsDep, access: AccessDep
+) -> Any:
     """Decide on a tool call the run awaits approval for (`approval.requested`): approve runs exactly the
     arguments shown; deny sends the reason to the model as the tool's result."""
     decision = Decision("approved" if body.decision == "approve" else "denied", body.reason)
-    await runs.decide(run_id, tool_call_id, decision)
+    await runs.decide(run_id, tool_call_id, decision, access)
     return ApprovalDecided(run_id=run_id, tool_call_id=tool_call_id, decision=body.decision)

@@ -52,6 +52,16 @@ class PayloadTooLargeError(BridgeError):
     status, code, title = 413, "payload_too_large", "Request body too large"
 
 
+class ForbiddenError(BridgeError):
+    """The API key may not use what the request names (a server, tool or model), or is not an admin."""
+
+    status, code, title = 403, "forbidden", "Outside the API key's scope"
+
+
+class KeyRateLimitedError(BridgeError):
+    status, code, title = 429, "key_rate_limited", "The API key is over its rate or concurrency limit"
+
+
 class OverloadedError(BridgeError):
     status, code, title = 429, "overloaded", "Too many runs in progress"
 

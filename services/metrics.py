@@ -78,6 +78,12 @@ class Metrics:
             registry=r,
         )
 
+        self.key_runs = Counter(
+            "bridge_key_runs_total", "Finished runs by API key name and status", ["key", "status"], registry=r
+        )
+        self.key_tool_calls = Counter(
+            "bridge_key_tool_calls_total", "Tool calls of runs by API key name", ["key"], registry=r
+        )
         self.store_errors = Counter(
             "bridge_store_errors_total", "Failed run store operations (writes, pruning)", registry=r
         )

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from services.access import Access
 from services.agent import MAX_ROUNDS_CAP, AgentService, Run, RunResult, RunSpec, ToolChoice, result_data
 from services.errors import InvalidJSONError, InvalidRequestError, NotSupportedError
 from services.lmstudio import LMStudioClient, ModelCatalog, ModelKind
@@ -90,25 +91,33 @@ class OpenAICompat:
         self.catalog = catalog
         self.agent = agent
 
-    async def _validated(self, raw: bytes, body: dict[str, Any], kind: ModelKind) -> tuple[bytes, str]:
-        """Resolve `model` (aliases, default); the body is re-encoded only if the id changed."""
+    async def _validated(
+        self, raw: bytes, body: dict[str, Any], kind: ModelKind, access: Access | None
+    ) -> tuple[bytes, str]:
+        """Resolve `model` (aliases, default) within the key's scope; the body is re-encoded only if the id changed."""
         requested = body.get("model")
         if requested is not None and not isinstance(requested, str):
             raise InvalidRequestError("model must be a string")
         resolved = await self.catalog.resolve(requested, kind=kind)
+        if access is not None:
+            access.check_model(resolved.id, self.catalog.aliases)
         if resolved.id == requested:
             return raw, resolved.id
         return json.dumps({**body, "model": resolved.id}).encode(), resolved.id
 
-    async def forward(self, path: str, raw: bytes, body: dict[str, Any], *, kind: ModelKind = "chat") -> httpx.Response:
-        content, model = await self._validated(raw, body, kind)
+    async def forward(
+        self, path: str, raw: bytes, body: dict[str, Any], access: Access | None, *, kind: ModelKind = "chat"
+    ) -> httpx.Response:
+        content, model = await self._validated(raw, body, kind, access)
         return await self.lmstudio.forward(path, content, model=model)
 
-    async def open_stream(self, path: str, raw: bytes, body: dict[str, Any]) -> httpx.Response:
-        content, model = await self._validated(raw, body, "chat")
+    async def open_stream(self, path: str, raw: bytes, body: dict[str, Any], access: Access | None) -> httpx.Response:
+        content, model = await self._validated(raw, body, "chat", access)
         return await self.lmstudio.open_stream(path, content, model=model)
 
-    async def open_run(self, body: dict[str, Any], options: ChatOptions, servers: list[str]) -> Run:
+    async def open_run(
+        self, body: dict[str, Any], options: ChatOptions, servers: list[str], access: Access | None
+    ) -> Run:
         """The agent run a chat request with MCP servers stands for (`options`: from `chat_options(body)`)."""
         messages = body["messages"]
         client_tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
@@ -126,6 +135,7 @@ class OpenAICompat:
             client_tools=client_tools,
             extra_body={k: v for k, v in body.items() if k not in NOT_FOR_LMSTUDIO},
             store=options.store is not False,
+            access=access,
         )
         return await self.agent.open(spec)
 

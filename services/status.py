@@ -8,10 +8,11 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from services.access import Access
 from services.errors import LLMError
 from services.limits import RunLimiter
 from services.lmstudio import LMStudioClient, ModelCatalog, ModelEntry
-from services.mcp import MCPPool, ServerStatus
+from services.mcp import MCPPool, ServerStatus, ToolSpec
 
 
 @dataclass(slots=True, kw_only=True)
@@ -83,14 +84,28 @@ class StatusService:
         self.limiter = limiter
         self.config_path = str(mcp_config_path) if mcp_config_path else None
 
-    async def models(self) -> ModelList:
-        """The model list (cached per MODEL_CACHE_TTL_S), the default one marked."""
+    async def models(self, access: Access | None = None) -> ModelList:
+        """The model list (cached per MODEL_CACHE_TTL_S), the default one marked; only what `access` may use."""
         snap = await self.catalog.snapshot()
-        return ModelList(data=self.catalog.entries(snap), aliases=self.catalog.aliases, stale=snap.stale)
+        entries, aliases = self.catalog.entries(snap), self.catalog.aliases
+        if access is not None:
+            entries = [e for e in entries if access.model_allowed(e.id, aliases)]
+            aliases = {alias: model for alias, model in aliases.items() if access.model_allowed(model, aliases)}
+        return ModelList(data=entries, aliases=aliases, stale=snap.stale)
 
-    def servers(self) -> ServerList:
-        """Every configured MCP server with its status."""
-        return ServerList(data=self.pool.status(), config_path=self.config_path)
+    def servers(self, access: Access | None = None) -> ServerList:
+        """Every configured MCP server (that `access` may use) with its status."""
+        servers = self.pool.status()
+        if access is not None:
+            servers = [s for s in servers if access.server_allowed(s.name)]
+        return ServerList(data=servers, config_path=self.config_path)
+
+    async def tools(self, server: str, access: Access | None = None) -> list[ToolSpec]:
+        """A server's tools (that `access` may use); starts the server if needed."""
+        if access is not None:
+            access.check_servers([server])
+        tools = await self.pool.list_tools(server)
+        return [t for t in tools if access is None or access.tool_allowed(server, t.name)]
 
     async def readiness(self) -> Readiness:
         """Ping LM Studio and report every MCP server."""

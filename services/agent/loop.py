@@ -67,6 +67,7 @@ class Run:
         self.seq = 0  # events so far
         self.pending: dict[str, asyncio.Future[Decision]] = {}  # tool calls awaiting a person's decision
         self._released = True  # no slot held until `hold_slot`
+        self._key_held = spec.access is not None  # one of the key's concurrent runs (AgentService.prepare)
         self._last_text = ""
         self.client_calls: list[dict[str, Any]] = []
         self.task: asyncio.Task[Any] | None = None
@@ -84,7 +85,8 @@ class Run:
         self._released = False
 
     def release(self) -> None:
-        """Give the run slot back (idempotent); `execute` does it itself."""
+        """Give the run slot (and the key's run) back (idempotent); `execute` does it itself."""
+        self._leave_key()
         if not self._released:
             self._released = True
             self.service.limiter.release()
@@ -118,8 +120,15 @@ class Run:
         future.set_result(decision)
         return True
 
+    def _leave_key(self) -> None:
+        if self._key_held and self.spec.access is not None:
+            self._key_held = False
+            self.service.keys.leave_run(self.spec.access)
+
     def finish(self, status: RunStatus, result: RunResult | None, problem: dict[str, Any] | None) -> None:
         """Write the terminal event: the result, or the problem that ended the run."""
+        self._leave_key()
+        self.service.metrics.key_runs.labels(self.key_label, status).inc()
         self.status = status
         self.seq += 1
         if self.journal is not None:
@@ -360,7 +369,13 @@ class Run:
             )
         return result
 
+    @property
+    def key_label(self) -> str:
+        """The API key's name for metrics: configured names only (bounded), `(none)` without keys."""
+        return self.spec.access.name if self.spec.access is not None else "(none)"
+
     async def _call(self, round_no: int, call: ToolCall, emit: Emit) -> Step:
+        self.service.metrics.key_tool_calls.labels(self.key_label).inc()
         step = await run_tool_call(self.service.pool, self.tools, round_no, call, emit, self._max_chars, self._approve)
         self.steps.append(step)
         return step

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Protocol, get_args
 from pydantic import Field, TypeAdapter
 from pydantic_core import PydanticSerializationError
 
+from services.access import Access
 from services.lmstudio import Usage
 
 # How a run ended (length: the model hit its token limit; loop: it repeated the same tool call;
@@ -97,6 +98,7 @@ class RunSpec:
     client_tools: list[dict[str, Any]] = field(default_factory=list)  # OpenAI function tools the CLIENT runs
     store: bool = True  # recorded in the run store
     interactive: bool = False  # tool calls that need approval wait for a person (async runs); else denied
+    access: Access | None = None  # the API key's scope (None: no keys configured, everything allowed)
 
 
 @dataclass(slots=True)

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from services.access import KeyRing
 from services.agent.approvals import ApprovalPolicy
 from services.agent.loop import Run
 from services.agent.records import Journal, RunSpec
@@ -49,6 +50,7 @@ class AgentService:
         defaults: RunDefaults,
         metrics: Metrics,
         approvals: ApprovalPolicy | None = None,
+        keys: KeyRing | None = None,
     ) -> None:
         self.lmstudio = lmstudio
         self.catalog = catalog
@@ -57,6 +59,7 @@ class AgentService:
         self.defaults = defaults
         self.metrics = metrics
         self.approvals = approvals or ApprovalPolicy()
+        self.keys = keys or KeyRing()
         self.journals: Journals | None = None  # set by the run store once it is open
         self.accepting = True
         self.active: set[Run] = set()
@@ -76,7 +79,11 @@ class AgentService:
     async def open(self, spec: RunSpec) -> Run:
         """Validate the spec and take a run slot (waiting at most the queue timeout); raises before anything runs."""
         run = await self.prepare(spec)
-        await self.limiter.acquire()
+        try:
+            await self.limiter.acquire()
+        except BaseException:
+            run.release()  # the key's run
+            raise
         run.hold_slot()
         return run
 
@@ -91,9 +98,15 @@ class AgentService:
         if self.lmstudio.breaker is not None:
             self.lmstudio.breaker.check()  # LM Studio is known to be down: fail in milliseconds
         model = await self.catalog.resolve(spec.model)
+        if spec.access is not None:  # refused before anything runs
+            spec.access.check_model(model.id, self.catalog.aliases)
+            if spec.mcp_servers is not None:
+                spec.access.check_servers(spec.mcp_servers)
         servers, tools, warnings = await self._tools_for(spec)
         if model.stale:
             warnings.append("LM Studio did not answer the model list; the model was checked against the last list")
+        if spec.access is not None:
+            self.keys.enter_run(spec.access)  # the key's own concurrency limit; `Run.finish` gives it back
         run = Run(self, spec, model, servers, tools, warnings)
         if spec.store and self.journals is not None:
             run.journal = self.journals(run)
@@ -103,8 +116,8 @@ class AgentService:
         warnings: list[str] = []
         if spec.mcp_servers is not None:
             servers = list(dict.fromkeys(spec.mcp_servers))
-        else:  # every enabled server, started together; one that cannot start is left out, not fatal
-            names = self.pool.names()
+        else:  # every enabled server the key may use, started together; one that cannot start is left out
+            names = [n for n in self.pool.names() if spec.access is None or spec.access.server_allowed(n)]
             listed = await asyncio.gather(*(self.pool.list_tools(n) for n in names), return_exceptions=True)
             servers = []
             for name, outcome in zip(names, listed, strict=True):
@@ -115,6 +128,12 @@ class AgentService:
                 else:
                     servers.append(name)
         tools = await self.pool.tool_set(servers)  # unknown name -> 422, cannot start -> 503
+        if spec.access is not None:  # tools outside the key's scope are never offered
+            access = spec.access
+            if spec.allowed_tools is not None:
+                named = {t.model_name: t for t in tools.tools}
+                access.check_tools((named[n].server, named[n].name) for n in spec.allowed_tools if n in named)
+            tools = ToolSet([t for t in tools.tools if access.tool_allowed(t.server, t.name)])
         if spec.allowed_tools is not None:
             known = {t.model_name for t in tools.tools}
             unknown = [name for name in spec.allowed_tools if name not in known]

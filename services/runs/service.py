@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
-from services.agent import FINISHED_STATUSES, AgentService, Run, RunSpec
+from services.access import Access
+from services.agent import FINISHED_STATUSES, UNFINISHED_STATUSES, AgentService, Run, RunSpec
 from services.agent.approvals import Decision
 from services.errors import (
     ApprovalNotFoundError,
@@ -97,23 +99,33 @@ class RunService:
             return entry[0]
         return next((run for run in self.agent.active if run.run_id == run_id), None)
 
-    async def get(self, run_id: str) -> RunRecord:
+    async def _status(self, run_id: str, access: Access | None) -> str:
+        """The stored run's status; RunNotFoundError when there is none, or it is another key's run
+        (a key sees only its own runs, unless it is an admin)."""
+        found = await self.store.status_and_key(run_id)
+        if found is None or not _may_see(access, found[1]):
+            raise RunNotFoundError(f"No run with id {run_id!r}")
+        return found[0]
+
+    async def get(self, run_id: str, access: Access | None = None) -> RunRecord:
         record = await self.store.get(run_id)
-        if record is None:
+        if record is None or not _may_see(access, record.key_name):
             raise RunNotFoundError(f"No run with id {run_id!r}")
         return record
 
-    async def page(self, filters: RunFilter, limit: int, cursor: str | None) -> RunPage:
+    async def page(self, filters: RunFilter, limit: int, cursor: str | None, access: Access | None = None) -> RunPage:
+        if access is not None and not access.admin:
+            filters = replace(filters, key_name=access.name)
         return await self.store.page(filters, limit, cursor)
 
-    async def events(self, run_id: str, after: int) -> AsyncIterator[StoredEvent]:
+    async def events(self, run_id: str, after: int, access: Access | None = None) -> AsyncIterator[StoredEvent]:
         """The run's events after `after`, following it live; raises RunNotFoundError before the first."""
-        if self._live(run_id) is None and await self.store.status_of(run_id) is None:
-            raise RunNotFoundError(f"No run with id {run_id!r}")
+        await self._status(run_id, access)
         return self.store.follow(run_id, after)
 
-    async def cancel(self, run_id: str) -> None:
+    async def cancel(self, run_id: str, access: Access | None = None) -> None:
         """Stop a run that has not ended (it ends `cancelled`); RunFinishedError once it has."""
+        status = await self._status(run_id, access)
         entry = self.runs.get(run_id)
         run = self._live(run_id)
         if run is not None and run.cancel():
@@ -122,40 +134,33 @@ class RunService:
             self._end_unstarted(entry[0])
             entry[1].cancel()
             return
-        status = await self.store.status_of(run_id)
-        if status is None:
-            raise RunNotFoundError(f"No run with id {run_id!r}")
-        if run is None and status in ("queued", "running", "awaiting_approval"):
+        if run is None and status in UNFINISHED_STATUSES:
             raise RunActiveError(f"Run {run_id} runs in another gateway process; cancel it there")
         raise RunFinishedError(f"Run {run_id} has already ended ({status})", run_status=status)
 
-    async def delete(self, run_id: str) -> None:
-        if self._live(run_id) is not None or run_id in self.runs:
-            raise RunActiveError(f"Run {run_id} is still running; cancel it first")
-        status = await self.store.status_of(run_id)
-        if status is None:
-            raise RunNotFoundError(f"No run with id {run_id!r}")
-        if status in ("queued", "running", "awaiting_approval"):
-            raise RunActiveError(f"Run {run_id} has not ended ({status})")
+    async def delete(self, run_id: str, access: Access | None = None) -> None:
+        status = await self._status(run_id, access)
+        if self._live(run_id) is not None or run_id in self.runs or status in UNFINISHED_STATUSES:
+            raise RunActiveError(f"Run {run_id} has not ended ({status}); cancel it first")
         await self.store.delete(run_id)
 
-    async def decide(self, run_id: str, tool_call_id: str, decision: Decision) -> None:
+    async def decide(self, run_id: str, tool_call_id: str, decision: Decision, access: Access | None = None) -> None:
+        await self._status(run_id, access)
         run = self._live(run_id)
         if run is not None and run.decide(tool_call_id, decision):
             return
-        if run is None and await self.store.status_of(run_id) is None:
-            raise RunNotFoundError(f"No run with id {run_id!r}")
         waiting = sorted(run.pending) if run is not None else []
         raise ApprovalNotFoundError(
             f"No tool call {tool_call_id!r} of run {run_id} awaits a decision", awaiting=waiting
         )
 
-    async def wait(self, run_id: str, timeout_s: float) -> RunRecord:
+    async def wait(self, run_id: str, timeout_s: float, access: Access | None = None) -> RunRecord:
         """The run's record once it ended, or as it stands after `timeout_s`."""
+        await self._status(run_id, access)
         entry = self.runs.get(run_id)
         if entry is not None:
             await asyncio.wait([entry[1]], timeout=timeout_s)
-        return await self.get(run_id)
+        return await self.get(run_id, access)
 
     async def aclose(self) -> None:
         """Stop background runs (the gateway stops): each is recorded `interrupted`."""
@@ -169,3 +174,8 @@ class RunService:
                 run.stop_for_shutdown()
         if tasks:
             await asyncio.wait(tasks, timeout=10.0)
+
+
+def _may_see(access: Access | None, key_name: str | None) -> bool:
+    """A key sees its own runs; an admin key (or a gateway without keys) sees every run."""
+    return access is None or access.admin or access.name == key_name

@@ -11,16 +11,33 @@ database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, delete, event, func, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import (
+    URL,
+    ColumnElement,
+    Connection,
+    Engine,
+    Executable,
+    Select,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from services.agent import FINISHED_STATUSES, UNFINISHED_STATUSES, Run, RunEvent, RunResult, RunStatus, Step
 from services.agent.records import TERMINAL_EVENTS, RoundReasoning, result_json
@@ -35,6 +52,8 @@ from services.text import scrub
 log = logging.getLogger("lmstudio_bridge.store")
 
 MAX_PENDING = 50_000  # queued writes kept while the database is slow or away; beyond, writes are dropped
+BATCH_WINDOW_S = 0.1  # writes gather this long before a commit: a short run becomes one INSERT, runs share commits
+BATCH_FULL = 2_000  # ... unless this many are waiting, or a reader flushes
 POLL_S = 0.5  # how often a follower of a run in another gateway process looks for new events
 PRUNE_EVERY_S = 3600.0
 _INSERT, _EVENT, _UPDATE = "insert", "event", "update"
@@ -90,7 +109,11 @@ class RunStore:
         self._queued = 0  # writes ever queued
         self._done = 0  # writes ever finished (written or dropped)
         self._wake = asyncio.Event()
+        self._urgent = asyncio.Event()  # a reader waits: write now
         self._progress = asyncio.Condition()
+        self._conn: AsyncConnection | None = None  # the writer's own connection (PostgreSQL)
+        # SQLite: a batch is committed in one call to a worker thread (aiosqlite would hop threads per statement)
+        self._sqlite_writer = _SQLiteWriter(engine.url) if engine.dialect.name == "sqlite" else None
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
@@ -126,13 +149,17 @@ class RunStore:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._conn is not None:
+            await self._conn.close()
+        if self._sqlite_writer is not None:
+            await self._sqlite_writer.close()
         await self.engine.dispose()
 
     # --- writing -------------------------------------------------------------------
 
-    def journal(self, run: Run, key_name: str | None = None) -> RunJournal:
+    def journal(self, run: Run) -> RunJournal:
         """The run's journal; the run is written (and followed live) from its first status on."""
-        return RunJournal(self, run, key_name)
+        return RunJournal(self, run, run.spec.access.name if run.spec.access is not None else None)
 
     def json(self, value: Any) -> str:
         """`value` as JSON text for the store: secrets redacted (non-ASCII kept as is, so they match)."""
@@ -153,6 +180,11 @@ class RunStore:
         self._wake.set()
 
     @property
+    def writer_engine(self) -> Engine:
+        """The (sync) engine the writes go through: the SQLite writer's, or the async engine's core."""
+        return self._sqlite_writer.engine if self._sqlite_writer is not None else self.engine.sync_engine
+
+    @property
     def backlog(self) -> int:
         return len(self._pending)
 
@@ -161,13 +193,18 @@ class RunStore:
         target = self._queued
         if self._done >= target:
             return
+        self._urgent.set()
         async with self._progress:
             await self._progress.wait_for(lambda: self._done >= target)
 
     async def _writer(self) -> None:
         while True:
             await self._wake.wait()
+            if not self._urgent.is_set() and len(self._pending) < BATCH_FULL:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._urgent.wait(), BATCH_WINDOW_S)
             self._wake.clear()
+            self._urgent.clear()
             while self._pending:
                 batch, self._pending = self._pending, []
                 await self._write_safely(batch)
@@ -196,6 +233,26 @@ class RunStore:
                 log.error("run store: a %s write of run %s was lost: %s", write.kind, write.run_id, exc)
 
     async def _write(self, batch: list[_Write]) -> None:
+        plan = self._plan(batch)
+        if self._sqlite_writer is not None:
+            await self._sqlite_writer.write(plan)
+            return
+        if self._conn is None:
+            self._conn = await self.engine.connect()
+        conn = self._conn
+        try:
+            async with conn.begin():
+                for statement, params in plan:
+                    await conn.execute(statement, params)
+        except Exception:
+            self._conn = None  # a broken connection is not reused; the next batch opens another
+            with contextlib.suppress(Exception):
+                await conn.close()
+            raise
+
+    def _plan(self, batch: list[_Write]) -> list[tuple[Executable, Any]]:
+        """The statements of one batch: the runs inserted in it (with their later values), their events,
+        then the updates of runs inserted before."""
         inserts: dict[str, dict[str, Any]] = {}
         updates: dict[str, dict[str, Any]] = {}
         events: list[dict[str, Any]] = []
@@ -204,17 +261,19 @@ class RunStore:
                 inserts[write.run_id] = dict(write.values)
             elif write.kind == _EVENT:
                 events.append(write.values)
-            else:  # a run inserted in this batch is inserted with its later values
+            else:
                 (inserts.get(write.run_id) or updates.setdefault(write.run_id, {})).update(write.values)
         for run_id in self._incomplete.intersection(inserts.keys() | updates.keys()):
             (inserts.get(run_id) or updates[run_id])["incomplete"] = True
-        async with self.engine.begin() as conn:
-            if inserts:
-                await conn.execute(insert(runs), list(inserts.values()))
-            if events:
-                await conn.execute(insert(run_events), events)
-            for run_id, values in updates.items():
-                await conn.execute(update(runs).where(runs.c.run_id == run_id).values(values))
+        plan: list[tuple[Executable, Any]] = []
+        if inserts:
+            plan.append((insert(runs), list(inserts.values())))
+        if events:
+            plan.append((insert(run_events), events))
+        plan += [
+            (update(runs).where(runs.c.run_id == run_id).values(values), None) for run_id, values in updates.items()
+        ]
+        return plan
 
     # --- reading -------------------------------------------------------------------
 
@@ -284,9 +343,15 @@ class RunStore:
         return StoredEvent(*row) if row else None
 
     async def status_of(self, run_id: str) -> str | None:
+        found = await self.status_and_key(run_id)
+        return found[0] if found else None
+
+    async def status_and_key(self, run_id: str) -> tuple[str, str | None] | None:
+        """The run's status and its API key's name; None when there is no such run."""
         await self.flush()
         async with self.engine.connect() as conn:
-            return (await conn.execute(select(runs.c.status).where(runs.c.run_id == run_id))).scalar()
+            row = (await conn.execute(select(runs.c.status, runs.c.key_name).where(runs.c.run_id == run_id))).first()
+        return (row[0], row[1]) if row else None
 
     async def follow(self, run_id: str, after: int = 0) -> AsyncIterator[StoredEvent]:
         """The run's events after `after`, then new ones as they come, until the terminal event."""
@@ -586,18 +651,51 @@ def _engine(url: str) -> AsyncEngine:
     """An async engine; SQLite gets WAL (readers never block the writer) and a busy timeout."""
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30})
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            # WAL + NORMAL: a killed process loses no committed transaction (a power cut may lose the last ones)
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(url, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # WAL + NORMAL: a killed process loses no committed transaction (a power cut may lose the last ones)
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+class _SQLiteWriter:
+    """The SQLite writer's connection, used from one worker thread only: a batch is one thread call."""
+
+    def __init__(self, url: URL) -> None:
+        self.engine = create_engine(url.set(drivername="sqlite+pysqlite"), connect_args={"timeout": 30})
+        event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-store-writer")
+        self.conn: Connection | None = None
+
+    def _write(self, plan: list[tuple[Executable, Any]]) -> None:
+        if self.conn is None:
+            self.conn = self.engine.connect()
+        try:
+            with self.conn.begin():
+                for statement, params in plan:
+                    self.conn.execute(statement, params)
+        except Exception:
+            self.conn.close()
+            self.conn = None
+            raise
+
+    async def write(self, plan: list[tuple[Executable, Any]]) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.thread, self._write, plan)
+
+    def _close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.engine.dispose()
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.thread, self._close)
+        self.thread.shutdown(wait=False)
 
 
 def sqlite_path(url: str) -> str | None:

@@ -13,10 +13,11 @@ import httpx
 import psutil
 import pytest
 
-from app import security
 from app.cli import main as cli_main
 from app.main import create_app
 from app.server import is_loopback
+from services import access as access_module
+from services.access import KeyRing
 from tests.conftest import app_client, make_settings
 from tests.helpers import TIME_CALL, script
 from tests.mock_lmstudio.fixture import MockLMStudio
@@ -99,11 +100,12 @@ def test_constant_time_compare_against_every_key(monkeypatch: pytest.MonkeyPatch
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(security.hmac, "compare_digest", spy)
-    keys = [b"first", b"second", b"third"]
-    assert security.key_matches("first", keys)
+    monkeypatch.setattr(access_module.hmac, "compare_digest", spy)
+    ring = KeyRing.build(["first-key-0000000", "second-key-000000", "third-key-0000000"], None)
+    assert ring.resolve("first-key-0000000") is not None
     assert len(calls) == 3  # no early exit on the first match
-    assert not security.key_matches("zzz", keys)
+    assert all(len(a) == len(b) == 32 for a, b in calls)  # digests: the time does not depend on the key's length
+    assert ring.resolve("zzz") is None
 
 
 async def test_no_secret_in_bodies_or_logs(

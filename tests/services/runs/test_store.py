@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import event, select, text
 
 import services.runs.migrate as migrate_module
+from services.access import Access
 from services.agent import RoundReasoning, Run, RunResult, RunSpec, Step
 from services.agent.records import RunEvent, RunStatus, step_data
 from services.errors import BridgeError
@@ -71,9 +72,12 @@ class Driver:
         **spec: Any,
     ) -> None:
         self.servers = ["time"] if servers is None else servers
-        self.run = FakeRun(RunSpec(task=task, mcp_servers=self.servers, **spec), FakeModel(model), self.servers)
+        access = Access(name=key_name) if key_name else None
+        self.run = FakeRun(
+            RunSpec(task=task, mcp_servers=self.servers, access=access, **spec), FakeModel(model), self.servers
+        )
         self.run_id = self.run.run_id
-        self.journal = store.journal(cast(Run, self.run), key_name)
+        self.journal = store.journal(cast(Run, self.run))
         self.seq = 0
 
     def status(self, status: RunStatus) -> None:
@@ -227,7 +231,7 @@ async def test_a_run_started_and_finished_within_one_batch_is_one_insert(store: 
     def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         statements.append(" ".join(statement.split()).upper())
 
-    event.listen(store.engine.sync_engine, "before_cursor_execute", seen)
+    event.listen(store.writer_engine, "before_cursor_execute", seen)
     try:
         run = Driver(store)
         run.status("queued")
@@ -237,7 +241,7 @@ async def test_a_run_started_and_finished_within_one_batch_is_one_insert(store: 
         run.complete(make_result(run, steps=[step]))
         await store.flush()
     finally:
-        event.remove(store.engine.sync_engine, "before_cursor_execute", seen)
+        event.remove(store.writer_engine, "before_cursor_execute", seen)
     assert len([s for s in statements if s.startswith("INSERT INTO RUNS ")]) == 1, statements
     assert not [s for s in statements if s.startswith("UPDATE RUNS ")], statements
     record = await store.get(run.run_id)
@@ -469,7 +473,7 @@ async def test_a_failed_write_is_counted_and_marks_the_run_incomplete(store: Run
         if statement.lstrip().upper().startswith("INSERT INTO RUN_EVENTS") and "BOOM" in repr(parameters):
             raise RuntimeError("injected write failure")
 
-    event.listen(store.engine.sync_engine, "before_cursor_execute", fail_on_boom)
+    event.listen(store.writer_engine, "before_cursor_execute", fail_on_boom)
     try:
         run = Driver(store)
         run.status("running")
@@ -483,7 +487,7 @@ async def test_a_failed_write_is_counted_and_marks_the_run_incomplete(store: Run
         run.complete(make_result(run))
         record = await store.get(run.run_id)
     finally:
-        event.remove(store.engine.sync_engine, "before_cursor_execute", fail_on_boom)
+        event.remove(store.writer_engine, "before_cursor_execute", fail_on_boom)
     assert record is not None and record.status == "completed" and record.output == "It is noon."
     assert record.incomplete is True
     assert [e.seq for e in await store.events(run.run_id)] == [1, 3, 4, 5]

@@ -1,0 +1,275 @@
+"""Access control per API key: which servers, tools and models a key may use, and its own limits.
+
+A key comes from `BRIDGE_API_KEYS` (full access) or from the keys file (`BRIDGE_KEYS_FILE`, YAML or
+JSON, a top-level `keys` list). Keys are held as SHA-256 digests and compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from services.errors import ForbiddenError, KeyRateLimitedError
+
+log = logging.getLogger("lmstudio_bridge.access")
+
+ANY = ("*",)
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """What one key may use. Globs (`*`, `?`, `[...]`); `tools` are globs over `<server>__<tool>`."""
+
+    name: str
+    servers: tuple[str, ...] = ANY
+    tools: tuple[str, ...] = ANY
+    models: tuple[str, ...] = ANY
+    max_concurrent_runs: int | None = None
+    requests_per_minute: int | None = None
+    admin: bool = False  # sees every run, may load and unload models
+
+    def server_allowed(self, server: str) -> bool:
+        return any(fnmatchcase(server, p) for p in self.servers)
+
+    def tool_allowed(self, server: str, tool: str) -> bool:
+        name = f"{server}__{tool}"
+        return self.server_allowed(server) and any(fnmatchcase(name, p) for p in self.tools)
+
+    def model_allowed(self, model_id: str, aliases: Mapping[str, str] | None = None) -> bool:
+        """By id or glob, or by an alias (BRIDGE_MODEL_ALIASES) that names the model."""
+        names = [model_id, *(alias for alias, target in (aliases or {}).items() if target == model_id)]
+        return any(fnmatchcase(name, p) for p in self.models for name in names)
+
+    def check_servers(self, servers: Iterable[str]) -> None:
+        refused = [s for s in servers if not self.server_allowed(s)]
+        if refused:
+            raise ForbiddenError(
+                f"The API key {self.name!r} may not use the MCP server(s) {', '.join(refused)}; "
+                f"it may use: {', '.join(self.servers)}",
+                refused_servers=refused,
+                allowed_servers=list(self.servers),
+            )
+
+    def check_tools(self, names: Iterable[tuple[str, str]]) -> None:
+        refused = [f"{server}__{tool}" for server, tool in names if not self.tool_allowed(server, tool)]
+        if refused:
+            raise ForbiddenError(
+                f"The API key {self.name!r} may not use the tool(s) {', '.join(refused)}; "
+                f"it may use: {', '.join(self.tools)} on servers {', '.join(self.servers)}",
+                refused_tools=refused,
+                allowed_tools=list(self.tools),
+            )
+
+    def check_model(self, model_id: str, aliases: Mapping[str, str] | None = None) -> None:
+        if not self.model_allowed(model_id, aliases):
+            raise ForbiddenError(
+                f"The API key {self.name!r} may not use the model {model_id!r}; it may use: {', '.join(self.models)}",
+                refused_model=model_id,
+                allowed_models=list(self.models),
+            )
+
+    def check_admin(self, what: str) -> None:
+        if not self.admin:
+            raise ForbiddenError(f"Only an admin key may {what}; the API key {self.name!r} is not one")
+
+
+def full_access(name: str) -> Access:
+    """A key of BRIDGE_API_KEYS: everything."""
+    return Access(name=name, admin=True)
+
+
+def digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+# --- the keys file ---------------------------------------------------------------------------------------
+
+
+class KeysFileError(Exception):
+    """The keys file cannot be used; the message names the file, the entry and the field."""
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.@-]+$")
+    key: str | None = Field(None, min_length=16)
+    key_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    servers: list[str] = Field(default_factory=lambda: ["*"])
+    tools: list[str] = Field(default_factory=lambda: ["*"])
+    models: list[str] = Field(default_factory=lambda: ["*"])
+    max_concurrent_runs: int | None = Field(None, ge=1)
+    requests_per_minute: int | None = Field(None, ge=1)
+    admin: bool = False
+
+    @model_validator(mode="after")
+    def _one_key(self) -> _Entry:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError("give exactly one of `key` and `key_sha256`")
+        return self
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    keys: list[dict[str, Any]]
+
+
+def load_keys_file(path: Path) -> list[tuple[bytes, Access]]:
+    """The keys of a YAML or JSON keys file; anything wrong raises KeysFileError naming entry and field."""
+    import yaml  # only when a keys file is configured
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise KeysFileError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise KeysFileError(f"{path}: not valid YAML or JSON: {exc}") from None
+    try:
+        document = _File.model_validate(raw)
+    except ValidationError:
+        raise KeysFileError(f'{path}: expected an object with a "keys" list') from None
+    keys: list[tuple[bytes, Access]] = []
+    names: set[str] = set()
+    for index, item in enumerate(document.keys):
+        label = f"entry {index + 1}" + (f" ({item['name']!r})" if isinstance(item.get("name"), str) else "")
+        try:
+            entry = _Entry.model_validate(item)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "entry"
+            raise KeysFileError(f'{path}: {label}: field "{where}": {first["msg"]}') from None
+        if entry.name in names:
+            raise KeysFileError(f'{path}: {label}: field "name": {entry.name!r} is used by another entry')
+        names.add(entry.name)
+        secret = bytes.fromhex(entry.key_sha256) if entry.key_sha256 else digest(entry.key or "")
+        keys.append(
+            (
+                secret,
+                Access(
+                    name=entry.name,
+                    servers=tuple(entry.servers),
+                    tools=tuple(entry.tools),
+                    models=tuple(entry.models),
+                    max_concurrent_runs=entry.max_concurrent_runs,
+                    requests_per_minute=entry.requests_per_minute,
+                    admin=entry.admin,
+                ),
+            )
+        )
+    return keys
+
+
+# --- the key ring ----------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    at: float
+
+
+@dataclass
+class KeyRing:
+    """Every accepted key (as its digest) with its access; the file's keys can be swapped at run time."""
+
+    env_keys: list[tuple[bytes, Access]] = field(default_factory=list)
+    file_keys: list[tuple[bytes, Access]] = field(default_factory=list)
+    path: Path | None = None
+    _mtime: float | None = None
+    _buckets: dict[str, _Bucket] = field(default_factory=dict)
+    _running: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, api_keys: Iterable[str], keys_file: str | None) -> KeyRing:
+        """BRIDGE_API_KEYS (full access) and the keys file; a broken file raises KeysFileError."""
+        env = [(digest(key), full_access(f"api-key-{digest(key).hex()[:8]}")) for key in api_keys]
+        ring = cls(env_keys=env, path=Path(keys_file) if keys_file else None)
+        if ring.path is not None:
+            ring._mtime = _mtime(ring.path)
+            ring.file_keys = load_keys_file(ring.path)
+        return ring
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.env_keys or self.file_keys or self.path)
+
+    def names(self) -> list[str]:
+        return [access.name for _, access in self.env_keys + self.file_keys]
+
+    def resolve(self, presented: str) -> Access | None:
+        """The access of a presented key: its digest compared with every key's, without an early exit."""
+        candidate = digest(presented)
+        found: Access | None = None
+        for secret, access in self.env_keys + self.file_keys:
+            if hmac.compare_digest(candidate, secret):
+                found = access
+        return found
+
+    def reload(self, *, force: bool = False) -> bool:
+        """Read the keys file again when it changed (or when `force`); a broken file keeps the old keys."""
+        if self.path is None:
+            return False
+        mtime = _mtime(self.path)
+        if not force and mtime == self._mtime:
+            return False
+        self._mtime = mtime
+        try:
+            keys = load_keys_file(self.path)
+        except KeysFileError as exc:
+            log.error("keys file not reloaded, the previous keys stay in force: %s", exc)
+            return False
+        self.file_keys = keys
+        log.info("keys file reloaded: %d key(s)", len(keys))
+        return True
+
+    # --- per-key limits ---
+
+    def take_request(self, access: Access, now: float | None = None) -> None:
+        """One request of the key's `requests_per_minute` (a token bucket); 429 when it has none left."""
+        rate = access.requests_per_minute
+        if rate is None:
+            return
+        now = time.monotonic() if now is None else now
+        bucket = self._buckets.get(access.name)
+        if bucket is None:
+            bucket = self._buckets[access.name] = _Bucket(float(rate), now)
+        bucket.tokens = min(float(rate), bucket.tokens + (now - bucket.at) * rate / 60.0)
+        bucket.at = now
+        if bucket.tokens < 1.0:
+            wait = math.ceil((1.0 - bucket.tokens) * 60.0 / rate)
+            raise KeyRateLimitedError(
+                f"The API key {access.name!r} is limited to {rate} requests a minute", retry_after=max(1, wait)
+            )
+        bucket.tokens -= 1.0
+
+    def enter_run(self, access: Access) -> None:
+        """One more run of the key in flight; 429 beyond its `max_concurrent_runs`."""
+        limit = access.max_concurrent_runs
+        running = self._running.get(access.name, 0)
+        if limit is not None and running >= limit:
+            raise KeyRateLimitedError(
+                f"The API key {access.name!r} may run {limit} run(s) at once; {running} are in flight",
+                retry_after=5,
+            )
+        self._running[access.name] = running + 1
+
+    def leave_run(self, access: Access) -> None:
+        self._running[access.name] = max(0, self._running.get(access.name, 0) - 1)
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
