@@ -15,8 +15,8 @@ from services.errors import BridgeError, LLMError
 
 def serve(args: argparse.Namespace) -> int:
     settings = load_settings()
-    if (args.require_auth or settings.require_auth) and not settings.api_keys:
-        print("--require-auth: refusing to start without BRIDGE_API_KEYS", file=sys.stderr)
+    if (args.require_auth or settings.require_auth) and not (settings.api_keys or settings.keys_file):
+        print("--require-auth: refusing to start without BRIDGE_API_KEYS or BRIDGE_KEYS_FILE", file=sys.stderr)
         return 2
     run_server(settings, args.host or settings.host, args.port or settings.port)
     return 0

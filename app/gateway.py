@@ -127,16 +127,18 @@ def build_pool(settings: Settings, servers: dict[str, MCPServerConfig], metrics:
     )
 
 
-async def open_store(settings: Settings, mcp: MCPSetup, metrics: Metrics) -> RunStore:
+async def open_store(settings: Settings, mcp: MCPSetup, keys: KeyRing, metrics: Metrics) -> RunStore:
     """The run store at BRIDGE_DATABASE_URL (its SQLite directory made when missing)."""
     path = sqlite_path(settings.database_url)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+    redact = Redactor(secrets_of(settings, [*mcp.secret_values(), *keys.clear_keys]))
+    keys.on_new_secrets.append(redact.add)  # a key a reload brings is kept out of the store too
     return await RunStore.open(
         settings.database_url,
         instance=settings.instance_id,
         metrics=metrics,
-        redact=Redactor(secrets_of(settings, mcp.secret_values())),
+        redact=redact,
         retention_days=settings.run_retention_days,
     )
 
@@ -190,7 +192,7 @@ async def open_gateway(
             settings.approval_tools, {name: cfg.approval_tools for name, cfg in mcp.servers.items()}
         )
         agent = AgentService(lmstudio, catalog, pool, limiter, defaults, metrics, approvals, keys)
-        store = await open_store(settings, mcp, metrics)
+        store = await open_store(settings, mcp, keys, metrics)
         stack.push_async_callback(store.aclose)
         agent.journals = store.journal
         runs = RunService(agent, store, settings.max_queued_runs)

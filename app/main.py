@@ -13,9 +13,17 @@ from app.gateway import BridgeState, MCPSetup, load_keys, load_mcp, load_mcp_set
 from app.lifespan import lifespan_for
 from app.security import APIKeyMiddleware, BodyLimitMiddleware
 from app.settings import Settings, load_settings
-from app.telemetry import RequestContextMiddleware, configure_logging, instrument, secrets_of, tracer_provider
+from app.telemetry import (
+    RequestContextMiddleware,
+    add_log_secrets,
+    configure_logging,
+    instrument,
+    secrets_of,
+    tracer_provider,
+)
 from routers import autonomous, health, mcp, models, openai, runs
 from routers import metrics as metrics_router
+from services.access import KeyRing
 from services.metrics import Metrics
 
 API_DESCRIPTION = (
@@ -25,16 +33,21 @@ API_DESCRIPTION = (
 
 
 def create_app(
-    settings: Settings | None = None, mcp_setup: MCPSetup | None = None, *, configure_logs: bool = False
+    settings: Settings | None = None,
+    mcp_setup: MCPSetup | None = None,
+    *,
+    configure_logs: bool = False,
+    keys: KeyRing | None = None,
 ) -> FastAPI:
     """The ASGI app. Without arguments it reads the environment (and exits on invalid config)."""
     from_env = settings is None
     settings = settings or load_settings()
     if mcp_setup is None:  # tests pass settings and get MCPConfigError raised instead of an exit
         mcp_setup = load_mcp(settings) if from_env else load_mcp_setup(settings)
+    keys = keys or load_keys(settings, exit_on_error=from_env)
     if configure_logs or from_env:
-        configure_logging(settings.log_level, secrets_of(settings, mcp_setup.secret_values()))
-    keys = load_keys(settings, exit_on_error=from_env)
+        configure_logging(settings.log_level, secrets_of(settings, [*mcp_setup.secret_values(), *keys.clear_keys]))
+        keys.on_new_secrets.append(add_log_secrets)
     metrics = Metrics()
     provider = tracer_provider(settings)
     # the MCP front door, built on its first request; its tools read the state the lifespan puts on `app`

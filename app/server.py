@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import uvicorn
 from fastapi import FastAPI
 
-from app.gateway import BridgeState, load_mcp
+from app.gateway import BridgeState, load_keys, load_mcp
 from app.header_timeout import header_timeout_protocol
 from app.main import create_app
 from app.settings import Settings
@@ -58,14 +58,15 @@ def is_loopback(host: str) -> bool:
 
 
 def run_server(settings: Settings, host: str, port: int) -> None:
-    if not settings.api_keys and not is_loopback(host):
+    if not (settings.api_keys or settings.keys_file) and not is_loopback(host):
         log.warning(
             "!!! lmstudio-bridge listens on %s with NO API KEYS: anyone who reaches this port can run tools "
-            "on your MCP servers. Set BRIDGE_API_KEYS (and --require-auth) or bind to 127.0.0.1. !!!",
+            "on your MCP servers. Set BRIDGE_API_KEYS or BRIDGE_KEYS_FILE (and --require-auth) or bind to "
+            "127.0.0.1. !!!",
             host,
         )
     settings = settings.model_copy(update={"host": host, "port": port})  # the recursion guard needs the real address
-    app = create_app(settings, load_mcp(settings), configure_logs=True)
+    app = create_app(settings, load_mcp(settings), configure_logs=True, keys=load_keys(settings))
     config = uvicorn.Config(
         app,
         host=host,

@@ -208,6 +208,13 @@ def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
+def add_log_secrets(secrets: list[str]) -> None:
+    """Keep more values out of the log lines (keys a reloaded keys file brought)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, JSONFormatter):
+            handler.formatter.redact.add(secrets)
+
+
 def secrets_of(settings: Settings, env_and_header_values: Iterable[str]) -> list[str]:
     """Every value that must never reach a log line."""
     values = [key.get_secret_value() for key in settings.api_keys]

@@ -31,6 +31,7 @@ SECTIONS = [
     "real_engine",
     "answer_reading",
     "run_store",
+    "access",
 ]
 OUT = REPO / "docs" / "performance.md"
 # sections of OUT written by hand (profiles, figures behind code choices): kept verbatim on every run

@@ -11,7 +11,7 @@ import hmac
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -122,26 +122,34 @@ class _Entry(BaseModel):
 class _File(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    keys: list[dict[str, Any]]
+    keys: list[Any]
 
 
-def load_keys_file(path: Path) -> list[tuple[bytes, Access]]:
-    """The keys of a YAML or JSON keys file; anything wrong raises KeysFileError naming entry and field."""
+def load_keys_file(path: Path) -> list[tuple[bytes, Access, str | None]]:
+    """The keys of a YAML or JSON keys file (digest, access, the key when written in clear); anything
+    wrong raises KeysFileError naming the entry and the field."""
     import yaml  # only when a keys file is configured
 
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise KeysFileError(f"{path}: cannot be read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise KeysFileError(f"{path}: not valid YAML or JSON: {exc}") from None
+    except yaml.YAMLError as exc:  # its message quotes the line, which may hold a key: only where and what
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise KeysFileError(
+            f"{path}: not valid YAML or JSON{where}: {getattr(exc, 'problem', None) or 'syntax error'}"
+        ) from None
     try:
         document = _File.model_validate(raw)
     except ValidationError:
         raise KeysFileError(f'{path}: expected an object with a "keys" list') from None
-    keys: list[tuple[bytes, Access]] = []
+    keys: list[tuple[bytes, Access, str | None]] = []
     names: set[str] = set()
+    secrets: set[bytes] = set()
     for index, item in enumerate(document.keys):
+        if not isinstance(item, dict):
+            raise KeysFileError(f"{path}: entry {index + 1}: must be an object with name, key or key_sha256, ...")
         label = f"entry {index + 1}" + (f" ({item['name']!r})" if isinstance(item.get("name"), str) else "")
         try:
             entry = _Entry.model_validate(item)
@@ -153,6 +161,9 @@ def load_keys_file(path: Path) -> list[tuple[bytes, Access]]:
             raise KeysFileError(f'{path}: {label}: field "name": {entry.name!r} is used by another entry')
         names.add(entry.name)
         secret = bytes.fromhex(entry.key_sha256) if entry.key_sha256 else digest(entry.key or "")
+        if secret in secrets:
+            raise KeysFileError(f'{path}: {label}: field "key": the same key as another entry')
+        secrets.add(secret)
         keys.append(
             (
                 secret,
@@ -165,6 +176,7 @@ def load_keys_file(path: Path) -> list[tuple[bytes, Access]]:
                     requests_per_minute=entry.requests_per_minute,
                     admin=entry.admin,
                 ),
+                entry.key,
             )
         )
     return keys
@@ -185,6 +197,8 @@ class KeyRing:
 
     env_keys: list[tuple[bytes, Access]] = field(default_factory=list)
     file_keys: list[tuple[bytes, Access]] = field(default_factory=list)
+    clear_keys: list[str] = field(default_factory=list)  # the file's keys written in clear: kept out of logs
+    on_new_secrets: list[Callable[[list[str]], None]] = field(default_factory=list)  # told of keys a reload adds
     path: Path | None = None
     _mtime: float | None = None
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
@@ -197,8 +211,20 @@ class KeyRing:
         ring = cls(env_keys=env, path=Path(keys_file) if keys_file else None)
         if ring.path is not None:
             ring._mtime = _mtime(ring.path)
-            ring.file_keys = load_keys_file(ring.path)
+            ring._use(load_keys_file(ring.path))
         return ring
+
+    def _use(self, loaded: list[tuple[bytes, Access, str | None]]) -> None:
+        """Take the file's keys; a name that a BRIDGE_API_KEYS key has raises KeysFileError."""
+        taken = {access.name for _, access in self.env_keys}
+        clash = next((access.name for _, access, _ in loaded if access.name in taken), None)
+        if clash is not None:
+            raise KeysFileError(f'{self.path}: entry {clash!r}: field "name": the name of a BRIDGE_API_KEYS key')
+        self.file_keys = [(secret, access) for secret, access, _ in loaded]
+        new = [clear for _, _, clear in loaded if clear and clear not in self.clear_keys]
+        self.clear_keys += new
+        for tell in self.on_new_secrets:
+            tell(new)
 
     @property
     def enabled(self) -> bool:
@@ -226,10 +252,10 @@ class KeyRing:
         self._mtime = mtime
         try:
             keys = load_keys_file(self.path)
+            self._use(keys)
         except KeysFileError as exc:
             log.error("keys file not reloaded, the previous keys stay in force: %s", exc)
             return False
-        self.file_keys = keys
         log.info("keys file reloaded: %d key(s)", len(keys))
         return True
 

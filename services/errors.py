@@ -6,6 +6,7 @@ knows about HTTP frameworks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -162,6 +163,12 @@ class ModelNotFoundError(LLMError):
         )
         self.model = model
         self.available_models = available_models
+        self.aliases = aliases or {}
+
+    def within(self, allowed: Callable[[str], bool]) -> ModelNotFoundError:
+        """The same error listing only the models (and aliases) `allowed` lets the caller see."""
+        models = [m for m in self.available_models if allowed(m)]
+        return ModelNotFoundError(self.model, models, {a: m for a, m in self.aliases.items() if allowed(m)})
 
 
 class NoModelLoadedError(LLMError):

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.access import Access
 from services.agent import MAX_ROUNDS_CAP, AgentService, Run, RunResult, RunSpec, ToolChoice, result_data
-from services.errors import InvalidJSONError, InvalidRequestError, NotSupportedError
+from services.errors import InvalidJSONError, InvalidRequestError, ModelNotFoundError, NotSupportedError
 from services.lmstudio import LMStudioClient, ModelCatalog, ModelKind
 
 
@@ -98,7 +98,12 @@ class OpenAICompat:
         requested = body.get("model")
         if requested is not None and not isinstance(requested, str):
             raise InvalidRequestError("model must be a string")
-        resolved = await self.catalog.resolve(requested, kind=kind)
+        try:
+            resolved = await self.catalog.resolve(requested, kind=kind)
+        except ModelNotFoundError as exc:  # a key is told only of the models it may use
+            if access is None:
+                raise
+            raise exc.within(lambda m: access.model_allowed(m, self.catalog.aliases)) from None
         if access is not None:
             access.check_model(resolved.id, self.catalog.aliases)
         if resolved.id == requested:

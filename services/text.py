@@ -51,6 +51,11 @@ class Redactor:
     before it reaches a log line or the run store."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self.secrets: list[str] = []
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """More secrets (e.g. keys a reloaded keys file brought)."""
         # each secret also as JSON text writes it (escaped quotes, \uXXXX), since logs and stored data are JSON;
         # longest first, so a secret that contains another is replaced whole
         forms = {
@@ -59,7 +64,7 @@ class Redactor:
             if len(secret) >= 4
             for form in (secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1])
         }
-        self.secrets = sorted(forms, key=len, reverse=True)
+        self.secrets = sorted(forms.union(self.secrets), key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for secret in self.secrets:

@@ -10,9 +10,9 @@ from services.access import KeyRing
 from services.agent.approvals import ApprovalPolicy
 from services.agent.loop import Run
 from services.agent.records import Journal, RunSpec
-from services.errors import InvalidRequestError, MCPServerError, ShuttingDownError
+from services.errors import InvalidRequestError, MCPServerError, ModelNotFoundError, ShuttingDownError
 from services.limits import RunLimiter
-from services.lmstudio import LMStudioClient, ModelCatalog
+from services.lmstudio import LMStudioClient, ModelCatalog, ResolvedModel
 from services.mcp import MCPPool, ToolSet
 from services.metrics import Metrics
 
@@ -97,11 +97,9 @@ class AgentService:
             raise InvalidRequestError(f"max_rounds must be between 1 and {MAX_ROUNDS_CAP}")
         if self.lmstudio.breaker is not None:
             self.lmstudio.breaker.check()  # LM Studio is known to be down: fail in milliseconds
-        model = await self.catalog.resolve(spec.model)
-        if spec.access is not None:  # refused before anything runs
-            spec.access.check_model(model.id, self.catalog.aliases)
-            if spec.mcp_servers is not None:
-                spec.access.check_servers(spec.mcp_servers)
+        model = await self._model_for(spec)
+        if spec.access is not None and spec.mcp_servers is not None:  # refused before anything runs
+            spec.access.check_servers(spec.mcp_servers)
         servers, tools, warnings = await self._tools_for(spec)
         if model.stale:
             warnings.append("LM Studio did not answer the model list; the model was checked against the last list")
@@ -111,6 +109,19 @@ class AgentService:
         if spec.store and self.journals is not None:
             run.journal = self.journals(run)
         return run
+
+    async def _model_for(self, spec: RunSpec) -> ResolvedModel:
+        """The resolved model, within the key's scope (a key is told only of the models it may use)."""
+        access = spec.access
+        try:
+            model = await self.catalog.resolve(spec.model)
+        except ModelNotFoundError as exc:
+            if access is None:
+                raise
+            raise exc.within(lambda m: access.model_allowed(m, self.catalog.aliases)) from None
+        if access is not None:
+            access.check_model(model.id, self.catalog.aliases)
+        return model
 
     async def _tools_for(self, spec: RunSpec) -> tuple[list[str], ToolSet, list[str]]:
         warnings: list[str] = []
@@ -137,6 +148,9 @@ class AgentService:
         if spec.allowed_tools is not None:
             known = {t.model_name for t in tools.tools}
             unknown = [name for name in spec.allowed_tools if name not in known]
+            if unknown and spec.access is not None:  # a tool of a server outside the scope: forbidden, not unknown
+                parts = [n.partition("__") for n in unknown if "__" in n]
+                spec.access.check_tools((server, tool) for server, _, tool in parts)
             if unknown:
                 raise InvalidRequestError(
                     f"allowed_tools names tools the chosen servers do not have: {', '.join(unknown)}",

@@ -49,6 +49,7 @@ class RunService:
             run.hold_slot()
             run.set_status("running")
         elif self.queued >= self.max_queued:
+            run.release()  # the key's run
             raise QueueFullError(
                 f"{self.queued} runs are already waiting for a slot (BRIDGE_MAX_QUEUED_RUNS)", retry_after=5
             )
