@@ -21,7 +21,7 @@ from app.telemetry import (
     secrets_of,
     tracer_provider,
 )
-from routers import autonomous, health, mcp, models, openai, runs
+from routers import autonomous, health, mcp, models, openai, pipelines, runs
 from routers import metrics as metrics_router
 from services.access import KeyRing
 from services.metrics import Metrics
@@ -80,6 +80,7 @@ def create_app(
         autonomous.router,
         openai.router,
         runs.router,
+        pipelines.router,
         mcp.router,
         models.router,
         health.router,

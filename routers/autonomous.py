@@ -12,7 +12,7 @@ from app.deps import AgentDep
 from app.security import access_of
 from routers.schemas import RUN_EVENT_SCHEMA, problem_responses
 from routers.streaming import CLIENT_CLOSED_REQUEST, RunStream, execute_for_client, wants_stream
-from services.agent import MAX_ROUNDS_CAP, AgentService, RunResult, RunSpec, ToolChoice, result_json
+from services.agent import MAX_ROUNDS_CAP, AgentService, Run, RunResult, RunSpec, ToolChoice, result_json
 
 router = APIRouter(prefix="/v1/autonomous", tags=["autonomous"])
 
@@ -102,7 +102,11 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 
 async def _respond(request: Request, agent: AgentService, spec: RunSpec, stream: bool) -> Response:
     spec.access = access_of(request.scope)
-    run = await agent.open(spec)
+    return await respond(request, await agent.open(spec), stream)
+
+
+async def respond(request: Request, run: Run, stream: bool) -> Response:
+    """An opened run carried out for its client: as SSE when asked for, else as its JSON result."""
     if wants_stream(request, stream):
         return RunStream(run)
     result = await execute_for_client(request, run)

@@ -26,6 +26,8 @@ from app.front_door import MCP_PATH
 from app.gateway import BridgeState
 from app.security import access_of
 from app.settings import Settings
+from routers.autonomous import AutonomousRequest
+from routers.pipelines import MAX_STEPS, PipelineStep, stages_of
 from services.access import Access
 from services.agent import FINISHED_STATUSES, Emit, RunEvent, RunResult, RunSpec, result_data
 from services.errors import BridgeError
@@ -97,6 +99,37 @@ def build_mcp_server(settings: Settings, state: Callable[[], BridgeState]) -> MC
         return await answer(run(ctx, spec))
 
     @server.tool()
+    async def autonomous_pipeline(
+        task: Task,
+        steps: Annotated[
+            list[PipelineStep],
+            Field(
+                description="The steps, run in order, each an ordinary run: model, mcp_servers, allowed_tools, "
+                "instruction ({task}, {previous_output}, {steps.<name>.output}), on_failure, unload_after",
+                min_length=1,
+                max_length=MAX_STEPS,
+            ),
+        ],
+        ctx: BridgeContext,
+    ) -> CallToolResult:
+        """Let local models carry out a task in steps, each with its own model and tools (e.g. a reasoning model
+        analyses with read-only tools, then a coding model acts); each step's output feeds the next."""
+
+        async def go() -> RunResult:
+            spec = RunSpec(task=task, access=key_access(ctx))
+            pipeline = await state().agent.open_pipeline(spec, stages_of(AutonomousRequest(task=task), steps))
+            return await pipeline.execute(progress_reporter(ctx))
+
+        return await answer(go())
+
+    _add_status_tools(server, state, rounds)
+    return server
+
+
+def _add_status_tools(server: MCPServer[Any], state: Callable[[], BridgeState], rounds: int) -> None:
+    """The tools that start and poll background runs, and the listings."""
+
+    @server.tool()
     async def start_task(
         task: Task,
         ctx: BridgeContext,
@@ -138,8 +171,6 @@ def build_mcp_server(settings: Settings, state: Callable[[], BridgeState]) -> MC
     async def health_check() -> CallToolResult:
         """Whether LM Studio answers, and the status of every MCP server."""
         return await answer(health(state()))
-
-    return server
 
 
 def http_endpoint(server: MCPServer[Any], settings: Settings) -> ASGIApp:
@@ -184,6 +215,8 @@ _EVENT_TEXT: dict[str, Callable[[dict[str, Any]], str]] = {
         f"round {d['round']}: {d['name']} {'failed' if d['is_error'] else 'done'} in {d['duration_ms']:g} ms"
     ),
     RunEvent.MESSAGE: lambda d: f"round {d['round']}: {shorten(d['content'], PROGRESS_TEXT_MAX, placeholder=' ...')}",
+    RunEvent.STEP_STARTED: lambda d: f"step {d['stage']} ({d['name']}): model {d['model']}",
+    RunEvent.STEP_COMPLETED: lambda d: f"step {d['stage']} ({d['name']}) ended: {d['result']['result']['status']}",
     RunEvent.APPROVAL_REQUESTED: lambda d: f"waiting for a person to approve {d['name']} ({d['tool_call_id']})",
     RunEvent.APPROVAL_DECIDED: lambda d: f"{d['name']}: {d['decision']}",
     RunEvent.COMPLETED: lambda d: f"run ended: {d['status']}",

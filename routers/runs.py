@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import AccessDep, RunsDep
 from routers.autonomous import AutonomousRequest
+from routers.pipelines import MAX_STEPS, PipelineStep, stages_of
 from routers.schemas import STORED_EVENT_SCHEMA, problem_responses
 from routers.streaming import StoredEventStream
 from services.agent import RunSpec, RunStatus
@@ -23,6 +24,12 @@ MAX_SEQ = 2**31 - 1  # event sequence numbers are 32-bit in the store
 
 RunId = Annotated[str, Path(description="The run's id", examples=["run_5f0c1e2a9b7d4c3e8a6f1b2d"])]
 ToolCallId = Annotated[str, Path(description="The `tool_call_id` of `approval.requested`", examples=["call_0_0"])]
+
+
+class RunsRequest(AutonomousRequest):
+    steps: list[PipelineStep] | None = Field(
+        None, min_length=1, max_length=MAX_STEPS, description="Steps of a pipeline (as POST /v1/pipelines)"
+    )
 
 
 class RunAccepted(BaseModel):
@@ -62,14 +69,18 @@ def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None)
     operation_id="startRun",
     summary="Start a run in the background",
 )
-async def start_run(body: AutonomousRequest, runs: RunsDep, access: AccessDep) -> Response:
+async def start_run(body: RunsRequest, runs: RunsDep, access: AccessDep) -> Response:
     """Start a run that goes on when the client leaves; follow it at `Location` and its `/events`.
     The body is the `/v1/autonomous` body (`stream` and `store: false` do not apply)."""
     if body.stream:
         raise InvalidRequestError("A background run does not stream here; follow GET /v1/runs/{run_id}/events")
     if not body.store:
         raise InvalidRequestError("A background run is always stored; leave out `store` or set it to true")
-    run = await runs.submit(RunSpec(**body.model_dump(exclude={"stream", "store"}), access=access))
+    if body.steps is not None:  # a pipeline
+        spec = RunSpec(task=body.task, timeout_s=body.timeout_s, access=access)
+        run = await runs.submit(spec, stages_of(body, body.steps))
+    else:
+        run = await runs.submit(RunSpec(**body.model_dump(exclude={"stream", "store", "steps"}), access=access))
     accepted = RunAccepted(run_id=run.run_id, status="queued" if run.status == "queued" else "running")
     return _json(accepted.model_dump_json().encode(), 202, {"Location": f"/v1/runs/{run.run_id}"})
 

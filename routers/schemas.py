@@ -61,6 +61,7 @@ class ToolList(BaseModel):
 
 # only a stored (background) run can wait for a person: a synchronous run denies such calls at once
 _APPROVAL_EVENTS = (RunEvent.APPROVAL_REQUESTED, RunEvent.APPROVAL_DECIDED)
+_STEP_EVENTS = (RunEvent.STEP_STARTED, RunEvent.STEP_COMPLETED)  # pipelines only
 
 
 def _json_data(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -77,10 +78,11 @@ def _terminal(event: str, schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _run_event_schema(stored: bool) -> dict[str, Any]:
+def _run_event_schema(stored: bool, pipeline: bool = False) -> dict[str, Any]:
     """One Server-Sent Event as parsed from the stream: `event:` name, `data:` text (JSON here) and,
     for a stored run's events, `id:` (the sequence number)."""
-    progress = [str(e) for e in PROGRESS_EVENTS if stored or e not in _APPROVAL_EVENTS]
+    left_out = () if stored else _APPROVAL_EVENTS + (() if pipeline else _STEP_EVENTS)
+    progress = [str(e) for e in PROGRESS_EVENTS if e not in left_out]
     properties: dict[str, Any] = {
         "event": {"type": "string", "enum": [*progress, RunEvent.COMPLETED, RunEvent.FAILED]},
         "data": _json_data("The event's JSON payload"),
@@ -107,6 +109,7 @@ def _run_event_schema(stored: bool) -> dict[str, Any]:
 
 
 RUN_EVENT_SCHEMA = _run_event_schema(stored=False)
+PIPELINE_EVENT_SCHEMA = _run_event_schema(stored=False, pipeline=True)
 STORED_EVENT_SCHEMA = _run_event_schema(stored=True)
 CHUNK_EVENT_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -23,6 +23,13 @@ class BridgeError(Exception):
         self.retry_after = retry_after
         self.extras = extras
 
+    def for_step(self, index: int, name: str) -> BridgeError:
+        """The same error, said of step `index` (`name`) of a pipeline."""
+        self.detail = f"step {index} ({name!r}): {self.detail}"
+        self.args = (self.detail,)
+        self.extras = {**self.extras, "step": index, "step_name": name}
+        return self
+
     def problem(self) -> dict[str, Any]:
         """The problem document body (without `instance`)."""
         return {

@@ -163,3 +163,13 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
 def postgres_url(postgres_cluster: PostgresCluster) -> str:
     """The SQLAlchemy URL (postgresql+asyncpg://...) of a fresh, empty database of the session's cluster."""
     return postgres_cluster.new_database(f"test_{uuid.uuid4().hex[:16]}")
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def either_store(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Settings of a fresh run store of each kind: a module whose `gateway_settings` returns these runs
+    every test on SQLite and on PostgreSQL."""
+    if request.param == "postgres":
+        cluster = request.getfixturevalue("postgres_cluster")
+        return {"database_url": cluster.new_database(f"module_{uuid.uuid4().hex[:16]}")}
+    return {"database_url": store_url()}

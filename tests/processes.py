@@ -47,7 +47,10 @@ async def spawn_python(
     module: str, *args: str, log: IO[bytes], env: Mapping[str, str] | None = None, cwd: Path | str = REPO
 ) -> asyncio.subprocess.Process:
     """``python -m <module> <args>`` with stdout and stderr in `log`, unbuffered; `env` replaces this
-    process's environment when given."""
+    process's environment when given. Without BRIDGE_DATABASE_URL a gateway gets a run store of its own
+    next to its log, never `./data/` of the repository."""
+    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
+    env.setdefault("BRIDGE_DATABASE_URL", f"sqlite+aiosqlite:///{log.name}.runs.db")
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -57,7 +60,7 @@ async def spawn_python(
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
+        env=env,
     )
 
 

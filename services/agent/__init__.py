@@ -7,6 +7,7 @@ the HTTP layer answer early failures with a problem document and stream everythi
 
 from services.agent.approvals import ApprovalPolicy, Decision
 from services.agent.loop import Run
+from services.agent.pipeline import Pipeline, StageSpec
 from services.agent.records import (
     FINISHED_STATUSES,
     PROGRESS_EVENTS,
@@ -20,6 +21,7 @@ from services.agent.records import (
     RunResult,
     RunSpec,
     RunStatus,
+    StageRecord,
     Step,
     ToolChoice,
     result_data,
@@ -40,6 +42,7 @@ __all__ = [
     "Decision",
     "Emit",
     "Journal",
+    "Pipeline",
     "RoundReasoning",
     "Run",
     "RunDefaults",
@@ -47,6 +50,8 @@ __all__ = [
     "RunResult",
     "RunSpec",
     "RunStatus",
+    "StageRecord",
+    "StageSpec",
     "Step",
     "ToolChoice",
     "result_data",

@@ -63,11 +63,12 @@ class Run:
         self.reasoning: list[RoundReasoning] = []
         self.answered_model = model.id
         self.journal: Journal | None = None
+        self.parent: Run | None = None  # the pipeline this run is a step of
         self.status: RunStatus = "queued"
         self.seq = 0  # events so far
         self.pending: dict[str, asyncio.Future[Decision]] = {}  # tool calls awaiting a person's decision
         self._released = True  # no slot held until `hold_slot`
-        self._key_held = spec.access is not None  # one of the key's concurrent runs (AgentService.prepare)
+        self.holds_key_run = spec.access is not None  # one of the key's concurrent runs (AgentService.prepare)
         self._last_text = ""
         self.client_calls: list[dict[str, Any]] = []
         self.task: asyncio.Task[Any] | None = None
@@ -95,6 +96,8 @@ class Run:
         self.status = status
         if self.journal is not None:
             self.journal.status(status)
+        if self.parent is not None and status != "queued":  # a step waiting for a person: its pipeline waits
+            self.parent.set_status(status)
 
     def stop_for_shutdown(self) -> None:
         """Cancel the run because the gateway stops; `execute` then raises ShuttingDownError."""
@@ -112,6 +115,11 @@ class Run:
             self.task.cancel()
         return True
 
+    @property
+    def waiting(self) -> list[str]:
+        """The ids of the tool calls awaiting a person's decision."""
+        return sorted(self.pending)
+
     def decide(self, tool_call_id: str, decision: Decision) -> bool:
         """A person's decision on a call awaiting approval; False when no such call is waiting."""
         future = self.pending.get(tool_call_id)
@@ -121,8 +129,8 @@ class Run:
         return True
 
     def _leave_key(self) -> None:
-        if self._key_held and self.spec.access is not None:
-            self._key_held = False
+        if self.holds_key_run and self.spec.access is not None:
+            self.holds_key_run = False
             self.service.keys.leave_run(self.spec.access)
 
     def finish(self, status: RunStatus, result: RunResult | None, problem: dict[str, Any] | None) -> None:
@@ -143,7 +151,8 @@ class Run:
     async def execute(self, emit: Emit | None = None) -> RunResult:
         """Carry out the run. Cancelling the calling task cancels the LM Studio call and tool calls."""
         self.task = asyncio.current_task()
-        self.service.active.add(self)
+        if self.parent is None:  # a pipeline's step is stopped with its pipeline
+            self.service.active.add(self)
         current_run_id.set(self.run_id)
         client_emit = emit or _no_emit
 
@@ -251,6 +260,10 @@ class Run:
             tool_calls=self.client_calls,
             reasoning=self.reasoning,
         )
+
+    def described_options(self) -> dict[str, Any]:
+        """What the run store keeps of the request besides the spec's fields (a pipeline: its steps)."""
+        return {}
 
     def _initial_messages(self) -> list[dict[str, Any]]:
         system = self.spec.system_prompt or default_system_prompt(self.servers)
@@ -412,7 +425,9 @@ class Run:
         return decision
 
     def _extend_deadline(self, waited_s: float) -> None:
-        """Time spent waiting for a person does not count against the run's deadline."""
+        """Time spent waiting for a person does not count against the run's deadline (nor its pipeline's)."""
+        if self.parent is not None:
+            self.parent._extend_deadline(waited_s)
         self.deadline += waited_s
         when = self._timeout.when() if self._timeout is not None else None
         if self._timeout is not None and when is not None:

@@ -54,6 +54,8 @@ class RunEvent(StrEnum):
     MESSAGE = "message"
     APPROVAL_REQUESTED = "approval.requested"  # a tool call waits for a person's decision
     APPROVAL_DECIDED = "approval.decided"  # approved, denied, or denied when nobody answered in time
+    STEP_STARTED = "step.started"  # pipelines: a step begins (its run's events follow, each with `stage`)
+    STEP_COMPLETED = "step.completed"  # pipelines: a step ended; data = its run record
     COMPLETED = "run.completed"  # terminal: data = the run result
     FAILED = "run.failed"  # terminal: data = a problem document
 
@@ -157,15 +159,42 @@ class RunResult:
     reasoning: Annotated[
         list[RoundReasoning], Field(description="The model's reasoning per round; never part of `output`")
     ] = field(default_factory=list)
+    stages: Annotated[
+        list[StageRecord],
+        Field(description="Pipelines: every step's run record, in order (`steps` and `usage` above sum them up)"),
+    ] = field(default_factory=list)
+    ended_by: Annotated[
+        str | None, Field(description="Pipelines: the step whose failure (or cut) ended the pipeline")
+    ] = None
+
+
+@dataclass(slots=True)
+class StageRecord:
+    """One step of a pipeline: its position, name and run record."""
+
+    index: int
+    name: str
+    result: RunResult
 
 
 _STEP = TypeAdapter(Step)
 _RESULT = TypeAdapter(RunResult)
+_STAGE = TypeAdapter(StageRecord)
 
 
 def step_data(step: Step) -> dict[str, Any]:
     """The step as JSON-ready data."""
     return dict(_STEP.dump_python(step, mode="json"))
+
+
+def stage_data(stage: StageRecord) -> dict[str, Any]:
+    """A pipeline step's record as JSON-ready data."""
+    return dict(_STAGE.dump_python(stage, mode="json"))
+
+
+def stage_of(data: dict[str, Any]) -> StageRecord:
+    """A pipeline step's record from its JSON data (as `stage_data` wrote it)."""
+    return _STAGE.validate_python(data)
 
 
 def result_data(result: RunResult) -> dict[str, Any]:

@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from services.access import KeyRing
 from services.agent.approvals import ApprovalPolicy
 from services.agent.loop import Run
+from services.agent.pipeline import Pipeline, StageSpec, check_instructions
 from services.agent.records import Journal, RunSpec
-from services.errors import InvalidRequestError, MCPServerError, ModelNotFoundError, ShuttingDownError
+from services.errors import BridgeError, InvalidRequestError, MCPServerError, ModelNotFoundError, ShuttingDownError
 from services.limits import RunLimiter
 from services.lmstudio import LMStudioClient, ModelCatalog, ResolvedModel
 from services.mcp import MCPPool, ToolSet
 from services.metrics import Metrics
 
 MAX_ROUNDS_CAP = 100
+R = TypeVar("R", bound=Run)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +81,13 @@ class AgentService:
 
     async def open(self, spec: RunSpec) -> Run:
         """Validate the spec and take a run slot (waiting at most the queue timeout); raises before anything runs."""
-        run = await self.prepare(spec)
+        return await self._with_slot(await self.prepare(spec))
+
+    async def open_pipeline(self, spec: RunSpec, stages: list[StageSpec]) -> Pipeline:
+        """`prepare_pipeline`, then one run slot for the whole pipeline."""
+        return await self._with_slot(await self.prepare_pipeline(spec, stages))
+
+    async def _with_slot(self, run: R) -> R:
         try:
             await self.limiter.acquire()
         except BaseException:
@@ -87,7 +96,36 @@ class AgentService:
         run.hold_slot()
         return run
 
-    async def prepare(self, spec: RunSpec) -> Run:
+    async def prepare_pipeline(self, spec: RunSpec, stages: list[StageSpec]) -> Pipeline:
+        """Check every step (model, servers, tools) before anything runs; a problem names its step."""
+        check_instructions(stages)
+        prepared: list[tuple[StageSpec, Run]] = []
+        for index, stage in enumerate(stages, 1):
+            step_spec = RunSpec(
+                task=spec.task,
+                mcp_servers=stage.mcp_servers,
+                model=stage.model,
+                max_rounds=stage.max_rounds,
+                max_tokens=stage.max_tokens,
+                temperature=stage.temperature,
+                system_prompt=stage.system_prompt,
+                allowed_tools=stage.allowed_tools,
+                store=False,  # recorded as part of the pipeline
+                interactive=spec.interactive,
+                access=spec.access,
+            )
+            try:
+                prepared.append((stage, await self.prepare(step_spec, key_run=False)))
+            except BridgeError as exc:
+                raise exc.for_step(index, stage.name) from None
+        if spec.access is not None:
+            self.keys.enter_run(spec.access)  # the pipeline is one of the key's runs
+        pipeline = Pipeline(self, spec, prepared)
+        if spec.store and self.journals is not None:
+            pipeline.journal = self.journals(pipeline)
+        return pipeline
+
+    async def prepare(self, spec: RunSpec, *, key_run: bool = True) -> Run:
         """Validate the spec (model, servers, tools) without taking a run slot; raises before anything runs."""
         if not self.accepting:
             raise ShuttingDownError("The gateway is shutting down; retry on another instance", retry_after=5)
@@ -103,9 +141,10 @@ class AgentService:
         servers, tools, warnings = await self._tools_for(spec)
         if model.stale:
             warnings.append("LM Studio did not answer the model list; the model was checked against the last list")
-        if spec.access is not None:
+        if spec.access is not None and key_run:
             self.keys.enter_run(spec.access)  # the key's own concurrency limit; `Run.finish` gives it back
         run = Run(self, spec, model, servers, tools, warnings)
+        run.holds_key_run = key_run and spec.access is not None
         if spec.store and self.journals is not None:
             run.journal = self.journals(run)
         return run

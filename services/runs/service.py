@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from services.access import Access
-from services.agent import FINISHED_STATUSES, UNFINISHED_STATUSES, AgentService, Run, RunSpec
+from services.agent import FINISHED_STATUSES, UNFINISHED_STATUSES, AgentService, Run, RunSpec, StageSpec
 from services.agent.approvals import Decision
 from services.errors import (
     ApprovalNotFoundError,
@@ -41,10 +41,11 @@ class RunService:
     def queued(self) -> int:
         return len(self.waiting)
 
-    async def submit(self, spec: RunSpec) -> Run:
-        """Check the spec and start the run in the background (queued when no slot is free)."""
+    async def submit(self, spec: RunSpec, stages: list[StageSpec] | None = None) -> Run:
+        """Check the spec (or every step of a pipeline) and start the run in the background (queued when no
+        slot is free)."""
         spec.store, spec.interactive = True, True
-        run = await self.agent.prepare(spec)
+        run = await (self.agent.prepare_pipeline(spec, stages) if stages else self.agent.prepare(spec))
         if await self.agent.limiter.try_acquire():
             run.hold_slot()
             run.set_status("running")
@@ -150,7 +151,7 @@ class RunService:
         run = self._live(run_id)
         if run is not None and run.decide(tool_call_id, decision):
             return
-        waiting = sorted(run.pending) if run is not None else []
+        waiting = run.waiting if run is not None else []
         raise ApprovalNotFoundError(
             f"No tool call {tool_call_id!r} of run {run_id} awaits a decision", awaiting=waiting
         )

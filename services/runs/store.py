@@ -40,7 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from services.agent import FINISHED_STATUSES, UNFINISHED_STATUSES, Run, RunEvent, RunResult, RunStatus, Step
-from services.agent.records import TERMINAL_EVENTS, RoundReasoning, result_json
+from services.agent.records import TERMINAL_EVENTS, RoundReasoning, result_json, stage_of
 from services.errors import RunInterruptedError
 from services.lmstudio import Usage
 from services.metrics import Metrics
@@ -290,10 +290,7 @@ class RunStore:
             )
             record = _record(row)
             for name, data in rows:
-                if name == RunEvent.TOOL_CALL_COMPLETED:
-                    record.steps.append(Step(**json.loads(data)))
-                else:
-                    record.reasoning.append(RoundReasoning(**json.loads(data)))
+                _add_to_record(record, name, json.loads(data))
         return record
 
     async def page(self, filters: RunFilter, limit: int, cursor: str | None) -> RunPage:
@@ -456,7 +453,22 @@ class RunStore:
         return len(leftovers)
 
 
-_RECORD_EVENTS = (RunEvent.TOOL_CALL_COMPLETED, RunEvent.REASONING)
+# the events a record's steps, reasoning and (pipelines) stages are rebuilt from
+_RECORD_EVENTS = (RunEvent.TOOL_CALL_COMPLETED, RunEvent.REASONING, RunEvent.STEP_COMPLETED, RunEvent.COMPLETED)
+_STEP_FIELDS = frozenset(Step.__dataclass_fields__)
+_REASONING_FIELDS = frozenset(RoundReasoning.__dataclass_fields__)
+
+
+def _add_to_record(record: RunRecord, event: str, data: dict[str, Any]) -> None:
+    """One stored event's part of the record (a pipeline's events also say which step they belong to)."""
+    if event == RunEvent.TOOL_CALL_COMPLETED:
+        record.steps.append(Step(**{k: v for k, v in data.items() if k in _STEP_FIELDS}))
+    elif event == RunEvent.REASONING:
+        record.reasoning.append(RoundReasoning(**{k: v for k, v in data.items() if k in _REASONING_FIELDS}))
+    elif event == RunEvent.STEP_COMPLETED:
+        record.stages.append(stage_of(data["result"]))
+    else:
+        record.ended_by = data.get("ended_by")
 
 
 def _has_server(name: str) -> ColumnElement[bool]:
@@ -519,7 +531,7 @@ def _options(run: Run) -> dict[str, Any]:
         options["client_tools"] = [t.get("function", {}).get("name") for t in spec.client_tools]
     if spec.extra_body:
         options["lmstudio"] = spec.extra_body
-    return options
+    return options | run.described_options()
 
 
 @dataclass(slots=True)

@@ -26,6 +26,7 @@ OPERATION_IDS = {
     ("post", "/v1/embeddings"): "createEmbedding",
     ("post", "/v1/responses"): "createResponse",
     ("post", "/v1/runs"): "startRun",
+    ("post", "/v1/pipelines"): "runPipeline",
     ("get", "/v1/runs"): "listRuns",
     ("get", "/v1/runs/{run_id}"): "getRun",
     ("delete", "/v1/runs/{run_id}"): "deleteRun",
@@ -33,7 +34,7 @@ OPERATION_IDS = {
     ("post", "/v1/runs/{run_id}/cancel"): "cancelRun",
     ("post", "/v1/runs/{run_id}/approvals/{tool_call_id}"): "decideApproval",
 }
-STREAMING = {"runAutonomous", "runWithMcp", "runWithMultipleMcps", "runDiscover", "createChatCompletion"}
+STREAMING = {"runAutonomous", "runWithMcp", "runWithMultipleMcps", "runDiscover", "createChatCompletion", "runPipeline"}
 PROBLEM_REF = "#/components/schemas/Problem"
 
 

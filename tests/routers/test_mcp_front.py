@@ -27,6 +27,7 @@ TOOLS = {
     "autonomous_with_mcp",
     "autonomous_with_multiple_mcps",
     "autonomous_discover_and_execute",
+    "autonomous_pipeline",
     "start_task",
     "get_task_result",
     "list_available_mcps",

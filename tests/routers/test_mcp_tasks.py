@@ -36,6 +36,12 @@ TIME_TASK = "What time is it? " + script(calls=[[TIME_CALL]])
 
 
 @pytest.fixture(scope="module")
+def gateway_settings(either_store: dict[str, Any]) -> dict[str, Any]:
+    """Every test on a SQLite and on a PostgreSQL run store."""
+    return either_store
+
+
+@pytest.fixture(scope="module")
 def mcp_json(files: Path) -> Path:
     path = files.parent / "mcp.json"
     path.write_text(json.dumps({"mcpServers": {"time": mcp_servers_json(str(files))["mcpServers"]["time"]}}))
@@ -97,7 +103,7 @@ def check_completed_time_run(answer: dict[str, Any], run_id: str) -> dict[str, A
 async def test_tools_are_listed_beside_the_original_ones(live: httpx.AsyncClient) -> None:
     async with http_session(live) as session:
         tools = {t.name: t for t in (await session.list_tools()).tools}
-    assert set(tools) == ORIGINAL_TOOLS | {"start_task", "get_task_result"}
+    assert set(tools) == ORIGINAL_TOOLS | {"start_task", "get_task_result", "autonomous_pipeline"}
     assert tools["start_task"].input_schema["required"] == ["task"]
     assert tools["get_task_result"].input_schema["required"] == ["run_id"]
     wait = tools["get_task_result"].input_schema["properties"]["wait_s"]

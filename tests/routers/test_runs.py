@@ -33,13 +33,10 @@ FINISHED = {"completed", "max_rounds", "timeout", "cancelled", "length", "loop",
 # --- the module's gateways ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def gateway_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def gateway_settings(either_store: dict[str, Any]) -> dict[str, Any]:
     """The module's gateway on a fresh store of each kind (so every test below runs on both)."""
-    if request.param == "postgres":
-        cluster = request.getfixturevalue("postgres_cluster")
-        return {"database_url": cluster.new_database(f"runs_api_{uuid.uuid4().hex[:16]}")}
-    return {"database_url": store_url()}
+    return either_store
 
 
 @pytest.fixture(scope="module")

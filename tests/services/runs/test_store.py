@@ -58,6 +58,9 @@ class FakeRun:
     warnings: list[str] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
 
+    def described_options(self) -> dict[str, Any]:
+        return {}
+
 
 class Driver:
     """A fake run and its journal, numbering events as `Run` does."""
