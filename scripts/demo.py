@@ -43,7 +43,11 @@ def main() -> int:
         "DEMO_DIR": str(demo_dir),
         "BRIDGE_PYTHON": sys.executable,
     }
-    mock = subprocess.Popen([sys.executable, "-m", "tests.mock_lmstudio", "--port", str(mock_port)], cwd=REPO)
+    # the children get process groups of their own: a terminal's Ctrl-C reaches only this script, which then
+    # stops each child once (a second SIGINT would make uvicorn skip its graceful shutdown)
+    mock = subprocess.Popen(
+        [sys.executable, "-m", "tests.mock_lmstudio", "--port", str(mock_port)], cwd=REPO, process_group=0
+    )
     gateway = None
     try:
         wait_until_up(f"http://127.0.0.1:{mock_port}/_mock/health", mock)
@@ -51,6 +55,7 @@ def main() -> int:
             [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(args.port)],
             cwd=REPO,
             env=env,
+            process_group=0,
         )
         wait_until_up(f"http://127.0.0.1:{args.port}/healthz", gateway)
         print(
