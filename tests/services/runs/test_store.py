@@ -354,7 +354,7 @@ async def test_follow_a_live_run_replays_then_streams_until_the_terminal_event(s
     follower = store.follow(run.run_id)
     assert [(await anext(follower)).seq, (await anext(follower)).seq] == [1, 2]
     waiting = asyncio.ensure_future(anext(follower))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # a yield, not a wait: the follower runs until it blocks on the next event
     assert not waiting.done()
     run.event(RunEvent.MESSAGE, {"content": "hi"})
     assert (await waiting).seq == 3
