@@ -77,6 +77,20 @@ class _Write:
     values: dict[str, Any]
 
 
+@dataclass(slots=True)
+class _Event:
+    """An event as the run emitted it; written as JSON text by the writer (off the run's path), or when a
+    follower reads it first."""
+
+    seq: int
+    event: str
+    data: dict[str, Any] | RunResult | str
+    text: str | None = None
+
+
+_RESULT = "result"  # a final update's values: the RunResult whose columns the writer fills in
+
+
 def _text(value: str) -> str:
     """Text both stores accept: no lone surrogates, no NUL (PostgreSQL refuses it)."""
     return scrub(value).replace("\x00", "\ufffd")
@@ -168,6 +182,28 @@ class RunStore:
     def text(self, value: str) -> str:
         return self.redact(_text(value))
 
+    def encoded(self, item: _Event) -> str:
+        """The event's JSON text as stored (computed once; the same for the database and live followers)."""
+        if item.text is None:
+            data = item.data
+            if isinstance(data, RunResult):
+                item.text = self.redact(_text(result_json(data).decode()))
+            else:
+                item.text = data if isinstance(data, str) else self.json(data)
+        return item.text
+
+    def _result_columns(self, result: RunResult) -> dict[str, Any]:
+        return {
+            "output": self.text(result.output),
+            "model": _text(result.model),
+            "rounds": result.rounds,
+            "usage": _usage_json(result.usage),
+            "warnings": self.json(result.warnings),
+            "tool_calls": self.json(result.tool_calls) if result.tool_calls else None,
+            "duration_ms": result.duration_ms,
+            "trace_id": result.trace_id,
+        }
+
     def put(self, kind: str, run_id: str, values: dict[str, Any]) -> None:
         if len(self._pending) >= MAX_PENDING:
             self._incomplete.add(run_id)
@@ -233,10 +269,10 @@ class RunStore:
                 log.error("run store: a %s write of run %s was lost: %s", write.kind, write.run_id, exc)
 
     async def _write(self, batch: list[_Write]) -> None:
-        plan = self._plan(batch)
-        if self._sqlite_writer is not None:
-            await self._sqlite_writer.write(plan)
+        if self._sqlite_writer is not None:  # the JSON, the redaction and the commit in the writer's thread
+            await self._sqlite_writer.write(lambda: self._plan(batch))
             return
+        plan = self._plan(batch)
         if self._conn is None:
             self._conn = await self.engine.connect()
         conn = self._conn
@@ -260,9 +296,13 @@ class RunStore:
             if write.kind == _INSERT:
                 inserts[write.run_id] = dict(write.values)
             elif write.kind == _EVENT:
-                events.append(write.values)
+                events.append({**write.values, "data": self.encoded(write.values["data"])})
             else:
-                (inserts.get(write.run_id) or updates.setdefault(write.run_id, {})).update(write.values)
+                values = dict(write.values)
+                result = values.pop(_RESULT, None)
+                if result is not None:
+                    values |= self._result_columns(result)
+                (inserts.get(write.run_id) or updates.setdefault(write.run_id, {})).update(values)
         for run_id in self._incomplete.intersection(inserts.keys() | updates.keys()):
             (inserts.get(run_id) or updates[run_id])["incomplete"] = True
         plan: list[tuple[Executable, Any]] = []
@@ -547,7 +587,7 @@ class RunJournal:
         self.run = run
         self.run_id = run.run_id
         self.key_name = key_name
-        self.events: list[StoredEvent] = []
+        self.events: list[_Event] = []
         self.done = False
         self.inserted = False
         self.started_at: float | None = None
@@ -597,7 +637,7 @@ class RunJournal:
         )
 
     def event(self, seq: int, event: str, data: dict[str, Any]) -> None:
-        self._add(StoredEvent(seq, event, self.store.json(data)))
+        self._add(_Event(seq, event, data))
 
     def finished(self, seq: int, status: RunStatus, result: RunResult | None, problem: dict[str, Any] | None) -> None:
         store = self.store
@@ -606,21 +646,11 @@ class RunJournal:
         now = time.time()
         values: dict[str, Any] = {"status": status, "finished_at": now}
         if result is not None:
-            text = store.redact(result_json(result).decode())
-            self._add(StoredEvent(seq, RunEvent.COMPLETED, text))
-            values |= {
-                "output": store.text(result.output),
-                "model": _text(result.model),
-                "rounds": result.rounds,
-                "usage": _usage_json(result.usage),
-                "warnings": store.json(result.warnings),
-                "tool_calls": store.json(result.tool_calls) if result.tool_calls else None,
-                "duration_ms": result.duration_ms,
-                "trace_id": result.trace_id,
-            }
+            self._add(_Event(seq, RunEvent.COMPLETED, result))
+            values[_RESULT] = result
         else:
             data = store.json(problem or {})
-            self._add(StoredEvent(seq, RunEvent.FAILED, data))
+            self._add(_Event(seq, RunEvent.FAILED, data))
             values |= {
                 "error": data,
                 "rounds": self.run.rounds,
@@ -632,9 +662,9 @@ class RunJournal:
         store.put(_UPDATE, self.run_id, values)
         self._wake_all()
 
-    def _add(self, item: StoredEvent) -> None:
+    def _add(self, item: _Event) -> None:
         self.events.append(item)
-        values = {"run_id": self.run_id, "seq": item.seq, "event": item.event, "data": item.data, "at": time.time()}
+        values = {"run_id": self.run_id, "seq": item.seq, "event": item.event, "data": item, "at": time.time()}
         self.store.put(_EVENT, self.run_id, values)
         self._wake_all()
 
@@ -649,7 +679,8 @@ class RunJournal:
             index = next((i for i, item in enumerate(self.events) if item.seq > after), len(self.events))
             while True:
                 while index < len(self.events):
-                    yield self.events[index]
+                    item = self.events[index]
+                    yield StoredEvent(item.seq, item.event, self.store.encoded(item))
                     index += 1
                 if self.done:
                     return
@@ -685,7 +716,8 @@ class _SQLiteWriter:
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-store-writer")
         self.conn: Connection | None = None
 
-    def _write(self, plan: list[tuple[Executable, Any]]) -> None:
+    def _write(self, plan_of: Callable[[], list[tuple[Executable, Any]]]) -> None:
+        plan = plan_of()
         if self.conn is None:
             self.conn = self.engine.connect()
         try:
@@ -697,8 +729,8 @@ class _SQLiteWriter:
             self.conn = None
             raise
 
-    async def write(self, plan: list[tuple[Executable, Any]]) -> None:
-        await asyncio.get_running_loop().run_in_executor(self.thread, self._write, plan)
+    async def write(self, plan_of: Callable[[], list[tuple[Executable, Any]]]) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.thread, self._write, plan_of)
 
     def _close(self) -> None:
         if self.conn is not None:
