@@ -193,6 +193,8 @@ async def test_original_tools_still_work(live: httpx.AsyncClient) -> None:
         assert record is not None and record["status"] == "completed" and text_of(result) == record["output"]
         [step] = record["steps"]
         assert (step["server"], step["tool"]) == ("time", "get_current_time")
+        stored = (await live.get(f"/v1/runs/{record['run_id']}")).json()  # the front door's runs are recorded too
+        assert stored["status"] == "completed" and stored["steps"] == record["steps"]
         multiple = await session.call_tool("autonomous_with_multiple_mcps", {"mcp_names": ["time"], "task": TIME_TASK})
         assert not multiple.is_error and multiple.structured_content is not None
         assert multiple.structured_content["status"] == "completed"
