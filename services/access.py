@@ -41,6 +41,11 @@ class Access:
     def server_allowed(self, server: str) -> bool:
         return any(fnmatchcase(server, p) for p in self.servers)
 
+    def reaches(self, server: str) -> bool:
+        """The key may use the server and some of its `tools` globs can name a tool of it (the glob's part
+        before `__` matches the server): a key scoped by tools alone does not see or start other servers."""
+        return self.server_allowed(server) and any(fnmatchcase(server, p.split("__", 1)[0]) for p in self.tools)
+
     def tool_allowed(self, server: str, tool: str) -> bool:
         name = f"{server}__{tool}"
         return self.server_allowed(server) and any(fnmatchcase(name, p) for p in self.tools)

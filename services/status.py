@@ -97,7 +97,7 @@ class StatusService:
         """Every configured MCP server (that `access` may use) with its status."""
         servers = self.pool.status()
         if access is not None:
-            servers = [s for s in servers if access.server_allowed(s.name)]
+            servers = [s for s in servers if access.reaches(s.name)]
         return ServerList(data=servers, config_path=self.config_path)
 
     async def tools(self, server: str, access: Access | None = None) -> list[ToolSpec]:

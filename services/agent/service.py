@@ -167,7 +167,7 @@ class AgentService:
         if spec.mcp_servers is not None:
             servers = list(dict.fromkeys(spec.mcp_servers))
         else:  # every enabled server the key may use, started together; one that cannot start is left out
-            names = [n for n in self.pool.names() if spec.access is None or spec.access.server_allowed(n)]
+            names = [n for n in self.pool.names() if spec.access is None or spec.access.reaches(n)]
             listed = await asyncio.gather(*(self.pool.list_tools(n) for n in names), return_exceptions=True)
             servers = []
             for name, outcome in zip(names, listed, strict=True):

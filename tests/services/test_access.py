@@ -434,3 +434,12 @@ def test_concurrent_runs_per_key() -> None:
     unlimited = Access(name="unlimited")
     for _ in range(100):
         ring.enter_run(unlimited)
+
+
+def test_a_key_scoped_by_tools_reaches_only_the_servers_they_can_name() -> None:
+    access = Access(name="k", tools=("filesystem__read_*", "time__*"))
+    assert access.reaches("filesystem") and access.reaches("time")
+    assert not access.reaches("memory")  # allowed by `servers: ["*"]`, but no tool glob can name its tools
+    assert Access(name="all").reaches("memory")  # `*` names every server's tools
+    assert Access(name="t", tools=("t*",)).reaches("time")  # a glob without `__` reaches what it can start with
+    assert not Access(name="s", servers=("time",), tools=("*",)).reaches("memory")
