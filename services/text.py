@@ -21,6 +21,11 @@ def scrub(text: str) -> str:
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
+def storable(text: str) -> str:
+    """Text every store accepts: no lone surrogates, no NUL (PostgreSQL refuses it)."""
+    return scrub(text).replace("\x00", "\ufffd")
+
+
 def unencodable_path(value: Any, path: str = "") -> str | None:
     """The JSON path (e.g. `arguments.items[2]`) of the first string, or key, that UTF-8 cannot encode."""
     if isinstance(value, str):

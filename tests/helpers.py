@@ -7,14 +7,21 @@ No pytest and no gateway import here: `bench/` and `scripts/` import this module
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+from services.agent import FINISHED_STATUSES
+
+if TYPE_CHECKING:
+    from mcp import ClientSession
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_SERVERS = REPO / "node_modules" / "@modelcontextprotocol"
@@ -105,3 +112,74 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {within_s:g} s")
         await asyncio.sleep(every_s)
+
+
+# --- stored runs (/v1/runs) ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One SSE frame of a stored run's event stream, with its `id:` (`read_sse` leaves ids out)."""
+
+    id: int
+    event: str
+    data: Any
+
+
+async def frames(response: httpx.Response) -> AsyncIterator[Frame]:
+    """The SSE frames of a stored run's event stream with their `id:`."""
+    assert response.status_code == 200, response.text if not response.is_stream_consumed else response.status_code
+    assert response.headers["content-type"].startswith("text/event-stream")
+    fields: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if line.startswith(":"):
+            continue  # keep-alive comment
+        if not line:
+            if fields:
+                yield Frame(int(fields["id"]), fields["event"], json.loads(fields["data"]))
+                fields = {}
+            continue
+        name, _, value = line.partition(":")
+        fields[name] = value.removeprefix(" ")
+    assert not fields, f"a frame without its closing blank line: {fields}"
+
+
+async def events_of(client: httpx.AsyncClient, run_id: str, **kwargs: Any) -> list[Frame]:
+    async with client.stream("GET", f"/v1/runs/{run_id}/events", **kwargs) as response:
+        return [frame async for frame in frames(response)]
+
+
+async def record(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
+    response = await client.get(f"/v1/runs/{run_id}")
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+async def finished(client: httpx.AsyncClient, run_id: str, within_s: float = 20.0) -> dict[str, Any]:
+    """The run's record once it has ended."""
+
+    async def ended() -> dict[str, Any] | None:
+        rec = await record(client, run_id)
+        return rec if rec["status"] in FINISHED_STATUSES else None
+
+    return dict(await eventually(ended, within_s, f"run {run_id} ended"))
+
+
+# --- the MCP front door ------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def mcp_http_session(gateway: httpx.AsyncClient, **headers: str) -> AsyncIterator[ClientSession]:
+    """An MCP client session on the gateway's `/mcp` (streamable HTTP), with these HTTP headers. The SDK is
+    imported here: tests/app/test_lazy_imports.py imports this module and checks the gateway loads it lazily."""
+    import httpx2
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    async with (
+        httpx2.AsyncClient(timeout=60, headers=headers) as http,
+        streamable_http_client(str(gateway.base_url.join("/mcp")), http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        yield session

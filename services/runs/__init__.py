@@ -5,9 +5,10 @@
 cancels, approves and reads them back.
 """
 
+from services.runs.engines import sqlite_path
 from services.runs.records import RunPage, RunRecord, StoredEvent, page_json, record_json
 from services.runs.service import RunService
-from services.runs.store import RunFilter, RunStore, sqlite_path
+from services.runs.store import RunFilter, RunStore
 
 __all__ = [
     "RunFilter",

@@ -16,38 +16,35 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
-    URL,
     ColumnElement,
-    Connection,
     Engine,
     Executable,
     Select,
-    create_engine,
     delete,
-    event,
     func,
     insert,
     or_,
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.agent import FINISHED_STATUSES, UNFINISHED_STATUSES, Run, RunEvent, RunResult, RunStatus, Step
+from services.agent import FINISHED_STATUSES, UNFINISHED_STATUSES, Run, RunEvent, RunResult, Step
 from services.agent.records import TERMINAL_EVENTS, RoundReasoning, result_json, stage_of
 from services.errors import RunInterruptedError
 from services.lmstudio import Usage
 from services.metrics import Metrics
+from services.runs.engines import SQLiteWriter, async_engine
+from services.runs.journal import EVENT, INSERT, RESULT, UPDATE, JournalEvent, RunJournal, usage_json
 from services.runs.migrate import migrate
 from services.runs.records import RunPage, RunRecord, StoredEvent
 from services.runs.tables import run_events, runs
-from services.text import scrub
+from services.text import storable
 
 log = logging.getLogger("lmstudio_bridge.store")
 
@@ -56,7 +53,6 @@ BATCH_WINDOW_S = 0.1  # writes gather this long before a commit: a short run bec
 BATCH_FULL = 2_000  # ... unless this many are waiting, or a reader flushes
 POLL_S = 0.5  # how often a follower of a run in another gateway process looks for new events
 PRUNE_EVERY_S = 3600.0
-_INSERT, _EVENT, _UPDATE = "insert", "event", "update"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,25 +71,6 @@ class _Write:
     kind: str
     run_id: str
     values: dict[str, Any]
-
-
-@dataclass(slots=True)
-class _Event:
-    """An event as the run emitted it; written as JSON text by the writer (off the run's path), or when a
-    follower reads it first."""
-
-    seq: int
-    event: str
-    data: dict[str, Any] | RunResult | str
-    text: str | None = None
-
-
-_RESULT = "result"  # a final update's values: the RunResult whose columns the writer fills in
-
-
-def _text(value: str) -> str:
-    """Text both stores accept: no lone surrogates, no NUL (PostgreSQL refuses it)."""
-    return scrub(value).replace("\x00", "\ufffd")
 
 
 def _time(value: float | None) -> datetime | None:
@@ -127,7 +104,7 @@ class RunStore:
         self._progress = asyncio.Condition()
         self._conn: AsyncConnection | None = None  # the writer's own connection (PostgreSQL)
         # SQLite: a batch is committed in one call to a worker thread (aiosqlite would hop threads per statement)
-        self._sqlite_writer = _SQLiteWriter(engine.url) if engine.dialect.name == "sqlite" else None
+        self._sqlite_writer = SQLiteWriter(engine.url) if engine.dialect.name == "sqlite" else None
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
@@ -141,7 +118,7 @@ class RunStore:
         retention_days: float = 30.0,
     ) -> RunStore:
         """Connect, migrate, mark the runs a previous process left unfinished `interrupted`, start writing."""
-        engine = _engine(url)
+        engine = async_engine(url)
         try:
             await migrate(engine)
             store = cls(engine, instance=instance, metrics=metrics, redact=redact, retention_days=retention_days)
@@ -177,17 +154,17 @@ class RunStore:
 
     def json(self, value: Any) -> str:
         """`value` as JSON text for the store: secrets redacted (non-ASCII kept as is, so they match)."""
-        return self.redact(_text(json.dumps(value, default=str, ensure_ascii=False)))
+        return self.redact(storable(json.dumps(value, default=str, ensure_ascii=False)))
 
     def text(self, value: str) -> str:
-        return self.redact(_text(value))
+        return self.redact(storable(value))
 
-    def encoded(self, item: _Event) -> str:
+    def encoded(self, item: JournalEvent) -> str:
         """The event's JSON text as stored (computed once; the same for the database and live followers)."""
         if item.text is None:
             data = item.data
             if isinstance(data, RunResult):
-                item.text = self.redact(_text(result_json(data).decode()))
+                item.text = self.redact(storable(result_json(data).decode()))
             else:
                 item.text = data if isinstance(data, str) else self.json(data)
         return item.text
@@ -195,9 +172,9 @@ class RunStore:
     def _result_columns(self, result: RunResult) -> dict[str, Any]:
         return {
             "output": self.text(result.output),
-            "model": _text(result.model),
+            "model": storable(result.model),
             "rounds": result.rounds,
-            "usage": _usage_json(result.usage),
+            "usage": usage_json(result.usage),
             "warnings": self.json(result.warnings),
             "tool_calls": self.json(result.tool_calls) if result.tool_calls else None,
             "duration_ms": result.duration_ms,
@@ -208,7 +185,7 @@ class RunStore:
         if len(self._pending) >= MAX_PENDING:
             self._incomplete.add(run_id)
             self.metrics.store_dropped.inc()
-            if kind == _UPDATE and values.get("finished_at") is not None:
+            if kind == UPDATE and values.get("finished_at") is not None:
                 self.live.pop(run_id, None)
             return
         self._pending.append(_Write(kind, run_id, values))
@@ -246,7 +223,7 @@ class RunStore:
                 await self._write_safely(batch)
                 self._done += len(batch)
                 for write in batch:
-                    if write.kind == _UPDATE and write.values.get("finished_at") is not None:
+                    if write.kind == UPDATE and write.values.get("finished_at") is not None:
                         self.live.pop(write.run_id, None)
                         self._incomplete.discard(write.run_id)
                 async with self._progress:
@@ -293,13 +270,13 @@ class RunStore:
         updates: dict[str, dict[str, Any]] = {}
         events: list[dict[str, Any]] = []
         for write in batch:
-            if write.kind == _INSERT:
+            if write.kind == INSERT:
                 inserts[write.run_id] = dict(write.values)
-            elif write.kind == _EVENT:
+            elif write.kind == EVENT:
                 events.append({**write.values, "data": self.encoded(write.values["data"])})
             else:
                 values = dict(write.values)
-                result = values.pop(_RESULT, None)
+                result = values.pop(RESULT, None)
                 if result is not None:
                     values |= self._result_columns(result)
                 (inserts.get(write.run_id) or updates.setdefault(write.run_id, {})).update(values)
@@ -548,203 +525,3 @@ def _record(row: Any) -> RunRecord:
         started_at=_time(row["started_at"]),
         finished_at=_time(row["finished_at"]),
     )
-
-
-def _usage_json(usage: Usage) -> str:
-    fields = ("prompt_tokens", "completion_tokens", "total_tokens")
-    return json.dumps({name: getattr(usage, name) for name in fields})
-
-
-def _options(run: Run) -> dict[str, Any]:
-    """The request's options worth keeping: limits and choices, never a key (none reach the spec)."""
-    spec = run.spec
-    options: dict[str, Any] = {
-        name: value
-        for name in ("max_rounds", "max_tokens", "temperature", "timeout_s", "tool_choice", "allowed_tools")
-        if (value := getattr(spec, name)) is not None
-    }
-    if spec.system_prompt is not None:
-        options["system_prompt"] = spec.system_prompt
-    if spec.messages:
-        options["messages"] = spec.messages
-    if spec.client_tools:
-        options["client_tools"] = [t.get("function", {}).get("name") for t in spec.client_tools]
-    if spec.extra_body:
-        options["lmstudio"] = spec.extra_body
-    return options | run.described_options()
-
-
-@dataclass(slots=True)
-class _Follower:
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-class RunJournal:
-    """One run's writes (the agent's `Journal`), and its events in memory for live followers."""
-
-    def __init__(self, store: RunStore, run: Run, key_name: str | None) -> None:
-        self.store = store
-        self.run = run
-        self.run_id = run.run_id
-        self.key_name = key_name
-        self.events: list[_Event] = []
-        self.done = False
-        self.inserted = False
-        self.started_at: float | None = None
-        self.last_status: str | None = None
-        self._followers: list[_Follower] = []
-
-    def status(self, status: RunStatus) -> None:
-        if status == self.last_status:
-            return
-        now = time.time()
-        started = {"started_at": now} if status == "running" and self.last_status in (None, "queued") else {}
-        if started:
-            self.started_at = now
-        self.last_status = status
-        if self.inserted:
-            self.store.put(_UPDATE, self.run_id, {"status": status, **started})
-            return
-        self.inserted = True
-        run, store = self.run, self.store
-        store.live[self.run_id] = self
-        self.store.put(
-            _INSERT,
-            self.run_id,
-            {
-                "run_id": self.run_id,
-                "status": status,
-                "model_requested": _text(run.spec.model) if run.spec.model is not None else None,
-                "model": _text(run.model.id),
-                "mcp_servers": json.dumps(run.servers),
-                "task": store.text(run.spec.task),
-                "options": store.json(_options(run)),
-                "output": "",
-                "rounds": 0,
-                "usage": None,
-                "warnings": None,
-                "tool_calls": None,
-                "error": None,
-                "duration_ms": None,
-                "trace_id": None,
-                "key_name": self.key_name,
-                "instance": store.instance,
-                "incomplete": False,
-                "created_at": now,
-                "started_at": now if status == "running" else None,
-                "finished_at": None,
-            },
-        )
-
-    def event(self, seq: int, event: str, data: dict[str, Any]) -> None:
-        self._add(_Event(seq, event, data))
-
-    def finished(self, seq: int, status: RunStatus, result: RunResult | None, problem: dict[str, Any] | None) -> None:
-        store = self.store
-        if not self.inserted:  # ended before it ran (a queued run cancelled or stopped)
-            self.status(status)
-        now = time.time()
-        values: dict[str, Any] = {"status": status, "finished_at": now}
-        if result is not None:
-            self._add(_Event(seq, RunEvent.COMPLETED, result))
-            values[_RESULT] = result
-        else:
-            data = store.json(problem or {})
-            self._add(_Event(seq, RunEvent.FAILED, data))
-            values |= {
-                "error": data,
-                "rounds": self.run.rounds,
-                "warnings": store.json(self.run.warnings),
-                "usage": _usage_json(self.run.usage),
-                "duration_ms": round((now - self.started_at) * 1000, 2) if self.started_at else None,
-            }
-        self.done = True
-        store.put(_UPDATE, self.run_id, values)
-        self._wake_all()
-
-    def _add(self, item: _Event) -> None:
-        self.events.append(item)
-        values = {"run_id": self.run_id, "seq": item.seq, "event": item.event, "data": item, "at": time.time()}
-        self.store.put(_EVENT, self.run_id, values)
-        self._wake_all()
-
-    def _wake_all(self) -> None:
-        for follower in self._followers:
-            follower.wake.set()
-
-    async def follow(self, after: int) -> AsyncIterator[StoredEvent]:
-        follower = _Follower()
-        self._followers.append(follower)
-        try:
-            index = next((i for i, item in enumerate(self.events) if item.seq > after), len(self.events))
-            while True:
-                while index < len(self.events):
-                    item = self.events[index]
-                    yield StoredEvent(item.seq, item.event, self.store.encoded(item))
-                    index += 1
-                if self.done:
-                    return
-                await follower.wake.wait()
-                follower.wake.clear()
-        finally:
-            self._followers.remove(follower)
-
-
-def _engine(url: str) -> AsyncEngine:
-    """An async engine; SQLite gets WAL (readers never block the writer) and a busy timeout."""
-    if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_async_engine(url, pool_pre_ping=True)
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    # WAL + NORMAL: a killed process loses no committed transaction (a power cut may lose the last ones)
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
-
-
-class _SQLiteWriter:
-    """The SQLite writer's connection, used from one worker thread only: a batch is one thread call."""
-
-    def __init__(self, url: URL) -> None:
-        self.engine = create_engine(url.set(drivername="sqlite+pysqlite"), connect_args={"timeout": 30})
-        event.listen(self.engine, "connect", _sqlite_pragmas)
-        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-store-writer")
-        self.conn: Connection | None = None
-
-    def _write(self, plan_of: Callable[[], list[tuple[Executable, Any]]]) -> None:
-        plan = plan_of()
-        if self.conn is None:
-            self.conn = self.engine.connect()
-        try:
-            with self.conn.begin():
-                for statement, params in plan:
-                    self.conn.execute(statement, params)
-        except Exception:
-            self.conn.close()
-            self.conn = None
-            raise
-
-    async def write(self, plan_of: Callable[[], list[tuple[Executable, Any]]]) -> None:
-        await asyncio.get_running_loop().run_in_executor(self.thread, self._write, plan_of)
-
-    def _close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-        self.engine.dispose()
-
-    async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self.thread, self._close)
-        self.thread.shutdown(wait=False)
-
-
-def sqlite_path(url: str) -> str | None:
-    """The file of a `sqlite+aiosqlite:///path` URL (None for other stores or in-memory)."""
-    prefix = "sqlite+aiosqlite:///"
-    if not url.startswith(prefix) or url.endswith(":memory:"):
-        return None
-    return url.removeprefix(prefix).split("?", 1)[0]

@@ -10,7 +10,6 @@ LM Studio) with a keys file of scoped keys, an admin, and a BRIDGE_API_KEYS key 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -18,16 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import httpx2
 import mcp_types as mtypes
 import pytest
 import yaml
-from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import CLIENT_TIMEOUT_S, HELLO, make_settings, served
-from tests.helpers import TIME_CALL, call, eventually, script
+from tests.helpers import TIME_CALL, call, eventually, mcp_http_session, script
 from tests.mock_lmstudio.fixture import MockLMStudio
 
 pytestmark = pytest.mark.timeout(120)
@@ -182,18 +178,6 @@ async def run_ids(client: httpx.AsyncClient, headers: dict[str, str]) -> set[str
     return {item["run_id"] for item in response.json()["data"]}
 
 
-@contextlib.asynccontextmanager
-async def mcp_session(gateway: httpx.AsyncClient, headers: dict[str, str]) -> AsyncIterator[ClientSession]:
-    """An MCP client session on the gateway's `/mcp`, with the API key as its bearer token."""
-    async with (
-        httpx2.AsyncClient(timeout=60, headers=headers) as http,
-        streamable_http_client(str(gateway.base_url.join("/mcp")), http_client=http) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
-        yield session
-
-
 def tool_problem(result: mtypes.CallToolResult) -> dict[str, Any]:
     assert result.is_error, result
     assert result.structured_content is not None, result
@@ -265,7 +249,7 @@ async def test_model_listing_shows_only_the_keys_models(live: httpx.AsyncClient)
 
 
 async def test_mcp_front_door_listings_are_scoped(live: httpx.AsyncClient) -> None:
-    async with mcp_session(live, CLOCK) as session:
+    async with mcp_http_session(live, **CLOCK) as session:
         servers = (await session.call_tool("list_available_mcps", {})).structured_content
         models = (await session.call_tool("list_models", {})).structured_content
     assert servers is not None and [s["name"] for s in servers["data"]] == ["time"]
@@ -362,7 +346,7 @@ async def test_direct_tool_calls_outside_the_scope_are_forbidden(live: httpx.Asy
 
 async def test_mcp_front_door_refuses_outside_the_scope(live: httpx.AsyncClient, mock: MockLMStudio) -> None:
     task = "go " + script(calls=[[TIME_CALL]])
-    async with mcp_session(live, CLOCK) as session:
+    async with mcp_http_session(live, **CLOCK) as session:
         refused = [
             await session.call_tool("autonomous_with_mcp", {"mcp_name": "filesystem", "task": task}),
             await session.call_tool("autonomous_with_multiple_mcps", {"mcp_names": ["time", "memory"], "task": task}),
@@ -375,7 +359,7 @@ async def test_mcp_front_door_refuses_outside_the_scope(live: httpx.AsyncClient,
     assert tool_problem(refused[0])["allowed_servers"] == ["time"]
     assert await chat_requests(mock) == []
     # the same key's own scope works through the front door
-    async with mcp_session(live, CLOCK) as session:
+    async with mcp_http_session(live, **CLOCK) as session:
         done = await session.call_tool("autonomous_with_mcp", {"mcp_name": "time", "task": task})
     assert not done.is_error, done
     assert done.structured_content is not None and done.structured_content["status"] == "completed"
@@ -418,7 +402,7 @@ async def test_the_model_is_offered_only_the_keys_tools(live: httpx.AsyncClient,
     assert offered(request) == readonly
 
     await mock.reset()  # through the MCP front door's discover
-    async with mcp_session(live, SMALL) as session:
+    async with mcp_http_session(live, **SMALL) as session:
         done = await session.call_tool("autonomous_discover_and_execute", {"task": "hi " + script(answer="ok")})
     assert not done.is_error, done
     [request] = await chat_requests(mock)
@@ -479,7 +463,7 @@ async def test_a_keys_runs_are_invisible_to_other_keys(live: httpx.AsyncClient) 
             await live.post(f"/v1/runs/{run_id}/approvals/call_0_0", json=decision, headers=other), 404, "run_not_found"
         )
         assert run_id not in await run_ids(live, other)
-    async with mcp_session(live, FILES) as session:
+    async with mcp_http_session(live, **FILES) as session:
         result = await session.call_tool("get_task_result", {"run_id": run_id, "wait_s": 0})
     assert tool_problem(result)["code"] == "run_not_found"
 
@@ -533,7 +517,7 @@ async def test_per_key_concurrency(live: httpx.AsyncClient) -> None:
             CHAT, json={"messages": [{"role": "user", "content": "x"}], "mcp_servers": ["time"]}, headers=CLOCK
         )
     )
-    async with mcp_session(live, CLOCK) as session:
+    async with mcp_http_session(live, **CLOCK) as session:
         result = await session.call_tool("autonomous_with_mcp", {"mcp_name": "time", "task": quick["task"]})
     assert tool_problem(result)["code"] == "key_rate_limited"
     # a pass-through chat completion is no run: not limited by max_concurrent_runs

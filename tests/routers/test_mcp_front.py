@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import httpx2
 import mcp_types as mtypes
 import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
-from mcp.client.streamable_http import streamable_http_client
 
 from services.mcp import RECURSION_SKIPPED
 from tests.conftest import make_settings, served, store_url
 from tests.helpers import REPO, TIME_CALL, mcp_servers_json, script
+from tests.helpers import mcp_http_session as http_session
 from tests.mock_lmstudio.fixture import MockLMStudio
 
 pytestmark = pytest.mark.timeout(120)
@@ -55,17 +52,6 @@ def mcp_json(files: Path) -> Path:
 @pytest.fixture(scope="module")
 def gateway_settings() -> dict[str, Any]:
     return {"port": PORT}
-
-
-@contextlib.asynccontextmanager
-async def http_session(gateway: httpx.AsyncClient, **headers: str) -> AsyncIterator[ClientSession]:
-    async with (
-        httpx2.AsyncClient(timeout=60, headers=headers) as http,
-        streamable_http_client(str(gateway.base_url.join("/mcp")), http_client=http) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
-        yield session
 
 
 class Progress:

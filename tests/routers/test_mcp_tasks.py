@@ -3,21 +3,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import httpx2
 import mcp_types as mtypes
 import pytest
 from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 
 from tests.helpers import TIME_CALL, mcp_servers_json, script
+from tests.helpers import mcp_http_session as http_session
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -46,17 +43,6 @@ def mcp_json(files: Path) -> Path:
     path = files.parent / "mcp.json"
     path.write_text(json.dumps({"mcpServers": {"time": mcp_servers_json(str(files))["mcpServers"]["time"]}}))
     return path
-
-
-@contextlib.asynccontextmanager
-async def http_session(gateway: httpx.AsyncClient) -> AsyncIterator[ClientSession]:
-    async with (
-        httpx2.AsyncClient(timeout=60) as http,
-        streamable_http_client(str(gateway.base_url.join("/mcp")), http_client=http) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
-        yield session
 
 
 def text_of(result: mtypes.CallToolResult) -> str:

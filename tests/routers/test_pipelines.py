@@ -7,23 +7,18 @@ real MCP servers of tests/helpers.py.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import httpx2
 import mcp_types as mtypes
 import pytest
-from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 
 from tests.conftest import CLIENT_TIMEOUT_S, app_client, make_settings, served
-from tests.helpers import TIME_CALL, call, eventually, read_sse, script
+from tests.helpers import TIME_CALL, Frame, call, events_of, eventually, finished, frames, read_sse, record, script
+from tests.helpers import mcp_http_session as http_session
 from tests.mock_lmstudio.fixture import MockLMStudio, mock_lmstudio
 
 pytestmark = pytest.mark.timeout(120)
@@ -34,61 +29,16 @@ CODER = "qwen/qwen3-coder-30b"  # not loaded: LM Studio (the mock) loads it on d
 TIME = "time__get_current_time"
 READ_TOOLS = ["filesystem__read_text_file", "filesystem__list_directory"]
 WRITE_TOOLS = ["filesystem__write_file", "filesystem__create_directory"]
-FINISHED = {"completed", "max_rounds", "timeout", "cancelled", "length", "loop", "failed", "interrupted"}
 TERMINAL = {"run.completed", "run.failed"}
 
 
 # --- helpers ------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Frame:
-    id: int
-    event: str
-    data: Any
-
-
-async def frames(response: httpx.Response) -> AsyncIterator[Frame]:
-    """The SSE frames of a stored run's event stream with their `id:`."""
-    assert response.status_code == 200, response.text if not response.is_stream_consumed else response.status_code
-    assert response.headers["content-type"].startswith("text/event-stream")
-    fields: dict[str, str] = {}
-    async for line in response.aiter_lines():
-        if line.startswith(":"):
-            continue
-        if not line:
-            if fields:
-                yield Frame(int(fields["id"]), fields["event"], json.loads(fields["data"]))
-                fields = {}
-            continue
-        name, _, value = line.partition(":")
-        fields[name] = value.removeprefix(" ")
-    assert not fields, fields
-
-
-async def events_of(client: httpx.AsyncClient, run_id: str, **kwargs: Any) -> list[Frame]:
-    async with client.stream("GET", f"/v1/runs/{run_id}/events", **kwargs) as response:
-        return [frame async for frame in frames(response)]
-
-
 async def start(client: httpx.AsyncClient, **body: Any) -> str:
     response = await client.post("/v1/runs", json=body)
     assert response.status_code == 202, response.text
     return str(response.json()["run_id"])
-
-
-async def record(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
-    response = await client.get(f"/v1/runs/{run_id}")
-    assert response.status_code == 200, response.text
-    return dict(response.json())
-
-
-async def finished(client: httpx.AsyncClient, run_id: str, within_s: float = 20.0) -> dict[str, Any]:
-    async def ended() -> dict[str, Any] | None:
-        rec = await record(client, run_id)
-        return rec if rec["status"] in FINISHED else None
-
-    return dict(await eventually(ended, within_s, f"run {run_id} ended"))
 
 
 async def chats(mock: MockLMStudio) -> list[dict[str, Any]]:
@@ -118,17 +68,6 @@ def usage_sum(stages: list[dict[str, Any]]) -> dict[str, int]:
 
 def time_step(name: str, model: str = SMALL, **extra: Any) -> dict[str, Any]:
     return {"name": name, "model": model, "mcp_servers": ["time"], **extra}
-
-
-@contextlib.asynccontextmanager
-async def http_session(gateway: httpx.AsyncClient) -> AsyncIterator[ClientSession]:
-    async with (
-        httpx2.AsyncClient(timeout=60) as http,
-        streamable_http_client(str(gateway.base_url.join("/mcp")), http_client=http) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
-        yield session
 
 
 # --- 1. two models, two tool sets ---------------------------------------------------------------------

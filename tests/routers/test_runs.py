@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,14 +19,24 @@ import pytest
 
 from app.settings import Settings
 from tests.conftest import CLIENT_TIMEOUT_S, app_client, make_settings, served, store_url
-from tests.helpers import TIME_CALL, call, eventually, script, write_mcp_json
+from tests.helpers import (
+    TIME_CALL,
+    Frame,
+    call,
+    events_of,
+    eventually,
+    finished,
+    frames,
+    record,
+    script,
+    write_mcp_json,
+)
 from tests.mock_lmstudio.fixture import MockLMStudio
 
 pytestmark = pytest.mark.timeout(120)
 
 TIME = "time__get_current_time"
 OTHER_MODEL = "mistralai/magistral-small-2509"
-FINISHED = {"completed", "max_rounds", "timeout", "cancelled", "length", "loop", "failed", "interrupted"}
 
 
 # --- the module's gateways ----------------------------------------------------------------------------
@@ -79,58 +88,12 @@ async def approvals(
 # --- helpers ------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Frame:
-    id: int
-    event: str
-    data: Any
-
-
-async def frames(response: httpx.Response) -> AsyncIterator[Frame]:
-    """The SSE frames of a response with their `id:` (tests.helpers.read_sse leaves ids out)."""
-    assert response.status_code == 200, response.status_code
-    assert response.headers["content-type"].startswith("text/event-stream")
-    fields: dict[str, str] = {}
-    async for line in response.aiter_lines():
-        if line.startswith(":"):
-            continue  # keep-alive comment
-        if not line:
-            if fields:
-                yield Frame(int(fields["id"]), fields["event"], json.loads(fields["data"]))
-                fields = {}
-            continue
-        name, _, value = line.partition(":")
-        fields[name] = value.removeprefix(" ")
-    assert not fields, f"a frame without its closing blank line: {fields}"
-
-
-async def events_of(client: httpx.AsyncClient, run_id: str, **kwargs: Any) -> list[Frame]:
-    async with client.stream("GET", f"/v1/runs/{run_id}/events", **kwargs) as response:
-        return [frame async for frame in frames(response)]
-
-
 async def start(client: httpx.AsyncClient, **body: Any) -> str:
     response = await client.post("/v1/runs", json=body)
     assert response.status_code == 202, response.text
     accepted = response.json()
     assert response.headers["location"] == f"/v1/runs/{accepted['run_id']}"
     return str(accepted["run_id"])
-
-
-async def record(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
-    response = await client.get(f"/v1/runs/{run_id}")
-    assert response.status_code == 200, response.text
-    return dict(response.json())
-
-
-async def finished(client: httpx.AsyncClient, run_id: str, within_s: float = 15.0) -> dict[str, Any]:
-    """The run's record once it has ended."""
-
-    async def ended() -> dict[str, Any] | None:
-        rec = await record(client, run_id)
-        return rec if rec["status"] in FINISHED else None
-
-    return dict(await eventually(ended, within_s, f"run {run_id} ended"))
 
 
 async def status_becomes(client: httpx.AsyncClient, run_id: str, status: str, within_s: float = 10.0) -> None:

@@ -1,0 +1,71 @@
+"""The store's connections: the async engine (SQLite with WAL, or PostgreSQL) and SQLite's writer thread."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from sqlalchemy import URL, Connection, Executable, create_engine, event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+
+def async_engine(url: str) -> AsyncEngine:
+    """An async engine; SQLite gets WAL (readers never block the writer) and a busy timeout."""
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+        event.listen(engine.sync_engine, "connect", sqlite_pragmas)
+        return engine
+    return create_async_engine(url, pool_pre_ping=True)
+
+
+def sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # WAL + NORMAL: a killed process loses no committed transaction (a power cut may lose the last ones)
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+class SQLiteWriter:
+    """The SQLite writer's connection, used from one worker thread only: a batch is one thread call."""
+
+    def __init__(self, url: URL) -> None:
+        self.engine = create_engine(url.set(drivername="sqlite+pysqlite"), connect_args={"timeout": 30})
+        event.listen(self.engine, "connect", sqlite_pragmas)
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-store-writer")
+        self.conn: Connection | None = None
+
+    def _write(self, plan_of: Callable[[], list[tuple[Executable, Any]]]) -> None:
+        plan = plan_of()
+        if self.conn is None:
+            self.conn = self.engine.connect()
+        try:
+            with self.conn.begin():
+                for statement, params in plan:
+                    self.conn.execute(statement, params)
+        except Exception:
+            self.conn.close()
+            self.conn = None
+            raise
+
+    async def write(self, plan_of: Callable[[], list[tuple[Executable, Any]]]) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.thread, self._write, plan_of)
+
+    def _close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.engine.dispose()
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.thread, self._close)
+        self.thread.shutdown(wait=False)
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file of a `sqlite+aiosqlite:///path` URL (None for other stores or in-memory)."""
+    prefix = "sqlite+aiosqlite:///"
+    if not url.startswith(prefix) or url.endswith(":memory:"):
+        return None
+    return url.removeprefix(prefix).split("?", 1)[0]

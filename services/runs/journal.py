@@ -1,0 +1,179 @@
+"""A run's journal: what `RunStore` records of one run, and its events in memory for live followers.
+
+The run calls `status`, `event` and `finished` (the agent's `Journal`); each queues writes on the store
+and returns at once. Event data and results stay objects until the writer (or a live follower) turns
+them into JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from services.agent import Run, RunEvent, RunResult, RunStatus
+from services.lmstudio import Usage
+from services.runs.records import StoredEvent
+from services.text import storable
+
+if TYPE_CHECKING:
+    from services.runs.store import RunStore
+
+INSERT, EVENT, UPDATE = "insert", "event", "update"  # the kinds of queued write
+
+
+@dataclass(slots=True)
+class JournalEvent:
+    """An event as the run emitted it; written as JSON text by the writer (off the run's path), or when a
+    follower reads it first."""
+
+    seq: int
+    event: str
+    data: dict[str, Any] | RunResult | str
+    text: str | None = None
+
+
+RESULT = "result"  # a final update's values: the RunResult whose columns the writer fills in
+
+
+def usage_json(usage: Usage) -> str:
+    fields = ("prompt_tokens", "completion_tokens", "total_tokens")
+    return json.dumps({name: getattr(usage, name) for name in fields})
+
+
+def options_of(run: Run) -> dict[str, Any]:
+    """The request's options worth keeping: limits and choices, never a key (none reach the spec)."""
+    spec = run.spec
+    options: dict[str, Any] = {
+        name: value
+        for name in ("max_rounds", "max_tokens", "temperature", "timeout_s", "tool_choice", "allowed_tools")
+        if (value := getattr(spec, name)) is not None
+    }
+    if spec.system_prompt is not None:
+        options["system_prompt"] = spec.system_prompt
+    if spec.messages:
+        options["messages"] = spec.messages
+    if spec.client_tools:
+        options["client_tools"] = [t.get("function", {}).get("name") for t in spec.client_tools]
+    if spec.extra_body:
+        options["lmstudio"] = spec.extra_body
+    return options | run.described_options()
+
+
+@dataclass(slots=True)
+class Follower:
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class RunJournal:
+    """One run's writes (the agent's `Journal`), and its events in memory for live followers."""
+
+    def __init__(self, store: RunStore, run: Run, key_name: str | None) -> None:
+        self.store = store
+        self.run = run
+        self.run_id = run.run_id
+        self.key_name = key_name
+        self.events: list[JournalEvent] = []
+        self.done = False
+        self.inserted = False
+        self.started_at: float | None = None
+        self.last_status: str | None = None
+        self._followers: list[Follower] = []
+
+    def status(self, status: RunStatus) -> None:
+        if status == self.last_status:
+            return
+        now = time.time()
+        started = {"started_at": now} if status == "running" and self.last_status in (None, "queued") else {}
+        if started:
+            self.started_at = now
+        self.last_status = status
+        if self.inserted:
+            self.store.put(UPDATE, self.run_id, {"status": status, **started})
+            return
+        self.inserted = True
+        run, store = self.run, self.store
+        store.live[self.run_id] = self
+        self.store.put(
+            INSERT,
+            self.run_id,
+            {
+                "run_id": self.run_id,
+                "status": status,
+                "model_requested": storable(run.spec.model) if run.spec.model is not None else None,
+                "model": storable(run.model.id),
+                "mcp_servers": json.dumps(run.servers),
+                "task": store.text(run.spec.task),
+                "options": store.json(options_of(run)),
+                "output": "",
+                "rounds": 0,
+                "usage": None,
+                "warnings": None,
+                "tool_calls": None,
+                "error": None,
+                "duration_ms": None,
+                "trace_id": None,
+                "key_name": self.key_name,
+                "instance": store.instance,
+                "incomplete": False,
+                "created_at": now,
+                "started_at": now if status == "running" else None,
+                "finished_at": None,
+            },
+        )
+
+    def event(self, seq: int, event: str, data: dict[str, Any]) -> None:
+        self._add(JournalEvent(seq, event, data))
+
+    def finished(self, seq: int, status: RunStatus, result: RunResult | None, problem: dict[str, Any] | None) -> None:
+        store = self.store
+        if not self.inserted:  # ended before it ran (a queued run cancelled or stopped)
+            self.status(status)
+        now = time.time()
+        values: dict[str, Any] = {"status": status, "finished_at": now}
+        if result is not None:
+            self._add(JournalEvent(seq, RunEvent.COMPLETED, result))
+            values[RESULT] = result
+        else:
+            data = store.json(problem or {})
+            self._add(JournalEvent(seq, RunEvent.FAILED, data))
+            values |= {
+                "error": data,
+                "rounds": self.run.rounds,
+                "warnings": store.json(self.run.warnings),
+                "usage": usage_json(self.run.usage),
+                "duration_ms": round((now - self.started_at) * 1000, 2) if self.started_at else None,
+            }
+        self.done = True
+        store.put(UPDATE, self.run_id, values)
+        self._wake_all()
+
+    def _add(self, item: JournalEvent) -> None:
+        self.events.append(item)
+        values = {"run_id": self.run_id, "seq": item.seq, "event": item.event, "data": item, "at": time.time()}
+        self.store.put(EVENT, self.run_id, values)
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        for follower in self._followers:
+            follower.wake.set()
+
+    async def follow(self, after: int) -> AsyncIterator[StoredEvent]:
+        follower = Follower()
+        self._followers.append(follower)
+        try:
+            index = next((i for i, item in enumerate(self.events) if item.seq > after), len(self.events))
+            while True:
+                while index < len(self.events):
+                    item = self.events[index]
+                    yield StoredEvent(item.seq, item.event, self.store.encoded(item))
+                    index += 1
+                if self.done:
+                    return
+                await follower.wake.wait()
+                follower.wake.clear()
+        finally:
+            self._followers.remove(follower)
