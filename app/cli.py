@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
-from app.gateway import BridgeState, MCPSetup, load_mcp, open_gateway
+from app.gateway import BridgeState, MCPSetup, host_tokens, load_hosts, load_mcp, open_gateway
 from app.server import run_server
 from app.settings import Settings, load_settings
 from app.telemetry import configure_logging, secrets_of
@@ -49,16 +50,23 @@ async def _check_servers(gateway: BridgeState) -> bool:
 
 
 async def _check_lmstudio(gateway: BridgeState) -> bool:
-    url = gateway.settings.lmstudio_base_url
-    try:
-        models = await gateway.lmstudio.list_models()
-    except LLMError as exc:
-        print(f"[fail] LM Studio at {url}: {exc.detail}")
-        return False
-    chat = [m.id for m in models if m.can_chat]
-    print(f"[ok]   LM Studio at {url} ({gateway.lmstudio.models_api} API): {len(models)} models")
-    print(f"       chat models: {', '.join(chat) or '(none)'}")
-    return True
+    """Every LM Studio host lists its models; one host that does not is a failure."""
+    hosts = gateway.lmstudio.hosts
+    listed = await asyncio.gather(*(h.client.list_models() for h in hosts), return_exceptions=True)
+    ok = True
+    for host, models in zip(hosts, listed, strict=True):
+        url = host.spec.url
+        where = f"LM Studio at {url}" if host.name == url else f"LM Studio host {host.name!r} at {url}"
+        if isinstance(models, LLMError):
+            ok = False
+            print(f"[fail] {where}: {models.detail}")
+            continue
+        if isinstance(models, BaseException):
+            raise models
+        chat = [m.id for m in models if m.can_chat]
+        print(f"[ok]   {where} ({host.client.models_api} API): {len(models)} models")
+        print(f"       chat models: {', '.join(chat) or '(none)'}")
+    return ok
 
 
 async def serve_stdio(settings: Settings, mcp_setup: MCPSetup) -> None:
@@ -69,9 +77,15 @@ async def serve_stdio(settings: Settings, mcp_setup: MCPSetup) -> None:
         await build_mcp_server(settings, lambda: gateway).run_stdio_async()
 
 
+def own_instance(settings: Settings, mode: str) -> Settings:
+    """The settings with an instance id of this process's own (`<id>:<mode>-<pid>`): sharing the run store
+    with a gateway of the same host, it must not take the gateway's runs as its own leftovers."""
+    return settings.model_copy(update={"instance_id": f"{settings.instance_id}:{mode}-{os.getpid()}"})
+
+
 def check(args: argparse.Namespace) -> int:
     """Config valid, LM Studio reachable, every MCP server starts and lists its tools."""
-    settings = load_settings()
+    settings = own_instance(load_settings(), "check")
     mcp_setup = load_mcp(settings)
     print("[ok]   configuration is valid")
     return 0 if asyncio.run(_check(settings, mcp_setup)) else 1
@@ -79,9 +93,10 @@ def check(args: argparse.Namespace) -> int:
 
 def mcp(args: argparse.Namespace) -> int:
     """Serve the autonomous tools over stdio: stdout carries JSON-RPC only, logs go to stderr."""
-    settings = load_settings()
+    settings = own_instance(load_settings(), "mcp")
     mcp_setup = load_mcp(settings)
-    configure_logging(settings.log_level, secrets_of(settings, mcp_setup.secret_values()))  # stderr only
+    secrets = [*mcp_setup.secret_values(), *host_tokens(load_hosts(settings))]
+    configure_logging(settings.log_level, secrets_of(settings, secrets))  # stderr only
     asyncio.run(serve_stdio(settings, mcp_setup))
     return 0
 

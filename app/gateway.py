@@ -20,7 +20,15 @@ from services.agent import AgentService, ApprovalPolicy, RunDefaults
 from services.breaker import Breaker
 from services.errors import MCPConfigError, UpstreamUnavailableError
 from services.limits import RunLimiter
-from services.lmstudio import LMStudioClient, ModelCatalog, RetryPolicy, counts_against_lmstudio
+from services.lmstudio import (
+    HostsFileError,
+    HostSpec,
+    LMStudioHosts,
+    ModelCatalog,
+    RetryPolicy,
+    counts_against_lmstudio,
+    host_specs,
+)
 from services.mcp import MCPPool, MCPServerConfig, find_config_path, guard_recursion, load_mcp_config
 from services.metrics import Metrics, StateReader
 from services.openai_compat import OpenAICompat
@@ -76,7 +84,7 @@ class BridgeState:
     """Everything a request, a CLI command or an MCP tool call shares."""
 
     settings: Settings
-    lmstudio: LMStudioClient
+    lmstudio: LMStudioHosts
     catalog: ModelCatalog
     pool: MCPPool
     mcp_config_path: Path | None
@@ -90,25 +98,40 @@ class BridgeState:
     metrics: Metrics
 
 
-def build_lmstudio(settings: Settings, metrics: Metrics) -> LMStudioClient:
+def load_hosts(settings: Settings, *, exit_on_error: bool = True) -> list[HostSpec]:
+    """The LM Studio hosts: LMSTUDIO_HOSTS_FILE, else LMSTUDIO_BASE_URLS, else LMSTUDIO_BASE_URL; a broken hosts
+    file stops start-up naming the entry and the field."""
     token = settings.lmstudio_api_token.get_secret_value() if settings.lmstudio_api_token else None
-    breaker = Breaker(
-        "LM Studio",
-        failures=settings.breaker_failures,
-        reset_s=settings.breaker_reset_s,
-        counts=counts_against_lmstudio,
-        unavailable=lambda detail, wait: UpstreamUnavailableError(detail, retry_after=wait),
-    )
-    return LMStudioClient.create(
-        settings.lmstudio_base_url,
-        token=token,
+    try:
+        return host_specs(settings.lmstudio_base_url, settings.lmstudio_base_urls, settings.lmstudio_hosts_file, token)
+    except HostsFileError as exc:
+        if not exit_on_error:
+            raise
+        print(f"Invalid hosts file (LMSTUDIO_HOSTS_FILE): {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def build_lmstudio(settings: Settings, metrics: Metrics, hosts: list[HostSpec] | None = None) -> LMStudioHosts:
+    specs = hosts if hosts is not None else load_hosts(settings)
+
+    def breaker(spec: HostSpec) -> Breaker:
+        return Breaker(
+            "LM Studio" if len(specs) == 1 else f"LM Studio host {spec.name!r}",
+            failures=settings.breaker_failures,
+            reset_s=settings.breaker_reset_s,
+            counts=counts_against_lmstudio,
+            unavailable=lambda detail, wait: UpstreamUnavailableError(detail, retry_after=wait),
+        )
+
+    return LMStudioHosts.create(
+        specs,
+        breaker=breaker,
         connect_timeout_s=settings.lmstudio_connect_timeout_s,
         read_timeout_s=settings.lmstudio_read_timeout_s,
         max_connections=settings.lmstudio_max_connections,
         retry=RetryPolicy(
             settings.lmstudio_retries, settings.lmstudio_retry_backoff_s, settings.lmstudio_retry_backoff_max_s
         ),
-        breaker=breaker,
         metrics=metrics,
     )
 
@@ -127,12 +150,19 @@ def build_pool(settings: Settings, servers: dict[str, MCPServerConfig], metrics:
     )
 
 
-async def open_store(settings: Settings, mcp: MCPSetup, keys: KeyRing, metrics: Metrics) -> RunStore:
+def host_tokens(hosts: list[HostSpec]) -> list[str]:
+    """The hosts file's tokens: never logged or stored."""
+    return [h.token for h in hosts if h.token]
+
+
+async def open_store(
+    settings: Settings, mcp: MCPSetup, keys: KeyRing, metrics: Metrics, hosts: list[HostSpec]
+) -> RunStore:
     """The run store at BRIDGE_DATABASE_URL (its SQLite directory made when missing)."""
     path = sqlite_path(settings.database_url)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    redact = Redactor(secrets_of(settings, [*mcp.secret_values(), *keys.clear_keys]))
+    redact = Redactor(secrets_of(settings, [*mcp.secret_values(), *keys.clear_keys, *host_tokens(hosts)]))
     keys.on_new_secrets.append(redact.add)  # a key a reload brings is kept out of the store too
     return await RunStore.open(
         settings.database_url,
@@ -140,12 +170,12 @@ async def open_store(settings: Settings, mcp: MCPSetup, keys: KeyRing, metrics: 
         metrics=metrics,
         redact=redact,
         retention_days=settings.run_retention_days,
+        lease_s=settings.lease_s,
     )
 
 
-def _breaker_states(lmstudio: LMStudioClient, pool: MCPPool) -> dict[str, str]:
-    states: dict[str, str] = {"lmstudio": lmstudio.breaker.state} if lmstudio.breaker else {}
-    return states | {f"mcp:{s.name}": s.breaker for s in pool.status()}
+def _breaker_states(lmstudio: LMStudioHosts, pool: MCPPool) -> dict[str, str]:
+    return lmstudio.breaker_states() | {f"mcp:{s.name}": s.breaker for s in pool.status()}
 
 
 @asynccontextmanager
@@ -157,15 +187,18 @@ async def open_gateway(
     tracer_provider: TracerProvider | None = None,
     warmup: bool | None = None,
     keys: KeyRing | None = None,
+    hosts: list[HostSpec] | None = None,
 ) -> AsyncIterator[BridgeState]:
     """Build every part once; on exit close them in reverse order (MCP servers stop, clients close)."""
     metrics = metrics or Metrics()
     keys = keys or load_keys(settings)
+    hosts = hosts if hosts is not None else load_hosts(settings)
     async with AsyncExitStack() as stack:
-        lmstudio = build_lmstudio(settings, metrics)
+        lmstudio = build_lmstudio(settings, metrics, hosts)
         stack.push_async_callback(lmstudio.aclose)
         if tracer_provider is not None:
-            instrument_client(lmstudio.http, tracer_provider)
+            for client in lmstudio.clients:
+                instrument_client(client.http, tracer_provider)
             stack.callback(tracer_provider.force_flush)
         catalog = ModelCatalog.over(
             lmstudio,
@@ -192,7 +225,7 @@ async def open_gateway(
             settings.approval_tools, {name: cfg.approval_tools for name, cfg in mcp.servers.items()}
         )
         agent = AgentService(lmstudio, catalog, pool, limiter, defaults, metrics, approvals, keys)
-        store = await open_store(settings, mcp, keys, metrics)
+        store = await open_store(settings, mcp, keys, metrics, hosts)
         stack.push_async_callback(store.aclose)
         agent.journals = store.journal
         runs = RunService(agent, store, settings.max_queued_runs)
@@ -207,6 +240,7 @@ async def open_gateway(
                 runs_queued=lambda: runs.queued,
                 store_backlog=lambda: store.backlog,
                 breakers=lambda: _breaker_states(lmstudio, pool),
+                lmstudio_in_flight=lmstudio.in_flight,
             )
         )
         yield BridgeState(

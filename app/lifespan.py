@@ -17,6 +17,7 @@ from app.front_door import MCPFrontDoor
 from app.gateway import MCPSetup, open_gateway
 from app.settings import Settings
 from services.access import KeyRing
+from services.lmstudio import HostSpec
 from services.metrics import Metrics
 
 log = logging.getLogger("lmstudio_bridge")
@@ -28,6 +29,7 @@ def lifespan_for(
     mcp: MCPSetup,
     front_door: MCPFrontDoor | None = None,
     keys: KeyRing | None = None,
+    hosts: list[HostSpec] | None = None,
     *,
     metrics: Metrics | None = None,
     tracer_provider: TracerProvider | None = None,
@@ -36,7 +38,7 @@ def lifespan_for(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             state = await stack.enter_async_context(
-                open_gateway(settings, mcp, metrics=metrics, tracer_provider=tracer_provider, keys=keys)
+                open_gateway(settings, mcp, metrics=metrics, tracer_provider=tracer_provider, keys=keys, hosts=hosts)
             )
             app.state.bridge = state
             if state.keys.path is not None:
@@ -47,7 +49,7 @@ def lifespan_for(
                 log.warning("no mcp.json found (MCP_CONFIG, ./mcp.json, ~/.lmstudio/mcp.json): no MCP servers")
             log.info(
                 "lmstudio-bridge ready; LM Studio at %s; MCP servers: %s",
-                settings.lmstudio_base_url,
+                ", ".join(h.spec.url for h in state.lmstudio.hosts),
                 ", ".join(state.pool.names()) or "none",
             )
             yield

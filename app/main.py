@@ -9,7 +9,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.errors import install_error_handler
 from app.front_door import MCPFrontDoor
-from app.gateway import BridgeState, MCPSetup, load_keys, load_mcp, load_mcp_setup
+from app.gateway import BridgeState, MCPSetup, host_tokens, load_hosts, load_keys, load_mcp, load_mcp_setup
 from app.lifespan import lifespan_for
 from app.security import APIKeyMiddleware, BodyLimitMiddleware
 from app.settings import Settings, load_settings
@@ -45,8 +45,10 @@ def create_app(
     if mcp_setup is None:  # tests pass settings and get MCPConfigError raised instead of an exit
         mcp_setup = load_mcp(settings) if from_env else load_mcp_setup(settings)
     keys = keys or load_keys(settings, exit_on_error=from_env)
+    hosts = load_hosts(settings, exit_on_error=from_env)
     if configure_logs or from_env:
-        configure_logging(settings.log_level, secrets_of(settings, [*mcp_setup.secret_values(), *keys.clear_keys]))
+        secrets = [*mcp_setup.secret_values(), *keys.clear_keys, *host_tokens(hosts)]
+        configure_logging(settings.log_level, secrets_of(settings, secrets))
         keys.on_new_secrets.append(add_log_secrets)
     metrics = Metrics()
     provider = tracer_provider(settings)
@@ -59,7 +61,7 @@ def create_app(
         redirect_slashes=False,  # a redirect would be built from the client's Host header: 404 instead
         # our own spans and Prometheus metrics cover requests; FastAPI's native telemetry would add cost only
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
-        lifespan=lifespan_for(settings, mcp_setup, front_door, keys, metrics=metrics, tracer_provider=provider),
+        lifespan=lifespan_for(settings, mcp_setup, front_door, keys, hosts, metrics=metrics, tracer_provider=provider),
     )
     install_error_handler(app)
     # outermost last: body limit, then API keys, then CORS (so preflights are answered first)

@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from services.lmstudio.hosts import normal_url
+
 DEFAULT_LMSTUDIO_URL = "http://localhost:1234"
 
 
@@ -23,6 +25,10 @@ class Settings(BaseSettings):
 
     # LM Studio
     lmstudio_base_url: str = Field(DEFAULT_LMSTUDIO_URL, validation_alias=_env("LMSTUDIO_BASE_URL"))
+    lmstudio_base_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=_env("LMSTUDIO_BASE_URLS")
+    )
+    lmstudio_hosts_file: str | None = Field(None, validation_alias=_env("LMSTUDIO_HOSTS_FILE"))
     lmstudio_host: str | None = Field(None, validation_alias=_env("LMSTUDIO_HOST"))
     lmstudio_port: int | None = Field(None, ge=1, le=65535, validation_alias=_env("LMSTUDIO_PORT"))
     lmstudio_api_token: SecretStr | None = Field(None, validation_alias=_env("LMSTUDIO_API_TOKEN"))
@@ -69,6 +75,7 @@ class Settings(BaseSettings):
         default_factory=list, validation_alias=_env("BRIDGE_APPROVAL_TOOLS")
     )
     approval_timeout_s: float = Field(300.0, gt=0, validation_alias=_env("BRIDGE_APPROVAL_TIMEOUT_S"))
+    lease_s: float = Field(15.0, ge=1, le=3600, validation_alias=_env("BRIDGE_LEASE_S"))
     instance_id: str = Field(
         default_factory=socket.gethostname, min_length=1, validation_alias=_env("BRIDGE_INSTANCE_ID")
     )
@@ -105,7 +112,7 @@ class Settings(BaseSettings):
             aliases[name.strip()] = model.strip()
         return aliases
 
-    @field_validator("api_keys", "cors_origins", "approval_tools", mode="before")
+    @field_validator("api_keys", "cors_origins", "approval_tools", "lmstudio_base_urls", mode="before")
     @classmethod
     def _parse_keys(cls, value: object) -> object:
         if isinstance(value, str):
@@ -126,13 +133,24 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value
 
+    @field_validator("lmstudio_base_urls")
+    @classmethod
+    def _check_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"every URL must start with http:// or https:// (got {url!r})")
+        if len(set(map(normal_url, value))) != len(value):
+            raise ValueError("the same URL is listed twice")
+        return [normal_url(url) for url in value]
+
     @model_validator(mode="after")
     def _normalise_base_url(self) -> Settings:
         url = self.lmstudio_base_url
         if (self.lmstudio_host or self.lmstudio_port) and url == DEFAULT_LMSTUDIO_URL:
             url = f"http://{self.lmstudio_host or 'localhost'}:{self.lmstudio_port or 1234}"
-        url = url.rstrip("/")
-        self.lmstudio_base_url = url.removesuffix("/v1")
+        self.lmstudio_base_url = normal_url(url)
+        if self.lmstudio_base_urls and self.lmstudio_hosts_file:
+            raise ValueError("set LMSTUDIO_BASE_URLS or LMSTUDIO_HOSTS_FILE, not both")
         return self
 
 

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 import httpx
@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased, Sampler, SamplingResult
 from opentelemetry.trace import SpanKind
+from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.settings import Settings
@@ -37,7 +38,7 @@ UNTRACED_PATHS = frozenset(f"/{name}" for name in UNTRACED.split(","))
 REQUEST_ID_HEADER = b"x-request-id"
 REQUEST_ID_SHAPE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # anything else is replaced, not echoed
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
-server_tracer = trace.get_tracer("lmstudio_bridge.http")
+_NO_HEADERS: dict[str, str] = {}
 
 
 class WhileExporting(Sampler):
@@ -120,15 +121,28 @@ class RequestContextMiddleware:
         self.app = app
         self.metrics = metrics
         self.open_trace = open_trace
+        # the SDK tracer itself once a provider is set (the module's proxy tracer looks it up on every span)
+        self._tracer = trace.get_tracer("lmstudio_bridge.http")
+        # the headers the configured propagators read: a request without any of them starts a new trace
+        self._trace_headers = frozenset(name.encode("latin-1") for name in propagate.get_global_textmap().fields)
+        # metric children by label values (the same label sets the metrics hold): `labels()` locks and looks up
+        self._counted: dict[tuple[str, str, str], Counter] = {}
+        self._timed: dict[tuple[str, str], Histogram] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         if self.open_trace and scope["path"] not in UNTRACED_PATHS:
-            carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            with server_tracer.start_as_current_span(
-                f"{scope['method']} {scope['path']}", context=propagate.extract(carrier), kind=SpanKind.SERVER
+            headers = scope["headers"]
+            trace_headers = self._trace_headers
+            if any(k in trace_headers for k, _ in headers):
+                carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers}
+                parent = propagate.extract(carrier)
+            else:  # none of the headers a propagator reads: the same answer, without decoding every header
+                parent = propagate.extract(_NO_HEADERS)
+            with self._tracer.start_as_current_span(
+                f"{scope['method']} {scope['path']}", context=parent, kind=SpanKind.SERVER
             ):
                 await self._handle(scope, receive, send)
             return
@@ -159,8 +173,16 @@ class RequestContextMiddleware:
             request_id.reset(token)
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            self.metrics.http_requests.labels(template, scope["method"], str(status)).inc()
-            self.metrics.http_duration.labels(template, scope["method"]).observe(time.perf_counter() - started)
+            method = scope["method"]
+            key = (template, method, str(status))
+            counted = self._counted.get(key)
+            if counted is None:
+                counted = self._counted[key] = self.metrics.http_requests.labels(*key)
+            counted.inc()
+            timed = self._timed.get(key[:2])
+            if timed is None:
+                timed = self._timed[key[:2]] = self.metrics.http_duration.labels(template, method)
+            timed.observe(time.perf_counter() - started)
 
 
 # --- logs ------------------------------------------------------------------------------------
@@ -193,12 +215,17 @@ class JSONFormatter(logging.Formatter):
         return self.redact(json.dumps(entry, default=str))
 
 
+def log_handler(secrets: Iterable[str] = (), stream: TextIO | None = None) -> logging.Handler:
+    """The handler of the process's log lines: JSON lines on `stream` (stderr by default)."""
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    handler.setFormatter(JSONFormatter(secrets))
+    return handler
+
+
 def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
     """JSON lines on stderr for the whole process (uvicorn's loggers included)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JSONFormatter(secrets))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [log_handler(secrets)]
     root.setLevel(level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)

@@ -32,6 +32,8 @@ SECTIONS = [
     "answer_reading",
     "run_store",
     "access",
+    "routing",
+    "replicas",
 ]
 OUT = REPO / "docs" / "performance.md"
 # sections of OUT written by hand (profiles, figures behind code choices): kept verbatim on every run

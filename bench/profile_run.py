@@ -1,4 +1,5 @@
-"""Where the gateway's CPU goes on the run path: py-spy samples the gateway process during autonomous runs.
+"""Where the gateway's CPU goes on the run path: py-spy samples the gateway process during autonomous runs
+(or, with ``--tool SERVER``, during sequential REST tool calls: ``POST /v1/mcp/servers/<server>/tools/echo``).
 
 Not a section of `make bench` (it needs py-spy, ``.venv/bin/pip install py-spy``, and ptrace rights). It
 starts the run benchmark's set-up of bench/run_upstreams.py (an upstream, the real time server, a gateway at
@@ -7,8 +8,8 @@ the given log level), warms up, then runs sequential `POST /v1/autonomous` runs 
 gateway burns), and prints the top functions by self time and by inclusive time, and self time by package.
 
 Run: ``.venv/bin/python -m bench.profile_run [--upstream stdlib|mock] [--log-level INFO|WARNING]
-[--seconds 20] [--rate 250] [--top 25] [--out profile.txt]``; the raw stacks (``--out``) open in
-speedscope.app as well.
+[--seconds 20] [--rate 250] [--top 25] [--tool everything|fault] [--out profile.txt]``; the raw stacks
+(``--out``) open in speedscope.app as well.
 """
 
 from __future__ import annotations
@@ -26,7 +27,17 @@ from collections import Counter
 from pathlib import Path
 
 from bench import stdlib_upstream as stdlib_fake
-from bench.common import gateway, http_client, mock_lmstudio, post_json, stdlib_upstream, write_mcp_config
+from bench.common import (
+    Call,
+    Server,
+    gateway,
+    http_client,
+    mock_lmstudio,
+    nothing_listening,
+    post_json,
+    stdlib_upstream,
+    write_mcp_config,
+)
 from bench.run_upstreams import QUESTION, SERVER
 from tests.helpers import TIME_CALL, script
 
@@ -34,6 +45,8 @@ WARMUP = 100
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")  # native frames have no line
 PROJECT = ("app/", "services/", "routers/")
 ENTRY = ("app/cli.py", "app/server.py")  # on every stack: the process's main, not the run path
+# --tool: the `echo` tool of these servers (bench/mcp_call.py's), with its arguments
+ECHO_ARGUMENTS = {"fault": {"text": "hi"}, "everything": {"message": "hi"}}
 
 
 def _parse(frame: str) -> tuple[str, str]:
@@ -93,15 +106,18 @@ def stage(frames: list[tuple[str, str]]) -> str:
 
 
 POLL = ("epoll_pwait", "epoll_wait")  # native leaf frames of the event loop's poll
+# worker threads waiting for work (py-spy --native counts their futex wait as running): the innermost Python
+# frame is the thread's loop itself, not the work it was given
+IDLE_THREADS = ("_worker (concurrent/futures/thread.py)", "_connection_worker_thread (aiosqlite/core.py)")
 
 
 def analyse(raw: str, top: int, cpu_ms_per_run: float | None = None) -> str:
     """Markdown tables of a py-spy raw (collapsed stacks) profile.
 
     py-spy leaves out samples of a thread it sees sleeping, but not every sample taken in the event loop's
-    poll: those (the leaf is uvloop's run loop without --native, epoll_pwait with it) are counted apart and
-    left out of the shares, which are then shares of the CPU the gateway burns. With `cpu_ms_per_run` each
-    share is also shown as ms of CPU per run.
+    poll: those (the leaf is uvloop's run loop without --native, epoll_pwait with it) and those of worker
+    threads waiting for work (IDLE_THREADS) are counted apart and left out of the shares, which are then
+    shares of the CPU the gateway burns. With `cpu_ms_per_run` each share is also shown as ms of CPU per run.
     """
     self_time: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
@@ -119,7 +135,8 @@ def analyse(raw: str, top: int, cpu_ms_per_run: float | None = None) -> str:
         if not frames:
             continue
         leaf, leaf_file = frames[-1]
-        if leaf.startswith(POLL) or leaf.startswith("Runner.run "):
+        innermost_python = next((key for key, file in reversed(frames) if file.endswith(".py")), "")
+        if leaf.startswith(POLL) or leaf.startswith("Runner.run ") or innermost_python in IDLE_THREADS:
             polling += count
             continue
         total += count
@@ -153,7 +170,7 @@ def analyse(raw: str, top: int, cpu_ms_per_run: float | None = None) -> str:
 
     return "\n".join(
         [
-            f"{total} samples of gateway CPU; {polling} more in the event loop's poll, left out",
+            f"{total} samples of gateway CPU; {polling} more in the event loop's poll or idle worker threads, left out",
             "",
             *table("By stage of the run path", stages, top),
             *table("Self time by package (leaf frame's file)", by_package, top),
@@ -176,19 +193,19 @@ def find_py_spy() -> str:
 async def profile(args: argparse.Namespace, spy: str) -> str:
     async with contextlib.AsyncExitStack() as stack:
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-profile-")))
-        config = write_mcp_config(directory, [SERVER])
-        if args.upstream == "mock":
-            upstream = await stack.enter_async_context(mock_lmstudio())
-            task = f"{QUESTION} {script(calls=[[TIME_CALL]])}"
+        if args.tool:
+            config = write_mcp_config(directory, [args.tool])
+            bridge = await stack.enter_async_context(
+                gateway(nothing_listening(), config, BRIDGE_LOG_LEVEL=args.log_level)
+            )
+            client = await stack.enter_async_context(http_client())
+            path = f"/v1/mcp/servers/{args.tool}/tools/echo"
+            run = post_json(client, bridge.url(path), ECHO_ARGUMENTS[args.tool])
+            if (await run())["is_error"]:
+                raise RuntimeError(f"{path} answered a tool error")
+            what = f"gateway, `POST {path}`"
         else:
-            upstream = await stack.enter_async_context(stdlib_upstream())
-            task = QUESTION
-        bridge = await stack.enter_async_context(gateway(upstream.base_url, config, BRIDGE_LOG_LEVEL=args.log_level))
-        client = await stack.enter_async_context(http_client())
-        run = post_json(client, bridge.url("/v1/autonomous"), {"task": task, "mcp_servers": [SERVER]})
-        result = await run()
-        if result["status"] != "completed" or len(result["steps"]) != 1:
-            raise RuntimeError(f"unexpected run result: {result!r}")
+            bridge, run, what = await _run_path(stack, directory, args)
         for _ in range(WARMUP):
             await run()
         raw_path = directory / "profile.raw"
@@ -209,13 +226,34 @@ async def profile(args: argparse.Namespace, spy: str) -> str:
         raw = raw_path.read_text()
         if args.out:
             Path(args.out).with_suffix(".raw").write_text(raw)
-        model = stdlib_fake.MODEL if args.upstream == "stdlib" else "qwen/qwen3-4b"
+        unit = "call" if args.tool else "run"
         head = (
-            f"## gateway on {args.upstream} ({model}), BRIDGE_LOG_LEVEL={args.log_level}: {runs} sequential runs in "
-            f"{wall:.1f} s while sampled at {args.rate} Hz; gateway CPU {cpu / max(runs, 1) * 1000:.2f} ms/run "
+            f"## {what}, BRIDGE_LOG_LEVEL={args.log_level}: {runs} sequential {unit}s in "
+            f"{wall:.1f} s while sampled at {args.rate} Hz; gateway CPU {cpu / max(runs, 1) * 1000:.2f} ms/{unit} "
             "(sampling included)\n"
         )
         return head + "\n" + analyse(raw, args.top, cpu / max(runs, 1) * 1000)
+
+
+async def _run_path(
+    stack: contextlib.AsyncExitStack, directory: Path, args: argparse.Namespace
+) -> tuple[Server, Call, str]:
+    """The run benchmark's set-up: an upstream, the real time server, a gateway; a checked run call."""
+    config = write_mcp_config(directory, [SERVER])
+    if args.upstream == "mock":
+        upstream = await stack.enter_async_context(mock_lmstudio())
+        task = f"{QUESTION} {script(calls=[[TIME_CALL]])}"
+    else:
+        upstream = await stack.enter_async_context(stdlib_upstream())
+        task = QUESTION
+    bridge = await stack.enter_async_context(gateway(upstream.base_url, config, BRIDGE_LOG_LEVEL=args.log_level))
+    client = await stack.enter_async_context(http_client())
+    run = post_json(client, bridge.url("/v1/autonomous"), {"task": task, "mcp_servers": [SERVER]})
+    result = await run()
+    if result["status"] != "completed" or len(result["steps"]) != 1:
+        raise RuntimeError(f"unexpected run result: {result!r}")
+    model = stdlib_fake.MODEL if args.upstream == "stdlib" else "qwen/qwen3-4b"
+    return bridge, run, f"gateway on {args.upstream} ({model}), `POST /v1/autonomous`"
 
 
 def main() -> None:
@@ -227,6 +265,9 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--native", action="store_true", help="py-spy --native: C frames too (uvloop, aiohttp)")
     parser.add_argument("--nonblocking", action="store_true", help="py-spy --nonblocking: never pause the gateway")
+    parser.add_argument(
+        "--tool", choices=sorted(ECHO_ARGUMENTS), help="profile REST calls of this server's echo tool instead of runs"
+    )
     parser.add_argument("--out", help="write the report here (and the raw stacks beside it, .raw)")
     args = parser.parse_args()
     report = asyncio.run(profile(args, find_py_spy()))

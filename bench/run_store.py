@@ -82,7 +82,7 @@ ANALYSIS = (
     "**Where the recording cost went, and what cut it** (py-spy and a micro-benchmark, 2026-11-29). The first "
     "version committed each write as it came, through SQLAlchemy's async layer and aiosqlite, which hands every "
     "statement (cursor, execute, close, commit) to its worker thread and back: about 1.2 ms of CPU per commit, "
-    "+2.5 ms CPU and +2.2 ms p50 per run. Then (services/runs/store.py) writes gather for `BATCH_WINDOW_S` "
+    "+2.5 ms CPU and +2.2 ms p50 per run. Then (services/runs/writer.py) writes gather for `BATCH_WINDOW_S` "
     "(100 ms; a reader's `flush` or 2,000 queued writes cut it short), so a short run becomes one INSERT with its "
     "final values and runs share commits; on SQLite the batch goes to ONE worker-thread call on a plain pysqlite "
     "connection (about 0.3 ms per commit instead of 1.2 ms); on PostgreSQL the writer keeps one asyncpg connection "

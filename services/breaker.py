@@ -61,6 +61,10 @@ class Breaker:
     def _admits(self, state: State) -> bool:
         return state == "closed" or (state == "half_open" and not self._trial_running)
 
+    def admits(self) -> bool:
+        """Whether a call would go through now."""
+        return self._admits(self.state)
+
     def check(self) -> None:
         """Fail fast if a call would be refused now (without counting or reserving anything)."""
         if not self._admits(self.state):

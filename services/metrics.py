@@ -60,15 +60,15 @@ class Metrics:
         )
         self.lmstudio_duration = Histogram(
             "bridge_lmstudio_request_duration_seconds",
-            "LM Studio call latency (retries included) by outcome",
-            ["operation", "outcome"],
+            "LM Studio call latency (retries included) by operation, outcome and host",
+            ["operation", "outcome", "host"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.lmstudio_retries = Counter(
             "bridge_lmstudio_retries_total",
-            "Retried LM Studio calls by the error that caused the retry",
-            ["reason"],
+            "Retried LM Studio calls by the error that caused the retry and host",
+            ["reason", "host"],
             registry=r,
         )
         self.tokens = Counter(
@@ -110,6 +110,7 @@ class StateReader:
     runs_queued: Callable[[], int] = lambda: 0
     store_backlog: Callable[[], int] = lambda: 0
     breakers: Callable[[], dict[str, str]] = field(default=lambda: {})
+    lmstudio_in_flight: Callable[[], dict[str, int]] = field(default=lambda: {})
 
 
 class _StateCollector(Collector):
@@ -135,3 +136,9 @@ class _StateCollector(Collector):
         for upstream, state in s.breakers().items():
             breaker.add_metric([upstream], BREAKER_VALUES[state])
         yield breaker
+        in_flight = GaugeMetricFamily(
+            "bridge_lmstudio_in_flight", "LM Studio calls (and open streams) in progress per host", labels=["host"]
+        )
+        for host, count in s.lmstudio_in_flight().items():
+            in_flight.add_metric([host], count)
+        yield in_flight

@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.access import Access
 from services.agent import MAX_ROUNDS_CAP, AgentService, Run, RunResult, RunSpec, ToolChoice, result_data
-from services.errors import InvalidJSONError, InvalidRequestError, ModelNotFoundError, NotSupportedError
-from services.lmstudio import LMStudioClient, ModelCatalog, ModelKind
+from services.errors import InvalidJSONError, InvalidRequestError, ModelNotFoundError
+from services.lmstudio import LMStudioHosts, ModelCatalog, ModelKind
 
 
 class ChatMessage(BaseModel):
@@ -86,7 +86,7 @@ def mcp_servers_of(body: dict[str, Any]) -> list[str]:
 class OpenAICompat:
     """The service behind /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses."""
 
-    def __init__(self, lmstudio: LMStudioClient, catalog: ModelCatalog, agent: AgentService) -> None:
+    def __init__(self, lmstudio: LMStudioHosts, catalog: ModelCatalog, agent: AgentService) -> None:
         self.lmstudio = lmstudio
         self.catalog = catalog
         self.agent = agent
@@ -144,31 +144,27 @@ class OpenAICompat:
         )
         return await self.agent.open(spec)
 
-    async def load_model(self, model: str, ttl: int | None) -> dict[str, Any]:
-        """Load a model; the answer names the new instance in `instance_id` (whichever name LM Studio used)."""
-        await self._require_rest_api()
+    async def load_model(self, model: str, ttl: int | None, host: str | None = None) -> dict[str, Any]:
+        """Load a model (on `host`, else the best host that has it); the answer names the new instance in
+        `instance_id` (whichever name LM Studio used) and the host."""
+        if host is not None:
+            self.lmstudio.host(host)  # an unknown host: 422 before anything else
         resolved = await self.catalog.resolve(model, kind="any")
         try:
-            return await self.lmstudio.load_model(resolved.id, ttl)
+            return await self.lmstudio.load_model(resolved.id, ttl, host)
         finally:
             self.catalog.invalidate()
 
-    async def unload_model(self, model: str) -> dict[str, Any]:
-        """Unload every instance of a model, by the instance ids LM Studio lists (`<key>:2` and the like)."""
-        await self._require_rest_api()
+    async def unload_model(self, model: str, host: str | None = None) -> dict[str, Any]:
+        """Unload every instance of a model (on `host`, else on every host), by the instance ids LM Studio
+        lists (`<key>:2` and the like)."""
+        if host is not None:
+            self.lmstudio.host(host)
         resolved = await self.catalog.resolve(model, kind="any")
         try:
-            return await self.lmstudio.unload_model(resolved.id)
+            return await self.lmstudio.unload_model(resolved.id, host)
         finally:
             self.catalog.invalidate()
-
-    async def _require_rest_api(self) -> None:
-        await self.catalog.snapshot()  # detects the model API on first use
-        if self.lmstudio.models_api != "api-v1":
-            raise NotSupportedError(
-                "Loading and unloading models needs LM Studio's REST API (/api/v1, LM Studio 0.4+); "
-                f"this server offers {self.lmstudio.models_api}"
-            )
 
 
 def _last_user_text(messages: list[Any]) -> str:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field
 
 from services.access import Access
-from services.errors import LLMError
 from services.limits import RunLimiter
-from services.lmstudio import LMStudioClient, ModelCatalog, ModelEntry
+from services.lmstudio import LMStudioHosts, ModelCatalog, ModelEntry
 from services.mcp import MCPPool, ServerStatus, ToolSpec
 
 
@@ -34,12 +33,32 @@ class ServerList:
 
 
 @dataclass(slots=True)
-class LMStudioReadiness:
+class HostReadiness:
+    """One LM Studio host: whether it answered its ping and may take calls."""
+
+    name: Annotated[str, Field(description="Its name in LMSTUDIO_HOSTS_FILE, else its URL")]
     url: str
     ok: bool
     breaker: Annotated[str | None, Field(description="closed, open or half_open")]
+    in_flight: Annotated[int, Field(description="LM Studio calls (and open streams) now on this host")] = 0
+    error: str | None = None
+    code: Annotated[str | None, Field(description="The problem code the host's failure maps to")] = None
+
+    @property
+    def ready(self) -> bool:
+        return self.ok and self.breaker != "open"
+
+
+@dataclass(slots=True)
+class LMStudioReadiness:
+    """Every LM Studio host; `ok` while at least one can serve. With one host, its own fields."""
+
+    url: Annotated[str, Field(description="The hosts' URLs, comma-separated")]
+    ok: bool
+    breaker: Annotated[str | None, Field(description="closed, open or half_open (the best state of any host)")]
     error: str | None = None
     code: Annotated[str | None, Field(description="The problem code LM Studio's failure maps to")] = None
+    hosts: list[HostReadiness] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -59,7 +78,8 @@ class MCPReadiness:
 
 @dataclass(slots=True)
 class Readiness:
-    """Ready while LM Studio answers and its breaker is not open; MCP servers are reported, not required."""
+    """Ready while one LM Studio host answers and its breaker is not open; MCP servers are reported, not
+    required."""
 
     status: Literal["ready", "not_ready"]
     lmstudio: LMStudioReadiness
@@ -72,7 +92,7 @@ class StatusService:
 
     def __init__(
         self,
-        lmstudio: LMStudioClient,
+        lmstudio: LMStudioHosts,
         catalog: ModelCatalog,
         pool: MCPPool,
         limiter: RunLimiter,
@@ -108,13 +128,8 @@ class StatusService:
         return [t for t in tools if access is None or access.tool_allowed(server, t.name)]
 
     async def readiness(self) -> Readiness:
-        """Ping LM Studio and report every MCP server."""
-        breaker = self.lmstudio.breaker
-        lmstudio = LMStudioReadiness(url=self.lmstudio.base_url, ok=True, breaker=breaker.state if breaker else None)
-        try:
-            await self.lmstudio.ping()
-        except LLMError as exc:
-            lmstudio.ok, lmstudio.error, lmstudio.code = False, exc.detail, exc.code
+        """Ping every LM Studio host and report every MCP server."""
+        lmstudio = await self._lmstudio_readiness()
         servers = [ServerReadiness(s.name, s.status, s.breaker, s.last_error) for s in self.pool.status()]
         mcp = MCPReadiness(config_path=self.config_path, servers=servers)
         if not servers:
@@ -125,3 +140,24 @@ class StatusService:
             )
         ready = lmstudio.ok and lmstudio.breaker != "open"
         return Readiness("ready" if ready else "not_ready", lmstudio, mcp, self.limiter.in_flight)
+
+    async def _lmstudio_readiness(self) -> LMStudioReadiness:
+        hosts = []
+        for host, error in await self.lmstudio.readiness():
+            breaker = host.client.breaker
+            one = HostReadiness(host.name, host.spec.url, error is None, breaker.state if breaker else None)
+            one.in_flight = host.in_flight
+            if error is not None:
+                one.error, one.code = error.detail, error.code
+            hosts.append(one)
+        if len(hosts) == 1:
+            only = hosts[0]
+            return LMStudioReadiness(only.url, only.ok, only.breaker, only.error, only.code, hosts)
+        ready = [h for h in hosts if h.ready]
+        states = {h.breaker for h in hosts}
+        best = next((s for s in ("closed", "half_open", "open") if s in states), None)
+        summary = LMStudioReadiness(", ".join(h.url for h in hosts), bool(ready), best, hosts=hosts)
+        if not ready:
+            summary.error = "; ".join(f"{h.name}: {h.error or 'circuit open'}" for h in hosts)
+            summary.code = "upstream_unavailable"
+        return summary

@@ -1,17 +1,39 @@
 """Text that may not be valid Unicode: JSON allows lone surrogates ("\\udc00"), UTF-8 does not.
 
 Anything from a client, a model or a tool passes through here before it is sent on or rendered,
-so one bad string can neither break a shared MCP session nor a response.
+so one bad string can neither break a shared MCP session nor a response. Also: secrets taken out of text
+(`Redactor`), and `${env:VAR}` in configuration files (`expand_env`).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_ENV_REF = re.compile(r"\$\{env:([^}]*)\}")
+
+
+class UnsetVariableError(KeyError):
+    """A `${env:VAR}` names a variable the environment does not have (`name`)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def expand_env(value: str, environ: Mapping[str, str]) -> str:
+    """`value` with each `${env:VAR}` replaced by VAR's value; UnsetVariableError when VAR is unset."""
+
+    def one(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in environ:
+            raise UnsetVariableError(name)
+        return environ[name]
+
+    return _ENV_REF.sub(one, value)
 
 
 def scrub(text: str) -> str:

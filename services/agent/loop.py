@@ -375,6 +375,8 @@ class Run:
             # LM Studio JIT-loaded it (Auto-Evict may have unloaded another): the list's states are out of date
             self.service.catalog.invalidate()
         self.usage.add(result.usage)
+        for failure in result.failovers:
+            self.warnings.append(f"LM Studio host {failure}; the call went to host {result.host!r}")
         if result.model and result.model != self.model.id and result.model != self.answered_model:
             self.answered_model = result.model
             self.warnings.append(

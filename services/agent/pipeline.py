@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from services.agent.approvals import Decision
 from services.agent.loop import Run
 from services.agent.records import Emit, RunEvent, RunResult, RunSpec, RunStatus, StageRecord, stage_data
-from services.errors import BridgeError, InvalidRequestError, LLMError
+from services.errors import BridgeError, InvalidRequestError
 
 if TYPE_CHECKING:
     from services.agent.service import AgentService
@@ -159,11 +159,8 @@ class Pipeline(Run):
 
     async def _unload(self, stage: StageSpec, run: Run) -> None:
         """Free the step's model in LM Studio (its REST API); a failure is a warning, not the pipeline's end."""
-        lmstudio = self.service.lmstudio
         try:
-            if lmstudio.models_api != "api-v1":
-                raise LLMError("this LM Studio has no REST API (/api/v1) to unload models with")
-            await lmstudio.unload_model(run.answered_model)
+            await self.service.lmstudio.unload_model(run.answered_model)
             self.service.catalog.invalidate()
         except BridgeError as exc:
             self.warnings.append(

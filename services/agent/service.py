@@ -14,7 +14,7 @@ from services.agent.pipeline import Pipeline, StageSpec, check_instructions
 from services.agent.records import Journal, RunSpec
 from services.errors import BridgeError, InvalidRequestError, MCPServerError, ModelNotFoundError, ShuttingDownError
 from services.limits import RunLimiter
-from services.lmstudio import LMStudioClient, ModelCatalog, ResolvedModel
+from services.lmstudio import LMStudioHosts, ModelCatalog, ResolvedModel
 from services.mcp import MCPPool, ToolSet
 from services.metrics import Metrics
 
@@ -46,7 +46,7 @@ class AgentService:
 
     def __init__(
         self,
-        lmstudio: LMStudioClient,
+        lmstudio: LMStudioHosts,
         catalog: ModelCatalog,
         pool: MCPPool,
         limiter: RunLimiter,
@@ -133,8 +133,7 @@ class AgentService:
             spec.max_rounds = self.defaults.max_rounds
         if not 1 <= spec.max_rounds <= MAX_ROUNDS_CAP:
             raise InvalidRequestError(f"max_rounds must be between 1 and {MAX_ROUNDS_CAP}")
-        if self.lmstudio.breaker is not None:
-            self.lmstudio.breaker.check()  # LM Studio is known to be down: fail in milliseconds
+        self.lmstudio.check()  # every LM Studio host is known to be down: fail in milliseconds
         model = await self._model_for(spec)
         if spec.access is not None and spec.mcp_servers is not None:  # refused before anything runs
             spec.access.check_servers(spec.mcp_servers)

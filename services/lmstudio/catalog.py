@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import Field
 
@@ -19,8 +19,8 @@ from services.errors import (
     LLMTimeoutError,
     ModelNotFoundError,
 )
-from services.lmstudio.client import LMStudioClient
-from services.lmstudio.listing import ModelInfo, ModelType
+from services.lmstudio.client import ModelErrorHook
+from services.lmstudio.listing import ModelHost, ModelInfo, ModelType
 
 DEFAULT_NAMES = frozenset({"", "default"})
 ModelKind = Literal["chat", "embedding", "any"]  # what the caller will do with the model
@@ -39,6 +39,10 @@ class ModelEntry:
     max_context_length: Annotated[int | None, Field(description="Context window in tokens, when LM Studio says")]
     tool_use: Annotated[bool, Field(description="Trained for tool use, when LM Studio says")]
     default: Annotated[bool, Field(description="True for the model a request without `model` gets")]
+    hosts: Annotated[
+        list[ModelHost],
+        Field(description="The LM Studio hosts that have it (by name, else URL) and its state on each"),
+    ]
 
     @classmethod
     def of(cls, info: ModelInfo, *, default: bool) -> ModelEntry:
@@ -49,7 +53,17 @@ class ModelEntry:
             max_context_length=info.max_context_length,
             tool_use=info.tool_use,
             default=default,
+            hosts=list(info.hosts),
         )
+
+
+class ModelSource(Protocol):
+    """Where the models come from (`LMStudioHosts`, or one `LMStudioClient`): their list, and a hook told
+    when LM Studio says a model is missing."""
+
+    on_model_error: ModelErrorHook | None
+
+    async def list_models(self) -> list[ModelInfo]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,16 +84,16 @@ class ResolvedModel:
 class ModelCatalog:
     """Caches the model list for `ttl_s`; concurrent misses share one upstream request.
 
-    Built over an `LMStudioClient` (`ModelCatalog.over`), it also hears from that client when LM Studio says a
-    model is missing or none is loaded (`model_error`), so every path (runs, chat pass-through, chat with MCP,
+    Built over the LM Studio hosts (`ModelCatalog.over`), it also hears from them when LM Studio says a model is
+    missing or none is loaded (`model_error`), so every path (runs, chat pass-through, chat with MCP,
     load/unload) answers with the fresh list.
     """
 
     @classmethod
-    def over(cls, client: LMStudioClient, **options: Any) -> ModelCatalog:
-        """The catalog of `client`'s models, told by the client when LM Studio says a model is missing."""
-        catalog = cls(client.list_models, **options)
-        client.on_model_error = catalog.model_error
+    def over(cls, source: ModelSource, **options: Any) -> ModelCatalog:
+        """The catalog of `source`'s models, told by it when LM Studio says a model is missing."""
+        catalog = cls(source.list_models, **options)
+        source.on_model_error = catalog.model_error
         return catalog
 
     def __init__(

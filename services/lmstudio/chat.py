@@ -53,6 +53,8 @@ class ChatResult:
     model: str = ""
     usage: Usage = field(default_factory=Usage)
     reasoning: str | None = None  # `reasoning_content`, or <think> blocks taken out of `content`
+    host: str = ""  # the LM Studio host that answered (its name)
+    failovers: list[str] = field(default_factory=list)  # hosts that failed this call first, and why
 
 
 def parse_chat(body: dict[str, Any]) -> ChatResult:

@@ -21,7 +21,7 @@ from services.lmstudio.chat import ChatResult, parse_chat
 from services.lmstudio.errors import decoded, error_for_exception, error_for_probe, error_for_response
 from services.lmstudio.listing import MODEL_APIS, ModelInfo
 from services.lmstudio.retry import RetryPolicy, call_with_retries
-from services.lmstudio.telemetry import gen_ai_span, operation_name, record_response
+from services.lmstudio.telemetry import gen_ai_span, operation_name, record_response, span_host
 from services.metrics import Metrics
 
 T = TypeVar("T")
@@ -43,10 +43,13 @@ class LMStudioClient:
         breaker: Breaker | None = None,
         metrics: Metrics | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        name: str | None = None,
     ) -> None:
         self.http = http
         self.transport = transport  # the client's own transport, for the fast path of `_send`
         self._base = str(http.base_url).rstrip("/")
+        self.name = name or self._base  # the host's name in metrics, spans and listings
+        self._span_host = span_host(self.name, http.base_url)
         self._json_headers = httpx.Headers({**http.headers, **JSON_HEADERS})
         self._urls: dict[str, httpx.URL] = {}
         self._default_timeouts = http.timeout.as_dict()
@@ -70,6 +73,7 @@ class LMStudioClient:
         retry: RetryPolicy | None = None,
         breaker: Breaker | None = None,
         metrics: Metrics | None = None,
+        name: str | None = None,
     ) -> LMStudioClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         # idle connections are dropped before servers usually drop them (uvicorn: 5 s)
@@ -84,7 +88,7 @@ class LMStudioClient:
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s, pool=connect_timeout_s),
             transport=transport,
         )
-        return cls(http, retry=retry, breaker=breaker, metrics=metrics, transport=transport)
+        return cls(http, retry=retry, breaker=breaker, metrics=metrics, transport=transport, name=name)
 
     @property
     def base_url(self) -> str:
@@ -111,7 +115,7 @@ class LMStudioClient:
         def on_retry(attempt: int, exc: BaseException) -> None:
             nonlocal retries
             retries = attempt
-            self.metrics.lmstudio_retries.labels(getattr(exc, "code", type(exc).__name__)).inc()
+            self.metrics.lmstudio_retries.labels(getattr(exc, "code", type(exc).__name__), self.name).inc()
 
         def call() -> Awaitable[T]:
             return call_with_retries(once, self.retry, deadline=deadline, on_retry=on_retry)
@@ -129,7 +133,7 @@ class LMStudioClient:
             outcome = exc.code
             raise
         finally:
-            self.metrics.lmstudio_duration.labels(operation, outcome).observe(time.perf_counter() - started)
+            self.metrics.lmstudio_duration.labels(operation, outcome, self.name).observe(time.perf_counter() - started)
             if retries:
                 trace.get_current_span().set_attribute("bridge.retry.attempts", retries)
         replacement = await self.on_model_error(model_error, began)
@@ -211,7 +215,7 @@ class LMStudioClient:
     async def forward(self, path: str, content: bytes, *, model: str | None = None) -> httpx.Response:
         """POST a client's JSON body as is (retried); the response is LM Studio's, untouched."""
         operation = operation_name(path)
-        with gen_ai_span(operation, model) as span:
+        with gen_ai_span(operation, model, host=self._span_host) as span:
             response = await self._guarded(partial(self._send, "POST", path, content, model=model), operation=operation)
             if span.is_recording() and "json" in response.headers.get("content-type", ""):
                 with contextlib.suppress(ValueError):
@@ -225,7 +229,7 @@ class LMStudioClient:
         """
         operation = operation_name(path)
         send = partial(self._send, "POST", path, content, model=model, stream=True)
-        with gen_ai_span(operation, model, stream=True):
+        with gen_ai_span(operation, model, stream=True, host=self._span_host):
             return await self._guarded(send, operation=operation)
 
     async def ping(self, timeout_s: float = 3.0) -> None:
@@ -283,7 +287,7 @@ class LMStudioClient:
         self, payload: dict[str, Any], *, timeout_s: float | None = None, deadline: float | None = None
     ) -> ChatResult:
         """Non-streamed chat completion (retried), traced as a GenAI `chat <model>` span."""
-        with gen_ai_span("chat", payload.get("model")) as span:
+        with gen_ai_span("chat", payload.get("model"), host=self._span_host) as span:
             body = await self.request_json(
                 "POST",
                 "/v1/chat/completions",

@@ -14,6 +14,15 @@ from typing import Any, Literal
 import httpx
 
 ModelType = Literal["llm", "vlm", "embedding"]
+HostState = Literal["loaded", "available", "unreachable"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelHost:
+    """A host that has a model, and the model's state there."""
+
+    name: str
+    state: HostState
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +34,7 @@ class ModelInfo:
     loaded: bool
     max_context_length: int | None = None
     tool_use: bool = False
+    hosts: tuple[ModelHost, ...] = ()  # where it is: filled in when the hosts' lists are merged
 
     @property
     def can_chat(self) -> bool:

@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 from opentelemetry.trace import Span, SpanKind
 
 from services.lmstudio.chat import Usage
@@ -25,14 +26,23 @@ def operation_name(path: str) -> str:
     return OPERATIONS.get(path, "request")
 
 
+def span_host(name: str, url: httpx.URL) -> dict[str, Any]:
+    """The attributes that say which LM Studio host a span's call went to."""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return {"server.address": url.host, "server.port": port, "bridge.lmstudio.host": name}
+
+
 @contextlib.contextmanager
-def gen_ai_span(operation: str, model: Any, *, stream: bool = False) -> Iterator[Span]:
-    """A client span following the OpenTelemetry GenAI conventions."""
+def gen_ai_span(
+    operation: str, model: Any, *, stream: bool = False, host: dict[str, Any] | None = None
+) -> Iterator[Span]:
+    """A client span following the OpenTelemetry GenAI conventions (`host`: from `span_host`)."""
     name = f"{operation} {model}" if model else operation
     attributes: dict[str, Any] = {
         "gen_ai.operation.name": operation,
         "gen_ai.provider.name": "lmstudio",
         "gen_ai.system": "lmstudio",
+        **(host or {}),
     }
     if model:
         attributes["gen_ai.request.model"] = str(model)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PureWindowsPath
@@ -11,13 +10,13 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from services.errors import MCPConfigError
+from services.text import UnsetVariableError, expand_env
 
 Transport = Literal["stdio", "http"]
 
 BRIDGE_COMMANDS = frozenset({"lmstudio-bridge", "lmstudio-bridge.exe"})
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", "::"})
 
-_ENV_REF = re.compile(r"\$\{env:([^}]*)\}")
 _TYPE_ALIASES: dict[str, Transport] = {
     "stdio": "stdio",
     "http": "http",
@@ -136,13 +135,10 @@ class _Ctx:
         return MCPConfigError(f'{self.file}: server "{self.server}": field "{fld}" {problem}')
 
     def expand(self, fld: str, value: str) -> str:
-        def repl(match: re.Match[str]) -> str:
-            var = match.group(1)
-            if var not in self.environ:
-                raise self.error(fld, f"${{env:{var}}} refers to an unset environment variable")
-            return self.environ[var]
-
-        return _ENV_REF.sub(repl, value)
+        try:
+            return expand_env(value, self.environ)
+        except UnsetVariableError as exc:
+            raise self.error(fld, f"${{env:{exc.name}}} refers to an unset environment variable") from None
 
     def opt_str(self, raw: Mapping[str, Any], fld: str) -> str | None:
         value = raw.get(fld)

@@ -10,6 +10,7 @@ import time
 from typing import Any, cast
 
 from opentelemetry.trace import SpanKind
+from prometheus_client import Counter, Histogram
 
 from services.breaker import Breaker
 from services.errors import (
@@ -33,6 +34,7 @@ DEFAULT_CALL_TIMEOUT_S = 60.0
 DEFAULT_START_TIMEOUT_S = 30.0
 DEFAULT_IDLE_S = 600.0
 DEFAULT_MAX_CONCURRENCY = 16
+MAX_CACHED_TOOLS = 4096  # span names and attributes kept (tools the servers offer)
 
 
 class MCPPool:
@@ -79,6 +81,10 @@ class MCPPool:
         self._reaper: asyncio.Task[None] | None = None
         # tool sets of server sets, kept while the tool lists they came from last
         self._tool_sets: dict[tuple[str, ...], tuple[list[list[ToolSpec]], ToolSet]] = {}
+        # per tool: span name and attributes; metric children per label set (labels are bounded, see call_tool)
+        self._spans: dict[tuple[str, str], tuple[str, dict[str, str]]] = {}
+        self._tool_counters: dict[tuple[str, str, str], Counter] = {}
+        self._tool_timers: dict[tuple[str, str], Histogram] = {}
 
     @property
     def spawn_count(self) -> int:
@@ -189,10 +195,9 @@ class MCPPool:
             raise InvalidRequestError(
                 f"The argument {bad} holds text that is not valid Unicode (a lone surrogate)", field=bad
             )
-        name = model_tool_name(server, tool)
-        attributes = {"mcp.server": server, "gen_ai.tool.name": tool, "gen_ai.operation.name": "execute_tool"}
+        span_name, attributes = self._span_of(server, tool)
         started, outcome = time.perf_counter(), "error"
-        with tracer.start_as_current_span(f"tools/call {name}", kind=SpanKind.CLIENT, attributes=attributes) as span:
+        with tracer.start_as_current_span(span_name, kind=SpanKind.CLIENT, attributes=attributes) as span:
             if self.capture_content:
                 span.set_attribute("bridge.tool.arguments", clip(json.dumps(arguments, default=str)))
             try:
@@ -215,5 +220,32 @@ class MCPPool:
                 span.set_attribute("bridge.tool.is_error", outcome != "ok")
                 # label values stay bounded: only tools the server has, never what a client made up
                 label = tool[:MAX_LABEL_CHARS] if session.knows_tool(tool) else UNKNOWN_TOOL
-                self.metrics.tool_calls.labels(server, label, outcome).inc()
-                self.metrics.tool_duration.labels(server, label).observe(time.perf_counter() - started)
+                self._counted(server, label, outcome).inc()
+                self._timed(server, label).observe(time.perf_counter() - started)
+
+    def _span_of(self, server: str, tool: str) -> tuple[str, dict[str, str]]:
+        """The span name and attributes of calls of one tool, made once per tool (a read-only mapping: the
+        SDK copies span attributes). Kept for tools the server offers, so the cache stays bounded."""
+        cached = self._spans.get((server, tool))
+        if cached is None:
+            attributes = {"mcp.server": server, "gen_ai.tool.name": tool, "gen_ai.operation.name": "execute_tool"}
+            cached = (f"tools/call {model_tool_name(server, tool)}", attributes)
+            if self._sessions[server].knows_tool(tool) and len(self._spans) < MAX_CACHED_TOOLS:
+                self._spans[(server, tool)] = cached
+        return cached
+
+    def _counted(self, server: str, label: str, outcome: str) -> Counter:
+        """The `tool_calls` child of these labels (bound once: `labels()` takes a lock and looks it up)."""
+        key = (server, label, outcome)
+        child = self._tool_counters.get(key)
+        if child is None:
+            child = self._tool_counters[key] = self.metrics.tool_calls.labels(*key)
+        return child
+
+    def _timed(self, server: str, label: str) -> Histogram:
+        """The `tool_duration` child of these labels."""
+        key = (server, label)
+        child = self._tool_timers.get(key)
+        if child is None:
+            child = self._tool_timers[key] = self.metrics.tool_duration.labels(*key)
+        return child

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.runs.tables import metadata
 
-HEAD = "0001"  # the newest revision in migrations/versions
+HEAD = "0002"  # the newest revision in migrations/versions
 MIGRATIONS = Path(__file__).with_name("migrations")
 _PG_LOCK = 0x6C6D7362  # advisory lock id: gateways starting together on one database migrate one at a time
 _ATTEMPTS = 3  # several processes creating one SQLite file at once: the losers find it made and go on
@@ -50,15 +50,15 @@ def _bring_up(conn: Connection) -> None:
     upgrade(conn)
 
 
-def upgrade(conn: Connection) -> None:
-    """Alembic's `upgrade head` on this connection (the migrations in `migrations/versions`)."""
+def upgrade(conn: Connection, revision: str = "head") -> None:
+    """Alembic's `upgrade head` (or to `revision`) on this connection (the migrations in `migrations/versions`)."""
     from alembic import command
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = conn
-    command.upgrade(config, "head")
+    command.upgrade(config, revision)
 
 
 _MIGRATING = asyncio.Lock()  # Alembic keeps module-level state: one migration at a time in a process

@@ -1,14 +1,18 @@
-"""What the run store gives back: a run's record, a page of records, one stored event."""
+"""What the run store gives back: a run's record (and how a `runs` row and its events become one), a page
+of records, one stored event."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter
 
-from services.agent import RunResult
+from services.agent import RunEvent, RunResult, Step
+from services.agent.records import RoundReasoning, stage_of
+from services.lmstudio import Usage
 
 
 @dataclass(slots=True)
@@ -60,3 +64,53 @@ def record_json(record: RunRecord) -> bytes:
 
 def page_json(page: RunPage) -> bytes:
     return _PAGE.dump_json(page)
+
+
+def _time(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, UTC) if value is not None else None
+
+
+# the events a record's steps, reasoning and (pipelines) stages are rebuilt from
+RECORD_EVENTS = (RunEvent.TOOL_CALL_COMPLETED, RunEvent.REASONING, RunEvent.STEP_COMPLETED, RunEvent.COMPLETED)
+_STEP_FIELDS = frozenset(Step.__dataclass_fields__)
+_REASONING_FIELDS = frozenset(RoundReasoning.__dataclass_fields__)
+
+
+def add_to_record(record: RunRecord, event: str, data: dict[str, Any]) -> None:
+    """One stored event's part of the record (a pipeline's events also say which step they belong to)."""
+    if event == RunEvent.TOOL_CALL_COMPLETED:
+        record.steps.append(Step(**{k: v for k, v in data.items() if k in _STEP_FIELDS}))
+    elif event == RunEvent.REASONING:
+        record.reasoning.append(RoundReasoning(**{k: v for k, v in data.items() if k in _REASONING_FIELDS}))
+    elif event == RunEvent.STEP_COMPLETED:
+        record.stages.append(stage_of(data["result"]))
+    else:
+        record.ended_by = data.get("ended_by")
+
+
+def record_of(row: Any) -> RunRecord:
+    """A `runs` row as a record (steps, reasoning and stages are added from its events: `add_to_record`)."""
+    return RunRecord(
+        run_id=row["run_id"],
+        status=row["status"],
+        output=row["output"],
+        model=row["model"],
+        mcp_servers=json.loads(row["mcp_servers"]),
+        rounds=row["rounds"],
+        steps=[],
+        usage=Usage.from_json(json.loads(row["usage"]) if row["usage"] else None),
+        duration_ms=row["duration_ms"] or 0.0,
+        trace_id=row["trace_id"],
+        warnings=json.loads(row["warnings"]) if row["warnings"] else [],
+        tool_calls=json.loads(row["tool_calls"]) if row["tool_calls"] else [],
+        reasoning=[],
+        task=row["task"],
+        model_requested=row["model_requested"],
+        options=json.loads(row["options"]),
+        key_name=row["key_name"],
+        incomplete=bool(row["incomplete"]),
+        error=json.loads(row["error"]) if row["error"] else None,
+        created_at=_time(row["created_at"]),
+        started_at=_time(row["started_at"]),
+        finished_at=_time(row["finished_at"]),
+    )

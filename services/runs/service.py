@@ -1,10 +1,15 @@
 """Runs that outlive their request (`POST /v1/runs`, the MCP front door's `start_task`): started in the
-background, queued while every run slot is taken, cancelled, decided on (approvals), read back from the store."""
+background, queued while every run slot is taken, cancelled, decided on (approvals), read back from the store.
+
+A run is executed by the gateway process that accepted it. Another process sharing the store reads it,
+follows its events, and cancels it through a request in the store, which the owner acts on (`cancels.py`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -21,9 +26,11 @@ from services.errors import (
     RunNotFoundError,
 )
 from services.runs.records import RunPage, RunRecord, StoredEvent
-from services.runs.store import RunFilter, RunStore
+from services.runs.store import POLL_S, RunFilter, RunStore
 
 log = logging.getLogger("lmstudio_bridge.runs")
+
+VISIBLE_WITHIN_S = 5.0  # a new background run is answered once it is written, or after this long (store slow)
 
 
 class RunService:
@@ -36,6 +43,7 @@ class RunService:
         self.waiting: set[str] = set()  # queued runs: no run slot yet
         self.stopping = False
         self.runs: dict[str, tuple[Run, asyncio.Task[None]]] = {}  # background runs not finished yet
+        store.on_cancel = self._cancel_requested  # another gateway process asks to cancel a run of this one
 
     @property
     def queued(self) -> int:
@@ -57,12 +65,20 @@ class RunService:
         else:
             self.waiting.add(run.run_id)
             run.set_status("queued")
-        task = asyncio.create_task(self._drive(run), name=run.run_id)
+        answered = asyncio.Event()
+        task = asyncio.create_task(self._drive(run, answered), name=run.run_id)
         self.runs[run.run_id] = (run, task)
+        try:  # written before the answer (which gives its status as it is now), so that every gateway process
+            # sharing the store finds it at `Location`
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.store.flush(), VISIBLE_WITHIN_S)
+        finally:
+            answered.set()
         return run
 
-    async def _drive(self, run: Run) -> None:
+    async def _drive(self, run: Run, answered: asyncio.Event) -> None:
         try:
+            await answered.wait()
             if run.run_id in self.waiting:
                 try:
                     await self.agent.limiter.acquire(bounded=False)
@@ -88,6 +104,7 @@ class RunService:
         Its task may never get to run its own body, so this does the task's bookkeeping too."""
         self.waiting.discard(run.run_id)
         self.runs.pop(run.run_id, None)
+        run.release()  # the slot of a run that had one but never executed (idempotent)
         if run.status in FINISHED_STATUSES:
             return
         if self.stopping or not self.agent.accepting:
@@ -126,19 +143,33 @@ class RunService:
         return self.store.follow(run_id, after)
 
     async def cancel(self, run_id: str, access: Access | None = None) -> None:
-        """Stop a run that has not ended (it ends `cancelled`); RunFinishedError once it has."""
+        """Stop a run that has not ended (it ends `cancelled`); RunFinishedError once it has. A run that another
+        gateway process executes gets a cancel request in the store, which that process acts on."""
         status = await self._status(run_id, access)
+        if self._cancel_here(run_id):
+            return
+        if self._live(run_id) is None and status in UNFINISHED_STATUSES:
+            if await self.store.request_cancel(run_id):
+                return
+            status = await self.store.status_of(run_id) or status  # it ended meanwhile
+        raise RunFinishedError(f"Run {run_id} has already ended ({status})", run_status=status)
+
+    def _cancel_here(self, run_id: str) -> bool:
+        """Cancel a run of this process: stop it if it executes, end it if it is queued; False when neither."""
         entry = self.runs.get(run_id)
         run = self._live(run_id)
         if run is not None and run.cancel():
-            return
+            return True
         if entry is not None and entry[0].task is None:  # still queued
             self._end_unstarted(entry[0])
             entry[1].cancel()
-            return
-        if run is None and status in UNFINISHED_STATUSES:
-            raise RunActiveError(f"Run {run_id} runs in another gateway process; cancel it there")
-        raise RunFinishedError(f"Run {run_id} has already ended ({status})", run_status=status)
+            return True
+        return False
+
+    def _cancel_requested(self, run_id: str) -> None:
+        """Another gateway process was asked to cancel this run of ours (or recorded it interrupted)."""
+        if not self._cancel_here(run_id):
+            log.info("run %s: a cancel request came from another gateway process, but the run has ended", run_id)
 
     async def delete(self, run_id: str, access: Access | None = None) -> None:
         status = await self._status(run_id, access)
@@ -158,10 +189,16 @@ class RunService:
 
     async def wait(self, run_id: str, timeout_s: float, access: Access | None = None) -> RunRecord:
         """The run's record once it ended, or as it stands after `timeout_s`."""
-        await self._status(run_id, access)
+        status = await self._status(run_id, access)
         entry = self.runs.get(run_id)
         if entry is not None:
             await asyncio.wait([entry[1]], timeout=timeout_s)
+        elif status in UNFINISHED_STATUSES:  # a run of another gateway process (or a synchronous one): poll
+            deadline = time.monotonic() + timeout_s
+            while (left := deadline - time.monotonic()) > 0:
+                await asyncio.sleep(min(POLL_S, left))
+                if await self.store.status_of(run_id) not in UNFINISHED_STATUSES:
+                    break
         return await self.get(run_id, access)
 
     async def aclose(self) -> None:

@@ -34,6 +34,7 @@ runs = Table(
     Column("created_at", Float, nullable=False),  # seconds since the epoch, UTC
     Column("started_at", Float),
     Column("finished_at", Float),
+    Column("cancel_requested_at", Float),  # another gateway process asked its owner to cancel it
 )
 Index("ix_runs_status_num", runs.c.status, runs.c.num)
 Index("ix_runs_model_num", runs.c.model, runs.c.num)
@@ -47,4 +48,14 @@ run_events = Table(
     Column("event", String(64), nullable=False),
     Column("data", Text, nullable=False),  # JSON
     Column("at", Float, nullable=False),
+)
+
+# the gateway processes sharing the store, each with its lease (`lease.py`): a row whose heartbeat is older
+# than the lease belongs to a process that stopped answering, and another one marks its runs `interrupted`
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", String(256), primary_key=True),  # BRIDGE_INSTANCE_ID
+    Column("started_at", Float, nullable=False),  # seconds since the epoch, the database's clock
+    Column("heartbeat_at", Float, nullable=False),
 )

@@ -149,3 +149,14 @@ async def test_server_processes_start_answer_and_stop(mock_server: MockLMStudio,
     if "app.cli" in args:  # our own logging: one JSON object per line
         lines = [line for line in err.decode().splitlines() if line.strip()]
         assert lines and all(json.loads(line)["level"] for line in lines)
+
+
+def test_check_and_stdio_take_an_instance_id_of_their_own() -> None:
+    """Sharing the run store of a gateway on the same host, they must not take its runs as their leftovers."""
+    from app.cli import own_instance
+    from tests.conftest import make_settings
+
+    settings = make_settings(instance_id="box")
+    assert own_instance(settings, "check").instance_id == f"box:check-{os.getpid()}"
+    assert own_instance(settings, "mcp").instance_id == f"box:mcp-{os.getpid()}"
+    assert settings.instance_id == "box"

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app.settings import Settings
 from app.telemetry import JSONFormatter, export_spans, tracer_provider
 from tests.conftest import app_client, make_settings
 from tests.helpers import call, eventually, script, write_mcp_json
@@ -73,7 +74,7 @@ def children(spans: list[ReadableSpan], parent: ReadableSpan) -> list[ReadableSp
 
 
 async def test_span_tree_of_a_run_with_two_concurrent_tool_calls(
-    bridge: httpx.AsyncClient, exporter: InMemorySpanExporter
+    bridge: httpx.AsyncClient, exporter: InMemorySpanExporter, settings: Settings
 ) -> None:
     response = await bridge.post("/v1/autonomous", json={"task": SLOW_PAIR, "mcp_servers": ["fault"]})
     result = response.json()
@@ -109,6 +110,9 @@ async def test_span_tree_of_a_run_with_two_concurrent_tool_calls(
     assert chat.attributes["gen_ai.usage.input_tokens"] > 0 and chat.attributes["gen_ai.usage.output_tokens"] > 0
     assert list(chat.attributes["gen_ai.response.finish_reasons"]) == ["tool_calls"]
     assert [c.name for c in children(spans, chat)] == ["POST"]  # the HTTPX client span
+    url = httpx.URL(settings.lmstudio_base_url)  # which LM Studio host served it
+    assert chat.attributes["bridge.lmstudio.host"] == settings.lmstudio_base_url
+    assert (chat.attributes["server.address"], chat.attributes["server.port"]) == (url.host, url.port)
     assert (tool_a.start_time or 0) < (tool_b.end_time or 0) and (tool_b.start_time or 0) < (tool_a.end_time or 0)
     for tool in (tool_a, tool_b):
         assert tool.attributes is not None
@@ -136,7 +140,7 @@ async def test_request_id_is_honoured_or_generated(bridge: httpx.AsyncClient) ->
     assert len(hostile.headers["x-request-id"]) == 32  # replaced, not echoed
 
 
-async def test_metrics_move_after_runs(bridge: httpx.AsyncClient) -> None:
+async def test_metrics_move_after_runs(bridge: httpx.AsyncClient, settings: Settings) -> None:
     def value(text: str, name: str) -> float:
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
@@ -153,7 +157,7 @@ async def test_metrics_move_after_runs(bridge: httpx.AsyncClient) -> None:
         'bridge_run_rounds_count{status="completed"}',
         'bridge_tool_calls_total{outcome="ok",server="fault",tool="echo"}',
         'bridge_tool_call_duration_seconds_count{server="fault",tool="echo"}',
-        'bridge_lmstudio_request_duration_seconds_count{operation="chat",outcome="ok"}',
+        f'bridge_lmstudio_request_duration_seconds_count{{host="{settings.lmstudio_base_url}",operation="chat",outcome="ok"}}',
         'bridge_tokens_total{direction="input",model="qwen/qwen3-4b"}',
         'bridge_http_requests_total{method="POST",route="/v1/autonomous",status="200"}',
         'bridge_http_requests_total{method="POST",route="/v1/autonomous",status="422"}',
@@ -164,6 +168,7 @@ async def test_metrics_move_after_runs(bridge: httpx.AsyncClient) -> None:
         "bridge_runs_in_flight",
         "bridge_mcp_sessions_live",
         'bridge_breaker_state{upstream="lmstudio"}',
+        f'bridge_lmstudio_in_flight{{host="{settings.lmstudio_base_url}"}} 0.0',
         "bridge_runs_rejected_total",
         "bridge_model_cache_misses_total",
         "bridge_lmstudio_retries_total",

@@ -96,7 +96,12 @@ async def test_unload_uses_the_instance_id_from_the_listing(gateway: httpx.Async
     assert (await states(gateway))[QWEN] == "loaded"
     response = await gateway.post(f"/v1/models/{QWEN}/unload")
     assert response.status_code == 200, response.text
-    assert response.json() == {"instance_id": f"{QWEN}:2", "instance_ids": [f"{QWEN}:2"], "status": "unloaded"}
+    assert response.json() == {
+        "instance_id": f"{QWEN}:2",
+        "instance_ids": [f"{QWEN}:2"],
+        "status": "unloaded",
+        "hosts": [mock.base_url],  # one host, named by its URL
+    }
     unloads = [r["body"] for r in await mock.requests() if r["path"] == "/api/v1/models/unload"]
     assert unloads == [{"instance_id": f"{QWEN}:2"}]  # not the key: LM Studio would not find it
     assert (await states(gateway))[QWEN] == "not-loaded"  # the catalog was refreshed
@@ -108,7 +113,13 @@ async def test_both_load_answer_shapes(gateway: httpx.AsyncClient, mock: MockLMS
     assert (await states(gateway))[CODER] == "not-loaded"
     response = await gateway.post(f"/v1/models/{CODER}/load", json={"ttl": 600})
     assert response.status_code == 200, response.text
-    assert response.json() == {"type": "llm", "instance_id": CODER, "load_time_seconds": 0.1, "status": "loaded"}
+    assert response.json() == {
+        "type": "llm",
+        "instance_id": CODER,
+        "load_time_seconds": 0.1,
+        "status": "loaded",
+        "host": mock.base_url,
+    }
     assert (await states(gateway))[CODER] == "loaded"
 
 

@@ -9,7 +9,7 @@ from tests.mock_lmstudio.fixture import MockLMStudio, mock_lmstudio
 from tests.processes import free_port
 
 
-async def test_models_list_openai_shape_with_extras(client: httpx.AsyncClient) -> None:
+async def test_models_list_openai_shape_with_extras(client: httpx.AsyncClient, mock: MockLMStudio) -> None:
     response = await client.get("/v1/models")
     assert response.status_code == 200
     body = response.json()
@@ -25,6 +25,7 @@ async def test_models_list_openai_shape_with_extras(client: httpx.AsyncClient) -
         "max_context_length": 32768,
         "tool_use": True,
         "default": True,
+        "hosts": [{"name": mock.base_url, "state": "loaded"}],
     }
     assert by_id["text-embedding-nomic-embed-text-v1.5"]["type"] == "embedding"
     assert [m["id"] for m in body["data"] if m["default"]] == ["qwen/qwen3-4b"]

@@ -41,11 +41,12 @@ def answer(content: str | None = None, *calls: ToolCall, model: str = "m") -> Ch
 class FakeLMStudio:
     """Answers from a script; records every payload it was sent."""
 
-    breaker = None
-
     def __init__(self, *answers: ChatResult) -> None:
         self.answers = list(answers)
         self.payloads: list[dict[str, Any]] = []
+
+    def check(self) -> None:  # no host is known to be down
+        return None
 
     async def chat(self, payload: dict[str, Any], *, timeout_s: float | None = None, deadline: float) -> ChatResult:
         self.payloads.append(json.loads(json.dumps(payload)))  # a snapshot: the loop appends to `messages`

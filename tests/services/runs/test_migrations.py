@@ -11,6 +11,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Connection, inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from services.metrics import Metrics
+from services.runs import RunStore
 from services.runs import migrate as migrate_module
 from services.runs.tables import metadata
 from tests.conftest import store_url
@@ -91,3 +93,37 @@ async def test_a_database_at_an_older_revision_is_upgraded_by_alembic(
         assert [(kind, table.name) for kind, table in differences] == [("remove_table", "other_app")]
     finally:
         await engine.dispose()
+
+
+async def test_a_database_at_0001_with_runs_is_upgraded_and_opened(url: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:  # a store as the first release left it: one run in flight
+            await conn.run_sync(migrate_module.upgrade, "0001")
+            await conn.execute(
+                text(
+                    "INSERT INTO runs (run_id, status, model, mcp_servers, task, options, output, rounds, instance, "
+                    "incomplete, created_at, started_at) VALUES ('run_old', 'running', 'm', '[]', 't', '{}', '', 0, "
+                    "'gw-old', false, 1.0, 1.0)"
+                )
+            )
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar() == "0001"
+            assert "instances" not in await conn.run_sync(lambda c: inspect(c).get_table_names())
+        await migrate_module.migrate(engine)
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_differences) == []
+            assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar() == "0002"
+            row = (await conn.execute(text("SELECT status, cancel_requested_at FROM runs"))).one()
+            assert tuple(row) == ("running", None)
+            assert (await conn.execute(text("SELECT count(*) FROM instances"))).scalar() == 0
+    finally:
+        await engine.dispose()
+
+    store = await RunStore.open(url, instance="gw-old", metrics=Metrics())  # the old instance starts again
+    try:
+        assert await store.status_of("run_old") == "interrupted"
+        async with store.engine.connect() as conn:
+            assert (await conn.execute(text("SELECT id FROM instances"))).scalars().all() == ["gw-old"]
+    finally:
+        await store.aclose()
