@@ -52,6 +52,34 @@ NOTE = (
 )
 
 
+ANALYSIS = (
+    "**What the figures say** (2026-11-29, nine runs of this section): on this machine a second replica did "
+    "not add throughput to speak of. Two / one: 0.92, 1.11, 0.88 and 1.02x in the four runs with the least "
+    "other load (one replica 492, 585, 545, 553 runs/s; two 452, 648, 480, 566), 0.89 and 0.91x in two more, "
+    "and 0.76-0.83x in three runs while other engineers' test suites held most of the machine (one replica "
+    "209-347 runs/s). Errors: 0 in every run (24,000 runs each); both replicas recorded every run in the one "
+    "store, and each read the other's run back. **Why**: the work is CPU-bound and the two cores are shared. "
+    "A run costs about 2.2-2.3 ms of CPU in all with one replica (gateway 1.4-1.5, load generator 0.5, mock "
+    "0.2, PostgreSQL 0.12 ms), and other users' processes kept 0.3-0.8 of a core busy during the rounds (the "
+    '"everything else" rows), so runs/s is about the cores left to us / CPU per run (1.27 cores / 2.20 ms = '
+    "577 runs/s against 585 measured). One gateway was not the bottleneck: its process used 0.7-0.8 of its "
+    "core, its event loop had idle time, so a second process has nothing to take off it. And a second replica"
+    " costs CPU: the gateways' CPU per run goes from 1.39-1.47 to 1.55-1.70 ms in the six quieter runs "
+    "(+0.16-0.26 ms: the fixed costs of each process are shared by half as many runs: its store writer "
+    "commits about twice as many, smaller batches, PostgreSQL +0.03-0.05 ms/run; each event-loop wake-up "
+    "serves fewer requests; the mock sees two connection pools), all of it 2.2-2.3 -> 2.4-2.65 ms/run (+10-16"
+    " %); with the CPU we get fixed, that is the 0.88-0.92x. In the two runs where our processes got more of "
+    "the machine during the two-replica rounds (1.54 cores instead of 1.27; 1.41 instead of 1.24: probably "
+    "the larger share the scheduler gives one more busy process against the other load), two replicas came "
+    "out ahead or even (1.11x, 1.02x). From these figures, the most a quiet 2-core machine could show: one "
+    "replica stops at its own core, ~1 / 1.45 ms = ~690 runs/s (the rest, ~0.85 ms/run, fits on the other "
+    "core), two replicas at 2 cores / ~2.5 ms = ~800 runs/s: ~1.15x. Replicas scale where each gets its own "
+    "cores (one machine each, or a machine with 4+ cores); on this one the gain is availability (either "
+    "replica serves and reads every run), not runs/s. Latency under this load: p50 20-35 ms, p99 103-145 ms, "
+    "a little higher with two replicas in most runs (queueing for the CPU: a single run alone takes ~3 ms)."
+)
+
+
 @dataclass
 class Config:
     label: str
@@ -85,14 +113,12 @@ class Postgres:
         self.seen: dict[int, float] = {}
 
     def cpu_s(self) -> float:
-        total = 0.0
         with contextlib.suppress(psutil.NoSuchProcess):
             for process in [self.root, *self.root.children(recursive=True)]:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     times = process.cpu_times()
                     self.seen[process.pid] = float(times.user + times.system)
-        total = sum(self.seen.values())  # exited backends keep their last reading
-        return total
+        return sum(self.seen.values())  # exited backends keep their last reading
 
 
 async def run() -> dict[str, object]:
@@ -167,32 +193,6 @@ async def run() -> dict[str, object]:
         "rows": _rows(one, two, replicas, by_instance),
         "analysis": ANALYSIS,
     }
-
-
-ANALYSIS = (
-    "**What the figures say** (2026-11-29, eight runs of this section): on this machine a second replica did not "
-    "add throughput. Two / one: 0.92, 1.11 and 0.88x in the three runs with the least other load (one replica "
-    "492, 585, 545 runs/s; two 452, 648, 480), 0.89 and 0.91x in two more, and 0.76-0.83x in three runs while "
-    "other engineers' test suites held most of the machine (one replica 209-347 runs/s). Errors: 0 in every "
-    "run (24,000 runs each); both replicas recorded every run in the one store, and each read the other's run "
-    "back. **Why**: the work is CPU-bound and the two cores are shared. A run costs about 2.2-2.3 ms of CPU in "
-    "all with one replica (gateway 1.4-1.5, load generator 0.5, mock 0.2, PostgreSQL 0.12 ms), and other "
-    'users\' processes kept 0.3-0.8 of a core busy during the rounds (the "everything else" rows), so runs/s '
-    "is about the cores left to us / CPU per run (1.27 cores / 2.20 ms = 577 runs/s against 585 measured). One "
-    "gateway was not the bottleneck: its process used 0.7-0.8 of its core, its event loop had idle time, so a "
-    "second process has nothing to take off it. And a second replica costs CPU: the gateways' CPU per run goes "
-    "from 1.39-1.47 to 1.55-1.70 ms (+0.16-0.26 ms: the fixed costs of each process are shared by half as many "
-    "runs: its store writer commits about twice as many, smaller batches, PostgreSQL +0.04-0.05 ms/run; each "
-    "event-loop wake-up serves fewer requests; the mock sees two connection pools), all of it 2.2-2.3 -> "
-    "2.4-2.65 ms/run (+10-14 %); with the CPU fixed, that is the 0.88-0.92x. In the one run where the other "
-    "load eased during the two-replica rounds (our processes got 1.54 cores instead of 1.27), two replicas came "
-    "out ahead (1.11x). From these figures, the most a quiet 2-core machine could show: one replica stops at "
-    "its own core, ~1 / 1.45 ms = ~690 runs/s (the rest, ~0.85 ms/run, fits on the other core), two replicas "
-    "at 2 cores / ~2.5 ms = ~800 runs/s: ~1.15x. Replicas scale where each gets its own cores (one machine each, "
-    "or a machine with 4+ cores); on this one the gain is availability (either replica serves and reads every "
-    "run), not runs/s. Latency under this load: p50 20-30 ms, p99 105-140 ms for both (queueing for the CPU: a "
-    "single run alone takes ~3 ms)."
-)
 
 
 async def _check(client: httpx.AsyncClient, bridge: Server, other: Server) -> None:

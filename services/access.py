@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from services.config_files import ConfigFileError, entry_label, read_yaml, validated
 from services.errors import ForbiddenError, KeyRateLimitedError
 
 log = logging.getLogger("lmstudio_bridge.access")
@@ -100,7 +101,7 @@ def digest(key: str) -> bytes:
 # --- the keys file ---------------------------------------------------------------------------------------
 
 
-class KeysFileError(Exception):
+class KeysFileError(ConfigFileError):
     """The keys file cannot be used; the message names the file, the entry and the field."""
 
 
@@ -133,18 +134,10 @@ class _File(BaseModel):
 def load_keys_file(path: Path) -> list[tuple[bytes, Access, str | None]]:
     """The keys of a YAML or JSON keys file (digest, access, the key when written in clear); anything
     wrong raises KeysFileError naming the entry and the field."""
-    import yaml  # only when a keys file is configured
-
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise KeysFileError(f"{path}: cannot be read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:  # its message quotes the line, which may hold a key: only where and what
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise KeysFileError(
-            f"{path}: not valid YAML or JSON{where}: {getattr(exc, 'problem', None) or 'syntax error'}"
-        ) from None
+        raw = read_yaml(path)
+    except ConfigFileError as exc:
+        raise KeysFileError(str(exc)) from None
     try:
         document = _File.model_validate(raw)
     except ValidationError:
@@ -155,13 +148,11 @@ def load_keys_file(path: Path) -> list[tuple[bytes, Access, str | None]]:
     for index, item in enumerate(document.keys):
         if not isinstance(item, dict):
             raise KeysFileError(f"{path}: entry {index + 1}: must be an object with name, key or key_sha256, ...")
-        label = f"entry {index + 1}" + (f" ({item['name']!r})" if isinstance(item.get("name"), str) else "")
+        label = entry_label(index, item)
         try:
-            entry = _Entry.model_validate(item)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "entry"
-            raise KeysFileError(f'{path}: {label}: field "{where}": {first["msg"]}') from None
+            entry = validated(_Entry, item, f"{path}: {label}")
+        except ConfigFileError as exc:
+            raise KeysFileError(str(exc)) from None
         if entry.name in names:
             raise KeysFileError(f'{path}: {label}: field "name": {entry.name!r} is used by another entry')
         names.add(entry.name)

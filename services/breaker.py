@@ -42,6 +42,7 @@ class Breaker:
             name=name,
         )
         self._opened_at = 0.0
+        self._tripped = False  # it opened since it was last seen closed: `admits` must look closer
         self._trial_running = False
         self.rejected = 0
 
@@ -62,8 +63,13 @@ class Breaker:
         return state == "closed" or (state == "half_open" and not self._trial_running)
 
     def admits(self) -> bool:
-        """Whether a call would go through now."""
-        return self._admits(self.state)
+        """Whether a call would go through now (one attribute read while it has not opened: routing asks it of
+        every host before every call)."""
+        if not self._tripped:
+            return True
+        state = self.state
+        self._tripped = state != "closed"
+        return self._admits(state)
 
     def check(self) -> None:
         """Fail fast if a call would be refused now (without counting or reserving anything)."""
@@ -88,6 +94,7 @@ class Breaker:
             return result
         except aiobreaker.CircuitBreakerError as exc:  # it just opened (threshold reached or trial failed)
             self._opened_at = self._clock()
+            self._tripped = True
             raise exc.__cause__ or exc from None
         finally:
             if trial:

@@ -6,14 +6,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from services.config_files import ConfigFileError, entry_label, read_yaml, validated
 from services.text import UnsetVariableError, expand_env
 
 
-class HostsFileError(ValueError):
+class HostsFileError(ConfigFileError):
     """LMSTUDIO_HOSTS_FILE cannot be used; the message names the entry and the field."""
 
 
@@ -63,29 +64,21 @@ def host_specs(base_url: str, base_urls: list[str], hosts_file: str | None, toke
 def load_hosts_file(path: Path, token: str | None = None, environ: Mapping[str, str] | None = None) -> list[HostSpec]:
     """The hosts of a YAML (or JSON) file: `hosts: [{name, url, token, weight}]`. `${env:VAR}` in a token
     is read from the environment. Anything wrong raises HostsFileError naming the entry and the field."""
-    import yaml  # only when a hosts file is configured
-
     env = os.environ if environ is None else environ
     try:
-        raw: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise HostsFileError(f"{path}: cannot be read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:  # its message quotes the line, which may hold a token: only where and what
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise HostsFileError(f"{path}: not valid YAML or JSON{where}") from None
+        raw = read_yaml(path)
+    except ConfigFileError as exc:
+        raise HostsFileError(str(exc)) from None
     items = raw.get("hosts") if isinstance(raw, dict) else None
     if not isinstance(items, list) or not items:
         raise HostsFileError(f'{path}: expected an object with a non-empty "hosts" list')
     specs: list[HostSpec] = []
     for index, item in enumerate(items):
-        label = f"entry {index + 1}" + (f" ({item['name']!r})" if isinstance(item, dict) and item.get("name") else "")
+        label = entry_label(index, item)
         try:
-            entry = _Entry.model_validate(item)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "entry"
-            raise HostsFileError(f'{path}: {label}: field "{where}": {first["msg"]}') from None
+            entry = validated(_Entry, item, f"{path}: {label}")
+        except ConfigFileError as exc:
+            raise HostsFileError(str(exc)) from None
         name = entry.name or entry.url
         if any(s.url == entry.url for s in specs):
             raise HostsFileError(f'{path}: {label}: field "url": {entry.url!r} is listed twice')

@@ -49,7 +49,7 @@ def rank(hosts: list[Host], model: str | None, now: float) -> list[Host]:
     are left out, unless no host lists it (a list may be out of date: every host is tried)."""
     if len(hosts) == 1:
         return hosts
-    scored: list[tuple[int, float, float, int, Host]] = []
+    scored: list[tuple[int, float, float, int, Host]] = []  # the index is unique: the host is never compared
     for index, host in enumerate(hosts):
         info = host.models.get(model) if model else None
         if model and info is None:
@@ -60,5 +60,5 @@ def rank(hosts: list[Host], model: str | None, now: float) -> list[Host]:
         scored.append((tier, host.in_flight / host.spec.weight, host.served, index, host))
     if not scored:
         return list(hosts)
-    scored.sort(key=lambda item: item[:4])
+    scored.sort()
     return [item[4] for item in scored]

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import pytest
 from tests.conftest import app_client, make_settings, served
 from tests.helpers import REPO, call, eventually, mcp_servers_json, read_sse, script
 from tests.mock_lmstudio.fixture import MockLMStudio
+from tests.postgres import PostgresCluster
 from tests.processes import free_port, log_file, log_tail, spawn_python, wait_healthy
 
 CHAT = "/v1/chat/completions"
@@ -332,3 +334,30 @@ async def gateway_process(port: int | None = None, **env: str) -> AsyncIterator[
     assert not orphans, f"the gateway left processes behind: {describe(orphans)}"
     await assert_no_new_children(before)
     os.unlink(log.name)
+
+
+# --- gateway processes on a run store of each kind (test_restarts.py, test_replicas.py) ----------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh run store: a SQLite file, or a database of the session's PostgreSQL cluster."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/store/runs.db"
+    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+    return cluster.new_database(f"{request.node.module.__name__.rsplit('.', 1)[-1]}_{uuid.uuid4().hex[:12]}")
+
+
+def process_env(mock: MockLMStudio, database_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a gateway process on `mock`, the real time server and `database_url`."""
+    mcp_json = tmp_path / "mcp.json"
+    time_server = mcp_servers_json(str(REPO))["mcpServers"]["time"]
+    mcp_json.write_text(json.dumps({"mcpServers": {"time": time_server}}))
+    return {
+        "LMSTUDIO_BASE_URL": mock.base_url,
+        "MCP_CONFIG": str(mcp_json),
+        "BRIDGE_DATABASE_URL": database_url,
+        "BRIDGE_SHUTDOWN_GRACE_S": "1",
+        "BRIDGE_REPEAT_CALL_LIMIT": "100",  # the same call over and over must not end the run as a loop
+        **extra,
+    }

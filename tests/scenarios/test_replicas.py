@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,20 +22,17 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.helpers import (
-    REPO,
     TIME_CALL,
     Frame,
     events_of,
     eventually,
     finished,
     frames,
-    mcp_servers_json,
     record,
     script,
 )
 from tests.mock_lmstudio.fixture import MockLMStudio
-from tests.postgres import PostgresCluster
-from tests.scenarios.conftest import GatewayProcess, alive, child_processes, describe, gateway_process
+from tests.scenarios.conftest import GatewayProcess, alive, child_processes, describe, gateway_process, process_env
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -50,27 +45,9 @@ LOOP = "Loop " + script(forever=TIME_CALL, delay_ms=200)  # a tool round every ~
 TERMINAL = ("run.completed", "run.failed")
 
 
-@pytest.fixture(params=["postgres", "sqlite"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/store/runs.db"
-    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
-    return cluster.new_database(f"replicas_{uuid.uuid4().hex[:12]}")
-
-
 @pytest.fixture
 def env(mock: MockLMStudio, database_url: str, tmp_path: Path) -> dict[str, str]:
-    mcp_json = tmp_path / "mcp.json"
-    time_server = mcp_servers_json(str(REPO))["mcpServers"]["time"]
-    mcp_json.write_text(json.dumps({"mcpServers": {"time": time_server}}))
-    return {
-        "LMSTUDIO_BASE_URL": mock.base_url,
-        "MCP_CONFIG": str(mcp_json),
-        "BRIDGE_DATABASE_URL": database_url,
-        "BRIDGE_LEASE_S": str(LEASE_S),
-        "BRIDGE_SHUTDOWN_GRACE_S": "1",
-        "BRIDGE_REPEAT_CALL_LIMIT": "100",  # the same call over and over must not end the run as a loop
-    }
+    return process_env(mock, database_url, tmp_path, BRIDGE_LEASE_S=str(LEASE_S))
 
 
 @contextlib.asynccontextmanager

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.helpers import REPO, TIME_CALL, eventually, mcp_servers_json, script
+from tests.helpers import TIME_CALL, eventually, script
 from tests.mock_lmstudio.fixture import MockLMStudio
-from tests.postgres import PostgresCluster
 from tests.scenarios.conftest import (
     GatewayProcess,
     alive,
@@ -26,6 +24,7 @@ from tests.scenarios.conftest import (
     child_processes,
     describe,
     gateway_process,
+    process_env,
 )
 
 pytestmark = pytest.mark.timeout(180)
@@ -35,27 +34,9 @@ LOOP_TASK = "Loop " + script(forever=TIME_CALL, delay_ms=200)  # a tool round ev
 STEPS_BEFORE_STOP = 2
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/store/runs.db"
-    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
-    return cluster.new_database(f"restarts_{uuid.uuid4().hex[:12]}")
-
-
 @pytest.fixture
 def env(mock: MockLMStudio, database_url: str, tmp_path: Path) -> dict[str, str]:
-    mcp_json = tmp_path / "mcp.json"
-    time_server = mcp_servers_json(str(REPO))["mcpServers"]["time"]
-    mcp_json.write_text(json.dumps({"mcpServers": {"time": time_server}}))
-    return {
-        "LMSTUDIO_BASE_URL": mock.base_url,
-        "MCP_CONFIG": str(mcp_json),
-        "BRIDGE_DATABASE_URL": database_url,
-        "BRIDGE_INSTANCE_ID": INSTANCE,
-        "BRIDGE_SHUTDOWN_GRACE_S": "1",
-        "BRIDGE_REPEAT_CALL_LIMIT": "100",  # the same call over and over must not end the run as a loop
-    }
+    return process_env(mock, database_url, tmp_path, BRIDGE_INSTANCE_ID=INSTANCE)
 
 
 def sqlite_file(url: str) -> Path | None:

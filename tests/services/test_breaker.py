@@ -150,3 +150,31 @@ async def test_retry_after_ignores_the_wall_clock_timezone(monkeypatch: pytest.M
     finally:
         monkeypatch.delenv("TZ")
         time_module.tzset()
+
+
+async def test_admits_follows_the_state_through_open_trial_and_close() -> None:
+    clock = Clock()
+    breaker = make(clock, failures=2)
+    assert breaker.admits()
+    with pytest.raises(LLMConnectionError):
+        await breaker.call(fail)
+    assert breaker.admits()  # one failure of two: still closed
+    with pytest.raises(LLMConnectionError):
+        await breaker.call(fail)
+    assert not breaker.admits()  # open
+    clock.now += 30
+    assert breaker.admits()  # half-open: the trial may go
+    trial = asyncio.Event()
+
+    async def slow_ok() -> str:
+        await trial.wait()
+        return "ok"
+
+    running = asyncio.ensure_future(breaker.call(slow_ok))
+    await eventually(lambda: not breaker.admits(), what="the trial call holds the breaker")
+    trial.set()
+    assert await running == "ok"
+    assert breaker.state == "closed" and breaker.admits()
+    with pytest.raises(LLMConnectionError):
+        await breaker.call(fail)
+    assert breaker.admits()  # closed again: the count starts over

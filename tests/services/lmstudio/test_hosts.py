@@ -97,8 +97,8 @@ def test_rank_least_in_flight_per_weight_then_served() -> None:
 
 def test_rank_puts_failing_hosts_last() -> None:
     breaker = Breaker("x", failures=1, reset_s=60, counts=lambda e: True, unavailable=UpstreamUnavailableError)
-    breaker._inner.open()
-    breaker._opened_at = 1e18
+    breaker._inner.open()  # as a failed call opens it
+    breaker._opened_at, breaker._tripped = 1e18, True
     a, b, c = host("a", {"m": True}, breaker=breaker), host("b", {"m": False}), host("c", {"m": True})
     c.down_until = 10.0
     assert names(rank([a, b, c], "m", now=5.0)) == ["b", "a", "c"]  # open breaker (a) and just-failed (c) last

@@ -3,7 +3,7 @@ since a new database gets `tables.py` (stamped) and an older one gets the migrat
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -18,13 +18,6 @@ from services.runs.tables import metadata
 from tests.conftest import store_url
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def url(request: pytest.FixtureRequest) -> str:
-    if request.param == "sqlite":
-        return store_url()
-    return cast(str, request.getfixturevalue("postgres_url"))
 
 
 def _differences(conn: Connection) -> list[Any]:

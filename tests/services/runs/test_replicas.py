@@ -14,7 +14,6 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import cast
 
 import pytest
 from sqlalchemy import delete, insert, select, update
@@ -25,7 +24,6 @@ from services.metrics import Metrics
 from services.runs import RunStore
 from services.runs.lease import Lease
 from services.runs.tables import instances
-from tests.conftest import store_url
 from tests.helpers import eventually
 from tests.services.runs.test_store import Driver, counter, make_result, make_step
 
@@ -34,13 +32,6 @@ pytestmark = pytest.mark.timeout(60)
 LONG = 3600.0  # a lease under which nothing in a test expires on its own
 SHORT = 1.0  # the shortest lease BRIDGE_LEASE_S allows
 OLD = 100.0  # seconds: a heartbeat this old is past SHORT
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def url(request: pytest.FixtureRequest) -> str:
-    if request.param == "sqlite":
-        return store_url()
-    return cast(str, request.getfixturevalue("postgres_url"))
 
 
 class Stores:

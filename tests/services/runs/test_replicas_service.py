@@ -8,27 +8,19 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import cast
 
 import pytest
 
 from app.gateway import BridgeState, MCPSetup, open_gateway
 from services.agent import RunSpec
 from services.errors import RunFinishedError
-from tests.conftest import make_settings, store_url
+from tests.conftest import make_settings
 from tests.helpers import script
 from tests.mock_lmstudio.fixture import MockLMStudio
 
 pytestmark = pytest.mark.timeout(60)
 
 SLOW = "slow " + script(answer="late", delay_ms=20_000)  # an LM Studio call that outlasts the test unless cancelled
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def url(request: pytest.FixtureRequest) -> str:
-    if request.param == "sqlite":
-        return store_url()
-    return cast(str, request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ from services.metrics import Metrics
 from services.runs import RunFilter, RunStore
 from services.runs.tables import run_events, runs
 from services.text import Redactor
-from tests.conftest import store_url
 from tests.helpers import REPO
 
 pytestmark = pytest.mark.timeout(60)
@@ -153,13 +152,6 @@ async def rows_of(store: RunStore) -> list[dict[str, Any]]:
 
 
 # --- fixtures --------------------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def url(request: pytest.FixtureRequest) -> str:
-    if request.param == "sqlite":
-        return store_url()
-    return cast(str, request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture
