@@ -54,19 +54,19 @@ NOTE = (
 )
 
 ANALYSIS = (
-    "**What the figures say** (2026-11-29, two runs, medians): one host, the usual set-up, costs 0.08 µs per decision "
-    "(`rank` hands the list back as it is) and about 0.55 µs for all of `_routed`; 3 hosts 0.84-0.85 µs per decision "
-    "and 1.43-1.48 µs for `_routed` (the rank plus the accounting: the clock read, in-flight up and down, the "
-    "try/finally, the weighted `served` count, the result tuple); 8 hosts with each model on 2 to 4 of them "
-    "1.45-1.48 µs; the worst case, a model on all 8 hosts (every host scored and sorted), 2.63-2.68 µs: the target is met "
-    "in every case, and all of it is under 0.2 % of the ~1.4 ms of gateway CPU a one-hop run costs (next "
-    "section). **History**: the first version took 1.73-1.89 µs for 3 hosts and 6.75-7.29 µs for the 8-host "
-    "worst case (missed): scoring asked each host's circuit breaker whether it admits a call through five "
-    "Python calls (`Host.admits` -> `Breaker.admits` -> `Breaker.state` -> aiobreaker's `current_state` -> its "
-    "storage), about 0.4 µs a host, and sorted with `key=lambda item: item[:4]` (a slice per host). Now "
-    "`Breaker.admits` is one attribute read while the breaker has not opened since it was last seen closed "
-    "(0.06 µs, row above), and the tuples are sorted as they are (their index is unique, so a `Host` is never "
-    "compared)."
+    "**What the figures say** (2026-11-29, two runs, medians): one host, the usual set-up, costs 0.08 µs per "
+    "decision (`rank` hands the list back as it is) and about 0.55 µs for all of `_routed`; 3 hosts 0.84-0.85"
+    " µs per decision and 1.43-1.48 µs for `_routed` (the rank plus the accounting: the clock read, in-flight"
+    " up and down, the try/finally, the weighted `served` count, the result tuple); 8 hosts with each model "
+    "on 2 to 4 of them 1.45-1.48 µs; the worst case, a model on all 8 hosts (every host scored and sorted), "
+    "2.63-2.68 µs: the target is met in every case, and all of it is under 0.2 % of the ~1.4 ms of gateway "
+    "CPU a one-hop run costs (next section). **History**: the first version took 1.73-1.89 µs for 3 hosts and"
+    " 6.75-7.29 µs for the 8-host worst case (missed): scoring asked each host's circuit breaker whether it "
+    "admits a call through five Python calls (`Host.admits` -> `Breaker.admits` -> `Breaker.state` -> "
+    "aiobreaker's `current_state` -> its storage), about 0.4 µs a host, and sorted with `key=lambda item: "
+    "item[:4]` (a slice per host). Now `Breaker.admits` is one attribute read while the breaker has not "
+    "opened since it was last seen closed (0.06 µs, row above), and the tuples are sorted as they are (their "
+    "index is unique, so a `Host` is never compared)."
 )
 
 
