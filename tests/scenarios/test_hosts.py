@@ -131,7 +131,9 @@ async def test_a_host_killed_mid_run_the_run_completes_on_another(tmp_path: Path
         for mock in (a, b):
             await mock.configure(models=[model(QWEN, True)])
         settings = make_settings(
-            lmstudio_hosts_file=str(hosts_file(tmp_path, {"a": a, "b": b})), mcp_config=str(mcp_json)
+            lmstudio_hosts_file=str(hosts_file(tmp_path, {"a": a, "b": b})),
+            mcp_config=str(mcp_json),
+            breaker_failures=1,  # one failed call (its retries spent) opens that host's breaker
         )
         task = script(calls=[[TIME_CALL]], delay_ms=1500)
         async with app_client(settings, timeout=60) as client:
@@ -145,14 +147,21 @@ async def test_a_host_killed_mid_run_the_run_completes_on_another(tmp_path: Path
             assert answer.status_code == 200, answer.text
             result = answer.json()
             ready = (await client.get("/readyz")).json()
+            metrics = (await client.get("/metrics")).text
+            later = await client.post("/v1/autonomous", json={"task": "hi", "model": QWEN, "mcp_servers": []})
         assert result["status"] == "completed"
         assert [s["tool"] for s in result["steps"]] == ["get_current_time"]
         assert any("LM Studio host 'a' failed" in w and "went to host 'b'" in w for w in result["warnings"])
-        assert len(await chats(b)) == 2  # round 1 again, then the final answer
         assert ready["status"] == "ready"
         by_name = {h["name"]: h for h in ready["lmstudio"]["hosts"]}
         assert by_name["a"]["ok"] is False and by_name["a"]["code"] == "upstream_unavailable"
         assert by_name["b"]["ok"] is True
+        # each host has its own breaker: a's is open, b's is not, and the next run goes to b without a word
+        assert (by_name["a"]["breaker"], by_name["b"]["breaker"]) == ("open", "closed")
+        assert 'bridge_breaker_state{upstream="lmstudio:a"} 2.0' in metrics
+        assert 'bridge_breaker_state{upstream="lmstudio:b"} 0.0' in metrics
+        assert later.status_code == 200 and later.json()["warnings"] == []
+        assert len(await chats(b)) == 3  # the run's round 1 again and its final answer; the later run's one call
     finally:
         await asyncio.gather(a.stop(), b.stop())
 
