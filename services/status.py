@@ -145,8 +145,8 @@ class StatusService:
         hosts = []
         for host, error in await self.lmstudio.readiness():
             breaker = host.client.breaker
-            one = HostReadiness(host.name, host.spec.url, error is None, breaker.state if breaker else None)
-            one.in_flight = host.in_flight
+            state = breaker.state if breaker else None
+            one = HostReadiness(host.name, host.spec.url, error is None, state, in_flight=host.in_flight)
             if error is not None:
                 one.error, one.code = error.detail, error.code
             hosts.append(one)

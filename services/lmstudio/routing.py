@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from services.lmstudio.client import LMStudioClient
 from services.lmstudio.hosts import HostSpec
-from services.lmstudio.listing import ModelInfo
+from services.lmstudio.listing import HostState, ModelInfo
 
 DOWN_S = 5.0  # a host whose call just failed goes to the back of the line for this long
 
@@ -35,7 +35,7 @@ class Host:
     def failed(self) -> None:
         self.down_until = time.monotonic() + DOWN_S
 
-    def state_of(self, model: str) -> str:
+    def state_of(self, model: str) -> HostState:
         """`loaded`, `available` (listed, loads on demand) or `unreachable`, as /v1/models shows it."""
         if not self.reachable or not self.admits():
             return "unreachable"

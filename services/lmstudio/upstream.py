@@ -155,7 +155,7 @@ class LMStudioHosts:
         for host in self.hosts:
             for model in host.models.values():
                 first.setdefault(model.id, model)
-                where.setdefault(model.id, []).append(ModelHost(host.name, host.state_of(model.id)))  # type: ignore[arg-type]
+                where.setdefault(model.id, []).append(ModelHost(host.name, host.state_of(model.id)))
         return [
             replace(m, loaded=any(p.state == "loaded" for p in where[m.id]), hosts=tuple(where[m.id]))
             for m in first.values()
@@ -242,9 +242,10 @@ class LMStudioHosts:
     async def open_stream(self, path: str, content: bytes, *, model: str | None = None) -> httpx.Response:
         """POST and return the response with its body unread; the host counts it in flight until it is closed."""
         response, host, _ = await self._routed(model, lambda client: client.open_stream(path, content, model=model))
-        if not response.is_closed:
+        stream = response.stream  # the async transport's body: an AsyncByteStream
+        if not response.is_closed and isinstance(stream, httpx.AsyncByteStream):
             host.in_flight += 1
-            response.stream = _CountedStream(response.stream, host)  # type: ignore[arg-type]
+            response.stream = _CountedStream(stream, host)
         return response
 
     async def _routed(

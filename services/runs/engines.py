@@ -22,7 +22,9 @@ def async_engine(url: str) -> AsyncEngine:
 
 def sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA journal_mode")
+    if str(cursor.fetchone()[0]).lower() != "wal":  # WAL stays set in the file: switched once, by its first user
+        cursor.execute("PRAGMA journal_mode=WAL")
     # WAL + NORMAL: a killed process loses no committed transaction (a power cut may lose the last ones)
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()

@@ -67,14 +67,16 @@ _MIGRATING = asyncio.Lock()  # Alembic keeps module-level state: one migration a
 async def migrate(engine: AsyncEngine) -> None:
     """Create or upgrade the tables; a no-op (one query) when the store is current."""
     for attempt in range(_ATTEMPTS):
-        async with engine.connect() as conn:
-            if await conn.run_sync(_revision) == HEAD:
-                return
         try:
+            async with engine.connect() as conn:
+                if await conn.run_sync(_revision) == HEAD:
+                    return
             async with _MIGRATING, engine.begin() as conn:
                 await conn.run_sync(_bring_up)
             return
-        except DBAPIError:  # e.g. "table runs already exists": another process made it first
+        # e.g. "table runs already exists": another process made it first; or, on a new SQLite file, "database
+        # is locked": another process is switching it to WAL as this one connects
+        except DBAPIError:
             if attempt == _ATTEMPTS - 1:
                 raise
             await asyncio.sleep(0.2 * (attempt + 1))

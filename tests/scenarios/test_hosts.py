@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +53,10 @@ async def fresh(hosts: dict[str, MockLMStudio]) -> dict[str, MockLMStudio]:
     return hosts
 
 
-def hosts_file(tmp_path: Path, mocks: dict[str, MockLMStudio], **weights: float) -> Path:
-    entries = [{"name": n, "url": m.base_url, "weight": weights.get(n, 1)} for n, m in mocks.items()]
+def hosts_file(tmp_path: Path, mocks: Mapping[str, MockLMStudio | str], **weights: float) -> Path:
+    """A hosts file naming each mock (or a bare URL) with its weight (default 1)."""
+    urls = {n: m if isinstance(m, str) else m.base_url for n, m in mocks.items()}
+    entries = [{"name": n, "url": url, "weight": weights.get(n, 1)} for n, url in urls.items()]
     path = tmp_path / "hosts.json"
     path.write_text(json.dumps({"hosts": entries}))
     return path
@@ -255,7 +257,8 @@ async def test_load_and_unload_on_a_named_host(fresh: dict[str, MockLMStudio], t
 
 
 def test_check_reports_every_host(fresh: dict[str, MockLMStudio], tmp_path: Path) -> None:
-    path = hosts_file(tmp_path, {**fresh, "gone": _Dead()})  # type: ignore[dict-item]
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    path = hosts_file(tmp_path, {**fresh, "gone": dead})
     env = {**os.environ, "LMSTUDIO_HOSTS_FILE": str(path), "MCP_CONFIG": "", "BRIDGE_DATABASE_URL": _store()}
     done = subprocess.run(
         [sys.executable, "-m", "app.cli", "check"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
@@ -265,10 +268,6 @@ def test_check_reports_every_host(fresh: dict[str, MockLMStudio], tmp_path: Path
     for name, mock in fresh.items():
         assert any(line.startswith(f"[ok]   LM Studio host {name!r} at {mock.base_url}") for line in lines), lines
     assert any(line.startswith("[fail] LM Studio host 'gone' at http://127.0.0.1:") for line in lines), lines
-
-
-class _Dead:
-    base_url = f"http://127.0.0.1:{free_port()}"
 
 
 def _store() -> str:

@@ -28,15 +28,22 @@ def test_one_url_a_list_or_a_file(tmp_path: Path) -> None:
     ]
 
 
-def test_settings_normalise_the_list_and_refuse_both_forms() -> None:
-    settings = Settings(_env_file=None, lmstudio_base_urls="http://a:1234/v1, http://b:1234/")  # type: ignore[arg-type]
+def settings_from(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
+    """Settings read from these environment variables, as the gateway reads them."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return Settings(_env_file=None)
+
+
+def test_settings_normalise_the_list_and_refuse_both_forms(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = settings_from(monkeypatch, LMSTUDIO_BASE_URLS="http://a:1234/v1, http://b:1234/")
     assert settings.lmstudio_base_urls == ["http://a:1234", "http://b:1234"]
     with pytest.raises(ValueError, match="the same URL is listed twice"):
-        Settings(_env_file=None, lmstudio_base_urls="http://a:1234,http://a:1234/v1")  # type: ignore[arg-type]
+        settings_from(monkeypatch, LMSTUDIO_BASE_URLS="http://a:1234,http://a:1234/v1")
     with pytest.raises(ValueError, match="must start with http"):
-        Settings(_env_file=None, lmstudio_base_urls="a:1234")  # type: ignore[arg-type]
+        settings_from(monkeypatch, LMSTUDIO_BASE_URLS="a:1234")
     with pytest.raises(ValueError, match="not both"):
-        Settings(_env_file=None, lmstudio_base_urls="http://a:1", lmstudio_hosts_file="x")  # type: ignore[arg-type]
+        settings_from(monkeypatch, LMSTUDIO_BASE_URLS="http://a:1", LMSTUDIO_HOSTS_FILE="x")
 
 
 @pytest.mark.parametrize(

@@ -295,7 +295,7 @@ async def test_a_second_process_with_the_same_instance_id_is_reported(
 
 
 async def test_a_failed_heartbeat_is_logged_counted_and_retried(
-    stores: Stores, caplog: pytest.LogCaptureFixture
+    stores: Stores, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = await stores("gw-a", lease_s=SHORT)
     real = store.lease.beat
@@ -307,7 +307,7 @@ async def test_a_failed_heartbeat_is_logged_counted_and_retried(
             raise ConnectionError("database away")
         return await real()
 
-    store.lease.beat = flaky  # type: ignore[method-assign]
+    monkeypatch.setattr(store.lease, "beat", flaky)
     await eventually(lambda: len(failures) == 2, 5, "two failed heartbeats")
     before = (await instance_rows(store))["gw-a"][1]
 
