@@ -198,7 +198,7 @@ async def open_gateway(
         stack.push_async_callback(lmstudio.aclose)
         if tracer_provider is not None:
             for client in lmstudio.clients:
-                instrument_client(client.http, tracer_provider)
+                instrument_client(client, tracer_provider)
             stack.callback(tracer_provider.force_flush)
         catalog = ModelCatalog.over(
             lmstudio,

@@ -15,7 +15,6 @@ from contextvars import ContextVar
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-import httpx
 from fastapi import FastAPI
 from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
@@ -29,6 +28,7 @@ from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.settings import Settings
+from services.lmstudio import LMStudioClient
 from services.metrics import Metrics
 from services.text import Redactor
 from services.tracing import current_run_id
@@ -104,12 +104,13 @@ def instrument(app: FastAPI, provider: TracerProvider) -> bool:
     return True
 
 
-def instrument_client(client: httpx.AsyncClient, provider: TracerProvider) -> None:
-    """HTTP client spans (children of the GenAI spans) on the LM Studio client, when spans are
+def instrument_client(client: LMStudioClient, provider: TracerProvider) -> None:
+    """HTTP client spans (children of the GenAI spans) on an LM Studio client, when spans are
     exported (the wrapper costs CPU on every call even when nothing is recorded; see docs/performance.md)."""
     if not exporting(provider):
         return
-    HTTPXClientInstrumentor.instrument_client(client, tracer_provider=provider)
+    HTTPXClientInstrumentor.instrument_client(client.http, tracer_provider=provider)
+    client.trace_requests()
 
 
 class RequestContextMiddleware:

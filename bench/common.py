@@ -350,16 +350,45 @@ async def throughput(call: Call, concurrency: int, total: int) -> float:
     return total / (time.perf_counter() - start)
 
 
-async def throughputs(calls: dict[str, Call], concurrency: int, total: int, rounds: int = 4) -> dict[str, float]:
-    """Calls per second of each of `calls` with `concurrency` workers sharing `total` calls, measured in
-    `rounds` rounds that interleave the contenders (so that drift on a shared machine hits them alike)."""
+async def throughputs(
+    contenders: list[Contender], concurrency: int, total: int, rounds: int = 4
+) -> dict[str, Throughput]:
+    """Calls per second of each contender with `concurrency` workers sharing `total` calls, measured in
+    `rounds` rounds that interleave the contenders (so that drift on a shared machine hits them alike), and
+    the cores its servers and the benchmark process used meanwhile."""
     per_round = max(1, total // rounds)
-    elapsed = dict.fromkeys(calls, 0.0)
-    names = list(calls)
+    found = {c.label: Throughput() for c in contenders}
     for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            elapsed[name] += per_round / await throughput(calls[name], concurrency, per_round)
-    return {name: per_round * rounds / seconds for name, seconds in elapsed.items()}
+        for contender in contenders[r % len(contenders) :] + contenders[: r % len(contenders)]:
+            seen = found[contender.label]
+            before = {s.name: s.cpu_s() for s in contender.servers}
+            own, started = time.process_time(), time.perf_counter()
+            await throughput(contender.call, concurrency, per_round)
+            seen.seconds += time.perf_counter() - started
+            seen.own_cpu_s += time.process_time() - own
+            for s in contender.servers:
+                seen.cpu_s[s.name] = seen.cpu_s.get(s.name, 0.0) + s.cpu_s() - before[s.name]
+            seen.calls += per_round
+    return found
+
+
+@dataclass
+class Throughput:
+    """What `throughputs` saw of one contender: calls, wall seconds, CPU seconds per server and of the
+    benchmark process."""
+
+    calls: int = 0
+    seconds: float = 0.0
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    own_cpu_s: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.calls / self.seconds
+
+    def cores(self, server: Server | None = None) -> float:
+        """Cores the server (the benchmark process when None) used on average while the calls ran."""
+        return (self.own_cpu_s if server is None else self.cpu_s[server.name]) / self.seconds
 
 
 class PeakRSS:

@@ -101,12 +101,12 @@ async def gateway(engine: RealEngine, mcp_config: Path, text_tool_calls: bool) -
         log_level="WARNING",
         database_url=f"sqlite+aiosqlite:///{store.name}/runs.db",
     )
-    async with (
-        store,
-        serve_in_loop(create_app(settings), "the gateway", START_TIMEOUT_S) as url,
-        httpx.AsyncClient(base_url=url, timeout=CLIENT_TIMEOUT_S) as client,
-    ):
-        yield client
+    with store:
+        async with (
+            serve_in_loop(create_app(settings), "the gateway", START_TIMEOUT_S) as url,
+            httpx.AsyncClient(base_url=url, timeout=CLIENT_TIMEOUT_S) as client,
+        ):
+            yield client
 
 
 async def offered_names(client: httpx.AsyncClient) -> set[str]:

@@ -28,6 +28,7 @@ from bench.common import (
     Contender,
     Row,
     Server,
+    Throughput,
     compare,
     floor,
     gateway,
@@ -56,6 +57,7 @@ LEVELS = {"INFO": "default logging (INFO)", "WARNING": "quiet logging (WARNING)"
 ALLOWANCE_MS = 0.5  # DESIGN.md "Targets": p50 <= script + floor + 0.5 ms, CPU <= script's CPU + 0.5 ms
 LOG_LINES, LOG_REPEATS = 2000, 7  # the per-run log line emitted directly: lines per repeat, repeats
 LOG_LINE_TARGET_US = 30.0  # issue 19: the per-run log line <= 30 µs
+RATE_TARGET = 2.0  # issue 19: at concurrency 16, >= 2x the script's runs/s
 
 
 @dataclass
@@ -80,14 +82,19 @@ async def run() -> dict[str, object]:
             Upstream("mock", mock, MOCK_MODEL, f"{QUESTION} {script(calls=[[TIME_CALL]])}", "Based on the tools: "),
             Upstream("stdlib", fake, stdlib_fake.MODEL, QUESTION, stdlib_fake.ANSWER_PREFIX),
         ]
-        client = await stack.enter_async_context(http_client())
         session = await stack.enter_async_context(mcp_session(server_params(directory, SERVER)))
 
+        async def own_client() -> httpx.AsyncClient:
+            """A client per contender: with one shared pool, every request scans every contender's connections
+            (httpcore's pool is linear in them), and at concurrency 16 the load generator became the limit."""
+            return await stack.enter_async_context(http_client())
+
+        client = await own_client()  # the floor's, and the upstreams' counters
         floor_c = Contender("floor (fixed JSON)", post_json(client, base.url("/"), {"task": QUESTION}), [base])
         contenders = [floor_c]
         gateways: dict[tuple[str, str], tuple[Server, Contender]] = {}
         for up in upstreams:
-            up.script = Script(client, up.server, session, server=SERVER, model=up.model, prompt=up.task)
+            up.script = Script(await own_client(), up.server, session, server=SERVER, model=up.model, prompt=up.task)
             await up.script.setup()
             up.script_c = Contender(f"script on {up.name} (httpx + ClientSession)", up.script.run, [up.server])
             contenders.append(up.script_c)
@@ -97,7 +104,8 @@ async def run() -> dict[str, object]:
                 )
                 body = {"task": up.task, "mcp_servers": [SERVER]}
                 label = f"gateway on {up.name}, {LEVELS[level]}"
-                bridge_c = Contender(label, post_json(client, bridge.url("/v1/autonomous"), body), [bridge, up.server])
+                call = post_json(await own_client(), bridge.url("/v1/autonomous"), body)
+                bridge_c = Contender(label, call, [bridge, up.server])
                 gateways[(up.name, level)] = (bridge, bridge_c)
                 contenders.append(bridge_c)
             await _check(up, [c for (name, _), (_, c) in gateways.items() if name == up.name])
@@ -105,7 +113,7 @@ async def run() -> dict[str, object]:
         await warm_up(contenders, WARMUP)
         hops = {key: await _upstream_requests(client, up, c) for up in upstreams for key, (_, c) in _of(gateways, up)}
         await compare(contenders, N)
-        rates = await throughputs({c.label: c.call for c in contenders[1:]}, CONCURRENCY, CONCURRENT_RUNS)
+        rates = await throughputs(contenders[1:], CONCURRENCY, CONCURRENT_RUNS)
 
         rows = _rows(floor_c, upstreams, gateways, hops, rates)
         line_us, spread = log_line_cost(directory / "gateway.log")
@@ -130,10 +138,11 @@ async def run() -> dict[str, object]:
                 "same hops by hand in the benchmark process (httpx POSTs with the gateway's system prompt and tools, "
                 "`call_tool` on a kept stdio session to the same time server); its CPU is the benchmark process's "
                 f"CPU time while it ran. {N} sequential runs per contender after {WARMUP} warm-up runs, interleaved "
-                "in 10 blocks, one keep-alive httpx client. Gateway CPU = the gateway process's user+system time / "
-                "runs (its time-server child excluded). **Floor**: bench/floor.py answering the same kind of body "
-                f"with a fixed JSON. Runs/s: {CONCURRENCY} workers sharing {CONCURRENT_RUNS} runs per contender, in "
-                "4 rounds that interleave the contenders. Upstream "
+                "in 10 blocks, one keep-alive httpx client per contender. Gateway CPU = the gateway process's "
+                "user+system time / runs (its time-server child excluded). **Floor**: bench/floor.py answering the "
+                f"same kind of body with a fixed JSON. Runs/s: {CONCURRENCY} workers sharing {CONCURRENT_RUNS} runs "
+                "per contender, in 4 rounds that interleave the contenders; cores = a process's CPU seconds / wall "
+                "seconds over those rounds. Upstream "
                 f"requests per run: counted by the upstream over {COUNT_RUNS} runs after the warm-up. **Per-run "
                 "log line**: the INFO-WARNING difference is below what the run rows resolve, so the line is also "
                 "measured on its own in the benchmark process: the gateway's `run finished: ...` record on its "
@@ -237,7 +246,7 @@ def _rows(
     upstreams: list[Upstream],
     gateways: dict[tuple[str, str], tuple[Server, Contender]],
     hops: dict[tuple[str, str], tuple[str, bool]],
-    rates: dict[str, float],
+    rates: dict[str, Throughput],
 ) -> list[Row]:
     rows: list[Row] = [
         (f"{floor_c.label}: p50 / p99", f"{floor_c.p50:.2f} / {floor_c.p99:.2f} ms", "baseline"),
@@ -278,11 +287,23 @@ def _rows(
                     "2 chat + 0 model list (the script's hops)",
                 ),
             ]
+        gateway_info, gateway_quiet = (pair for _, pair in _of(gateways, up))
+        script_rate = rates[s.label]
+        info = rates[gateway_info[1].label]
+        ratio = info.rate / script_rate.rate
         rows += [
             (
                 f"runs/s at concurrency {CONCURRENCY} on {up.name}: gateway INFO / gateway WARNING / script",
-                " / ".join(f"{rates[c.label]:.0f}" for c in [*(c for _, (_, c) in _of(gateways, up)), s]),
-                "report",
-            )
+                f"{info.rate:.0f} / {rates[gateway_quiet[1].label].rate:.0f} / {script_rate.rate:.0f}: gateway INFO "
+                f"{ratio:.2f}x the script ({verdict(ratio >= RATE_TARGET)})",
+                f">= {RATE_TARGET:g}x the script",
+            ),
+            (
+                f"cores used at concurrency {CONCURRENCY} on {up.name}: gateway INFO run (gateway process + "
+                "load generator + upstream) / script run (benchmark process + upstream)",
+                f"{info.cores(gateway_info[0]):.2f} + {info.cores():.2f} + {info.cores(up.server):.2f} / "
+                f"{script_rate.cores():.2f} + {script_rate.cores(up.server):.2f}",
+                "report (2 cores; the time server's not counted)",
+            ),
         ]
     return rows

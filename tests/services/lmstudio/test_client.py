@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from dataclasses import asdict
 
 import httpx
 import pytest
+from aiohttp import web
 
 from services.errors import LLMValidationError
 from services.lmstudio import LMStudioClient, RetryPolicy
@@ -99,3 +101,37 @@ async def test_stream_is_retried_until_accepted_and_never_after(mock: MockLMStud
     with pytest.raises(LLMValidationError):  # an error answer to a stream request is mapped like any other
         await client.open_stream(CHAT, body.encode(), model=QWEN)
     await client.aclose()
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["direct", "through-httpx"])
+async def test_an_exchange_sends_the_token_and_reads_a_compressed_answer(traced: bool) -> None:
+    """A buffered answer goes straight to the transport's aiohttp session unless requests are traced; both
+    ways send the same headers and decode a gzip body by its Content-Encoding."""
+    seen: list[dict[str, str]] = []
+
+    async def chat(request: web.Request) -> web.Response:
+        seen.append({**request.headers, "body": (await request.read()).decode()})
+        body = {"model": "m", "choices": [{"message": {"content": "packed"}, "finish_reason": "stop"}]}
+        packed = gzip.compress(json.dumps(body).encode())
+        return web.Response(body=packed, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+
+    app = web.Application()
+    app.router.add_post(CHAT, chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    client = LMStudioClient.create(f"http://127.0.0.1:{port}", token="s3cret", retry=NO_RETRY)
+    if traced:
+        client.trace_requests()
+    try:
+        assert client.exchange_directly is not traced
+        result = await client.chat({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        assert result.content == "packed"
+        assert seen[0]["Authorization"] == "Bearer s3cret"
+        assert seen[0]["Content-Type"] == "application/json"
+        assert json.loads(seen[0]["body"])["messages"] == [{"role": "user", "content": "hi"}]
+    finally:
+        await client.aclose()
+        await runner.cleanup()
