@@ -14,6 +14,7 @@ from services.access import Access
 from services.agent import MAX_ROUNDS_CAP, AgentService, Run, RunResult, RunSpec, ToolChoice, result_data
 from services.errors import InvalidJSONError, InvalidRequestError, ModelNotFoundError
 from services.lmstudio import LMStudioHosts, ModelCatalog, ModelKind
+from services.lmstudio.answer import Answer
 
 
 class ChatMessage(BaseModel):
@@ -112,7 +113,7 @@ class OpenAICompat:
 
     async def forward(
         self, path: str, raw: bytes, body: dict[str, Any], access: Access | None, *, kind: ModelKind = "chat"
-    ) -> httpx.Response:
+    ) -> Answer:
         content, model = await self._validated(raw, body, kind, access)
         return await self.lmstudio.forward(path, content, model=model)
 

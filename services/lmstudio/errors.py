@@ -25,6 +25,7 @@ from services.errors import (
     NoModelLoadedError,
     NotSupportedError,
 )
+from services.lmstudio.answer import Answer
 
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 UNKNOWN_ENDPOINT = "Unexpected endpoint or method"  # LM Studio's 200 answer to a path it does not have
@@ -35,7 +36,7 @@ INVALID_MODEL = "Invalid model identifier"  # current LM Studio's 400 for an unk
 _EXAMPLES = re.compile(r"\(e\.g\., ([^()]*)\)")
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: Answer) -> float | None:
     value = response.headers.get("retry-after")
     if not value:
         return None
@@ -88,7 +89,7 @@ def _model_error(status: int, body: Any, message: str, model: str | None) -> LLM
 _DECODED = "lmstudio_bridge.json"  # where a response keeps its decoded body (decoded once per answer)
 
 
-def decoded(response: httpx.Response) -> Any:
+def decoded(response: Answer) -> Any:
     """The response's JSON body (None when it is not JSON), decoded at most once."""
     if _DECODED not in response.extensions:
         try:
@@ -98,7 +99,7 @@ def decoded(response: httpx.Response) -> Any:
     return response.extensions[_DECODED]
 
 
-def error_for_response(response: httpx.Response, model: str | None = None) -> LLMError | None:
+def error_for_response(response: Answer, model: str | None = None) -> LLMError | None:
     """The domain error an LM Studio response (body read) stands for, or None when it is a success."""
     status = response.status_code
     body: Any = decoded(response)
@@ -127,7 +128,7 @@ def error_for_response(response: httpx.Response, model: str | None = None) -> LL
     return err
 
 
-def error_for_probe(response: httpx.Response, model: str | None = None) -> LLMError | None:
+def error_for_probe(response: Answer, model: str | None = None) -> LLMError | None:
     """For a model-list probe only a 429 or a 5xx is an error: any other answer may just mean
     "not this API" (see `ModelAPI.models`)."""
     if response.status_code == 429 or response.status_code >= 500:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import httpx
+from services.lmstudio.answer import Answer
 
 ModelType = Literal["llm", "vlm", "embedding"]
 HostState = Literal["loaded", "available", "unreachable"]
@@ -120,7 +120,7 @@ class ModelAPI:
     path: str
     parse: Callable[[Any], list[ModelInfo] | None]
 
-    def models(self, response: httpx.Response) -> list[ModelInfo] | None:
+    def models(self, response: Answer) -> list[ModelInfo] | None:
         """The models in an answer, or None when the answer says this server does not have the API
         (a 4xx, a body that is not JSON, or LM Studio's 200 `{"error": "Unexpected endpoint..."}`)."""
         if response.status_code >= 400:

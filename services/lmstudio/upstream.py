@@ -22,6 +22,7 @@ from services.errors import (
     NotSupportedError,
     UpstreamUnavailableError,
 )
+from services.lmstudio.answer import Answer
 from services.lmstudio.chat import ChatResult
 from services.lmstudio.client import LMStudioClient, ModelErrorHook
 from services.lmstudio.errors import counts_against_lmstudio
@@ -234,7 +235,7 @@ class LMStudioHosts:
         result.host, result.failovers = host.name, failures
         return result
 
-    async def forward(self, path: str, content: bytes, *, model: str | None = None) -> httpx.Response:
+    async def forward(self, path: str, content: bytes, *, model: str | None = None) -> Answer:
         """POST a client's body as is to the best host for `model` (see `LMStudioClient.forward`)."""
         response, _, _ = await self._routed(model, lambda client: client.forward(path, content, model=model))
         return response
