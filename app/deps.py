@@ -1,4 +1,6 @@
-"""Dependency aliases: routers get shared objects through these, never by building them."""
+"""How routers get the gateway's shared objects, never by building them: the dependency aliases, or
+`state_of(request)` on the hot routes (a run, an OpenAI call, a tool call). FastAPI solves every dependency
+on every request, about 15 µs apiece (docs/performance.md), so those routes read the state off the request."""
 
 from __future__ import annotations
 
@@ -8,46 +10,31 @@ from fastapi import Depends, Request
 
 from app.gateway import BridgeState
 from app.security import access_of
-from app.settings import Settings
 from services.access import Access
 from services.agent import AgentService
-from services.lmstudio import ModelCatalog
-from services.mcp import MCPPool
 from services.openai_compat import OpenAICompat
 from services.runs import RunService
 
 
-def _state(request: Request) -> BridgeState:
+def state_of(request: Request) -> BridgeState:
     return cast(BridgeState, request.app.state.bridge)
 
 
 # async: FastAPI would run plain `def` dependencies in a worker thread
 async def get_state(request: Request) -> BridgeState:
-    return _state(request)
-
-
-async def get_settings(request: Request) -> Settings:
-    return _state(request).settings
-
-
-async def get_catalog(request: Request) -> ModelCatalog:
-    return _state(request).catalog
-
-
-async def get_pool(request: Request) -> MCPPool:
-    return _state(request).pool
+    return state_of(request)
 
 
 async def get_agent(request: Request) -> AgentService:
-    return _state(request).agent
+    return state_of(request).agent
 
 
 async def get_compat(request: Request) -> OpenAICompat:
-    return _state(request).compat
+    return state_of(request).compat
 
 
 async def get_runs(request: Request) -> RunService:
-    return _state(request).runs
+    return state_of(request).runs
 
 
 async def get_access(request: Request) -> Access | None:
@@ -56,9 +43,6 @@ async def get_access(request: Request) -> Access | None:
 
 
 StateDep = Annotated[BridgeState, Depends(get_state)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-CatalogDep = Annotated[ModelCatalog, Depends(get_catalog)]
-PoolDep = Annotated[MCPPool, Depends(get_pool)]
 AgentDep = Annotated[AgentService, Depends(get_agent)]
 CompatDep = Annotated[OpenAICompat, Depends(get_compat)]
 RunsDep = Annotated[RunService, Depends(get_runs)]
