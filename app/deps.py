@@ -1,6 +1,4 @@
-"""How routers get the gateway's shared objects, never by building them: the dependency aliases, or
-`state_of(request)` on the hot routes (a run, an OpenAI call, a tool call). FastAPI solves every dependency
-on every request, about 15 µs apiece (docs/performance.md), so those routes read the state off the request."""
+"""Dependency aliases: routers get shared objects through these, never by building them."""
 
 from __future__ import annotations
 
@@ -12,29 +10,34 @@ from app.gateway import BridgeState
 from app.security import access_of
 from services.access import Access
 from services.agent import AgentService
+from services.mcp import MCPPool
 from services.openai_compat import OpenAICompat
 from services.runs import RunService
 
 
-def state_of(request: Request) -> BridgeState:
+def _state(request: Request) -> BridgeState:
     return cast(BridgeState, request.app.state.bridge)
 
 
 # async: FastAPI would run plain `def` dependencies in a worker thread
 async def get_state(request: Request) -> BridgeState:
-    return state_of(request)
+    return _state(request)
+
+
+async def get_pool(request: Request) -> MCPPool:
+    return _state(request).pool
 
 
 async def get_agent(request: Request) -> AgentService:
-    return state_of(request).agent
+    return _state(request).agent
 
 
 async def get_compat(request: Request) -> OpenAICompat:
-    return state_of(request).compat
+    return _state(request).compat
 
 
 async def get_runs(request: Request) -> RunService:
-    return state_of(request).runs
+    return _state(request).runs
 
 
 async def get_access(request: Request) -> Access | None:
@@ -43,6 +46,7 @@ async def get_access(request: Request) -> Access | None:
 
 
 StateDep = Annotated[BridgeState, Depends(get_state)]
+PoolDep = Annotated[MCPPool, Depends(get_pool)]
 AgentDep = Annotated[AgentService, Depends(get_agent)]
 CompatDep = Annotated[OpenAICompat, Depends(get_compat)]
 RunsDep = Annotated[RunService, Depends(get_runs)]

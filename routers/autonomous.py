@@ -8,11 +8,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import state_of
+from app.deps import AgentDep
 from app.security import access_of
 from routers.schemas import RUN_EVENT_SCHEMA, problem_responses
 from routers.streaming import CLIENT_CLOSED_REQUEST, RunStream, execute_for_client, wants_stream
-from services.agent import MAX_ROUNDS_CAP, Run, RunResult, RunSpec, ToolChoice, result_json
+from services.agent import MAX_ROUNDS_CAP, AgentService, Run, RunResult, RunSpec, ToolChoice, result_json
 
 router = APIRouter(prefix="/v1/autonomous", tags=["autonomous"])
 
@@ -100,9 +100,9 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _respond(request: Request, spec: RunSpec, stream: bool) -> Response:
+async def _respond(request: Request, agent: AgentService, spec: RunSpec, stream: bool) -> Response:
     spec.access = access_of(request.scope)
-    return await respond(request, await state_of(request).agent.open(spec), stream)
+    return await respond(request, await agent.open(spec), stream)
 
 
 async def respond(request: Request, run: Run, stream: bool) -> Response:
@@ -116,10 +116,10 @@ async def respond(request: Request, run: Run, stream: bool) -> Response:
 
 
 @router.post("", response_model=RunResult, responses=RESPONSES, operation_id="runAutonomous", summary="Run a task")
-async def autonomous(body: AutonomousRequest, request: Request) -> Response:
+async def autonomous(body: AutonomousRequest, request: Request, agent: AgentDep) -> Response:
     """Run a task with tools from the chosen MCP servers (all enabled ones if omitted)."""
     values = body.model_dump(exclude={"stream"})
-    return await _respond(request, RunSpec(**values), body.stream)
+    return await _respond(request, agent, RunSpec(**values), body.stream)
 
 
 @router.post(
@@ -129,11 +129,11 @@ async def autonomous(body: AutonomousRequest, request: Request) -> Response:
     operation_id="runWithMcp",
     summary="Run a task with one server",
 )
-async def with_mcp(body: WithMCPRequest, request: Request) -> Response:
+async def with_mcp(body: WithMCPRequest, request: Request, agent: AgentDep) -> Response:
     """Run a task with the tools of one MCP server (mirror of `autonomous_with_mcp`)."""
     values = body.model_dump(exclude={"stream", "mcp_name"})
     spec = RunSpec(mcp_servers=[body.mcp_name], **values)
-    return await _respond(request, spec, body.stream)
+    return await _respond(request, agent, spec, body.stream)
 
 
 @router.post(
@@ -143,11 +143,11 @@ async def with_mcp(body: WithMCPRequest, request: Request) -> Response:
     operation_id="runWithMultipleMcps",
     summary="Run a task with several servers",
 )
-async def with_multiple_mcps(body: WithMultipleMCPsRequest, request: Request) -> Response:
+async def with_multiple_mcps(body: WithMultipleMCPsRequest, request: Request, agent: AgentDep) -> Response:
     """Run a task with the tools of several MCP servers (mirror of `autonomous_with_multiple_mcps`)."""
     values = body.model_dump(exclude={"stream", "mcp_names"})
     spec = RunSpec(mcp_servers=body.mcp_names, **values)
-    return await _respond(request, spec, body.stream)
+    return await _respond(request, agent, spec, body.stream)
 
 
 @router.post(
@@ -157,7 +157,7 @@ async def with_multiple_mcps(body: WithMultipleMCPsRequest, request: Request) ->
     operation_id="runDiscover",
     summary="Run a task with every server",
 )
-async def discover(body: DiscoverRequest, request: Request) -> Response:
+async def discover(body: DiscoverRequest, request: Request, agent: AgentDep) -> Response:
     """Run a task with every enabled MCP server's tools (mirror of `autonomous_discover_and_execute`)."""
     values = body.model_dump(exclude={"stream"})
-    return await _respond(request, RunSpec(**values), body.stream)
+    return await _respond(request, agent, RunSpec(**values), body.stream)

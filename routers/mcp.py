@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Request, Response
+from fastapi import APIRouter, Body, Path, Response
 from pydantic import TypeAdapter
 
-from app.deps import AccessDep, StateDep, state_of
-from app.security import access_of
+from app.deps import AccessDep, PoolDep, StateDep
 from routers.paths import named_in_path
 from routers.schemas import ToolList, problem_responses
 from services.errors import InvalidRequestError
@@ -52,11 +51,11 @@ async def list_tools(name: ServerName, state: StateDep, access: AccessDep) -> To
 async def call_tool(
     name: ServerName,
     tool: ToolName,
-    request: Request,
+    pool: PoolDep,
+    access: AccessDep,
     arguments: Annotated[dict[str, Any], Body(default_factory=dict, examples=[{"timezone": "UTC"}])],
 ) -> Response:
     """Call one tool directly; the body is its arguments, checked against its input schema."""
-    pool, access = state_of(request).pool, access_of(request.scope)
     if access is not None:
         access.check_tools([(name, tool)])
     with named_in_path():

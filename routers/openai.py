@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from app.deps import state_of
+from app.deps import CompatDep
 from app.security import access_of
 from routers.schemas import CHUNK_EVENT_SCHEMA, problem_responses
 from routers.streaming import CLIENT_CLOSED_REQUEST, ProxyStream, RunFrames, RunStream, execute_for_client
@@ -123,9 +123,8 @@ async def _pass_through(request: Request, compat: OpenAICompat, path: str) -> Re
     responses=PASS_RESPONSES,
     openapi_extra=CHAT_DOC,
 )
-async def chat_completions(request: Request) -> Response:
+async def chat_completions(request: Request, compat: CompatDep) -> Response:
     """OpenAI chat completion: passed to LM Studio, or run with MCP tools when the body names servers."""
-    compat = state_of(request).compat
     raw = await request.body()
     body = parse_body(raw)
     options = chat_options(body)
@@ -154,9 +153,8 @@ async def chat_completions(request: Request) -> Response:
     responses=PASS_RESPONSES,
     openapi_extra=_body_schema("An OpenAI text completion request", {"model": "qwen/qwen3-4b", "prompt": "Once"}),
 )
-async def completions(request: Request) -> Response:
+async def completions(request: Request, compat: CompatDep) -> Response:
     """OpenAI text completion, passed to LM Studio."""
-    compat = state_of(request).compat
     return await _pass_through(request, compat, "/v1/completions")
 
 
@@ -170,9 +168,8 @@ async def completions(request: Request) -> Response:
         {"model": "text-embedding-nomic-embed-text-v1.5", "input": "hello"},
     ),
 )
-async def embeddings(request: Request) -> Response:
+async def embeddings(request: Request, compat: CompatDep) -> Response:
     """OpenAI embeddings, passed to LM Studio; only embedding models are accepted."""
-    compat = state_of(request).compat
     raw = await request.body()
     return _relay(
         await compat.forward("/v1/embeddings", raw, parse_body(raw), access_of(request.scope), kind="embedding")
@@ -186,7 +183,6 @@ async def embeddings(request: Request) -> Response:
     responses=PASS_RESPONSES,
     openapi_extra=_body_schema("An OpenAI Responses API request", {"model": "qwen/qwen3-4b", "input": "Hi"}),
 )
-async def responses(request: Request) -> Response:
+async def responses(request: Request, compat: CompatDep) -> Response:
     """OpenAI Responses API, passed to LM Studio where it has it (else 501)."""
-    compat = state_of(request).compat
     return await _pass_through(request, compat, "/v1/responses")
