@@ -1,5 +1,6 @@
 """The LM Studio client: one pooled `httpx.AsyncClient` shared by every call; each call retried, counted by
-the breaker once its retries are spent, and its failures mapped to the `LLMError` family."""
+the breaker once its retries are spent, and its failures mapped to the `LLMError` family (how a request
+goes over the wire is `wire.py`)."""
 
 from __future__ import annotations
 
@@ -10,24 +11,23 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
 
-import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 from opentelemetry import trace
 
 from services.breaker import Breaker
 from services.errors import BridgeError, LLMError, LLMResponseError, ModelNotFoundError, NoModelLoadedError
-from services.lmstudio.answer import Answer, Buffered
+from services.lmstudio.answer import Answer
 from services.lmstudio.chat import ChatResult, parse_chat
-from services.lmstudio.errors import decoded, error_for_exception, error_for_probe, error_for_response
+from services.lmstudio.errors import decoded, error_for_probe, error_for_response
 from services.lmstudio.listing import MODEL_APIS, ModelInfo
 from services.lmstudio.retry import RetryPolicy, call_with_retries
 from services.lmstudio.telemetry import gen_ai_span, operation_name, record_response, span_host
+from services.lmstudio.wire import Wire, read
 from services.metrics import Metrics
 
 T = TypeVar("T")
 
-JSON_HEADERS = {"Content-Type": "application/json"}
 ResponseCheck = Callable[[Answer, str | None], LLMError | None]
 # (the error, time.monotonic() when the failed call began) -> the error to raise instead
 ModelErrorHook = Callable[[LLMError, float], Awaitable[LLMError]]
@@ -47,18 +47,9 @@ class LMStudioClient:
         name: str | None = None,
     ) -> None:
         self.http = http
-        self.transport = transport  # the client's own transport, for the fast path of `_send`
-        self._base = str(http.base_url).rstrip("/")
-        self.name = name or self._base  # the host's name in metrics, spans and listings
+        self.wire = Wire(http, transport)
+        self.name = name or self.wire.base  # the host's name in metrics, spans and listings
         self._span_host = span_host(self.name, http.base_url)
-        self._json_headers = httpx.Headers({**http.headers, **JSON_HEADERS})
-        self._urls: dict[str, httpx.URL] = {}
-        # buffered answers skip httpx and go to the transport's aiohttp session (see `_exchange`)
-        self.exchange_directly = isinstance(transport, AiohttpTransport)
-        # aiohttp decodes these itself (httpx may offer more than aiohttp can decode)
-        exchange = {**dict(http.headers.items()), "accept-encoding": "gzip, deflate"}  # httpx's keys: lower case
-        self._exchange_headers = (exchange, {**exchange, "content-type": "application/json"})
-        self._default_timeouts = http.timeout.as_dict()
         self.retry = retry or RetryPolicy()
         self.breaker = breaker
         self.metrics = metrics or Metrics()
@@ -98,7 +89,7 @@ class LMStudioClient:
 
     @property
     def base_url(self) -> str:
-        return self._base
+        return self.wire.base
 
     @property
     def reports_load_state(self) -> bool:
@@ -147,11 +138,6 @@ class LMStudioClient:
             raise model_error
         raise replacement from model_error
 
-    def _timeouts(self, timeout_s: float | None) -> dict[str, float | None]:
-        if timeout_s is None:
-            return self._default_timeouts
-        return httpx.Timeout(timeout_s, connect=min(timeout_s, 5)).as_dict()
-
     async def _send(
         self,
         method: str,
@@ -164,12 +150,7 @@ class LMStudioClient:
     ) -> Answer:
         """The one way a request goes to LM Studio (`_open` for a stream): sent once, its body read, the answer
         judged by `check`, every failure raised as an `LLMError`."""
-        timeouts = self._timeouts(timeout_s)
-        answer: Answer
-        if self.exchange_directly:
-            answer = await self._exchange(method, path, content, timeouts)
-        else:
-            answer = await self._read(await self._transported(method, path, content, timeouts))
+        answer = await self.wire.exchange(method, path, content, self.wire.timeouts(timeout_s))
         error = check(answer, model)
         if error is not None:
             raise error
@@ -178,75 +159,17 @@ class LMStudioClient:
     async def _open(self, path: str, content: bytes, model: str | None) -> httpx.Response:
         """POST for a stream: a successful non-JSON answer comes back with its body unread (the caller must
         `aclose()` it); any other answer is read and judged as `_send` judges it."""
-        response = await self._transported("POST", path, content, self._default_timeouts)
+        response = await self.wire.open(path, content)
         if response.status_code < 400 and "json" not in response.headers.get("content-type", ""):
             return response
-        error = error_for_response(await self._read(response), model)
+        error = error_for_response(await read(response), model)
         if error is not None:
             raise error
         return response
 
-    @staticmethod
-    async def _read(response: httpx.Response) -> httpx.Response:
-        try:
-            await response.aread()  # reads to the end, then releases the connection
-        except BaseException as exc:
-            await response.aclose()
-            if isinstance(exc, httpx.HTTPError | aiohttp.ClientError):
-                raise error_for_exception(exc) from exc
-            raise
-        return response
-
-    async def _transported(
-        self, method: str, path: str, content: bytes | None, timeouts: dict[str, float | None]
-    ) -> httpx.Response:
-        """Sent through httpx, the answer's body unread. It goes straight to the pooled transport: the client
-        layer's cookie, auth and redirect handling are not needed here and cost CPU on every call (see
-        docs/performance.md)."""
-        headers = self.http.headers if content is None else self._json_headers
-        url = self._urls.get(path)
-        if url is None:  # parsed once per path
-            url = self._urls[path] = httpx.URL(self._base + path)
-        request = httpx.Request(method, url, headers=headers, content=content, extensions={"timeout": timeouts})
-        try:
-            if self.transport is None:
-                return await self.http.send(request, stream=True)
-            return await self.transport.handle_async_request(request)
-        except (httpx.HTTPError, aiohttp.ClientError) as exc:
-            raise error_for_exception(exc) from exc
-
-    async def _exchange(
-        self, method: str, path: str, content: bytes | None, timeouts: dict[str, float | None]
-    ) -> Buffered:
-        """Sent on the transport's own aiohttp session (the same connection pool), the body read in one piece
-        into a `Buffered` answer: no httpx request, response, stream or decoder chain around it, about 0.15 ms
-        of CPU less per call (docs/performance.md). The same headers, timeouts and error mapping as through
-        the transport."""
-        assert isinstance(self.transport, AiohttpTransport)
-        session = self.transport.client
-        if not isinstance(session, aiohttp.ClientSession):  # made on first use, in the loop, as the transport does
-            session = self.transport.client = self.transport.get_client()
-        timeout = aiohttp.ClientTimeout(
-            sock_connect=timeouts["connect"], sock_read=timeouts["read"], connect=timeouts["pool"]
-        )
-        try:
-            async with session.request(
-                method,
-                self._base + path,
-                headers=self._exchange_headers[content is not None],
-                data=content,
-                allow_redirects=False,
-                compress=False,
-                timeout=timeout,
-            ) as response:
-                return Buffered(response.status, response.headers, await response.read())
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise error_for_exception(exc) from exc
-
     def trace_requests(self) -> None:
-        """Every request through the httpx transport from now on: the tracing instrumentation wraps it, and a
-        direct exchange would make no HTTP client span."""
-        self.exchange_directly = False
+        """Every request through httpx from now on: the tracing instrumentation wraps its transport."""
+        self.wire.direct = False
 
     async def request_json(
         self,

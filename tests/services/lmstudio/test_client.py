@@ -126,7 +126,7 @@ async def test_an_exchange_sends_the_token_and_reads_a_compressed_answer(traced:
     if traced:
         client.trace_requests()
     try:
-        assert client.exchange_directly is not traced
+        assert client.wire.direct is not traced
         result = await client.chat({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
         assert result.content == "packed"
         assert seen[0]["Authorization"] == "Bearer s3cret"
