@@ -17,8 +17,6 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 from opentelemetry import propagate, trace
-from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
@@ -98,6 +96,8 @@ def instrument(app: FastAPI, provider: TracerProvider) -> bool:
     without it, `RequestContextMiddleware` opens the request's trace itself). True when instrumented."""
     if not exporting(provider):
         return False
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor  # ~2 MB, loaded only when exporting
+
     FastAPIInstrumentor.instrument_app(
         app, tracer_provider=provider, excluded_urls=UNTRACED, exclude_spans=["receive", "send"]
     )
@@ -109,6 +109,8 @@ def instrument_client(client: LMStudioClient, provider: TracerProvider) -> None:
     exported (the wrapper costs CPU on every call even when nothing is recorded; see docs/performance.md)."""
     if not exporting(provider):
         return
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor  # ~3 MB, loaded only when exporting
+
     HTTPXClientInstrumentor.instrument_client(client.http, tracer_provider=provider)
     client.trace_requests()
 

@@ -132,15 +132,16 @@ async def run() -> dict[str, object]:
         )
         await asyncio.sleep(1.0)
         idle_rss = bridge.rss_mb()
-        client = await stack.enter_async_context(http_client())
+        # a client per contender: one shared pool is scanned whole on every request (see bench/run_upstreams.py)
+        floor_client, script_client, run_client = [await stack.enter_async_context(http_client()) for _ in range(3)]
         session = await stack.enter_async_context(mcp_session(server_params(directory, SERVER)))
-        script = Script(client, mock, session)
+        script = Script(script_client, mock, session)
         await script.setup()
 
         body = {"task": task(), "mcp_servers": [SERVER]}
-        floor_c = Contender("floor (fixed JSON)", post_json(client, base.url("/"), body), [base])
+        floor_c = Contender("floor (fixed JSON)", post_json(floor_client, base.url("/"), body), [base])
         script_c = Contender("hand-written script (httpx + ClientSession)", script.run, [mock])
-        run_call = post_json(client, bridge.url("/v1/autonomous"), body)
+        run_call = post_json(run_client, bridge.url("/v1/autonomous"), body)
         bridge_c = Contender("gateway `POST /v1/autonomous`", run_call, [bridge, mock])
         await _check(bridge_c, script)
 
@@ -205,9 +206,10 @@ async def run() -> dict[str, object]:
                 f'`POST /v1/autonomous` with `mcp_servers: ["{SERVER}"]` and a task whose `[[mock ...]]` script '
                 "makes the zero-latency mock LM Studio call `fault__echo` once, then answer from the tool output. "
                 f"{N} sequential runs per contender after {WARMUP} warm-up runs, interleaved in 10 blocks, one "
-                "keep-alive httpx client. **Script**: the same hops by hand in the benchmark process — a POST to "
-                "the mock's /v1/chat/completions with the same system prompt, task and tools, `call_tool` on a "
-                "kept stdio session to the same fault server, a second POST with the assistant and tool messages. "
+                "keep-alive httpx client per contender. **Script**: the same hops by hand in the benchmark process "
+                "— a POST to the mock's /v1/chat/completions with the same system prompt, task and tools, "
+                "`call_tool` on a kept stdio session to the same fault server, a second POST with the assistant "
+                "and tool messages. "
                 "**Floor**: bench/floor.py answering the same request body with a fixed JSON. CPU = the "
                 "process's user+system time over the measured runs / runs (the script's: the benchmark process's "
                 "while the script ran); the gateway here logs at WARNING (bench/run_upstreams.py measures the "
