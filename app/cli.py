@@ -7,10 +7,10 @@ import asyncio
 import os
 import sys
 
-from app.gateway import BridgeState, MCPSetup, host_tokens, load_hosts, load_mcp, open_gateway
+from app.gateway import BridgeState, MCPSetup, all_secrets, load_hosts, load_mcp, open_gateway
 from app.server import run_server
 from app.settings import Settings, load_settings
-from app.telemetry import configure_logging, secrets_of
+from app.telemetry import configure_logging
 from services.errors import BridgeError, LLMError
 
 
@@ -95,8 +95,7 @@ def mcp(args: argparse.Namespace) -> int:
     """Serve the autonomous tools over stdio: stdout carries JSON-RPC only, logs go to stderr."""
     settings = own_instance(load_settings(), "mcp")
     mcp_setup = load_mcp(settings)
-    secrets = [*mcp_setup.secret_values(), *host_tokens(load_hosts(settings))]
-    configure_logging(settings.log_level, secrets_of(settings, secrets))  # stderr only
+    configure_logging(settings.log_level, all_secrets(settings, mcp_setup, load_hosts(settings)))  # stderr only
     asyncio.run(serve_stdio(settings, mcp_setup))
     return 0
 

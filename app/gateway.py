@@ -150,9 +150,11 @@ def build_pool(settings: Settings, servers: dict[str, MCPServerConfig], metrics:
     )
 
 
-def host_tokens(hosts: list[HostSpec]) -> list[str]:
-    """The hosts file's tokens: never logged or stored."""
-    return [h.token for h in hosts if h.token]
+def all_secrets(settings: Settings, mcp: MCPSetup, hosts: list[HostSpec], keys: KeyRing | None = None) -> list[str]:
+    """Every value that must never reach a log line or the run store: the settings' keys, token and database
+    password, mcp.json's env and header values, the hosts file's tokens, and the API keys held in `keys`."""
+    tokens = [h.token for h in hosts if h.token]
+    return secrets_of(settings, [*mcp.secret_values(), *(keys.clear_keys if keys else ()), *tokens])
 
 
 async def open_store(
@@ -162,7 +164,7 @@ async def open_store(
     path = sqlite_path(settings.database_url)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    redact = Redactor(secrets_of(settings, [*mcp.secret_values(), *keys.clear_keys, *host_tokens(hosts)]))
+    redact = Redactor(all_secrets(settings, mcp, hosts, keys))
     keys.on_new_secrets.append(redact.add)  # a key a reload brings is kept out of the store too
     return await RunStore.open(
         settings.database_url,

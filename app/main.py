@@ -9,7 +9,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.errors import install_error_handler
 from app.front_door import MCPFrontDoor
-from app.gateway import BridgeState, MCPSetup, host_tokens, load_hosts, load_keys, load_mcp, load_mcp_setup
+from app.gateway import BridgeState, MCPSetup, all_secrets, load_hosts, load_keys, load_mcp, load_mcp_setup
 from app.lifespan import lifespan_for
 from app.security import APIKeyMiddleware, BodyLimitMiddleware
 from app.settings import Settings, load_settings
@@ -18,7 +18,6 @@ from app.telemetry import (
     add_log_secrets,
     configure_logging,
     instrument,
-    secrets_of,
     tracer_provider,
 )
 from routers import autonomous, health, mcp, models, openai, pipelines, runs
@@ -47,8 +46,7 @@ def create_app(
     keys = keys or load_keys(settings, exit_on_error=from_env)
     hosts = load_hosts(settings, exit_on_error=from_env)
     if configure_logs or from_env:
-        secrets = [*mcp_setup.secret_values(), *keys.clear_keys, *host_tokens(hosts)]
-        configure_logging(settings.log_level, secrets_of(settings, secrets))
+        configure_logging(settings.log_level, all_secrets(settings, mcp_setup, hosts, keys))
         keys.on_new_secrets.append(add_log_secrets)
     metrics = Metrics()
     provider = tracer_provider(settings)

@@ -21,6 +21,7 @@ from bench.common import (
     Server,
     budget_row,
     compare,
+    contender_client,
     cpu_row,
     floor,
     gateway,
@@ -132,8 +133,7 @@ async def run() -> dict[str, object]:
         )
         await asyncio.sleep(1.0)
         idle_rss = bridge.rss_mb()
-        # a client per contender: one shared pool is scanned whole on every request (see bench/run_upstreams.py)
-        floor_client, script_client, run_client = [await stack.enter_async_context(http_client()) for _ in range(3)]
+        floor_client, script_client, run_client = [await contender_client(stack) for _ in range(3)]
         session = await stack.enter_async_context(mcp_session(server_params(directory, SERVER)))
         script = Script(script_client, mock, session)
         await script.setup()

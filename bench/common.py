@@ -244,10 +244,17 @@ async def mcp_session(params: StdioServerParameters) -> AsyncIterator[ClientSess
 
 
 def http_client(connections: int = 100) -> httpx.AsyncClient:
-    """One keep-alive client for every HTTP contender of a section."""
+    """A keep-alive client. Contenders measured at concurrency each need their own (`contender_client`)."""
     # idle connections dropped after 2 s, before uvicorn's 5 s keep-alive timeout closes them under a request
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=2.0)
     return httpx.AsyncClient(timeout=120, limits=limits)
+
+
+async def contender_client(stack: contextlib.AsyncExitStack) -> httpx.AsyncClient:
+    """A client of one contender, closed with `stack`: with one pool shared by several contenders, every
+    request looks through every contender's connections (httpcore's pool is linear in them), and at
+    concurrency 16 the load generator became the limit (docs/performance.md, fourth session)."""
+    return await stack.enter_async_context(http_client())
 
 
 class HTTPFailure(RuntimeError):

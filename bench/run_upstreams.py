@@ -30,9 +30,9 @@ from bench.common import (
     Server,
     Throughput,
     compare,
+    contender_client,
     floor,
     gateway,
-    http_client,
     mcp_session,
     mock_lmstudio,
     post_json,
@@ -84,17 +84,13 @@ async def run() -> dict[str, object]:
         ]
         session = await stack.enter_async_context(mcp_session(server_params(directory, SERVER)))
 
-        async def own_client() -> httpx.AsyncClient:
-            """A client per contender: with one shared pool, every request scans every contender's connections
-            (httpcore's pool is linear in them), and at concurrency 16 the load generator became the limit."""
-            return await stack.enter_async_context(http_client())
-
-        client = await own_client()  # the floor's, and the upstreams' counters
+        client = await contender_client(stack)  # the floor's, and the upstreams' counters
         floor_c = Contender("floor (fixed JSON)", post_json(client, base.url("/"), {"task": QUESTION}), [base])
         contenders = [floor_c]
         gateways: dict[tuple[str, str], tuple[Server, Contender]] = {}
         for up in upstreams:
-            up.script = Script(await own_client(), up.server, session, server=SERVER, model=up.model, prompt=up.task)
+            script_client = await contender_client(stack)
+            up.script = Script(script_client, up.server, session, server=SERVER, model=up.model, prompt=up.task)
             await up.script.setup()
             up.script_c = Contender(f"script on {up.name} (httpx + ClientSession)", up.script.run, [up.server])
             contenders.append(up.script_c)
@@ -104,7 +100,7 @@ async def run() -> dict[str, object]:
                 )
                 body = {"task": up.task, "mcp_servers": [SERVER]}
                 label = f"gateway on {up.name}, {LEVELS[level]}"
-                call = post_json(await own_client(), bridge.url("/v1/autonomous"), body)
+                call = post_json(await contender_client(stack), bridge.url("/v1/autonomous"), body)
                 bridge_c = Contender(label, call, [bridge, up.server])
                 gateways[(up.name, level)] = (bridge, bridge_c)
                 contenders.append(bridge_c)
