@@ -226,10 +226,9 @@ async def open_gateway(
         approvals = ApprovalPolicy.of(
             settings.approval_tools, {name: cfg.approval_tools for name, cfg in mcp.servers.items()}
         )
-        agent = AgentService(lmstudio, catalog, pool, limiter, defaults, metrics, approvals, keys)
         store = await open_store(settings, mcp, keys, metrics, hosts)
         stack.push_async_callback(store.aclose)
-        agent.journals = store.journal
+        agent = AgentService(lmstudio, catalog, pool, limiter, defaults, metrics, approvals, keys, store.journal)
         runs = RunService(agent, store, settings.max_queued_runs)
         stack.push_async_callback(runs.aclose)
         metrics.watch(

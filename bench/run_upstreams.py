@@ -43,7 +43,7 @@ from bench.common import (
     warm_up,
     write_mcp_config,
 )
-from services.agent.loop import log as run_log
+from services.agent.run import log as run_log
 from services.tracing import current_run_id
 from tests.helpers import TIME_CALL, script
 

@@ -12,47 +12,38 @@ from app.deps import AgentDep
 from app.security import access_of
 from routers.schemas import RUN_EVENT_SCHEMA, problem_responses
 from routers.streaming import CLIENT_CLOSED_REQUEST, RunStream, execute_for_client, wants_stream
-from services.agent import MAX_ROUNDS_CAP, AgentService, Run, RunResult, RunSpec, ToolChoice, result_json
+from services.agent import AgentService, Run, RunResult, RunSpec, result_json, run_spec
+from services.agent.options import (
+    AllowedTools,
+    MaxRounds,
+    MaxTokens,
+    MCPServers,
+    Model,
+    SystemPrompt,
+    Task,
+    Temperature,
+    TimeoutS,
+    ToolChoiceOption,
+)
 
 router = APIRouter(prefix="/v1/autonomous", tags=["autonomous"])
 
-TASK = Field(
-    min_length=1, max_length=20_000, description="What the model should do", examples=["What time is it in Tokyo?"]
-)
-MODEL = Field(
-    None, description='Model id or alias; null or "default" picks the default model', examples=["qwen/qwen3-4b"]
-)
-ROUNDS = Field(
-    None,
-    ge=1,
-    le=MAX_ROUNDS_CAP,
-    description="Tool rounds before a final answer is asked for (BRIDGE_MAX_ROUNDS_DEFAULT)",
-)
-TOKENS = Field(None, ge=1, le=1_000_000, description="max_tokens of each LM Studio call (BRIDGE_MAX_TOKENS_DEFAULT)")
-TIMEOUT = Field(None, gt=0, le=86_400, description="Run deadline in seconds (default BRIDGE_RUN_TIMEOUT_S)")
-TOOL_CHOICE = Field(
-    None,
-    description='OpenAI tool_choice for the first round ("auto", "required", "none" or a named function); '
-    'later rounds use "auto"; "none" offers no tools',
-)
 STREAM = Field(False, description="Answer with Server-Sent Events (also chosen by Accept: text/event-stream)")
 STORE = Field(True, description="Record the run in the run store (GET /v1/runs/{run_id}); false: keep no record")
 
 
-class _Body(BaseModel):
+class _RunOptions(BaseModel):
+    """What every autonomous request shares (the types, bounds and descriptions are services.agent.options')."""
+
     # strict: the types are the documented ones (no "stream": 0 or "max_rounds": "5"), as schemathesis checks
     model_config = ConfigDict(extra="forbid", strict=True)
 
-
-class _RunOptions(_Body):
-    """What every autonomous request shares."""
-
-    task: str = TASK
-    model: str | None = MODEL
-    max_rounds: int | None = ROUNDS
-    max_tokens: int | None = TOKENS
-    timeout_s: float | None = TIMEOUT
-    tool_choice: ToolChoice | None = TOOL_CHOICE
+    task: Task
+    model: Model = None
+    max_rounds: MaxRounds = None
+    max_tokens: MaxTokens = None
+    timeout_s: TimeoutS = None
+    tool_choice: ToolChoiceOption = None
     stream: bool = STREAM
     store: bool = STORE
 
@@ -63,12 +54,10 @@ class AutonomousRequest(_RunOptions):
             "examples": [{"task": "What time is it in Tokyo?", "mcp_servers": ["time"], "model": "qwen/qwen3-4b"}]
         },
     )
-    mcp_servers: list[str] | None = Field(
-        None, description="Servers to use; omitted = every enabled server", examples=[["time"]]
-    )
-    temperature: float | None = Field(None, ge=0, le=2)
-    system_prompt: str | None = Field(None, max_length=20_000)
-    allowed_tools: list[str] | None = Field(None, description="Subset of <server>__<tool> names the model may call")
+    mcp_servers: MCPServers = None
+    temperature: Temperature = None
+    system_prompt: SystemPrompt = None
+    allowed_tools: AllowedTools = None
 
 
 class WithMCPRequest(_RunOptions):
@@ -118,8 +107,7 @@ async def respond(request: Request, run: Run, stream: bool) -> Response:
 @router.post("", response_model=RunResult, responses=RESPONSES, operation_id="runAutonomous", summary="Run a task")
 async def autonomous(body: AutonomousRequest, request: Request, agent: AgentDep) -> Response:
     """Run a task with tools from the chosen MCP servers (all enabled ones if omitted)."""
-    values = body.model_dump(exclude={"stream"})
-    return await _respond(request, agent, RunSpec(**values), body.stream)
+    return await _respond(request, agent, run_spec(body, store=body.store), body.stream)
 
 
 @router.post(
@@ -131,8 +119,7 @@ async def autonomous(body: AutonomousRequest, request: Request, agent: AgentDep)
 )
 async def with_mcp(body: WithMCPRequest, request: Request, agent: AgentDep) -> Response:
     """Run a task with the tools of one MCP server (mirror of `autonomous_with_mcp`)."""
-    values = body.model_dump(exclude={"stream", "mcp_name"})
-    spec = RunSpec(mcp_servers=[body.mcp_name], **values)
+    spec = run_spec(body, mcp_servers=[body.mcp_name], store=body.store)
     return await _respond(request, agent, spec, body.stream)
 
 
@@ -145,8 +132,7 @@ async def with_mcp(body: WithMCPRequest, request: Request, agent: AgentDep) -> R
 )
 async def with_multiple_mcps(body: WithMultipleMCPsRequest, request: Request, agent: AgentDep) -> Response:
     """Run a task with the tools of several MCP servers (mirror of `autonomous_with_multiple_mcps`)."""
-    values = body.model_dump(exclude={"stream", "mcp_names"})
-    spec = RunSpec(mcp_servers=body.mcp_names, **values)
+    spec = run_spec(body, mcp_servers=body.mcp_names, store=body.store)
     return await _respond(request, agent, spec, body.stream)
 
 
@@ -159,5 +145,4 @@ async def with_multiple_mcps(body: WithMultipleMCPsRequest, request: Request, ag
 )
 async def discover(body: DiscoverRequest, request: Request, agent: AgentDep) -> Response:
     """Run a task with every enabled MCP server's tools (mirror of `autonomous_discover_and_execute`)."""
-    values = body.model_dump(exclude={"stream"})
-    return await _respond(request, agent, RunSpec(**values), body.stream)
+    return await _respond(request, agent, run_spec(body, store=body.store), body.stream)

@@ -27,9 +27,11 @@ from app.gateway import BridgeState
 from app.security import access_of
 from app.settings import Settings
 from routers.autonomous import AutonomousRequest
-from routers.pipelines import MAX_STEPS, PipelineStep, stages_of
+from routers.pipelines import MAX_STEPS, PipelineStep, pipeline_spec, stages_of
 from services.access import Access
-from services.agent import FINISHED_STATUSES, Emit, RunEvent, RunResult, RunSpec, result_data
+from services.agent import FINISHED_STATUSES, Emit, RunEvent, RunOptions, RunResult, RunSpec, result_data, run_spec
+from services.agent import options as run_options
+from services.agent.options import shown, validated
 from services.errors import BridgeError
 
 log = logging.getLogger("lmstudio_bridge.mcp")
@@ -41,10 +43,12 @@ INSTRUCTIONS = (
     "servers configured in the bridge's mcp.json and answers with the result and a record of every step."
 )
 
-Task = Annotated[str, Field(description="What the local model should do")]
-Model = Annotated[str | None, Field(description='Model id or alias; null or "default" picks the default model')]
-MaxRounds = Annotated[int, Field(description="Tool rounds before a final answer is asked for (1-100)")]
-MaxTokens = Annotated[int | None, Field(description="max_tokens of each LM Studio call")]
+# the run options' types, bounds and descriptions; checked by `options` (a violation: REST's validation_error)
+Task = Annotated[str, shown(run_options.Task)]
+Model = Annotated[str | None, shown(run_options.Model)]
+MCPServers = Annotated[list[str] | None, shown(run_options.MCPServers)]
+MaxRounds = Annotated[int | None, shown(run_options.MaxRounds)]
+MaxTokens = Annotated[int | None, shown(run_options.MaxTokens)]
 BridgeContext = Context[Any, Any]
 
 
@@ -53,9 +57,9 @@ def build_mcp_server(settings: Settings, state: Callable[[], BridgeState]) -> MC
     server: MCPServer[Any] = MCPServer(
         "lmstudio-bridge", instructions=INSTRUCTIONS, version="0.1.0", log_level=settings.log_level
     )
-    rounds = settings.max_rounds_default  # shown as the tools' default
 
-    async def run(ctx: BridgeContext, spec: RunSpec) -> RunResult:
+    async def run(ctx: BridgeContext, *values: Any) -> RunResult:
+        spec = options(*values)
         spec.access = key_access(ctx)
         opened = await state().agent.open(spec)
         return await opened.execute(progress_reporter(ctx))
@@ -66,12 +70,11 @@ def build_mcp_server(settings: Settings, state: Callable[[], BridgeState]) -> MC
         task: Task,
         ctx: BridgeContext,
         model: Model = None,
-        max_rounds: MaxRounds = rounds,
+        max_rounds: MaxRounds = None,
         max_tokens: MaxTokens = None,
     ) -> CallToolResult:
         """Let a local model carry out a task with the tools of one MCP server."""
-        spec = RunSpec(task=task, mcp_servers=[mcp_name], model=model, max_rounds=max_rounds, max_tokens=max_tokens)
-        return await answer(run(ctx, spec))
+        return await answer(run(ctx, task, model, [mcp_name], max_rounds, max_tokens))
 
     @server.tool()
     async def autonomous_with_multiple_mcps(
@@ -79,24 +82,22 @@ def build_mcp_server(settings: Settings, state: Callable[[], BridgeState]) -> MC
         task: Task,
         ctx: BridgeContext,
         model: Model = None,
-        max_rounds: MaxRounds = rounds,
+        max_rounds: MaxRounds = None,
         max_tokens: MaxTokens = None,
     ) -> CallToolResult:
         """Let a local model carry out a task with the tools of several MCP servers."""
-        spec = RunSpec(task=task, mcp_servers=mcp_names, model=model, max_rounds=max_rounds, max_tokens=max_tokens)
-        return await answer(run(ctx, spec))
+        return await answer(run(ctx, task, model, mcp_names, max_rounds, max_tokens))
 
     @server.tool()
     async def autonomous_discover_and_execute(
         task: Task,
         ctx: BridgeContext,
         model: Model = None,
-        max_rounds: MaxRounds = rounds,
+        max_rounds: MaxRounds = None,
         max_tokens: MaxTokens = None,
     ) -> CallToolResult:
         """Let a local model carry out a task with the tools of every enabled MCP server."""
-        spec = RunSpec(task=task, model=model, max_rounds=max_rounds, max_tokens=max_tokens)
-        return await answer(run(ctx, spec))
+        return await answer(run(ctx, task, model, None, max_rounds, max_tokens))
 
     @server.tool()
     async def autonomous_pipeline(
@@ -116,35 +117,51 @@ def build_mcp_server(settings: Settings, state: Callable[[], BridgeState]) -> MC
         analyses with read-only tools, then a coding model acts); each step's output feeds the next."""
 
         async def go() -> RunResult:
-            spec = RunSpec(task=task, access=key_access(ctx))
-            pipeline = await state().agent.open_pipeline(spec, stages_of(AutonomousRequest(task=task), steps))
+            body = validated(AutonomousRequest, {"task": task})
+            pipeline = await state().agent.open_pipeline(
+                pipeline_spec(body, access=key_access(ctx)), stages_of(body, steps)
+            )
             return await pipeline.execute(progress_reporter(ctx))
 
         return await answer(go())
 
-    _add_status_tools(server, state, rounds)
+    _add_status_tools(server, state)
     return server
 
 
-def _add_status_tools(server: MCPServer[Any], state: Callable[[], BridgeState], rounds: int) -> None:
+def options(
+    task: str, model: str | None, mcp_servers: list[str] | None, max_rounds: int | None, max_tokens: int | None
+) -> RunSpec:
+    """The run spec of a tool's arguments, checked against the same bounds as REST."""
+    values = {"model": model, "mcp_servers": mcp_servers, "max_rounds": max_rounds, "max_tokens": max_tokens}
+    return run_spec(validated(_ToolRun, {"task": task, **values}))
+
+
+class _ToolRun(RunOptions):
+    task: run_options.Task
+
+
+def _add_status_tools(server: MCPServer[Any], state: Callable[[], BridgeState]) -> None:
     """The tools that start and poll background runs, and the listings."""
 
     @server.tool()
     async def start_task(
         task: Task,
         ctx: BridgeContext,
-        mcp_servers: Annotated[
-            list[str] | None, Field(description="The MCP servers whose tools the model may use; null: every one")
-        ] = None,
+        mcp_servers: MCPServers = None,
         model: Model = None,
-        max_rounds: MaxRounds = rounds,
+        max_rounds: MaxRounds = None,
         max_tokens: MaxTokens = None,
     ) -> CallToolResult:
         """Start a task in the background and return its run id at once; poll it with get_task_result.
         For long tasks: each call stays well within a client's tool-call time limit."""
-        spec = RunSpec(task=task, mcp_servers=mcp_servers, model=model, max_rounds=max_rounds, max_tokens=max_tokens)
-        spec.access = key_access(ctx)
-        return await answer(started(state(), spec))
+
+        async def start() -> dict[str, Any]:
+            spec = options(task, model, mcp_servers, max_rounds, max_tokens)
+            spec.access = key_access(ctx)
+            return await started(state(), spec)
+
+        return await answer(start())
 
     @server.tool()
     async def get_task_result(

@@ -12,7 +12,8 @@ from app.deps import AgentDep
 from app.security import access_of
 from routers.autonomous import AutonomousRequest, respond
 from routers.schemas import PIPELINE_EVENT_SCHEMA, problem_responses
-from services.agent import MAX_ROUNDS_CAP, RunResult, RunSpec, StageSpec
+from services.agent import STEP_OPTIONS, RunOptions, RunResult, RunSpec, StageSpec
+from services.agent.options import AllowedTools, MaxRounds, MaxTokens, MCPServers, Model, SystemPrompt, Temperature
 
 router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"])
 MAX_STEPS = 20
@@ -39,13 +40,13 @@ class PipelineStep(BaseModel):
         description="What the step's model is asked; may use {task}, {previous_output} and {steps.<name>.output}. "
         "Default: {task} for the first step, {previous_output} after it",
     )
-    model: str | None = Field(None, description="Model id or alias for this step")
-    mcp_servers: list[str] | None = Field(None, description="Servers of this step; omitted = the request's")
-    allowed_tools: list[str] | None = None
-    system_prompt: str | None = Field(None, max_length=20_000)
-    max_rounds: int | None = Field(None, ge=1, le=MAX_ROUNDS_CAP)
-    max_tokens: int | None = Field(None, ge=1, le=1_000_000)
-    temperature: float | None = Field(None, ge=0, le=2)
+    model: Model = None
+    mcp_servers: MCPServers = None
+    allowed_tools: AllowedTools = None
+    system_prompt: SystemPrompt = None
+    max_rounds: MaxRounds = None
+    max_tokens: MaxTokens = None
+    temperature: Temperature = None
     on_failure: Literal["stop", "continue"] = Field(
         "stop", description="A step that ends failed, length, loop or timeout stops the pipeline unless continue"
     )
@@ -81,25 +82,29 @@ class PipelineRequest(AutonomousRequest):
 
 
 def stages_of(body: AutonomousRequest, steps: list[PipelineStep]) -> list[StageSpec]:
-    """The steps as stage specs; a step's unset fields take the request's values."""
+    """The steps as stage specs; a step's unset options take the request's."""
     stages = []
     for index, step in enumerate(steps, 1):
+        options = {name: _first_set(getattr(step, name), getattr(body, name)) for name in STEP_OPTIONS}
         stages.append(
             StageSpec(
                 name=step.name or f"step{index}",
                 instruction=step.instruction or ("{task}" if index == 1 else "{previous_output}"),
-                model=step.model if step.model is not None else body.model,
-                mcp_servers=step.mcp_servers if step.mcp_servers is not None else body.mcp_servers,
-                allowed_tools=step.allowed_tools if step.allowed_tools is not None else body.allowed_tools,
-                system_prompt=step.system_prompt if step.system_prompt is not None else body.system_prompt,
-                max_rounds=step.max_rounds or body.max_rounds,
-                max_tokens=step.max_tokens or body.max_tokens,
-                temperature=step.temperature if step.temperature is not None else body.temperature,
+                options=RunOptions.model_construct(**options),  # each value was checked on its own model
                 on_failure=step.on_failure,
                 unload_after=step.unload_after,
             )
         )
     return stages
+
+
+def pipeline_spec(body: AutonomousRequest, **extra: Any) -> RunSpec:
+    """The pipeline's own run spec: its task and deadline (the other options are its steps')."""
+    return RunSpec(task=body.task, timeout_s=body.timeout_s, **extra)
+
+
+def _first_set(mine: Any, default: Any) -> Any:
+    return mine if mine is not None else default
 
 
 @router.post(
@@ -112,6 +117,6 @@ def stages_of(body: AutonomousRequest, steps: list[PipelineStep]) -> list[StageS
 async def pipeline(body: PipelineRequest, request: Request, agent: AgentDep) -> Response:
     """Run the steps in order, each an ordinary run with its own model, tools and instruction; the output of one
     feeds the next. The result carries every step's run record in `stages`."""
-    spec = RunSpec(task=body.task, timeout_s=body.timeout_s, store=body.store, access=access_of(request.scope))
+    spec = pipeline_spec(body, store=body.store, access=access_of(request.scope))
     run = await agent.open_pipeline(spec, stages_of(body, body.steps))
     return await respond(request, run, body.stream)

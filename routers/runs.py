@@ -11,10 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import AccessDep, RunsDep
 from routers.autonomous import AutonomousRequest
-from routers.pipelines import MAX_STEPS, PipelineStep, stages_of
+from routers.pipelines import MAX_STEPS, PipelineStep, pipeline_spec, stages_of
 from routers.schemas import STORED_EVENT_SCHEMA, problem_responses
 from routers.streaming import StoredEventStream
-from services.agent import RunSpec, RunStatus
+from services.agent import RunStatus, run_spec
 from services.agent.approvals import Decision
 from services.errors import InvalidRequestError
 from services.runs import RunFilter, RunPage, RunRecord, page_json, record_json
@@ -77,10 +77,9 @@ async def start_run(body: RunsRequest, runs: RunsDep, access: AccessDep) -> Resp
     if not body.store:
         raise InvalidRequestError("A background run is always stored; leave out `store` or set it to true")
     if body.steps is not None:  # a pipeline
-        spec = RunSpec(task=body.task, timeout_s=body.timeout_s, access=access)
-        run = await runs.submit(spec, stages_of(body, body.steps))
+        run = await runs.submit(pipeline_spec(body, access=access), stages_of(body, body.steps))
     else:
-        run = await runs.submit(RunSpec(**body.model_dump(exclude={"stream", "store", "steps"}), access=access))
+        run = await runs.submit(run_spec(body, access=access))
     accepted = RunAccepted(run_id=run.run_id, status="queued" if run.status == "queued" else "running")
     return _json(accepted.model_dump_json().encode(), 202, {"Location": f"/v1/runs/{run.run_id}"})
 

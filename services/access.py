@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from services.config_files import ConfigFileError, entry_label, read_yaml, validated
 from services.errors import ForbiddenError, KeyRateLimitedError
+from services.mcp.tools import SEPARATOR, qualified_name
 
 log = logging.getLogger("lmstudio_bridge.access")
 
@@ -45,10 +46,10 @@ class Access:
     def reaches(self, server: str) -> bool:
         """The key may use the server and some of its `tools` globs can name a tool of it (the glob's part
         before `__` matches the server): a key scoped by tools alone does not see or start other servers."""
-        return self.server_allowed(server) and any(fnmatchcase(server, p.split("__", 1)[0]) for p in self.tools)
+        return self.server_allowed(server) and any(fnmatchcase(server, p.split(SEPARATOR, 1)[0]) for p in self.tools)
 
     def tool_allowed(self, server: str, tool: str) -> bool:
-        name = f"{server}__{tool}"
+        name = qualified_name(server, tool)
         return self.server_allowed(server) and any(fnmatchcase(name, p) for p in self.tools)
 
     def model_allowed(self, model_id: str, aliases: Mapping[str, str] | None = None) -> bool:
@@ -67,7 +68,7 @@ class Access:
             )
 
     def check_tools(self, names: Iterable[tuple[str, str]]) -> None:
-        refused = [f"{server}__{tool}" for server, tool in names if not self.tool_allowed(server, tool)]
+        refused = [qualified_name(server, tool) for server, tool in names if not self.tool_allowed(server, tool)]
         if refused:
             raise ForbiddenError(
                 f"The API key {self.name!r} may not use the tool(s) {', '.join(refused)}; "

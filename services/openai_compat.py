@@ -8,11 +8,22 @@ import time
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.access import Access
-from services.agent import MAX_ROUNDS_CAP, AgentService, Run, RunResult, RunSpec, ToolChoice, result_data
-from services.errors import InvalidJSONError, InvalidRequestError, ModelNotFoundError
+from services.agent import AgentService, Run, RunResult, resolve_model, result_data, run_spec
+from services.agent.options import (
+    AllowedTools,
+    MaxRounds,
+    MaxTokens,
+    MCPServers,
+    Model,
+    SystemPrompt,
+    TimeoutS,
+    ToolChoiceOption,
+    validated,
+)
+from services.errors import InvalidJSONError, InvalidRequestError
 from services.lmstudio import LMStudioHosts, ModelCatalog, ModelKind
 from services.lmstudio.answer import Answer
 
@@ -23,19 +34,20 @@ class ChatMessage(BaseModel):
 
 
 class ChatOptions(BaseModel):
-    """The fields of a chat request the gateway reads itself (the rest goes to LM Studio as is)."""
+    """The fields of a chat request the gateway reads itself (the rest goes to LM Studio as is); the run
+    options among them are services.agent.options' (same types and bounds as /v1/autonomous)."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
     messages: list[ChatMessage] = Field(min_length=1)
-    model: str | None = None
+    model: Model = None
     stream: bool | None = None
-    mcp_servers: list[str] | None = None
-    max_rounds: int | None = Field(None, ge=1, le=MAX_ROUNDS_CAP)
-    max_tokens: int | None = Field(None, ge=1)
-    allowed_tools: list[str] | None = None
-    timeout_s: float | None = Field(None, gt=0, le=86_400)
-    system_prompt: str | None = None
-    tool_choice: ToolChoice | None = None
+    mcp_servers: MCPServers = None
+    max_rounds: MaxRounds = None
+    max_tokens: MaxTokens = None
+    allowed_tools: AllowedTools = None
+    timeout_s: TimeoutS = None
+    system_prompt: SystemPrompt = None
+    tool_choice: ToolChoiceOption = None
     store: bool | None = Field(None, description="false: the run with MCP servers is not recorded in the run store")
 
 
@@ -47,14 +59,7 @@ NOT_FOR_LMSTUDIO = frozenset(
 
 def chat_options(body: dict[str, Any]) -> ChatOptions:
     """The gateway's fields of a chat body, checked like /v1/autonomous's (422 naming the field)."""
-    try:
-        return ChatOptions.model_validate(body)
-    except ValidationError as exc:
-        errors = [
-            {"loc": ["body", *(str(p) for p in e["loc"])], "msg": e["msg"], "type": e["type"]} for e in exc.errors()
-        ]
-        summary = "; ".join(f"{'.'.join(e['loc'][1:])}: {e['msg']}" for e in errors)
-        raise InvalidRequestError(summary, errors=errors) from None
+    return validated(ChatOptions, body)
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -99,14 +104,7 @@ class OpenAICompat:
         requested = body.get("model")
         if requested is not None and not isinstance(requested, str):
             raise InvalidRequestError("model must be a string")
-        try:
-            resolved = await self.catalog.resolve(requested, kind=kind)
-        except ModelNotFoundError as exc:  # a key is told only of the models it may use
-            if access is None:
-                raise
-            raise exc.within(lambda m: access.model_allowed(m, self.catalog.aliases)) from None
-        if access is not None:
-            access.check_model(resolved.id, self.catalog.aliases)
+        resolved = await resolve_model(self.catalog, requested, access, kind=kind)
         if resolved.id == requested:
             return raw, resolved.id
         return json.dumps({**body, "model": resolved.id}).encode(), resolved.id
@@ -127,16 +125,10 @@ class OpenAICompat:
         """The agent run a chat request with MCP servers stands for (`options`: from `chat_options(body)`)."""
         messages = body["messages"]
         client_tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
-        spec = RunSpec(
+        spec = run_spec(
+            options,
             task=_last_user_text(messages),
             mcp_servers=servers,
-            model=options.model,
-            max_rounds=options.max_rounds,
-            max_tokens=options.max_tokens,
-            timeout_s=options.timeout_s,
-            allowed_tools=options.allowed_tools,
-            system_prompt=options.system_prompt,
-            tool_choice=options.tool_choice,
             messages=messages,
             client_tools=client_tools,
             extra_body={k: v for k, v in body.items() if k not in NOT_FOR_LMSTUDIO},

@@ -6,8 +6,10 @@ the HTTP layer answer early failures with a problem document and stream everythi
 """
 
 from services.agent.approvals import ApprovalPolicy, Decision
-from services.agent.loop import Run
-from services.agent.pipeline import Pipeline, StageSpec
+from services.agent.context import RunContext
+from services.agent.defaults import RunDefaults
+from services.agent.options import MAX_ROUNDS_CAP, RUN_OPTION_NAMES, RunOptions, run_spec
+from services.agent.pipeline import STEP_OPTIONS, Pipeline, StageSpec
 from services.agent.records import (
     FINISHED_STATUSES,
     PROGRESS_EVENTS,
@@ -28,13 +30,18 @@ from services.agent.records import (
     result_json,
     step_data,
 )
-from services.agent.service import MAX_ROUNDS_CAP, AgentService, RunDefaults
+from services.agent.run import Run
+from services.agent.scope import resolve_model, scoped_tools
+from services.agent.service import AgentService
+from services.agent.state import RunState
 
 __all__ = [
     "FINISHED_STATUSES",
     "MAX_ROUNDS_CAP",
     "PROGRESS_EVENTS",
+    "RUN_OPTION_NAMES",
     "RUN_STATUSES",
+    "STEP_OPTIONS",
     "TERMINAL_EVENTS",
     "UNFINISHED_STATUSES",
     "AgentService",
@@ -45,16 +52,22 @@ __all__ = [
     "Pipeline",
     "RoundReasoning",
     "Run",
+    "RunContext",
     "RunDefaults",
     "RunEvent",
+    "RunOptions",
     "RunResult",
     "RunSpec",
+    "RunState",
     "RunStatus",
     "StageRecord",
     "StageSpec",
     "Step",
     "ToolChoice",
+    "resolve_model",
     "result_data",
     "result_json",
+    "run_spec",
+    "scoped_tools",
     "step_data",
 ]

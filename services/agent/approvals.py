@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Literal
 
+from services.mcp.tools import qualified_name
+
 Verdict = Literal["approved", "denied", "timed_out"]
 
 
@@ -25,7 +27,7 @@ class ApprovalPolicy:
         return bool(self.patterns or self.per_server)
 
     def needs(self, server: str, tool: str) -> bool:
-        name = f"{server}__{tool}"
+        name = qualified_name(server, tool)
         if any(fnmatchcase(name, p) for p in self.patterns):
             return True
         return any(fnmatchcase(tool, p) for p in self.per_server.get(server, ()))

@@ -10,19 +10,19 @@ Each step is an ordinary run inside it; its events are the pipeline's, wrapped i
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from services.agent.approvals import Decision
-from services.agent.loop import Run
-from services.agent.records import Emit, RunEvent, RunResult, RunSpec, RunStatus, StageRecord, stage_data
+from services.agent.context import RunContext
+from services.agent.lease import RunLease
+from services.agent.options import RunOptions
+from services.agent.records import RunEvent, RunResult, RunSpec, RunStatus, StageRecord, stage_data
+from services.agent.run import Run
+from services.agent.scope import resolve_model
 from services.errors import BridgeError, InvalidRequestError
-
-if TYPE_CHECKING:
-    from services.agent.service import AgentService
 
 log = logging.getLogger("lmstudio_bridge.pipeline")
 
@@ -31,21 +31,30 @@ _PLACEHOLDER = re.compile(r"\{(task|previous_output|steps\.([A-Za-z0-9_-]+)\.out
 _OK: frozenset[str] = frozenset({"completed", "max_rounds"})  # a step that ends otherwise stops the pipeline
 
 
+# the run options a pipeline step may set (its other options are the pipeline's)
+STEP_OPTIONS = ("model", "mcp_servers", "allowed_tools", "system_prompt", "max_rounds", "max_tokens", "temperature")
+
+
 @dataclass(slots=True)
 class StageSpec:
-    """One step of a pipeline: an ordinary run's settings plus the instruction it is given."""
+    """One step of a pipeline: an ordinary run's options plus the instruction it is given."""
 
     name: str
     instruction: str = "{previous_output}"
-    model: str | None = None
-    mcp_servers: list[str] | None = None
-    allowed_tools: list[str] | None = None
-    system_prompt: str | None = None
-    max_rounds: int | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
+    options: RunOptions = field(default_factory=RunOptions)
     on_failure: Literal["stop", "continue"] = "stop"
     unload_after: bool = False
+
+    def described(self) -> dict[str, Any]:
+        """The step as the run store keeps it."""
+        options = {name: getattr(self.options, name) for name in STEP_OPTIONS}
+        return {
+            "name": self.name,
+            "instruction": self.instruction,
+            **options,
+            "on_failure": self.on_failure,
+            "unload_after": self.unload_after,
+        }
 
 
 def check_instructions(stages: list[StageSpec]) -> None:
@@ -83,10 +92,17 @@ def render(instruction: str, task: str, previous: str, outputs: dict[str, str]) 
 class Pipeline(Run):
     """The steps run in order, in this run's task; each step's run has no journal of its own."""
 
-    def __init__(self, service: AgentService, spec: RunSpec, stages: list[tuple[StageSpec, Run]]) -> None:
+    def __init__(
+        self,
+        ctx: RunContext,
+        spec: RunSpec,
+        stages: list[tuple[StageSpec, Run]],
+        lease: RunLease,
+        active: set[Run],
+    ) -> None:
         first = stages[0][1]
         servers = list(dict.fromkeys(s for _, run in stages for s in run.servers))
-        super().__init__(service, spec, first.model, servers, first.tools, [])
+        super().__init__(ctx, spec, first.model, servers, first.tools, [], lease, active)
         self.stages = stages
         self.records: list[StageRecord] = []
         self.current: Run | None = None
@@ -99,9 +115,10 @@ class Pipeline(Run):
 
     @property
     def waiting(self) -> list[str]:
-        return sorted(self.current.pending) if self.current is not None else []
+        return self.current.waiting if self.current is not None else []
 
-    async def _loop(self, emit: Emit) -> tuple[RunStatus, str]:
+    async def body(self) -> tuple[RunStatus, str]:
+        emit = self.emit
         task, previous, outputs = self.spec.task, self.spec.task, dict[str, str]()
         status: RunStatus = "completed"
         for index, (stage, run) in enumerate(self.stages, 1):
@@ -116,7 +133,7 @@ class Pipeline(Run):
             self.current = run
             try:
                 if index > 1:  # an earlier step's model may have been loaded since, or evicted by, LM Studio (JIT)
-                    run.model = await self.service.catalog.resolve(stage.model)
+                    run.model = await resolve_model(self.ctx.catalog, stage.options.model, self.spec.access)
                 result = await run.execute(step_emit)
             except BridgeError as exc:  # e.g. LM Studio down: the step failed, the pipeline ends with it
                 self.ended_by = stage.name
@@ -127,7 +144,7 @@ class Pipeline(Run):
                 ended: RunStatus = (
                     "cancelled" if self._cancel_requested else "interrupted" if self._stopping else "timeout"
                 )
-                record = self._absorb(index, stage, run.result(ended, run._gathered(f"The step was {ended}.")))
+                record = self._absorb(index, stage, run.result(ended, run.gathered(f"The step was {ended}.")))
                 await emit(RunEvent.STEP_COMPLETED, {"stage": index, "name": stage.name, "result": stage_data(record)})
                 raise
             finally:
@@ -160,15 +177,15 @@ class Pipeline(Run):
     async def _unload(self, stage: StageSpec, run: Run) -> None:
         """Free the step's model in LM Studio (its REST API); a failure is a warning, not the pipeline's end."""
         try:
-            await self.service.lmstudio.unload_model(run.answered_model)
-            self.service.catalog.invalidate()
+            await self.ctx.lmstudio.unload_model(run.answered_model)
+            self.ctx.catalog.invalidate()
         except BridgeError as exc:
             self.warnings.append(
                 f"step {stage.name!r}: the model {run.answered_model!r} was not unloaded: {exc.detail}"
             )
 
     def described_options(self) -> dict[str, Any]:
-        return {"steps": [dataclasses.asdict(stage) for stage, _ in self.stages]}
+        return {"steps": [stage.described() for stage, _ in self.stages]}
 
     def result(self, status: RunStatus, output: str, duration_ms: float = 0.0) -> RunResult:
         result = super().result(status, output, duration_ms)

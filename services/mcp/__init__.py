@@ -28,6 +28,8 @@ from services.mcp.tools import (
     ToolSet,
     ToolSpec,
     model_tool_name,
+    qualified_name,
+    split_qualified,
     to_tool_result,
 )
 
@@ -49,7 +51,9 @@ __all__ = [
     "is_bridge_entry",
     "load_mcp_config",
     "model_tool_name",
+    "qualified_name",
     "safe_url",
+    "split_qualified",
     "to_tool_result",
     "validate_arguments",
 ]

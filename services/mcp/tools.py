@@ -38,9 +38,20 @@ def _fit(name: str, key: str) -> str:
     return name[: MAX_TOOL_NAME_LEN - len(suffix)] + suffix
 
 
+def qualified_name(server: str, tool: str) -> str:
+    """`<server>__<tool>` as written: what approval and key globs match (`model_tool_name` is what models see)."""
+    return f"{server}{SEPARATOR}{tool}"
+
+
+def split_qualified(name: str) -> tuple[str, str] | None:
+    """(server, tool) of a `<server>__<tool>` name; None when it has no separator."""
+    server, separator, tool = name.partition(SEPARATOR)
+    return (server, tool) if separator else None
+
+
 def model_tool_name(server: str, tool: str) -> str:
     """`<server>__<tool>` with invalid characters replaced by `_`, shortened with a hash when too long."""
-    raw = f"{server}{SEPARATOR}{tool}"
+    raw = qualified_name(server, tool)
     return _fit(_INVALID.sub("_", raw) or "_", raw)
 
 
@@ -65,7 +76,7 @@ class ToolNameMap:
             candidate = base[: MAX_TOOL_NAME_LEN - len(suffix)] + suffix
             if candidate not in self._by_name:
                 return candidate
-        suffix = "_" + _short_hash(f"{pair[0]}{SEPARATOR}{pair[1]}")
+        suffix = "_" + _short_hash(qualified_name(*pair))
         return base[: MAX_TOOL_NAME_LEN - len(suffix)] + suffix
 
     def name_for(self, server: str, tool: str) -> str:

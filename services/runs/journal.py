@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from services.agent import Run, RunEvent, RunResult, RunStatus
+from services.agent import RunEvent, RunResult, RunState, RunStatus
 from services.lmstudio import Usage
 from services.runs.records import StoredEvent
 from services.text import storable
@@ -44,12 +44,13 @@ def usage_json(usage: Usage) -> str:
     return json.dumps({name: getattr(usage, name) for name in fields})
 
 
-def options_of(run: Run) -> dict[str, Any]:
+def options_of(run: RunState) -> dict[str, Any]:
     """The request's options worth keeping: limits and choices, never a key (none reach the spec)."""
     spec = run.spec
-    options: dict[str, Any] = {
+    options: dict[str, Any] = {"max_rounds": run.limits.max_rounds}
+    options |= {
         name: value
-        for name in ("max_rounds", "max_tokens", "temperature", "timeout_s", "tool_choice", "allowed_tools")
+        for name in ("max_tokens", "temperature", "timeout_s", "tool_choice", "allowed_tools")
         if (value := getattr(spec, name)) is not None
     }
     if spec.system_prompt is not None:
@@ -71,7 +72,7 @@ class Follower:
 class RunJournal:
     """One run's writes (the agent's `Journal`), and its events in memory for live followers."""
 
-    def __init__(self, store: RunStore, run: Run, key_name: str | None) -> None:
+    def __init__(self, store: RunStore, run: RunState, key_name: str | None) -> None:
         self.store = store
         self.run = run
         self.run_id = run.run_id

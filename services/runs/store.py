@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Engine, Select, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.agent import FINISHED_STATUSES, Run, RunResult
+from services.agent import FINISHED_STATUSES, RunResult, RunState
 from services.agent.records import TERMINAL_EVENTS, result_json
 from services.metrics import Metrics
 from services.runs.cancels import CancelWatch, request_cancel
@@ -134,7 +134,7 @@ class RunStore:
 
     # --- writing -------------------------------------------------------------------
 
-    def journal(self, run: Run) -> RunJournal:
+    def journal(self, run: RunState) -> RunJournal:
         """The run's journal; the run is written (and followed live) from its first status on."""
         return RunJournal(self, run, run.spec.access.name if run.spec.access is not None else None)
 

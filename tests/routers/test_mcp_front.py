@@ -98,7 +98,8 @@ async def test_tools_have_the_original_names_and_parameters(live: httpx.AsyncCli
     schema = tools["autonomous_with_mcp"].input_schema
     assert set(schema["properties"]) == {"mcp_name", "task", "model", "max_rounds", "max_tokens"}
     assert sorted(schema["required"]) == ["mcp_name", "task"]
-    assert schema["properties"]["max_rounds"]["default"] == 10
+    rounds = schema["properties"]["max_rounds"]  # REST's bounds; unset takes BRIDGE_MAX_ROUNDS_DEFAULT
+    assert rounds["default"] is None and "BRIDGE_MAX_ROUNDS_DEFAULT" in rounds["description"]
     assert set(tools["autonomous_with_multiple_mcps"].input_schema["required"]) == {"mcp_names", "task"}
     assert tools["autonomous_discover_and_execute"].input_schema["required"] == ["task"]
     assert tools["list_models"].input_schema.get("required", []) == []
@@ -119,6 +120,11 @@ async def test_run_over_streamable_http(live: httpx.AsyncClient) -> None:
         ({"mcp_name": "nope", "task": "x"}, "mcp_server_not_found"),
         ({"mcp_name": "bridge-http", "task": "x"}, "mcp_server_unavailable"),
         ({"mcp_name": "time", "task": "x", "max_rounds": 0}, "validation_error"),
+        ({"mcp_name": "time", "task": "x", "max_rounds": 101}, "validation_error"),
+        ({"mcp_name": "time", "task": "x", "max_tokens": -5}, "validation_error"),
+        ({"mcp_name": "time", "task": "x", "max_tokens": 1_000_001}, "validation_error"),
+        ({"mcp_name": "time", "task": "x" * 20_001}, "validation_error"),
+        ({"mcp_name": "time", "task": ""}, "validation_error"),
     ],
 )
 async def test_failures_carry_the_rest_code(live: httpx.AsyncClient, arguments: dict[str, Any], code: str) -> None:

@@ -93,9 +93,7 @@ def test_content_without_a_marker_is_not_parsed(monkeypatch: pytest.MonkeyPatch)
         text_calls, "_FORMATS", tuple((name, markers, never) for name, markers, _ in text_calls._FORMATS)
     )
     text = "A plain answer, with commas; colons: and (parentheses) but no braces or tags.\n" * 20_000
-    started = time.perf_counter()
-    assert recover_calls(text, ["get_weather"]) is None
-    assert time.perf_counter() - started < 0.05
+    assert recover_calls(text, ["get_weather"]) is None  # and `never` was not called
 
 
 def test_nothing_offered_nothing_recovered() -> None:
@@ -164,8 +162,13 @@ PATHOLOGICAL = {
 }
 
 
+PATHOLOGICAL_CPU_BOUND_S = 30.0  # each takes well under a second of CPU when the scan is linear
+
+
 @pytest.mark.parametrize("content", PATHOLOGICAL.values(), ids=PATHOLOGICAL.keys())
 def test_pathological_content_is_fast(content: str) -> None:
-    started = time.perf_counter()
+    """A guard against catastrophic backtracking (which runs for hours on these), not a speed test: the bound is
+    this process's CPU time, which other processes on a busy machine do not inflate, with a wide margin."""
+    started = time.process_time()
     assert recover_calls(content, ["get_weather"]) is None
-    assert time.perf_counter() - started < 2.0
+    assert time.process_time() - started < PATHOLOGICAL_CPU_BOUND_S

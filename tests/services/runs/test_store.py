@@ -19,6 +19,7 @@ from sqlalchemy import event, select, text
 import services.runs.migrate as migrate_module
 from services.access import Access
 from services.agent import RoundReasoning, Run, RunResult, RunSpec, Step
+from services.agent.defaults import RunLimits
 from services.agent.records import RunEvent, RunStatus, step_data
 from services.errors import BridgeError
 from services.lmstudio import Usage
@@ -56,6 +57,10 @@ class FakeRun:
     rounds: int = 0
     warnings: list[str] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
+
+    @property
+    def limits(self) -> RunLimits:
+        return RunLimits(self.spec.max_rounds or 10, self.spec.max_tokens or 1000, self.spec.timeout_s or 60)
 
     def described_options(self) -> dict[str, Any]:
         return {}

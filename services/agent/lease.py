@@ -1,0 +1,35 @@
+"""A run's hold on the gateway's capacity: one run slot and one of its API key's concurrent runs."""
+
+from __future__ import annotations
+
+from services.access import Access, KeyRing
+from services.limits import RunLimiter
+
+
+class RunLease:
+    """Taken where a run is opened (the key's run at once, the slot once the limiter grants it); given back once."""
+
+    def __init__(self, limiter: RunLimiter, keys: KeyRing, access: Access | None, *, key_run: bool = True) -> None:
+        self._limiter = limiter
+        self._keys = keys
+        self._access = access if key_run else None
+        self._slot = False
+        if self._access is not None:
+            keys.enter_run(self._access)  # the key's own concurrency limit
+
+    def hold_slot(self) -> None:
+        """The run has taken a slot of the run limiter; `release` gives it back."""
+        self._slot = True
+
+    def leave_key(self) -> None:
+        """Give the key's run back (idempotent): the run has ended."""
+        if self._access is not None:
+            access, self._access = self._access, None
+            self._keys.leave_run(access)
+
+    def release(self) -> None:
+        """Give the run slot and the key's run back (idempotent)."""
+        self.leave_key()
+        if self._slot:
+            self._slot = False
+            self._limiter.release()
