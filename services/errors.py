@@ -147,6 +147,21 @@ class LLMValidationError(LLMError):
     status, code, title = 422, "upstream_rejected", "LM Studio rejected the request"
 
 
+class ContextExceededError(LLMError):
+    """The request does not fit the model's context window: the engine said so (n_ctx and n_prompt when it gave
+    them; `shape` says how: n_keep, exceeds, empty, usage), or the gateway found it could not fit the request."""
+
+    status, code, title = 422, "context_exceeded", "The request does not fit the model's context window"
+
+    def __init__(
+        self, detail: str, *, n_ctx: int | None = None, n_prompt: int | None = None, shape: str = "fit", **extras: Any
+    ) -> None:
+        super().__init__(detail, n_ctx=n_ctx, n_prompt=n_prompt, shape=shape, **extras)
+        self.n_ctx = n_ctx
+        self.n_prompt = n_prompt
+        self.shape = shape
+
+
 class ShuttingDownError(BridgeError):
     status, code, title = 503, "shutting_down", "The gateway is shutting down"
 

@@ -45,6 +45,12 @@ class Metrics:
             ["server", "tool", "outcome"],
             registry=r,
         )
+        self.context_fits = Counter(
+            "bridge_context_fits_total",
+            "Requests fitted to a model's context window, by action (tools, output, history, window, exceeded)",
+            ["action"],
+            registry=r,
+        )
         self.text_tool_calls = Counter(
             "bridge_text_tool_calls_recovered_total",
             "Tool calls a model wrote as text and the gateway recovered, by format",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.agent.records import RunSpec
+from services.context.fit import ContextPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +21,7 @@ class RunDefaults:
     text_tool_calls: bool = True  # recover tool calls written as text
     capture_content: bool = False
     approval_timeout_s: float = 300.0  # a call nobody decides on is denied after this
+    context: ContextPolicy = field(default_factory=ContextPolicy)  # how the model's window is shared
 
     def limits_for(self, spec: RunSpec) -> RunLimits:
         """The run's limits: the request's own, else these settings (the one place defaults are applied)."""

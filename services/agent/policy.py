@@ -8,12 +8,15 @@ from typing import Any
 
 from services.agent.answers import recover_text_calls
 from services.agent.context import RunContext
+from services.agent.fitting import FIND_TOOLS, READ_OUTPUT, RunFitting
 from services.agent.gate import ApprovalGate
 from services.agent.model_call import ModelCaller
-from services.agent.prompts import FINAL_ANSWER_PROMPT, REPEATED_CALL_PROMPT, default_system_prompt
-from services.agent.records import RoundReasoning, RunEvent, RunStatus, Step
+from services.agent.prompts import FINAL_ANSWER_PROMPT, REPEATED_CALL_PROMPT, default_system_prompt, truncate
+from services.agent.records import RoundReasoning, RunEvent, RunStatus, Step, ToolChoice
 from services.agent.state import RunState
-from services.agent.tool_steps import run_tool_call
+from services.agent.tool_steps import answered_step, run_tool_call
+from services.context.fit import Fit
+from services.errors import ContextExceededError
 from services.lmstudio import ChatResult, ToolCall
 from services.text import scrub
 
@@ -32,48 +35,159 @@ class AgentLoop:
         self._client_tool_names = {t.get("function", {}).get("name") for t in run.spec.client_tools}
         self._last_call: tuple[str, str] | None = None
         self._same_calls = 0
+        self._requested_tokens = caller.max_tokens
+        self._fit = RunFitting(
+            run,
+            ctx.defaults.context,
+            ctx.window_of(run.model),
+            ctx.tokens,
+            run.emit,
+            lambda action: ctx.metrics.context_fits.labels(action).inc(),
+        )
+        self._keep_head = 0  # messages never compacted: the system prompt and the task (or the conversation)
+        self._keep_from = 0  # where the last round starts
 
     async def run(self) -> tuple[RunStatus, str]:
+        try:
+            return await self._rounds()
+        except ContextExceededError as exc:
+            self._ctx.metrics.context_fits.labels("exceeded").inc()
+            self._run.warnings.append(f"The context window was exceeded: {exc.detail}")
+            return "context_exceeded", self._run.gathered(
+                f"The request could not fit the model's context window: {exc.detail}."
+            )
+
+    async def _rounds(self) -> tuple[RunStatus, str]:
         run, emit = self._run, self._run.emit
         messages = self._initial_messages()
-        offered = [] if run.spec.tool_choice == "none" else run.tools.openai_tools() + run.spec.client_tools
-        offered_names = {t["function"]["name"] for t in offered}
+        self._keep_head = self._keep_from = len(messages)
+        offered: list[dict[str, Any]] = []
+        if run.spec.tool_choice != "none":
+            tools = run.tools.openai_tools() + run.spec.client_tools
+            offered = await self._fit.offer(tools, self._query(messages), self._answer_tokens())
         while True:
             if run.rounds >= self.max_rounds:
                 return "max_rounds", await self._final_answer(messages, FINAL_ANSWER_PROMPT)
+            if offered:
+                offered = self._fit.next_offer()
+            offered_names = {t["function"]["name"] for t in offered}
             round_no = run.rounds + 1
             await emit(RunEvent.ROUND_STARTED, {"round": round_no, "tools": bool(offered)})
             # the request's tool_choice applies to the first round only: a forced call cannot loop forever
             choice = run.spec.tool_choice if run.rounds == 0 else None
-            answer = await self._caller.ask(messages, offered or None, choice)
+            answer, messages = await self._ask(messages, offered, round_no, choice)
             await self._read(answer, round_no, offered_names)
-            if answer.content:
-                run.last_text = answer.content
-                await emit(RunEvent.MESSAGE, {"round": round_no, "content": answer.content})
-            if answer.finish_reason == "length":
-                return "length", self._cut_at_token_limit(answer)
-            if not answer.tool_calls:
-                return "completed", answer.content or ""
-            mine = [c for c in answer.tool_calls if c.name in self._client_tool_names]
-            if mine:  # the client runs its own tools: hand the calls back (MCP calls of this answer are dropped)
-                run.client_calls = [_wire_call(c) for c in mine]
-                return "completed", answer.content or ""
-            if self._repeats(answer.tool_calls):
-                run.warnings.append(
-                    f"The model repeated the same tool call {self._ctx.defaults.repeat_call_limit} times in a row; "
-                    "the run was ended with one last call without tools"
-                )
-                return "loop", await self._final_answer(messages, REPEATED_CALL_PROMPT)
+            ending = await self._ending(answer, messages, round_no)
+            if ending is not None:
+                return ending
             run.rounds += 1
-            messages.append(
-                {
-                    "role": "assistant",
-                    "content": answer.content,
-                    "tool_calls": [_wire_call(c) for c in answer.tool_calls],
-                }
+            messages = await self._call_round(messages, answer, offered, offered_names)
+
+    async def _ending(
+        self, answer: ChatResult, messages: list[dict[str, Any]], round_no: int
+    ) -> tuple[RunStatus, str] | None:
+        """How the run ends with this answer, or None when it goes on with the calls it made."""
+        run = self._run
+        if answer.content:
+            run.last_text = answer.content
+            await run.emit(RunEvent.MESSAGE, {"round": round_no, "content": answer.content})
+        if answer.finish_reason == "length":
+            return "length", self._cut_at_token_limit(answer)
+        if not answer.tool_calls:
+            return "completed", answer.content or ""
+        mine = [c for c in answer.tool_calls if c.name in self._client_tool_names]
+        if mine:  # the client runs its own tools: hand the calls back (MCP calls of this answer are dropped)
+            run.client_calls = [_wire_call(c) for c in mine]
+            return "completed", answer.content or ""
+        if self._repeats(answer.tool_calls):
+            run.warnings.append(
+                f"The model repeated the same tool call {self._ctx.defaults.repeat_call_limit} times in a row; "
+                "the run was ended with one last call without tools"
             )
-            for step in await self._call_all(run.rounds, answer.tool_calls):
-                messages.append({"role": "tool", "tool_call_id": step.tool_call_id, "content": step.output})
+            return "loop", await self._final_answer(messages, REPEATED_CALL_PROMPT)
+        return None
+
+    async def _call_round(
+        self, messages: list[dict[str, Any]], answer: ChatResult, offered: list[dict[str, Any]], names: set[str]
+    ) -> list[dict[str, Any]]:
+        """The answer's calls run, and their outputs (cut to BRIDGE_TOOL_OUTPUT_MAX_CHARS, then fitted to the
+        window) appended after it as tool messages; the record keeps each whole output."""
+        run = self._run
+        calls = answer.tool_calls
+        messages.append({"role": "assistant", "content": answer.content, "tool_calls": [_wire_call(c) for c in calls]})
+        steps = await self._call_all(run.rounds, calls, names)
+        limit = self._ctx.defaults.tool_output_max_chars
+        results = [(s.tool_call_id, s.name, truncate(s.output, limit)) for s in steps]
+        messages, contents = await self._fit.fit_outputs(
+            messages, offered, results, self._keep_head, run.rounds, self._answer_tokens()
+        )
+        self._keep_from = len(messages) - 1
+        for step, content in zip(steps, contents, strict=True):
+            messages.append({"role": "tool", "tool_call_id": step.tool_call_id, "content": content})
+        return messages
+
+    def _answer_tokens(self) -> int:
+        """max_tokens of the next request: the run's, clamped to its share of the window."""
+        return self._fit.answer_tokens(self._requested_tokens)
+
+    def _query(self, messages: list[dict[str, Any]]) -> str:
+        """What the tools are ranked against: the task (the conversation's last user text)."""
+        users = [m.get("content") for m in messages if m.get("role") == "user"]
+        return users[-1] if users and isinstance(users[-1], str) else self._run.spec.task
+
+    async def _ask(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], round_no: int, choice: ToolChoice | None
+    ) -> tuple[ChatResult, list[dict[str, Any]]]:
+        """One LM Studio call with the messages fitted to the window (compacted when they do not fit). An engine
+        that says its window is smaller than known (`n_ctx`), or counted more prompt tokens than the window
+        holds, gets the request fitted again, once; otherwise its overflow ends the run (`context_exceeded`)."""
+        fit = self._fit
+        for attempt in (1, 2):
+            self._caller.max_tokens = self._answer_tokens()
+            messages, estimated = await fit.prepare(
+                messages, tools, self._keep_head, self._keep_from, round_no, self._caller.max_tokens
+            )
+            try:
+                answer = await self._caller.ask(fit.sendable(messages), tools or None, choice)
+            except ContextExceededError as exc:
+                if attempt == 2 or exc.n_ctx is None:
+                    raise
+                await self._learn(exc, estimated, round_no)
+                continue
+            prompt_tokens = answer.usage.prompt_tokens
+            if prompt_tokens:
+                fit.observe(estimated, prompt_tokens)
+            if _empty(answer):
+                raise ContextExceededError(
+                    "The engine answered with nothing at all (no text, no tool call, no tokens): the sign of a "
+                    f"prompt over its window (about {estimated} tokens were sent)",
+                    n_prompt=estimated,
+                    shape="empty",
+                )
+            if prompt_tokens > fit.window:
+                if attempt == 2:
+                    raise ContextExceededError(
+                        f"The engine counted {prompt_tokens} prompt tokens, more than the {fit.window}-token window",
+                        n_ctx=fit.window,
+                        n_prompt=prompt_tokens,
+                        shape="usage",
+                    )
+                continue  # the estimate has just been calibrated: fitted again, sent again
+            return answer, messages
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _learn(self, exc: ContextExceededError, estimated: int, round_no: int) -> None:
+        """What an overflow answer says: the engine's window (n_ctx) and its count of the prompt (n_prompt; without
+        it, the estimate was too low by at least the margin)."""
+        fit = self._fit
+        fit.observe(estimated, exc.n_prompt or int(estimated * 1.25))
+        window = exc.n_ctx or fit.window
+        self._ctx.windows.learn(self._run.model.id, window)
+        detail = (
+            f"the engine refused the request ({exc.shape}): its window is {window} tokens, {fit.window} was assumed"
+        )
+        await fit.record(Fit(round_no, "window", fit.window, window, detail))
+        fit.window = window
 
     def _initial_messages(self) -> list[dict[str, Any]]:
         spec = self._run.spec
@@ -96,9 +210,10 @@ class AgentLoop:
     async def _final_answer(self, messages: list[dict[str, Any]], prompt: str) -> str:
         """One last call WITHOUT tools: the best answer from what was gathered."""
         run = self._run
+        self._keep_from = len(messages)
         messages.append({"role": "user", "content": prompt})
         await run.emit(RunEvent.ROUND_STARTED, {"round": run.rounds + 1, "tools": False})
-        answer = await self._caller.ask(messages, None)
+        answer, _ = await self._ask(messages, [], run.rounds + 1, None)
         await self._read(answer, run.rounds + 1, set())
         if answer.finish_reason == "length":
             self._cut_at_token_limit(answer)
@@ -123,22 +238,24 @@ class AgentLoop:
                 return True
         return False
 
-    async def _call_all(self, round_no: int, calls: list[ToolCall]) -> list[Step]:
+    async def _call_all(self, round_no: int, calls: list[ToolCall], offered: set[str]) -> list[Step]:
         """The round's calls, run concurrently; their steps are recorded in the order the model made the calls,
         also those that finished when the run is stopped halfway."""
         done: list[Step | None] = [None] * len(calls)
 
         async def call(index: int, tool_call: ToolCall) -> None:
             self._ctx.metrics.key_tool_calls.labels(self._run.key_label).inc()
-            done[index] = await run_tool_call(
-                self._ctx.pool,
-                self._run.tools,
-                round_no,
-                tool_call,
-                self._run.emit,
-                self._ctx.defaults.tool_output_max_chars,
-                self._gate.ask,
-            )
+            name, fit, emit = tool_call.name, self._fit, self._run.emit
+            if name == FIND_TOOLS and name in offered:
+                done[index] = await answered_step(round_no, tool_call, emit, fit.find_tools(tool_call.arguments))
+            elif name == READ_OUTPUT and name in offered:
+                done[index] = await answered_step(round_no, tool_call, emit, fit.read_output(tool_call.arguments))
+            elif fit.is_hidden(name):  # never run without being offered
+                done[index] = await answered_step(round_no, tool_call, emit, fit.not_offered(name))
+            else:
+                done[index] = await run_tool_call(
+                    self._ctx.pool, self._run.tools, round_no, tool_call, emit, self._gate.ask
+                )
 
         try:
             await asyncio.gather(*(call(i, c) for i, c in enumerate(calls)))
@@ -146,6 +263,12 @@ class AgentLoop:
             steps = [step for step in done if step is not None]
             self._run.steps.extend(steps)
         return steps
+
+
+def _empty(answer: ChatResult) -> bool:
+    """An answer with no text, no call, no reasoning and no tokens: what an engine gives for a prompt it could not
+    hold (LM Studio #2339), never a model's choice (a model that says nothing still spends a token)."""
+    return not (answer.content or answer.tool_calls or answer.reasoning) and not answer.usage.completion_tokens
 
 
 def _wire_call(call: ToolCall) -> dict[str, Any]:

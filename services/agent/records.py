@@ -16,10 +16,12 @@ from pydantic import Field, TypeAdapter
 from pydantic_core import PydanticSerializationError
 
 from services.access import Access
+from services.context.fit import Fit
 from services.lmstudio import Usage
 
 # How a run ended (length: the model hit its token limit; loop: it repeated the same tool call;
-# failed: an error ended it; interrupted: the gateway stopped or restarted under it), or where a
+# failed: an error ended it; context_exceeded: the request could not be fitted to the model's context window
+# (docs/context.md); interrupted: the gateway stopped or restarted under it), or where a
 # stored run is now (queued for a run slot, running, awaiting a person's approval of a tool call).
 RunStatus = Literal[
     "completed",
@@ -29,6 +31,7 @@ RunStatus = Literal[
     "length",
     "loop",
     "failed",
+    "context_exceeded",
     "interrupted",
     "queued",
     "running",
@@ -52,6 +55,7 @@ class RunEvent(StrEnum):
     TOOL_CALL_STARTED = "tool_call.started"
     TOOL_CALL_COMPLETED = "tool_call.completed"
     MESSAGE = "message"
+    CONTEXT_FITTED = "context.fitted"  # the request was fitted to the model's window: what, tokens before/after
     APPROVAL_REQUESTED = "approval.requested"  # a tool call waits for a person's decision
     APPROVAL_DECIDED = "approval.decided"  # approved, denied, or denied when nobody answered in time
     STEP_STARTED = "step.started"  # pipelines: a step begins (its run's events follow, each with `stage`)
@@ -166,6 +170,10 @@ class RunResult:
     ended_by: Annotated[
         str | None, Field(description="Pipelines: the step whose failure (or cut) ended the pipeline")
     ] = None
+    context: Annotated[
+        list[Fit],
+        Field(description="What was fitted to the model's context window, per round (tools, output, history, window)"),
+    ] = field(default_factory=list)
 
 
 @dataclass(slots=True)

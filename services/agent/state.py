@@ -8,6 +8,7 @@ from typing import Any
 
 from services.agent.defaults import RunLimits
 from services.agent.records import Emit, Journal, RoundReasoning, RunResult, RunSpec, RunStatus, Step
+from services.context.fit import Fit
 from services.lmstudio import ResolvedModel, Usage
 from services.mcp import ToolSet
 from services.tracing import trace_id
@@ -39,6 +40,7 @@ class RunState:
         self.rounds = 0
         self.reasoning: list[RoundReasoning] = []
         self.client_calls: list[dict[str, Any]] = []
+        self.context: list[Fit] = []  # what was fitted to the window
         self.last_text = ""
         self.status: RunStatus = "queued"
         self.seq = 0  # events so far
@@ -88,6 +90,7 @@ class RunState:
             warnings=self.warnings,
             tool_calls=self.client_calls,
             reasoning=self.reasoning,
+            context=self.context,
         )
 
     def gathered(self, reason: str) -> str:

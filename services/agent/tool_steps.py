@@ -1,5 +1,6 @@
-"""One tool call of a run, from the model's call to the recorded step: resolved, checked, run,
-its output cut to size, and announced (`tool_call.started` / `tool_call.completed`)."""
+"""One tool call of a run, from the model's call to the recorded step: resolved, checked, run and announced
+(`tool_call.started` / `tool_call.completed`). The step keeps the whole output; what the model reads of it
+is cut by the loop (BRIDGE_TOOL_OUTPUT_MAX_CHARS, then the context window)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from typing import Any
 
 from services.agent.approvals import Decision, Verdict
 from services.agent.arguments import Rejected, check_arguments, maybe_json
-from services.agent.prompts import truncate
 from services.agent.records import Emit, RunEvent, Step, step_data
 from services.errors import BridgeError
 from services.lmstudio import ToolCall
@@ -21,7 +21,7 @@ Approve = Callable[[str, ToolSpec, Any], Awaitable[Decision | None]]
 
 
 async def run_tool_call(
-    pool: MCPPool, tools: ToolSet, round_no: int, call: ToolCall, emit: Emit, max_chars: int, approve: Approve
+    pool: MCPPool, tools: ToolSet, round_no: int, call: ToolCall, emit: Emit, approve: Approve
 ) -> Step:
     """Run one call; whatever goes wrong becomes the step's error output, for the model to read."""
     call_id, name, raw_args = scrub(call.id), scrub(call.name), call.arguments
@@ -35,7 +35,7 @@ async def run_tool_call(
     if spec is None:
         output, is_error = unknown_tool(tools, name), True
     else:
-        arguments, output, is_error, verdict = await _invoke(pool, spec, call_id, raw_args, max_chars, approve)
+        arguments, output, is_error, verdict = await _invoke(pool, spec, call_id, raw_args, approve)
     step = Step(
         round=round_no,
         tool_call_id=call_id,
@@ -60,7 +60,7 @@ def unknown_tool(tools: ToolSet, name: str) -> str:
 
 
 async def _invoke(
-    pool: MCPPool, spec: ToolSpec, call_id: str, raw_args: str, max_chars: int, approve: Approve
+    pool: MCPPool, spec: ToolSpec, call_id: str, raw_args: str, approve: Approve
 ) -> tuple[Any, str, bool, Verdict | None]:
     checked = check_arguments(spec, raw_args)
     if isinstance(checked, Rejected):
@@ -73,4 +73,29 @@ async def _invoke(
         result = await pool.call_tool(spec.server, spec.name, checked)
     except BridgeError as exc:  # unavailable server, timeout, vanished tool: the model reads why
         return checked, f"Error: {exc.detail}", True, verdict
-    return checked, truncate(result.text, max_chars), result.is_error, verdict
+    return checked, result.text, result.is_error, verdict
+
+
+async def answered_step(
+    round_no: int, call: ToolCall, emit: Emit, answer: str, *, server: str | None = None, tool: str | None = None
+) -> Step:
+    """A call the gateway answers itself (its built-in tools, a tool that was not offered): announced and recorded
+    like any other; `answer` starting with "Error:" marks it an error."""
+    call_id, name = scrub(call.id), scrub(call.name)
+    started_event = {"round": round_no, "tool_call_id": call_id, "name": name, "server": server, "tool": tool}
+    await emit(RunEvent.TOOL_CALL_STARTED, {**started_event, "arguments": maybe_json(scrub(call.arguments))})
+    step = Step(
+        round=round_no,
+        tool_call_id=call_id,
+        name=name,
+        server=server,
+        tool=tool,
+        arguments=maybe_json(call.arguments),
+        output=answer,
+        is_error=answer.startswith("Error:"),
+        duration_ms=0.0,
+        recovered_from=call.recovered_from,
+        arguments_repaired=call.repaired,
+    )
+    await emit(RunEvent.TOOL_CALL_COMPLETED, step_data(step))
+    return step

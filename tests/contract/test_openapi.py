@@ -126,6 +126,7 @@ def test_streaming_responses_are_documented(openapi_doc: dict[str, Any]) -> None
         "tool_call.started",
         "tool_call.completed",
         "message",
+        "context.fitted",
         "run.completed",
         "run.failed",
     }

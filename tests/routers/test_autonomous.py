@@ -105,12 +105,21 @@ async def test_numeric_strings_are_coerced(bridge: httpx.AsyncClient) -> None:
     assert not step["is_error"] and "42" in step["output"]
 
 
-async def test_long_tool_output_is_cut_with_a_marker(bridge: httpx.AsyncClient) -> None:
+async def test_long_tool_output_is_cut_for_the_model_and_kept_whole_in_the_record(
+    bridge: httpx.AsyncClient, mock: MockLMStudio
+) -> None:
+    await mock.reset()
     task = "Huge " + script(calls=[[call("fault__huge", {"chars": 50_000})]])
     result = (await bridge.post("/v1/autonomous", json={"task": task, "mcp_servers": ["fault"]})).json()
     [step] = result["steps"]
-    assert "output truncated by lmstudio-bridge" in step["output"]
-    assert len(step["output"]) < 20_000 + 200
+    assert step["output"] == "x" * 50_000
+    [tool_message] = [m for m in (await chat_requests(mock))[-1]["body"]["messages"] if m["role"] == "tool"]
+    seen = tool_message["content"]
+    # cut at BRIDGE_TOOL_OUTPUT_MAX_CHARS, then to the default 4096-token window: beginning and end kept
+    assert seen.startswith("x" * 1000) and len(seen) < 20_000
+    assert "cut by lmstudio-bridge to fit the context window" in seen and "bridge__read_output" in seen
+    [fit] = result["context"]
+    assert fit["action"] == "output" and fit["tokens_after"] < fit["tokens_before"]
 
 
 async def test_model_that_never_stops_gets_max_rounds(bridge: httpx.AsyncClient, mock: MockLMStudio) -> None:

@@ -1,0 +1,347 @@
+"""A run's requests fitted to its model's context window (services/context/fit.py holds the pure parts):
+the tools offered, each tool output, the history, and the gateway's two built-in tools that let the model
+reach what was left out (`bridge__find_tools`, `bridge__read_output`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from services.agent.records import RunEvent
+from services.agent.state import RunState
+from services.context.fit import (
+    COMPACT_TO,
+    STUB,
+    ContextPolicy,
+    Fit,
+    FixedRatio,
+    compact,
+    cut_middle,
+    rank_tools,
+    strip_marks,
+)
+from services.errors import ContextExceededError
+
+FIND_TOOLS = "bridge__find_tools"
+READ_OUTPUT = "bridge__read_output"
+READ_HOW = f"call {READ_OUTPUT} with this tool_call_id and an offset to read more"
+FOUND_MAX = 5  # tools a search offers at once
+READ_DEFAULT_CHARS = 4000
+OUTPUT_ROOM_MIN = 0.25  # below this share of the budget left for new outputs, the history is compacted first
+
+BUILTIN_TOOLS = {
+    FIND_TOOLS: {
+        "type": "function",
+        "function": {
+            "name": FIND_TOOLS,
+            "description": "Search the tools that were left out to fit the context window; the ones found are "
+            "offered from the next round on.",
+            "parameters": {
+                "type": "object",
+                "properties": {"query": {"type": "string", "description": "What the tool should do"}},
+                "required": ["query"],
+            },
+        },
+    },
+    READ_OUTPUT: {
+        "type": "function",
+        "function": {
+            "name": READ_OUTPUT,
+            "description": "Read more of a tool output that was cut to fit the context window.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "tool_call_id": {"type": "string", "description": "The id of the call whose output was cut"},
+                    "offset": {"type": "integer", "minimum": 0, "description": "Character offset to read from"},
+                    "length": {"type": "integer", "minimum": 1, "description": "Characters to read"},
+                },
+                "required": ["tool_call_id", "offset"],
+            },
+        },
+    },
+}
+
+
+class RunFitting:
+    """One run's window: what it offers, what it cut, and the full outputs behind the cuts."""
+
+    def __init__(
+        self,
+        run: RunState,
+        policy: ContextPolicy,
+        window: int,
+        counter: FixedRatio,
+        emit: Callable[[str, dict[str, Any]], Awaitable[None]],
+        counted: Callable[[str], None],
+    ) -> None:
+        self._run = run
+        self.policy = policy
+        self.window = window
+        self._counter = counter
+        self._emit = emit
+        self._counted = counted  # metrics: one fitting action of this kind
+        self.hidden: list[dict[str, Any]] = []  # tools left out
+        self.offered: list[dict[str, Any]] = []
+        self._found: list[dict[str, Any]] = []  # to be offered from the next round on
+        self.outputs: dict[str, str] = {}  # full outputs that were cut, by tool call id
+        self._names: dict[str, str] = {}  # tool names by call id
+
+    # -- sizes ------------------------------------------------------------------------------------------------
+
+    def answer_tokens(self, requested: int) -> int:
+        return self.policy.answer_tokens(self.window, requested)
+
+    def budget(self, answer_tokens: int) -> int:
+        return self.policy.prompt_budget(self.window, answer_tokens)
+
+    def estimate(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> int:
+        return self._counter.estimate(self._run.model.id, messages, tools)
+
+    def observe(self, estimated: int, prompt_tokens: int) -> None:
+        self._counter.observe(self._run.model.id, estimated, prompt_tokens)
+
+    async def record(self, fit: Fit) -> None:
+        self._run.context.append(fit)
+        self._counted(fit.action)
+        await self._emit(
+            RunEvent.CONTEXT_FITTED,
+            {
+                "round": fit.round,
+                "action": fit.action,
+                "tokens_before": fit.tokens_before,
+                "tokens_after": fit.tokens_after,
+                "detail": fit.detail,
+            },
+        )
+
+    # -- tools ------------------------------------------------------------------------------------------------
+
+    async def offer(self, tools: list[dict[str, Any]], query: str, answer_tokens: int) -> list[dict[str, Any]]:
+        """The tools to offer: all when they fit their share, else the most relevant that fit plus the search."""
+        share = int(self.budget(answer_tokens) * self.policy.tools_share)
+        whole = self.estimate([], tools)
+        if whole <= share or not tools:
+            self.offered = list(tools)
+            return self.offered
+        builtins = [BUILTIN_TOOLS[FIND_TOOLS], BUILTIN_TOOLS[READ_OUTPUT]]
+        room = share - self.estimate([], builtins)
+        chosen: list[dict[str, Any]] = []
+        for index in rank_tools(tools, query):
+            if self.estimate([], [*chosen, tools[index]]) <= room:
+                chosen.append(tools[index])
+        names = {t["function"]["name"] for t in chosen}
+        self.hidden = [t for t in tools if t["function"]["name"] not in names]
+        self.offered = [*chosen, *builtins]
+        after = self.estimate([], self.offered)
+        detail = (
+            f"{len(chosen)} of {len(tools)} tools offered (the most relevant to the task); {FIND_TOOLS} finds the rest"
+        )
+        await self.record(Fit(1, "tools", whole, after, detail))
+        return self.offered
+
+    def next_offer(self) -> list[dict[str, Any]]:
+        """The tools of the next round: those offered, and those a search or a call found since."""
+        if self._found:
+            self.offered = [*self.offered, *self._found]
+            self._found = []
+        return self.offered
+
+    def is_hidden(self, name: str) -> bool:
+        return any(t["function"]["name"] == name for t in self.hidden)
+
+    def not_offered(self, name: str) -> str:
+        """What the model reads when it calls a tool that was left out: it is offered from the next round on."""
+        self._reveal([t for t in self.hidden if t["function"]["name"] == name])
+        return (
+            f"Error: {name} was not offered in this round (left out to fit the context window); "
+            "it is offered now: call it again"
+        )
+
+    def find_tools(self, arguments: str) -> str:
+        query = _argument(arguments, "query")
+        if not isinstance(query, str) or not query.strip():
+            return 'Error: give a "query" saying what the tool should do'
+        if not self.hidden:
+            return "Every tool is already offered."
+        found = [self.hidden[i] for i in rank_tools(self.hidden, query)[:FOUND_MAX]]
+        self._reveal(found)
+        lines = [f"- {t['function']['name']}: {t['function'].get('description') or ''}".strip() for t in found]
+        return "These tools are offered from the next round on:\n" + "\n".join(lines)
+
+    def _reveal(self, tools: list[dict[str, Any]]) -> None:
+        names = {t["function"]["name"] for t in tools}
+        self.hidden = [t for t in self.hidden if t["function"]["name"] not in names]
+        self._found.extend(tools)
+
+    # -- outputs ----------------------------------------------------------------------------------------------
+
+    def read_output(self, arguments: str) -> str:
+        call_id = _argument(arguments, "tool_call_id")
+        offset = _argument(arguments, "offset")
+        length = _argument(arguments, "length")
+        text = self.outputs.get(call_id) if isinstance(call_id, str) else None
+        if text is None:
+            cut = ", ".join(self.outputs) or "(none)"
+            return f"Error: no cut output has the tool_call_id {call_id!r}; outputs that were cut: {cut}"
+        if not isinstance(offset, int) or offset < 0:
+            offset = 0
+        if not isinstance(length, int) or length < 1:
+            length = READ_DEFAULT_CHARS
+        part = text[offset : offset + length]
+        after = offset + len(part)
+        rest = f"; {len(text) - after} more from offset {after}" if after < len(text) else "; that is the end"
+        return f"[characters {offset}-{after} of {len(text)}{rest}]\n{part}"
+
+    async def fit_outputs(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        results: list[tuple[str, str, str]],
+        keep_head: int,
+        round_no: int,
+        answer_tokens: int,
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """The round's tool messages' contents (from (call id, tool name, output)) and the history they follow:
+        outputs whole while they fit what is left of the budget; else, when little is left, older rounds are
+        compacted first (the round's assistant message, last in `messages`, is kept), then each output that
+        does not fit is cut (its beginning and end kept) to an even share of what is left."""
+        for call_id, name, _ in results:
+            self._names[call_id] = name
+        budget = self.budget(answer_tokens)
+        stubs = [{"role": "tool", "tool_call_id": call_id, "content": ""} for call_id, _, _ in results]
+        left = budget - self.estimate([*messages, *stubs], tools)
+        if left >= self._tokens(results):
+            return messages, [text for _, _, text in results]
+        if left < budget * OUTPUT_ROOM_MIN and len(messages) - 1 > keep_head:
+            before = self.estimate(messages, tools)
+            target = int(budget * COMPACT_TO)
+            messages, changed = compact(
+                messages,
+                keep_head,
+                len(messages) - 1,
+                lambda m: self.estimate([*m, *stubs], tools) <= target,
+                self._stub,
+            )
+            if changed:
+                after = self.estimate(messages, tools)
+                await self.record(
+                    Fit(round_no, "history", before, after, f"{changed} older message(s) shortened or left out")
+                )
+            left = budget - self.estimate([*messages, *stubs], tools)
+        return messages, await self._cut(results, left, round_no)
+
+    def _tokens(self, results: list[tuple[str, str, str]]) -> int:
+        return sum(self.estimate([{"role": "tool", "content": text}], []) for _, _, text in results)
+
+    async def _cut(self, results: list[tuple[str, str, str]], left: int, round_no: int) -> list[str]:
+        sizes = [self.estimate([{"role": "tool", "content": text}], []) for _, _, text in results]
+        if sum(sizes) <= left:
+            return [text for _, _, text in results]
+        # water-filling: small outputs stay whole, the others share what is left evenly
+        share, pending = max(left, 0), sorted(range(len(results)), key=lambda i: sizes[i])
+        limits = [0] * len(results)
+        for position, index in enumerate(pending):
+            even = share // (len(pending) - position)
+            limits[index] = min(sizes[index], even)
+            share -= limits[index]
+        contents = []
+        per_token = self._counter.chars_per_token(self._run.model.id)
+        for index, (call_id, name, text) in enumerate(results):
+            if limits[index] >= sizes[index]:
+                contents.append(text)
+                continue
+            keep = int(limits[index] * per_token * 0.85)  # JSON escapes make the text longer on the wire
+            cut = cut_middle(text, keep, READ_HOW)
+            self.outputs[call_id] = text
+            after = self.estimate([{"role": "tool", "content": cut}], [])
+            detail = f"{name} ({call_id}): {len(text)} characters cut to {len(cut)}; the record keeps all of it"
+            await self.record(Fit(round_no, "output", sizes[index], after, detail))
+            contents.append(cut)
+        if self.outputs and READ_OUTPUT not in {t["function"]["name"] for t in self.offered}:
+            self._found.append(BUILTIN_TOOLS[READ_OUTPUT])
+        return contents
+
+    # -- history ----------------------------------------------------------------------------------------------
+
+    async def prepare(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        keep_head: int,
+        keep_from: int,
+        round_no: int,
+        answer_tokens: int,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The messages of the next request and their estimate: as they are when they fit, else compacted
+        (older outputs first, then older rounds) down to COMPACT_TO of the budget; a request that cannot fit
+        even with only the system prompt, the task and the last round is ContextExceededError."""
+        budget = self.budget(answer_tokens)
+        before = self.estimate(messages, tools)
+        if before <= budget:
+            return messages, before
+        target = int(budget * COMPACT_TO)
+
+        def fits(candidate: list[dict[str, Any]]) -> bool:
+            return self.estimate(candidate, tools) <= target
+
+        compacted, changed = compact(messages, keep_head, keep_from, fits, self._stub)
+        after = self.estimate(compacted, tools)
+        if after > budget:  # the last round's outputs are cut further, to what is left
+            compacted, after = await self._shrink_last(compacted, tools, keep_head, budget, round_no)
+        if after > budget:
+            raise ContextExceededError(
+                f"The request needs about {after} tokens with only the system prompt, the task and the last "
+                f"round, more than the {budget} a {self.window}-token window leaves after the answer's "
+                f"{answer_tokens}",
+                n_ctx=self.window,
+                n_prompt=after,
+                shape="fit",
+            )
+        if changed:
+            await self.record(
+                Fit(round_no, "history", before, after, f"{changed} older message(s) shortened or left out")
+            )
+        return compacted, after
+
+    def _stub(self, message: dict[str, Any]) -> str:
+        call_id = str(message.get("tool_call_id"))
+        text = self.outputs.get(call_id) or str(message.get("content") or "")
+        self.outputs.setdefault(call_id, text)
+        return STUB.format(name=self._names.get(call_id, "a tool"), chars=len(text), how=READ_HOW)
+
+    async def _shrink_last(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], keep_head: int, budget: int, round_no: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        tail = [i for i in range(keep_head, len(messages)) if messages[i].get("role") == "tool"]
+        if not tail:
+            return messages, self.estimate(messages, tools)
+        others = [m for i, m in enumerate(messages) if i not in tail]
+        left = budget - self.estimate([*others, *({"role": "tool", "content": ""} for _ in tail)], tools)
+        results = [
+            (
+                str(messages[i].get("tool_call_id")),
+                self._names.get(str(messages[i].get("tool_call_id")), "a tool"),
+                self._full(messages[i]),
+            )
+            for i in tail
+        ]
+        contents = await self._cut(results, left, round_no)
+        shrunk = [dict(m) for m in messages]
+        for index, content in zip(tail, contents, strict=True):
+            shrunk[index]["content"] = content
+        return shrunk, self.estimate(shrunk, tools)
+
+    def _full(self, message: dict[str, Any]) -> str:
+        return self.outputs.get(str(message.get("tool_call_id"))) or str(message.get("content") or "")
+
+    def sendable(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return strip_marks(messages)
+
+
+def _argument(arguments: str, name: str) -> Any:
+    try:
+        value = json.loads(arguments or "{}")
+    except ValueError:
+        return None
+    return value.get(name) if isinstance(value, dict) else None

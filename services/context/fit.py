@@ -1,0 +1,180 @@
+"""Fitting a run's requests to the model's context window: the pure parts (budgets, tool ranking, cutting one
+output, compacting history). `services/agent/fitting.py` applies them to a run; docs/context.md says why.
+
+Between compactions the messages sent only grow at their end, so each request starts with exactly the text of
+the previous one and the engine's prompt cache is reused; a compaction changes earlier text once, in a large
+step (down to `COMPACT_TO` of the budget), so that several rounds fit before the next one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# estimates a chat request's prompt tokens: (messages, tools) -> tokens
+Estimate = Callable[[list[dict[str, Any]], list[dict[str, Any]]], int]
+
+CUT_MARKER = "\n[... {omitted} of {total} characters cut by lmstudio-bridge to fit the context window; {how} ...]\n"
+STUB = "[output of {name} ({chars} characters) left out to fit the context window; {how}]"
+COMPACT_TO = 0.5  # a compaction brings the history down to this share of the prompt budget
+MIN_CUT_CHARS = 200  # an output is never cut below this (its head and tail), however little room is left
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+@dataclass(frozen=True, slots=True)
+class ContextPolicy:
+    """How a window is shared (BRIDGE_CONTEXT_* settings)."""
+
+    default_tokens: int = 4096  # the window when neither the host nor the engine has said
+    answer_share: float = 0.25  # max_tokens is clamped to this share of the window
+    tools_share: float = 0.5  # tool schemas may take this share of the prompt budget
+    margin_share: float = 0.05  # kept free for the estimate's error and the chat template
+
+    def answer_tokens(self, window: int, requested: int) -> int:
+        """The max_tokens a request may ask for in this window."""
+        return min(requested, max(16, int(window * self.answer_share)))
+
+    def prompt_budget(self, window: int, answer_tokens: int) -> int:
+        """Tokens the prompt (messages + tools) may take."""
+        return window - answer_tokens - math.ceil(window * self.margin_share)
+
+
+@dataclass(slots=True)
+class Fit:
+    """One fitting action, as recorded in the run and sent as a `context.fitted` event."""
+
+    round: int
+    action: str  # tools | output | history | window
+    tokens_before: int
+    tokens_after: int
+    detail: str
+
+
+def json_tokens(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower().replace("_", " "))
+
+
+def rank_tools(tools: Sequence[dict[str, Any]], query: str, favoured: frozenset[str] = frozenset()) -> list[int]:
+    """Indexes of `tools` (OpenAI function tools), most relevant to `query` first: words of the query found in a
+    tool's name and description, rarer words weighing more (BM25-like); `favoured` names come first, ties keep
+    the original order."""
+    docs = [_words(f"{t['function']['name']} {t['function'].get('description') or ''}") for t in tools]
+    frequency = Counter(word for doc in docs for word in set(doc))
+    wanted = set(_words(query))
+    total = len(docs)
+
+    def score(index: int) -> tuple[int, float, int]:
+        doc = docs[index]
+        counts = Counter(doc)
+        value = 0.0
+        for word in wanted & counts.keys():
+            idf = math.log(1 + (total - frequency[word] + 0.5) / (frequency[word] + 0.5))
+            tf = counts[word]
+            value += idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * len(doc) / 20))
+        return (0 if tools[index]["function"]["name"] in favoured else 1, -value, index)
+
+    return sorted(range(total), key=score)
+
+
+def cut_middle(text: str, keep_chars: int, how: str) -> str:
+    """`text` with its middle cut out to about `keep_chars` characters: the beginning (two thirds) and the end
+    (one third) kept, between them a marker saying how much was cut and `how` to read more."""
+    if len(text) <= keep_chars:
+        return text
+    keep_chars = max(MIN_CUT_CHARS, keep_chars)
+    head = keep_chars * 2 // 3
+    tail = keep_chars - head
+    omitted = len(text) - head - tail
+    marker = CUT_MARKER.format(omitted=omitted, total=len(text), how=how)
+    return text[:head] + marker + (text[-tail:] if tail else "")
+
+
+def chars_for_tokens(tokens: int, chars_per_token: float) -> int:
+    return max(0, int(tokens * chars_per_token))
+
+
+def compact(
+    messages: list[dict[str, Any]],
+    keep_head: int,
+    keep_from: int,
+    fits: Callable[[list[dict[str, Any]]], bool],
+    stub: Callable[[dict[str, Any]], str],
+) -> tuple[list[dict[str, Any]], int]:
+    """Messages made to fit (`fits`), changing only those between `keep_head` (system prompt and task) and
+    `keep_from` (the last round): older tool outputs replaced by a stub first, oldest first; then whole older
+    rounds dropped, oldest first. Returns the new list and how many messages were changed or dropped."""
+    result = [dict(m) for m in messages]
+    changed = 0
+    for index in range(keep_head, keep_from):
+        if fits(result):
+            return result, changed
+        message = result[index]
+        if message.get("role") == "tool" and not message.get("compacted"):
+            message["content"] = stub(message)
+            message["compacted"] = True
+            changed += 1
+    start = keep_head
+    while not fits(result) and start < keep_from:
+        end = start + 1  # a round: an assistant message and the tool messages that answer it
+        while end < keep_from and result[end].get("role") == "tool":
+            end += 1
+        dropped = end - start
+        del result[start:end]
+        keep_from -= dropped
+        changed += dropped
+    return result, changed
+
+
+def strip_marks(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages as sent: without the gateway's own bookkeeping keys."""
+    return [{k: v for k, v in m.items() if k != "compacted"} if "compacted" in m else m for m in messages]
+
+
+class FixedRatio:
+    """A token estimate from the JSON text's length: `chars_per_token` characters a token (3.2 errs on the high
+    side for English and JSON), per-message overhead for the chat template; calibrated per model from the
+    engine's own `usage.prompt_tokens` (`observe`)."""
+
+    PER_MESSAGE = 4
+
+    def __init__(self, chars_per_token: float = 3.2) -> None:
+        self._base = chars_per_token
+        self._ratio: dict[str, float] = {}  # actual / estimated, per model
+
+    def estimate(self, model: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> int:
+        chars = len(json_tokens(messages)) + (len(json_tokens(tools)) if tools else 0)
+        raw = chars / self._base + self.PER_MESSAGE * len(messages)
+        return math.ceil(raw * self._ratio.get(model, 1.0))
+
+    def observe(self, model: str, estimated: int, actual: int) -> None:
+        """The engine counted `actual` prompt tokens for a request estimated at `estimated`."""
+        if estimated <= 0 or actual <= 0:
+            return
+        ratio = self._ratio.get(model, 1.0) * actual / estimated
+        # smoothed towards the new value; never below 0.5 or above 3 of the base estimate
+        self._ratio[model] = min(3.0, max(0.5, 0.5 * self._ratio.get(model, 1.0) + 0.5 * ratio))
+
+    def chars_per_token(self, model: str) -> float:
+        return self._base / self._ratio.get(model, 1.0)
+
+
+class Windows:
+    """Windows learned from the engines' overflow answers (`n_ctx`), per model; they win over what a listing said."""
+
+    def __init__(self) -> None:
+        self._learned: dict[str, int] = {}
+
+    def learned(self, model: str) -> int | None:
+        return self._learned.get(model)
+
+    def learn(self, model: str, tokens: int) -> None:
+        self._learned[model] = tokens
