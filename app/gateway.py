@@ -150,11 +150,12 @@ def build_pool(settings: Settings, servers: dict[str, MCPServerConfig], metrics:
     )
 
 
-def all_secrets(settings: Settings, mcp: MCPSetup, hosts: list[HostSpec], keys: KeyRing | None = None) -> list[str]:
+def all_secrets(settings: Settings, mcp: MCPSetup, hosts: list[HostSpec]) -> list[str]:
     """Every value that must never reach a log line or the run store: the settings' keys, token and database
-    password, mcp.json's env and header values, the hosts file's tokens, and the API keys held in `keys`."""
+    password, mcp.json's env and header values, the hosts file's tokens. The keys file's keys come from the
+    key ring (`KeyRing.secrets`), as reloads bring them."""
     tokens = [h.token for h in hosts if h.token]
-    return secrets_of(settings, [*mcp.secret_values(), *(keys.clear_keys if keys else ()), *tokens])
+    return secrets_of(settings, [*mcp.secret_values(), *tokens])
 
 
 async def open_store(
@@ -164,8 +165,7 @@ async def open_store(
     path = sqlite_path(settings.database_url)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    redact = Redactor(all_secrets(settings, mcp, hosts, keys))
-    keys.on_new_secrets.append(redact.add)  # a key a reload brings is kept out of the store too
+    redact = Redactor(all_secrets(settings, mcp, hosts), more=keys.secrets)  # with the keys a reload brings
     return await RunStore.open(
         settings.database_url,
         instance=settings.instance_id,
