@@ -29,6 +29,7 @@ from services.lmstudio import (
     counts_against_lmstudio,
     host_specs,
 )
+from services.lmstudio.client import ModelErrorHook
 from services.mcp import MCPPool, MCPServerConfig, find_config_path, guard_recursion, load_mcp_config
 from services.metrics import Metrics, StateReader
 from services.openai_compat import OpenAICompat
@@ -111,7 +112,12 @@ def load_hosts(settings: Settings, *, exit_on_error: bool = True) -> list[HostSp
         raise SystemExit(2) from None
 
 
-def build_lmstudio(settings: Settings, metrics: Metrics, hosts: list[HostSpec] | None = None) -> LMStudioHosts:
+def build_lmstudio(
+    settings: Settings,
+    metrics: Metrics,
+    hosts: list[HostSpec] | None = None,
+    on_model_error: ModelErrorHook | None = None,
+) -> LMStudioHosts:
     specs = hosts if hosts is not None else load_hosts(settings)
 
     def breaker(spec: HostSpec) -> Breaker:
@@ -133,6 +139,7 @@ def build_lmstudio(settings: Settings, metrics: Metrics, hosts: list[HostSpec] |
             settings.lmstudio_retries, settings.lmstudio_retry_backoff_s, settings.lmstudio_retry_backoff_max_s
         ),
         metrics=metrics,
+        on_model_error=on_model_error,
     )
 
 
@@ -196,18 +203,17 @@ async def open_gateway(
     keys = keys or load_keys(settings)
     hosts = hosts if hosts is not None else load_hosts(settings)
     async with AsyncExitStack() as stack:
-        lmstudio = build_lmstudio(settings, metrics, hosts)
+        catalog, lmstudio = ModelCatalog.over(
+            lambda on_model_error: build_lmstudio(settings, metrics, hosts, on_model_error),
+            ttl_s=settings.model_cache_ttl_s,
+            default_model=settings.default_model,
+            aliases=settings.model_aliases,
+        )
         stack.push_async_callback(lmstudio.aclose)
         if tracer_provider is not None:
             for client in lmstudio.clients:
                 instrument_client(client, tracer_provider)
             stack.callback(tracer_provider.force_flush)
-        catalog = ModelCatalog.over(
-            lmstudio,
-            ttl_s=settings.model_cache_ttl_s,
-            default_model=settings.default_model,
-            aliases=settings.model_aliases,
-        )
         pool = build_pool(settings, mcp.servers, metrics)
         stack.push_async_callback(pool.aclose)
         await pool.start(warmup=settings.mcp_warmup if warmup is None else warmup)
