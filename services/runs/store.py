@@ -63,10 +63,10 @@ class RunStore:
         *,
         instance: str,
         metrics: Metrics,
-        redact: Callable[[str], str] = lambda text: text,
-        retention_days: float = 30.0,
-        lease_s: float = DEFAULT_LEASE_S,
-    ) -> None:
+        redact: Callable[[str], str],
+        retention_days: float,
+        lease_s: float,
+    ) -> None:  # built by `open`, which has the defaults
         self.engine = engine
         self.instance = instance
         self.metrics = metrics
