@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.errors import problem_response
 from app.gateway import BridgeState
 from app.settings import Settings
+from routers.paths import MCP_PATH
 from services.errors import ShuttingDownError
 
 if TYPE_CHECKING:
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lmstudio_bridge.mcp")
 
-MCP_PATH = "/mcp"
 STOP_WAIT_S = 15.0
 
 

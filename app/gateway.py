@@ -29,6 +29,7 @@ from services.lmstudio import (
     counts_against_lmstudio,
     host_specs,
 )
+from services.lmstudio.client import ModelErrorHook
 from services.mcp import MCPPool, MCPServerConfig, find_config_path, guard_recursion, load_mcp_config
 from services.metrics import Metrics, StateReader
 from services.openai_compat import OpenAICompat
@@ -111,7 +112,12 @@ def load_hosts(settings: Settings, *, exit_on_error: bool = True) -> list[HostSp
         raise SystemExit(2) from None
 
 
-def build_lmstudio(settings: Settings, metrics: Metrics, hosts: list[HostSpec] | None = None) -> LMStudioHosts:
+def build_lmstudio(
+    settings: Settings,
+    metrics: Metrics,
+    hosts: list[HostSpec] | None = None,
+    on_model_error: ModelErrorHook | None = None,
+) -> LMStudioHosts:
     specs = hosts if hosts is not None else load_hosts(settings)
 
     def breaker(spec: HostSpec) -> Breaker:
@@ -133,6 +139,7 @@ def build_lmstudio(settings: Settings, metrics: Metrics, hosts: list[HostSpec] |
             settings.lmstudio_retries, settings.lmstudio_retry_backoff_s, settings.lmstudio_retry_backoff_max_s
         ),
         metrics=metrics,
+        on_model_error=on_model_error,
     )
 
 
@@ -150,11 +157,12 @@ def build_pool(settings: Settings, servers: dict[str, MCPServerConfig], metrics:
     )
 
 
-def all_secrets(settings: Settings, mcp: MCPSetup, hosts: list[HostSpec], keys: KeyRing | None = None) -> list[str]:
+def all_secrets(settings: Settings, mcp: MCPSetup, hosts: list[HostSpec]) -> list[str]:
     """Every value that must never reach a log line or the run store: the settings' keys, token and database
-    password, mcp.json's env and header values, the hosts file's tokens, and the API keys held in `keys`."""
+    password, mcp.json's env and header values, the hosts file's tokens. The keys file's keys come from the
+    key ring (`KeyRing.secrets`), as reloads bring them."""
     tokens = [h.token for h in hosts if h.token]
-    return secrets_of(settings, [*mcp.secret_values(), *(keys.clear_keys if keys else ()), *tokens])
+    return secrets_of(settings, [*mcp.secret_values(), *tokens])
 
 
 async def open_store(
@@ -164,8 +172,7 @@ async def open_store(
     path = sqlite_path(settings.database_url)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    redact = Redactor(all_secrets(settings, mcp, hosts, keys))
-    keys.on_new_secrets.append(redact.add)  # a key a reload brings is kept out of the store too
+    redact = Redactor(all_secrets(settings, mcp, hosts), more=keys.secrets)  # with the keys a reload brings
     return await RunStore.open(
         settings.database_url,
         instance=settings.instance_id,
@@ -196,18 +203,17 @@ async def open_gateway(
     keys = keys or load_keys(settings)
     hosts = hosts if hosts is not None else load_hosts(settings)
     async with AsyncExitStack() as stack:
-        lmstudio = build_lmstudio(settings, metrics, hosts)
+        catalog, lmstudio = ModelCatalog.over(
+            lambda on_model_error: build_lmstudio(settings, metrics, hosts, on_model_error),
+            ttl_s=settings.model_cache_ttl_s,
+            default_model=settings.default_model,
+            aliases=settings.model_aliases,
+        )
         stack.push_async_callback(lmstudio.aclose)
         if tracer_provider is not None:
             for client in lmstudio.clients:
                 instrument_client(client, tracer_provider)
             stack.callback(tracer_provider.force_flush)
-        catalog = ModelCatalog.over(
-            lmstudio,
-            ttl_s=settings.model_cache_ttl_s,
-            default_model=settings.default_model,
-            aliases=settings.model_aliases,
-        )
         pool = build_pool(settings, mcp.servers, metrics)
         stack.push_async_callback(pool.aclose)
         await pool.start(warmup=settings.mcp_warmup if warmup is None else warmup)

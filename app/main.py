@@ -15,7 +15,6 @@ from app.security import APIKeyMiddleware, BodyLimitMiddleware
 from app.settings import Settings, load_settings
 from app.telemetry import (
     RequestContextMiddleware,
-    add_log_secrets,
     configure_logging,
     instrument,
     tracer_provider,
@@ -46,8 +45,7 @@ def create_app(
     keys = keys or load_keys(settings, exit_on_error=from_env)
     hosts = load_hosts(settings, exit_on_error=from_env)
     if configure_logs or from_env:
-        configure_logging(settings.log_level, all_secrets(settings, mcp_setup, hosts, keys))
-        keys.on_new_secrets.append(add_log_secrets)
+        configure_logging(settings.log_level, all_secrets(settings, mcp_setup, hosts), more=keys.secrets)
     metrics = Metrics()
     provider = tracer_provider(settings)
     # the MCP front door, built on its first request; its tools read the state the lifespan puts on `app`

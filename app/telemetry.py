@@ -10,7 +10,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
 from typing import Any, TextIO
 from urllib.parse import urlsplit
@@ -194,9 +194,9 @@ class RequestContextMiddleware:
 class JSONFormatter(logging.Formatter):
     """One JSON object per line, with trace_id, span_id, run_id and request_id when known."""
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
+    def __init__(self, secrets: Iterable[str] = (), *, more: Callable[[], Sequence[str]] | None = None) -> None:
         super().__init__()
-        self.redact = Redactor(secrets)
+        self.redact = Redactor(secrets, more=more)
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -218,17 +218,22 @@ class JSONFormatter(logging.Formatter):
         return self.redact(json.dumps(entry, default=str))
 
 
-def log_handler(secrets: Iterable[str] = (), stream: TextIO | None = None) -> logging.Handler:
-    """The handler of the process's log lines: JSON lines on `stream` (stderr by default)."""
+def log_handler(
+    secrets: Iterable[str] = (), stream: TextIO | None = None, *, more: Callable[[], Sequence[str]] | None = None
+) -> logging.Handler:
+    """The handler of the process's log lines: JSON lines on `stream` (stderr by default); `secrets`, and
+    those `more` returns later (see `Redactor`), never appear in them."""
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
-    handler.setFormatter(JSONFormatter(secrets))
+    handler.setFormatter(JSONFormatter(secrets, more=more))
     return handler
 
 
-def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
+def configure_logging(
+    level: str, secrets: Iterable[str] = (), *, more: Callable[[], Sequence[str]] | None = None
+) -> None:
     """JSON lines on stderr for the whole process (uvicorn's loggers included)."""
     root = logging.getLogger()
-    root.handlers[:] = [log_handler(secrets)]
+    root.handlers[:] = [log_handler(secrets, more=more)]
     root.setLevel(level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
@@ -236,13 +241,6 @@ def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
         logger.propagate = True
     for noisy in ("httpx", "aiosqlite"):  # a line per request / per database call at DEBUG
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
-
-
-def add_log_secrets(secrets: list[str]) -> None:
-    """Keep more values out of the log lines (keys a reloaded keys file brought)."""
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler.formatter, JSONFormatter):
-            handler.formatter.redact.add(secrets)
 
 
 def secrets_of(settings: Settings, env_and_header_values: Iterable[str]) -> list[str]:

@@ -22,11 +22,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from app.errors import as_bridge_error
-from app.front_door import MCP_PATH
 from app.gateway import BridgeState
 from app.security import access_of
 from app.settings import Settings
 from routers.autonomous import AutonomousRequest
+from routers.paths import MCP_PATH
 from routers.pipelines import MAX_STEPS, PipelineStep, pipeline_spec, stages_of
 from services.access import Access
 from services.agent import FINISHED_STATUSES, Emit, RunEvent, RunOptions, RunResult, RunSpec, result_data, run_spec

@@ -1,4 +1,5 @@
-"""Names in a URL path: one that does not exist is 404 (the same name in a body is 422)."""
+"""Paths: where the MCP front door is mounted (`MCP_PATH`, for app.front_door and routers.mcp_front alike);
+names in a URL path (one that does not exist is 404, the same name in a body is 422)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from services.errors import MCPServerNotFoundError, ModelNotFoundError
+
+MCP_PATH = "/mcp"  # the MCP front door's one route (streamable HTTP)
 
 
 @contextmanager

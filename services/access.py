@@ -11,7 +11,7 @@ import hmac
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -194,8 +194,9 @@ class KeyRing:
 
     env_keys: list[tuple[bytes, Access]] = field(default_factory=list)
     file_keys: list[tuple[bytes, Access]] = field(default_factory=list)
-    clear_keys: list[str] = field(default_factory=list)  # the file's keys written in clear: kept out of logs
-    on_new_secrets: list[Callable[[list[str]], None]] = field(default_factory=list)  # told of keys a reload adds
+    # the file's keys written in clear, kept out of logs and the run store (their `Redactor`s read this list,
+    # which only grows)
+    clear_keys: list[str] = field(default_factory=list)
     path: Path | None = None
     _mtime: float | None = None
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
@@ -220,8 +221,10 @@ class KeyRing:
         self.file_keys = [(secret, access) for secret, access, _ in loaded]
         new = [clear for _, _, clear in loaded if clear and clear not in self.clear_keys]
         self.clear_keys += new
-        for tell in self.on_new_secrets:
-            tell(new)
+
+    def secrets(self) -> list[str]:
+        """The keys written in clear so far (a reload adds to them): what a `Redactor` keeps out of its text."""
+        return self.clear_keys
 
     @property
     def enabled(self) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -75,14 +75,19 @@ REDACTED = "[REDACTED]"
 
 class Redactor:
     """Replaces known secrets (API keys, tokens, MCP env and header values) and bearer tokens in text,
-    before it reaches a log line or the run store."""
+    before it reaches a log line or the run store.
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
+    `more` returns secrets that come later (the keys a reloaded keys file brings: `KeyRing.clear_keys`), as a
+    list that only grows; each call takes what it has added since the call before."""
+
+    def __init__(self, secrets: Iterable[str] = (), *, more: Callable[[], Sequence[str]] | None = None) -> None:
         self.secrets: list[str] = []
+        self._more = more
+        self._taken = 0  # how many of `more()` are in `secrets`
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
-        """More secrets (e.g. keys a reloaded keys file brought)."""
+        """More secrets."""
         # each secret also as JSON text writes it (escaped quotes, \uXXXX), since logs and stored data are JSON;
         # longest first, so a secret that contains another is replaced whole
         forms = {
@@ -94,6 +99,9 @@ class Redactor:
         self.secrets = sorted(forms.union(self.secrets), key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
+        if self._more is not None and len(more := self._more()) > self._taken:
+            self.add(more[self._taken :])
+            self._taken = len(more)
         for secret in self.secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)

@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import Field
 
@@ -58,12 +58,12 @@ class ModelEntry:
 
 
 class ModelSource(Protocol):
-    """Where the models come from (`LMStudioHosts`, or one `LMStudioClient`): their list, and a hook told
-    when LM Studio says a model is missing."""
-
-    on_model_error: ModelErrorHook | None
+    """Where the models come from (`LMStudioHosts`, or one `LMStudioClient`)."""
 
     async def list_models(self) -> list[ModelInfo]: ...
+
+
+S = TypeVar("S", bound=ModelSource)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,17 +84,24 @@ class ResolvedModel:
 class ModelCatalog:
     """Caches the model list for `ttl_s`; concurrent misses share one upstream request.
 
-    Built over the LM Studio hosts (`ModelCatalog.over`), it also hears from them when LM Studio says a model is
+    Built with the LM Studio hosts (`ModelCatalog.over`), it also hears from them when LM Studio says a model is
     missing or none is loaded (`model_error`), so every path (runs, chat pass-through, chat with MCP,
     load/unload) answers with the fresh list.
     """
 
     @classmethod
-    def over(cls, source: ModelSource, **options: Any) -> ModelCatalog:
-        """The catalog of `source`'s models, told by it when LM Studio says a model is missing."""
-        catalog = cls(source.list_models, **options)
-        source.on_model_error = catalog.model_error
-        return catalog
+    def over(cls, build: Callable[[ModelErrorHook], S], **options: Any) -> tuple[ModelCatalog, S]:
+        """A source of models built by `build` with the catalog's `model_error` as its hook (told when LM
+        Studio says a model is missing), and the catalog of its models: each gets the other when it is built."""
+        source: S | None = None
+
+        async def fetch() -> list[ModelInfo]:
+            assert source is not None  # built before `over` returns, so before anyone can ask
+            return await source.list_models()
+
+        catalog = cls(fetch, **options)
+        source = build(catalog.model_error)
+        return catalog, source
 
     def __init__(
         self,

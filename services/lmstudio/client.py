@@ -45,6 +45,7 @@ class LMStudioClient:
         metrics: Metrics | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         name: str | None = None,
+        on_model_error: ModelErrorHook | None = None,
     ) -> None:
         self.http = http
         self.wire = Wire(http, transport)
@@ -54,9 +55,9 @@ class LMStudioClient:
         self.breaker = breaker
         self.metrics = metrics or Metrics()
         self.models_api: str | None = None  # detected once: "api-v1" | "api-v0" | "openai"
-        # told when LM Studio says a model is missing or none is loaded (the `ModelCatalog` over this client
-        # sets it: its cached list is out of date); what it returns is raised instead
-        self.on_model_error: ModelErrorHook | None = None
+        # told when LM Studio says a model is missing or none is loaded (the `ModelCatalog` of this client's
+        # models: its cached list is out of date, see `ModelCatalog.over`); what it returns is raised instead
+        self.on_model_error = on_model_error
 
     @classmethod
     def create(
@@ -71,6 +72,7 @@ class LMStudioClient:
         breaker: Breaker | None = None,
         metrics: Metrics | None = None,
         name: str | None = None,
+        on_model_error: ModelErrorHook | None = None,
     ) -> LMStudioClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         # idle connections are dropped before servers usually drop them (uvicorn: 5 s)
@@ -85,7 +87,15 @@ class LMStudioClient:
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s, pool=connect_timeout_s),
             transport=transport,
         )
-        return cls(http, retry=retry, breaker=breaker, metrics=metrics, transport=transport, name=name)
+        return cls(
+            http,
+            retry=retry,
+            breaker=breaker,
+            metrics=metrics,
+            transport=transport,
+            name=name,
+            on_model_error=on_model_error,
+        )
 
     @property
     def base_url(self) -> str:

@@ -63,12 +63,21 @@ class LMStudioHosts:
         breaker: Callable[[HostSpec], Breaker | None] = lambda spec: None,
         retry: RetryPolicy | None = None,
         metrics: Metrics | None = None,
+        on_model_error: ModelErrorHook | None = None,
         **options: Any,
     ) -> LMStudioHosts:
-        """A client per host, each with its own breaker (`breaker(spec)`) and retry budget."""
+        """A client per host, each with its own breaker (`breaker(spec)`) and retry budget; `on_model_error`:
+        see `LMStudioClient` (a host that says a model is missing makes the merged list out of date)."""
         clients = [
             LMStudioClient.create(
-                s.url, token=s.token, name=s.name, breaker=breaker(s), retry=retry, metrics=metrics, **options
+                s.url,
+                token=s.token,
+                name=s.name,
+                breaker=breaker(s),
+                retry=retry,
+                metrics=metrics,
+                on_model_error=on_model_error,
+                **options,
             )
             for s in specs
         ]
@@ -77,15 +86,6 @@ class LMStudioHosts:
     @property
     def clients(self) -> list[LMStudioClient]:
         return [h.client for h in self.hosts]
-
-    @property
-    def on_model_error(self) -> ModelErrorHook | None:
-        return self.hosts[0].client.on_model_error
-
-    @on_model_error.setter
-    def on_model_error(self, hook: ModelErrorHook | None) -> None:
-        for host in self.hosts:  # a host that says a model is missing makes the merged list out of date
-            host.client.on_model_error = hook
 
     @property
     def reports_load_state(self) -> bool:

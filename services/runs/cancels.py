@@ -2,8 +2,9 @@
 
 A process asked to cancel a run that another process executes records the request in the run's row
 (`cancel_requested_at`) and answers as a local cancel does. Every process, while it has runs in flight, looks
-every `CANCEL_POLL_S` for requests on them (one indexed query by run id) and passes each, once, to the store's
-`on_cancel` (the run service), which cancels the run as a local request would: it then ends `cancelled`.
+every `CANCEL_POLL_S` for requests on them (one indexed query by run id) and hands each, once, to the store's
+`cancel_requests` queue, from which the run service takes it and cancels the run as a local request would: it
+then ends `cancelled`.
 """
 
 from __future__ import annotations
@@ -11,16 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Collection
+from typing import Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.agent import UNFINISHED_STATUSES
+from services.metrics import Metrics
 from services.runs.tables import runs
-
-if TYPE_CHECKING:
-    from services.runs.store import RunStore
 
 log = logging.getLogger("lmstudio_bridge.store")
 
@@ -39,10 +39,28 @@ async def request_cancel(engine: AsyncEngine, run_id: str) -> bool:
     return bool(found.rowcount)
 
 
-class CancelWatch:
-    """Polls for cancel requests on this process's runs in flight and hands each to `store.on_cancel` once."""
+class CancelStore(Protocol):
+    """What the watch needs of its store (`RunStore`): the database, the counters, this process's runs in
+    flight, and where a request goes (`cancel_requests`)."""
 
-    def __init__(self, store: RunStore) -> None:
+    @property
+    def engine(self) -> AsyncEngine: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def live(self) -> Collection[str]: ...
+
+    @property
+    def cancel_requests(self) -> asyncio.Queue[str]: ...
+
+
+class CancelWatch:
+    """Polls for cancel requests on this process's runs in flight and hands each to `store.cancel_requests`
+    once."""
+
+    def __init__(self, store: CancelStore) -> None:
         self.store = store
         self.delivered: set[str] = set()
         self._failing = False
@@ -64,10 +82,7 @@ class CancelWatch:
         for run_id in new:
             self.delivered.add(run_id)
             log.info("run %s: cancelled through another gateway process", run_id)
-            try:
-                self.store.on_cancel(run_id)
-            except Exception:
-                log.exception("run %s: the cancel request of another gateway process failed here", run_id)
+            self.store.cancel_requests.put_nowait(run_id)
         return new
 
     async def run(self) -> None:

@@ -12,15 +12,12 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from services.agent import RunEvent, RunResult, RunState, RunStatus
 from services.lmstudio import Usage
 from services.runs.records import StoredEvent
 from services.text import storable
-
-if TYPE_CHECKING:
-    from services.runs.store import RunStore
 
 INSERT, EVENT, UPDATE = "insert", "event", "update"  # the kinds of queued write
 
@@ -64,6 +61,24 @@ def options_of(run: RunState) -> dict[str, Any]:
     return options | run.described_options()
 
 
+class JournalStore(Protocol):
+    """What a journal needs of its store (`RunStore`): where its writes go, how values become stored text, and
+    the runs followed live."""
+
+    live: dict[str, RunJournal]
+
+    @property
+    def instance(self) -> str: ...
+
+    def put(self, kind: str, run_id: str, values: dict[str, Any]) -> None: ...
+
+    def json(self, value: Any) -> str: ...
+
+    def text(self, value: str) -> str: ...
+
+    def encoded(self, item: JournalEvent) -> str: ...
+
+
 @dataclass(slots=True)
 class Follower:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -72,7 +87,7 @@ class Follower:
 class RunJournal:
     """One run's writes (the agent's `Journal`), and its events in memory for live followers."""
 
-    def __init__(self, store: RunStore, run: RunState, key_name: str | None) -> None:
+    def __init__(self, store: JournalStore, run: RunState, key_name: str | None) -> None:
         self.store = store
         self.run = run
         self.run_id = run.run_id

@@ -19,17 +19,16 @@ import asyncio
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Collection
+from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, Executable, Float, cast, delete, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.agent import UNFINISHED_STATUSES, RunEvent
 from services.errors import RunInterruptedError
+from services.metrics import Metrics
 from services.runs.tables import instances, run_events, runs
-
-if TYPE_CHECKING:
-    from services.runs.store import RunStore
 
 log = logging.getLogger("lmstudio_bridge.store")
 
@@ -94,11 +93,33 @@ async def interrupt_unfinished(conn: AsyncConnection, instance: str, data: str) 
     return ids
 
 
+class LeaseStore(Protocol):
+    """What a lease needs of its store (`RunStore`): the database, this process's instance id, the counters,
+    how a problem document becomes stored text, this process's runs in flight, and where to stop one that
+    another process recorded `interrupted` (`fence`)."""
+
+    @property
+    def engine(self) -> AsyncEngine: ...
+
+    @property
+    def instance(self) -> str: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def live(self) -> Collection[str]: ...
+
+    def json(self, value: Any) -> str: ...
+
+    def fence(self, run_id: str) -> None: ...
+
+
 class Lease:
     """This process's row in `instances`: registered at start-up, renewed, released at a clean shutdown;
     and the claiming of other processes' expired rows. See the module docstring."""
 
-    def __init__(self, store: RunStore, lease_s: float) -> None:
+    def __init__(self, store: LeaseStore, lease_s: float) -> None:
         self.store = store
         self.instance = store.instance
         self.lease_s = lease_s

@@ -43,7 +43,8 @@ class RunService:
         self.waiting: set[str] = set()  # queued runs: no run slot yet
         self.stopping = False
         self.runs: dict[str, tuple[Run, asyncio.Task[None]]] = {}  # background runs not finished yet
-        store.on_cancel = self._cancel_requested  # another gateway process asks to cancel a run of this one
+        # what another gateway process asks to cancel (or recorded interrupted) reaches the store: stop it here
+        self._cancels = asyncio.create_task(self._follow_cancel_requests())
 
     @property
     def queued(self) -> int:
@@ -166,10 +167,15 @@ class RunService:
             return True
         return False
 
-    def _cancel_requested(self, run_id: str) -> None:
-        """Another gateway process was asked to cancel this run of ours (or recorded it interrupted)."""
-        if not self._cancel_here(run_id):
-            log.info("run %s: a cancel request came from another gateway process, but the run has ended", run_id)
+    async def _follow_cancel_requests(self) -> None:
+        """Runs of ours that another gateway process was asked to cancel (or recorded interrupted): stop each."""
+        while True:
+            run_id = await self.store.cancel_requests.get()
+            try:
+                if not self._cancel_here(run_id):
+                    log.info("run %s: a cancel request came from another gateway process, but it has ended", run_id)
+            except Exception:
+                log.exception("run %s: the cancel request of another gateway process failed here", run_id)
 
     async def delete(self, run_id: str, access: Access | None = None) -> None:
         status = await self._status(run_id, access)
@@ -204,6 +210,7 @@ class RunService:
     async def aclose(self) -> None:
         """Stop background runs (the gateway stops): each is recorded `interrupted`."""
         self.stopping = True
+        self._cancels.cancel()
         tasks = [task for _, task in self.runs.values()]
         for run, task in list(self.runs.values()):
             if run.task is None:
@@ -213,6 +220,7 @@ class RunService:
                 run.stop_for_shutdown()
         if tasks:
             await asyncio.wait(tasks, timeout=10.0)
+        await asyncio.gather(self._cancels, return_exceptions=True)
 
 
 def _may_see(access: Access | None, key_name: str | None) -> bool:

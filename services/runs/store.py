@@ -63,10 +63,10 @@ class RunStore:
         *,
         instance: str,
         metrics: Metrics,
-        redact: Callable[[str], str] = lambda text: text,
-        retention_days: float = 30.0,
-        lease_s: float = DEFAULT_LEASE_S,
-    ) -> None:
+        redact: Callable[[str], str],
+        retention_days: float,
+        lease_s: float,
+    ) -> None:  # built by `open`, which has the defaults
         self.engine = engine
         self.instance = instance
         self.metrics = metrics
@@ -76,8 +76,9 @@ class RunStore:
         self.writer = RunWriter(self)
         self.lease = Lease(self, lease_s)
         self.cancels = CancelWatch(self)
-        # called with a run id of this process that another process asked to cancel (the run service sets it)
-        self.on_cancel: Callable[[str], None] = lambda run_id: None
+        # run ids of this process that another process asked to cancel, or recorded `interrupted` (`fence`): the
+        # run service takes them and stops the runs
+        self.cancel_requests: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
@@ -283,7 +284,7 @@ class RunStore:
         """Another process recorded this run of ours `interrupted`: drop its further writes and stop it."""
         if run_id in self.live:
             self.writer.fenced.add(run_id)
-            self.on_cancel(run_id)
+            self.cancel_requests.put_nowait(run_id)
 
     async def prune(self, now: float | None = None) -> int:
         """Delete runs that finished more than the retention period ago; returns how many."""

@@ -13,19 +13,17 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy import Engine, Executable, insert, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.agent import RunResult
+from services.metrics import Metrics
 from services.runs.engines import SQLiteWriter
-from services.runs.journal import EVENT, INSERT, RESULT, UPDATE, usage_json
+from services.runs.journal import EVENT, INSERT, RESULT, UPDATE, JournalEvent, RunJournal, usage_json
 from services.runs.tables import run_events, runs
 from services.text import storable
-
-if TYPE_CHECKING:
-    from services.runs.store import RunStore
 
 log = logging.getLogger("lmstudio_bridge.store")
 
@@ -41,10 +39,29 @@ class Write:
     values: dict[str, Any]
 
 
+class WriterStore(Protocol):
+    """What the writer needs of its store (`RunStore`): the database, the counters, how values become stored
+    text, and the runs followed live (a run is dropped from them once its last write is done)."""
+
+    live: dict[str, RunJournal]
+
+    @property
+    def engine(self) -> AsyncEngine: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    def json(self, value: Any) -> str: ...
+
+    def text(self, value: str) -> str: ...
+
+    def encoded(self, item: JournalEvent) -> str: ...
+
+
 class RunWriter:
     """The store's queued writes and the task that commits them (`run`)."""
 
-    def __init__(self, store: RunStore) -> None:
+    def __init__(self, store: WriterStore) -> None:
         self.store = store
         self.pending: list[Write] = []
         self.incomplete: set[str] = set()  # runs that lost a write

@@ -18,6 +18,7 @@ from app.gateway import load_keys
 from services import access as access_module
 from services.access import Access, KeyRing, KeysFileError, digest, full_access, load_keys_file
 from services.errors import ForbiddenError, KeyRateLimitedError
+from services.text import Redactor
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.timeout(120)
@@ -312,6 +313,16 @@ def test_a_changed_file_takes_effect(tmp_path: Path) -> None:
     b = ring.resolve(KEY_B)
     assert b is not None and b.servers == ("time",)
     assert ring.reload() is False  # nothing changed since
+
+
+def test_a_redactor_over_the_ring_hides_the_keys_a_reload_brings(tmp_path: Path) -> None:
+    path = write(tmp_path / "keys.yaml", {"keys": [entry("a", KEY_A)]}, mtime=1_000_000)
+    ring = KeyRing.build([], str(path))
+    redact = Redactor(["other-secret"], more=ring.secrets)  # built after the ring; the ring tells it nothing
+    assert redact(f"{KEY_A} {KEY_B} other-secret") == f"[REDACTED] {KEY_B} [REDACTED]"
+    write(path, {"keys": [entry("b", KEY_B)]}, mtime=1_000_010)
+    assert ring.reload() is True
+    assert redact(f"{KEY_A} {KEY_B}") == "[REDACTED] [REDACTED]"  # a key it no longer accepts stays hidden
 
 
 def test_an_unchanged_mtime_does_nothing_unless_forced(tmp_path: Path) -> None:

@@ -86,15 +86,25 @@ async def client(mock: MockLMStudio) -> AsyncIterator[LMStudioClient]:
     await lm.aclose()
 
 
+@pytest.fixture
+async def with_catalog(mock: MockLMStudio) -> AsyncIterator[tuple[ModelCatalog, LMStudioClient]]:
+    """A client built with its catalog: it tells the catalog when LM Studio says a model is missing."""
+    catalog, lm = ModelCatalog.over(
+        lambda hook: LMStudioClient.create(mock.base_url, read_timeout_s=5, retry=NO_RETRY, on_model_error=hook)
+    )
+    yield catalog, lm
+    await lm.aclose()
+
+
 async def listings(mock: MockLMStudio) -> int:
     return len([r for r in await mock.requests() if r["path"].endswith("/models")])
 
 
 @pytest.mark.parametrize("version", ["current", "0.3"])
 async def test_model_gone_after_caching_refreshes_the_catalog_once(
-    client: LMStudioClient, mock: MockLMStudio, version: str
+    with_catalog: tuple[ModelCatalog, LMStudioClient], mock: MockLMStudio, version: str
 ) -> None:
-    catalog = ModelCatalog.over(client)
+    catalog, client = with_catalog
     assert client.on_model_error is not None  # a catalog over a client hears of its missing models
     assert (await catalog.resolve(CODER)).id == CODER  # cached with CODER in it
     await mock.configure(lmstudio=version, models=[model(QWEN, loaded=True), model("other/model")])
@@ -111,8 +121,10 @@ async def test_model_gone_after_caching_refreshes_the_catalog_once(
     assert await listings(mock) == before + 1
 
 
-async def test_no_model_loaded_invalidates_the_catalog(client: LMStudioClient, mock: MockLMStudio) -> None:
-    catalog = ModelCatalog.over(client)
+async def test_no_model_loaded_invalidates_the_catalog(
+    with_catalog: tuple[ModelCatalog, LMStudioClient], mock: MockLMStudio
+) -> None:
+    catalog, client = with_catalog
     await catalog.snapshot()
     await mock.configure(jit=False, models=[model(QWEN), model(CODER)])
     with pytest.raises(NoModelLoadedError) as info:
@@ -143,8 +155,10 @@ async def test_both_load_answer_shapes(client: LMStudioClient, mock: MockLMStudi
     assert load["body"] == {"model": CODER, "ttl": 60}
 
 
-async def test_a_listed_but_unloaded_model_says_how_to_load_it(client: LMStudioClient, mock: MockLMStudio) -> None:
-    ModelCatalog.over(client)
+async def test_a_listed_but_unloaded_model_says_how_to_load_it(
+    with_catalog: tuple[ModelCatalog, LMStudioClient], mock: MockLMStudio
+) -> None:
+    _, client = with_catalog
     await mock.configure(jit=False)  # QWEN is loaded, CODER is not, and LM Studio will not load it
     with pytest.raises(ModelNotFoundError) as info:
         await client.chat({"model": CODER, "messages": HI})

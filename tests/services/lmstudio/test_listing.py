@@ -144,7 +144,7 @@ async def test_client_on_llamacpp_falls_back_to_v1_models_and_the_model_is_the_d
     http = httpx.AsyncClient(base_url="http://llama", transport=httpx.MockTransport(answer))
     client = LMStudioClient(http, retry=NO_RETRY)
     try:
-        catalog = ModelCatalog.over(client)
+        catalog = ModelCatalog(client.list_models)
         [entry] = catalog.entries(await catalog.snapshot())
     finally:
         await client.aclose()
