@@ -18,6 +18,7 @@ from app.telemetry import instrument_client, secrets_of
 from services.access import KeyRing, KeysFileError
 from services.agent import AgentService, ApprovalPolicy, RunDefaults
 from services.breaker import Breaker
+from services.context.fit import ContextPolicy
 from services.errors import MCPConfigError, UpstreamUnavailableError
 from services.limits import RunLimiter
 from services.lmstudio import (
@@ -228,6 +229,12 @@ async def open_gateway(
             text_tool_calls=settings.text_tool_calls,
             capture_content=settings.otel_capture_content,
             approval_timeout_s=settings.approval_timeout_s,
+            context=ContextPolicy(
+                default_tokens=settings.context_default_tokens,
+                answer_share=settings.context_answer_share,
+                tools_share=settings.context_tools_share,
+                margin_share=settings.context_margin_share,
+            ),
         )
         approvals = ApprovalPolicy.of(
             settings.approval_tools, {name: cfg.approval_tools for name, cfg in mcp.servers.items()}

@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     max_concurrent_runs: int = Field(32, ge=1, validation_alias=_env("BRIDGE_MAX_CONCURRENT_RUNS"))
     queue_timeout_s: float = Field(10.0, ge=0, validation_alias=_env("BRIDGE_QUEUE_TIMEOUT_S"))
 
+    # The model's context window (docs/context.md)
+    context_default_tokens: int = Field(4096, ge=256, validation_alias=_env("BRIDGE_CONTEXT_DEFAULT_TOKENS"))
+    context_answer_share: float = Field(0.25, gt=0, lt=0.9, validation_alias=_env("BRIDGE_CONTEXT_ANSWER_SHARE"))
+    context_tools_share: float = Field(0.5, gt=0, le=1, validation_alias=_env("BRIDGE_CONTEXT_TOOLS_SHARE"))
+    context_margin_share: float = Field(0.05, ge=0, lt=0.5, validation_alias=_env("BRIDGE_CONTEXT_MARGIN_SHARE"))
+
     # Run store, background runs, approvals
     database_url: str = Field("sqlite+aiosqlite:///./data/runs.db", validation_alias=_env("BRIDGE_DATABASE_URL"))
     run_retention_days: float = Field(30.0, gt=0, validation_alias=_env("BRIDGE_RUN_RETENTION_DAYS"))

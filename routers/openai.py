@@ -87,14 +87,18 @@ class ChatFrames(RunFrames):
 
     def __init__(self, include_usage: bool) -> None:
         self.include_usage = include_usage
+        self.run: Run | None = None
 
     def opening(self, run: Run) -> bytes:
+        self.run = run
         return _data(role_chunk(run, int(time.time())))
 
     def event(self, event: str, data: dict[str, Any]) -> bytes | None:
         return None
 
     def completed(self, result: RunResult) -> bytes:
+        if self.run is not None and self.run.exceeded is not None:  # a chat answer cannot say it: an error
+            return self.failed(self.run.exceeded.problem())
         return b"".join(_data(c) for c in chunks_of(result, self.include_usage)) + b"data: [DONE]\n\n"
 
     def failed(self, problem: dict[str, Any]) -> bytes:
@@ -136,7 +140,11 @@ async def chat_completions(request: Request, compat: CompatDep) -> Response:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return RunStream(run, ChatFrames(include_usage))
         result = await execute_for_client(request, run)
-        return JSONResponse(completion_of(result)) if result else Response(status_code=CLIENT_CLOSED_REQUEST)
+        if result is None:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        if run.exceeded is not None:  # the run's context_exceeded is a problem in a chat answer
+            raise run.exceeded
+        return JSONResponse(completion_of(result))
     if body.get("stream"):
         upstream = await compat.open_stream("/v1/chat/completions", raw, body, access)
         return ProxyStream(upstream, separate_reasoning_stream(upstream.aiter_bytes()))

@@ -51,6 +51,7 @@ class AgentLoop:
         try:
             return await self._rounds()
         except ContextExceededError as exc:
+            self._run.exceeded = exc
             self._ctx.metrics.context_fits.labels("exceeded").inc()
             self._run.warnings.append(f"The context window was exceeded: {exc.detail}")
             return "context_exceeded", self._run.gathered(

@@ -9,6 +9,7 @@ from typing import Any
 from services.agent.defaults import RunLimits
 from services.agent.records import Emit, Journal, RoundReasoning, RunResult, RunSpec, RunStatus, Step
 from services.context.fit import Fit
+from services.errors import ContextExceededError
 from services.lmstudio import ResolvedModel, Usage
 from services.mcp import ToolSet
 from services.tracing import trace_id
@@ -41,6 +42,7 @@ class RunState:
         self.reasoning: list[RoundReasoning] = []
         self.client_calls: list[dict[str, Any]] = []
         self.context: list[Fit] = []  # what was fitted to the window
+        self.exceeded: ContextExceededError | None = None  # why it ended `context_exceeded`
         self.last_text = ""
         self.status: RunStatus = "queued"
         self.seq = 0  # events so far

@@ -12,6 +12,7 @@ from pydantic import Field, TypeAdapter
 
 from services.agent import RunEvent, RunResult, Step
 from services.agent.records import RoundReasoning, stage_of
+from services.context.fit import Fit
 from services.lmstudio import Usage
 
 
@@ -71,9 +72,16 @@ def _time(value: float | None) -> datetime | None:
 
 
 # the events a record's steps, reasoning and (pipelines) stages are rebuilt from
-RECORD_EVENTS = (RunEvent.TOOL_CALL_COMPLETED, RunEvent.REASONING, RunEvent.STEP_COMPLETED, RunEvent.COMPLETED)
+RECORD_EVENTS = (
+    RunEvent.TOOL_CALL_COMPLETED,
+    RunEvent.REASONING,
+    RunEvent.CONTEXT_FITTED,
+    RunEvent.STEP_COMPLETED,
+    RunEvent.COMPLETED,
+)
 _STEP_FIELDS = frozenset(Step.__dataclass_fields__)
 _REASONING_FIELDS = frozenset(RoundReasoning.__dataclass_fields__)
+_FIT_FIELDS = frozenset(Fit.__dataclass_fields__)
 
 
 def add_to_record(record: RunRecord, event: str, data: dict[str, Any]) -> None:
@@ -82,6 +90,8 @@ def add_to_record(record: RunRecord, event: str, data: dict[str, Any]) -> None:
         record.steps.append(Step(**{k: v for k, v in data.items() if k in _STEP_FIELDS}))
     elif event == RunEvent.REASONING:
         record.reasoning.append(RoundReasoning(**{k: v for k, v in data.items() if k in _REASONING_FIELDS}))
+    elif event == RunEvent.CONTEXT_FITTED:
+        record.context.append(Fit(**{k: v for k, v in data.items() if k in _FIT_FIELDS}))
     elif event == RunEvent.STEP_COMPLETED:
         record.stages.append(stage_of(data["result"]))
     else:
