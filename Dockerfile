@@ -1,34 +1,43 @@
 # lmstudio-bridge: the gateway (and, with another command, the mock LM Studio) in one slim image.
 #   docker build -t lmstudio-bridge .
-#   docker run --rm -p 8000:8000 --add-host host.docker.internal:host-gateway \
+#   docker run --rm -p 127.0.0.1:8000:8000 --add-host host.docker.internal:host-gateway \
 #     -v ~/.lmstudio/mcp.json:/config/mcp.json:ro lmstudio-bridge
+# Podman/Buildah: `podman build --format docker -t lmstudio-bridge .` (the default OCI format drops HEALTHCHECK).
 # See docs/operations.md.
 
 # Node 20 for MCP servers started with npx / npm (copied, not installed: no apt in the final image)
 FROM node:20-slim AS node
 
-# Build stage: a virtualenv with the gateway and its dependencies, no compilers left behind
+# Build stage: a virtualenv with the gateway and its dependencies, no compilers and no installers left behind
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
+# the dependencies first, from the pinned and hashed lock (wheels only): a code change reuses this layer.
+# requirements/image.lock = the gateway's runtime set + the reference time server (deploy/mcp.json starts it)
+COPY requirements/image.lock requirements/image.lock
+RUN pip install --require-hashes --only-binary :all: -r requirements/image.lock
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY routers ./routers
 COPY services ./services
-# the gateway; uv for `uvx` MCP servers; the reference time server (deploy/mcp.json uses it)
-RUN pip install . uv==0.13.8 mcp-server-time==2026.10.19
+# the gateway itself, without re-resolving; then pip and setuptools leave the venv
+RUN pip install --no-deps --no-build-isolation . \
+    && pip uninstall --yes setuptools pip
 
 # Final stage
 FROM python:3.11-slim AS runtime
 COPY --from=node /usr/local/bin/node /usr/local/bin/node
 COPY --from=node /usr/local/lib/node_modules /usr/local/lib/node_modules
+# no installers in the runtime image: the base image's pip, setuptools and wheel go too.
+# /config stays root's (the gateway reads its mcp.json, never rewrites it); only /app/data is the user's.
 RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
     && ln -s ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx \
     && node --version && npx --version \
+    && python -m pip uninstall --yes --no-cache-dir pip setuptools wheel \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin bridge \
-    && mkdir /config /app /app/data && chown bridge /config /app/data
+    && mkdir /config /app /app/data && chown bridge /app/data
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 # the mock LM Studio (docker-compose.yml's `mock-lmstudio` service runs it from this image)

@@ -219,7 +219,13 @@ def test_dockerfile_is_multi_stage_slim_non_root_with_healthcheck_and_node() -> 
     assert "useradd" in ops["RUN"] and users[-1] in ops["RUN"]
     assert "/healthz" in ops["HEALTHCHECK"] and "urllib.request" in ops["HEALTHCHECK"]
     assert ops["EXPOSE"] == "8000"
-    assert ops["VOLUME"] == '["/app/data"]' and "chown bridge /config /app/data" in ops["RUN"], "the run store's volume"
+    assert ops["VOLUME"] == '["/app/data"]' and "chown bridge /app/data" in ops["RUN"], "the run store's volume"
+    assert "/config" not in ops["RUN"].split("chown", 1)[1], "the config stays root's: read-only to the runtime user"
+    # no installers at run time: the venv's pip and setuptools and the base image's go in their stages
+    build = steps[: max(i for i, (op, _) in enumerate(steps) if op == "FROM")]
+    assert any(op == "RUN" and "pip uninstall --yes setuptools pip" in a for op, a in build)
+    assert "pip uninstall --yes --no-cache-dir pip setuptools wheel" in ops["RUN"]
+    assert not any(" uv" in a or "uv==" in a for op, a in steps if op == "RUN")
     assert "MCP_CONFIG=/config/mcp.json" in ops["ENV"] and "host.docker.internal" in ops["ENV"]
     assert ops["CMD"] == '["lmstudio-bridge", "serve"]' == '["' + '", "'.join(compose_cmd()) + '"]'
     # every file copied from the context exists and is not excluded by .dockerignore
@@ -237,7 +243,7 @@ def compose_cmd() -> list[str]:
 
 
 def test_image_pins_match_the_project() -> None:
-    text = DOCKERFILE.read_text(encoding="utf-8")
+    text = (REPO / "requirements" / "image.lock").read_text(encoding="utf-8")
     pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
     pinned = re.search(r"mcp-server-time==[\w.]+", text)
     assert pinned and pinned.group(0) in pyproject, "the image's time server is the one the tests use"
