@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.deps import CompatDep
+from app.errors import openai_error
 from app.security import access_of
 from routers.schemas import CHUNK_EVENT_SCHEMA, problem_responses
 from routers.streaming import CLIENT_CLOSED_REQUEST, ProxyStream, RunFrames, RunStream, execute_for_client
@@ -102,7 +103,8 @@ class ChatFrames(RunFrames):
         return b"".join(_data(c) for c in chunks_of(result, self.include_usage)) + b"data: [DONE]\n\n"
 
     def failed(self, problem: dict[str, Any]) -> bytes:
-        return _data({"error": problem}) + b"data: [DONE]\n\n"
+        # the same body as an error response: the problem document with OpenAI's `error` object in it
+        return _data({**problem, "error": openai_error(problem)}) + b"data: [DONE]\n\n"
 
 
 def _relay(upstream: Any, content: bytes | None = None) -> Response:

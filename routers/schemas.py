@@ -10,6 +10,15 @@ from services.agent import PROGRESS_EVENTS, RunEvent
 from services.mcp import ToolSpec
 
 
+class OpenAIError(BaseModel):
+    """OpenAI's error object: `message` is the problem's `detail`, `code` its stable code."""
+
+    message: str
+    type: str = Field(examples=["invalid_request_error"])
+    param: str | None = Field(default=None, examples=["model"])
+    code: str = Field(examples=["model_not_found"])
+
+
 class Problem(BaseModel):
     """RFC 9457 problem document; `code` is stable, extra members depend on it."""
 
@@ -20,6 +29,9 @@ class Problem(BaseModel):
     detail: str
     code: str = Field(examples=["model_not_found"])
     instance: str | None = None
+    error: OpenAIError | None = Field(
+        default=None, description="On the OpenAI-compatible routes only: the same failure in OpenAI's shape"
+    )
 
 
 class Health(BaseModel):
