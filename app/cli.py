@@ -36,6 +36,10 @@ async def _check(settings: Settings, mcp_setup: MCPSetup) -> bool:
 async def _check_servers(gateway: BridgeState) -> bool:
     ok = True
     for status in gateway.pool.status():
+        if status.transport == "unknown":  # an entry the gateway cannot use: disabled, and a failed check
+            ok = False
+            print(f"[fail] {status.name}: disabled: {status.last_error}")
+            continue
         if status.status == "disabled":
             print(f"[skip] {status.name}: {status.last_error or 'disabled in mcp.json'}")
             continue

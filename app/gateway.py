@@ -58,6 +58,8 @@ def load_mcp_setup(settings: Settings) -> MCPSetup:
     for cfg in servers.values():
         if cfg.is_bridge:
             log.warning("MCP server %r skipped: it is lmstudio-bridge itself (recursion guard)", cfg.name)
+        if cfg.unusable:
+            log.warning("MCP server %r disabled: %s", cfg.name, cfg.unusable)
     return MCPSetup(path, servers)
 
 

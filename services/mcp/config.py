@@ -12,7 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 from services.errors import MCPConfigError
 from services.text import UnsetVariableError, expand_env
 
-Transport = Literal["stdio", "http"]
+# "unknown": an entry whose `type` the gateway cannot use; it is kept, disabled, with `unusable` saying why
+Transport = Literal["stdio", "http", "sse", "unknown"]
 
 BRIDGE_COMMANDS = frozenset({"lmstudio-bridge", "lmstudio-bridge.exe"})
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", "::"})
@@ -23,6 +24,7 @@ _TYPE_ALIASES: dict[str, Transport] = {
     "streamable-http": "http",
     "streamablehttp": "http",
     "streamable_http": "http",
+    "sse": "sse",  # the legacy HTTP+SSE transport (MCP 2024-11-05): the SDK's SSE client
 }
 
 
@@ -44,6 +46,7 @@ class MCPServerConfig:
     disabled_tools: frozenset[str] = frozenset()
     is_bridge: bool = False  # lmstudio-bridge itself: skipped (recursion guard)
     approval_tools: tuple[str, ...] = ()  # `bridge.approval_tools`: globs of this server's tools a person approves
+    unusable: str | None = None  # why the gateway cannot use the entry (it is disabled); None for a usable one
 
     def describe(self) -> dict[str, Any]:
         """A secret-free summary: env and header NAMES only, URL without credentials or query."""
@@ -61,6 +64,7 @@ class MCPServerConfig:
             "allowed_tools": sorted(self.allowed_tools) if self.allowed_tools is not None else None,
             "disabled_tools": sorted(self.disabled_tools),
             "approval_tools": list(self.approval_tools),
+            "unusable": self.unusable,
         }
 
     def tool_allowed(self, tool: str) -> bool:
@@ -165,6 +169,10 @@ class _Ctx:
         return {k: self.expand(f"{fld}.{k}", v) for k, v in value.items()}
 
 
+class _UnknownTransport(MCPConfigError):
+    """The entry's `type` names a transport the gateway does not have: the entry is disabled, not fatal."""
+
+
 def _declared_transport(ctx: _Ctx, raw: Mapping[str, Any]) -> Transport | None:
     """The transport named by `type` (or `transport`), None when neither is given."""
     type_key = "type" if "type" in raw else "transport"
@@ -173,27 +181,32 @@ def _declared_transport(ctx: _Ctx, raw: Mapping[str, Any]) -> Transport | None:
         return None
     if not isinstance(raw_type, str):
         raise ctx.error(type_key, "must be a string")
-    if raw_type.lower() == "sse":
-        raise ctx.error(
-            type_key,
-            'is "sse": the legacy SSE transport is not supported; use "stdio" or "streamable-http"',
-        )
     transport = _TYPE_ALIASES.get(raw_type.lower())
     if transport is None:
-        raise ctx.error(type_key, f'has unknown value {raw_type!r} (use "stdio" or "streamable-http")')
+        known = '"stdio", "streamable-http" (or "http") or "sse"'
+        raise _UnknownTransport(str(ctx.error(type_key, f"has unknown value {raw_type!r} (known: {known})")))
     return transport
 
 
+def is_sse_url(url: str) -> bool:
+    """A URL whose path ends in `/sse`: the usual endpoint of a legacy HTTP+SSE server."""
+    try:
+        return urlsplit(url).path.rstrip("/").endswith("/sse")
+    except ValueError:
+        return False
+
+
 def _resolve_transport(ctx: _Ctx, declared: Transport | None, command: str | None, url: str | None) -> Transport:
-    """The declared transport, else the one `command` or `url` implies; checks it has what it needs."""
-    transport = declared or ("stdio" if command else "http" if url else None)
+    """The declared transport, else the one `command` or `url` implies (a URL ending in `/sse` is a legacy
+    SSE server); checks it has what it needs."""
+    transport = declared or ("stdio" if command else ("sse" if is_sse_url(url) else "http") if url else None)
     if transport is None:
         raise ctx.error("command", 'or "url" is required')
     if transport == "stdio" and not command:
         raise ctx.error("command", "is required for a stdio server")
-    if transport == "http":
+    if transport in ("http", "sse"):
         if not url:
-            raise ctx.error("url", "is required for an HTTP server")
+            raise ctx.error("url", f"is required for an {'SSE' if transport == 'sse' else 'HTTP'} server")
         if not url.startswith(("http://", "https://")):
             raise ctx.error("url", "must start with http:// or https://")
     return transport
@@ -237,7 +250,10 @@ def _parse_server(file: str, name: str, raw: Any, environ: Mapping[str, str]) ->
         raise MCPConfigError(f'{file}: server "{name}" must be an object')
 
     # fields are checked in this order, so the first problem reported does not change
-    declared = _declared_transport(ctx, raw)
+    try:
+        declared = _declared_transport(ctx, raw)
+    except _UnknownTransport as exc:  # kept, disabled: the other servers still start
+        return MCPServerConfig(name=name, transport="unknown", disabled=True, unusable=str(exc))
     command = ctx.opt_str(raw, "command")
     url = ctx.opt_str(raw, "url")
     args = [ctx.expand("args", a) for a in ctx.str_list(raw, "args") or []]
@@ -259,7 +275,7 @@ def _parse_server(file: str, name: str, raw: Any, environ: Mapping[str, str]) ->
         args=tuple(args) if stdio else (),
         env=env,
         cwd=cwd,
-        url=url if transport == "http" else None,
+        url=url if transport in ("http", "sse") else None,
         headers=headers,
         disabled=disabled,
         timeout_s=timeout_s,

@@ -145,6 +145,8 @@ class MCPPool:
         if session is None:
             raise MCPServerNotFoundError(name, self.names())
         if session.cfg.disabled:
+            if session.cfg.unusable:
+                raise MCPServerUnavailableError(f"MCP server {name!r} is disabled: {session.cfg.unusable}")
             why = RECURSION_SKIPPED if session.cfg.is_bridge else "disabled in mcp.json"
             raise MCPServerUnavailableError(f"MCP server {name!r} is {why}")
         return session

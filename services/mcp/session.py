@@ -35,7 +35,13 @@ class ServerStatus:
     """A secret-free view of one configured MCP server."""
 
     name: Annotated[str, Field(description="The server's name in mcp.json")]
-    transport: Annotated[Transport, Field(description="stdio (a child process) or http (streamable HTTP)")]
+    transport: Annotated[
+        Transport,
+        Field(
+            description="stdio (a child process), http (streamable HTTP), sse (the legacy HTTP+SSE transport), "
+            "or unknown (an mcp.json `type` the gateway does not have: the entry is disabled)"
+        ),
+    ]
     status: Annotated[Status, Field(description="Servers start on first use (or at startup with warmup)")]
     tools: Annotated[int | None, Field(description="Number of tools once the server has started")]
     last_error: Annotated[str | None, Field(description="Why the server last failed to start or dropped")]
@@ -109,7 +115,7 @@ class Session:
             transport=cfg.transport,
             status=self.state,
             tools=len(self._specs(self._listed)) if self._listed is not None else None,
-            last_error=self._last_error,
+            last_error=self._last_error or cfg.unusable,
             env=sorted(cfg.env),
             headers=sorted(cfg.headers),
             command=cfg.command,

@@ -1,5 +1,5 @@
-"""Transports to an MCP server (stdio child process or streamable HTTP), the child's stderr tail, and
-readable reasons for a failed start."""
+"""Transports to an MCP server (stdio child process, streamable HTTP or legacy HTTP+SSE), the child's stderr,
+and readable reasons for a failed start."""
 
 from __future__ import annotations
 
@@ -103,6 +103,12 @@ async def open_transport(
         client = httpx2.AsyncClient(headers=cfg.headers, timeout=httpx2.Timeout(30.0, read=300.0))
         await stack.enter_async_context(client)
         return await stack.enter_async_context(streamable_http_client(cfg.url, http_client=client))
+    if cfg.transport == "sse":  # the legacy HTTP+SSE transport: a GET event stream + POSTs to its endpoint
+        from mcp.client.sse import sse_client
+
+        assert cfg.url is not None
+        sse = sse_client(cfg.url, headers=cfg.headers, timeout=30.0, sse_read_timeout=300.0)
+        return await stack.enter_async_context(sse)
     assert cfg.command is not None
     params = StdioServerParameters(command=cfg.command, args=list(cfg.args), env=cfg.env or None, cwd=cfg.cwd)
     read_fd, write_fd = os.pipe()

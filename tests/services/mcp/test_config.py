@@ -102,8 +102,9 @@ def test_empty_servers(tmp_path: Path) -> None:
         ({"fs": {"command": "x", "disabledTools": [1]}}, 'server "fs": field "disabledTools" must be a list'),
         ({"w": {"url": "http://h", "headers": {"A": 1}}}, 'mcp.json: server "w": field "headers" must be an object'),
         ({"w": {"url": "ftp://h"}}, 'mcp.json: server "w": field "url" must start with http'),
-        ({"w": {"type": "sse", "url": "http://h/sse"}}, 'mcp.json: server "w": field "type" is "sse"'),
-        ({"w": {"type": "websocket", "url": "http://h"}}, 'server "w": field "type" has unknown value'),
+        ({"w": {"type": "sse"}}, 'mcp.json: server "w": field "url" is required for an SSE server'),
+        ({"w": {"type": "sse", "url": "ws://h/sse"}}, 'mcp.json: server "w": field "url" must start with http'),
+        ({"w": {"type": 3, "url": "http://h"}}, 'mcp.json: server "w": field "type" must be a string'),
         ({"w": {"type": "http"}}, 'mcp.json: server "w": field "url" is required'),
         ({"w": {"type": "stdio", "url": "http://h"}}, 'mcp.json: server "w": field "command" is required'),
         ({"fs": "npx"}, 'mcp.json: server "fs" must be an object'),
@@ -124,9 +125,31 @@ def test_broken_configs(tmp_path: Path, servers: dict[str, Any], expected: str) 
     assert expected in str(info.value)
 
 
-def test_sse_message_is_clear(tmp_path: Path) -> None:
-    with pytest.raises(MCPConfigError, match="not supported"):
-        load(tmp_path, {"w": {"type": "sse", "url": "http://h/sse"}})
+@pytest.mark.parametrize(
+    ("entry", "transport"),
+    [
+        ({"type": "sse", "url": "http://h:9/events"}, "sse"),
+        ({"type": "SSE", "url": "http://h:9/events"}, "sse"),
+        ({"url": "http://h:9/sse"}, "sse"),  # LM Studio / Cursor style: only a URL, ending in /sse
+        ({"url": "http://h:9/mcp/sse/"}, "sse"),
+        ({"url": "http://h:9/mcp"}, "http"),
+        ({"type": "streamable-http", "url": "http://h:9/sse"}, "http"),  # a declared type wins
+    ],
+)
+def test_legacy_sse_servers_are_recognised(tmp_path: Path, entry: dict[str, Any], transport: str) -> None:
+    cfg = load(tmp_path, {"w": entry})["w"]
+    assert (cfg.transport, cfg.url, cfg.disabled, cfg.unusable) == (transport, entry["url"], False, None)
+
+
+def test_an_unknown_type_disables_that_entry_only(tmp_path: Path) -> None:
+    servers = load(tmp_path, {"w": {"type": "websocket", "url": "ws://h"}, "fs": {"command": "x"}})
+    assert servers["fs"].disabled is False and servers["fs"].unusable is None
+    w = servers["w"]
+    assert (w.transport, w.disabled) == ("unknown", True)
+    assert w.unusable == (
+        'mcp.json: server "w": field "type" has unknown value \'websocket\' '
+        '(known: "stdio", "streamable-http" (or "http") or "sse")'
+    )
 
 
 def test_not_json(tmp_path: Path) -> None:
