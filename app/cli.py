@@ -1,4 +1,4 @@
-"""`lmstudio-bridge serve | check | mcp`."""
+"""`lmstudio-bridge serve | check | mcp | runs`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import sys
 
 from app.gateway import BridgeState, MCPSetup, all_secrets, load_hosts, load_mcp, open_gateway
+from app.runs_cli import add_runs_parser
 from app.server import run_server
 from app.settings import Settings, load_settings
 from app.telemetry import configure_logging
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     p_check.set_defaults(func=check)
     p_mcp = sub.add_parser("mcp", help="serve the autonomous tools as an MCP server over stdio (Claude Desktop)")
     p_mcp.set_defaults(func=mcp)
+    add_runs_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 
