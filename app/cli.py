@@ -10,7 +10,7 @@ import sys
 from app.gateway import BridgeState, MCPSetup, all_secrets, load_hosts, load_mcp, open_gateway
 from app.runs_cli import add_runs_parser
 from app.server import run_server
-from app.settings import Settings, load_settings
+from app.settings import Settings, load_settings, unknown_variables, warn_unknown_variables
 from app.telemetry import configure_logging
 from services.errors import BridgeError, LLMError
 
@@ -92,8 +92,12 @@ def check(args: argparse.Namespace) -> int:
     """Config valid, LM Studio reachable, every MCP server starts and lists its tools."""
     settings = own_instance(load_settings(), "check")
     mcp_setup = load_mcp(settings)
-    print("[ok]   configuration is valid")
-    return 0 if asyncio.run(_check(settings, mcp_setup)) else 1
+    unknown = unknown_variables(os.environ)  # a typo'd setting fails the check: the gateway would ignore it
+    for warning in unknown:
+        print(f"[fail] {warning}")
+    if not unknown:
+        print("[ok]   configuration is valid")
+    return 0 if asyncio.run(_check(settings, mcp_setup)) and not unknown else 1
 
 
 def mcp(args: argparse.Namespace) -> int:
@@ -101,6 +105,7 @@ def mcp(args: argparse.Namespace) -> int:
     settings = own_instance(load_settings(), "mcp")
     mcp_setup = load_mcp(settings)
     configure_logging(settings.log_level, all_secrets(settings, mcp_setup, load_hosts(settings)))  # stderr only
+    warn_unknown_variables(os.environ)
     asyncio.run(serve_stdio(settings, mcp_setup))
     return 0
 

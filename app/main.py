@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import cast
 
 from fastapi import FastAPI
@@ -12,7 +13,7 @@ from app.front_door import MCPFrontDoor
 from app.gateway import BridgeState, MCPSetup, all_secrets, load_hosts, load_keys, load_mcp, load_mcp_setup
 from app.lifespan import lifespan_for
 from app.security import APIKeyMiddleware, BodyLimitMiddleware
-from app.settings import Settings, load_settings
+from app.settings import Settings, load_settings, warn_unknown_variables
 from app.telemetry import (
     RequestContextMiddleware,
     configure_logging,
@@ -46,6 +47,7 @@ def create_app(
     hosts = load_hosts(settings, exit_on_error=from_env)
     if configure_logs or from_env:
         configure_logging(settings.log_level, all_secrets(settings, mcp_setup, hosts), more=keys.secrets)
+        warn_unknown_variables(os.environ)
     metrics = Metrics()
     provider = tracer_provider(settings)
     # the MCP front door, built on its first request; its tools read the state the lifespan puts on `app`

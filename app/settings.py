@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
+import logging
 import socket
 import sys
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -12,6 +15,16 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from services.lmstudio.hosts import normal_url
 
 DEFAULT_LMSTUDIO_URL = "http://localhost:1234"
+log = logging.getLogger("lmstudio_bridge.settings")
+# Variables of this project that other parts read, not the gateway: never "unknown" to it.
+OTHER_VARIABLES = {
+    "BRIDGE_API_KEY": "lmstudio-bridge runs",
+    "BRIDGE_URL": "lmstudio-bridge runs",
+    "BRIDGE_PUBLISH": "docker-compose.yml",
+    "BRIDGE_PYTHON": "examples/demo-mcp.json",
+    "BRIDGE_FUZZ_TARGETS": "the contract tests",
+    "BRIDGE_TEST_SECRET": "the contract tests",
+}
 
 
 def _env(*names: str) -> AliasChoices:
@@ -118,6 +131,11 @@ class Settings(BaseSettings):
             aliases[name.strip()] = model.strip()
         return aliases
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
     @field_validator("api_keys", "cors_origins", "approval_tools", "lmstudio_base_urls", mode="before")
     @classmethod
     def _parse_keys(cls, value: object) -> object:
@@ -175,6 +193,36 @@ def format_validation_error(exc: Exception) -> str:
             name = " / ".join(str(choice) for choice in alias.choices)
         lines.append(f"  {name}: {err['msg']} (got {err.get('input')!r})")
     return "\n".join(lines)
+
+
+def setting_names() -> list[str]:
+    """Every environment variable the gateway reads (upper case)."""
+    names: set[str] = set()
+    for field in Settings.model_fields.values():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(str(choice).upper() for choice in alias.choices)
+    return sorted(names)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each BRIDGE_* / LMSTUDIO_* variable of `environ` that nothing reads (a typo, an old name),
+    with the closest known name."""
+    known = setting_names()
+    warnings = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(("BRIDGE_", "LMSTUDIO_")) or upper in known or upper in OTHER_VARIABLES:
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.75)  # the shared prefix alone: ~0.7
+        hint = f"; did you mean {close[0]}?" if close else ""
+        warnings.append(f"unknown setting {name} is ignored{hint} (docs/configuration.md lists every setting)")
+    return warnings
+
+
+def warn_unknown_variables(environ: Mapping[str, str]) -> None:
+    for warning in unknown_variables(environ):
+        log.warning("%s", warning)
 
 
 def load_settings() -> Settings:

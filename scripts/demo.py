@@ -41,6 +41,7 @@ def main() -> int:
         "LMSTUDIO_BASE_URL": f"http://127.0.0.1:{mock_port}",
         "MCP_CONFIG": str(REPO / "examples" / "demo-mcp.json"),
         "DEMO_DIR": str(demo_dir),
+        "DEMO_REPO": str(REPO),  # examples/demo-mcp.json's paths are absolute: it works from any folder
         "BRIDGE_PYTHON": sys.executable,
     }
     # the children get process groups of their own: a terminal's Ctrl-C reaches only this script, which then

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import sys
 from collections import deque
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Self, cast
 import anyio
 import anyio.abc
 
-from services.mcp.config import MCPServerConfig
+from services.mcp.config import MCPServerConfig, safe_url
 
 if TYPE_CHECKING:  # the SDK (and httpx2) are imported when a connection starts, not at start-up
     import mcp_types as mtypes
@@ -23,16 +24,21 @@ if TYPE_CHECKING:  # the SDK (and httpx2) are imported when a connection starts,
     from mcp.shared.message import SessionMessage
 
 STDERR_TAIL_LINES = 20
+STDERR_HEAD_LINES = 40  # the first lines are kept too: the cause is usually there, the tail is the stack's end
 _STDERR_LINE_CHARS = 500
+_SUMMARY_CHARS = 800
 _READ_CHUNK = 65536
 _MAX_TOOL_PAGES = 100
+_ERROR_LINE = re.compile(r"error|exception|traceback|cannot|can't|not found|no such|fatal|denied|refused|fail", re.I)
 
 
 class StderrTail:
-    """The last lines a server process wrote to stderr."""
+    """The first and the last lines a server process wrote to stderr."""
 
     def __init__(self) -> None:
+        self.head: list[str] = []
         self.lines: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self.count = 0
         self._partial = b""
 
     def absorb(self, chunk: bytes) -> None:
@@ -41,13 +47,27 @@ class StderrTail:
         for line in lines:
             text = line.decode("utf-8", "replace").rstrip()
             if text:
+                self.count += 1
+                if len(self.head) < STDERR_HEAD_LINES:
+                    self.head.append(text[:_STDERR_LINE_CHARS])
                 self.lines.append(text[:_STDERR_LINE_CHARS])
 
     def summary(self) -> str:
-        """The last three lines, joined (an unfinished last line counts)."""
+        """The first error lines (the first line that reads as an error and the two after it, else the first
+        three lines), then the last two lines when they are others; joined with " | ", at most 800 characters."""
         if self._partial:
             self.absorb(b"\n")
-        return " | ".join(list(self.lines)[-3:])
+        if not self.head:
+            return ""
+        start = next((i for i, line in enumerate(self.head) if _ERROR_LINE.search(line)), 0)
+        first = self.head[start : start + 3]
+        shown = start + len(first)  # lines of the whole stream shown so far, counted from the first
+        last = list(self.lines)[-2:]
+        skip = max(0, shown - (self.count - len(last)))  # tail lines already among the first ones
+        last = last[skip:]
+        parts = first + (["..."] if last and self.count - len(last) > shown else []) + last
+        text = " | ".join(part.strip() for part in parts)
+        return text if len(text) <= _SUMMARY_CHARS else text[: _SUMMARY_CHARS - 3] + "..."
 
 
 class WatchedReadStream:
@@ -212,7 +232,15 @@ _DESCRIBERS: tuple[Callable[[BaseException, MCPServerConfig], str | None], ...] 
 
 
 def describe_failure(exc: BaseException, cfg: MCPServerConfig) -> str:
-    """Why a server could not start, in words an operator can act on."""
+    """Why a server could not start, in words an operator can act on; a remote server's names its URL."""
+    reason = _describe(exc, cfg)
+    url = safe_url(cfg.url)
+    if cfg.transport in ("http", "sse") and url and url not in reason:
+        reason = f"{reason} ({cfg.transport.upper()} server at {url})"
+    return reason
+
+
+def _describe(exc: BaseException, cfg: MCPServerConfig) -> str:
     leaves = [e for e in _leaves(exc) if not isinstance(e, asyncio.CancelledError)] or [exc]
     for describe in _DESCRIBERS:
         for leaf in leaves:
