@@ -51,7 +51,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     BRIDGE_PORT=8000 \
     LMSTUDIO_BASE_URL=http://host.docker.internal:1234 \
     MCP_CONFIG=/config/mcp.json
-USER bridge
+USER 10001
 # the run store (./data/runs.db, SQLite) lives here: mount a volume to keep run records
 VOLUME ["/app/data"]
 EXPOSE 8000
