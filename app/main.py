@@ -57,6 +57,8 @@ def create_app(
         version="0.1.0",
         description=API_DESCRIPTION,
         redirect_slashes=False,  # a redirect would be built from the client's Host header: 404 instead
+        docs_url="/docs" if settings.api_docs else None,  # BRIDGE_API_DOCS: pages whose scripts come from a CDN
+        redoc_url="/redoc" if settings.api_docs else None,
         # our own spans and Prometheus metrics cover requests; FastAPI's native telemetry would add cost only
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
         lifespan=lifespan_for(settings, mcp_setup, front_door, keys, hosts, metrics=metrics, tracer_provider=provider),

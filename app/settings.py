@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, ge=1024, validation_alias=_env("BRIDGE_MAX_BODY_BYTES"))
     header_timeout_s: float = Field(10.0, gt=0, le=300, validation_alias=_env("BRIDGE_HEADER_TIMEOUT_S"))
     metrics_require_key: bool = Field(False, validation_alias=_env("BRIDGE_METRICS_REQUIRE_KEY"))
+    # /docs (Swagger UI) and /redoc load their scripts from a CDN (FastAPI's pages): off unless asked for, so
+    # an offline gateway shows no blank page; /openapi.json is always served
+    api_docs: bool = Field(False, validation_alias=_env("BRIDGE_API_DOCS"))
     require_auth: bool = Field(False, validation_alias=_env("BRIDGE_REQUIRE_AUTH"))
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias=_env("BRIDGE_CORS_ORIGINS")

@@ -175,7 +175,7 @@ class RequestContextMiddleware:
         finally:
             request_id.reset(token)
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = getattr(route, "path", None) or _fixed_route(scope.get("path", ""))
             method = scope["method"]
             key = (template, method, str(status))
             counted = self._counted.get(key)
@@ -189,6 +189,15 @@ class RequestContextMiddleware:
 
 
 # --- logs ------------------------------------------------------------------------------------
+
+
+# routes that are not API routes (no `route` in the scope): their own label, every other path stays `unmatched`
+# (a label per unknown path would let any client grow the metrics without bound)
+FIXED_ROUTES = frozenset({"/mcp", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+
+
+def _fixed_route(path: str) -> str:
+    return path if path in FIXED_ROUTES else "unmatched"
 
 
 class JSONFormatter(logging.Formatter):
