@@ -68,7 +68,8 @@ class AgentLoop:
             offered = await self._fit.offer(tools, self._query(messages), self._answer_tokens())
         while True:
             if run.rounds >= self.max_rounds:
-                return "max_rounds", await self._final_answer(messages, FINAL_ANSWER_PROMPT)
+                text, cut = await self._final_answer(messages, FINAL_ANSWER_PROMPT)
+                return ("length" if cut else "max_rounds"), text
             if offered:
                 offered = self._fit.next_offer()
             offered_names = {t["function"]["name"] for t in offered}
@@ -77,22 +78,36 @@ class AgentLoop:
             # the request's tool_choice applies to the first round only: a forced call cannot loop forever
             choice = run.spec.tool_choice if run.rounds == 0 else None
             answer, messages = await self._ask(messages, offered, round_no, choice)
-            await self._read(answer, round_no, offered_names)
-            ending = await self._ending(answer, messages, round_no)
+            raw = await self._read(answer, round_no, offered_names)
+            ending = await self._ending(answer, messages, round_no, choice, raw)
             if ending is not None:
                 return ending
             run.rounds += 1
             messages = await self._call_round(messages, answer, offered, offered_names)
 
     async def _ending(
-        self, answer: ChatResult, messages: list[dict[str, Any]], round_no: int
+        self,
+        answer: ChatResult,
+        messages: list[dict[str, Any]],
+        round_no: int,
+        choice: ToolChoice | None,
+        raw: str | None,
     ) -> tuple[RunStatus, str] | None:
-        """How the run ends with this answer, or None when it goes on with the calls it made."""
+        """How the run ends with this answer, or None when it goes on with the calls it made. `raw`: the answer's
+        text before calls written in it were taken out."""
         run = self._run
         if answer.content:
             run.last_text = answer.content
             await run.emit(RunEvent.MESSAGE, {"round": round_no, "content": answer.content})
+        if choice == "required" and not answer.tool_calls:
+            run.warnings.append('tool_choice "required" was asked for, but the model made no tool call')
         if answer.finish_reason == "length":
+            if answer.tool_calls and not any(c.repaired for c in answer.tool_calls):
+                run.warnings.append("The answer was cut at the token limit after complete tool call(s); they were run")
+                return None
+            if answer.tool_calls:  # a cut call is never run, and never hidden: the text stays the output
+                answer.content = raw
+                run.warnings.append("The answer was cut at the token limit inside a tool call; the call was not run")
             return "length", self._cut_at_token_limit(answer)
         if not answer.tool_calls:
             return "completed", answer.content or ""
@@ -105,7 +120,8 @@ class AgentLoop:
                 f"The model repeated the same tool call {self._ctx.defaults.repeat_call_limit} times in a row; "
                 "the run was ended with one last call without tools"
             )
-            return "loop", await self._final_answer(messages, REPEATED_CALL_PROMPT)
+            text, cut = await self._final_answer(messages, REPEATED_CALL_PROMPT)
+            return ("length" if cut else "loop"), text
         return None
 
     async def _call_round(
@@ -115,6 +131,9 @@ class AgentLoop:
         window) appended after it as tool messages; the record keeps each whole output."""
         run = self._run
         calls = answer.tool_calls
+        for call in calls:
+            if call.recovered_from:  # written as text and recovered: counted now that it runs
+                self._ctx.metrics.text_tool_calls.labels(call.recovered_from).inc()
         messages.append({"role": "assistant", "content": answer.content, "tool_calls": [_wire_call(c) for c in calls]})
         steps = await self._call_all(run.rounds, calls, names)
         limit = self._ctx.defaults.tool_output_max_chars
@@ -198,29 +217,32 @@ class AgentLoop:
             return ([] if has_system else [{"role": "system", "content": system}]) + list(spec.messages)
         return [{"role": "system", "content": system}, {"role": "user", "content": spec.task}]
 
-    async def _read(self, answer: ChatResult, round_no: int, offered: set[str]) -> None:
-        """Keep the round's reasoning apart; recover tool calls the model wrote as text."""
+    async def _read(self, answer: ChatResult, round_no: int, offered: set[str]) -> str | None:
+        """Keep the round's reasoning apart; recover tool calls the model wrote as text (counted once they run).
+        Returns the answer's text as it came."""
+        raw = answer.content
         if answer.reasoning:
             self._run.reasoning.append(RoundReasoning(round_no, answer.reasoning))
             await self._run.emit(RunEvent.REASONING, {"round": round_no, "content": answer.reasoning})
         if offered and self._ctx.defaults.text_tool_calls:
-            found = recover_text_calls(answer, offered, round_no)
-            if found:
-                self._ctx.metrics.text_tool_calls.labels(found).inc(len(answer.tool_calls))
+            recover_text_calls(answer, offered, round_no)
+        return raw
 
-    async def _final_answer(self, messages: list[dict[str, Any]], prompt: str) -> str:
-        """One last call WITHOUT tools: the best answer from what was gathered."""
+    async def _final_answer(self, messages: list[dict[str, Any]], prompt: str) -> tuple[str, bool]:
+        """One last call WITHOUT tools: the best answer from what was gathered, and whether it was cut at the
+        token limit."""
         run = self._run
         self._keep_from = len(messages)
         messages.append({"role": "user", "content": prompt})
         await run.emit(RunEvent.ROUND_STARTED, {"round": run.rounds + 1, "tools": False})
         answer, _ = await self._ask(messages, [], run.rounds + 1, None)
         await self._read(answer, run.rounds + 1, set())
-        if answer.finish_reason == "length":
+        cut = answer.finish_reason == "length"
+        if cut:
             self._cut_at_token_limit(answer)
         text = answer.content or run.gathered("The run ended before a final answer.")
         await run.emit(RunEvent.MESSAGE, {"round": run.rounds + 1, "content": text})
-        return text
+        return text, cut
 
     def _cut_at_token_limit(self, answer: ChatResult) -> str:
         self._run.warnings.append(

@@ -297,3 +297,54 @@ async def test_tool_choice_none_offers_no_tools() -> None:
     lm = FakeLMStudio(answer("no tools"))
     await run(lm, FakePool(TIME), tool_choice="none")
     assert "tools" not in lm.payloads[0] and "tool_choice" not in lm.payloads[0]
+
+
+# --- answers cut at the token limit, forced choices (issue 29, item 12) ----------------------------------------
+
+
+def cut(content: str | None, *calls: ToolCall) -> ChatResult:
+    return ChatResult(content, list(calls), "length", "m", Usage(10, 5, 15))
+
+
+async def test_a_final_answer_cut_at_its_limit_after_max_rounds_ends_length() -> None:
+    loop_call = call("time__get_current_time", {"timezone": "UTC"})
+    lm = FakeLMStudio(answer(None, loop_call), cut('<tool_response>\n{\n  "timezone": "Asia/Tokyo", "datetime": "2026'))
+    result = await run(lm, FakePool(TIME), max_rounds=1)
+    assert result.status == "length" and result.output.startswith("<tool_response>")
+    assert any("token limit" in w for w in result.warnings)
+
+
+async def test_a_complete_call_in_an_answer_cut_at_its_limit_is_run() -> None:
+    text = (
+        '<tool_call>\n{"name": "time__get_current_time", "arguments": {"timezone": "UTC"}}\n</tool_call>'
+        " subtree\n subtree"
+    )
+    lm = FakeLMStudio(cut(text), answer("It is noon."))
+    metrics = Metrics()
+    agent = service(lm, FakePool(TIME))
+    agent.ctx.metrics = metrics
+    result = await (await agent.open(RunSpec(task="time?", mcp_servers=["time"]))).execute()
+    assert (result.status, result.output) == ("completed", "It is noon.")
+    [step] = result.steps
+    assert (step.name, step.recovered_from) == ("time__get_current_time", "hermes")
+    assert any("cut at the token limit after complete tool call" in w for w in result.warnings)
+    assert metrics.text_tool_calls.labels("hermes")._value.get() == 1
+
+
+async def test_a_call_cut_in_the_middle_is_not_run_and_stays_visible() -> None:
+    text = '<tool_call>\n{"name": "time__get_current_time", "arguments": {"timezone": "Eur'
+    lm = FakeLMStudio(cut(text))
+    pool = FakePool(TIME)
+    metrics = Metrics()
+    agent = service(lm, pool)
+    agent.ctx.metrics = metrics
+    result = await (await agent.open(RunSpec(task="time?", mcp_servers=["time"]))).execute()
+    assert (result.status, result.output, result.steps, pool.calls) == ("length", text, [], [])
+    assert any("inside a tool call; the call was not run" in w for w in result.warnings)
+    assert metrics.text_tool_calls.labels("hermes")._value.get() == 0
+
+
+async def test_a_required_tool_choice_without_a_call_is_warned() -> None:
+    result = await run(FakeLMStudio(answer("I will not call anything.")), FakePool(TIME), tool_choice="required")
+    assert result.status == "completed"
+    assert any('tool_choice "required"' in w for w in result.warnings)
