@@ -18,9 +18,10 @@ from opentelemetry import trace
 from services.breaker import Breaker
 from services.errors import BridgeError, LLMError, LLMResponseError, ModelNotFoundError, NoModelLoadedError
 from services.lmstudio.answer import Answer
+from services.lmstudio.apis import API_V1, HOST_APIS, HostAPI
 from services.lmstudio.chat import ChatResult, parse_chat
 from services.lmstudio.errors import decoded, error_for_probe, error_for_response
-from services.lmstudio.listing import MODEL_APIS, ModelInfo
+from services.lmstudio.listing import ModelInfo
 from services.lmstudio.retry import RetryPolicy, call_with_retries
 from services.lmstudio.telemetry import gen_ai_span, operation_name, record_response, span_host
 from services.lmstudio.wire import Wire, read
@@ -54,7 +55,7 @@ class LMStudioClient:
         self.retry = retry or RetryPolicy()
         self.breaker = breaker
         self.metrics = metrics or Metrics()
-        self.models_api: str | None = None  # detected once: "api-v1" | "api-v0" | "openai"
+        self.api: HostAPI | None = None  # the host's API (`apis.HOST_APIS`), detected by the first listing
         # told when LM Studio says a model is missing or none is loaded (the `ModelCatalog` of this client's
         # models: its cached list is out of date, see `ModelCatalog.over`); what it returns is raised instead
         self.on_model_error = on_model_error
@@ -102,10 +103,15 @@ class LMStudioClient:
         return self.wire.base
 
     @property
+    def models_api(self) -> str | None:
+        """The detected API's name (`HostAPI.name`), for people; None before the first listing."""
+        return None if self.api is None else self.api.name
+
+    @property
     def reports_load_state(self) -> bool:
-        """Whether the model list says which models are loaded (LM Studio's REST APIs do; OpenAI's list does
-        not, so refetching it after a load would tell nothing)."""
-        return self.models_api in ("api-v1", "api-v0")
+        """Whether the model list says which models are loaded (LM Studio's REST APIs and llama.cpp's list do;
+        OpenAI's list does not, so refetching it after a load would tell nothing)."""
+        return self.api is not None and self.api.reports_load_state
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -229,23 +235,28 @@ class LMStudioClient:
         await self._send("GET", "/v1/models", timeout_s=timeout_s)
 
     async def list_models(self) -> list[ModelInfo]:
-        """Every model LM Studio knows, from the richest model-list API it has (detected once)."""
-        apis = [api for api in MODEL_APIS if api.name == self.models_api] or list(MODEL_APIS)
+        """Every model the host knows, from the richest model-list API it has (detected once: each listing
+        path is asked at most once, and every API on that path reads the answer)."""
+        apis = [self.api] if self.api is not None else list(HOST_APIS)
+        answers: dict[str, Answer] = {}
         for api in apis:
-            probe = partial(self._send, "GET", api.path, check=error_for_probe)
-            models = api.models(await self._guarded(probe, operation="list_models"))
+            if api.listing_path not in answers:
+                probe = partial(self._send, "GET", api.listing_path, check=error_for_probe)
+                answers[api.listing_path] = await self._guarded(probe, operation="list_models")
+            models = api.models(answers[api.listing_path])
             if models is not None:
-                self.models_api = api.name
+                self.api = api
                 return models
-        if self.models_api is not None:  # the detected API went away (LM Studio was swapped): detect again
-            self.models_api = None
+        if self.api is not None:  # the detected API went away (the server was swapped): detect again
+            self.api = None
             return await self.list_models()
-        raise LLMResponseError("LM Studio answered no model list on /api/v1/models, /api/v0/models or /v1/models")
+        paths = ", ".join(dict.fromkeys(api.listing_path for api in HOST_APIS))
+        raise LLMResponseError(f"LM Studio answered no model list on {paths}")
 
     async def loaded_instances(self, key: str) -> list[str]:
         """The instance ids of a model's loaded instances (REST API, LM Studio 0.4+): `loaded_instances[].id`,
         which need not be the key (a second instance is `<key>:2`)."""
-        body = await self.request_json("GET", "/api/v1/models")
+        body = await self.request_json("GET", API_V1.listing_path)
         models = body.get("models") if isinstance(body, dict) else None
         for entry in models if isinstance(models, list) else []:
             if isinstance(entry, dict) and entry.get("key") == key:
@@ -257,7 +268,7 @@ class LMStudioClient:
         """Load a model (REST API, LM Studio 0.4+). The answer always names the new instance `instance_id`
         (LM Studio's documentation has called it `instance_id` and `model_instance_id`)."""
         payload: dict[str, Any] = {"model": key} | ({"ttl": ttl} if ttl is not None else {})
-        answer = await self.request_json("POST", "/api/v1/models/load", json_body=payload, model=key)
+        answer = await self.request_json("POST", str(API_V1.load_path), json_body=payload, model=key)
         answer = dict(answer) if isinstance(answer, dict) else {}
         aliases = [answer.pop(name, None) for name in ("instance_id", "model_instance_id", "identifier")]
         instance = next((str(a) for a in aliases if a), key)
@@ -268,7 +279,7 @@ class LMStudioClient:
         INSTANCE id, read from the model list. A model that is not loaded is left as it is."""
         instances = await self.loaded_instances(key)
         for instance in instances:
-            await self.request_json("POST", "/api/v1/models/unload", json_body={"instance_id": instance}, model=key)
+            await self.request_json("POST", str(API_V1.unload_path), json_body={"instance_id": instance}, model=key)
         return {
             "instance_id": instances[0] if instances else None,
             "instance_ids": instances,

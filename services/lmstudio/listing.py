@@ -1,17 +1,14 @@
-"""Model listing for LM Studio's three API generations, normalised to `ModelInfo`.
+"""The model lists of LM Studio's three API generations and llama.cpp's, normalised to `ModelInfo`.
 
-`/api/v1/models` (0.4+), `/api/v0/models` (the older REST API) and OpenAI's `/v1/models`, richest first.
-llama.cpp's `llama-server` has only `/v1/models`; its entries (`owned_by: "llamacpp"`, a `meta` object with
-`n_ctx`) say more than OpenAI's, and are read as such.
+`/api/v1/models` (0.4+), `/api/v0/models` (the older REST API), llama.cpp's `/v1/models` (entries with
+`owned_by: "llamacpp"` and a `meta` object with `n_ctx`) and OpenAI's `/v1/models`. Which server has which
+list, and what else it can do, is `apis.py`'s table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
-
-from services.lmstudio.answer import Answer
 
 ModelType = Literal["llm", "vlm", "embedding"]
 HostState = Literal["loaded", "available", "unreachable"]
@@ -41,7 +38,7 @@ class ModelInfo:
         return self.type != "embedding"
 
 
-def _parse_api_v1(body: Any) -> list[ModelInfo] | None:
+def parse_api_v1(body: Any) -> list[ModelInfo] | None:
     models = body.get("models") if isinstance(body, dict) else None
     if not isinstance(models, list):
         return None
@@ -63,7 +60,7 @@ def _parse_api_v1(body: Any) -> list[ModelInfo] | None:
     return out
 
 
-def _parse_api_v0(body: Any) -> list[ModelInfo] | None:
+def parse_api_v0(body: Any) -> list[ModelInfo] | None:
     data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, list) or (data and "state" not in data[0]):
         return None
@@ -80,17 +77,28 @@ def _parse_api_v0(body: Any) -> list[ModelInfo] | None:
     ]
 
 
-def _parse_openai(body: Any) -> list[ModelInfo] | None:
+def parse_llamacpp(body: Any) -> list[ModelInfo] | None:
+    """llama.cpp's `/v1/models`: None unless its entries are llama-server's."""
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list) or not data or not all(isinstance(m, dict) and _is_llamacpp(m) for m in data):
+        return None
+    return [_llamacpp_entry(m) for m in data]
+
+
+def parse_openai(body: Any) -> list[ModelInfo] | None:
+    """OpenAI's `/v1/models` (and LM Studio's): ids only, nothing about state or context."""
     data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, list):
         return None
-    return [_openai_entry(m) for m in data]
+    return [ModelInfo(id=str(m["id"]), type=_kind_by_name(m), loaded=False) for m in data]
 
 
-def _openai_entry(m: dict[str, Any]) -> ModelInfo:
-    kind: ModelType = "embedding" if "embed" in str(m["id"]).lower() else "llm"
-    if not _is_llamacpp(m):  # OpenAI's list (and LM Studio's) says nothing about state or context
-        return ModelInfo(id=str(m["id"]), type=kind, loaded=False)
+def _kind_by_name(m: dict[str, Any]) -> ModelType:
+    return "embedding" if "embed" in str(m["id"]).lower() else "llm"
+
+
+def _llamacpp_entry(m: dict[str, Any]) -> ModelInfo:
+    kind = _kind_by_name(m)
     n_ctx = _object(m, "meta").get("n_ctx")
     if kind == "llm" and "image" in (_object(m, "architecture").get("input_modalities") or []):
         kind = "vlm"
@@ -110,30 +118,3 @@ def _object(m: dict[str, Any], key: str) -> dict[str, Any]:
 def _is_llamacpp(m: dict[str, Any]) -> bool:
     """A `/v1/models` entry of llama.cpp's llama-server: `owned_by: "llamacpp"` and/or `meta.n_ctx`."""
     return m.get("owned_by") == "llamacpp" or "n_ctx" in _object(m, "meta")
-
-
-@dataclass(frozen=True, slots=True)
-class ModelAPI:
-    """One model-list API: its name (as `LMStudioClient.models_api` reports it), path and parser."""
-
-    name: str
-    path: str
-    parse: Callable[[Any], list[ModelInfo] | None]
-
-    def models(self, response: Answer) -> list[ModelInfo] | None:
-        """The models in an answer, or None when the answer says this server does not have the API
-        (a 4xx, a body that is not JSON, or LM Studio's 200 `{"error": "Unexpected endpoint..."}`)."""
-        if response.status_code >= 400:
-            return None
-        try:
-            body = response.json()
-        except ValueError:
-            return None
-        return self.parse(body)
-
-
-MODEL_APIS = (
-    ModelAPI("api-v1", "/api/v1/models", _parse_api_v1),
-    ModelAPI("api-v0", "/api/v0/models", _parse_api_v0),
-    ModelAPI("openai", "/v1/models", _parse_openai),
-)

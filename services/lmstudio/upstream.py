@@ -181,7 +181,7 @@ class LMStudioHosts:
             listed = [h for h in self.hosts if key in h.models] or self.hosts
             for target in listed:
                 await self._detect(target)
-            targets = [h for h in listed if h.client.models_api == "api-v1"]
+            targets = [h for h in listed if h.client.api is not None and h.client.api.loads_models]
             if not targets:
                 await self._require_rest_api(listed[0])
         instances: list[str] = []
@@ -198,16 +198,16 @@ class LMStudioHosts:
         }
 
     async def _detect(self, host: Host) -> None:
-        if host.client.models_api is None:
+        if host.client.api is None:
             host.models = {m.id: m for m in await host.client.list_models()}
 
     async def _require_rest_api(self, host: Host) -> None:
         await self._detect(host)
-        if host.client.models_api != "api-v1":
+        if host.client.api is None or not host.client.api.loads_models:
             where = f"LM Studio host {host.name!r}" if len(self.hosts) > 1 else "this server"
             raise NotSupportedError(
                 "Loading and unloading models needs LM Studio's REST API (/api/v1, LM Studio 0.4+); "
-                f"{where} offers {host.client.models_api}"
+                f"{where} offers {host.client.api.title if host.client.api else 'no model list'}"
             )
 
     async def readiness(self) -> list[tuple[Host, LLMError | None]]:

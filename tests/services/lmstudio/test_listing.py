@@ -6,7 +6,8 @@ import httpx
 import pytest
 
 from services.lmstudio import LMStudioClient, ModelCatalog
-from services.lmstudio.listing import MODEL_APIS, ModelInfo
+from services.lmstudio.apis import HOST_APIS, LLAMACPP, OPENAI
+from services.lmstudio.listing import ModelInfo
 from tests.mock_lmstudio.fixture import MockLMStudio, mock_lmstudio
 from tests.services.lmstudio.conftest import NO_RETRY
 
@@ -46,7 +47,7 @@ async def test_detection_happens_once(lm: LMStudioClient, mock: MockLMStudio) ->
     ids=["4xx", "not-json", "unexpected-endpoint"],
 )
 def test_an_answer_without_the_api_means_not_this_api(response: httpx.Response) -> None:
-    assert all(api.models(response) is None for api in MODEL_APIS)
+    assert all(api.models(response) is None for api in HOST_APIS)
 
 
 # --- llama.cpp's llama-server: only /v1/models, with entries that say more than OpenAI's ----------------
@@ -67,13 +68,15 @@ LLAMACPP_LIST = {
     "object": "list",
     "data": [LLAMACPP_ENTRY],
 }
-OPENAI_API = next(api for api in MODEL_APIS if api.name == "openai")
 
 
 def openai_models(body: object) -> list[ModelInfo]:
-    models = OPENAI_API.models(httpx.Response(200, json=body))
-    assert models is not None
-    return models
+    """The models of a `/v1/models` answer as the client reads them: llama.cpp's list if it is one, else OpenAI's."""
+    for api in (LLAMACPP, OPENAI):
+        models = api.models(httpx.Response(200, json=body))
+        if models is not None:
+            return models
+    raise AssertionError("neither llama.cpp's nor OpenAI's list")
 
 
 def test_llamacpp_model_is_loaded_with_its_context_length() -> None:
@@ -149,7 +152,7 @@ async def test_client_on_llamacpp_falls_back_to_v1_models_and_the_model_is_the_d
     finally:
         await client.aclose()
     assert seen == ["/api/v1/models", "/api/v0/models", "/v1/models"]
-    assert client.models_api == "openai"
+    assert client.models_api == "llamacpp" and client.api is LLAMACPP
     assert (entry.id, entry.state, entry.max_context_length, entry.default) == (
         "smollm2-135m-instruct",
         "loaded",
