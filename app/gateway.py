@@ -211,6 +211,7 @@ async def open_gateway(
             ttl_s=settings.model_cache_ttl_s,
             default_model=settings.default_model,
             aliases=settings.model_aliases,
+            default_window=settings.context_default_tokens,
         )
         stack.push_async_callback(lmstudio.aclose)
         if tracer_provider is not None:

@@ -453,3 +453,94 @@ async def test_bad_config_is_refused(mock: MockLMStudio) -> None:
     assert r.status_code == 400 and "nope" in r.json()["error"]["message"]
     r = await mock.client.post("/_mock/config", json={"lmstudio": "9.9"})
     assert r.status_code == 400
+
+
+# --- the context window (issue 28) -------------------------------------------------------------------------
+
+
+def windowed(**extra: Any) -> list[dict[str, Any]]:
+    """QWEN loaded with a window (and the embedding model), in the `--models` format."""
+    qwen = {"id": QWEN, "type": "llm", "loaded": True, "max_context_length": 32768, "tool_use": True, **extra}
+    return [{"id": EMBED, "type": "embeddings", "loaded": False, "max_context_length": 2048, "tool_use": False}, qwen]
+
+
+def tokens_of(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> int:
+    """The mock's rule, restated: ceil(chars / 4) of the JSON of the messages plus the tools."""
+    chars = len(json.dumps(messages)) + (len(json.dumps(tools)) if tools else 0)
+    return -(-chars // 4)
+
+
+async def test_listings_report_the_loaded_context_as_each_api_does(
+    client: httpx.AsyncClient, mock: MockLMStudio
+) -> None:
+    await mock.configure(models=windowed(context_length=2048, listed_context=8192))
+    v1 = {m["key"]: m for m in (await client.get("/api/v1/models")).json()["models"]}
+    assert [i["config"]["context_length"] for i in v1[QWEN]["loaded_instances"]] == [8192]
+    v0 = {m["id"]: m for m in (await client.get("/api/v0/models")).json()["data"]}
+    assert v0[QWEN]["loaded_context_length"] == 8192 and "loaded_context_length" not in v0[EMBED]
+    await mock.configure(models=windowed())
+    v1 = {m["key"]: m for m in (await client.get("/api/v1/models")).json()["models"]}
+    assert v1[QWEN]["loaded_instances"][0]["config"]["context_length"] == 4096  # LM Studio's default
+
+
+async def test_llamacpp_mode_lists_meta_and_props() -> None:
+    async with mock_lmstudio("--api", "llamacpp") as mock:
+        await mock.configure(models=windowed(context_length=2048)[1:])  # one model: llama-server's single mode
+        [entry] = (await mock.client.get("/v1/models")).json()["data"]
+        props = (await mock.client.get("/props")).json()
+        missing = await mock.client.get("/api/v1/models")
+    assert entry["owned_by"] == "llamacpp" and entry["meta"]["n_ctx"] == 2048 and entry["meta"]["n_ctx_train"] == 32768
+    assert "status" not in entry
+    assert props["default_generation_settings"]["n_ctx"] == 2048
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
+
+
+async def test_usage_counts_the_prompt_by_the_stated_rule(client: httpx.AsyncClient) -> None:
+    messages = [{"role": "user", "content": "count me, please é"}]
+    body = (
+        await client.post("/v1/chat/completions", json={"model": QWEN, "messages": messages, "tools": TOOLS})
+    ).json()
+    assert body["usage"]["prompt_tokens"] == tokens_of(messages, TOOLS)
+
+
+@pytest.mark.parametrize(
+    ("shape", "status"), [("n_keep_400", 400), ("n_keep_200", 200), ("empty_200", 200), ("llama_400", 400)]
+)
+async def test_a_prompt_that_fills_the_window_gets_the_models_overflow_shape(
+    client: httpx.AsyncClient, mock: MockLMStudio, shape: str, status: int
+) -> None:
+    await mock.configure(models=windowed(context_length=100, overflow=shape))
+    fits = [{"role": "user", "content": "x" * 200}]
+    assert (await client.post("/v1/chat/completions", json={"model": QWEN, "messages": fits})).status_code == 200
+    messages = [{"role": "user", "content": "x" * 400}]
+    n_prompt = tokens_of(messages)
+    response = await client.post("/v1/chat/completions", json={"model": QWEN, "messages": messages})
+    assert response.status_code == status
+    body = response.json()
+    if shape == "empty_200":
+        assert body["choices"][0]["message"]["content"] == ""
+        assert body["usage"] == {"prompt_tokens": n_prompt, "completion_tokens": 0, "total_tokens": n_prompt}
+    elif shape == "llama_400":
+        assert body["error"]["type"] == "exceed_context_size_error"
+        assert (body["error"]["n_prompt_tokens"], body["error"]["n_ctx"]) == (n_prompt, 100)
+        assert (
+            f"request ({n_prompt} tokens) exceeds the available context size (100 tokens)" in body["error"]["message"]
+        )
+    else:
+        assert f"(n_keep: {n_prompt}>= n_ctx: 100)" in body["error"]
+
+
+async def test_an_empty_200_streams_no_content(client: httpx.AsyncClient, mock: MockLMStudio) -> None:
+    await mock.configure(models=windowed(context_length=10, overflow="empty_200"))
+    body = {"model": QWEN, "messages": [{"role": "user", "content": "x" * 100}], "stream": True}
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        text = (await response.aread()).decode()
+    assert response.status_code == 200 and '"content"' not in text and text.endswith("data: [DONE]\n\n")
+
+
+async def test_an_answer_is_cut_where_the_window_ends(client: httpx.AsyncClient, mock: MockLMStudio) -> None:
+    messages = [{"role": "user", "content": script(answer="y" * 400)}]  # about 100 tokens of answer
+    await mock.configure(models=windowed(context_length=tokens_of(messages) + 10))
+    body = (await client.post("/v1/chat/completions", json={"model": QWEN, "messages": messages})).json()
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] == 10

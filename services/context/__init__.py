@@ -1,1 +1,6 @@
-"""The model's context window: how big it is, how many tokens a request takes, and fitting requests to it."""
+"""The model's context window: how big it is, how many tokens a request takes, and fitting requests to it
+(docs/context.md)."""
+
+from services.context.window import DEFAULT_CONTEXT_TOKENS, ContextWindow, WindowSource
+
+__all__ = ["DEFAULT_CONTEXT_TOKENS", "ContextWindow", "WindowSource"]

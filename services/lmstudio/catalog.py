@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import Field
 
+from services.context.window import DEFAULT_CONTEXT_TOKENS, ContextWindow, Learned
 from services.errors import (
     BridgeError,
     InvalidRequestError,
@@ -36,7 +37,17 @@ class ModelEntry:
     owned_by: str = "lmstudio"
     type: ModelType
     state: Annotated[Literal["loaded", "not-loaded"], Field(description="Whether LM Studio has it in memory")]
-    max_context_length: Annotated[int | None, Field(description="Context window in tokens, when LM Studio says")]
+    max_context_length: Annotated[
+        int | None, Field(description="The most context the model can take, in tokens, when the server says")
+    ]
+    loaded_context_length: Annotated[
+        int | None,
+        Field(
+            description="The context it is loaded with, in tokens: what one request (prompt and answer) may hold; "
+            "with several hosts, the smallest of those that have it loaded. Null when it is not loaded or the "
+            "server does not say"
+        ),
+    ]
     tool_use: Annotated[bool, Field(description="Trained for tool use, when LM Studio says")]
     default: Annotated[bool, Field(description="True for the model a request without `model` gets")]
     hosts: Annotated[
@@ -51,6 +62,7 @@ class ModelEntry:
             type=info.type,
             state="loaded" if info.loaded else "not-loaded",
             max_context_length=info.max_context_length,
+            loaded_context_length=info.loaded_context_length,
             tool_use=info.tool_use,
             default=default,
             hosts=list(info.hosts),
@@ -111,6 +123,7 @@ class ModelCatalog:
         default_model: str | None = None,
         aliases: dict[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        default_window: int = DEFAULT_CONTEXT_TOKENS,
     ) -> None:
         self._fetch = fetch
         self.ttl_s = ttl_s
@@ -119,6 +132,8 @@ class ModelCatalog:
         self._clock = clock
         self._snapshot: Snapshot | None = None
         self._refresh: asyncio.Task[Snapshot] | None = None
+        self.default_window = default_window
+        self._learned: dict[str, Learned] = {}
         self.hits = 0
         self.misses = 0
 
@@ -185,6 +200,29 @@ class ModelCatalog:
         snap = await self.snapshot()
         info = self._find(snap, requested, kind)
         return ResolvedModel(info.id, info, snap.stale)
+
+    def window_of(self, model_id: str) -> ContextWindow:
+        """The context window of a model, from what is known now (no request): what an engine told in an overflow
+        answer (`learn_window`) while the model list still says what it said then, else the context the list
+        says it is loaded with, else `default_window` (BRIDGE_CONTEXT_DEFAULT_TOKENS)."""
+        info = self._snapshot.by_id.get(model_id) if self._snapshot is not None else None
+        listed = info.loaded_context_length if info is not None else None
+        learned = self._learned.get(model_id)
+        if learned is not None and learned.listed != listed and listed is not None:
+            del self._learned[model_id]  # the list changed since (the model was reloaded): it is newer
+            learned = None
+        if learned is not None:
+            return ContextWindow(learned.tokens, "learned")
+        if listed is not None:
+            return ContextWindow(listed, "loaded")
+        return ContextWindow(self.default_window, "default")
+
+    def learn_window(self, model_id: str, tokens: int) -> ContextWindow:
+        """An engine said the model's window (`ContextExceededError.n_ctx`): it holds until the model list says
+        another loaded context than it says now. Returns the window from now on."""
+        info = self._snapshot.by_id.get(model_id) if self._snapshot is not None else None
+        self._learned[model_id] = Learned(tokens, info.loaded_context_length if info is not None else None)
+        return self.window_of(model_id)
 
     def default_id(self, snap: Snapshot) -> str | None:
         """The id a chat request without `model` gets from this list, or None when no model fits."""

@@ -20,14 +20,15 @@ from services.errors import BridgeError, LLMError, LLMResponseError, ModelNotFou
 from services.lmstudio.answer import Answer
 from services.lmstudio.apis import API_V1, HOST_APIS, HostAPI
 from services.lmstudio.chat import ChatResult, parse_chat
-from services.lmstudio.errors import decoded, error_for_probe, error_for_response
-from services.lmstudio.listing import ModelInfo
+from services.lmstudio.errors import decoded, error_for_chat, error_for_probe, error_for_response
+from services.lmstudio.listing import ModelInfo, with_props
 from services.lmstudio.retry import RetryPolicy, call_with_retries
 from services.lmstudio.telemetry import gen_ai_span, operation_name, record_response, span_host
 from services.lmstudio.wire import Wire, read
 from services.metrics import Metrics
 
 T = TypeVar("T")
+CHAT_PATH = "/v1/chat/completions"
 
 ResponseCheck = Callable[[Answer, str | None], LLMError | None]
 # (the error, time.monotonic() when the failed call began) -> the error to raise instead
@@ -196,8 +197,9 @@ class LMStudioClient:
         model: str | None = None,
         timeout_s: float | None = None,
         deadline: float | None = None,
+        check: ResponseCheck = error_for_response,
     ) -> Any:
-        """One call with retries; returns the decoded JSON body."""
+        """One call with retries; returns the decoded JSON body (`check` judges each answer)."""
         content = None if json_body is None else json.dumps(json_body).encode()
 
         async def once() -> Any:
@@ -206,7 +208,7 @@ class LMStudioClient:
             if deadline is not None:
                 remaining = max(0.001, deadline - time.monotonic())
                 limit = remaining if limit is None else min(limit, remaining)
-            response = await self._send(method, path, content, timeout_s=limit, model=model)
+            response = await self._send(method, path, content, timeout_s=limit, model=model, check=check)
             return decoded(response)
 
         return await self._guarded(once, deadline, operation_name(path))
@@ -214,8 +216,10 @@ class LMStudioClient:
     async def forward(self, path: str, content: bytes, *, model: str | None = None) -> Answer:
         """POST a client's JSON body as is (retried); the answer is LM Studio's, untouched."""
         operation = operation_name(path)
+        check = error_for_chat if path == CHAT_PATH else error_for_response
         with gen_ai_span(operation, model, host=self._span_host) as span:
-            response = await self._guarded(partial(self._send, "POST", path, content, model=model), operation=operation)
+            send = partial(self._send, "POST", path, content, model=model, check=check)
+            response = await self._guarded(send, operation=operation)
             if span.is_recording() and "json" in response.headers.get("content-type", ""):
                 with contextlib.suppress(ValueError):
                     record_response(span, decoded(response), self.metrics)
@@ -246,12 +250,24 @@ class LMStudioClient:
             models = api.models(answers[api.listing_path])
             if models is not None:
                 self.api = api
-                return models
+                return await self._with_props(api, models)
         if self.api is not None:  # the detected API went away (the server was swapped): detect again
             self.api = None
             return await self.list_models()
         paths = ", ".join(dict.fromkeys(api.listing_path for api in HOST_APIS))
         raise LLMResponseError(f"LM Studio answered no model list on {paths}")
+
+    async def _with_props(self, api: HostAPI, models: list[ModelInfo]) -> list[ModelInfo]:
+        """A single loaded model's window as the server's props say it (llama.cpp's `/props`: one slot's
+        share); the list as it is when there are none, or they cannot be read."""
+        if api.props_path is None or len(models) != 1 or not models[0].loaded:
+            return models
+        probe = partial(self._send, "GET", api.props_path, check=error_for_probe)
+        try:
+            answer = await self._guarded(probe, operation="list_models")
+        except LLMError:
+            return models
+        return with_props(models, decoded(answer)) if answer.status_code < 400 else models
 
     async def loaded_instances(self, key: str) -> list[str]:
         """The instance ids of a model's loaded instances (REST API, LM Studio 0.4+): `loaded_instances[].id`,
@@ -293,11 +309,12 @@ class LMStudioClient:
         with gen_ai_span("chat", payload.get("model"), host=self._span_host) as span:
             body = await self.request_json(
                 "POST",
-                "/v1/chat/completions",
+                CHAT_PATH,
                 json_body=payload,
                 model=payload.get("model"),
                 timeout_s=timeout_s,
                 deadline=deadline,
+                check=error_for_chat,
             )
             result = parse_chat(body)
             record_response(span, body, self.metrics)

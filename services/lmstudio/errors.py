@@ -26,6 +26,7 @@ from services.errors import (
     NotSupportedError,
 )
 from services.lmstudio.answer import Answer
+from services.lmstudio.overflow import empty_answer, overflow_error
 
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 UNKNOWN_ENDPOINT = "Unexpected endpoint or method"  # LM Studio's 200 answer to a path it does not have
@@ -107,15 +108,12 @@ def error_for_response(response: Answer, model: str | None = None) -> LLMError |
         if body is None:
             return LLMResponseError(f"LM Studio answered {status} with a body that is not JSON")
         if isinstance(body, dict) and "error" in body and "choices" not in body and "data" not in body:
-            message = _error_message(body)
-            if message.startswith(UNKNOWN_ENDPOINT):
-                return NotSupportedError(f"This LM Studio does not support it: {message}")
-            if message.startswith(NO_MODELS_LOADED):
-                return NoModelLoadedError(model)
-            return LLMResponseError(f"LM Studio answered with an error: {message}")
+            return _error_with_success_status(status, body, model)
         return None
     message = _error_message(body) if body is not None else response.text[:500]
-    err: LLMError | None = _model_error(status, body, message, model) if status < 500 else None
+    err = overflow_error(status, body, message) or (
+        _model_error(status, body, message, model) if status < 500 else None
+    )
     if err is not None:
         return err
     if status == 429:
@@ -126,6 +124,28 @@ def error_for_response(response: Answer, model: str | None = None) -> LLMError |
         err = LLMValidationError(f"LM Studio rejected the request ({status}): {message}", upstream_status=status)
     err.retryable = status in RETRYABLE_STATUS
     return err
+
+
+def _error_with_success_status(status: int, body: Any, model: str | None) -> LLMError:
+    """An error LM Studio answers with a 2xx: an unknown path, no model loaded, a prompt over the context window
+    (LM Studio 0.4.21, lmstudio-bug-tracker#2322), or anything else it says."""
+    message = _error_message(body)
+    overflow = overflow_error(status, body, message)
+    if overflow is not None:
+        return overflow
+    if message.startswith(UNKNOWN_ENDPOINT):
+        return NotSupportedError(f"This LM Studio does not support it: {message}")
+    if message.startswith(NO_MODELS_LOADED):
+        return NoModelLoadedError(model)
+    return LLMResponseError(f"LM Studio answered with an error: {message}")
+
+
+def error_for_chat(response: Answer, model: str | None = None) -> LLMError | None:
+    """`error_for_response` for a (non-streamed) chat completion, which is also an overflow when it says nothing
+    at all (`overflow.empty_answer`)."""
+    return error_for_response(response, model) or (
+        empty_answer(decoded(response)) if response.status_code < 300 else None
+    )
 
 
 def error_for_probe(response: Answer, model: str | None = None) -> LLMError | None:

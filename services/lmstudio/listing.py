@@ -7,8 +7,11 @@ list, and what else it can do, is `apis.py`'s table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 ModelType = Literal["llm", "vlm", "embedding"]
 HostState = Literal["loaded", "available", "unreachable"]
@@ -20,6 +23,9 @@ class ModelHost:
 
     name: str
     state: HostState
+    loaded_context_length: Annotated[
+        int | None, Field(description="The context the model is loaded with on this host, in tokens")
+    ] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,9 +35,12 @@ class ModelInfo:
     id: str
     type: ModelType
     loaded: bool
-    max_context_length: int | None = None
+    max_context_length: int | None = None  # the most the model can take (what it was trained with)
     tool_use: bool = False
     hosts: tuple[ModelHost, ...] = ()  # where it is: filled in when the hosts' lists are merged
+    # the context it is loaded with (every request must fit in it); None: not loaded, or the server does not say.
+    # Merged over hosts: the smallest of the hosts that have it loaded (a call may go to any of them)
+    loaded_context_length: int | None = None
 
     @property
     def can_chat(self) -> bool:
@@ -55,6 +64,9 @@ def parse_api_v1(body: Any) -> list[ModelInfo] | None:
                 loaded=bool(m.get("loaded_instances")),
                 max_context_length=m.get("max_context_length"),
                 tool_use=bool(caps.get("trained_for_tool_use")),
+                loaded_context_length=_smallest(
+                    _object(i, "config").get("context_length") for i in _list(m, "loaded_instances")
+                ),
             )
         )
     return out
@@ -72,6 +84,7 @@ def parse_api_v0(body: Any) -> list[ModelInfo] | None:
             loaded=m.get("state") == "loaded",
             max_context_length=m.get("max_context_length"),
             tool_use="tool_use" in (m.get("capabilities") or []),
+            loaded_context_length=_tokens(m.get("loaded_context_length")) if m.get("state") == "loaded" else None,
         )
         for m in data
     ]
@@ -99,15 +112,46 @@ def _kind_by_name(m: dict[str, Any]) -> ModelType:
 
 def _llamacpp_entry(m: dict[str, Any]) -> ModelInfo:
     kind = _kind_by_name(m)
-    n_ctx = _object(m, "meta").get("n_ctx")
+    meta = _object(m, "meta")
     if kind == "llm" and "image" in (_object(m, "architecture").get("input_modalities") or []):
         kind = "vlm"
     # a single-model llama-server serves exactly what it lists; in router mode (several models) each entry
     # carries `status: {"value": "loaded" | "loading" | "unloaded" | ...}`
     status = m.get("status")
     loaded = status.get("value") == "loaded" if isinstance(status, dict) else True
-    context = n_ctx if type(n_ctx) is int and n_ctx > 0 else None
-    return ModelInfo(id=str(m["id"]), type=kind, loaded=loaded, max_context_length=context)
+    # `n_ctx`: the context it runs with (all slots together); `n_ctx_train`: the most the model takes
+    n_ctx = _tokens(meta.get("n_ctx"))
+    return ModelInfo(
+        id=str(m["id"]),
+        type=kind,
+        loaded=loaded,
+        max_context_length=_tokens(meta.get("n_ctx_train")) or n_ctx,
+        loaded_context_length=n_ctx if loaded else None,
+    )
+
+
+def with_props(models: list[ModelInfo], props: Any) -> list[ModelInfo]:
+    """llama.cpp's `/props` refines a single loaded model's window: `default_generation_settings.n_ctx` is what
+    ONE request (slot) gets, which is less than `meta.n_ctx` when the slots split the context."""
+    settings = props.get("default_generation_settings") if isinstance(props, dict) else None
+    n_ctx = _tokens(settings.get("n_ctx")) if isinstance(settings, dict) else None
+    if n_ctx is None or len(models) != 1 or not models[0].loaded:
+        return models
+    return [replace(models[0], loaded_context_length=n_ctx)]
+
+
+def _tokens(value: Any) -> int | None:
+    """A token count the server gave: a positive integer, else None."""
+    return value if type(value) is int and value > 0 else None
+
+
+def _smallest(values: Iterable[Any]) -> int | None:
+    return min(filter(None, map(_tokens, values)), default=None)
+
+
+def _list(m: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    value = m.get(key)
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
 def _object(m: dict[str, Any], key: str) -> dict[str, Any]:

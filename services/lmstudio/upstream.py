@@ -156,9 +156,17 @@ class LMStudioHosts:
         for host in self.hosts:
             for model in host.models.values():
                 first.setdefault(model.id, model)
-                where.setdefault(model.id, []).append(ModelHost(host.name, host.state_of(model.id)))
+                state = host.state_of(model.id)
+                window = model.loaded_context_length if state == "loaded" else None
+                where.setdefault(model.id, []).append(ModelHost(host.name, state, window))
         return [
-            replace(m, loaded=any(p.state == "loaded" for p in where[m.id]), hosts=tuple(where[m.id]))
+            replace(
+                m,
+                loaded=any(p.state == "loaded" for p in where[m.id]),
+                hosts=tuple(where[m.id]),
+                # a call may go to any host that has it loaded: the smallest of their windows bounds it
+                loaded_context_length=min(filter(None, (p.loaded_context_length for p in where[m.id])), default=None),
+            )
             for m in first.values()
         ]
 

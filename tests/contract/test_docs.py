@@ -13,7 +13,7 @@ from tests.contract.test_openapi import operations
 from tests.helpers import REPO
 
 DOCS = REPO / "docs"
-PAGES = ("architecture", "api", "configuration", "multi-model", "operations", "troubleshooting")
+PAGES = ("architecture", "api", "configuration", "context", "multi-model", "operations", "troubleshooting")
 
 
 def read(page: str) -> str:

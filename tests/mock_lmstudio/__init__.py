@@ -1,6 +1,6 @@
 """A mock LM Studio: a real HTTP server (Starlette + uvicorn) for tests and benchmarks.
 
-Run it with ``python -m tests.mock_lmstudio --port N [--host 127.0.0.1] [--api v1|v0|openai]
+Run it with ``python -m tests.mock_lmstudio --port N [--host 127.0.0.1] [--api v1|v0|openai|llamacpp]
 [--lmstudio current|0.4|0.3] [--models FILE.json] [--pin-loaded-model] [--no-jit] [--jit-load-ms N]
 [--no-auto-evict] [--separate-reasoning]``, or from tests with :mod:`tests.mock_lmstudio.fixture`.
 
@@ -16,9 +16,27 @@ Endpoints
   Unload takes ``{"instance_id"}`` only: a key that is no instance's id is 404 not found.
 - ``POST /v1/chat/completions`` (JSON or ``"stream": true`` SSE), ``/v1/completions``, ``/v1/embeddings``.
 - Anything else answers **200** ``{"error": "Unexpected endpoint or method. (GET /path)"}`` like LM Studio.
+- ``--api llamacpp``: llama.cpp's llama-server instead: ``GET /v1/models`` in its shape (``owned_by:
+  "llamacpp"``, ``meta.n_ctx`` / ``meta.n_ctx_train``; with several models each entry has ``status.value``),
+  ``GET /props`` (``default_generation_settings.n_ctx`` of the first loaded LLM); unknown paths are 404.
 - ``--models FILE.json``: a list of ``{"id", "type": "llm"|"vlm"|"embeddings", "loaded", "max_context_length",
-  "tool_use", "instance_id"?}`` replacing the default list (embedding model first, then ``qwen/qwen3-4b``
-  loaded, ...).
+  "tool_use", "instance_id"?, "context_length"?, "listed_context"?, "overflow"?}`` replacing the default list
+  (embedding model first, then ``qwen/qwen3-4b`` loaded, ...).
+
+Context window (issue 28)
+-------------------------
+- A prompt is counted as ceil(characters / 4) of ``json.dumps(messages)`` plus ``json.dumps(tools)`` (when the
+  request has tools); ``usage.prompt_tokens`` is that count.
+- ``context_length`` (default none: no limit): the tokens the model holds. A chat request whose prompt is that
+  many or more gets the model's ``overflow`` answer; an answer is cut where the window ends (``finish_reason:
+  "length"``). ``listed_context``: what the listings say it holds (default: ``context_length``, else 4096), so a
+  model can hold less than it lists. Listings: ``/api/v1/models`` ``loaded_instances[].config.context_length``,
+  ``/api/v0/models`` ``loaded_context_length`` (loaded models only), llama.cpp's ``meta.n_ctx`` and ``/props``.
+- ``overflow``: ``n_keep_400`` (LM Studio's 400, the default), ``n_keep_200`` (the same body with 200, LM Studio
+  0.4.21), ``empty_200`` (a 200 with empty content and 0 completion tokens, LM Studio's GGUF path; streamed: no
+  content chunks), ``llama_400`` (llama.cpp's ``exceed_context_size_error``, the default with ``--api
+  llamacpp``). The bodies are the recorded ones of ``tests/data/context_overflow.json``, with the request's
+  numbers.
 
 Model loading (JIT)
 -------------------

@@ -44,7 +44,8 @@ class MockLMStudio:
 
     async def configure(self, **options: Any) -> dict[str, Any]:
         """Change how the mock behaves until the next reset: `lmstudio` ("current" | "0.3"), `jit`, `jit_load_ms`,
-        `auto_evict`, `separate_reasoning`, `pin_loaded_model`, and `models` (the ``--models`` file format)."""
+        `auto_evict`, `separate_reasoning`, `pin_loaded_model`, and `models` (the ``--models`` file format, with a
+        model's `context_length`, `listed_context` and `overflow`)."""
         response = await self.client.post("/_mock/config", json=options)
         response.raise_for_status()
         return dict(response.json())

@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -30,6 +31,7 @@ BROKEN_ARGS = '{"path": '
 SCRIPT_TAG = "[[mock "
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
+DEFAULT_LOADED_CONTEXT = 4096  # LM Studio loads a model with 4,096 tokens unless told otherwise
 NO_MODELS_LOADED = "No models loaded. Please load a model in the developer page or use the 'lms load' command."
 
 
@@ -46,6 +48,15 @@ class Model:
     instance_id: str | None = None
     instances: list[str] = field(default_factory=list)
     jit_loaded: bool = False  # loaded on demand by a request (Auto-Evict unloads only these)
+    # the context window (issue 28; see "context window" below): what it holds (None: no limit), what its
+    # listings say it holds (None: `context_length`, else LM Studio's default 4096), how it overflows
+    context_length: int | None = None
+    listed_context: int | None = None
+    overflow: str | None = None
+
+    def listed_window(self) -> int:
+        """The loaded context the model lists report."""
+        return self.listed_context or self.context_length or DEFAULT_LOADED_CONTEXT
 
     def __post_init__(self) -> None:
         if self.loaded and not self.instances:
@@ -87,6 +98,9 @@ def parse_models(items: list[Json]) -> list[Model]:
             int(m["max_context_length"]),
             bool(m["tool_use"]),
             instance_id=m.get("instance_id"),
+            context_length=m.get("context_length"),
+            listed_context=m.get("listed_context"),
+            overflow=m.get("overflow"),
         )
         for m in items
     ]
@@ -272,6 +286,65 @@ class CutResponse(Response):
             await send({"type": "http.response.body", "body": p, "more_body": True})
 
 
+# --- context window (issue 28) ---------------------------------------------------------------------
+# A model with `context_length` holds that many tokens: a chat request whose prompt (counted by `prompt_tokens`)
+# is that many or more gets the model's `overflow` answer, and an answer is cut where the window ends. The
+# bodies are the recorded ones of tests/data/context_overflow.json.
+
+OVERFLOWS_FILE = Path(__file__).resolve().parents[1] / "data" / "context_overflow.json"
+OVERFLOW_SHAPES = ("n_keep_400", "n_keep_200", "empty_200", "llama_400")
+
+
+def prompt_tokens(body: Json) -> int:
+    """The mock's token count of a chat request: ceil(characters / 4) of the JSON of its `messages` plus the JSON
+    of its `tools` (when it has any), `json.dumps` with its defaults (non-ASCII as \\uXXXX escapes). Both the
+    window check and `usage.prompt_tokens` use it."""
+    chars = len(json.dumps(body.get("messages")))
+    if body.get("tools"):
+        chars += len(json.dumps(body["tools"]))
+    return -(-chars // 4)
+
+
+def within_window(body: Json, model: Model, prompt: int) -> Json:
+    """The request's `max_tokens`, lowered to what is left of the model's window after the prompt."""
+    if model.context_length is None:
+        return body
+    room = model.context_length - prompt
+    limit = body.get("max_tokens")
+    return {"max_tokens": room if not isinstance(limit, int) or limit <= 0 else min(limit, room)}
+
+
+def head_of(call: Call, name: str) -> Json:
+    return {
+        "id": f"chatcmpl-{call.entry['id']}",
+        "created": int(time.time()),
+        "model": name,
+        "system_fingerprint": name,
+    }
+
+
+def recorded_overflow(shape: str, n_prompt: int, n_ctx: int) -> tuple[int, Json]:
+    """The status and body of a recorded overflow answer, with this request's numbers."""
+    entry = json.loads(OVERFLOWS_FILE.read_text())[shape]
+    return int(entry["status"]), _filled(entry.get("template", entry["body"]), {"n_prompt": n_prompt, "n_ctx": n_ctx})
+
+
+def _filled(value: Any, numbers: dict[str, int]) -> Any:
+    if isinstance(value, dict):
+        return {k: _filled(v, numbers) for k, v in value.items()}
+    if isinstance(value, str):
+        for name, number in numbers.items():
+            if value == "{" + name + "}":
+                return number
+            value = value.replace("{" + name + "}", str(number))
+    return value
+
+
+def llamacpp_not_found() -> Response:
+    """llama-server's answer to a path it does not have."""
+    return JSONResponse({"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}}, 404)
+
+
 # --- the application --------------------------------------------------------------------------------
 
 
@@ -296,6 +369,9 @@ class MockServer:
         }
         if api in ("v0", "v1"):
             self.routes[("GET", "/api/v0/models")] = self.v0_models
+        if api == "llamacpp":
+            self.routes[("GET", "/v1/models")] = self.llamacpp_models
+            self.routes[("GET", "/props")] = self.props
         if api == "v1":
             self.routes[("GET", "/api/v1/models")] = self.v1_models
             self.routes[("POST", "/api/v1/models/load")] = self.load
@@ -352,6 +428,8 @@ class MockServer:
             if early is not None:
                 return early
         handler = self.routes.get((method, path))
+        if handler is None and self.api == "llamacpp":
+            return llamacpp_not_found()
         if handler is None:
             return JSONResponse({"error": f"Unexpected endpoint or method. ({method} {path})"})
         if method == "POST" and not isinstance(call.body, dict):
@@ -535,6 +613,7 @@ class MockServer:
                 "quantization": "Q4_K_M",
                 "state": "loaded" if m.loaded else "not-loaded",
                 "max_context_length": m.max_context_length,
+                **({"loaded_context_length": m.listed_window()} if m.loaded else {}),
                 "capabilities": ["tool_use"] if m.tool_use else [],
             }
             for m in self.models
@@ -553,7 +632,7 @@ class MockServer:
                 "size_bytes": 2_500_000_000,
                 "params_string": "4B",
                 # LM Studio docs, REST API "List your models": one entry per loaded instance, `id` its instance id
-                "loaded_instances": [{"id": i, "config": {"context_length": 4096}} for i in m.instances],
+                "loaded_instances": [{"id": i, "config": {"context_length": m.listed_window()}} for i in m.instances],
                 "max_context_length": m.max_context_length,
                 "format": "gguf",
                 "capabilities": {"vision": m.type == "vlm", "trained_for_tool_use": m.tool_use},
@@ -587,6 +666,55 @@ class MockServer:
         model.drop(instance)
         return JSONResponse({"instance_id": instance})
 
+    # --- context window (issue 28): llama.cpp's listing and props, the overflow answers
+
+    async def llamacpp_models(self, call: Call) -> Response:
+        """llama-server's `/v1/models`: `meta.n_ctx` the loaded context, `meta.n_ctx_train` the most it takes;
+        with several models (router mode) each entry says its `status`."""
+        router = len(self.models) > 1
+        data = [
+            {
+                "id": m.id,
+                "object": "model",
+                "owned_by": "llamacpp",
+                "created": 1795939793,
+                "meta": {"vocab_type": 2, "n_ctx": m.listed_window(), "n_ctx_train": m.max_context_length},
+                **({"status": {"value": "loaded" if m.loaded else "unloaded"}} if router else {}),
+            }
+            for m in self.models
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def props(self, call: Call) -> Response:
+        """llama-server's `/props`: what one request (slot) of the loaded model gets."""
+        model = next((m for m in self.models if m.loaded and m.type in ("llm", "vlm")), None)
+        n_ctx = model.listed_window() if model is not None else 0
+        return JSONResponse({"default_generation_settings": {"n_ctx": n_ctx, "params": {}}, "total_slots": 1})
+
+    def over_window(self, model: Model | Response, call: Call, prompt: int) -> Model | Response:
+        """The model's answer to a prompt that fills its window or more: its `overflow` shape (default: llama.cpp's
+        400 in llamacpp mode, else LM Studio's n_keep 400); the model (or the answer already given) otherwise."""
+        if isinstance(model, Response) or model.context_length is None or prompt < model.context_length:
+            return model
+        body, head = call.body, head_of(call, model.id)
+        shape = model.overflow or ("llama_400" if self.api == "llamacpp" else "n_keep_400")
+        window = int(model.context_length or 0)
+        if shape != "empty_200":
+            status, error = recorded_overflow(shape, prompt, window)
+            return JSONResponse(error, status_code=status)
+        usage = {"prompt_tokens": prompt, "completion_tokens": 0, "total_tokens": prompt}
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            chunks = self.chunks(head, None, [], "stop", usage if include_usage else None)
+            return StreamingResponse(iter([*map(sse, chunks), b"data: [DONE]\n\n"]), media_type="text/event-stream")
+        choice = {
+            "index": 0,
+            "logprobs": None,
+            "finish_reason": "stop",
+            "message": {"role": "assistant", "content": ""},
+        }
+        return JSONResponse({**head, "object": "chat.completion", "choices": [choice], "usage": usage, "stats": {}})
+
     # --- inference
 
     async def chat(self, call: Call) -> Response:
@@ -594,7 +722,9 @@ class MockServer:
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return self.bad_request("'messages' field is required")
         # lmstudio-bug-tracker #619: with one model loaded, some versions answer with it whatever `model` says
-        model = await self.resolve(call, ("llm", "vlm"), load=not self.options.pin_loaded_model)
+        prompt = prompt_tokens(body)
+        resolved = await self.resolve(call, ("llm", "vlm"), load=not self.options.pin_loaded_model)
+        model = self.over_window(resolved, call, prompt)
         if isinstance(model, Response):
             return model
         if isinstance(body.get("ttl"), int):
@@ -607,14 +737,12 @@ class MockServer:
         if reasoning is not None and not self.options.separate_reasoning:
             text = f"<think>{reasoning}</think>\n{text or ''}"  # the model's raw output, reasoning inline
             reasoning = None
-        prompt = sum(len(text_of(m.get("content"))) for m in body["messages"] if isinstance(m, dict))
         completion = count_tokens((text or "") + (reasoning or ""))
         completion += sum(len(c["function"]["arguments"]) // 4 for c in calls)
-        usage = {"prompt_tokens": prompt // 4 + 1, "completion_tokens": completion}
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion}
         usage["total_tokens"] = usage["prompt_tokens"] + completion
-        head = {"id": f"chatcmpl-{call.entry['id']}", "created": int(time.time()), "model": name}
-        head["system_fingerprint"] = name
-        text, calls, finish = cut_at_max_tokens(body, usage, text, calls)
+        head = head_of(call, name)
+        text, calls, finish = cut_at_max_tokens(within_window(body, model, prompt), usage, text, calls)
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             chunks = self.chunks(head, text, calls, finish, usage if include_usage else None, reasoning)
@@ -714,7 +842,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.mock_lmstudio", description="Mock LM Studio")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--api", choices=["v1", "v0", "openai"], default="v1")
+    parser.add_argument("--api", choices=["v1", "v0", "openai", "llamacpp"], default="v1")
     parser.add_argument("--lmstudio", choices=sorted(VERSIONS), default=CURRENT, help="answer shapes of this version")
     parser.add_argument("--models", help="JSON file with the model list")
     parser.add_argument("--pin-loaded-model", action="store_true")

@@ -148,7 +148,9 @@ async def test_models_lists_the_engine_model_loaded_with_its_context(
     assert model["id"] == real_engine.model_id
     assert model["type"] == "llm"
     assert model["state"] == "loaded"  # llama-server serves exactly what it lists
-    assert model["max_context_length"] == real_engine.context_length == 4096
+    # loaded with /props' n_ctx (a slot's share: the whole 4096 with --kv-unified); the most it takes: n_ctx_train
+    assert model["loaded_context_length"] == real_engine.context_length == 4096
+    assert model["max_context_length"] == 8192  # SmolLM2's n_ctx_train (tests/services/lmstudio/test_listing.py)
     assert model["default"] is True
     assert body["stale"] is False
 

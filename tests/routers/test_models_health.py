@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.conftest import app_client, make_settings
 from tests.mock_lmstudio.fixture import MockLMStudio, mock_lmstudio
@@ -23,10 +24,13 @@ async def test_models_list_openai_shape_with_extras(client: httpx.AsyncClient, m
         "type": "llm",
         "state": "loaded",
         "max_context_length": 32768,
+        "loaded_context_length": 4096,  # LM Studio's default, as the mock lists it
         "tool_use": True,
         "default": True,
-        "hosts": [{"name": mock.base_url, "state": "loaded"}],
+        "hosts": [{"name": mock.base_url, "state": "loaded", "loaded_context_length": 4096}],
     }
+    coder = by_id["qwen/qwen3-coder-30b"]
+    assert coder["loaded_context_length"] is None and coder["hosts"][0]["loaded_context_length"] is None
     assert by_id["text-embedding-nomic-embed-text-v1.5"]["type"] == "embedding"
     assert [m["id"] for m in body["data"] if m["default"]] == ["qwen/qwen3-4b"]
 
@@ -100,3 +104,30 @@ async def test_unknown_route_and_method_are_problems(client: httpx.AsyncClient) 
     wrong = await client.delete("/v1/models")
     assert wrong.status_code == 405
     assert wrong.json()["code"] == "method_not_allowed"
+
+
+def listed(key: str, **extra: object) -> dict[str, object]:
+    """A loaded model in the mock's `--models` format."""
+    return {"id": key, "type": "llm", "loaded": True, "max_context_length": 32768, "tool_use": True, **extra}
+
+
+@pytest.mark.parametrize(("api", "lmstudio"), [("v1", "current"), ("v0", "0.3"), ("llamacpp", None)])
+async def test_models_list_shows_the_loaded_context_of_each_host_api(api: str, lmstudio: str | None) -> None:
+    """LM Studio 0.4 (`/api/v1`), 0.3 (`/api/v0`) and llama.cpp (`meta.n_ctx`, `/props`) each tell it."""
+    async with mock_lmstudio("--api", api, lmstudio=lmstudio) as mock:
+        await mock.configure(models=[listed("smol", context_length=2048)])
+        async with app_client(make_settings(lmstudio_base_url=mock.base_url)) as client:
+            [model] = (await client.get("/v1/models")).json()["data"]
+    assert (model["max_context_length"], model["loaded_context_length"]) == (32768, 2048)
+    assert model["hosts"][0]["loaded_context_length"] == 2048
+
+
+async def test_the_loaded_context_of_several_hosts_is_the_smallest() -> None:
+    async with mock_lmstudio() as big, mock_lmstudio("--api", "v0", lmstudio="0.3") as small:
+        await big.configure(models=[listed("m", context_length=8192)])
+        await small.configure(models=[listed("m", context_length=2048)])
+        settings = make_settings(lmstudio_base_urls=f"{big.base_url},{small.base_url}")
+        async with app_client(settings) as client:
+            [model] = (await client.get("/v1/models")).json()["data"]
+    assert model["loaded_context_length"] == 2048
+    assert [h["loaded_context_length"] for h in model["hosts"]] == [8192, 2048]

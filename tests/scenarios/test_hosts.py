@@ -206,10 +206,13 @@ async def test_models_list_hosts_and_states(fresh: dict[str, MockLMStudio], tmp_
         listed = (await client.get("/v1/models")).json()
         by_alias = await client.post("/v1/autonomous", json={"task": "hi", "model": "small", "mcp_servers": []})
     entries = {m["id"]: m for m in listed["data"]}
-    assert entries[QWEN]["hosts"] == [{"name": "a", "state": "loaded"}, {"name": "b", "state": "available"}]
+    assert entries[QWEN]["hosts"] == [
+        {"name": "a", "state": "loaded", "loaded_context_length": 4096},
+        {"name": "b", "state": "available", "loaded_context_length": None},
+    ]
     assert entries[QWEN]["state"] == "loaded"
-    assert entries[MISTRAL]["hosts"] == [{"name": "b", "state": "loaded"}]
-    assert entries[GEMMA]["hosts"] == [{"name": "c", "state": "loaded"}]
+    assert entries[MISTRAL]["hosts"] == [{"name": "b", "state": "loaded", "loaded_context_length": 4096}]
+    assert entries[GEMMA]["hosts"] == [{"name": "c", "state": "loaded", "loaded_context_length": 4096}]
     assert by_alias.json()["model"] == QWEN  # aliases work across hosts
     assert [r["body"]["model"] for r in await chats(fresh["a"])] == [QWEN]
 
@@ -229,9 +232,9 @@ async def test_an_unreachable_host_is_shown_so(tmp_path: Path) -> None:
     finally:
         await asyncio.gather(a.stop(), c.stop())
     entries = {m["id"]: m for m in listed["data"]}
-    assert entries[GEMMA]["hosts"] == [{"name": "c", "state": "unreachable"}]
+    assert entries[GEMMA]["hosts"] == [{"name": "c", "state": "unreachable", "loaded_context_length": None}]
     assert entries[GEMMA]["state"] == "not-loaded"
-    assert entries[QWEN]["hosts"] == [{"name": "a", "state": "loaded"}]
+    assert entries[QWEN]["hosts"] == [{"name": "a", "state": "loaded", "loaded_context_length": 4096}]
     assert gemma.status_code == 503 and gemma.json()["hosts"] == ["c"]
 
 
@@ -243,7 +246,10 @@ async def test_load_and_unload_on_a_named_host(fresh: dict[str, MockLMStudio], t
         assert loaded.status_code == 200, loaded.text
         assert loaded.json()["host"] == "b"
         listed = {m["id"]: m for m in (await client.get("/v1/models")).json()["data"]}
-        assert listed[QWEN]["hosts"] == [{"name": "a", "state": "loaded"}, {"name": "b", "state": "loaded"}]
+        assert listed[QWEN]["hosts"] == [
+            {"name": "a", "state": "loaded", "loaded_context_length": 4096},
+            {"name": "b", "state": "loaded", "loaded_context_length": 4096},
+        ]
         unloaded = await client.post(f"/v1/models/{QWEN}/unload", json={"host": "a"})
         assert unloaded.json()["hosts"] == ["a"]
         unknown = await client.post(f"/v1/models/{QWEN}/load", json={"host": "nowhere"})

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from services.context import ContextWindow
 from services.errors import InvalidRequestError, LLMConnectionError, ModelNotFoundError
 from services.lmstudio import ModelCatalog, ModelInfo
 
@@ -166,3 +167,46 @@ async def test_no_default_when_no_chat_model() -> None:
     snap = await catalog.snapshot()
     assert catalog.default_id(snap) is None
     assert [e.default for e in catalog.entries(snap)] == [False]
+
+
+# --- the context window (issue 28) ---------------------------------------------------------------------
+
+
+async def test_window_is_the_loaded_context_else_the_default() -> None:
+    loaded = ModelInfo("m", "llm", loaded=True, max_context_length=32768, loaded_context_length=8192)
+    catalog = ModelCatalog(FakeUpstream([loaded, SMALL]), default_window=3000)
+    assert catalog.window_of("m") == ContextWindow(3000, "default")  # nothing fetched yet: nothing known
+    await catalog.resolve("m")
+    assert catalog.window_of("m") == ContextWindow(8192, "loaded")
+    assert catalog.window_of(SMALL.id) == ContextWindow(3000, "default")  # not loaded: the list does not say
+    assert catalog.window_of("unknown") == ContextWindow(3000, "default")
+    assert ModelCatalog(FakeUpstream([])).window_of("m") == ContextWindow(4096, "default")
+
+
+async def test_a_learned_window_holds_until_the_list_says_another() -> None:
+    """The engine holds less than it lists: what it said wins, until the model is reloaded with another context."""
+    clock = Clock()
+    upstream = FakeUpstream([ModelInfo("m", "llm", loaded=True, loaded_context_length=8192)])
+    catalog = ModelCatalog(upstream, ttl_s=10, clock=clock)
+    await catalog.resolve("m")
+    assert catalog.learn_window("m", 4096) == ContextWindow(4096, "learned")
+    clock.now += 11
+    await catalog.resolve("m")  # refreshed, the list still says 8192: the engine's word stands
+    assert catalog.window_of("m") == ContextWindow(4096, "learned")
+    upstream.models = [ModelInfo("m", "llm", loaded=True, loaded_context_length=16384)]  # reloaded
+    clock.now += 11
+    await catalog.resolve("m")
+    assert catalog.window_of("m") == ContextWindow(16384, "loaded")
+
+
+async def test_a_window_learned_of_an_unlisted_context_stays_until_the_list_tells_one() -> None:
+    clock = Clock()
+    upstream = FakeUpstream([ModelInfo("m", "llm", loaded=False)])
+    catalog = ModelCatalog(upstream, ttl_s=10, clock=clock)
+    await catalog.resolve("m")
+    catalog.learn_window("m", 2048)
+    assert catalog.window_of("m") == ContextWindow(2048, "learned")
+    upstream.models = [ModelInfo("m", "llm", loaded=True, loaded_context_length=4096)]  # JIT-loaded since
+    clock.now += 11
+    await catalog.resolve("m")
+    assert catalog.window_of("m") == ContextWindow(4096, "loaded")

@@ -80,8 +80,11 @@ def openai_models(body: object) -> list[ModelInfo]:
 
 
 def test_llamacpp_model_is_loaded_with_its_context_length() -> None:
+    """`meta.n_ctx` is the context it runs with, `meta.n_ctx_train` the most the model takes."""
     [model] = openai_models(LLAMACPP_LIST)
-    assert model == ModelInfo(id="smollm2-135m-instruct", type="llm", loaded=True, max_context_length=4096)
+    assert model == ModelInfo(
+        id="smollm2-135m-instruct", type="llm", loaded=True, max_context_length=8192, loaded_context_length=4096
+    )
 
 
 @pytest.mark.parametrize(
@@ -96,13 +99,13 @@ def test_llamacpp_model_is_loaded_with_its_context_length() -> None:
 def test_llamacpp_is_recognised_by_owner_or_meta(entry: dict[str, object]) -> None:
     [model] = openai_models({"object": "list", "data": [entry]})
     assert model.loaded
-    assert model.max_context_length == (2048 if "meta" in entry else None)
+    assert model.max_context_length == model.loaded_context_length == (2048 if "meta" in entry else None)
 
 
 @pytest.mark.parametrize("n_ctx", [None, 0, -1, "4096", True, 4.5])
 def test_llamacpp_context_length_only_from_a_positive_integer(n_ctx: object) -> None:
     [model] = openai_models({"data": [{**LLAMACPP_ENTRY, "meta": {"n_ctx": n_ctx}}]})
-    assert model.loaded and model.max_context_length is None
+    assert model.loaded and model.max_context_length is None and model.loaded_context_length is None
 
 
 @pytest.mark.parametrize(("value", "loaded"), [("loaded", True), ("loading", False), ("unloaded", False)])
@@ -151,11 +154,43 @@ async def test_client_on_llamacpp_falls_back_to_v1_models_and_the_model_is_the_d
         [entry] = catalog.entries(await catalog.snapshot())
     finally:
         await client.aclose()
-    assert seen == ["/api/v1/models", "/api/v0/models", "/v1/models"]
+    assert seen == ["/api/v1/models", "/api/v0/models", "/v1/models", "/props"]  # /props: 404 here, not used
     assert client.models_api == "llamacpp" and client.api is LLAMACPP
-    assert (entry.id, entry.state, entry.max_context_length, entry.default) == (
+    assert (entry.id, entry.state, entry.max_context_length, entry.loaded_context_length, entry.default) == (
         "smollm2-135m-instruct",
         "loaded",
+        8192,
         4096,
         True,
     )
+
+
+# GET /props of llama-server (--ctx-size 4096 --parallel 2, no --kv-unified: each slot gets half), trimmed
+LLAMACPP_PROPS = {"default_generation_settings": {"n_ctx": 2048, "params": {}}, "total_slots": 2}
+
+
+@pytest.mark.parametrize(
+    ("props", "window"),
+    [(LLAMACPP_PROPS, 2048), ({"default_generation_settings": {}}, 4096), ("not an object", 4096)],
+    ids=["slot-share", "no-n_ctx", "not-json-object"],
+)
+async def test_llamacpp_props_give_one_requests_share_of_the_context(props: object, window: int) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json=LLAMACPP_LIST)
+        if request.url.path == "/props":
+            return httpx.Response(200, json=props)
+        return httpx.Response(404, text="File Not Found")
+
+    client = LMStudioClient(httpx.AsyncClient(base_url="http://llama", transport=httpx.MockTransport(answer)))
+    try:
+        [model] = await client.list_models()
+    finally:
+        await client.aclose()
+    assert (model.max_context_length, model.loaded_context_length) == (8192, window)
+
+
+def test_router_mode_lists_no_window_for_an_unloaded_model() -> None:
+    entry = {**LLAMACPP_ENTRY, "status": {"value": "unloaded"}}
+    [model] = openai_models({"data": [entry]})
+    assert not model.loaded and model.loaded_context_length is None and model.max_context_length == 8192
