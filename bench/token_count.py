@@ -74,15 +74,17 @@ def request(tool_output_chars: int = 1800) -> tuple[list[dict[str, Any]], list[d
     return messages, tools
 
 
-def estimate_cost(repeat: int = 20_000) -> tuple[float, int, int]:
-    """µs per `estimate` (median of 5 batches), the estimate, and the mock's count (ceil(chars/4) of the JSON)."""
+def estimate_cost(repeat: int = 20_000, fresh_tools: bool = False) -> tuple[float, int, int]:
+    """µs per `estimate` (median of 5 batches), the estimate, and the mock's count (ceil(chars/4) of the JSON).
+    `fresh_tools`: a new tool list every time (its size is not remembered)."""
     messages, tools = request()
+    lists = [list(tools) for _ in range(repeat)] if fresh_tools else [tools] * repeat
     counter = TokenCounter()
     times = []
     for _ in range(5):
         start = time.perf_counter()
-        for _ in range(repeat):
-            counter.estimate("m", messages, tools)
+        for offered in lists:
+            counter.estimate("m", messages, offered)
         times.append((time.perf_counter() - start) / repeat * 1e6)
     mock_rule = -(-(len(json.dumps(messages)) + len(json.dumps(tools))) // 4)
     return statistics.median(times), counter.estimate("m", messages, tools), mock_rule
@@ -113,6 +115,8 @@ def main() -> None:
     args = parser.parse_args()
     us, estimate, mock_rule = estimate_cost()
     print(f"TokenCounter.estimate: {us:.1f} µs per request; estimate {estimate} tokens (mock rule: {mock_rule})")
+    fresh_us, _, _ = estimate_cost(fresh_tools=True)
+    print(f"TokenCounter.estimate with a new tool list each time: {fresh_us:.1f} µs per request")
     if args.engine:
         ms, exact = asyncio.run(engine_cost(args.engine))
         print(f"llama-server /apply-template + /tokenize: {ms:.2f} ms per request; exact {exact} tokens")

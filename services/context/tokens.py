@@ -17,10 +17,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 CHARS_PER_TOKEN = 3.2  # before calibration: high for English and code (~4), about right for dense JSON
-MESSAGE_TOKENS = 4  # the template's tokens around each message (`<|im_start|>role\n` ... `<|im_end|>\n`)
+# the chat template's own tokens (measured on llama.cpp with the Qwen2.5 template, rounded up: tests/real_engine)
+MESSAGE_TOKENS = 6  # around each message (`<|im_start|>role\n` ... `<|im_end|>\n`)
+TOOL_RESULT_TOKENS = 8  # more around a tool's output (`<tool_response>\n` ... `\n</tool_response>`)
+TOOL_CALL_TOKENS = 20  # around each tool call (`<tool_call>\n{"name": "", "arguments": }\n</tool_call>`)
+NO_SYSTEM_TOKENS = 24  # a template's own system prompt when the request has none (Qwen's "You are Qwen, ...")
 REPLY_TOKENS = 3  # the assistant turn the template opens for the answer
-TOOLS_TOKENS = 16  # the template's words around the tool list (`# Tools ... <tools></tools>`)
-TOOL_CALL_TOKENS = 8  # the markup around each tool call an assistant message carries
+TOOLS_TOKENS = 16  # the words around the tool list (`# Tools ... <tools></tools>`)
 IMAGE_TOKENS = 768  # an image part: vision models take hundreds to a few thousand tokens for one
 RATIO_MIN, RATIO_MAX = 0.5, 2.0  # a calibration ratio stays within these (a wild count moves it only so far)
 EASE_DOWN = 0.5  # how far a ratio moves towards a lower observed one (a higher one is taken at once)
@@ -53,7 +56,11 @@ class TokenCounter:
         """The uncalibrated estimate: what any model would take (errs high)."""
         chars = 0
         tokens = REPLY_TOKENS + MESSAGE_TOKENS * len(messages)
+        if not any(message.get("role") == "system" for message in messages):
+            tokens += NO_SYSTEM_TOKENS
         for message in messages:
+            if message.get("role") == "tool":
+                tokens += TOOL_RESULT_TOKENS
             content = message.get("content")
             if isinstance(content, str):
                 chars += _size(content)

@@ -14,15 +14,20 @@ from services.context import TokenCounter
 from services.context.tokens import (
     IMAGE_TOKENS,
     MESSAGE_TOKENS,
+    NO_SYSTEM_TOKENS,
     RATIO_MAX,
     RATIO_MIN,
     REPLY_TOKENS,
     TOOL_CALL_TOKENS,
+    TOOL_RESULT_TOKENS,
     TOOLS_TOKENS,
 )
 from services.lmstudio import LMStudioClient
 from tests.mock_lmstudio.fixture import MockLMStudio
 from tests.services.lmstudio.conftest import NO_RETRY, TOOLS
+
+SYSTEM = {"role": "system", "content": ""}  # with it, no allowance for a template's own system prompt
+BASE = REPLY_TOKENS + MESSAGE_TOKENS  # an empty request with the system message
 
 
 def user(content: Any) -> dict[str, Any]:
@@ -31,9 +36,10 @@ def user(content: Any) -> dict[str, Any]:
 
 def test_text_at_3_2_characters_a_token_plus_the_templates_overhead() -> None:
     counter = TokenCounter()
-    assert counter.count([user("x" * 320)]) == REPLY_TOKENS + MESSAGE_TOKENS + 100
-    assert counter.count([user("x" * 320), user("")]) == REPLY_TOKENS + 2 * MESSAGE_TOKENS + 100
-    assert counter.estimate("m", []) == REPLY_TOKENS
+    assert counter.count([SYSTEM, user("x" * 320)]) == BASE + MESSAGE_TOKENS + 100
+    assert counter.count([SYSTEM, user("x" * 320), user("")]) == BASE + 2 * MESSAGE_TOKENS + 100
+    assert counter.count([user("x" * 320)]) == REPLY_TOKENS + MESSAGE_TOKENS + NO_SYSTEM_TOKENS + 100
+    assert counter.estimate("m", []) == REPLY_TOKENS + NO_SYSTEM_TOKENS
 
 
 def test_before_calibration_the_estimate_is_above_four_characters_a_token() -> None:
@@ -47,20 +53,21 @@ def test_before_calibration_the_estimate_is_above_four_characters_a_token() -> N
 def test_text_weighs_its_utf8_bytes() -> None:
     counter = TokenCounter()
     cjk = "上下文窗口" * 64  # 320 characters, 960 bytes: about one token each
-    assert counter.count([user(cjk)]) == REPLY_TOKENS + MESSAGE_TOKENS + 300
+    assert counter.count([SYSTEM, user(cjk)]) == BASE + MESSAGE_TOKENS + 300
     assert counter.count([user("é" * 160)]) == counter.count([user("x" * 320)])
 
 
 def test_parts_tool_calls_names_and_tools_count() -> None:
     counter = TokenCounter()
     parts = [{"type": "text", "text": "x" * 32}, {"type": "image_url", "image_url": {"url": "data:..."}}]
-    assert counter.count([user(parts)]) == REPLY_TOKENS + MESSAGE_TOKENS + IMAGE_TOKENS + 10
+    assert counter.count([SYSTEM, user(parts)]) == BASE + MESSAGE_TOKENS + IMAGE_TOKENS + 10
     call = {"id": "c", "type": "function", "function": {"name": "a" * 16, "arguments": "b" * 16}}
     assistant = {"role": "assistant", "content": None, "tool_calls": [call]}
     tool = {"role": "tool", "tool_call_id": "c" * 32, "content": ""}
-    assert counter.count([assistant, tool]) == REPLY_TOKENS + 2 * MESSAGE_TOKENS + TOOL_CALL_TOKENS + 20
-    with_tools = counter.count([], TOOLS)
-    assert with_tools == REPLY_TOKENS + TOOLS_TOKENS + math.ceil(len(json.dumps(TOOLS)) / 3.2)
+    expected = BASE + 2 * MESSAGE_TOKENS + TOOL_CALL_TOKENS + TOOL_RESULT_TOKENS + 20
+    assert counter.count([SYSTEM, assistant, tool]) == expected
+    with_tools = counter.count([SYSTEM], TOOLS)
+    assert with_tools == BASE + TOOLS_TOKENS + math.ceil(len(json.dumps(TOOLS)) / 3.2)
 
 
 def test_a_tool_list_is_measured_once_while_it_is_the_same_list() -> None:
@@ -77,7 +84,7 @@ def test_a_tool_list_is_measured_once_while_it_is_the_same_list() -> None:
 def test_an_underestimate_raises_the_ratio_at_once_an_overestimate_lowers_it_slowly() -> None:
     counter = TokenCounter()
     assert counter.observe("m", 1000, 1300) == pytest.approx(1.3)
-    assert counter.estimate("m", [user("x" * 320)]) == math.ceil((REPLY_TOKENS + MESSAGE_TOKENS + 100) * 1.3)
+    assert counter.estimate("m", [SYSTEM, user("x" * 320)]) == math.ceil((BASE + MESSAGE_TOKENS + 100) * 1.3)
     lowered = counter.observe("m", 1300, 800)  # the ratio that would have fitted: 0.8
     assert 0.8 < lowered < 1.3 and lowered == pytest.approx(1.3 + 0.5 * (0.8 - 1.3))
     assert counter.ratio("other") == 1.0  # per model
