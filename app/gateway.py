@@ -233,7 +233,6 @@ async def open_gateway(
             capture_content=settings.otel_capture_content,
             approval_timeout_s=settings.approval_timeout_s,
             context=ContextPolicy(
-                default_tokens=settings.context_default_tokens,
                 answer_share=settings.context_answer_share,
                 tools_share=settings.context_tools_share,
                 margin_share=settings.context_margin_share,

@@ -8,9 +8,9 @@ from services.access import KeyRing
 from services.agent.approvals import ApprovalPolicy
 from services.agent.defaults import RunDefaults
 from services.agent.state import Journals
-from services.context.fit import FixedRatio, Windows
+from services.context import TokenCounter
 from services.limits import RunLimiter
-from services.lmstudio import LMStudioHosts, ModelCatalog, ResolvedModel
+from services.lmstudio import LMStudioHosts, ModelCatalog
 from services.mcp import MCPPool
 from services.metrics import Metrics
 
@@ -28,11 +28,4 @@ class RunContext:
     approvals: ApprovalPolicy = field(default_factory=ApprovalPolicy)
     keys: KeyRing = field(default_factory=KeyRing)
     journals: Journals | None = None  # None: runs are not recorded
-    tokens: FixedRatio = field(default_factory=FixedRatio)  # prompt estimates, calibrated per model
-    windows: Windows = field(default_factory=Windows)  # windows the engines told of in overflow answers
-
-    def window_of(self, model: ResolvedModel) -> int:
-        """The model's context window in tokens: as an engine said in an overflow answer, else as loaded
-        (the host's listing), else the setting's default."""
-        loaded: int | None = getattr(model.info, "loaded_context_length", None)
-        return self.windows.learned(model.id) or loaded or self.defaults.context.default_tokens
+    tokens: TokenCounter = field(default_factory=TokenCounter)  # prompt estimates, calibrated per model

@@ -10,16 +10,15 @@ from typing import Any
 
 from services.agent.records import RunEvent
 from services.agent.state import RunState
+from services.context import TokenCounter
 from services.context.fit import (
     COMPACT_TO,
     STUB,
     ContextPolicy,
     Fit,
-    FixedRatio,
     compact,
     cut_middle,
     rank_tools,
-    strip_marks,
 )
 from services.errors import ContextExceededError
 
@@ -71,7 +70,7 @@ class RunFitting:
         run: RunState,
         policy: ContextPolicy,
         window: int,
-        counter: FixedRatio,
+        counter: TokenCounter,
         emit: Callable[[str, dict[str, Any]], Awaitable[None]],
         counted: Callable[[str], None],
     ) -> None:
@@ -86,6 +85,7 @@ class RunFitting:
         self._found: list[dict[str, Any]] = []  # to be offered from the next round on
         self.outputs: dict[str, str] = {}  # full outputs that were cut, by tool call id
         self._names: dict[str, str] = {}  # tool names by call id
+        self._whole: dict[str, str] = {}  # every output as the tool gave it, by call id
 
     # -- sizes ------------------------------------------------------------------------------------------------
 
@@ -198,6 +198,7 @@ class RunFitting:
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]],
         results: list[tuple[str, str, str]],
+        whole: dict[str, str],
         keep_head: int,
         round_no: int,
         answer_tokens: int,
@@ -206,12 +207,15 @@ class RunFitting:
         outputs whole while they fit what is left of the budget; else, when little is left, older rounds are
         compacted first (the round's assistant message, last in `messages`, is kept), then each output that
         does not fit is cut (its beginning and end kept) to an even share of what is left."""
-        for call_id, name, _ in results:
+        for call_id, name, text in results:
             self._names[call_id] = name
+            self._whole[call_id] = whole.get(call_id, text)
+            if text != self._whole[call_id]:  # already cut (BRIDGE_TOOL_OUTPUT_MAX_CHARS): readable in parts
+                self.outputs[call_id] = self._whole[call_id]
         budget = self.budget(answer_tokens)
         stubs = [{"role": "tool", "tool_call_id": call_id, "content": ""} for call_id, _, _ in results]
         left = budget - self.estimate([*messages, *stubs], tools)
-        if left >= self._tokens(results):
+        if left >= sum(self.estimate([{"role": "tool", "content": text}], []) for _, _, text in results):
             return messages, [text for _, _, text in results]
         if left < budget * OUTPUT_ROOM_MIN and len(messages) - 1 > keep_head:
             before = self.estimate(messages, tools)
@@ -231,9 +235,6 @@ class RunFitting:
             left = budget - self.estimate([*messages, *stubs], tools)
         return messages, await self._cut(results, left, round_no)
 
-    def _tokens(self, results: list[tuple[str, str, str]]) -> int:
-        return sum(self.estimate([{"role": "tool", "content": text}], []) for _, _, text in results)
-
     async def _cut(self, results: list[tuple[str, str, str]], left: int, round_no: int) -> list[str]:
         sizes = [self.estimate([{"role": "tool", "content": text}], []) for _, _, text in results]
         if sum(sizes) <= left:
@@ -246,14 +247,14 @@ class RunFitting:
             limits[index] = min(sizes[index], even)
             share -= limits[index]
         contents = []
-        per_token = self._counter.chars_per_token(self._run.model.id)
+        per_token = self._counter.chars_per_token / self._counter.ratio(self._run.model.id)
         for index, (call_id, name, text) in enumerate(results):
             if limits[index] >= sizes[index]:
                 contents.append(text)
                 continue
             keep = int(limits[index] * per_token * 0.85)  # JSON escapes make the text longer on the wire
             cut = cut_middle(text, keep, READ_HOW)
-            self.outputs[call_id] = text
+            self.outputs[call_id] = self._whole.get(call_id, text)
             after = self.estimate([{"role": "tool", "content": cut}], [])
             detail = f"{name} ({call_id}): {len(text)} characters cut to {len(cut)}; the record keeps all of it"
             await self.record(Fit(round_no, "output", sizes[index], after, detail))
@@ -306,7 +307,7 @@ class RunFitting:
 
     def _stub(self, message: dict[str, Any]) -> str:
         call_id = str(message.get("tool_call_id"))
-        text = self.outputs.get(call_id) or str(message.get("content") or "")
+        text = self._whole.get(call_id) or str(message.get("content") or "")
         self.outputs.setdefault(call_id, text)
         return STUB.format(name=self._names.get(call_id, "a tool"), chars=len(text), how=READ_HOW)
 
@@ -333,10 +334,7 @@ class RunFitting:
         return shrunk, self.estimate(shrunk, tools)
 
     def _full(self, message: dict[str, Any]) -> str:
-        return self.outputs.get(str(message.get("tool_call_id"))) or str(message.get("content") or "")
-
-    def sendable(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return strip_marks(messages)
+        return self._whole.get(str(message.get("tool_call_id"))) or str(message.get("content") or "")
 
 
 def _argument(arguments: str, name: str) -> Any:

@@ -15,7 +15,7 @@ from services.agent.prompts import FINAL_ANSWER_PROMPT, REPEATED_CALL_PROMPT, de
 from services.agent.records import RoundReasoning, RunEvent, RunStatus, Step, ToolChoice
 from services.agent.state import RunState
 from services.agent.tool_steps import answered_step, run_tool_call
-from services.context.fit import Fit
+from services.context.fit import Fit, strip_marks
 from services.errors import ContextExceededError
 from services.lmstudio import ChatResult, ToolCall
 from services.text import scrub
@@ -39,7 +39,7 @@ class AgentLoop:
         self._fit = RunFitting(
             run,
             ctx.defaults.context,
-            ctx.window_of(run.model),
+            ctx.catalog.window_of(run.model.id).tokens,
             ctx.tokens,
             run.emit,
             lambda action: ctx.metrics.context_fits.labels(action).inc(),
@@ -138,8 +138,9 @@ class AgentLoop:
         steps = await self._call_all(run.rounds, calls, names)
         limit = self._ctx.defaults.tool_output_max_chars
         results = [(s.tool_call_id, s.name, truncate(s.output, limit)) for s in steps]
+        whole = {s.tool_call_id: s.output for s in steps}
         messages, contents = await self._fit.fit_outputs(
-            messages, offered, results, self._keep_head, run.rounds, self._answer_tokens()
+            messages, offered, results, whole, self._keep_head, run.rounds, self._answer_tokens()
         )
         self._keep_from = len(messages) - 1
         for step, content in zip(steps, contents, strict=True):
@@ -168,7 +169,7 @@ class AgentLoop:
                 messages, tools, self._keep_head, self._keep_from, round_no, self._caller.max_tokens
             )
             try:
-                answer = await self._caller.ask(fit.sendable(messages), tools or None, choice)
+                answer = await self._caller.ask(strip_marks(messages), tools or None, choice)
             except ContextExceededError as exc:
                 if attempt == 2 or exc.n_ctx is None:
                     raise
@@ -177,13 +178,6 @@ class AgentLoop:
             prompt_tokens = answer.usage.prompt_tokens
             if prompt_tokens:
                 fit.observe(estimated, prompt_tokens)
-            if _empty(answer):
-                raise ContextExceededError(
-                    "The engine answered with nothing at all (no text, no tool call, no tokens): the sign of a "
-                    f"prompt over its window (about {estimated} tokens were sent)",
-                    n_prompt=estimated,
-                    shape="empty",
-                )
             if prompt_tokens > fit.window:
                 if attempt == 2:
                     raise ContextExceededError(
@@ -201,8 +195,7 @@ class AgentLoop:
         it, the estimate was too low by at least the margin)."""
         fit = self._fit
         fit.observe(estimated, exc.n_prompt or int(estimated * 1.25))
-        window = exc.n_ctx or fit.window
-        self._ctx.windows.learn(self._run.model.id, window)
+        window = self._ctx.catalog.learn_window(self._run.model.id, exc.n_ctx or fit.window).tokens
         detail = (
             f"the engine refused the request ({exc.shape}): its window is {window} tokens, {fit.window} was assumed"
         )
@@ -286,12 +279,6 @@ class AgentLoop:
             steps = [step for step in done if step is not None]
             self._run.steps.extend(steps)
         return steps
-
-
-def _empty(answer: ChatResult) -> bool:
-    """An answer with no text, no call, no reasoning and no tokens: what an engine gives for a prompt it could not
-    hold (LM Studio #2339), never a model's choice (a model that says nothing still spends a token)."""
-    return not (answer.content or answer.tool_calls or answer.reasoning) and not answer.usage.completion_tokens
 
 
 def _wire_call(call: ToolCall) -> dict[str, Any]:

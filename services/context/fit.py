@@ -30,7 +30,6 @@ _WORD = re.compile(r"[a-z0-9]+")
 class ContextPolicy:
     """How a window is shared (BRIDGE_CONTEXT_* settings)."""
 
-    default_tokens: int = 4096  # the window when neither the host nor the engine has said
     answer_share: float = 0.25  # max_tokens is clamped to this share of the window
     tools_share: float = 0.5  # tool schemas may take this share of the prompt budget
     margin_share: float = 0.05  # kept free for the estimate's error and the chat template
@@ -137,44 +136,3 @@ def compact(
 def strip_marks(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The messages as sent: without the gateway's own bookkeeping keys."""
     return [{k: v for k, v in m.items() if k != "compacted"} if "compacted" in m else m for m in messages]
-
-
-class FixedRatio:
-    """A token estimate from the JSON text's length: `chars_per_token` characters a token (3.2 errs on the high
-    side for English and JSON), per-message overhead for the chat template; calibrated per model from the
-    engine's own `usage.prompt_tokens` (`observe`)."""
-
-    PER_MESSAGE = 4
-
-    def __init__(self, chars_per_token: float = 3.2) -> None:
-        self._base = chars_per_token
-        self._ratio: dict[str, float] = {}  # actual / estimated, per model
-
-    def estimate(self, model: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> int:
-        chars = len(json_tokens(messages)) + (len(json_tokens(tools)) if tools else 0)
-        raw = chars / self._base + self.PER_MESSAGE * len(messages)
-        return math.ceil(raw * self._ratio.get(model, 1.0))
-
-    def observe(self, model: str, estimated: int, actual: int) -> None:
-        """The engine counted `actual` prompt tokens for a request estimated at `estimated`."""
-        if estimated <= 0 or actual <= 0:
-            return
-        ratio = self._ratio.get(model, 1.0) * actual / estimated
-        # smoothed towards the new value; never below 0.5 or above 3 of the base estimate
-        self._ratio[model] = min(3.0, max(0.5, 0.5 * self._ratio.get(model, 1.0) + 0.5 * ratio))
-
-    def chars_per_token(self, model: str) -> float:
-        return self._base / self._ratio.get(model, 1.0)
-
-
-class Windows:
-    """Windows learned from the engines' overflow answers (`n_ctx`), per model; they win over what a listing said."""
-
-    def __init__(self) -> None:
-        self._learned: dict[str, int] = {}
-
-    def learned(self, model: str) -> int | None:
-        return self._learned.get(model)
-
-    def learn(self, model: str, tokens: int) -> None:
-        self._learned[model] = tokens

@@ -36,11 +36,7 @@ class ServerStatus:
 
     name: Annotated[str, Field(description="The server's name in mcp.json")]
     transport: Annotated[
-        Transport,
-        Field(
-            description="stdio (a child process), http (streamable HTTP), sse (the legacy HTTP+SSE transport), "
-            "or unknown (an mcp.json `type` the gateway does not have: the entry is disabled)"
-        ),
+        Transport, Field(description="stdio (a child), http (streamable), sse (legacy HTTP+SSE), unknown (disabled)")
     ]
     status: Annotated[Status, Field(description="Servers start on first use (or at startup with warmup)")]
     tools: Annotated[int | None, Field(description="Number of tools once the server has started")]

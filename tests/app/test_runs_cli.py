@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.runs_cli import Style, fold
+from app.runs_view import Style, fold
 from tests.conftest import make_settings, served
 from tests.helpers import REPO, TIME_CALL, call, eventually, script
 from tests.mock_lmstudio.fixture import MockLMStudio

@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -204,11 +205,27 @@ def find_script(body: Any) -> Json:
     return scripts[-1] if scripts else {}
 
 
+_CALL_ID = re.compile(r"^call_(\d+)_\d+$")
+
+
+def rounds_done(messages: list[Json]) -> int:
+    """Rounds of scripted calls the conversation has had: its assistant messages with calls, or, when a gateway
+    left older rounds out to fit a context window, one more than the round in the last of the mock's call ids."""
+    rounds = [m for m in messages if m.get("role") == "assistant" and m.get("tool_calls")]
+    numbers = [
+        int(match.group(1))
+        for m in rounds
+        for c in m["tool_calls"]
+        if isinstance(c, dict) and (match := _CALL_ID.match(str(c.get("id")))) is not None
+    ]
+    return max(len(rounds), max(numbers, default=-1) + 1)
+
+
 def plan_chat(body: Json, script: Json, malformed: bool) -> tuple[str | None, list[Json]]:
     """Decide the answer: (text, []) or (the script's ``say`` text or None, tool calls in OpenAI shape)."""
     messages = [m for m in body.get("messages", []) if isinstance(m, dict)]
     tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
-    done = sum(1 for m in messages if m.get("role") == "assistant" and m.get("tool_calls"))
+    done = rounds_done(messages)
     wanted: list[Json] = []
     if tools:
         if isinstance(script.get("forever"), dict):
@@ -233,6 +250,8 @@ def plan_chat(body: Json, script: Json, malformed: bool) -> tuple[str | None, li
         say = script.get("say")
         return (say if isinstance(say, str) else None), calls
     tool_outputs = [text_of(m.get("content")) for m in messages if m.get("role") == "tool"]
+    if tool_outputs and isinstance(script.get("final"), str):  # the answer after the calls, instead of an echo
+        return script["final"], []
     if tool_outputs:
         return "Based on the tools: " + "\n".join(tool_outputs), []
     if isinstance(script.get("answer"), str):

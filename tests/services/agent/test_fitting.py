@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 from services.agent import AgentService, RunDefaults, RunSpec
+from services.context import ContextWindow
 from services.context.fit import ContextPolicy
 from services.errors import ContextExceededError
 from services.limits import RunLimiter
@@ -24,7 +25,7 @@ def count(payload: dict[str, Any]) -> int:
 
 class WindowedEngine:
     """Answers from a script within an `n_ctx`-token window; a prompt over it is refused (with n_ctx when
-    `tells` is set, else as an empty answer). Records every payload and its token count."""
+    `tells` is set, else as the client reports an empty answer). Records every payload and its token count."""
 
     def __init__(self, n_ctx: int, *answers: ChatResult | None, tells: bool = True) -> None:
         self.n_ctx = n_ctx
@@ -41,9 +42,9 @@ class WindowedEngine:
         self.payloads.append(json.loads(json.dumps(payload)))
         self.counts.append(tokens)
         if tokens + payload.get("max_tokens", 0) > self.n_ctx:
-            if not self.tells:
-                return ChatResult("", [], "stop", "m", Usage(0, 0, 0))
-            raise ContextExceededError("too long", n_ctx=self.n_ctx, n_prompt=tokens, shape="n_keep")
+            if not self.tells:  # what the client makes of an empty 200 (services/lmstudio/overflow.py)
+                raise ContextExceededError("empty", shape="empty_200")
+            raise ContextExceededError("too long", n_ctx=self.n_ctx, n_prompt=tokens, shape="n_keep_400")
         if not self.answers:
             await asyncio.Event().wait()
         scripted = self.answers.pop(0) or ChatResult("done", [], "stop", "m")
@@ -84,9 +85,9 @@ def agent(
         load_timeout_s=None,
         max_tokens=max_tokens,
         repeat_call_limit=100,
-        context=ContextPolicy(default_tokens=window),
+        context=ContextPolicy(),
     )
-    return AgentService(engine, FakeCatalog(), pool, RunLimiter(4, 1), defaults, Metrics())
+    return AgentService(engine, FakeCatalog(window), pool, RunLimiter(4, 1), defaults, Metrics())
 
 
 async def run(service: AgentService, task: str, **spec: Any) -> Any:
@@ -177,7 +178,7 @@ async def test_an_engine_that_holds_less_than_it_lists_is_learned_and_the_reques
     result = await run(service, "time", mcp_servers=["time"])
     assert result.status == "completed"
     assert "window" in [f.action for f in result.context]
-    assert service.ctx.windows.learned("m") == 2000
+    assert service.ctx.catalog.window_of("m") == ContextWindow(2000, "learned")
 
 
 async def test_an_overflow_without_a_window_ends_context_exceeded_never_completed() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from services.agent import AgentService, RunDefaults, RunSpec
+from services.context import ContextWindow
 from services.errors import MCPServerUnavailableError
 from services.limits import RunLimiter
 from services.lmstudio import ChatResult, ModelInfo, ResolvedModel, ToolCall, Usage
@@ -56,8 +57,20 @@ class FakeLMStudio:
 
 
 class FakeCatalog:
+    """One model, `m`, whose context window is `window` tokens until an engine says otherwise."""
+
+    def __init__(self, window: int = 4096) -> None:
+        self.windows = {"m": ContextWindow(window, "default")}
+
     async def resolve(self, requested: str | None, *, kind: str = "chat") -> ResolvedModel:
         return ResolvedModel("m", ModelInfo("m", "llm", loaded=True), stale=False)
+
+    def window_of(self, model_id: str) -> ContextWindow:
+        return self.windows[model_id]
+
+    def learn_window(self, model_id: str, tokens: int) -> ContextWindow:
+        self.windows[model_id] = ContextWindow(tokens, "learned")
+        return self.windows[model_id]
 
 
 class FakePool:
