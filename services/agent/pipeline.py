@@ -124,8 +124,6 @@ class Pipeline(Run):
         for index, (stage, run) in enumerate(self.stages, 1):
             run.spec.task = render(stage.instruction, task, previous, outputs)
             where = {"stage": index, "stage_name": stage.name}  # on each of the step's own events
-            started = {"stage": index, "name": stage.name, "model": run.model.id, "mcp_servers": run.servers}
-            await emit(RunEvent.STEP_STARTED, started)
 
             async def step_emit(event: str, data: dict[str, Any], where: dict[str, Any] = where) -> None:
                 await emit(event, {**data, **where})
@@ -134,6 +132,9 @@ class Pipeline(Run):
             try:
                 if index > 1:  # an earlier step's model may have been loaded since, or evicted by, LM Studio (JIT)
                     run.model = await resolve_model(self.ctx.catalog, stage.options.model, self.spec.access)
+                    run.answered_model = run.model.id  # the record names the model this step asks (or that answers)
+                started = {"stage": index, "name": stage.name, "model": run.model.id, "mcp_servers": run.servers}
+                await emit(RunEvent.STEP_STARTED, started)
                 result = await run.execute(step_emit)
             except BridgeError as exc:  # e.g. LM Studio down: the step failed, the pipeline ends with it
                 self.ended_by = stage.name
