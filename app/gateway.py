@@ -19,7 +19,7 @@ from services.access import KeyRing, KeysFileError
 from services.agent import AgentService, ApprovalPolicy, RunDefaults
 from services.breaker import Breaker
 from services.context.fit import ContextPolicy
-from services.errors import MCPConfigError, UpstreamUnavailableError
+from services.errors import MCPConfigError, UpstreamUnavailableError, redacting
 from services.limits import RunLimiter
 from services.lmstudio import (
     HostsFileError,
@@ -168,14 +168,11 @@ def all_secrets(settings: Settings, mcp: MCPSetup, hosts: list[HostSpec]) -> lis
     return secrets_of(settings, [*mcp.secret_values(), *tokens])
 
 
-async def open_store(
-    settings: Settings, mcp: MCPSetup, keys: KeyRing, metrics: Metrics, hosts: list[HostSpec]
-) -> RunStore:
+async def open_store(settings: Settings, metrics: Metrics, redact: Redactor) -> RunStore:
     """The run store at BRIDGE_DATABASE_URL (its SQLite directory made when missing)."""
     path = sqlite_path(settings.database_url)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    redact = Redactor(all_secrets(settings, mcp, hosts), more=keys.secrets)  # with the keys a reload brings
     return await RunStore.open(
         settings.database_url,
         instance=settings.instance_id,
@@ -205,7 +202,9 @@ async def open_gateway(
     metrics = metrics or Metrics()
     keys = keys or load_keys(settings)
     hosts = hosts if hosts is not None else load_hosts(settings)
+    redact = Redactor(all_secrets(settings, mcp, hosts), more=keys.secrets)  # with the keys a reload brings
     async with AsyncExitStack() as stack:
+        stack.enter_context(redacting(redact))  # every error's detail, hence every problem, event and chat error
         catalog, lmstudio = ModelCatalog.over(
             lambda on_model_error: build_lmstudio(settings, metrics, hosts, on_model_error),
             ttl_s=settings.model_cache_ttl_s,
@@ -241,7 +240,7 @@ async def open_gateway(
         approvals = ApprovalPolicy.of(
             settings.approval_tools, {name: cfg.approval_tools for name, cfg in mcp.servers.items()}
         )
-        store = await open_store(settings, mcp, keys, metrics, hosts)
+        store = await open_store(settings, metrics, redact)
         stack.push_async_callback(store.aclose)
         agent = AgentService(lmstudio, catalog, pool, limiter, defaults, metrics, approvals, keys, store.journal)
         runs = RunService(agent, store, settings.max_queued_runs)

@@ -6,8 +6,31 @@ knows about HTTP frameworks.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
+
+# the redactors of the gateways running in this process (one, but tests start several): see `redacting`
+_REDACTORS: list[Callable[[str], str]] = []
+
+
+@contextmanager
+def redacting(redact: Callable[[str], str]) -> Iterator[None]:
+    """While the gateway runs, every error's `detail` is redacted when it is made: the one place secrets (LM
+    Studio's token, host tokens, API keys, mcp.json env and header values) are kept out of problem documents,
+    SSE `run.failed` events, chat errors, run warnings and outputs that quote an error, the MCP front door's
+    tool errors and the log lines that quote them (an upstream answering 401 "Invalid API token '<token>'")."""
+    _REDACTORS.append(redact)
+    try:
+        yield
+    finally:
+        _REDACTORS.remove(redact)
+
+
+def redacted(text: str) -> str:
+    for redact in list(_REDACTORS):
+        text = redact(text)
+    return text
 
 
 class BridgeError(Exception):
@@ -18,6 +41,7 @@ class BridgeError(Exception):
     title: str = "Internal error"
 
     def __init__(self, detail: str, *, retry_after: float | None = None, **extras: Any) -> None:
+        detail = redacted(detail)
         super().__init__(detail)
         self.detail = detail
         self.retry_after = retry_after

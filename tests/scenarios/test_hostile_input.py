@@ -10,6 +10,7 @@ import socket
 import string
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,11 +22,14 @@ from app.main import create_app
 from app.settings import Settings
 from services.lmstudio import LMStudioClient, RetryPolicy
 from services.metrics import Metrics
-from tests.helpers import call, eventually, read_sse, script
+from tests.conftest import make_settings, served
+from tests.helpers import call, eventually, mcp_http_session, read_sse, script
+from tests.mock_lmstudio.fixture import MockLMStudio
 from tests.processes import free_port
 
 SURROGATE = "\udc00"
 ECHO = "/v1/mcp/servers/fault/tools/echo"
+CHAT, QWEN = "/v1/chat/completions", "qwen/qwen3-4b"
 
 
 def raw_json(body: Any) -> dict[str, Any]:
@@ -259,3 +263,54 @@ async def test_a_trailing_slash_is_404_without_a_location(bridge: httpx.AsyncCli
     response = await bridge.get("/v1/models/", headers={"Host": "evil.example"}, follow_redirects=False)
     assert response.status_code == 404 and "location" not in response.headers
     assert response.json()["code"] == "not_found"
+
+
+# --- 8. no secret in an answer (issue 29, item 3) ---------------------------------------------------
+
+TOKEN = "lms-token-0123456789abcdef"
+
+
+@pytest.mark.parametrize("where", ["setting", "hosts-file"])
+async def test_an_upstream_echoing_the_token_never_shows_it(
+    mock: MockLMStudio, mcp_json: Path, tmp_path: Path, where: str
+) -> None:
+    """An auth proxy in front of LM Studio answers 401 `Invalid API token '<token>'`: the token (LMSTUDIO_API_TOKEN
+    or a hosts file's) is in no problem document, SSE event, chat error, stored record or front-door answer."""
+    if where == "setting":
+        tokens: dict[str, Any] = {"lmstudio_api_token": TOKEN, "lmstudio_base_url": mock.base_url}
+    else:
+        hosts = tmp_path / "hosts.yaml"
+        hosts.write_text(json.dumps({"hosts": [{"name": "one", "url": mock.base_url, "token": TOKEN}]}))
+        tokens = {"lmstudio_hosts_file": str(hosts)}
+    echo = {"kind": "status", "status": 401, "body": {"error": f"Invalid API token '{TOKEN}'"}}
+    await mock.faults(*({**echo, "path": CHAT} for _ in range(5)))
+    task = "hi " + script(answer="never")
+    seen: list[str] = []
+    async with served(make_settings(mcp_config=str(mcp_json), **tokens), timeout=60) as gateway:
+        run = await gateway.post("/v1/autonomous", json={"task": task, "mcp_servers": ["time"]})
+        seen.append(run.text)
+        assert run.status_code >= 400 and "Invalid API token" in run.json()["detail"], run.text
+        chat = await gateway.post(CHAT, json={"model": QWEN, "messages": [{"role": "user", "content": "hi"}]})
+        seen.append(chat.text)
+        assert chat.status_code >= 400 and "error" in chat.json(), chat.text
+        streamed = await gateway.post("/v1/autonomous", json={"task": task, "mcp_servers": ["time"], "stream": True})
+        seen.append(streamed.text)
+        assert "run.failed" in streamed.text, streamed.text
+        started = await gateway.post("/v1/runs", json={"task": task, "mcp_servers": ["time"]})
+        run_id = started.json()["run_id"]
+
+        async def ended() -> dict[str, Any] | None:
+            body = dict((await gateway.get(f"/v1/runs/{run_id}")).json())
+            return body if body["status"] == "failed" else None
+
+        seen.append(json.dumps(await eventually(ended, 20, "the background run failed")))
+        async with gateway.stream("GET", f"/v1/runs/{run_id}/events") as events:
+            seen.append("".join([line async for line in events.aiter_lines()]))
+        assert "Invalid API token" in seen[-1], seen[-1]
+        async with mcp_http_session(gateway) as session:
+            tool = await session.call_tool("autonomous_with_mcp", {"mcp_name": "time", "task": task})
+        seen.append(tool.model_dump_json())
+        assert tool.is_error, tool
+    for text in seen:
+        assert TOKEN not in text and json.dumps(TOKEN)[1:-1] not in text, text
+        assert "[REDACTED]" in text, text
