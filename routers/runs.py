@@ -107,7 +107,8 @@ async def list_runs(
     limit: Annotated[int, Query(ge=1, le=200, description="Runs per page")] = 20,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the page before", pattern=r"^\d{1,18}$")] = None,
 ) -> Response:
-    """Stored runs newest first (steps and reasoning left out), with filters and cursor paging."""
+    """Stored runs newest first (steps and reasoning left out; `task` and `options.messages` cut to a short
+    preview, the full record at `GET /v1/runs/{run_id}`), with filters and cursor paging."""
     filters = RunFilter(status=status, model=model, server=server, since=_instant(since))
     return _json(page_json(await runs.page(filters, limit, cursor, access)))
 
@@ -155,7 +156,8 @@ def _event_id(value: str | None) -> int:
     if value is None or not value.strip():
         return 0
     value = value.strip()
-    if not value.isascii() or not value.isdigit() or int(value) > MAX_SEQ:
+    # the length first: int() of a very long number is slow, and past 4,300 digits a ValueError
+    if len(value) > len(str(MAX_SEQ)) or not value.isascii() or not value.isdigit() or int(value) > MAX_SEQ:
         raise InvalidRequestError("Last-Event-ID must be an event's sequence number", field="Last-Event-ID")
     return int(value)
 

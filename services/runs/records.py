@@ -19,7 +19,9 @@ from services.lmstudio import Usage
 @dataclass(slots=True)
 class RunRecord(RunResult):
     """A stored run: the run result's fields (so far, while it runs) plus where it stands and when.
-    In a list (`GET /v1/runs`) `steps` and `reasoning` are left empty; `GET /v1/runs/{run_id}` has them."""
+    In a list (`GET /v1/runs`) `steps` and `reasoning` are left empty, and `task` and every text in `options`
+    (the messages of a chat completion, a system prompt) are cut to a preview of 200 characters ending in "…";
+    `GET /v1/runs/{run_id}` has them all."""
 
     task: Annotated[str, Field(description="The task (for chat completions: the last user message)")] = ""
     model_requested: Annotated[str | None, Field(description="The model the request named (null: default)")] = None
@@ -96,6 +98,27 @@ def add_to_record(record: RunRecord, event: str, data: dict[str, Any]) -> None:
         record.stages.append(stage_of(data["result"]))
     else:
         record.ended_by = data.get("ended_by")
+
+
+PREVIEW_CHARS = 200  # a list item's task and option texts: a page stays small whatever the runs were sent
+
+
+def preview(value: Any) -> Any:
+    """`value` with every text longer than PREVIEW_CHARS cut to it (ending in "…")."""
+    if isinstance(value, str):
+        return value if len(value) <= PREVIEW_CHARS else value[: PREVIEW_CHARS - 1] + "…"
+    if isinstance(value, list):
+        return [preview(item) for item in value]
+    if isinstance(value, dict):
+        return {key: preview(item) for key, item in value.items()}
+    return value
+
+
+def listed_of(row: Any) -> RunRecord:
+    """A `runs` row as a list item: `record_of` with the task and the options' texts cut to a preview."""
+    record = record_of(row)
+    record.task, record.options = preview(record.task), preview(record.options)
+    return record
 
 
 def record_of(row: Any) -> RunRecord:

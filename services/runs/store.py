@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Select, delete, or_, select
+from sqlalchemy import ColumnElement, Engine, Select, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.agent import FINISHED_STATUSES, RunResult, RunState
@@ -32,7 +32,16 @@ from services.runs.engines import async_engine
 from services.runs.journal import JournalEvent, RunJournal
 from services.runs.lease import DEFAULT_LEASE_S, Lease
 from services.runs.migrate import migrate
-from services.runs.records import RECORD_EVENTS, RunPage, RunRecord, StoredEvent, add_to_record, record_of
+from services.runs.records import (
+    PREVIEW_CHARS,
+    RECORD_EVENTS,
+    RunPage,
+    RunRecord,
+    StoredEvent,
+    add_to_record,
+    listed_of,
+    record_of,
+)
 from services.runs.tables import run_events, runs
 from services.runs.writer import RunWriter
 from services.text import storable
@@ -194,7 +203,9 @@ class RunStore:
     async def page(self, filters: RunFilter, limit: int, cursor: str | None) -> RunPage:
         """Runs newest first; `cursor` is the `next_cursor` of the page before."""
         await self.flush()
-        query: Select[Any] = select(runs).order_by(runs.c.num.desc()).limit(limit + 1)
+        task = func.substr(runs.c.task, 1, PREVIEW_CHARS + 1).label("task")  # the whole task may be huge
+        columns = [column for column in runs.c if column.name != "task"]
+        query: Select[Any] = select(*columns, task).order_by(runs.c.num.desc()).limit(limit + 1)
         if cursor is not None:
             query = query.where(runs.c.num < int(cursor))
         if filters.status is not None:
@@ -212,7 +223,7 @@ class RunStore:
             rows = (await conn.execute(query)).mappings().all()
         more = len(rows) > limit
         rows = rows[:limit]
-        return RunPage([record_of(row) for row in rows], str(rows[-1]["num"]) if more else None)
+        return RunPage([listed_of(row) for row in rows], str(rows[-1]["num"]) if more else None)
 
     async def events(self, run_id: str, after: int = 0) -> list[StoredEvent]:
         await self.flush()

@@ -314,3 +314,37 @@ async def test_an_upstream_echoing_the_token_never_shows_it(
     for text in seen:
         assert TOKEN not in text and json.dumps(TOKEN)[1:-1] not in text, text
         assert "[REDACTED]" in text, text
+
+
+# --- 9. bounded event ids and list pages (issue 29, item 6) -----------------------------------------
+
+
+async def test_a_huge_last_event_id_is_422_like_after(bridge: httpx.AsyncClient) -> None:
+    started = await bridge.post("/v1/runs", json={"task": "hi " + script(answer="ok"), "mcp_servers": ["time"]})
+    run_id = started.json()["run_id"]
+    for value in ("9" * 5000, "1" * 4301, "9" * 20):
+        response = await bridge.get(f"/v1/runs/{run_id}/events", headers={"Last-Event-ID": value})
+        assert response.status_code == 422, response.text
+        assert response.json()["code"] == "validation_error" and response.json()["field"] == "Last-Event-ID"
+    assert (await bridge.get(f"/v1/runs/{run_id}/events", params={"after": "9" * 5000})).status_code == 422
+
+
+async def test_list_pages_carry_a_preview_of_big_tasks_and_messages(bridge: httpx.AsyncClient) -> None:
+    task = "x" * 19_000 + " " + script(answer="ok")  # tasks are at most 20,000 characters
+    started = await bridge.post("/v1/runs", json={"task": task, "mcp_servers": ["time"]})
+    assert started.status_code == 202, started.text
+    message = "y" * 10_000 + " " + script(answer="ok")  # within the mock model's context window
+    chat = {"model": QWEN, "messages": [{"role": "user", "content": message}], "mcp_servers": ["time"]}
+    assert (await bridge.post(CHAT, json=chat)).status_code == 200
+    page = await bridge.get("/v1/runs", params={"limit": 200})
+    assert page.status_code == 200 and len(page.content) < 100_000, len(page.content)
+    listed = page.json()["data"]
+    for item in listed:
+        assert len(item["task"]) <= 200, item["task"]
+        for message in item["options"].get("messages", []):
+            assert len(message["content"]) <= 200
+    [by_task] = [r for r in listed if r["run_id"] == started.json()["run_id"]]
+    assert by_task["task"].endswith("…") and by_task["task"].startswith("xxx")
+    assert any(m["content"].endswith("…") for r in listed for m in r["options"].get("messages", []))
+    full = await bridge.get(f"/v1/runs/{started.json()['run_id']}")
+    assert full.json()["task"] == task  # the whole record by id
