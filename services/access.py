@@ -218,6 +218,13 @@ class KeyRing:
         clash = next((access.name for _, access, _ in loaded if access.name in taken), None)
         if clash is not None:
             raise KeysFileError(f'{self.path}: entry {clash!r}: field "name": the name of a BRIDGE_API_KEYS key')
+        env = {secret for secret, _ in self.env_keys}  # one key, two scopes: refused rather than one silently lost
+        same = next((access.name for secret, access, _ in loaded if secret in env), None)
+        if same is not None:
+            raise KeysFileError(
+                f'{self.path}: entry {same!r}: field "key": the same key as one of BRIDGE_API_KEYS (which has full '
+                "access); give the entry a key of its own, or take the key out of BRIDGE_API_KEYS"
+            )
         self.file_keys = [(secret, access) for secret, access, _ in loaded]
         new = [clear for _, _, clear in loaded if clear and clear not in self.clear_keys]
         self.clear_keys += new

@@ -181,7 +181,8 @@ class RunService:
         status = await self._status(run_id, access)
         if self._live(run_id) is not None or run_id in self.runs or status in UNFINISHED_STATUSES:
             raise RunActiveError(f"Run {run_id} has not ended ({status}); cancel it first")
-        await self.store.delete(run_id)
+        if not await self.store.delete(run_id):  # a concurrent DELETE took it: one 204, the others 404
+            raise RunNotFoundError(f"No run with id {run_id!r}")
 
     async def decide(self, run_id: str, tool_call_id: str, decision: Decision, access: Access | None = None) -> None:
         await self._status(run_id, access)

@@ -17,6 +17,7 @@ import httpx
 import pytest
 import uvicorn
 
+from app.gateway import load_keys
 from app.header_timeout import header_timeout_protocol
 from app.main import create_app
 from app.settings import Settings
@@ -348,3 +349,38 @@ async def test_list_pages_carry_a_preview_of_big_tasks_and_messages(bridge: http
     assert any(m["content"].endswith("…") for r in listed for m in r["options"].get("messages", []))
     full = await bridge.get(f"/v1/runs/{started.json()['run_id']}")
     assert full.json()["task"] == task  # the whole record by id
+
+
+# --- 10. duplicate keys, concurrent deletes (issue 29, item 7) --------------------------------------
+
+
+def test_a_bridge_api_keys_key_repeated_in_the_keys_file_stops_start_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = "shared-key-0000000000000001"
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(json.dumps({"keys": [{"name": "narrow", "key": key, "servers": ["time"]}]}))
+    with pytest.raises(SystemExit) as stopped:  # what `serve` and `check` do at start-up
+        load_keys(make_settings(api_keys=[key], keys_file=str(keys)))
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "'narrow'" in err and "BRIDGE_API_KEYS" in err and key not in err, err
+    # the same key twice in the file is refused too (as docs/security.md says)
+    keys.write_text(json.dumps({"keys": [{"name": "a", "key": key}, {"name": "b", "key": key}]}))
+    with pytest.raises(SystemExit):
+        load_keys(make_settings(keys_file=str(keys)))
+    assert "the same key as another entry" in capsys.readouterr().err
+
+
+async def test_twenty_concurrent_deletes_of_one_run_one_204(bridge: httpx.AsyncClient) -> None:
+    started = await bridge.post("/v1/runs", json={"task": "hi " + script(answer="ok"), "mcp_servers": ["time"]})
+    run_id = started.json()["run_id"]
+
+    async def ended() -> bool:
+        return (await bridge.get(f"/v1/runs/{run_id}")).json()["status"] == "completed"
+
+    await eventually(ended, 20, "the run completed")
+    answers = await asyncio.gather(*(bridge.delete(f"/v1/runs/{run_id}") for _ in range(20)))
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [204] + [404] * 19, statuses
+    assert all(a.json()["code"] == "run_not_found" for a in answers if a.status_code == 404)
