@@ -85,8 +85,14 @@ class AgentService:
         return run
 
     async def prepare_pipeline(self, spec: RunSpec, stages: list[StageSpec]) -> Pipeline:
-        """Check every step (model, servers, tools) before anything runs; a problem names its step."""
+        """Check every step (model, servers, tools, `unload_after`) before anything runs; a problem names its step."""
         check_instructions(stages)
+        for index, stage in enumerate(stages, 1):  # only an admin key may unload: refused before any upstream call
+            if stage.unload_after and spec.access is not None:
+                try:
+                    spec.access.check_admin("unload a model (unload_after)")
+                except BridgeError as exc:
+                    raise exc.for_step(index, stage.name) from None
         prepared: list[tuple[StageSpec, Run]] = []
         for index, stage in enumerate(stages, 1):
             step_spec = run_spec(
