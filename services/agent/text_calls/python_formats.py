@@ -17,7 +17,7 @@ _NAMED_LITERALS: dict[str, Any] = {
     "False": False,
     "None": None,
 }
-_TOOL_CODE = re.compile(r"```tool_code[ \t]*\n(.*?)```", re.S)
+_TOOL_CODE = re.compile(r"```tool_code[ \t]*\n(.*?)(?:```|\Z)", re.S)  # unclosed: an answer cut after the call
 _PY_LIST_START = re.compile(r"\[\s*[A-Za-z_][\w.]*\s*\(")
 
 

@@ -119,6 +119,13 @@ def test_arguments_that_are_not_an_object_are_not_a_call() -> None:
     assert recover_calls('<tool_call>{"name": "say", "arguments": "just words"}</tool_call>', ["say"]) is None
 
 
+def test_an_unclosed_tool_code_fence_is_recovered_like_other_unclosed_blocks() -> None:
+    # an answer cut at its token limit right after a complete call (issue 29): the fence never closes
+    found = recover_calls('```tool_code\nget_weather(city="Paris")\n', ["get_weather"])
+    assert found == Recovery([TextCall("get_weather", '{"city": "Paris"}', False)], "", "gemma_tool_code")
+    assert recover_calls('```tool_code\nget_weather(city="Par', ["get_weather"]) is None  # cut inside the call
+
+
 def test_a_refused_block_is_not_read_again_by_a_looser_format() -> None:
     # the <tool_calls> block names a tool not offered: its first object must not come back as bare JSON
     content = '<tool_calls>\n{"name": "ok", "arguments": {}}\n{"name": "bad", "arguments": {}}\n</tool_calls>'
