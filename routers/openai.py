@@ -103,8 +103,13 @@ class ChatFrames(RunFrames):
         return b"".join(_data(c) for c in chunks_of(result, self.include_usage)) + b"data: [DONE]\n\n"
 
     def failed(self, problem: dict[str, Any]) -> bytes:
-        # the same body as an error response: the problem document with OpenAI's `error` object in it
-        return _data({**problem, "error": openai_error(problem)}) + b"data: [DONE]\n\n"
+        return stream_error(problem)
+
+
+def stream_error(problem: dict[str, Any]) -> bytes:
+    """A stream's end on failure: the same body as an error response (the problem document with OpenAI's `error`
+    object in it), then `[DONE]`."""
+    return _data({**problem, "error": openai_error(problem)}) + b"data: [DONE]\n\n"
 
 
 def _relay(upstream: Any, content: bytes | None = None) -> Response:
@@ -118,7 +123,7 @@ async def _pass_through(request: Request, compat: OpenAICompat, path: str) -> Re
     body = parse_body(raw)
     access = access_of(request.scope)
     if body.get("stream"):
-        return ProxyStream(await compat.open_stream(path, raw, body, access))
+        return ProxyStream(await compat.open_stream(path, raw, body, access), on_break=stream_error)
     return _relay(await compat.forward(path, raw, body, access))
 
 
@@ -149,7 +154,7 @@ async def chat_completions(request: Request, compat: CompatDep) -> Response:
         return JSONResponse(completion_of(result))
     if body.get("stream"):
         upstream = await compat.open_stream("/v1/chat/completions", raw, body, access)
-        return ProxyStream(upstream, separate_reasoning_stream(upstream.aiter_bytes()))
+        return ProxyStream(upstream, separate_reasoning_stream(upstream.aiter_bytes()), on_break=stream_error)
     answer = await compat.forward("/v1/chat/completions", raw, body, access)
     return Response(
         separate_reasoning(answer.content), answer.status_code, media_type=answer.headers.get("content-type")

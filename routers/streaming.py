@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import httpx
@@ -15,7 +15,7 @@ from fastapi.sse import format_sse_event
 from starlette.types import Receive, Scope, Send
 
 from services.agent import Run, RunEvent, RunResult, result_data
-from services.errors import BridgeError
+from services.errors import BridgeError, LLMResponseError
 from services.runs import StoredEvent
 
 T = TypeVar("T")
@@ -211,12 +211,18 @@ class RunFrames:
 
 
 class ProxyStream(GuardedStream):
-    """LM Studio's streamed answer relayed byte for byte; the upstream response is always closed."""
+    """LM Studio's streamed answer relayed byte for byte; the upstream response is always closed. An upstream that
+    breaks off mid-stream ends it with `on_break(problem)` (an error chunk in the stream's own shape), not a cut."""
 
-    def __init__(self, upstream: httpx.Response, body: AsyncIterator[bytes] | None = None) -> None:
+    def __init__(
+        self,
+        upstream: httpx.Response,
+        body: AsyncIterator[bytes] | None = None,
+        on_break: Callable[[dict[str, Any]], bytes] | None = None,
+    ) -> None:
         self.upstream = upstream
         super().__init__(
-            body if body is not None else upstream.aiter_bytes(),
+            _ended_cleanly(body if body is not None else upstream.aiter_bytes(), on_break),
             status_code=upstream.status_code,
             media_type=upstream.headers.get("content-type", "text/event-stream"),
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -224,3 +230,17 @@ class ProxyStream(GuardedStream):
 
     async def cleanup(self) -> None:
         await self.upstream.aclose()
+
+
+async def _ended_cleanly(
+    body: AsyncIterator[bytes], on_break: Callable[[dict[str, Any]], bytes] | None
+) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in body:
+            yield chunk
+    except httpx.HTTPError as exc:
+        log.warning("LM Studio broke off a streamed answer: %s", exc.__class__.__name__)
+        if on_break is not None:
+            yield on_break(
+                LLMResponseError(f"LM Studio broke off the streamed answer ({exc.__class__.__name__})").problem()
+            )
