@@ -8,11 +8,14 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from services.agent.builtin_tools import BUILTIN_TOOLS, FIND_TOOLS, READ_HOW, READ_OUTPUT
 from services.agent.records import RunEvent
 from services.agent.state import RunState
 from services.context import TokenCounter
 from services.context.fit import (
     COMPACT_TO,
+    CUT_MARKER,
+    MIN_CUT_CHARS,
     STUB,
     ContextPolicy,
     Fit,
@@ -22,44 +25,9 @@ from services.context.fit import (
 )
 from services.errors import ContextExceededError
 
-FIND_TOOLS = "bridge__find_tools"
-READ_OUTPUT = "bridge__read_output"
-READ_HOW = f"call {READ_OUTPUT} with this tool_call_id and an offset to read more"
 FOUND_MAX = 5  # tools a search offers at once
 READ_DEFAULT_CHARS = 4000
 OUTPUT_ROOM_MIN = 0.25  # below this share of the budget left for new outputs, the history is compacted first
-
-BUILTIN_TOOLS = {
-    FIND_TOOLS: {
-        "type": "function",
-        "function": {
-            "name": FIND_TOOLS,
-            "description": "Search the tools that were left out to fit the context window; the ones found are "
-            "offered from the next round on.",
-            "parameters": {
-                "type": "object",
-                "properties": {"query": {"type": "string", "description": "What the tool should do"}},
-                "required": ["query"],
-            },
-        },
-    },
-    READ_OUTPUT: {
-        "type": "function",
-        "function": {
-            "name": READ_OUTPUT,
-            "description": "Read more of a tool output that was cut to fit the context window.",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "tool_call_id": {"type": "string", "description": "The id of the call whose output was cut"},
-                    "offset": {"type": "integer", "minimum": 0, "description": "Character offset to read from"},
-                    "length": {"type": "integer", "minimum": 1, "description": "Characters to read"},
-                },
-                "required": ["tool_call_id", "offset"],
-            },
-        },
-    },
-}
 
 
 class RunFitting:
@@ -215,7 +183,7 @@ class RunFitting:
         budget = self.budget(answer_tokens)
         stubs = [{"role": "tool", "tool_call_id": call_id, "content": ""} for call_id, _, _ in results]
         left = budget - self.estimate([*messages, *stubs], tools)
-        if left >= sum(self.estimate([{"role": "tool", "content": text}], []) for _, _, text in results):
+        if left >= sum(self._content_tokens(text) for _, _, text in results):
             return messages, [text for _, _, text in results]
         if left < budget * OUTPUT_ROOM_MIN and len(messages) - 1 > keep_head:
             before = self.estimate(messages, tools)
@@ -235,16 +203,21 @@ class RunFitting:
             left = budget - self.estimate([*messages, *stubs], tools)
         return messages, await self._cut(results, left, round_no)
 
+    def _content_tokens(self, text: str) -> int:
+        """The tokens `text` adds as a tool message's content (the message's own overhead is counted apart)."""
+        empty = self.estimate([{"role": "tool", "content": ""}], [])
+        return self.estimate([{"role": "tool", "content": text}], []) - empty
+
     async def _cut(self, results: list[tuple[str, str, str]], left: int, round_no: int) -> list[str]:
-        sizes = [self.estimate([{"role": "tool", "content": text}], []) for _, _, text in results]
+        """The contents of (call id, name, text) within `left` tokens together: the small ones whole, the others
+        cut to an even share of the rest (each one checked against its share, the marker included)."""
+        sizes = [self._content_tokens(text) for _, _, text in results]
         if sum(sizes) <= left:
             return [text for _, _, text in results]
-        # water-filling: small outputs stay whole, the others share what is left evenly
         share, pending = max(left, 0), sorted(range(len(results)), key=lambda i: sizes[i])
         limits = [0] * len(results)
-        for position, index in enumerate(pending):
-            even = share // (len(pending) - position)
-            limits[index] = min(sizes[index], even)
+        for position, index in enumerate(pending):  # water-filling
+            limits[index] = min(sizes[index], share // (len(pending) - position))
             share -= limits[index]
         contents = []
         per_token = self._counter.chars_per_token / self._counter.ratio(self._run.model.id)
@@ -252,12 +225,18 @@ class RunFitting:
             if limits[index] >= sizes[index]:
                 contents.append(text)
                 continue
-            keep = int(limits[index] * per_token * 0.85)  # JSON escapes make the text longer on the wire
+            marker = self._content_tokens(CUT_MARKER.format(omitted=len(text), total=len(text), how=READ_HOW))
+            keep = int(max(0, limits[index] - marker) * per_token)
             cut = cut_middle(text, keep, READ_HOW)
+            for _ in range(4):  # JSON escapes and wide characters: measured, and cut again when over
+                tokens = self._content_tokens(cut)
+                if tokens <= limits[index] or keep <= MIN_CUT_CHARS:
+                    break
+                keep = int(keep * limits[index] / tokens * 0.95)
+                cut = cut_middle(text, keep, READ_HOW)
             self.outputs[call_id] = self._whole.get(call_id, text)
-            after = self.estimate([{"role": "tool", "content": cut}], [])
             detail = f"{name} ({call_id}): {len(text)} characters cut to {len(cut)}; the record keeps all of it"
-            await self.record(Fit(round_no, "output", sizes[index], after, detail))
+            await self.record(Fit(round_no, "output", sizes[index], self._content_tokens(cut), detail))
             contents.append(cut)
         if self.outputs and READ_OUTPUT not in {t["function"]["name"] for t in self.offered}:
             self._found.append(BUILTIN_TOOLS[READ_OUTPUT])
@@ -318,7 +297,8 @@ class RunFitting:
         if not tail:
             return messages, self.estimate(messages, tools)
         others = [m for i, m in enumerate(messages) if i not in tail]
-        left = budget - self.estimate([*others, *({"role": "tool", "content": ""} for _ in tail)], tools)
+        # estimates of parts round up apart: a few tokens kept aside so that the whole lands within the budget
+        left = int(0.97 * (budget - self.estimate([*others, *({**messages[i], "content": ""} for i in tail)], tools)))
         results = [
             (
                 str(messages[i].get("tool_call_id")),

@@ -7,8 +7,9 @@ import asyncio
 from typing import Any
 
 from services.agent.answers import recover_text_calls
+from services.agent.builtin_tools import FIND_TOOLS, READ_OUTPUT
 from services.agent.context import RunContext
-from services.agent.fitting import FIND_TOOLS, READ_OUTPUT, RunFitting
+from services.agent.fitting import RunFitting
 from services.agent.gate import ApprovalGate
 from services.agent.model_call import ModelCaller
 from services.agent.prompts import FINAL_ANSWER_PROMPT, REPEATED_CALL_PROMPT, default_system_prompt, truncate
