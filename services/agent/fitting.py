@@ -50,6 +50,9 @@ class RunFitting:
         self._counted = counted  # metrics: one fitting action of this kind
         self.hidden: list[dict[str, Any]] = []  # tools left out
         self.offered: list[dict[str, Any]] = []
+        self._share = 0  # tokens the offered tools may take
+        self._queries: list[str] = []  # the task, then what each search asked for: what relevance is judged by
+        self._asked: set[str] = set()  # tools the model called by name while they were left out
         self._found: list[dict[str, Any]] = []  # to be offered from the next round on
         self.outputs: dict[str, str] = {}  # full outputs that were cut, by tool call id
         self._names: dict[str, str] = {}  # tool names by call id
@@ -87,10 +90,10 @@ class RunFitting:
 
     async def offer(self, tools: list[dict[str, Any]], query: str, answer_tokens: int) -> list[dict[str, Any]]:
         """The tools to offer: all when they fit their share, else the most relevant that fit plus the search."""
-        share = int(self.budget(answer_tokens) * self.policy.tools_share)
+        share = self._share = int(self.budget(answer_tokens) * self.policy.tools_share)
         whole = self.estimate([], tools)
         if whole <= share or not tools:
-            self.offered = list(tools)
+            self.offered, self._queries = list(tools), [query]
             return self.offered
         builtins = [BUILTIN_TOOLS[FIND_TOOLS], BUILTIN_TOOLS[READ_OUTPUT]]
         room = share - self.estimate([], builtins)
@@ -98,8 +101,8 @@ class RunFitting:
         for index in rank_tools(tools, query):
             if self.estimate([], [*chosen, tools[index]]) <= room:
                 chosen.append(tools[index])
-        names = {t["function"]["name"] for t in chosen}
-        self.hidden = [t for t in tools if t["function"]["name"] not in names]
+        names, self._queries = {_name(t) for t in chosen}, [query]
+        self.hidden = [t for t in tools if _name(t) not in names]
         self.offered = [*chosen, *builtins]
         after = self.estimate([], self.offered)
         detail = (
@@ -109,10 +112,21 @@ class RunFitting:
         return self.offered
 
     def next_offer(self) -> list[dict[str, Any]]:
-        """The tools of the next round: those offered, and those a search or a call found since."""
+        """The tools of the next round: those offered, and those a search or a call found since, kept in order of
+        relevance to the task and the searches so far (the tools the model called by name first) while they fit
+        the tools' share; the others are left out (a search finds them again)."""
         if self._found:
-            self.offered = [*self.offered, *self._found]
+            candidates = [*self.offered, *self._found]
             self._found = []
+            builtins = [t for t in candidates if _name(t) in BUILTIN_TOOLS]
+            pool = [t for t in candidates if _name(t) not in BUILTIN_TOOLS]
+            chosen: list[dict[str, Any]] = []
+            for i in rank_tools(pool, " ".join(self._queries), favoured=frozenset(self._asked)):
+                if not chosen or self.estimate([], [*chosen, pool[i], *builtins]) <= self._share:
+                    chosen.append(pool[i])
+                else:
+                    self.hidden.append(pool[i])
+            self.offered = [*chosen, *builtins]
         return self.offered
 
     def is_hidden(self, name: str) -> bool:
@@ -120,6 +134,7 @@ class RunFitting:
 
     def not_offered(self, name: str) -> str:
         """What the model reads when it calls a tool that was left out: it is offered from the next round on."""
+        self._asked.add(name)
         self._reveal([t for t in self.hidden if t["function"]["name"] == name])
         return (
             f"Error: {name} was not offered in this round (left out to fit the context window); "
@@ -132,6 +147,7 @@ class RunFitting:
             return 'Error: give a "query" saying what the tool should do'
         if not self.hidden:
             return "Every tool is already offered."
+        self._queries.append(query)
         found = [self.hidden[i] for i in rank_tools(self.hidden, query)[:FOUND_MAX]]
         self._reveal(found)
         lines = [f"- {t['function']['name']}: {t['function'].get('description') or ''}".strip() for t in found]
@@ -315,6 +331,10 @@ class RunFitting:
 
     def _full(self, message: dict[str, Any]) -> str:
         return self._whole.get(str(message.get("tool_call_id"))) or str(message.get("content") or "")
+
+
+def _name(tool: dict[str, Any]) -> str:
+    return str(tool["function"]["name"])
 
 
 def _argument(arguments: str, name: str) -> Any:

@@ -24,7 +24,7 @@ from services.errors import ContextExceededError
 from services.limits import RunLimiter
 from services.lmstudio import ChatResult, Usage
 from services.metrics import Metrics
-from tests.services.agent.test_fitting import CLOCK, WindowedEngine, call, run
+from tests.services.agent.test_fitting import CLOCK, WindowedEngine, call, run, tools
 from tests.services.agent.test_loop import FakeCatalog, FakePool, text_result
 
 FILE = "".join(
@@ -86,3 +86,18 @@ async def test_the_end_of_a_200_kb_output_is_readable_with_the_default_output_li
     assert result.status == "completed"
     assert result.steps[0].output == FILE  # the record keeps it whole (this part holds)
     assert "line 02399" in result.steps[1].output, result.steps[1].output[:200]
+
+
+async def test_tools_found_by_a_search_still_fit_a_2048_window() -> None:
+    """Seen in bench/context at 2k with 15 and 38 tools: the tools a search found were added to the offer without
+    fitting it, and the run ended context_exceeded; now the least relevant others make room."""
+    pool = FakePool(*tools(40), CLOCK)
+    engine = WindowedEngine(
+        2048,
+        ChatResult(None, [call("bridge__find_tools", {"query": "alpha things"}, "c1")]),
+        ChatResult(None, [call("many__tool_0", {"x": "1"}, "c2")]),
+        None,
+    )
+    result = await run(service(engine, pool, 2048), "What is the time on the clock?", mcp_servers=["many", "time"])
+    assert result.status == "completed", (result.status, result.warnings)
+    assert pool.calls == [("many", "tool_0", {"x": "1"})]
