@@ -10,16 +10,19 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from opentelemetry import trace
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 from app.main import create_app
 from app.settings import Settings
+from app.telemetry import WhileExporting, export_spans, exporting, tracer_provider
 from tests.helpers import write_mcp_json
 from tests.mock_lmstudio.fixture import MockLMStudio, start_mock
 from tests.postgres import PostgresCluster, PostgresNotFound
@@ -125,17 +128,77 @@ def settings(mock_server: MockLMStudio, mcp_json: Path, gateway_settings: dict[s
 
 
 @pytest.fixture(scope="module")
-async def bridge(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The module's gateway in-process (ASGITransport, lifespan run)."""
-    async with app_client(settings, timeout=CLIENT_TIMEOUT_S) as client:
+def fresh_store(settings: Settings, request: pytest.FixtureRequest) -> Callable[[], str]:
+    """Makes a new, empty run store of the kind the module's settings use (SQLite or PostgreSQL)."""
+    if settings.database_url.startswith("sqlite"):
+        return store_url
+    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+    return lambda: cluster.new_database(f"gateway_{uuid.uuid4().hex[:16]}")
+
+
+def own_gateway(settings: Settings, fresh_store: Callable[[], str], name: str) -> Settings:
+    """`settings` with a run store and an instance id of one gateway's own: two gateways of a module never
+    share a store or fight over its lease."""
+    return settings.model_copy(update={"database_url": fresh_store(), "instance_id": f"{name}-{uuid.uuid4().hex[:8]}"})
+
+
+@pytest.fixture(scope="module")
+async def bridge(settings: Settings, fresh_store: Callable[[], str]) -> AsyncIterator[httpx.AsyncClient]:
+    """The module's gateway in-process (ASGITransport, lifespan run), on its own store."""
+    async with app_client(own_gateway(settings, fresh_store, "bridge"), timeout=CLIENT_TIMEOUT_S) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
-async def live(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The module's gateway behind a real uvicorn socket (ASGITransport buffers whole responses)."""
-    async with served(settings, timeout=CLIENT_TIMEOUT_S) as client:
+async def live(settings: Settings, fresh_store: Callable[[], str]) -> AsyncIterator[httpx.AsyncClient]:
+    """The module's gateway behind a real uvicorn socket (ASGITransport buffers whole responses), on its own
+    store."""
+    async with served(own_gateway(settings, fresh_store, "live"), timeout=CLIENT_TIMEOUT_S) as client:
         yield client
+
+
+# --- process-wide tracing state ------------------------------------------------------------------------
+
+
+def span_export_state() -> tuple[bool, tuple[SpanProcessor, ...]]:
+    """Whether the process's tracer provider records spans, and the span processors it sends them to."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        return False, ()
+    # the SDK has no public way to list or remove processors
+    return exporting(provider), provider._active_span_processor._span_processors
+
+
+@contextlib.contextmanager
+def spans_exported(processor: SpanProcessor) -> Iterator[None]:
+    """Span export on for the process (gateways built inside record their spans and send LM Studio calls
+    through the traced httpx path), then off again: the processor removed, recording stopped."""
+    provider = tracer_provider(make_settings())
+    before = span_export_state()
+    export_spans(provider, processor)
+    try:
+        yield
+    finally:
+        multi = provider._active_span_processor
+        with multi._lock:
+            multi._span_processors = tuple(p for p in multi._span_processors if p is not processor)
+        processor.shutdown()
+        sampler = provider.sampler
+        assert isinstance(sampler, WhileExporting)
+        sampler.recording = before[0]
+        assert span_export_state() == before
+
+
+@pytest.fixture(scope="module", autouse=True)
+def span_export_left_off() -> Iterator[None]:
+    """Every module leaves span export off: the rest of the suite runs the production default, where LM
+    Studio calls read whole go straight on aiohttp (services/lmstudio/wire.py), not through httpx."""
+    yield
+    exporting_now, processors = span_export_state()
+    assert not exporting_now and not processors, (
+        f"span export is on for the process after this module (processors: {processors}): a test turned it on "
+        "without `spans_exported`, or OTEL_EXPORTER_OTLP_ENDPOINT / BRIDGE_OTEL_CONSOLE is set where pytest runs"
+    )
 
 
 # --- a throwaway PostgreSQL cluster (tests/postgres.py) ---------------------------------------------

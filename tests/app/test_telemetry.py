@@ -24,8 +24,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.settings import Settings
-from app.telemetry import JSONFormatter, export_spans, tracer_provider
-from tests.conftest import app_client, make_settings
+from app.telemetry import JSONFormatter, tracer_provider
+from tests.conftest import app_client, make_settings, spans_exported
 from tests.helpers import call, eventually, script, write_mcp_json
 from tests.mock_lmstudio.fixture import MockLMStudio
 from tests.processes import free_port, log_file, log_tail, spawn_python, terminate, wait_healthy
@@ -41,10 +41,12 @@ def echo(text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def exporter() -> InMemorySpanExporter:
+def exporter() -> Iterator[InMemorySpanExporter]:
+    """Spans exported to memory while this module runs (and off again after it: the rest of the suite runs
+    the production default, spans not exported)."""
     memory = InMemorySpanExporter()
-    export_spans(tracer_provider(make_settings()), SimpleSpanProcessor(memory))
-    return memory
+    with spans_exported(SimpleSpanProcessor(memory)):
+        yield memory
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from app.settings import Settings
-from tests.conftest import CLIENT_TIMEOUT_S, app_client, make_settings, served, store_url
+from tests.conftest import CLIENT_TIMEOUT_S, app_client, make_settings, served
 from tests.helpers import (
     TIME_CALL,
     Frame,
@@ -46,15 +46,6 @@ OTHER_MODEL = "mistralai/magistral-small-2509"
 def gateway_settings(either_store: dict[str, Any]) -> dict[str, Any]:
     """The module's gateway on a fresh store of each kind (so every test below runs on both)."""
     return either_store
-
-
-@pytest.fixture(scope="module")
-def fresh_store(gateway_settings: dict[str, Any], request: pytest.FixtureRequest) -> Callable[[], str]:
-    """A new, empty store of the kind the module's gateway uses (for the extra gateways)."""
-    if gateway_settings["database_url"].startswith("sqlite"):
-        return store_url
-    cluster = request.getfixturevalue("postgres_cluster")
-    return lambda: cluster.new_database(f"runs_api_{uuid.uuid4().hex[:16]}")
 
 
 def extra_settings(
