@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from services.agent.approvals import ApprovalPolicy, Decision
@@ -24,7 +24,7 @@ class ApprovalGate:
         emit: Emit,
         warnings: list[str],
         set_status: Callable[[RunStatus], None],
-        waited: Callable[[float], None],
+        deadline_paused: Callable[[], AbstractContextManager[None]],
     ) -> None:
         self._policy = policy
         self._timeout_s = timeout_s
@@ -32,7 +32,7 @@ class ApprovalGate:
         self._emit = emit
         self._warnings = warnings
         self._set_status = set_status
-        self._waited = waited  # told how long a person took: that time does not count against the deadline
+        self._deadline_paused = deadline_paused  # a person's time does not count against the run's deadline
         self.pending: dict[str, asyncio.Future[Decision]] = {}
 
     @property
@@ -64,17 +64,16 @@ class ApprovalGate:
         self._set_status("awaiting_approval")
         request = {"tool_call_id": call_id, "name": name, "server": spec.server, "tool": spec.name}
         await self._emit(RunEvent.APPROVAL_REQUESTED, {**request, "arguments": arguments})
-        asked = time.monotonic()
         try:
-            async with asyncio.timeout(self._timeout_s):
-                decision = await future
+            with self._deadline_paused():
+                async with asyncio.timeout(self._timeout_s):
+                    decision = await future
         except TimeoutError:
             decision = Decision("timed_out", f"no decision within {self._timeout_s:g} s")
         finally:
             del self.pending[call_id]
             if not self.pending:
                 self._set_status("running")
-            self._waited(time.monotonic() - asked)
         await self._emit(
             RunEvent.APPROVAL_DECIDED, {**request, "decision": decision.verdict, "reason": decision.reason}
         )

@@ -4,8 +4,10 @@ a result or a problem; traced and counted."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from services.agent.approvals import Decision
@@ -50,12 +52,14 @@ class Run(RunState):
             emit=self.emit,
             warnings=warnings,
             set_status=self.set_status,
-            waited=self.extend_deadline,
+            deadline_paused=self.deadline_paused,
         )
         self.task: asyncio.Task[Any] | None = None
         self._stopping = False
         self._cancel_requested = False
         self._timeout: asyncio.Timeout | None = None
+        self._waiting = 0  # calls of this run (or of its steps) waiting for a person's decision now
+        self._paused: tuple[float, float | None] = (0.0, None)  # (since, the timeout's `when`) while they wait
 
     def hold_slot(self) -> None:
         self.lease.hold_slot()
@@ -95,14 +99,31 @@ class Run(RunState):
         self.ctx.metrics.key_runs.labels(self.key_label, status).inc()
         self.write_end(status, result, problem)
 
-    def extend_deadline(self, waited_s: float) -> None:
-        """Time spent waiting for a person does not count against the run's deadline (nor its pipeline's)."""
-        if isinstance(self.parent, Run):
-            self.parent.extend_deadline(waited_s)
-        self.caller.deadline += waited_s
-        when = self._timeout.when() if self._timeout is not None else None
-        if self._timeout is not None and when is not None:
-            self._timeout.reschedule(when + waited_s)
+    @contextlib.contextmanager
+    def deadline_paused(self) -> Iterator[None]:
+        """Time spent waiting for a person does not count against the run's deadline (nor its pipeline's): the
+        deadline stands still while any call waits for a decision. (Moved only once the decision came, a wait
+        past the deadline ended the run `failed`: the expired timeout could not be rescheduled.)"""
+        with contextlib.ExitStack() as outer:
+            if isinstance(self.parent, Run):
+                outer.enter_context(self.parent.deadline_paused())
+            self._waiting += 1
+            if self._waiting == 1:
+                timeout = self._timeout
+                when = timeout.when() if timeout is not None and not timeout.expired() else None
+                if timeout is not None and when is not None:
+                    timeout.reschedule(None)
+                self._paused = (time.monotonic(), when)
+            try:
+                yield
+            finally:
+                self._waiting -= 1
+                if not self._waiting:
+                    since, when = self._paused
+                    waited_s = time.monotonic() - since
+                    self.caller.deadline += waited_s
+                    if self._timeout is not None and when is not None and not self._timeout.expired():
+                        self._timeout.reschedule(when + waited_s)
 
     async def body(self) -> tuple[RunStatus, str]:
         """What the run does between its start and its end (a pipeline runs its steps instead)."""

@@ -6,7 +6,7 @@ real MCP servers of tests/helpers.py.
 
 from __future__ import annotations
 
-import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -568,15 +568,18 @@ async def test_approval_inside_a_step(approvals: httpx.AsyncClient, mock: MockLM
 async def test_waiting_for_approval_does_not_count_against_the_pipelines_deadline(
     approvals: httpx.AsyncClient, mock: MockLMStudio
 ) -> None:
-    """Time spent waiting for a person does not count against a run's deadline (Run._extend_deadline): a plain
-    run here takes ~2 s + ~3.5 s waiting + ~2 s, past the gateway's run_timeout_s of 6 s, and completes. The
-    same run as a one-step pipeline must complete too."""
-    task = "Time " + script(calls=[[TIME_CALL]], delay_ms=2000)
-    plain = await start(approvals, task=task, mcp_servers=["time"])
-    piped = await start(approvals, task=task, steps=[time_step("only")])
+    """Time spent waiting for a person does not count against a run's deadline (Run.deadline_paused): a plain
+    run with 3 s to run is approved only after those 3 s have passed, and completes. The same run as a one-step
+    pipeline must complete too."""
+    timeout_s = 3.0
+    task = "Time " + script(calls=[[TIME_CALL]])
+    plain = await start(approvals, task=task, mcp_servers=["time"], timeout_s=timeout_s)
+    piped = await start(approvals, task=task, steps=[time_step("only")], timeout_s=timeout_s)
     plain_call = (await wait_for_approval(approvals, plain)).data["tool_call_id"]
     piped_call = (await wait_for_approval(approvals, piped)).data["tool_call_id"]
-    await asyncio.sleep(3.5)  # a person takes their time (the point of the test, not a wait for a state)
+    # both runs began before now: their deadlines, had waiting counted, lie before `past_deadline`
+    past_deadline = time.monotonic() + timeout_s
+    await eventually(lambda: time.monotonic() > past_deadline, 2 * timeout_s, "both runs' unextended deadlines")
     for run_id, call_id in ((plain, plain_call), (piped, piped_call)):
         decided = await approvals.post(f"/v1/runs/{run_id}/approvals/{call_id}", json={"decision": "approve"})
         assert decided.status_code == 200, (run_id, decided.text)
