@@ -33,7 +33,7 @@ POLL_S = 0.05
 
 def script(**spec: Any) -> str:
     """The inline `[[mock {...}]]` markup the mock LM Studio follows: calls, forever, answer, final (the answer
-    after the calls instead of an echo of their outputs), delay_ms, fault."""
+    after the calls instead of an echo of their outputs), delay_ms, hold, fault."""
     return f"[[mock {json.dumps(spec)}]]"
 
 

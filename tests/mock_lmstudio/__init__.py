@@ -72,6 +72,9 @@ the answer. Keys, all optional:
   at the start of ``content`` as ``<think>text</think>\\n``.
 - ``"answer": "text"``: final text instead of ``"Mock answer to: <last user message>"``.
 - ``"delay_ms": N``: sleep N ms before answering each request of the conversation.
+- ``"hold": "gate"``: wait before answering until ``POST /_mock/release {"gate": "gate"}`` (a test's "the
+  request is in flight" without a timing guess); ``GET /_mock/held`` -> ``{"held": {"gate": n}}`` counts the
+  requests waiting now. A released gate stays open until reset; reset releases every gate.
 - ``"fault": {...}``: a fault object (below) applied to each request of the conversation.
 
 ``max_tokens`` is honoured: an answer longer than it (at 4 characters a token) is cut there, with no tool

@@ -19,6 +19,7 @@ from typing import IO, Any
 
 import httpx
 
+from tests.helpers import eventually
 from tests.processes import free_port, log_file, log_tail, spawn_python, terminate, wait_healthy
 
 START_TIMEOUT_S = 20.0
@@ -55,6 +56,24 @@ class MockLMStudio:
         response = await self.client.get("/_mock/requests")
         response.raise_for_status()
         return list(response.json()["requests"])
+
+    async def held(self, gate: str) -> int:
+        """How many requests wait at `gate` now (script ``"hold": gate``)."""
+        response = await self.client.get("/_mock/held")
+        response.raise_for_status()
+        return int(response.json()["held"].get(gate, 0))
+
+    async def until_held(self, gate: str, count: int = 1, within_s: float = 20.0) -> None:
+        """Wait until `count` requests wait at `gate`: they have reached LM Studio and get no answer yet."""
+
+        async def reached() -> bool:
+            return await self.held(gate) >= count
+
+        await eventually(reached, within_s, f"{count} request(s) held at the mock's gate {gate!r}")
+
+    async def release(self, gate: str) -> None:
+        """Let the requests held at `gate` (and every later one) be answered."""
+        (await self.client.post("/_mock/release", json={"gate": gate})).raise_for_status()
 
     async def reset(self) -> None:
         """Clear faults and the request log; restore the model list and states and the options."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -380,6 +381,8 @@ class MockServer:
         self.faults: list[Json] = []
         self.log: deque[Json] = deque(maxlen=LOG_LIMIT)
         self.ids = itertools.count(1)
+        self.gates: dict[str, asyncio.Event] = {}  # script "hold": released by POST /_mock/release
+        self.held: dict[str, int] = {}  # requests waiting at each gate now
         self.routes: dict[tuple[str, str], Handler] = {
             ("GET", "/v1/models"): self.openai_models,
             ("POST", CHAT): self.chat,
@@ -442,6 +445,8 @@ class MockServer:
         faults = [f for f in (self.pop_fault(path), call.script.get("fault")) if isinstance(f, dict)]
         if isinstance(call.script.get("delay_ms"), int | float):
             await self.wait(call, call.script["delay_ms"] / 1000)
+        if isinstance(call.script.get("hold"), str):
+            await self.hold(call, call.script["hold"])
         for fault in faults:
             early = await self.apply_fault(call, fault)
             if early is not None:
@@ -495,6 +500,27 @@ class MockServer:
             left = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
             await asyncio.sleep(max(left, 0))
 
+    async def hold(self, call: Call, name: str) -> None:
+        """Wait at gate `name` until it is released (``POST /_mock/release``), or raise Aborted when the client
+        disconnects first. A released gate lets every later request through (until reset)."""
+        gate = self.gates.setdefault(name, asyncio.Event())
+        self.held[name] = self.held.get(name, 0) + 1
+        try:
+            while not gate.is_set():
+                if await call.request.is_disconnected():
+                    raise Aborted
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(gate.wait(), POLL_S)
+        finally:
+            self.held[name] -= 1
+            if not self.held[name]:
+                del self.held[name]
+
+    def release_gates(self) -> None:
+        for gate in self.gates.values():
+            gate.set()  # nothing stays held across a reset
+        self.gates = {}
+
     @staticmethod
     def status_fault(fault: Json) -> Response:
         status = int(fault.get("status", 500))
@@ -515,7 +541,13 @@ class MockServer:
             return JSONResponse({"queued": 0})
         if key == ("GET", "/_mock/requests"):
             return JSONResponse({"requests": list(self.log)})
+        if key == ("POST", "/_mock/release"):
+            self.gates.setdefault(str((await request.json())["gate"]), asyncio.Event()).set()
+            return JSONResponse({"held": self.held})
+        if key == ("GET", "/_mock/held"):
+            return JSONResponse({"held": self.held})
         if key == ("POST", "/_mock/reset"):
+            self.release_gates()
             self.faults.clear()
             self.log.clear()
             self.models = copy.deepcopy(self.initial)

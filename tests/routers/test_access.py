@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -661,19 +662,34 @@ async def one_slot(mock_server: MockLMStudio, mcp_json: Path, tmp_path: Path) ->
         yield client
 
 
-async def test_a_run_refused_as_overloaded_gives_the_keys_slot_back(one_slot: httpx.AsyncClient) -> None:
-    held = await start(one_slot, BOSS, task="slow " + script(answer="done", delay_ms=1500), mcp_servers=[])
+async def hold_the_slot(gateway: httpx.AsyncClient, mock: MockLMStudio) -> tuple[str, str]:
+    """A background run (admin key) holding the gateway's one run slot: its LM Studio call waits at a gate of
+    the mock until released. (run id, gate)"""
+    gate = f"slot-{uuid.uuid4().hex[:8]}"
+    held = await start(gateway, BOSS, task="slow " + script(answer="done", hold=gate), mcp_servers=[])
+    await mock.until_held(gate)
+    return held, gate
+
+
+async def test_a_run_refused_as_overloaded_gives_the_keys_slot_back(
+    one_slot: httpx.AsyncClient, mock_server: MockLMStudio
+) -> None:
+    held, gate = await hold_the_slot(one_slot, mock_server)
     quick = {"task": "q " + script(answer="ok"), "mcp_servers": ["time"]}
     problem(await one_slot.post("/v1/autonomous", json=quick, headers=CLOCK), 429, "overloaded")
+    await mock_server.release(gate)
     await finished(one_slot, held, BOSS)
     again = await one_slot.post("/v1/autonomous", json=quick, headers=CLOCK)
     assert again.status_code == 200, again.text
 
 
-async def test_a_background_run_refused_as_queue_full_gives_the_keys_slot_back(one_slot: httpx.AsyncClient) -> None:
-    held = await start(one_slot, BOSS, task="slow " + script(answer="done", delay_ms=1500), mcp_servers=[])
+async def test_a_background_run_refused_as_queue_full_gives_the_keys_slot_back(
+    one_slot: httpx.AsyncClient, mock_server: MockLMStudio
+) -> None:
+    held, gate = await hold_the_slot(one_slot, mock_server)
     quick = {"task": "q " + script(answer="ok"), "mcp_servers": ["time"]}
     problem(await one_slot.post("/v1/runs", json=quick, headers=CLOCK), 429, "queue_full")
+    await mock_server.release(gate)
     await finished(one_slot, held, BOSS)
     again = await one_slot.post("/v1/autonomous", json=quick, headers=CLOCK)
     assert again.status_code == 200, again.text  # was 429 key_rate_limited for ever (slot leaked)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,11 @@ from tests.helpers import TIME_CALL, call, eventually, read_sse, script, sse_eve
 from tests.mock_lmstudio.fixture import MockLMStudio, mock_lmstudio
 
 pytestmark = pytest.mark.timeout(120)
+CHAT = "/v1/chat/completions"
 
 
 async def chat_requests(mock: MockLMStudio) -> list[dict[str, Any]]:
-    return [r for r in await mock.requests() if r["path"] == "/v1/chat/completions"]
+    return [r for r in await mock.requests() if r["path"] == CHAT]
 
 
 async def test_reads_a_file_through_filesystem(bridge: httpx.AsyncClient, mock: MockLMStudio, files: Path) -> None:
@@ -188,13 +190,14 @@ async def test_stream_events_in_order(bridge: httpx.AsyncClient) -> None:
 
 
 async def test_first_event_is_sent_before_lmstudio_answers(live: httpx.AsyncClient, mock: MockLMStudio) -> None:
-    body = {"task": "slow " + script(delay_ms=1500), "mcp_servers": ["time"], "stream": True}
+    gate = "first-event"
+    body = {"task": "slow " + script(hold=gate), "mcp_servers": ["time"], "stream": True}
     async with live.stream("POST", "/v1/autonomous", json=body) as response:
         events = sse_events(response)
         first, _ = await events.__anext__()
-        assert first == "run.started"
-        [pending] = await chat_requests(mock)
-        assert pending["ended"] is None  # LM Studio has not answered yet
+        assert first == "run.started"  # while LM Studio cannot have answered: its answer waits at the gate
+        await mock.until_held(gate)
+        await mock.release(gate)
         rest = [e async for e, _ in events]
     assert rest[-1] == "run.completed"
 
@@ -202,20 +205,20 @@ async def test_first_event_is_sent_before_lmstudio_answers(live: httpx.AsyncClie
 @pytest.mark.parametrize("stream", [False, True])
 async def test_client_disconnect_cancels_the_run(live: httpx.AsyncClient, mock: MockLMStudio, stream: bool) -> None:
     entity = {"entities": [{"name": f"ghost-{stream}", "entityType": "x", "observations": []}]}
-    task = "Slow " + script(calls=[[call("memory__create_entities", entity)]], delay_ms=1500)
+    gate = f"disconnect-{stream}"  # never released: the LM Studio call can only end by being abandoned
+    task = "Slow " + script(calls=[[call("memory__create_entities", entity)]], hold=gate)
     body = {"task": task, "mcp_servers": ["memory"], "stream": stream}
-    await live.get("/v1/mcp/servers/memory/tools")  # started: the 0.5 s below is the LM Studio call's alone
-    with pytest.raises(httpx.ReadTimeout):
-        async with live.stream("POST", "/v1/autonomous", json=body, timeout=0.5) as response:
-            async for _ in response.aiter_bytes():
-                pass
+    request = asyncio.ensure_future(live.post("/v1/autonomous", json=body))
+    await mock.until_held(gate)
+    request.cancel()  # the client goes away while the run waits for LM Studio
+    with pytest.raises(asyncio.CancelledError):
+        await request
 
     async def ended() -> dict[str, Any] | None:
         [request] = await chat_requests(mock)
         return request if request["ended"] is not None else None
 
-    request = await eventually(ended, what="the LM Studio call ending")  # abandoned, or answered at 1.5 s
-    assert request["aborted"] is True
+    assert (await eventually(ended, what="the LM Studio call abandoned"))["aborted"] is True
     graph = await live.post("/v1/mcp/servers/memory/tools/read_graph", json={})
     assert f"ghost-{stream}" not in json.dumps(graph.json())
 
@@ -239,7 +242,7 @@ async def test_mirrors_of_the_original_tools(bridge: httpx.AsyncClient) -> None:
     assert missing.status_code == 422 and missing.json()["code"] == "mcp_server_not_found"
 
 
-async def test_two_step_pipeline_with_two_models(bridge: httpx.AsyncClient) -> None:
+async def test_a_run_on_another_model_acts_on_a_first_runs_output(bridge: httpx.AsyncClient) -> None:
     first = (
         await bridge.post(
             "/v1/autonomous", json={"task": "Analyse X", "model": "mistralai/magistral-small-2509", "mcp_servers": []}
@@ -256,9 +259,11 @@ async def test_two_step_pipeline_with_two_models(bridge: httpx.AsyncClient) -> N
     assert "Analyse X" in second["output"]
 
 
-async def test_deadline_gives_timeout_with_what_was_gathered(bridge: httpx.AsyncClient) -> None:
-    task = "Slow " + script(calls=[[TIME_CALL]], delay_ms=700)
-    body = {"task": task, "mcp_servers": ["time"], "timeout_s": 1.0}
+async def test_deadline_gives_timeout_with_what_was_gathered(bridge: httpx.AsyncClient, mock: MockLMStudio) -> None:
+    await bridge.get("/v1/mcp/servers/time/tools")  # started: the deadline below is the run's alone
+    # the first chat answers at once, the second never: the deadline falls in round 2, after the time call
+    await mock.faults({"kind": "delay", "ms": 0, "path": CHAT}, {"kind": "hang", "path": CHAT})
+    body = {"task": "Slow " + script(calls=[[TIME_CALL]]), "mcp_servers": ["time"], "timeout_s": 3.0}
     result = (await bridge.post("/v1/autonomous", json=body)).json()
     assert result["status"] == "timeout"
     assert result["rounds"] == 1 and "UTC" in result["output"]

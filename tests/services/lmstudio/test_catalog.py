@@ -17,15 +17,25 @@ VISION = ModelInfo("google/gemma-3-4b", "vlm", loaded=False)
 
 
 class FakeUpstream:
-    def __init__(self, models: list[ModelInfo], delay: float = 0.0) -> None:
+    """The model list's source; with `held`, every call waits until `release()` (`entered` is set once a call
+    has begun): a test knows the call is in flight without guessing how long it takes."""
+
+    def __init__(self, models: list[ModelInfo], held: bool = False) -> None:
         self.models = models
-        self.delay = delay
         self.calls = 0
         self.down = False
+        self.entered = asyncio.Event()
+        self._gate = asyncio.Event()
+        if not held:
+            self._gate.set()
+
+    def release(self) -> None:
+        self._gate.set()
 
     async def __call__(self) -> list[ModelInfo]:
         self.calls += 1
-        await asyncio.sleep(self.delay)
+        self.entered.set()
+        await self._gate.wait()
         if self.down:
             raise LLMConnectionError("LM Studio is not reachable")
         return list(self.models)
@@ -64,9 +74,12 @@ async def test_expiry_refreshes() -> None:
 
 
 async def test_thousand_concurrent_misses_share_one_upstream_call() -> None:
-    upstream, clock = FakeUpstream([SMALL], delay=0.05), Clock()
+    upstream, clock = FakeUpstream([SMALL], held=True), Clock()
     catalog = ModelCatalog(upstream, ttl_s=60, clock=clock)
-    results = await asyncio.gather(*(catalog.resolve(None) for _ in range(1000)))
+    misses = asyncio.gather(*(catalog.resolve(None) for _ in range(1000)))
+    await upstream.entered.wait()  # every caller has asked before the one call answers
+    upstream.release()
+    results = await misses
     assert upstream.calls == 1
     assert {r.id for r in results} == {SMALL.id}
     clock.now += 61  # expired: again 1,000 callers, one call
@@ -138,12 +151,15 @@ async def test_down_without_any_list_raises() -> None:
 
 
 async def test_one_cancelled_waiter_does_not_cancel_the_shared_refresh() -> None:
-    upstream = FakeUpstream([SMALL], delay=0.05)
+    upstream = FakeUpstream([SMALL], held=True)
     catalog = ModelCatalog(upstream)
     first = asyncio.ensure_future(catalog.snapshot())
     second = asyncio.ensure_future(catalog.snapshot())
-    await asyncio.sleep(0.01)
+    await upstream.entered.wait()  # the shared refresh is in flight, both waiting on it
     first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    upstream.release()
     assert (await second).models == (SMALL,)
     assert upstream.calls == 1
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -21,6 +20,7 @@ from services.errors import (
 )
 from services.mcp import MCPPool, MCPServerConfig, validate_arguments
 from tests.conftest import make_settings
+from tests.helpers import eventually
 from tests.services.mcp.conftest import (
     PoolFactory,
     children,
@@ -29,14 +29,6 @@ from tests.services.mcp.conftest import (
     stdio,
     time_server,
 )
-
-
-async def wait_for(predicate: Callable[[], bool], within_s: float = 5.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 def state(pool: MCPPool, name: str) -> str:
@@ -115,13 +107,16 @@ async def test_streamable_http_transport(make_pool: PoolFactory, unused_tcp_port
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
-        for _ in range(200):
+
+        async def accepts() -> bool:
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
-                writer.close()
-                break
             except OSError:
-                await asyncio.sleep(0.05)
+                return False
+            writer.close()
+            return True
+
+        await eventually(accepts, 10, "the everything server listening")
         url = f"http://127.0.0.1:{unused_tcp_port}/mcp?token=secret"
         cfg = MCPServerConfig(name="web", transport="http", url=url, headers={"Authorization": "Bearer x"})
         pool = make_pool(cfg)
@@ -183,8 +178,8 @@ async def test_killed_between_calls_restarts(make_pool: PoolFactory) -> None:
     pid = await server_pid(pool)
     proc = psutil.Process(pid)
     proc.kill()
-    await wait_for(lambda: not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE)
-    await wait_for(lambda: state(pool, "fault") != "ready")
+    await eventually(lambda: not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE, 5, "the server dead")
+    await eventually(lambda: state(pool, "fault") != "ready", 5, "the pool noticing")
     new_pid = await server_pid(pool)
     assert new_pid != pid
     assert pool.spawn_count == 2
@@ -306,10 +301,10 @@ async def test_list_changed_refresh(make_pool: PoolFactory) -> None:
     async def names() -> set[str]:
         return {t.name for t in await pool.list_tools("fault")}
 
-    deadline = time.monotonic() + 5
-    while added not in await names():
-        assert time.monotonic() < deadline, "tools/list_changed was not picked up"
-        await asyncio.sleep(0.02)
+    async def listed() -> bool:
+        return added in await names()
+
+    await eventually(listed, 5, "tools/list_changed picked up")
     assert (await pool.call_tool("fault", added, {})).text == added
 
 
@@ -317,7 +312,9 @@ async def test_idle_close(make_pool: PoolFactory) -> None:
     pool = make_pool(fault(), idle_s=0.3)
     await pool.start()
     pid = await server_pid(pool)
-    await wait_for(lambda: state(pool, "fault") == "idle" and not psutil.pid_exists(pid), within_s=10)
+    await eventually(
+        lambda: state(pool, "fault") == "idle" and not psutil.pid_exists(pid), 10, "the idle session closed"
+    )
     assert pool.live_sessions() == 0
     assert await server_pid(pool) != pid
     assert pool.spawn_count == 2
@@ -353,7 +350,11 @@ async def test_aclose_leaves_no_child_process(make_pool: PoolFactory) -> None:
     await pool.start()
     await asyncio.gather(pool.call_tool("f1", "echo", {"text": "x"}), pool.call_tool("f2", "echo", {"text": "y"}))
     pending = asyncio.create_task(pool.call_tool("f1", "hang", {}))
-    await asyncio.sleep(0.1)
+
+    async def in_flight() -> bool:
+        return (await pool.call_tool("f1", "running", {})).text == "1"
+
+    await eventually(in_flight, 10, "the hanging call reaching the server")
     assert len(children()) == 2
     await pool.aclose()
     with pytest.raises(MCPServerUnavailableError):
