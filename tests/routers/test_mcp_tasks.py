@@ -15,6 +15,7 @@ from mcp import ClientSession
 
 from tests.helpers import TIME_CALL, mcp_servers_json, script
 from tests.helpers import mcp_http_session as http_session
+from tests.mock_lmstudio.fixture import MockLMStudio
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -26,9 +27,7 @@ ORIGINAL_TOOLS = {
     "list_models",
     "health_check",
 }
-ANSWER_DELAY_MS = 800  # per LM Studio answer: a run of two answers outlasts a short wait
 SHORT_WAIT_S = 0.3
-SLOW_TASK = "Slow time " + script(calls=[[TIME_CALL]], delay_ms=ANSWER_DELAY_MS)
 TIME_TASK = "What time is it? " + script(calls=[[TIME_CALL]])
 
 
@@ -96,23 +95,24 @@ async def test_tools_are_listed_beside_the_original_ones(live: httpx.AsyncClient
     assert wait["maximum"] <= 55, wait  # stays within the ~60 s tool-call limit of MCP clients
 
 
-async def test_start_task_returns_at_once_and_result_comes_later(live: httpx.AsyncClient) -> None:
+async def test_start_task_returns_at_once_and_result_comes_later(live: httpx.AsyncClient, mock: MockLMStudio) -> None:
     # start_task checks the run first, which starts a cold MCP server: have the time server running
     warm = await live.post("/v1/autonomous", json={"task": TIME_TASK, "mcp_servers": ["time"]})
     assert warm.status_code == 200 and warm.json()["status"] == "completed", warm.text
     async with http_session(live) as session:
-        began = time.monotonic()
-        run_id = await start(session, SLOW_TASK, mcp_servers=["time"])
-        # the run's first answer alone takes 800 ms: start_task did not wait for it
-        assert time.monotonic() - began < ANSWER_DELAY_MS / 1000
+        # the run's first LM Studio answer waits at the mock's gate: start_task answers without it
+        slow = "Slow time " + script(calls=[[TIME_CALL]], hold="start-task")
+        run_id = await start(session, slow, mcp_servers=["time"])
+        await mock.until_held("start-task")
 
         pending = await tool(session, "get_task_result", run_id=run_id, wait_s=SHORT_WAIT_S)
         assert pending["run_id"] == run_id and pending["done"] is False, pending
-        assert pending["status"] in ("queued", "running") and "result" not in pending, pending
+        assert pending["status"] == "running" and "result" not in pending, pending
         progress = pending["progress"]
         assert set(progress) == {"rounds", "tool_calls", "last_event"}, progress
         assert progress["tool_calls"] == 0 and isinstance(progress["last_event"], str), progress
 
+        await mock.release("start-task")
         result = check_completed_time_run(await until_done(session, run_id), run_id)
 
         # the same run through the REST API

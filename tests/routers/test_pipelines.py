@@ -30,6 +30,8 @@ TIME = "time__get_current_time"
 READ_TOOLS = ["filesystem__read_text_file", "filesystem__list_directory"]
 WRITE_TOOLS = ["filesystem__write_file", "filesystem__create_directory"]
 TERMINAL = {"run.completed", "run.failed"}
+# the mock's next LM Studio chat answers at once, the one after never (until its client goes away)
+ANSWER_THEN_HANG = ({"kind": "delay", "ms": 0, "path": CHAT}, {"kind": "hang", "path": CHAT})
 
 
 # --- helpers ------------------------------------------------------------------------------------------
@@ -259,8 +261,10 @@ async def test_on_failure_continue_goes_on(live: httpx.AsyncClient, mock: MockLM
 # --- 4. streaming and the stored pipeline -------------------------------------------------------------
 
 
-def two_time_steps(delay_ms: int = 0) -> dict[str, Any]:
-    first = script(calls=[[TIME_CALL]], delay_ms=delay_ms) if delay_ms else script(calls=[[TIME_CALL]])
+def two_time_steps(hold: str | None = None) -> dict[str, Any]:
+    """A pipeline of two steps calling the time server; with `hold`, step 1's LM Studio answers wait at that
+    gate of the mock."""
+    first = script(calls=[[TIME_CALL]], hold=hold) if hold else script(calls=[[TIME_CALL]])
     second = call(TIME, {"timezone": "Asia/Tokyo"})
     return {
         "task": "What time is it? " + first,
@@ -337,14 +341,15 @@ async def test_a_stored_pipeline_replays_and_resumes(live: httpx.AsyncClient) ->
         assert await events_of(live, run_id, headers={"Last-Event-ID": str(k)}) == everything[k:], k
 
 
-async def test_a_live_pipeline_stream_resumes_after_last_event_id(live: httpx.AsyncClient) -> None:
-    run_id = await start(live, **two_time_steps(delay_ms=300))
+async def test_a_live_pipeline_stream_resumes_after_last_event_id(live: httpx.AsyncClient, mock: MockLMStudio) -> None:
+    run_id = await start(live, **two_time_steps(hold="resume"))
     async with live.stream("GET", f"/v1/runs/{run_id}/events") as response:
         stream = frames(response)
         first = [await anext(stream), await anext(stream), await anext(stream)]
     assert [f.id for f in first] == [1, 2, 3]
     assert [f.event for f in first] == ["run.started", "step.started", "run.started"]
-    assert (await record(live, run_id))["status"] == "running"
+    assert (await record(live, run_id))["status"] == "running"  # step 1 waits for LM Studio at the gate
+    await mock.release("resume")
     rest = await events_of(live, run_id, headers={"Last-Event-ID": "3"})
     union = first + rest
     assert [f.id for f in union] == list(range(1, len(union) + 1))  # every event exactly once
@@ -445,7 +450,7 @@ async def test_unload_after_without_the_rest_api_is_a_warning(mcp_json: Path) ->
 
 async def test_cancel_a_pipeline_mid_step(live: httpx.AsyncClient, mock: MockLMStudio) -> None:
     body = {
-        "task": "Slowly " + script(answer="never", delay_ms=20_000),
+        "task": "Slowly " + script(answer="never", hold="never"),  # step 1 is answered never
         "mcp_servers": ["time"],
         "steps": [{"name": "slow", "model": SMALL}, {"name": "later", "model": CODER}],
     }
@@ -474,10 +479,11 @@ async def test_a_cancelled_step_keeps_what_it_gathered(live: httpx.AsyncClient, 
     """A plain run cancelled after a tool call keeps the call in `steps` and its output; so must a pipeline
     whose step is cancelled after a tool call (its record, events and result must agree)."""
     body = {
-        "task": "Slowly " + script(calls=[[TIME_CALL]], delay_ms=1500),
+        "task": "Slowly " + script(calls=[[TIME_CALL]]),
         "mcp_servers": ["time"],
         "steps": [{"name": "slow", "model": SMALL}, {"name": "later", "model": CODER}],
     }
+    await mock.faults(*ANSWER_THEN_HANG)  # step 1 calls the tool, then waits for LM Studio until cancelled
     run_id = await start(live, **body)
     async with live.stream("GET", f"/v1/runs/{run_id}/events") as response:
         async for frame in frames(response):
@@ -497,10 +503,12 @@ async def test_a_cancelled_step_keeps_what_it_gathered(live: httpx.AsyncClient, 
 async def test_a_pipeline_timing_out_keeps_what_its_step_gathered(live: httpx.AsyncClient, mock: MockLMStudio) -> None:
     """A plain run that reaches its deadline after a tool call reports the call (`steps`, output); a one-step
     pipeline doing the same must too."""
-    body = {"task": "Slowly " + script(calls=[[TIME_CALL]], delay_ms=1200), "mcp_servers": ["time"], "timeout_s": 2}
+    body = {"task": "Slowly " + script(calls=[[TIME_CALL]]), "mcp_servers": ["time"], "timeout_s": 3}
+    await mock.faults(*ANSWER_THEN_HANG)  # the deadline falls while the second LM Studio call waits
     plain = (await live.post("/v1/autonomous", json=body)).json()
     assert plain["status"] == "timeout" and [s["name"] for s in plain["steps"]] == [TIME]
     assert "No tool results were gathered" not in plain["output"]
+    await mock.faults(*ANSWER_THEN_HANG)
     response = await live.post("/v1/pipelines", json={**body, "steps": [{"name": "slow"}]})
     assert response.status_code == 200, response.text
     piped = response.json()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -233,21 +232,20 @@ async def test_model_gone_from_lmstudio(open_gateway: GatewayFactory) -> None:
 
 
 async def test_breaker_open_fails_fast(open_gateway: GatewayFactory) -> None:
-    async with open_gateway(**BREAKER) as gw:
+    async with open_gateway(**{**BREAKER, "breaker_reset_s": 5.0}) as gw:  # open for the whole test
         await open_breaker(gw, failures=2)
         reached = len(await gw.chat_requests())
-        took = []
-        for _ in range(3):  # the best of three: the machine is shared
-            started = time.perf_counter()
-            response = await gw.run("still down?")
-            took.append(time.perf_counter() - started)
+        # a run that reached LM Studio would hang there: each answer below comes without touching it
+        hangs = script(fault={"kind": "hang"})
+        for _ in range(3):
+            async with asyncio.timeout(10):
+                response = await gw.run("still down? " + hangs)
             assert_problem(response, 503, "upstream_unavailable")
-            assert 1 <= int(response.headers["retry-after"]) <= 2
-        assert min(took) < 0.050, took
+            assert 1 <= int(response.headers["retry-after"]) <= 5
         assert len(await gw.chat_requests()) == reached
         ready = await gw.client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["lmstudio"]["breaker"] == "open"
-        await wait_half_open(gw, within_s=5)
+        await wait_half_open(gw, within_s=15)
 
 
 async def test_breaker_open_on_passthrough(open_gateway: GatewayFactory) -> None:

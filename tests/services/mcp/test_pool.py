@@ -189,10 +189,8 @@ async def test_killed_between_calls_restarts(make_pool: PoolFactory) -> None:
 async def test_killed_during_call(make_pool: PoolFactory) -> None:
     pool = make_pool(fault())
     await pool.call_tool("fault", "echo", {"text": "warm"})
-    started = time.monotonic()
-    with pytest.raises(MCPServerUnavailableError) as info:
-        await pool.call_tool("fault", "crash", {})
-    assert time.monotonic() - started < 3.0
+    with pytest.raises(MCPServerUnavailableError) as info:  # at once: not a timeout (that would be another error)
+        await pool.call_tool("fault", "crash", {}, timeout_s=60)
     assert "closed the connection" in info.value.detail
     result = await pool.call_tool("fault", "echo", {"text": "still serving"})
     assert result.text == "still serving"
@@ -205,7 +203,7 @@ async def test_hang_times_out_and_session_stays_usable(make_pool: PoolFactory) -
     started = time.monotonic()
     with pytest.raises(MCPToolTimeoutError):
         await pool.call_tool("fault", "hang", {}, timeout_s=0.5)
-    assert 0.4 < time.monotonic() - started < 3.0
+    assert time.monotonic() - started >= 0.5  # not before its time
     result = await pool.call_tool("fault", "echo", {"text": "after hang"})
     assert result.text == "after hang"
     assert await server_pid(pool) == pid
@@ -245,21 +243,17 @@ async def test_restart_backoff(make_pool: PoolFactory) -> None:
     pool = make_pool(fault("bad", "--crash-on-start"), restart_backoff_s=30.0, restart_backoff_max_s=60.0)
     with pytest.raises(MCPServerUnavailableError):
         await pool.call_tool("bad", "echo", {"text": "x"}, timeout_s=1)
-    started = time.monotonic()
     with pytest.raises(MCPServerUnavailableError) as info:
         await pool.call_tool("bad", "echo", {"text": "x"}, timeout_s=1)
-    assert time.monotonic() - started < 0.5
     assert "next restart attempt" in info.value.detail
-    assert pool.spawn_count == 1
+    assert pool.spawn_count == 1  # refused without a new start
 
 
 async def test_start_timeout(make_pool: PoolFactory) -> None:
     pool = make_pool(fault("sleepy", "--slow-start"), start_timeout_s=1.0)
-    started = time.monotonic()
     with pytest.raises(MCPServerUnavailableError) as info:
         await pool.list_tools("sleepy")
     assert "within 1s" in info.value.detail
-    assert time.monotonic() - started < 8.0
     assert pool.status()[0].status == "failed"
 
 
