@@ -38,6 +38,7 @@ pytestmark = pytest.mark.timeout(120)
 MODEL = "qwen/qwen3-4b"
 # LM Studio breaker scenarios: every failed run counts once, and the breaker resets quickly
 BREAKER = {"breaker_failures": 2, "lmstudio_retries": 0, "breaker_reset_s": 1.5}
+HANG = {"kind": "hang"}  # the mock LM Studio never answers (until the client goes away)
 GATEWAY_ERRORS = pytest.mark.parametrize("status", [502, 503, 504], ids=lambda s: f"http_{s}")
 
 
@@ -494,7 +495,7 @@ async def test_max_rounds(open_gateway: GatewayFactory) -> None:
 
 async def test_deadline(open_gateway: GatewayFactory) -> None:
     async with open_gateway() as gw:
-        result = assert_run(await gw.run("slow " + script(delay_ms=10_000), timeout_s=1), "timeout")
+        result = assert_run(await gw.run("slow " + script(fault=HANG), timeout_s=1), "timeout")
         assert "deadline" in result["output"]
 
         async def aborted() -> bool:
@@ -507,7 +508,7 @@ async def test_deadline(open_gateway: GatewayFactory) -> None:
 async def test_client_disconnect_cancels_the_run(open_gateway: GatewayFactory, stream: bool) -> None:
     # one run slot: if the run kept it, the normal request afterwards would get 429
     async with open_gateway(wire=True, max_concurrent_runs=1, queue_timeout_s=1) as gw:
-        request = asyncio.ensure_future(gw.run("slow " + script(delay_ms=20_000), stream=stream))
+        request = asyncio.ensure_future(gw.run("slow " + script(fault=HANG), stream=stream))
 
         async def reached() -> bool:
             return len(await gw.chat_requests()) == 1
@@ -525,15 +526,12 @@ async def test_client_disconnect_cancels_the_run(open_gateway: GatewayFactory, s
 
 async def test_overload(open_gateway: GatewayFactory) -> None:
     async with open_gateway(max_concurrent_runs=1, queue_timeout_s=0.2) as gw:
-        slow = asyncio.ensure_future(gw.run("slow " + script(delay_ms=1500)))
-
-        async def reached() -> bool:
-            return len(await gw.chat_requests()) == 1
-
-        await eventually(reached, what="the slow run's LM Studio call")
+        slow = asyncio.ensure_future(gw.run("slow " + script(hold="overload")))
+        await gw.mock.until_held("overload")  # the one slot is taken until the gate opens
         response = await gw.run("one more")
         assert_problem(response, 429, "overloaded")
         assert response.headers["retry-after"] == "1"
+        await gw.mock.release("overload")
         assert_run(await slow, "completed")
 
 

@@ -104,12 +104,19 @@ async def test_two_hosts_with_the_model_share_the_load_by_in_flight_calls(
 ) -> None:
     await fresh["b"].configure(models=[model(QWEN, True)])
     settings = make_settings(lmstudio_hosts_file=str(hosts_file(tmp_path, fresh)))
-    slow = script(delay_ms=600)
+    slow = script(hold="share")  # every call stays in flight until all six are
     async with app_client(settings, timeout=30) as client:
         await client.get("/v1/models")
-        answers = await asyncio.gather(
+        calls = asyncio.gather(
             *(client.post("/v1/autonomous", json={"task": slow, "model": QWEN, "mcp_servers": []}) for _ in range(6))
         )
+
+        async def all_in_flight() -> bool:
+            return await fresh["a"].held("share") + await fresh["b"].held("share") == 6
+
+        await eventually(all_in_flight, 20, "six calls held by the two hosts")
+        await asyncio.gather(fresh["a"].release("share"), fresh["b"].release("share"))
+        answers = await calls
         assert [a.status_code for a in answers] == [200] * 6
         states = (await client.get("/metrics")).text
     # six at once: each new call goes to the host with fewer calls in flight, so three and three
@@ -137,13 +144,14 @@ async def test_a_host_killed_mid_run_the_run_completes_on_another(tmp_path: Path
             mcp_config=str(mcp_json),
             breaker_failures=1,  # one failed call (its retries spent) opens that host's breaker
         )
-        task = script(calls=[[TIME_CALL]], delay_ms=1500)
+        task = script(calls=[[TIME_CALL]], hold="mid-run")
+        await b.release("mid-run")  # b answers at once; a holds its answer until killed
         async with app_client(settings, timeout=60) as client:
             await client.get("/v1/models")
             started = asyncio.ensure_future(
                 client.post("/v1/autonomous", json={"task": task, "model": QWEN, "mcp_servers": ["time"]})
             )
-            await eventually(lambda: chats(a), within_s=20)  # round 1 is on a
+            await a.until_held("mid-run")  # round 1 is on a
             a.process.kill()  # gone mid-answer
             answer = await started
             assert answer.status_code == 200, answer.text
