@@ -89,7 +89,7 @@ async def test_mcp_endpoint_needs_a_key(bridge: httpx.AsyncClient) -> None:
 
 async def test_health_and_readiness_stay_open(bridge: httpx.AsyncClient) -> None:
     assert (await bridge.get("/healthz")).status_code == 200
-    assert (await bridge.get("/readyz")).status_code in (200, 503)
+    assert (await bridge.get("/readyz")).status_code == 200  # no key needed (LM Studio, the mock, is up)
 
 
 def test_constant_time_compare_against_every_key(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -75,7 +75,7 @@ async def test_embedding_with_a_chat_model_is_422(live: httpx.AsyncClient) -> No
 
 async def test_text_completion(sdk: openai.AsyncOpenAI) -> None:
     result = await sdk.completions.create(model=MODEL, prompt="Once upon")
-    assert result.choices[0].text
+    assert result.choices[0].text == "Mock completion of: Once upon"
 
 
 async def test_chat_through_mcp_via_extra_body(sdk: openai.AsyncOpenAI) -> None:

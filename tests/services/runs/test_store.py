@@ -463,8 +463,9 @@ async def test_nul_characters_are_stored_as_replacement_characters(store: RunSto
     assert record is not None and record.status == "completed"
     assert (record.task, record.output) == ("t\ufffdask", "a\ufffdb")
     events = await store.events(run.run_id)
-    assert json.loads(events[0].data)["content"] in ("x\x00y", "x\ufffdy")
-    assert json.loads(events[1].data)["steps"][0]["output"] in ("n\x00ul", "n\ufffdul")
+    # inside event data a NUL is JSON's escape `\u0000` (text every store takes): it comes back as it went in
+    assert json.loads(events[0].data)["content"] == "x\x00y"
+    assert json.loads(events[1].data)["steps"][0]["output"] == "n\x00ul"
     assert counter(metrics, "bridge_store_errors_total") == 0 and not record.incomplete
 
 
@@ -564,7 +565,7 @@ async def test_lone_surrogates_are_stored_without_error(store: RunStore, metrics
     record = await store.get(run.run_id)
     assert record is not None and record.status == "completed"
     assert (record.task, record.output) == ("a\ufffdb", "x\ufffdy")
-    assert len(record.steps) == 1 and record.steps[0].output in ("s\udc00t", "s\ufffdt")
+    assert len(record.steps) == 1 and record.steps[0].output == "s\ufffdt"
     assert [e.seq for e in await store.events(run.run_id)] == [1, 2, 3]
     assert counter(metrics, "bridge_store_errors_total") == 0 and not record.incomplete
 
