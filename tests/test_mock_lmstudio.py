@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.helpers import call, eventually, script
+from tests.lmstudio_bodies import lmstudio_body
 from tests.mock_lmstudio.fixture import MockLMStudio, mock_lmstudio, start_mock
 
 QWEN = "qwen/qwen3-4b"
@@ -57,7 +58,7 @@ async def test_model_endpoints_have_lmstudio_shapes(client: httpx.AsyncClient) -
 async def test_unknown_endpoint_answers_200_with_error_string(client: httpx.AsyncClient) -> None:
     r = await client.delete("/v1/models")
     assert r.status_code == 200
-    assert r.json() == {"error": "Unexpected endpoint or method. (DELETE /v1/models)"}
+    assert (r.status_code, r.json()) == lmstudio_body("unknown_endpoint", method="DELETE", path="/v1/models")
     async with asyncio.TaskGroup() as tg:
         v0 = tg.create_task(start_mock("--api", "v0"))
         oa = tg.create_task(start_mock("--api", "openai"))
@@ -66,13 +67,13 @@ async def test_unknown_endpoint_answers_200_with_error_string(client: httpx.Asyn
         async with httpx.AsyncClient(timeout=5) as c:
             assert (await c.get(f"{mock_v0.base_url}/api/v0/models")).json()["data"]
             r = await c.get(f"{mock_v0.base_url}/api/v1/models")
-            assert r.status_code == 200
-            assert r.json() == {"error": "Unexpected endpoint or method. (GET /api/v1/models)"}
+            assert (r.status_code, r.json()) == lmstudio_body("unknown_endpoint", method="GET", path="/api/v1/models")
             r = await c.post(f"{mock_v0.base_url}/api/v1/models/load", json={"model": QWEN})
-            assert r.json() == {"error": "Unexpected endpoint or method. (POST /api/v1/models/load)"}
+            load = lmstudio_body("unknown_endpoint", method="POST", path="/api/v1/models/load")
+            assert (r.status_code, r.json()) == load
             for path in ("/api/v0/models", "/api/v1/models"):
                 r = await c.get(mock_openai.base_url + path)
-                assert (r.status_code, r.json()) == (200, {"error": f"Unexpected endpoint or method. (GET {path})"})
+                assert (r.status_code, r.json()) == lmstudio_body("unknown_endpoint", method="GET", path=path)
             assert len((await c.get(f"{mock_openai.base_url}/v1/models")).json()["data"]) == 5
     finally:
         await asyncio.gather(mock_v0.stop(), mock_openai.stop())
@@ -169,25 +170,15 @@ async def test_model_errors(client: httpx.AsyncClient, mock: MockLMStudio) -> No
     r = await client.post(
         "/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "x"}]}
     )
-    assert r.status_code == 400  # current LM Studio
-    assert r.json() == {
-        "error": {
-            "message": 'Invalid model identifier "nope". Please specify a valid downloaded model '
-            f"(e.g., {EMBED}, {QWEN}, {MAGISTRAL}).",
-            "type": "invalid_request_error",
-            "param": "model",
-            "code": "model_not_found",
-        }
-    }
+    current = lmstudio_body("unknown_model", model="nope", examples=f"{EMBED}, {QWEN}, {MAGISTRAL}")
+    assert (r.status_code, r.json()) == current  # 400
     await mock.configure(lmstudio="0.3")
     r = await client.post(
         "/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "x"}]}
     )
-    assert r.status_code == 404
-    error = r.json()["error"]
-    assert error["code"] == "model_not_found" and error["param"] == "model"
-    assert error["message"].startswith('Model "nope" not found. Please specify a valid model.\n\nYour models:\n')
-    assert QWEN in error["message"].splitlines()
+    listing = "\n".join(m["id"] for m in (await client.get("/v1/models")).json()["data"])
+    assert (r.status_code, r.json()) == lmstudio_body("unknown_model_0.3", model="nope", listing=listing)  # 404
+    assert QWEN in listing.splitlines()
     r = await client.post("/v1/chat/completions", json={"model": EMBED, "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 400 and "is not a llm" in r.json()["error"]["message"]
     r = await client.post("/v1/embeddings", json={"model": QWEN, "input": "x"})
@@ -367,10 +358,7 @@ async def test_without_jit_nothing_loaded_is_a_plain_string_error(
     await client.post("/api/v1/models/unload", json={"instance_id": EMBED})
     for body in ({"model": CODER}, {}):
         r = await client.post("/v1/chat/completions", json={**body, "messages": [{"role": "user", "content": "x"}]})
-        assert r.status_code == 400
-        assert r.json() == {
-            "error": "No models loaded. Please load a model in the developer page or use the 'lms load' command."
-        }
+        assert (r.status_code, r.json()) == lmstudio_body("no_models_loaded")  # 400, a plain string
     assert (await states(client))[CODER] == []
 
 

@@ -5,7 +5,8 @@ Run it with ``python -m tests.mock_lmstudio --port N [--host 127.0.0.1] [--api v
 [--no-auto-evict] [--separate-reasoning]``, or from tests with :mod:`tests.mock_lmstudio.fixture`.
 
 It follows CURRENT LM Studio (each quirk cites its source in server.py); ``--lmstudio 0.3`` keeps the older
-shapes where they differ (see "Versions").
+shapes where they differ (see "Versions"). LM Studio's error answers are sent as recorded, with their sources, in
+tests/data/lmstudio_bodies.json (the tests read the same file).
 
 Endpoints
 ---------

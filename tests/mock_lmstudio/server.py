@@ -25,7 +25,16 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from tests.lmstudio_bodies import lmstudio_body
+
 Json = dict[str, Any]
+
+
+def recorded(name: str, **values: str) -> Response:
+    """A recorded LM Studio answer (tests/data/lmstudio_bodies.json), placeholders filled from `values`."""
+    status, body = lmstudio_body(name, **values)
+    return JSONResponse(body, status_code=status)
+
 
 LOG_LIMIT = 10_000
 POLL_S = 0.02
@@ -34,7 +43,6 @@ SCRIPT_TAG = "[[mock "
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 DEFAULT_LOADED_CONTEXT = 4096  # LM Studio loads a model with 4,096 tokens unless told otherwise
-NO_MODELS_LOADED = "No models loaded. Please load a model in the developer page or use the 'lms load' command."
 
 
 @dataclass
@@ -455,7 +463,7 @@ class MockServer:
         if handler is None and self.api == "llamacpp":
             return llamacpp_not_found()
         if handler is None:
-            return JSONResponse({"error": f"Unexpected endpoint or method. ({method} {path})"})
+            return recorded("unknown_endpoint", method=method, path=path)
         if method == "POST" and not isinstance(call.body, dict):
             return self.bad_request("The request body must be a JSON object")
         response = await handler(call)
@@ -557,7 +565,7 @@ class MockServer:
             if key[0] == "POST":
                 return self.configure(await request.json())
             return JSONResponse(dataclasses.asdict(self.options))
-        return JSONResponse({"error": f"Unexpected endpoint or method. ({key[0]} {key[1]})"})
+        return recorded("unknown_endpoint", method=key[0], path=key[1])
 
     def configure(self, body: Any) -> Response:
         """Change options (and with ``models``, the model list) until the next reset."""
@@ -590,26 +598,18 @@ class MockServer:
         return self.models if self.options.jit else [m for m in self.models if m.loaded]
 
     def not_found(self, model_id: Any) -> Response:
-        """LM Studio's answer to a model it does not have, in the shape of the configured version."""
+        """LM Studio's answer to a model it does not have, in the shape of the configured version (recorded, with
+        their sources, in tests/data/lmstudio_bodies.json): now 400 naming three models, before 404 naming all."""
         names = [m.id for m in self.visible()]
         if self.current:
-            # 400 naming three models: assafelovic/gpt-researcher#1556, QwenLM/qwen-code#10065 (LM Studio 0.4.23)
-            message = (
-                f'Invalid model identifier "{model_id}". Please specify a valid downloaded model '
-                f"(e.g., {', '.join(names[:3])})."
-            )
-            status = 400
-        else:  # older versions (DESIGN.md, "LM Studio facts"): 404 listing every model
-            listing = "\n".join(names)
-            message = f'Model "{model_id}" not found. Please specify a valid model.\n\nYour models:\n{listing}'
-            status = 404
-        error = {"message": message, "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
-        return JSONResponse({"error": error}, status_code=status)
+            status, body = lmstudio_body("unknown_model", model=str(model_id), examples=", ".join(names[:3]))
+        else:
+            status, body = lmstudio_body("unknown_model_0.3", model=str(model_id), listing="\n".join(names))
+        return JSONResponse(body, status_code=status)
 
     @staticmethod
     def no_models_loaded() -> Response:
-        # a plain STRING error, status 400: assafelovic/gpt-researcher#1556 (LM Studio with JIT loading off)
-        return JSONResponse({"error": NO_MODELS_LOADED}, status_code=400)
+        return recorded("no_models_loaded")  # a plain STRING error (JIT loading off)
 
     @staticmethod
     def bad_request(message: str) -> Response:

@@ -13,29 +13,16 @@ import pytest
 from services.errors import ModelNotFoundError, NoModelLoadedError
 from services.lmstudio import LMStudioClient, ModelCatalog
 from services.lmstudio.errors import error_for_response
+from tests.lmstudio_bodies import BODIES, lmstudio_body, lmstudio_message
 from tests.mock_lmstudio.fixture import MockLMStudio
 from tests.services.lmstudio.conftest import NO_RETRY
 
 QWEN = "qwen/qwen3-4b"
 CODER = "qwen/qwen3-coder-30b"
 HI = [{"role": "user", "content": "hi"}]
-INVALID = {
-    "error": {
-        "message": 'Invalid model identifier "gone/x". Please specify a valid downloaded model (e.g., a/b, c, d).',
-        "type": "invalid_request_error",
-        "param": "model",
-        "code": "model_not_found",
-    }
-}
-OLD_NOT_FOUND = {
-    "error": {
-        "message": 'Model "gone/x" not found. Please specify a valid model.\n\nYour models:\na/b\nc',
-        "type": "invalid_request_error",
-        "param": "model",
-        "code": "model_not_found",
-    }
-}
-NO_MODELS = "No models loaded. Please load a model in the developer page or use the 'lms load' command."
+INVALID = lmstudio_body("unknown_model", model="gone/x", examples="a/b, c, d")  # (status, body) as recorded
+OLD_NOT_FOUND = lmstudio_body("unknown_model_0.3", model="gone/x", listing="a/b\nc")
+NO_MODELS = lmstudio_message("no_models_loaded")
 
 
 def model(key: str, loaded: bool = False, **extra: Any) -> dict[str, Any]:
@@ -46,9 +33,9 @@ def model(key: str, loaded: bool = False, **extra: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("status", "body", "model", "available"),
     [
-        (400, INVALID, "gone/x", ["a/b", "c", "d"]),
-        (400, INVALID, None, ["a/b", "c", "d"]),  # the id is read from the message
-        (404, OLD_NOT_FOUND, "gone/x", ["a/b", "c"]),
+        (*INVALID, "gone/x", ["a/b", "c", "d"]),
+        (*INVALID, None, ["a/b", "c", "d"]),  # the id is read from the message
+        (*OLD_NOT_FOUND, "gone/x", ["a/b", "c"]),
     ],
 )
 def test_unknown_model_in_both_versions(status: int, body: Any, model: str | None, available: list[str]) -> None:
@@ -60,8 +47,8 @@ def test_unknown_model_in_both_versions(status: int, body: Any, model: str | Non
 @pytest.mark.parametrize(
     ("status", "body"),
     [
-        (400, {"error": NO_MODELS}),  # chat: a plain string
-        (400, {"error": {"message": NO_MODELS, "type": "invalid_request_error", "param": "model", "code": None}}),
+        lmstudio_body("no_models_loaded"),  # chat: a plain string
+        lmstudio_body("no_models_loaded_responses"),  # /v1/responses: an object, "code": null
         (200, {"error": NO_MODELS}),
     ],
 )
@@ -72,6 +59,24 @@ def test_no_models_loaded_is_its_own_error(status: int, body: Any) -> None:
     assert (problem["status"], problem["code"]) == (422, "no_model_loaded")
     assert f"POST /v1/models/{QWEN}/load" in problem["detail"] and problem["load_endpoint"].startswith("POST ")
     assert not error.retryable
+
+
+def test_every_recorded_lmstudio_error_is_recognised() -> None:
+    """The client reads each answer recorded in tests/data/lmstudio_bodies.json as what it means: a changed
+    LM Studio text, recorded there, fails here if services/lmstudio/errors.py no longer knows it."""
+    expected = {
+        "unknown_endpoint": "not_supported_by_lmstudio",
+        "unknown_model": "model_not_found",
+        "unknown_model_0.3": "model_not_found",
+        "no_models_loaded": "no_model_loaded",
+        "no_models_loaded_responses": "no_model_loaded",
+    }
+    assert set(expected) == set(BODIES)
+    values = {"model": "gone/x", "examples": "a/b, c, d", "listing": "a/b\nc", "method": "GET", "path": "/x"}
+    for name, code in expected.items():
+        status, body = lmstudio_body(name, **values)
+        error = error_for_response(httpx.Response(status, json=body), "gone/x")
+        assert error is not None and error.code == code, (name, error)
 
 
 def test_a_plain_400_is_not_a_missing_model() -> None:

@@ -8,6 +8,7 @@ import pytest
 from services.lmstudio import LMStudioClient, ModelCatalog
 from services.lmstudio.apis import HOST_APIS, LLAMACPP, OPENAI
 from services.lmstudio.listing import ModelInfo
+from tests.lmstudio_bodies import lmstudio_body
 from tests.mock_lmstudio.fixture import MockLMStudio, mock_lmstudio
 from tests.services.lmstudio.conftest import NO_RETRY
 
@@ -37,12 +38,15 @@ async def test_detection_happens_once(lm: LMStudioClient, mock: MockLMStudio) ->
     assert paths == ["/api/v1/models", "/api/v1/models"]
 
 
+UNKNOWN_ENDPOINT = lmstudio_body("unknown_endpoint", method="GET", path="/api/v1/models")
+
+
 @pytest.mark.parametrize(
     "response",
     [
         httpx.Response(404, json={"error": "not found"}),
         httpx.Response(200, text="<html>not JSON</html>"),
-        httpx.Response(200, json={"error": "Unexpected endpoint or method. (GET /api/v1/models)"}),
+        httpx.Response(UNKNOWN_ENDPOINT[0], json=UNKNOWN_ENDPOINT[1]),
     ],
     ids=["4xx", "not-json", "unexpected-endpoint"],
 )
