@@ -78,7 +78,7 @@ def _steer_run(path: str, case: Any) -> None:
     case.body = body
 
 
-@schemathesis.hook.apply_to(path_regex=STEERED)
+@schemathesis.hook.apply_to(path_regex=STEERED)  # type: ignore[attr-defined, untyped-decorator]  # set at runtime
 def map_case(context: Any, case: Any) -> Any:
     if not _positive(case):
         return case

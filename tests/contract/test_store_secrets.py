@@ -219,7 +219,7 @@ async def run_tasks(gw: GatewayProcess, secrets: Secrets) -> list[str]:
 
 async def test_no_secret_reaches_the_store_or_the_log(store: Store, secrets: Secrets, env: dict[str, str]) -> None:
     key = {"Authorization": f"Bearer {secrets.api_key}"}
-    async with gateway_process(**env) as gw:
+    async with gateway_process(env) as gw:
         run_ids = await run_tasks(gw, secrets)
         # what the API gives back from the store is redacted
         for run_id in run_ids:

@@ -54,7 +54,7 @@ async def tool(session: ClientSession, name: str, **arguments: Any) -> dict[str,
     assert not result.is_error, text_of(result)
     data = result.structured_content
     assert data is not None
-    return data
+    return dict(data)
 
 
 async def start(session: ClientSession, task: str, **arguments: Any) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageFunctionToolCall
 
 from tests.conftest import make_settings, served
 from tests.helpers import TIME_CALL, call, script
@@ -17,7 +18,7 @@ from tests.mock_lmstudio.fixture import MockLMStudio, mock_lmstudio
 pytestmark = pytest.mark.timeout(120)
 MODEL = "qwen/qwen3-4b"
 ASK_TIME = "What time is it? " + script(calls=[[TIME_CALL]])
-WEATHER_TOOL = {
+WEATHER_TOOL: ChatCompletionFunctionToolParam = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -85,6 +86,7 @@ async def test_chat_through_mcp_via_extra_body(sdk: openai.AsyncOpenAI) -> None:
     assert answer.object == "chat.completion"
     assert "UTC" in (answer.choices[0].message.content or "")
     assert answer.choices[0].finish_reason == "stop"
+    assert answer.model_extra is not None
     run = answer.model_extra["bridge_run"]
     assert run["status"] == "completed" and run["steps"][0]["tool"] == "get_current_time"
     assert answer.usage and answer.usage.total_tokens == run["usage"]["total_tokens"]
@@ -92,7 +94,9 @@ async def test_chat_through_mcp_via_extra_body(sdk: openai.AsyncOpenAI) -> None:
 
 async def test_chat_through_mcp_via_tool_entry(sdk: openai.AsyncOpenAI) -> None:
     answer = await sdk.chat.completions.create(
-        model=MODEL, messages=user(ASK_TIME), tools=[{"type": "mcp", "server_label": "time"}]
+        model=MODEL,
+        messages=user(ASK_TIME),
+        tools=[{"type": "mcp", "server_label": "time"}],  # type: ignore[list-item]  # the gateway's own tool entry
     )
     assert "UTC" in (answer.choices[0].message.content or "")
 
@@ -123,6 +127,7 @@ async def test_client_function_tool_comes_back_unexecuted(sdk: openai.AsyncOpenA
     choice = answer.choices[0]
     assert choice.finish_reason == "tool_calls"
     [tool_call] = choice.message.tool_calls or []
+    assert isinstance(tool_call, ChatCompletionMessageFunctionToolCall)
     assert tool_call.function.name == "get_weather"
     assert json.loads(tool_call.function.arguments) == {"city": "Oslo"}
 

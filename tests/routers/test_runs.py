@@ -90,7 +90,7 @@ async def start(client: httpx.AsyncClient, **body: Any) -> str:
 
 async def status_becomes(client: httpx.AsyncClient, run_id: str, status: str, within_s: float = 10.0) -> None:
     async def check() -> bool:
-        return (await record(client, run_id))["status"] == status
+        return bool((await record(client, run_id))["status"] == status)
 
     await eventually(check, within_s, f"run {run_id} {status}")
 

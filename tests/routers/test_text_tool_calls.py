@@ -138,7 +138,7 @@ def as_fault_echo(case: dict[str, Any]) -> str:
     content = case["content"]
     for name in sorted(case["offered"], key=len, reverse=True):
         content = content.replace(name, "fault__echo")
-    return content
+    return str(content)
 
 
 @pytest.mark.parametrize("case", POSITIVE, ids=[c["id"] for c in POSITIVE])

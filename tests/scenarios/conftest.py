@@ -14,7 +14,7 @@ import json
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -306,9 +306,12 @@ class GatewayProcess(Runs):
 
 
 @contextlib.asynccontextmanager
-async def gateway_process(port: int | None = None, **env: str) -> AsyncIterator[GatewayProcess]:
-    """Start the gateway with `env` (names as operators set them), wait for /healthz, and on exit make
-    sure it is gone and left neither children of ours nor orphans of its own."""
+async def gateway_process(
+    *envs: Mapping[str, str], port: int | None = None, **env: str
+) -> AsyncIterator[GatewayProcess]:
+    """Start the gateway with the variables of `envs` and `env` (names as operators set them), wait for
+    /healthz, and on exit make sure it is gone and left neither children of ours nor orphans of its own."""
+    env = {k: v for variables in (*envs, env) for k, v in variables.items()}
     port = port or free_port()
     before = child_processes()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(SETTING_PREFIXES)}

@@ -359,7 +359,7 @@ async def test_mcp_killed_between_calls_restarts(open_gateway: GatewayFactory) -
 
         async def noticed() -> bool:
             servers = (await gw.client.get("/v1/mcp/servers")).json()["data"]
-            return next(s for s in servers if s["name"] == "fault")["status"] != "ready"
+            return bool(next(s for s in servers if s["name"] == "fault")["status"] != "ready")
 
         await eventually(noticed, what="the pool noticing the dead server")
         await gw.serves_normally()
@@ -573,7 +573,7 @@ async def test_max_rounds_over_cap(open_gateway: GatewayFactory) -> None:
 async def test_sigterm_with_runs_in_flight(mock: MockLMStudio, scenario_mcp_json: Path) -> None:
     env = {"LMSTUDIO_BASE_URL": mock.base_url, "MCP_CONFIG": str(scenario_mcp_json), "BRIDGE_SHUTDOWN_GRACE_S": "3"}
     echo = script(calls=[[call("fault__echo", {"text": "hi"})]])
-    async with gateway_process(**env) as gw:
+    async with gateway_process(env) as gw:
         assert_run(await gw.run("warm up " + echo, mcp_servers=["fault"]), "completed")
         assert gw.note_children(), "the fault server runs under the gateway"
         short = asyncio.ensure_future(gw.run("short " + script(delay_ms=500)))  # ends within the grace
@@ -590,6 +590,6 @@ async def test_sigterm_with_runs_in_flight(mock: MockLMStudio, scenario_mcp_json
         event, problem, _ = await long_stream
         assert (event, problem["code"]) == ("run.failed", "shutting_down")
     # the port is free again, and a new process on it serves a normal run
-    async with gateway_process(port=gw.port, **env) as again:
+    async with gateway_process(env, port=gw.port) as again:
         assert_run(await again.run("normal " + echo, mcp_servers=["fault"]), "completed")
         assert await again.sigterm() == 0, again.log_tail()

@@ -56,9 +56,9 @@ async def replicas(env: dict[str, str]) -> AsyncIterator[tuple[GatewayProcess, G
     async with contextlib.AsyncExitStack() as stack:
         a, b = await asyncio.gather(
             stack.enter_async_context(
-                gateway_process(None, **env, BRIDGE_INSTANCE_ID="replica-a", BRIDGE_MAX_CONCURRENT_RUNS="1")
+                gateway_process(env, BRIDGE_INSTANCE_ID="replica-a", BRIDGE_MAX_CONCURRENT_RUNS="1")
             ),
-            stack.enter_async_context(gateway_process(None, **env, BRIDGE_INSTANCE_ID="replica-b")),
+            stack.enter_async_context(gateway_process(env, BRIDGE_INSTANCE_ID="replica-b")),
         )
         yield a, b
 

@@ -149,7 +149,7 @@ async def check_serves(gw: GatewayProcess) -> None:
 @pytest.mark.parametrize("stop", ["sigterm", "kill"])
 async def test_run_in_flight_survives_a_restart_as_interrupted(env: dict[str, str], stop: str) -> None:
     url = env["BRIDGE_DATABASE_URL"]
-    async with gateway_process(**env) as gw:
+    async with gateway_process(env) as gw:
         run_id = await start_loop(gw)
         before = await running_with_steps(gw, run_id)
         if stop == "sigterm":
@@ -167,7 +167,7 @@ async def test_run_in_flight_survives_a_restart_as_interrupted(env: dict[str, st
     if path is not None:
         assert integrity(path) == ["ok"]
 
-    async with gateway_process(**env) as again:
+    async with gateway_process(env) as again:
         await check_interrupted(again, run_id, before)
         await check_serves(again)
         assert await again.sigterm() == 0, again.log_tail()

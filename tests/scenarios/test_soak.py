@@ -74,7 +74,7 @@ async def test_soak(mock: MockLMStudio, scenario_mcp_json: Path) -> None:
     rss: dict[str, int] = {}
     kills = 0
     started = time.monotonic()
-    async with gateway_process(**env) as gw:
+    async with gateway_process(env) as gw:
         indexes = itertools.count()
 
         async def one_run(i: int) -> Outcome:

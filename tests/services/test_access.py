@@ -15,7 +15,6 @@ import pytest
 import yaml
 
 from app.gateway import load_keys
-from services import access as access_module
 from services.access import Access, KeyRing, KeysFileError, digest, full_access, load_keys_file
 from services.errors import ForbiddenError, KeyRateLimitedError
 from services.text import Redactor
@@ -289,7 +288,7 @@ def test_resolve_compares_against_every_key_in_constant_time(tmp_path: Path, mon
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(access_module.hmac, "compare_digest", spy)
+    monkeypatch.setattr(hmac, "compare_digest", spy)  # services.access calls hmac.compare_digest
     for presented, name in (("env-one-0123456789", None), (KEY_A, "a"), (KEY_B, "b"), (KEY_C, "c"), ("nope", None)):
         calls.clear()
         found = ring.resolve(presented)

@@ -103,7 +103,10 @@ def test_rank_least_in_flight_per_weight_then_served() -> None:
 
 
 def test_rank_puts_failing_hosts_last() -> None:
-    breaker = Breaker("x", failures=1, reset_s=60, counts=lambda e: True, unavailable=UpstreamUnavailableError)
+    def unavailable(detail: str, wait: float) -> UpstreamUnavailableError:
+        return UpstreamUnavailableError(detail, retry_after=wait)
+
+    breaker = Breaker("x", failures=1, reset_s=60, counts=lambda e: True, unavailable=unavailable)
     breaker._inner.open()  # as a failed call opens it
     breaker._opened_at, breaker._tripped = 1e18, True
     a, b, c = host("a", {"m": True}, breaker=breaker), host("b", {"m": False}), host("c", {"m": True})
