@@ -130,10 +130,8 @@ def settings(mock_server: MockLMStudio, mcp_json: Path, gateway_settings: dict[s
 @pytest.fixture(scope="module")
 def fresh_store(settings: Settings, request: pytest.FixtureRequest) -> Callable[[], str]:
     """Makes a new, empty run store of the kind the module's settings use (SQLite or PostgreSQL)."""
-    if settings.database_url.startswith("sqlite"):
-        return store_url
-    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
-    return lambda: cluster.new_database(f"gateway_{uuid.uuid4().hex[:16]}")
+    kind = "sqlite" if settings.database_url.startswith("sqlite") else "postgres"
+    return lambda: new_store(kind, request)
 
 
 def own_gateway(settings: Settings, fresh_store: Callable[[], str], name: str) -> Settings:
@@ -222,17 +220,28 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
         cluster.stop()
 
 
-@pytest.fixture
-def postgres_url(postgres_cluster: PostgresCluster) -> str:
-    """The SQLAlchemy URL (postgresql+asyncpg://...) of a fresh, empty database of the session's cluster."""
-    return postgres_cluster.new_database(f"test_{uuid.uuid4().hex[:16]}")
+# --- run stores of each kind: the one parametrisation over SQLite and PostgreSQL ----------------------
+
+STORE_KINDS = ("sqlite", "postgres")
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def new_store(kind: str, request: pytest.FixtureRequest) -> str:
+    """The URL of a fresh, empty run store of `kind`: a SQLite file in the session's directory, or a database
+    of the session's PostgreSQL cluster (started when first asked for)."""
+    if kind == "sqlite":
+        return store_url()
+    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+    return cluster.new_database(f"test_{uuid.uuid4().hex[:16]}")
+
+
+@pytest.fixture(params=STORE_KINDS)
+def database_url(request: pytest.FixtureRequest) -> str:
+    """A fresh run store of each kind: every test asking for it runs on SQLite and on PostgreSQL."""
+    return new_store(request.param, request)
+
+
+@pytest.fixture(scope="module", params=STORE_KINDS)
 def either_store(request: pytest.FixtureRequest) -> dict[str, Any]:
     """Settings of a fresh run store of each kind: a module whose `gateway_settings` returns these runs
     every test on SQLite and on PostgreSQL."""
-    if request.param == "postgres":
-        cluster = request.getfixturevalue("postgres_cluster")
-        return {"database_url": cluster.new_database(f"module_{uuid.uuid4().hex[:16]}")}
-    return {"database_url": store_url()}
+    return {"database_url": new_store(request.param, request)}

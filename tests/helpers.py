@@ -115,6 +115,15 @@ async def eventually(
         await asyncio.sleep(every_s)
 
 
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The response is a problem document with exactly this status and code; returns its body."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json"), response.headers
+    body: dict[str, Any] = response.json()
+    assert body["code"] == code and body["status"] == status, body
+    return body
+
+
 # --- stored runs (/v1/runs) ------------------------------------------------------------------------
 
 
@@ -150,17 +159,28 @@ async def events_of(client: httpx.AsyncClient, run_id: str, **kwargs: Any) -> li
         return [frame async for frame in frames(response)]
 
 
-async def record(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
-    response = await client.get(f"/v1/runs/{run_id}")
+async def start_run(client: httpx.AsyncClient, headers: dict[str, str] | None = None, **body: Any) -> str:
+    """POST /v1/runs: the accepted run's id (202, `Location` naming it)."""
+    response = await client.post("/v1/runs", json=body, headers=headers)
+    assert response.status_code == 202, response.text
+    run_id = str(response.json()["run_id"])
+    assert response.headers["location"] == f"/v1/runs/{run_id}"
+    return run_id
+
+
+async def record(client: httpx.AsyncClient, run_id: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    response = await client.get(f"/v1/runs/{run_id}", headers=headers)
     assert response.status_code == 200, response.text
     return dict(response.json())
 
 
-async def finished(client: httpx.AsyncClient, run_id: str, within_s: float = 20.0) -> dict[str, Any]:
+async def finished(
+    client: httpx.AsyncClient, run_id: str, within_s: float = 20.0, *, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     """The run's record once it has ended."""
 
     async def ended() -> dict[str, Any] | None:
-        rec = await record(client, run_id)
+        rec = await record(client, run_id, headers)
         return rec if rec["status"] in FINISHED_STATUSES else None
 
     return dict(await eventually(ended, within_s, f"run {run_id} ended"))

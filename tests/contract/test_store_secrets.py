@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from services.runs import sqlite_path
 from tests.conftest import make_settings, served
 from tests.helpers import REPO, call, eventually, mcp_servers_json, read_sse, script
 from tests.mock_lmstudio.fixture import MockLMStudio
@@ -89,17 +90,16 @@ class Store:
                     yield path
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    if request.param == "sqlite":
-        path = tmp_path / "runs.db"
-        return Store(f"sqlite+aiosqlite:///{path}", path, None)
+@pytest.fixture
+def store(database_url: str, request: pytest.FixtureRequest) -> Store:
+    path = sqlite_path(database_url)
+    if path is not None:
+        return Store(database_url, Path(path), None)
     cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
-    name = f"secrets_{uuid.uuid4().hex[:12]}"
-    plain = urlsplit(cluster.new_database(name))
+    plain = urlsplit(database_url)
     # the cluster trusts local connections: the password is never checked, but the gateway knows it is one
     with_password = plain._replace(netloc=f"{plain.username}:{fresh('dbpw')}@{plain.hostname}:{plain.port}")
-    return Store(urlunsplit(with_password), None, cluster.dsn_for(name))
+    return Store(urlunsplit(with_password), None, cluster.dsn_for(plain.path.lstrip("/")))
 
 
 @pytest.fixture

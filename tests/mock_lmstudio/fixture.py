@@ -75,6 +75,10 @@ class MockLMStudio:
         """Let the requests held at `gate` (and every later one) be answered."""
         (await self.client.post("/_mock/release", json={"gate": gate})).raise_for_status()
 
+    async def chat_requests(self) -> list[dict[str, Any]]:
+        """The logged requests to ``/v1/chat/completions``."""
+        return [r for r in await self.requests() if r["path"] == "/v1/chat/completions"]
+
     async def reset(self) -> None:
         """Clear faults and the request log; restore the model list and states and the options."""
         (await self.client.post("/_mock/reset")).raise_for_status()

@@ -24,7 +24,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import CLIENT_TIMEOUT_S, HELLO, make_settings, served
-from tests.helpers import TIME_CALL, call, eventually, mcp_http_session, script
+from tests.helpers import TIME_CALL, assert_problem, call, eventually, finished, mcp_http_session, script, start_run
 from tests.mock_lmstudio.fixture import MockLMStudio
 
 pytestmark = pytest.mark.timeout(120)
@@ -103,21 +103,10 @@ def forbidden(response: httpx.Response) -> dict[str, Any]:
     return body
 
 
-def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = dict(response.json())
-    assert body["code"] == code, body
-    return body
-
-
 def rate_limited(response: httpx.Response) -> dict[str, Any]:
-    body = problem(response, 429, "key_rate_limited")
+    body = assert_problem(response, 429, "key_rate_limited")
     assert int(response.headers["retry-after"]) >= 1, response.headers
     return body
-
-
-async def chat_requests(mock: MockLMStudio) -> list[dict[str, Any]]:
-    return [r for r in await mock.requests() if r["path"] == CHAT]
 
 
 def offered(request: dict[str, Any]) -> set[str]:
@@ -141,22 +130,6 @@ async def model_list(client: httpx.AsyncClient, headers: dict[str, str]) -> dict
     response = await client.get("/v1/models", headers=headers)
     assert response.status_code == 200, response.text
     return dict(response.json())
-
-
-async def start(client: httpx.AsyncClient, headers: dict[str, str], **body: Any) -> str:
-    response = await client.post("/v1/runs", json=body, headers=headers)
-    assert response.status_code == 202, response.text
-    return str(response.json()["run_id"])
-
-
-async def finished(client: httpx.AsyncClient, run_id: str, headers: dict[str, str]) -> dict[str, Any]:
-    async def ended() -> dict[str, Any] | None:
-        response = await client.get(f"/v1/runs/{run_id}", headers=headers)
-        assert response.status_code == 200, response.text
-        record = dict(response.json())
-        return record if record["status"] in FINISHED else None
-
-    return dict(await eventually(ended, 20, f"run {run_id} ended"))
 
 
 async def stored(client: httpx.AsyncClient, run_id: str, headers: dict[str, str]) -> dict[str, Any]:
@@ -311,7 +284,7 @@ async def test_runs_outside_the_scope_are_refused_before_anything_runs(
     forbidden(await live.post("/v1/completions", json={"model": MISTRAL, "prompt": "Once"}, headers=SMALL))
     forbidden(await live.post("/v1/embeddings", json={"model": EMBEDDING, "input": "x"}, headers=CLOCK))
 
-    assert await chat_requests(mock) == []  # LM Studio was never asked
+    assert await mock.chat_requests() == []  # LM Studio was never asked
     assert not [r for r in await mock.requests() if r["path"] in ("/v1/completions", "/v1/embeddings")]
     runs = await run_ids(live, BOSS)
     records = [(await live.get(f"/v1/runs/{r}", headers=BOSS)).json() for r in runs]
@@ -358,7 +331,7 @@ async def test_mcp_front_door_refuses_outside_the_scope(live: httpx.AsyncClient,
     for result in refused:
         assert tool_problem(result)["code"] == "forbidden", result
     assert tool_problem(refused[0])["allowed_servers"] == ["time"]
-    assert await chat_requests(mock) == []
+    assert await mock.chat_requests() == []
     # the same key's own scope works through the front door
     async with mcp_http_session(live, **CLOCK) as session:
         done = await session.call_tool("autonomous_with_mcp", {"mcp_name": "time", "task": task})
@@ -367,10 +340,10 @@ async def test_mcp_front_door_refuses_outside_the_scope(live: httpx.AsyncClient,
 
 
 async def test_a_wrong_or_missing_key_is_401_on_the_front_door_and_rest(live: httpx.AsyncClient) -> None:
-    problem(await live.get("/v1/mcp/servers"), 401, "unauthorized")
-    problem(await live.get("/v1/mcp/servers", headers=auth(FILES_KEY + "x")), 401, "unauthorized")
+    assert_problem(await live.get("/v1/mcp/servers"), 401, "unauthorized")
+    assert_problem(await live.get("/v1/mcp/servers", headers=auth(FILES_KEY + "x")), 401, "unauthorized")
     # the file holds only the digest of FILES_KEY: the digest itself is no key
-    problem(
+    assert_problem(
         await live.get("/v1/models", headers=auth(hashlib.sha256(FILES_KEY.encode()).hexdigest())), 401, "unauthorized"
     )
     assert (await live.post("/mcp", json={})).status_code == 401
@@ -387,33 +360,33 @@ async def test_the_model_is_offered_only_the_keys_tools(live: httpx.AsyncClient,
     result = await live.post("/v1/autonomous", json={"task": "hi " + script(answer="ok")}, headers=FILES)
     assert result.status_code == 200, result.text
     assert result.json()["mcp_servers"] == ["filesystem"]
-    [request] = await chat_requests(mock)
+    [request] = await mock.chat_requests()
     assert offered(request) == readonly
 
     await mock.reset()
     result = await live.post("/v1/autonomous", json={"task": "hi " + script(answer="ok")}, headers=CLOCK)
     assert result.status_code == 200, result.text
-    [request] = await chat_requests(mock)
+    [request] = await mock.chat_requests()
     assert offered(request) == times
 
     await mock.reset()  # naming the server, and through chat completions with MCP
     chat = {"messages": [{"role": "user", "content": "hi " + script(answer="ok")}], "mcp_servers": ["filesystem"]}
     assert (await live.post(CHAT, json=chat, headers=FILES)).status_code == 200
-    [request] = await chat_requests(mock)
+    [request] = await mock.chat_requests()
     assert offered(request) == readonly
 
     await mock.reset()  # through the MCP front door's discover
     async with mcp_http_session(live, **SMALL) as session:
         done = await session.call_tool("autonomous_discover_and_execute", {"task": "hi " + script(answer="ok")})
     assert not done.is_error, done
-    [request] = await chat_requests(mock)
+    [request] = await mock.chat_requests()
     memory = {f"memory__{t}" for t in await tool_names(live, "memory", BOSS)}
     assert offered(request) == times | memory
 
     await mock.reset()  # the admin gets everything
     result = await live.post("/v1/autonomous", json={"task": "hi " + script(answer="ok")}, headers=BOSS)
     assert result.status_code == 200, result.text
-    [request] = await chat_requests(mock)
+    [request] = await mock.chat_requests()
     assert {f"filesystem__{t}" for t in every} | times | memory <= offered(request)
 
 
@@ -435,7 +408,7 @@ async def test_allowed_tools_within_the_scope_narrow_the_offer(live: httpx.Async
     body = {"task": "hi " + script(answer="ok"), "allowed_tools": ["filesystem__read_text_file"]}
     response = await live.post("/v1/autonomous", json=body, headers=FILES)
     assert response.status_code == 200, response.text
-    [request] = await chat_requests(mock)
+    [request] = await mock.chat_requests()
     assert offered(request) == {"filesystem__read_text_file"}
 
 
@@ -448,19 +421,19 @@ async def test_allowed_tools_of_a_server_outside_the_scope_is_forbidden(live: ht
 
 
 async def test_a_keys_runs_are_invisible_to_other_keys(live: httpx.AsyncClient) -> None:
-    run_id = await start(live, CLOCK, task="time " + script(calls=[[TIME_CALL]]), mcp_servers=["time"])
-    record = await finished(live, run_id, CLOCK)
+    run_id = await start_run(live, CLOCK, task="time " + script(calls=[[TIME_CALL]]), mcp_servers=["time"])
+    record = await finished(live, run_id, headers=CLOCK)
     assert record["status"] == "completed" and record["key_name"] == "clock"
     [step] = record["steps"]
     assert (step["server"], step["tool"]) == ("time", "get_current_time")
 
     for other in (FILES, SMALL):
-        problem(await live.get(f"/v1/runs/{run_id}", headers=other), 404, "run_not_found")
-        problem(await live.get(f"/v1/runs/{run_id}/events", headers=other), 404, "run_not_found")
-        problem(await live.post(f"/v1/runs/{run_id}/cancel", headers=other), 404, "run_not_found")
-        problem(await live.delete(f"/v1/runs/{run_id}", headers=other), 404, "run_not_found")
+        assert_problem(await live.get(f"/v1/runs/{run_id}", headers=other), 404, "run_not_found")
+        assert_problem(await live.get(f"/v1/runs/{run_id}/events", headers=other), 404, "run_not_found")
+        assert_problem(await live.post(f"/v1/runs/{run_id}/cancel", headers=other), 404, "run_not_found")
+        assert_problem(await live.delete(f"/v1/runs/{run_id}", headers=other), 404, "run_not_found")
         decision = {"decision": "approve"}
-        problem(
+        assert_problem(
             await live.post(f"/v1/runs/{run_id}/approvals/call_0_0", json=decision, headers=other), 404, "run_not_found"
         )
         assert run_id not in await run_ids(live, other)
@@ -481,7 +454,7 @@ async def test_a_keys_runs_are_invisible_to_other_keys(live: httpx.AsyncClient) 
 
     # the owner deletes it
     assert (await live.delete(f"/v1/runs/{run_id}", headers=CLOCK)).status_code == 204
-    problem(await live.get(f"/v1/runs/{run_id}", headers=BOSS), 404, "run_not_found")
+    assert_problem(await live.get(f"/v1/runs/{run_id}", headers=BOSS), 404, "run_not_found")
 
 
 async def test_every_run_record_carries_its_keys_name(live: httpx.AsyncClient) -> None:
@@ -508,7 +481,7 @@ async def test_every_run_record_carries_its_keys_name(live: httpx.AsyncClient) -
 
 async def test_per_key_concurrency(live: httpx.AsyncClient, mock: MockLMStudio) -> None:
     slow = "slow " + script(answer="done", hold="clock-busy")
-    run_id = await start(live, CLOCK, task=slow, mcp_servers=["time"])
+    run_id = await start_run(live, CLOCK, task=slow, mcp_servers=["time"])
     await mock.until_held("clock-busy")  # clock's one run is running until the gate opens
     quick = {"task": "quick " + script(answer="ok"), "mcp_servers": ["time"]}
     body = rate_limited(await live.post("/v1/autonomous", json=quick, headers=CLOCK))
@@ -530,7 +503,7 @@ async def test_per_key_concurrency(live: httpx.AsyncClient, mock: MockLMStudio) 
     assert other.status_code == 200, other.text
 
     await mock.release("clock-busy")
-    assert (await finished(live, run_id, CLOCK))["status"] == "completed"
+    assert (await finished(live, run_id, headers=CLOCK))["status"] == "completed"
     again = await live.post("/v1/autonomous", json=quick, headers=CLOCK)
     assert again.status_code == 200, again.text
     assert again.json()["status"] == "completed"
@@ -539,10 +512,10 @@ async def test_per_key_concurrency(live: httpx.AsyncClient, mock: MockLMStudio) 
 async def test_per_key_concurrency_slot_comes_back_after_a_cancelled_run(
     live: httpx.AsyncClient, mock: MockLMStudio
 ) -> None:
-    run_id = await start(live, CLOCK, task="slow " + script(answer="done", hold="never"), mcp_servers=["time"])
+    run_id = await start_run(live, CLOCK, task="slow " + script(answer="done", hold="never"), mcp_servers=["time"])
     await mock.until_held("never")  # running, and can only end by being cancelled
     assert (await live.post(f"/v1/runs/{run_id}/cancel", headers=CLOCK)).status_code == 202
-    assert (await finished(live, run_id, CLOCK))["status"] == "cancelled"
+    assert (await finished(live, run_id, headers=CLOCK))["status"] == "cancelled"
     again = await live.post(
         "/v1/autonomous", json={"task": "q " + script(answer="ok"), "mcp_servers": ["time"]}, headers=CLOCK
     )
@@ -554,13 +527,13 @@ async def test_per_key_concurrency_slot_comes_back_after_a_refused_or_failed_run
 ) -> None:
     await mock.faults({"kind": "status", "status": 400, "path": CHAT, "body": {"error": "bad request"}})
     failed = await live.post("/v1/autonomous", json={"task": "fail", "mcp_servers": ["time"]}, headers=CLOCK)
-    problem(failed, 422, "upstream_rejected")
+    assert_problem(failed, 422, "upstream_rejected")
     unknown = await live.post(
         "/v1/autonomous",
         json={"task": "x", "mcp_servers": ["time"], "allowed_tools": ["time__nope"]},
         headers=CLOCK,
     )
-    problem(unknown, 422, "validation_error")
+    assert_problem(unknown, 422, "validation_error")
     again = await live.post(
         "/v1/autonomous", json={"task": "q " + script(answer="ok"), "mcp_servers": ["time"]}, headers=CLOCK
     )
@@ -671,31 +644,24 @@ async def hold_the_slot(gateway: httpx.AsyncClient, mock: MockLMStudio) -> tuple
     """A background run (admin key) holding the gateway's one run slot: its LM Studio call waits at a gate of
     the mock until released. (run id, gate)"""
     gate = f"slot-{uuid.uuid4().hex[:8]}"
-    held = await start(gateway, BOSS, task="slow " + script(answer="done", hold=gate), mcp_servers=[])
+    held = await start_run(gateway, BOSS, task="slow " + script(answer="done", hold=gate), mcp_servers=[])
     await mock.until_held(gate)
     return held, gate
 
 
-async def test_a_run_refused_as_overloaded_gives_the_keys_slot_back(
-    one_slot: httpx.AsyncClient, mock_server: MockLMStudio
+@pytest.mark.parametrize(
+    ("path", "refusal"),
+    [("/v1/autonomous", "overloaded"), ("/v1/runs", "queue_full")],
+    ids=["run-overloaded", "background-run-queue-full"],
+)
+async def test_a_run_refused_by_the_gateways_limits_gives_the_keys_slot_back(
+    one_slot: httpx.AsyncClient, mock_server: MockLMStudio, path: str, refusal: str
 ) -> None:
     held, gate = await hold_the_slot(one_slot, mock_server)
     quick = {"task": "q " + script(answer="ok"), "mcp_servers": ["time"]}
-    problem(await one_slot.post("/v1/autonomous", json=quick, headers=CLOCK), 429, "overloaded")
+    assert_problem(await one_slot.post(path, json=quick, headers=CLOCK), 429, refusal)
     await mock_server.release(gate)
-    await finished(one_slot, held, BOSS)
-    again = await one_slot.post("/v1/autonomous", json=quick, headers=CLOCK)
-    assert again.status_code == 200, again.text
-
-
-async def test_a_background_run_refused_as_queue_full_gives_the_keys_slot_back(
-    one_slot: httpx.AsyncClient, mock_server: MockLMStudio
-) -> None:
-    held, gate = await hold_the_slot(one_slot, mock_server)
-    quick = {"task": "q " + script(answer="ok"), "mcp_servers": ["time"]}
-    problem(await one_slot.post("/v1/runs", json=quick, headers=CLOCK), 429, "queue_full")
-    await mock_server.release(gate)
-    await finished(one_slot, held, BOSS)
+    await finished(one_slot, held, headers=BOSS)
     again = await one_slot.post("/v1/autonomous", json=quick, headers=CLOCK)
     assert again.status_code == 200, again.text  # was 429 key_rate_limited for ever (slot leaked)
 
@@ -708,15 +674,15 @@ async def test_an_unknown_model_lists_only_the_keys_models(live: httpx.AsyncClie
         await live.post("/v1/autonomous", json={"task": "x", "model": "nope"}, headers=CLOCK),
         await live.post(CHAT, json={"model": "nope", "messages": [{"role": "user", "content": "x"}]}, headers=CLOCK),
     ):
-        body = problem(response, 422, "model_not_found")
+        body = assert_problem(response, 422, "model_not_found")
         assert set(body["available_models"]) == {QWEN, CODER}, body
         assert body["aliases"] == {"quick": QWEN, "coder": CODER}
         assert MISTRAL not in body["detail"] and EMBEDDING not in body["detail"]
-    body = problem(
+    body = assert_problem(
         await live.post("/v1/autonomous", json={"task": "x", "model": "nope"}, headers=BOSS), 422, "model_not_found"
     )
     assert MISTRAL in body["available_models"]
-    assert await chat_requests(mock) == []
+    assert await mock.chat_requests() == []
 
 
 async def test_a_file_key_written_in_a_task_is_not_stored(live: httpx.AsyncClient) -> None:

@@ -17,7 +17,20 @@ import mcp_types as mtypes
 import pytest
 
 from tests.conftest import CLIENT_TIMEOUT_S, app_client, make_settings, served
-from tests.helpers import TIME_CALL, Frame, call, events_of, eventually, finished, frames, read_sse, record, script
+from tests.helpers import (
+    TIME_CALL,
+    Frame,
+    assert_problem,
+    call,
+    events_of,
+    eventually,
+    finished,
+    frames,
+    read_sse,
+    record,
+    script,
+    start_run,
+)
 from tests.helpers import mcp_http_session as http_session
 from tests.mock_lmstudio.fixture import MockLMStudio, mock_lmstudio
 
@@ -37,16 +50,6 @@ ANSWER_THEN_HANG = ({"kind": "delay", "ms": 0, "path": CHAT}, {"kind": "hang", "
 # --- helpers ------------------------------------------------------------------------------------------
 
 
-async def start(client: httpx.AsyncClient, **body: Any) -> str:
-    response = await client.post("/v1/runs", json=body)
-    assert response.status_code == 202, response.text
-    return str(response.json()["run_id"])
-
-
-async def chats(mock: MockLMStudio) -> list[dict[str, Any]]:
-    return [r for r in await mock.requests() if r["path"] == CHAT]
-
-
 def tool_names(request: dict[str, Any]) -> set[str]:
     return {t["function"]["name"] for t in request["body"].get("tools") or []}
 
@@ -54,13 +57,6 @@ def tool_names(request: dict[str, Any]) -> set[str]:
 def user_text(request: dict[str, Any]) -> str:
     [user] = [m for m in request["body"]["messages"] if m["role"] == "user"][:1]
     return str(user["content"])
-
-
-def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = dict(response.json())
-    assert body["code"] == code, body
-    return body
 
 
 def usage_sum(stages: list[dict[str, Any]]) -> dict[str, int]:
@@ -117,7 +113,7 @@ async def test_analyse_then_act_with_two_models(live: httpx.AsyncClient, mock: M
     assert result["output"] == act["output"] and result["model"] == CODER
 
     # what the mock saw: each step's requests with its own model and only its own tools
-    requests = await chats(mock)
+    requests = await mock.chat_requests()
     assert [r["body"]["model"] for r in requests] == [SMALL, SMALL, CODER, CODER]
     for r in requests[:2]:
         assert tool_names(r) == set(READ_TOOLS), tool_names(r)
@@ -144,7 +140,7 @@ async def test_step_fields_default_to_the_request_and_previous_output(
     assert response.status_code == 200, response.text
     result = response.json()
     assert [s["name"] for s in result["stages"]] == ["step1", "second"]
-    requests = await chats(mock)
+    requests = await mock.chat_requests()
     assert [r["body"]["model"] for r in requests] == [CODER, CODER]
     assert all(TIME in tool_names(r) and all(t.startswith("time__") for t in tool_names(r)) for r in requests)
     assert "Say it" in user_text(requests[0])
@@ -163,23 +159,23 @@ async def test_a_bad_model_in_step_2_is_refused_before_step_1_runs(
         "task": "Time " + script(calls=[[TIME_CALL]]),
         "steps": [time_step("analyse"), time_step("act", model="nope/not-a-model")],
     }
-    found = problem(await live.post(path, json=body), 422, "model_not_found")
+    found = assert_problem(await live.post(path, json=body), 422, "model_not_found")
     assert found["step"] == 2 and found["step_name"] == "act"
     assert found["detail"].startswith("step 2 ('act'): "), found["detail"]
     assert found["model"] == "nope/not-a-model" and SMALL in found["available_models"]
-    assert await chats(mock) == []  # no step ran
+    assert await mock.chat_requests() == []  # no step ran
 
 
 async def test_an_unknown_server_names_its_step(live: httpx.AsyncClient, mock: MockLMStudio) -> None:
     body = {"task": "x", "steps": [{"name": "look", "mcp_servers": ["nope"]}, time_step("act")]}
-    found = problem(await live.post("/v1/pipelines", json=body), 422, "mcp_server_not_found")
+    found = assert_problem(await live.post("/v1/pipelines", json=body), 422, "mcp_server_not_found")
     assert found["step"] == 1 and found["step_name"] == "look"
     assert found["detail"].startswith("step 1 ('look'): ") and "time" in found["available_servers"]
     # a tool the step's servers do not have
     body = {"task": "x", "steps": [time_step("a"), time_step("b", allowed_tools=["time__nope"])]}
-    found = problem(await live.post("/v1/pipelines", json=body), 422, "validation_error")
+    found = assert_problem(await live.post("/v1/pipelines", json=body), 422, "validation_error")
     assert found["step"] == 2 and found["step_name"] == "b" and found["unknown_tools"] == ["time__nope"]
-    assert await chats(mock) == []
+    assert await mock.chat_requests() == []
 
 
 @pytest.mark.parametrize(
@@ -196,11 +192,11 @@ async def test_bad_step_references_and_names(
     live: httpx.AsyncClient, mock: MockLMStudio, steps: list[dict[str, Any]], step: int
 ) -> None:
     body = {"task": "x", "mcp_servers": ["time"], "steps": steps}
-    found = problem(await live.post("/v1/pipelines", json=body), 422, "validation_error")
+    found = assert_problem(await live.post("/v1/pipelines", json=body), 422, "validation_error")
     assert found["step"] == step, found
     assert found["detail"].startswith(f"step {step}"), found["detail"]
-    problem(await live.post("/v1/runs", json=body), 422, "validation_error")
-    assert await chats(mock) == []
+    assert_problem(await live.post("/v1/runs", json=body), 422, "validation_error")
+    assert await mock.chat_requests() == []
 
 
 @pytest.mark.parametrize(
@@ -209,9 +205,9 @@ async def test_bad_step_references_and_names(
 )
 async def test_malformed_steps_are_422(live: httpx.AsyncClient, mock: MockLMStudio, steps: list[Any]) -> None:
     body = {"task": "x", "steps": steps}
-    problem(await live.post("/v1/pipelines", json=body), 422, "validation_error")
-    problem(await live.post("/v1/runs", json=body), 422, "validation_error")
-    assert await chats(mock) == []
+    assert_problem(await live.post("/v1/pipelines", json=body), 422, "validation_error")
+    assert_problem(await live.post("/v1/runs", json=body), 422, "validation_error")
+    assert await mock.chat_requests() == []
 
 
 # --- 3. a cut step stops the pipeline, unless it says continue ----------------------------------------
@@ -237,7 +233,7 @@ async def test_a_step_ending_length_stops_the_pipeline(live: httpx.AsyncClient, 
     assert result["stages"][0]["result"]["status"] == "length"
     assert result["output"] == "x" * 20 == result["stages"][0]["result"]["output"]  # cut at 5 tokens
     assert any(w.startswith("step 1 ('cut'): The model hit its token limit") for w in result["warnings"])
-    requests = await chats(mock)
+    requests = await mock.chat_requests()
     assert [r["body"]["model"] for r in requests] == [SMALL]  # step 2 never asked its model
     assert requests[0]["body"]["max_tokens"] == 5
 
@@ -252,7 +248,7 @@ async def test_on_failure_continue_goes_on(live: httpx.AsyncClient, mock: MockLM
     assert result["status"] == "completed" and result["ended_by"] is None
     assert "step 1 ('cut') ended length; the pipeline went on (on_failure)" in result["warnings"], result["warnings"]
     assert result["output"] == "Mock answer to: " + "x" * 20 == result["stages"][1]["result"]["output"]
-    requests = await chats(mock)
+    requests = await mock.chat_requests()
     assert [r["body"]["model"] for r in requests] == [SMALL, CODER]
     assert user_text(requests[1]) == "x" * 20  # the cut output fed the next step
     assert result["usage"] == usage_sum(result["stages"])
@@ -317,7 +313,7 @@ async def test_streaming_wraps_each_steps_events(live: httpx.AsyncClient) -> Non
 
 
 async def test_a_stored_pipeline_replays_and_resumes(live: httpx.AsyncClient) -> None:
-    run_id = await start(live, **two_time_steps())
+    run_id = await start_run(live, **two_time_steps())
     rec = await finished(live, run_id)
     assert rec["status"] == "completed" and rec["ended_by"] is None
     assert [s["name"] for s in rec["stages"]] == ["analyse", "act"]
@@ -342,7 +338,7 @@ async def test_a_stored_pipeline_replays_and_resumes(live: httpx.AsyncClient) ->
 
 
 async def test_a_live_pipeline_stream_resumes_after_last_event_id(live: httpx.AsyncClient, mock: MockLMStudio) -> None:
-    run_id = await start(live, **two_time_steps(hold="resume"))
+    run_id = await start_run(live, **two_time_steps(hold="resume"))
     async with live.stream("GET", f"/v1/runs/{run_id}/events") as response:
         stream = frames(response)
         first = [await anext(stream), await anext(stream), await anext(stream)]
@@ -382,7 +378,7 @@ async def test_mcp_tool_autonomous_pipeline(live: httpx.AsyncClient, mock: MockL
     assert [s["arguments"]["timezone"] for s in data["steps"]] == ["UTC", "Asia/Tokyo"]
     assert f"step 1 (analyse): model {SMALL}" in updates and f"step 2 (act): model {CODER}" in updates
     assert "step 2 (act) ended: completed" in updates
-    assert [r["body"]["model"] for r in await chats(mock)] == [SMALL, SMALL, CODER, CODER]
+    assert [r["body"]["model"] for r in await mock.chat_requests()] == [SMALL, SMALL, CODER, CODER]
 
     async with http_session(live) as session:
         bad = await session.call_tool(
@@ -449,15 +445,15 @@ async def test_unload_after_without_the_rest_api_is_a_warning(mcp_json: Path) ->
 
 
 async def test_cancel_a_pipeline_mid_step(live: httpx.AsyncClient, mock: MockLMStudio) -> None:
-    body = {
+    body: dict[str, Any] = {
         "task": "Slowly " + script(answer="never", hold="never"),  # step 1 is answered never
         "mcp_servers": ["time"],
         "steps": [{"name": "slow", "model": SMALL}, {"name": "later", "model": CODER}],
     }
-    run_id = await start(live, **body)
+    run_id = await start_run(live, **body)
 
     async def asked() -> bool:
-        return len(await chats(mock)) == 1
+        return len(await mock.chat_requests()) == 1
 
     await eventually(asked, 10, "step 1's call to LM Studio")
     cancelling = await live.post(f"/v1/runs/{run_id}/cancel")
@@ -465,26 +461,26 @@ async def test_cancel_a_pipeline_mid_step(live: httpx.AsyncClient, mock: MockLMS
     rec = await finished(live, run_id, within_s=10)
     assert rec["status"] == "cancelled"
     assert rec["output"].startswith("The run was cancelled.")
-    requests = await chats(mock)
+    requests = await mock.chat_requests()
     assert [r["body"]["model"] for r in requests] == [SMALL]  # the later step never ran
     events = await events_of(live, run_id)
     kinds = [f.event for f in events]
     assert kinds.count("step.started") == 1 and sum(k in TERMINAL for k in kinds) == 1
     assert events[-1].event == "run.completed" and events[-1].data["status"] == "cancelled"
     again = await live.post(f"/v1/runs/{run_id}/cancel")
-    problem(again, 409, "run_finished")
+    assert_problem(again, 409, "run_finished")
 
 
 async def test_a_cancelled_step_keeps_what_it_gathered(live: httpx.AsyncClient, mock: MockLMStudio) -> None:
     """A plain run cancelled after a tool call keeps the call in `steps` and its output; so must a pipeline
     whose step is cancelled after a tool call (its record, events and result must agree)."""
-    body = {
+    body: dict[str, Any] = {
         "task": "Slowly " + script(calls=[[TIME_CALL]]),
         "mcp_servers": ["time"],
         "steps": [{"name": "slow", "model": SMALL}, {"name": "later", "model": CODER}],
     }
     await mock.faults(*ANSWER_THEN_HANG)  # step 1 calls the tool, then waits for LM Studio until cancelled
-    run_id = await start(live, **body)
+    run_id = await start_run(live, **body)
     async with live.stream("GET", f"/v1/runs/{run_id}/events") as response:
         async for frame in frames(response):
             if frame.event == "tool_call.completed":
@@ -541,11 +537,11 @@ async def wait_for_approval(client: httpx.AsyncClient, run_id: str) -> Frame:
 
 
 async def test_approval_inside_a_step(approvals: httpx.AsyncClient, mock: MockLMStudio) -> None:
-    body = {
+    body: dict[str, Any] = {
         "task": "Time " + script(calls=[[TIME_CALL]]),
         "steps": [time_step("analyse"), {"name": "act", "model": CODER, "mcp_servers": []}],
     }
-    run_id = await start(approvals, **body)
+    run_id = await start_run(approvals, **body)
     asked = await wait_for_approval(approvals, run_id)
     assert asked.data["stage"] == 1 and asked.data["stage_name"] == "analyse" and asked.data["name"] == TIME
     call_id = asked.data["tool_call_id"]
@@ -555,8 +551,8 @@ async def test_approval_inside_a_step(approvals: httpx.AsyncClient, mock: MockLM
 
     await eventually(waiting, 10, "the pipeline awaiting approval")
     unknown = await approvals.post(f"/v1/runs/{run_id}/approvals/call_9_9", json={"decision": "approve"})
-    assert problem(unknown, 404, "approval_not_found").get("awaiting") == [call_id]
-    assert all(r["body"]["model"] == SMALL for r in await chats(mock))  # step 2 waits too
+    assert assert_problem(unknown, 404, "approval_not_found").get("awaiting") == [call_id]
+    assert all(r["body"]["model"] == SMALL for r in await mock.chat_requests())  # step 2 waits too
 
     decided = await approvals.post(f"/v1/runs/{run_id}/approvals/{call_id}", json={"decision": "approve"})
     assert decided.status_code == 200, decided.text
@@ -567,7 +563,7 @@ async def test_approval_inside_a_step(approvals: httpx.AsyncClient, mock: MockLM
     [step] = rec["steps"]
     assert step["approval"] == "approved" and step["is_error"] is False
     assert rec["stages"][0]["result"]["steps"][0]["approval"] == "approved"
-    assert [r["body"]["model"] for r in await chats(mock)] == [SMALL, SMALL, CODER]
+    assert [r["body"]["model"] for r in await mock.chat_requests()] == [SMALL, SMALL, CODER]
     events = await events_of(approvals, run_id)
     [verdict] = [f for f in events if f.event == "approval.decided"]
     assert verdict.data["decision"] == "approved" and verdict.data["stage"] == 1
@@ -581,8 +577,8 @@ async def test_waiting_for_approval_does_not_count_against_the_pipelines_deadlin
     pipeline must complete too."""
     timeout_s = 3.0
     task = "Time " + script(calls=[[TIME_CALL]])
-    plain = await start(approvals, task=task, mcp_servers=["time"], timeout_s=timeout_s)
-    piped = await start(approvals, task=task, steps=[time_step("only")], timeout_s=timeout_s)
+    plain = await start_run(approvals, task=task, mcp_servers=["time"], timeout_s=timeout_s)
+    piped = await start_run(approvals, task=task, steps=[time_step("only")], timeout_s=timeout_s)
     plain_call = (await wait_for_approval(approvals, plain)).data["tool_call_id"]
     piped_call = (await wait_for_approval(approvals, piped)).data["tool_call_id"]
     # both runs began before now: their deadlines, had waiting counted, lie before `past_deadline`
@@ -613,14 +609,14 @@ async def test_a_step_failing_with_an_error_stops_even_with_continue(
     assert stage["name"] == "breaks" and stage["result"]["status"] == "failed"
     assert result["output"] == stage["result"]["output"] and result["output"].startswith("Error: ")
     assert any(w.startswith("step 1 ('breaks') failed: ") for w in result["warnings"]), result["warnings"]
-    assert all(r["body"]["model"] == SMALL for r in await chats(mock))  # step 2 never ran
+    assert all(r["body"]["model"] == SMALL for r in await mock.chat_requests())  # step 2 never ran
 
 
 async def test_a_stored_pipeline_says_which_step_ended_it(live: httpx.AsyncClient, mock: MockLMStudio) -> None:
-    run_id = await start(live, **cut_then_more("stop"))
+    run_id = await start_run(live, **cut_then_more("stop"))
     rec = await finished(live, run_id)
     assert rec["status"] == "length" and rec["ended_by"] == "cut"
     assert [s["name"] for s in rec["stages"]] == ["cut"]
     final = (await events_of(live, run_id))[-1]
     assert final.data["ended_by"] == "cut" and final.data["stages"] == rec["stages"]
-    assert [r["body"]["model"] for r in await chats(mock)] == [SMALL]
+    assert [r["body"]["model"] for r in await mock.chat_requests()] == [SMALL]

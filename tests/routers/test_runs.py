@@ -22,6 +22,7 @@ from tests.conftest import CLIENT_TIMEOUT_S, app_client, make_settings, served
 from tests.helpers import (
     TIME_CALL,
     Frame,
+    assert_problem,
     call,
     events_of,
     eventually,
@@ -29,6 +30,7 @@ from tests.helpers import (
     frames,
     record,
     script,
+    start_run,
     write_mcp_json,
 )
 from tests.mock_lmstudio.fixture import MockLMStudio
@@ -80,26 +82,11 @@ async def approvals(
 # --- helpers ------------------------------------------------------------------------------------------
 
 
-async def start(client: httpx.AsyncClient, **body: Any) -> str:
-    response = await client.post("/v1/runs", json=body)
-    assert response.status_code == 202, response.text
-    accepted = response.json()
-    assert response.headers["location"] == f"/v1/runs/{accepted['run_id']}"
-    return str(accepted["run_id"])
-
-
 async def status_becomes(client: httpx.AsyncClient, run_id: str, status: str, within_s: float = 10.0) -> None:
     async def check() -> bool:
         return bool((await record(client, run_id))["status"] == status)
 
     await eventually(check, within_s, f"run {run_id} {status}")
-
-
-def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = dict(response.json())
-    assert body["code"] == code, body
-    return body
 
 
 def when(value: str) -> datetime:
@@ -115,10 +102,6 @@ def just_before(value: str) -> str:
 def held_task(gate: str) -> dict[str, Any]:
     """A run's body whose LM Studio answers wait at `gate` of the mock until it is released."""
     return {"task": f"slow {gate} " + script(hold=gate), "mcp_servers": ["time"]}
-
-
-async def chat_requests(mock: MockLMStudio) -> list[dict[str, Any]]:
-    return [r for r in await mock.requests() if r["path"] == CHAT]
 
 
 async def run_ids(client: httpx.AsyncClient, **params: Any) -> list[str]:
@@ -143,7 +126,7 @@ async def test_a_background_run_completes_on_its_own(live: httpx.AsyncClient, mo
     assert run_id.startswith("run_") and response.headers["location"] == f"/v1/runs/{run_id}"
 
     async def both_answers_given() -> bool:  # the run went on with nobody asking about it
-        requests = await chat_requests(mock)
+        requests = await mock.chat_requests()
         return len(requests) == 2 and all(r["ended"] is not None for r in requests)
 
     await eventually(both_answers_given, 10, "the run's two LM Studio calls")
@@ -169,7 +152,7 @@ async def test_a_background_run_completes_on_its_own(live: httpx.AsyncClient, mo
 
 
 async def test_events_replay_with_ids_and_resume(live: httpx.AsyncClient) -> None:
-    run_id = await start(live, task="Time " + script(calls=[[TIME_CALL]]), mcp_servers=["time"])
+    run_id = await start_run(live, task="Time " + script(calls=[[TIME_CALL]]), mcp_servers=["time"])
     await finished(live, run_id)
     everything = await events_of(live, run_id)
     n = len(everything)
@@ -189,12 +172,12 @@ async def test_events_replay_with_ids_and_resume(live: httpx.AsyncClient) -> Non
         assert by_query == everything[k:], k
     assert await events_of(live, run_id, headers={"Last-Event-ID": str(n + 5)}) == []
     bad = await live.get(f"/v1/runs/{run_id}/events", headers={"Last-Event-ID": "two"})
-    problem(bad, 422, "validation_error")
+    assert_problem(bad, 422, "validation_error")
 
 
 async def test_a_live_stream_resumes_after_last_event_id(live: httpx.AsyncClient, mock: MockLMStudio) -> None:
     rounds = [[call(TIME, {"timezone": zone})] for zone in ("UTC", "Europe/Paris", "Asia/Tokyo")]
-    run_id = await start(live, task="Slowly " + script(calls=rounds, hold="resume"), mcp_servers=["time"])
+    run_id = await start_run(live, task="Slowly " + script(calls=rounds, hold="resume"), mcp_servers=["time"])
     async with live.stream("GET", f"/v1/runs/{run_id}/events") as response:
         stream = frames(response)
         first = [await anext(stream), await anext(stream)]
@@ -215,13 +198,13 @@ async def test_a_live_stream_resumes_after_last_event_id(live: httpx.AsyncClient
 async def test_cancel_then_delete(live: httpx.AsyncClient, mock: MockLMStudio) -> None:
     # LM Studio answers the first call (a tool call), the second never: cancelled after exactly one step
     await mock.faults({"kind": "delay", "ms": 0, "path": CHAT}, {"kind": "hang", "path": CHAT})
-    run_id = await start(live, task="Forever " + script(forever=TIME_CALL), mcp_servers=["time"])
+    run_id = await start_run(live, task="Forever " + script(forever=TIME_CALL), mcp_servers=["time"])
 
     async def a_step_done() -> bool:
         return len((await record(live, run_id))["steps"]) >= 1
 
     await eventually(a_step_done, 10, "the first step")
-    problem(await live.delete(f"/v1/runs/{run_id}"), 409, "run_active")
+    assert_problem(await live.delete(f"/v1/runs/{run_id}"), 409, "run_active")
     cancelling = await live.post(f"/v1/runs/{run_id}/cancel")
     assert cancelling.status_code == 202, cancelling.text
     assert cancelling.json() == {"run_id": run_id, "status": "cancelling"}
@@ -234,25 +217,25 @@ async def test_cancel_then_delete(live: httpx.AsyncClient, mock: MockLMStudio) -
     events = await events_of(live, run_id)
     assert events[-1].event == "run.completed" and events[-1].data["status"] == "cancelled"
 
-    again = problem(await live.post(f"/v1/runs/{run_id}/cancel"), 409, "run_finished")
+    again = assert_problem(await live.post(f"/v1/runs/{run_id}/cancel"), 409, "run_finished")
     assert again.get("run_status") == "cancelled"
     deleted = await live.delete(f"/v1/runs/{run_id}")
     assert deleted.status_code == 204 and deleted.content == b""
-    problem(await live.get(f"/v1/runs/{run_id}"), 404, "run_not_found")
-    problem(await live.get(f"/v1/runs/{run_id}/events"), 404, "run_not_found")
-    problem(await live.delete(f"/v1/runs/{run_id}"), 404, "run_not_found")
+    assert_problem(await live.get(f"/v1/runs/{run_id}"), 404, "run_not_found")
+    assert_problem(await live.get(f"/v1/runs/{run_id}/events"), 404, "run_not_found")
+    assert_problem(await live.delete(f"/v1/runs/{run_id}"), 404, "run_not_found")
     assert run_id not in await run_ids(live, limit=200)
 
 
 async def test_unknown_run_is_404(live: httpx.AsyncClient) -> None:
     nobody = "run_000000000000000000000000"
-    problem(await live.get(f"/v1/runs/{nobody}"), 404, "run_not_found")
-    problem(await live.post(f"/v1/runs/{nobody}/cancel"), 404, "run_not_found")
-    problem(await live.delete(f"/v1/runs/{nobody}"), 404, "run_not_found")
-    problem(await live.get(f"/v1/runs/{nobody}/events"), 404, "run_not_found")
-    problem(await live.get(f"/v1/runs/{nobody}/events", params={"after": 3}), 404, "run_not_found")
+    assert_problem(await live.get(f"/v1/runs/{nobody}"), 404, "run_not_found")
+    assert_problem(await live.post(f"/v1/runs/{nobody}/cancel"), 404, "run_not_found")
+    assert_problem(await live.delete(f"/v1/runs/{nobody}"), 404, "run_not_found")
+    assert_problem(await live.get(f"/v1/runs/{nobody}/events"), 404, "run_not_found")
+    assert_problem(await live.get(f"/v1/runs/{nobody}/events", params={"after": 3}), 404, "run_not_found")
     decided = await live.post(f"/v1/runs/{nobody}/approvals/call_1_0", json={"decision": "approve"})
-    problem(decided, 404, "run_not_found")
+    assert_problem(decided, 404, "run_not_found")
 
 
 # --- 4. the list --------------------------------------------------------------------------------------
@@ -264,12 +247,12 @@ async def test_list_pages_and_filters(live: httpx.AsyncClient) -> None:
         assert response.status_code == 200, response.text
         return str(response.json()["run_id"])
 
-    r1 = await start(live, task="one", mcp_servers=["time"])
+    r1 = await start_run(live, task="one", mcp_servers=["time"])
     await finished(live, r1)
     r2 = await sync_run(task="two", mcp_servers=["fault"])
     r3 = await sync_run(task="three " + script(forever=TIME_CALL), mcp_servers=["time"], max_rounds=1)
     r4 = await sync_run(task="four", mcp_servers=["fault"], model=OTHER_MODEL)
-    r5 = await start(live, task="five", mcp_servers=["time", "fault"])
+    r5 = await start_run(live, task="five", mcp_servers=["time", "fault"])
     await finished(live, r5)
     mine = [r5, r4, r3, r2, r1]  # newest first
 
@@ -315,7 +298,7 @@ async def test_list_pages_and_filters(live: httpx.AsyncClient) -> None:
         {"status": "sleeping"},
         {"since": "yesterday"},
     ):
-        problem(await live.get("/v1/runs", params=params), 422, "validation_error")
+        assert_problem(await live.get("/v1/runs", params=params), 422, "validation_error")
 
 
 async def test_since_includes_a_run_created_at_that_instant(live: httpx.AsyncClient) -> None:
@@ -332,7 +315,7 @@ async def test_a_cursor_beyond_the_row_numbers_is_not_a_server_error(live: httpx
     assert widest.status_code == 200, widest.text
     assert len(widest.json()["data"]) == 1
     beyond = await live.get("/v1/runs", params={"cursor": "9" * 19})
-    problem(beyond, 422, "validation_error")  # 19 digits: refused by the cursor's pattern
+    assert_problem(beyond, 422, "validation_error")  # 19 digits: refused by the cursor's pattern
 
 
 # --- 5. the queue -------------------------------------------------------------------------------------
@@ -350,7 +333,7 @@ async def test_runs_queue_for_a_slot_and_a_full_queue_is_429(
         third = await client.post("/v1/runs", json=slow)
         assert (first.status_code, first.json()["status"]) == (202, "running"), first.text
         assert (second.status_code, second.json()["status"]) == (202, "queued"), second.text
-        problem(third, 429, "queue_full")
+        assert_problem(third, 429, "queue_full")
         assert int(third.headers["retry-after"]) >= 1
         one, two = first.json()["run_id"], second.json()["run_id"]
         waiting = await record(client, two)
@@ -365,11 +348,11 @@ async def test_runs_queue_for_a_slot_and_a_full_queue_is_429(
 
         # the queue is free again; a queued run that is cancelled ends `cancelled` without having started
         slow = held_task(gates[1])
-        running = await start(client, **slow)
+        running = await start_run(client, **slow)
         queued_response = await client.post("/v1/runs", json=slow)
         assert queued_response.json()["status"] == "queued"
         queued = queued_response.json()["run_id"]
-        problem(await client.post("/v1/runs", json=slow), 429, "queue_full")
+        assert_problem(await client.post("/v1/runs", json=slow), 429, "queue_full")
         assert (await record(client, queued))["status"] == "queued"  # (lets its task start: see the next test)
         assert (await client.post(f"/v1/runs/{queued}/cancel")).status_code == 202
         gone = await finished(client, queued)
@@ -390,8 +373,8 @@ async def test_a_queued_run_cancelled_at_once_ends_cancelled(
     gate = f"queue-{uuid.uuid4().hex[:8]}"
     slow = held_task(gate)  # the running one stays running until cancelled
     async with app_client(settings, timeout=CLIENT_TIMEOUT_S) as client:
-        running = await start(client, **slow)
-        queued = await start(client, **slow)
+        running = await start_run(client, **slow)
+        queued = await start_run(client, **slow)
         assert (await client.post(f"/v1/runs/{queued}/cancel")).status_code == 202  # at once
         try:
             assert (await finished(client, queued, within_s=5))["status"] == "cancelled"
@@ -430,20 +413,21 @@ async def test_sync_and_chat_runs_are_recorded(live: httpx.AsyncClient) -> None:
         await live.post("/v1/autonomous", json={"task": task, "mcp_servers": ["time"], "store": False})
     ).json()
     assert unrecorded["status"] == "completed"
-    problem(await live.get(f"/v1/runs/{unrecorded['run_id']}"), 404, "run_not_found")
-    problem(await live.get(f"/v1/runs/{unrecorded['run_id']}/events"), 404, "run_not_found")
+    assert_problem(await live.get(f"/v1/runs/{unrecorded['run_id']}"), 404, "run_not_found")
+    assert_problem(await live.get(f"/v1/runs/{unrecorded['run_id']}/events"), 404, "run_not_found")
     no_store = {"model": "qwen/qwen3-4b", "messages": messages, "mcp_servers": ["time"], "store": False}
     chat_unrecorded = (await live.post("/v1/chat/completions", json=no_store)).json()["bridge_run"]
-    problem(await live.get(f"/v1/runs/{chat_unrecorded['run_id']}"), 404, "run_not_found")
+    assert_problem(await live.get(f"/v1/runs/{chat_unrecorded['run_id']}"), 404, "run_not_found")
 
 
 async def test_a_background_run_is_always_stored_and_never_streams(live: httpx.AsyncClient) -> None:
     before = await run_ids(live, limit=200)
-    problem(await live.post("/v1/runs", json={"task": "x", "store": False}), 422, "validation_error")
-    problem(await live.post("/v1/runs", json={"task": "x", "stream": True}), 422, "validation_error")
-    problem(await live.post("/v1/runs", json={"task": "x", "mcp_servers": ["nope"]}), 422, "mcp_server_not_found")
-    problem(await live.post("/v1/runs", json={"task": "x", "model": "nope/nope"}), 422, "model_not_found")
-    problem(await live.post("/v1/runs", json={"task": ""}), 422, "validation_error")
+    assert_problem(await live.post("/v1/runs", json={"task": "x", "store": False}), 422, "validation_error")
+    assert_problem(await live.post("/v1/runs", json={"task": "x", "stream": True}), 422, "validation_error")
+    unknown_server = await live.post("/v1/runs", json={"task": "x", "mcp_servers": ["nope"]})
+    assert_problem(unknown_server, 422, "mcp_server_not_found")
+    assert_problem(await live.post("/v1/runs", json={"task": "x", "model": "nope/nope"}), 422, "model_not_found")
+    assert_problem(await live.post("/v1/runs", json={"task": ""}), 422, "validation_error")
     assert await run_ids(live, limit=200) == before  # nothing recorded for a refused run
 
 
@@ -452,7 +436,7 @@ async def test_a_background_run_is_always_stored_and_never_streams(live: httpx.A
 
 async def asking(client: httpx.AsyncClient, task: str) -> tuple[str, Frame]:
     """Start a run that calls a gated tool; its id and `approval.requested` event once it waits."""
-    run_id = await start(client, task=task, mcp_servers=["time"])
+    run_id = await start_run(client, task=task, mcp_servers=["time"])
     async with client.stream("GET", f"/v1/runs/{run_id}/events") as response:
         async for frame in frames(response):
             if frame.event == "approval.requested":
@@ -464,7 +448,7 @@ async def asking(client: httpx.AsyncClient, task: str) -> tuple[str, Frame]:
 async def test_approve_runs_the_exact_arguments(approvals: httpx.AsyncClient) -> None:
     arguments = {"timezone": "Asia/Tokyo"}
     task = "Tokyo time " + script(calls=[[call(TIME, arguments)]])
-    run_id = await start(approvals, task=task, mcp_servers=["time"])
+    run_id = await start_run(approvals, task=task, mcp_servers=["time"])
     async with approvals.stream("GET", f"/v1/runs/{run_id}/events") as response:
         stream = frames(response)
         before: list[Frame] = []
@@ -488,9 +472,9 @@ async def test_approve_runs_the_exact_arguments(approvals: httpx.AsyncClient) ->
         assert run_id in await run_ids(approvals, status="awaiting_approval")
 
         unknown = await approvals.post(f"/v1/runs/{run_id}/approvals/call_9_9", json={"decision": "approve"})
-        assert problem(unknown, 404, "approval_not_found").get("awaiting") == [call_id]
+        assert assert_problem(unknown, 404, "approval_not_found").get("awaiting") == [call_id]
         bad = await approvals.post(f"/v1/runs/{run_id}/approvals/{call_id}", json={"decision": "maybe"})
-        problem(bad, 422, "validation_error")
+        assert_problem(bad, 422, "validation_error")
 
         decided = await approvals.post(f"/v1/runs/{run_id}/approvals/{call_id}", json={"decision": "approve"})
         assert decided.status_code == 200, decided.text
@@ -508,7 +492,7 @@ async def test_approve_runs_the_exact_arguments(approvals: httpx.AsyncClient) ->
     assert step["approval"] == "approved" and step["arguments"] == arguments and step["is_error"] is False
     assert '"timezone": "Asia/Tokyo"' in step["output"]
     again = await approvals.post(f"/v1/runs/{run_id}/approvals/{call_id}", json={"decision": "approve"})
-    problem(again, 404, "approval_not_found")
+    assert_problem(again, 404, "approval_not_found")
 
 
 async def test_deny_sends_the_reason_to_the_model(approvals: httpx.AsyncClient, mock: MockLMStudio) -> None:
@@ -523,7 +507,7 @@ async def test_deny_sends_the_reason_to_the_model(approvals: httpx.AsyncClient, 
     [step] = rec["steps"]
     assert step["approval"] == "denied" and step["is_error"] is True
     assert "not today" in step["output"] and "denied" in step["output"]
-    tool_messages = [m for r in await chat_requests(mock) for m in r["body"]["messages"] if m.get("role") == "tool"]
+    tool_messages = [m for r in await mock.chat_requests() for m in r["body"]["messages"] if m.get("role") == "tool"]
     assert tool_messages and all(m["tool_call_id"] == call_id for m in tool_messages)
     assert "not today" in tool_messages[-1]["content"]
     events = await events_of(approvals, run_id)
@@ -536,7 +520,7 @@ async def test_an_unanswered_approval_times_out(
 ) -> None:
     settings = extra_settings(mock_server, mcp_json, fresh_store, approval_tools=["time__*"], approval_timeout_s=0.5)
     async with app_client(settings, timeout=CLIENT_TIMEOUT_S) as client:
-        run_id = await start(client, task="Time " + script(calls=[[TIME_CALL]]), mcp_servers=["time"])
+        run_id = await start_run(client, task="Time " + script(calls=[[TIME_CALL]]), mcp_servers=["time"])
         rec = await finished(client, run_id)
         assert rec["status"] == "completed"
         [step] = rec["steps"]
@@ -571,10 +555,10 @@ async def test_a_sync_run_cannot_wait_for_approval(approvals: httpx.AsyncClient)
 async def test_cancel_while_awaiting_approval(approvals: httpx.AsyncClient) -> None:
     run_id, asked = await asking(approvals, "Time " + script(calls=[[TIME_CALL]]))
     await status_becomes(approvals, run_id, "awaiting_approval")
-    problem(await approvals.delete(f"/v1/runs/{run_id}"), 409, "run_active")
+    assert_problem(await approvals.delete(f"/v1/runs/{run_id}"), 409, "run_active")
     assert (await approvals.post(f"/v1/runs/{run_id}/cancel")).status_code == 202
     rec = await finished(approvals, run_id)
     assert rec["status"] == "cancelled" and rec["steps"] == []
     call_id = asked.data["tool_call_id"]
     late = await approvals.post(f"/v1/runs/{run_id}/approvals/{call_id}", json={"decision": "approve"})
-    problem(late, 404, "approval_not_found")
+    assert_problem(late, 404, "approval_not_found")

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -25,9 +24,8 @@ import psutil
 import pytest
 
 from tests.conftest import app_client, make_settings, served
-from tests.helpers import REPO, call, eventually, mcp_servers_json, read_sse, script
+from tests.helpers import REPO, assert_problem, call, eventually, mcp_servers_json, read_sse, script
 from tests.mock_lmstudio.fixture import MockLMStudio
-from tests.postgres import PostgresCluster
 from tests.processes import free_port, log_file, log_tail, spawn_python, wait_healthy
 
 CHAT = "/v1/chat/completions"
@@ -51,15 +49,6 @@ PASS = chat_fault("delay", ms=0)  # a no-op fault: lets the next queued fault hi
 
 
 # --- assertions ---------------------------------------------------------------------------------
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """The response is a problem document with exactly this status and code; returns its body."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM_JSON), response.headers
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code and body["status"] == status, body
-    return body
 
 
 def assert_run(response: httpx.Response, status: str) -> dict[str, Any]:
@@ -192,9 +181,6 @@ class Gateway(Runs):
     mock: MockLMStudio
     mcp: bool
     checked: bool = False
-
-    async def chat_requests(self) -> list[dict[str, Any]]:
-        return [r for r in await self.mock.requests() if r["path"] == CHAT]
 
     async def breaker(self) -> str:
         body = (await self.client.get("/readyz")).json()
@@ -340,15 +326,6 @@ async def gateway_process(
 
 
 # --- gateway processes on a run store of each kind (test_restarts.py, test_replicas.py) ----------------
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh run store: a SQLite file, or a database of the session's PostgreSQL cluster."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/store/runs.db"
-    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
-    return cluster.new_database(f"{request.node.module.__name__.rsplit('.', 1)[-1]}_{uuid.uuid4().hex[:12]}")
 
 
 def process_env(mock: MockLMStudio, database_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:

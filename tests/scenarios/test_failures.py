@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.helpers import call, eventually, script
+from tests.helpers import assert_problem, call, eventually, script
 from tests.mock_lmstudio.fixture import MockLMStudio, mock_lmstudio
 from tests.processes import free_port
 from tests.scenarios.conftest import (
@@ -24,7 +24,6 @@ from tests.scenarios.conftest import (
     FAULT_TOOL_TIMEOUT_S,
     PASS,
     GatewayFactory,
-    assert_problem,
     assert_run,
     chat_fault,
     gateway_process,
@@ -65,7 +64,7 @@ async def test_lmstudio_slow_within_timeout_completes(open_gateway: GatewayFacto
     async with open_gateway(lmstudio_read_timeout_s=5) as gw:
         await gw.mock.faults(chat_fault("delay", ms=800))
         assert_run(await gw.run("take your time"), "completed")
-        [request] = await gw.chat_requests()
+        [request] = await gw.mock.chat_requests()
         assert request["status"] == 200 and not request["aborted"]
 
 
@@ -75,7 +74,7 @@ async def test_lmstudio_hang_times_out(open_gateway: GatewayFactory) -> None:
         assert_problem(await gw.run("hang"), 504, "upstream_timeout")
 
         async def aborted() -> bool:
-            return bool((await gw.chat_requests())[0]["aborted"])
+            return bool((await gw.mock.chat_requests())[0]["aborted"])
 
         await eventually(aborted, what="the hung request aborted")
 
@@ -84,7 +83,7 @@ async def test_lmstudio_500_is_not_retried(open_gateway: GatewayFactory) -> None
     async with open_gateway() as gw:
         await gw.mock.faults(chat_fault("status", status=500))
         assert_problem(await gw.run("boom"), 502, "upstream_error")
-        assert [r["status"] for r in await gw.chat_requests()] == [500]
+        assert [r["status"] for r in await gw.mock.chat_requests()] == [500]
 
 
 @GATEWAY_ERRORS
@@ -92,7 +91,7 @@ async def test_lmstudio_gateway_error_retried_until_spent(open_gateway: GatewayF
     async with open_gateway() as gw:  # two retries by default: three attempts
         await gw.mock.faults(*[chat_fault("status", status=status)] * 3)
         assert_problem(await gw.run("down"), 502, "upstream_error")
-        assert [r["status"] for r in await gw.chat_requests()] == [status] * 3
+        assert [r["status"] for r in await gw.mock.chat_requests()] == [status] * 3
 
 
 @GATEWAY_ERRORS
@@ -100,14 +99,14 @@ async def test_lmstudio_single_gateway_error_absorbed(open_gateway: GatewayFacto
     async with open_gateway() as gw:
         await gw.mock.faults(chat_fault("status", status=status))
         assert_run(await gw.run("blip"), "completed")
-        assert [r["status"] for r in await gw.chat_requests()] == [status, 200]
+        assert [r["status"] for r in await gw.mock.chat_requests()] == [status, 200]
 
 
 async def test_lmstudio_429_retry_after_honoured(open_gateway: GatewayFactory) -> None:
     async with open_gateway() as gw:
         await gw.mock.faults(chat_fault("status", status=429, retry_after=1))
         assert_run(await gw.run("rate limited"), "completed")
-        first, second = await gw.chat_requests()
+        first, second = await gw.mock.chat_requests()
         assert (first["status"], second["status"]) == (429, 200)
         assert second["started"] - first["ended"] >= 1.0  # the mock's own clock
 
@@ -118,14 +117,14 @@ async def test_lmstudio_429_persisting(open_gateway: GatewayFactory) -> None:
         response = await gw.run("rate limited")
         assert_problem(response, 429, "upstream_rate_limited")
         assert response.headers["retry-after"] == "1"
-        assert len(await gw.chat_requests()) == 3
+        assert len(await gw.mock.chat_requests()) == 3
 
 
 async def test_lmstudio_garbage_json(open_gateway: GatewayFactory) -> None:
     async with open_gateway() as gw:
         await gw.mock.faults(chat_fault("malformed_json"))
         assert_problem(await gw.run("garbage"), 502, "upstream_error")
-        assert len(await gw.chat_requests()) == 1
+        assert len(await gw.mock.chat_requests()) == 1
 
 
 async def test_passthrough_stream_cut_midway(open_gateway: GatewayFactory) -> None:
@@ -154,7 +153,7 @@ async def test_passthrough_single_503_absorbed(open_gateway: GatewayFactory) -> 
         response = await gw.client.post(CHAT, json=chat_body("hi " + script(answer="hello")))
         assert response.status_code == 200, response.text
         assert response.json()["choices"][0]["message"]["content"] == "hello"
-        assert [r["status"] for r in await gw.chat_requests()] == [503, 200]
+        assert [r["status"] for r in await gw.mock.chat_requests()] == [503, 200]
 
 
 async def test_passthrough_stream_503_before_first_byte_retried(open_gateway: GatewayFactory) -> None:
@@ -164,7 +163,7 @@ async def test_passthrough_stream_503_before_first_byte_retried(open_gateway: Ga
             assert response.status_code == 200
             lines = [line async for line in response.aiter_lines() if line]
         assert lines[-1] == "data: [DONE]"
-        assert [r["status"] for r in await gw.chat_requests()] == [503, 200]
+        assert [r["status"] for r in await gw.mock.chat_requests()] == [503, 200]
 
 
 async def test_run_answer_cut_midway(open_gateway: GatewayFactory) -> None:
@@ -194,7 +193,7 @@ async def test_model_unloaded_mid_run(open_gateway: GatewayFactory) -> None:
         task = "two rounds " + script(calls=[[call("fault__echo", {"text": "round one"})]])
         problem = assert_problem(await gw.run(task, mcp_servers=["fault"]), 422, "model_not_found")
         assert problem["model"] == MODEL and MODEL in problem["available_models"]  # unloaded, not deleted
-        assert [r["status"] for r in await gw.chat_requests()] == [
+        assert [r["status"] for r in await gw.mock.chat_requests()] == [
             200,
             400,
         ]  # current LM Studio: 400 "Invalid model identifier"
@@ -213,7 +212,7 @@ async def test_unknown_model_run(open_gateway: GatewayFactory) -> None:
     async with open_gateway() as gw:
         problem = assert_problem(await gw.run("who?", model="nope/nope-7b"), 422, "model_not_found")
         assert MODEL in problem["available_models"]
-        assert await gw.chat_requests() == []
+        assert await gw.mock.chat_requests() == []
 
 
 async def test_unknown_model_passthrough(open_gateway: GatewayFactory) -> None:
@@ -226,7 +225,7 @@ async def test_model_gone_from_lmstudio(open_gateway: GatewayFactory) -> None:
     async with open_gateway() as gw:  # the model list has it, LM Studio answers 404 model_not_found
         await gw.mock.faults(chat_fault("unknown_model"))
         assert_problem(await gw.run("gone"), 422, "model_not_found")
-        assert len(await gw.chat_requests()) == 1  # not retried
+        assert len(await gw.mock.chat_requests()) == 1  # not retried
 
 
 # --- the LM Studio circuit breaker -------------------------------------------------------------------
@@ -235,7 +234,7 @@ async def test_model_gone_from_lmstudio(open_gateway: GatewayFactory) -> None:
 async def test_breaker_open_fails_fast(open_gateway: GatewayFactory) -> None:
     async with open_gateway(**{**BREAKER, "breaker_reset_s": 5.0}) as gw:  # open for the whole test
         await open_breaker(gw, failures=2)
-        reached = len(await gw.chat_requests())
+        reached = len(await gw.mock.chat_requests())
         # a run that reached LM Studio would hang there: each answer below comes without touching it
         hangs = script(fault={"kind": "hang"})
         for _ in range(3):
@@ -243,7 +242,7 @@ async def test_breaker_open_fails_fast(open_gateway: GatewayFactory) -> None:
                 response = await gw.run("still down? " + hangs)
             assert_problem(response, 503, "upstream_unavailable")
             assert 1 <= int(response.headers["retry-after"]) <= 5
-        assert len(await gw.chat_requests()) == reached
+        assert len(await gw.mock.chat_requests()) == reached
         ready = await gw.client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["lmstudio"]["breaker"] == "open"
         await wait_half_open(gw, within_s=15)
@@ -262,10 +261,10 @@ async def test_breaker_half_open_admits_one_of_20(open_gateway: GatewayFactory) 
     async with open_gateway(**BREAKER) as gw:
         await open_breaker(gw, failures=2)
         await wait_half_open(gw, within_s=5)
-        reached = len(await gw.chat_requests())
+        reached = len(await gw.mock.chat_requests())
         await gw.mock.faults(chat_fault("delay", ms=500))  # the trial call takes a while
         responses = await asyncio.gather(*(gw.run(f"caller {i}") for i in range(20)))
-        assert len(await gw.chat_requests()) - reached == 1
+        assert len(await gw.mock.chat_requests()) - reached == 1
         assert sorted(r.status_code for r in responses) == [200] + [503] * 19
         for response in responses:
             if response.status_code == 503:
@@ -309,7 +308,7 @@ async def test_burst_of_six_503_under_16_concurrent_runs(open_gateway: GatewayFa
         responses = await asyncio.gather(*(gw.run(f"burst {i}") for i in range(16)))
         for response in responses:
             assert_run(response, "completed")
-        assert sorted(r["status"] for r in await gw.chat_requests()) == [200] * 16 + [503] * 6
+        assert sorted(r["status"] for r in await gw.mock.chat_requests()) == [200] * 16 + [503] * 6
         assert await gw.breaker() == "closed"
 
 
@@ -322,7 +321,7 @@ async def test_mcp_missing_command(open_gateway: GatewayFactory) -> None:
         assert "not found" in problem["detail"]
         servers = {s["name"]: s for s in (await gw.client.get("/v1/mcp/servers")).json()["data"]}
         assert servers["ghost"]["status"] == "failed"
-        assert await gw.chat_requests() == []
+        assert await gw.mock.chat_requests() == []
 
 
 async def test_mcp_broken_servers_left_out_of_default_set(open_gateway: GatewayFactory) -> None:
@@ -489,7 +488,7 @@ async def test_max_rounds(open_gateway: GatewayFactory) -> None:
         task = "forever " + script(forever=call("fault__echo", {"text": "again"}))
         result = assert_run(await gw.run(task, mcp_servers=["fault"], max_rounds=2), "max_rounds")
         assert result["rounds"] == 2 and result["output"]
-        chats = await gw.chat_requests()
+        chats = await gw.mock.chat_requests()
         assert len(chats) == 3 and "tools" not in chats[-1]["body"]
 
 
@@ -499,7 +498,7 @@ async def test_deadline(open_gateway: GatewayFactory) -> None:
         assert "deadline" in result["output"]
 
         async def aborted() -> bool:
-            return bool((await gw.chat_requests())[0]["aborted"])
+            return bool((await gw.mock.chat_requests())[0]["aborted"])
 
         await eventually(aborted, what="LM Studio call abandoned")
 
@@ -511,7 +510,7 @@ async def test_client_disconnect_cancels_the_run(open_gateway: GatewayFactory, s
         request = asyncio.ensure_future(gw.run("slow " + script(fault=HANG), stream=stream))
 
         async def reached() -> bool:
-            return len(await gw.chat_requests()) == 1
+            return len(await gw.mock.chat_requests()) == 1
 
         await eventually(reached, what="the run's LM Studio call")
         request.cancel()
@@ -519,7 +518,7 @@ async def test_client_disconnect_cancels_the_run(open_gateway: GatewayFactory, s
             await request
 
         async def aborted() -> bool:
-            return bool((await gw.chat_requests())[0]["aborted"])
+            return bool((await gw.mock.chat_requests())[0]["aborted"])
 
         await eventually(aborted, what="LM Studio call abandoned")
 

@@ -62,10 +62,6 @@ def hosts_file(tmp_path: Path, mocks: Mapping[str, MockLMStudio | str], **weight
     return path
 
 
-async def chats(mock: MockLMStudio) -> list[dict[str, Any]]:
-    return [r for r in await mock.requests() if r["path"] == "/v1/chat/completions"]
-
-
 async def test_each_call_lands_on_a_host_with_its_model_loaded(fresh: dict[str, MockLMStudio], tmp_path: Path) -> None:
     settings = make_settings(lmstudio_hosts_file=str(hosts_file(tmp_path, fresh)))
     async with app_client(settings, timeout=30) as client:
@@ -79,7 +75,7 @@ async def test_each_call_lands_on_a_host_with_its_model_loaded(fresh: dict[str, 
         assert passthrough.status_code == 200, passthrough.text
         embedded = await client.post("/v1/embeddings", json={"model": EMBED, "input": "x"})
         assert embedded.status_code == 200, embedded.text
-    a, b, c = [await chats(fresh[n]) for n in "abc"]
+    a, b, c = [await fresh[n].chat_requests() for n in "abc"]
     assert [r["body"]["model"] for r in a] == [QWEN]  # b has qwen too, but not loaded: a first
     assert [r["body"]["model"] for r in b] == [MISTRAL, MISTRAL]
     assert [r["body"]["model"] for r in c] == [GEMMA]
@@ -95,8 +91,8 @@ async def test_a_model_only_downloaded_somewhere_is_loaded_there(
     async with app_client(settings, timeout=30) as client:
         answer = await client.post("/v1/autonomous", json={"task": "hi", "model": QWEN, "mcp_servers": []})
         assert answer.status_code == 200, answer.text
-    assert [r["body"]["model"] for r in await chats(fresh["b"])] == [QWEN]
-    assert await chats(fresh["a"]) == []
+    assert [r["body"]["model"] for r in await fresh["b"].chat_requests()] == [QWEN]
+    assert await fresh["a"].chat_requests() == []
 
 
 async def test_two_hosts_with_the_model_share_the_load_by_in_flight_calls(
@@ -120,7 +116,7 @@ async def test_two_hosts_with_the_model_share_the_load_by_in_flight_calls(
         assert [a.status_code for a in answers] == [200] * 6
         states = (await client.get("/metrics")).text
     # six at once: each new call goes to the host with fewer calls in flight, so three and three
-    assert (len(await chats(fresh["a"])), len(await chats(fresh["b"]))) == (3, 3)
+    assert (len(await fresh["a"].chat_requests()), len(await fresh["b"].chat_requests())) == (3, 3)
     assert 'bridge_lmstudio_request_duration_seconds_count{host="a",operation="chat",outcome="ok"} 3.0' in states
 
 
@@ -131,7 +127,7 @@ async def test_weights_spread_sequential_calls(fresh: dict[str, MockLMStudio], t
         for _ in range(8):
             answer = await client.post("/v1/autonomous", json={"task": "hi", "model": QWEN, "mcp_servers": []})
             assert answer.status_code == 200
-    assert (len(await chats(fresh["a"])), len(await chats(fresh["b"]))) == (6, 2)
+    assert (len(await fresh["a"].chat_requests()), len(await fresh["b"].chat_requests())) == (6, 2)
 
 
 async def test_a_host_killed_mid_run_the_run_completes_on_another(tmp_path: Path, mcp_json: Path) -> None:
@@ -171,7 +167,7 @@ async def test_a_host_killed_mid_run_the_run_completes_on_another(tmp_path: Path
         assert 'bridge_breaker_state{upstream="lmstudio:a"} 2.0' in metrics
         assert 'bridge_breaker_state{upstream="lmstudio:b"} 0.0' in metrics
         assert later.status_code == 200 and later.json()["warnings"] == []
-        assert len(await chats(b)) == 3  # the run's round 1 again and its final answer; the later run's one call
+        assert len(await b.chat_requests()) == 3  # round 1 again, its final answer, the later run
     finally:
         await asyncio.gather(a.stop(), b.stop())
 
@@ -222,7 +218,7 @@ async def test_models_list_hosts_and_states(fresh: dict[str, MockLMStudio], tmp_
     assert entries[MISTRAL]["hosts"] == [{"name": "b", "state": "loaded", "loaded_context_length": 4096}]
     assert entries[GEMMA]["hosts"] == [{"name": "c", "state": "loaded", "loaded_context_length": 4096}]
     assert by_alias.json()["model"] == QWEN  # aliases work across hosts
-    assert [r["body"]["model"] for r in await chats(fresh["a"])] == [QWEN]
+    assert [r["body"]["model"] for r in await fresh["a"].chat_requests()] == [QWEN]
 
 
 async def test_an_unreachable_host_is_shown_so(tmp_path: Path) -> None:
