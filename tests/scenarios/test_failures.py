@@ -576,8 +576,8 @@ async def test_sigterm_with_runs_in_flight(mock: MockLMStudio, scenario_mcp_json
         assert_run(await gw.run("warm up " + echo, mcp_servers=["fault"]), "completed")
         assert gw.note_children(), "the fault server runs under the gateway"
         short = asyncio.ensure_future(gw.run("short " + script(delay_ms=500)))  # ends within the grace
-        long_json = asyncio.ensure_future(gw.run("long " + script(delay_ms=30_000)))
-        long_stream = asyncio.ensure_future(gw.stream_run("long " + script(delay_ms=30_000)))
+        long_json = asyncio.ensure_future(gw.run("long " + script(fault=HANG)))  # past any grace
+        long_stream = asyncio.ensure_future(gw.stream_run("long " + script(fault=HANG)))
 
         async def all_in_flight() -> bool:
             return len([r for r in await mock.requests() if r["path"] == CHAT]) == 2 + 3

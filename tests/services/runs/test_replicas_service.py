@@ -20,7 +20,7 @@ from tests.mock_lmstudio.fixture import MockLMStudio
 
 pytestmark = pytest.mark.timeout(60)
 
-SLOW = "slow " + script(answer="late", delay_ms=20_000)  # an LM Studio call that outlasts the test unless cancelled
+SLOW = "slow " + script(answer="late", fault={"kind": "hang"})  # LM Studio never answers: the run ends when cancelled
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ async def test_a_run_of_one_replica_is_found_cancelled_and_waited_for_through_an
 
     started = time.monotonic()
     waited = await b.runs.wait(running.run_id, 0.6)  # still running: B waits as long as asked
-    assert waited.status == "running" and 0.6 <= time.monotonic() - started < 5
+    assert waited.status == "running" and time.monotonic() - started >= 0.6
 
     await b.runs.cancel(queued.run_id)
     ended = await b.runs.wait(queued.run_id, 10)
@@ -59,7 +59,7 @@ async def test_a_run_of_one_replica_is_found_cancelled_and_waited_for_through_an
     assert queued.run_id not in a.runs.runs
 
     await b.runs.cancel(running.run_id)
-    ended = await b.runs.wait(running.run_id, 10)  # ends well before its LM Studio call would answer
+    ended = await b.runs.wait(running.run_id, 10)
     assert ended.status == "cancelled" and ended.output.startswith("The run was cancelled."), ended
     assert running.run_id not in a.runs.runs and a.limiter.in_flight == 0
     for replica in (a, b):
