@@ -109,7 +109,7 @@ async def test_long_tool_output_is_cut_for_the_model_and_kept_whole_in_the_recor
     result = (await bridge.post("/v1/autonomous", json={"task": task, "mcp_servers": ["fault"]})).json()
     [step] = result["steps"]
     assert step["output"] == "x" * 50_000
-    [tool_message] = [m for m in (await chat_requests(mock))[-1]["body"]["messages"] if m["role"] == "tool"]
+    [tool_message] = [m for m in (await mock.chat_requests())[-1]["body"]["messages"] if m["role"] == "tool"]
     seen = tool_message["content"]
     # cut at BRIDGE_TOOL_OUTPUT_MAX_CHARS, then to the default 4096-token window: beginning and end kept
     assert seen.startswith("x" * 1000) and len(seen) < 20_000

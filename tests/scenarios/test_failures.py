@@ -410,7 +410,7 @@ async def test_mcp_huge_output_truncated_in_run(open_gateway: GatewayFactory) ->
         result = assert_run(await gw.run(task, mcp_servers=["fault"]), "length")
         [step] = result["steps"]
         assert step["output"] == "x" * 50_000 and not step["is_error"]  # the record keeps it whole
-        [seen] = [m["content"] for m in (await gw.chat_requests())[-1]["body"]["messages"] if m["role"] == "tool"]
+        [seen] = [m["content"] for m in (await gw.mock.chat_requests())[-1]["body"]["messages"] if m["role"] == "tool"]
         assert "output truncated by lmstudio-bridge" in seen or "to fit the context window" in seen
         assert len(seen) < 20_000 + 200
 
