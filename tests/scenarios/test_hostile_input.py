@@ -373,12 +373,13 @@ def test_a_bridge_api_keys_key_repeated_in_the_keys_file_stops_start_up(
     assert "the same key as another entry" in capsys.readouterr().err
 
 
-async def test_twenty_concurrent_deletes_of_one_run_one_204(bridge: httpx.AsyncClient) -> None:
+async def test_twenty_concurrent_deletes_of_one_run_one_204(bridge: httpx.AsyncClient, mock: MockLMStudio) -> None:
+    # (`mock`: reset, so what an earlier test configured on the shared mock does not end this run otherwise)
     started = await bridge.post("/v1/runs", json={"task": "hi " + script(answer="ok"), "mcp_servers": ["time"]})
     run_id = started.json()["run_id"]
 
     async def ended() -> bool:
-        return (await bridge.get(f"/v1/runs/{run_id}")).json()["status"] == "completed"
+        return bool((await bridge.get(f"/v1/runs/{run_id}")).json()["status"] == "completed")
 
     await eventually(ended, 20, "the run completed")
     answers = await asyncio.gather(*(bridge.delete(f"/v1/runs/{run_id}") for _ in range(20)))

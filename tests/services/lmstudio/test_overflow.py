@@ -31,9 +31,11 @@ def answering(status: int, body: Any, seen: list[str] | None = None) -> LMStudio
         return httpx.Response(status, json=body)
 
     http = httpx.AsyncClient(base_url="http://lmstudio", transport=httpx.MockTransport(answer))
-    breaker = Breaker(
-        "lmstudio", failures=1, reset_s=60, counts=counts_against_lmstudio, unavailable=UpstreamUnavailableError
-    )
+
+    def unavailable(detail: str, wait: float) -> UpstreamUnavailableError:
+        return UpstreamUnavailableError(detail, retry_after=wait)
+
+    breaker = Breaker("lmstudio", failures=1, reset_s=60, counts=counts_against_lmstudio, unavailable=unavailable)
     return LMStudioClient(http, retry=NO_RETRY, breaker=breaker)
 
 
