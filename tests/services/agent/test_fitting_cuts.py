@@ -10,12 +10,21 @@ Both were failures before the fixes they name (what the engine showed):
 - A large output with the default BRIDGE_TOOL_OUTPUT_MAX_CHARS (20,000): the output is truncated to its first
   20,000 characters before it is fitted, and `bridge__read_output` reads that truncated text, so the rest of a
   200 KB file (its last line, asked for by the task) is out of the model's reach, though the record keeps it.
+
+Still an expected failure (strict: a fix turns it into a pass, and the mark must then go):
+
+- Tools found by `bridge__find_tools`: the five it finds are offered from the next round on whatever their size,
+  so the next request's tools are over their share and the request over the budget; tools are never taken out
+  again, and the run ends `context_exceeded` (bench/context.py: the `file` and `rounds` tasks with 15 and 38
+  tools at 2k).
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+import pytest
 
 from services.agent import AgentService, RunDefaults
 from services.context import TokenCounter
@@ -24,7 +33,7 @@ from services.errors import ContextExceededError
 from services.limits import RunLimiter
 from services.lmstudio import ChatResult, Usage
 from services.metrics import Metrics
-from tests.services.agent.test_fitting import CLOCK, WindowedEngine, call, run
+from tests.services.agent.test_fitting import CLOCK, WindowedEngine, call, run, tools
 from tests.services.agent.test_loop import FakeCatalog, FakePool, text_result
 
 FILE = "".join(
@@ -86,3 +95,21 @@ async def test_the_end_of_a_200_kb_output_is_readable_with_the_default_output_li
     assert result.status == "completed"
     assert result.steps[0].output == FILE  # the record keeps it whole (this part holds)
     assert "line 02399" in result.steps[1].output, result.steps[1].output[:200]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="services/agent/fitting.py `find_tools` / `next_offer` add up to FOUND_MAX tools to the offer without "
+    "checking the tools' share of the window; `prepare` cannot compact tools, so the run ends context_exceeded",
+)
+async def test_tools_found_by_a_search_still_fit_a_2048_window() -> None:
+    pool = FakePool(*tools(40), CLOCK)
+    engine = WindowedEngine(
+        2048,
+        ChatResult(None, [call("bridge__find_tools", {"query": "alpha things"}, "c1")]),
+        ChatResult(None, [call("many__tool_0", {"x": "1"}, "c2")]),
+        None,
+    )
+    result = await run(service(engine, pool, 2048), "What is the time on the clock?", mcp_servers=["many", "time"])
+    assert result.status == "completed", (result.status, result.warnings)
+    assert pool.calls == [("many", "tool_0", {"x": "1"})]
