@@ -142,6 +142,7 @@ class Totals:
     only_new: int = 0
     continued: int = 0
     estimates: list[float] = field(default_factory=list)
+    dishonest: list[str] = field(default_factory=list)  # the runs without an honest end, and why
 
 
 async def fake_engine_rows(directory: Path, config: Path) -> tuple[list[Row], Totals]:
@@ -172,6 +173,9 @@ async def fake_engine_rows(directory: Path, config: Path) -> tuple[list[Row], To
                     rows.append(run_row(f"fake engine: {task}, {count} tools, {window // 1024}k", status, found, fits))
                     totals.runs += 1
                     totals.honest += status in honest
+                    if status not in honest:
+                        why = "; ".join(result.get("warnings") or []) or str(result.get("detail"))
+                        totals.dishonest.append(f"{task}, {count} tools, {window // 1024}k: {status} ({why[:240]})")
                     totals.refused += found["refused"]
                     totals.only_new += found["only_new"]
                     totals.continued += found["continued"]
@@ -249,7 +253,11 @@ async def run() -> dict[str, object]:
         *fake_rows,
         *real_rows,
     ]
+    analysis = "Every request the fake engine refused would be a gateway bug: the gateway knew the window."
+    if totals.dishonest:
+        analysis += " Runs without an honest end: " + "; ".join(totals.dishonest) + "."
     return {
+        "analysis": analysis,
         "title": "The context window (2k / 4k / 8k; 2 / 15 / 38 tools; a fake engine and llama-server)",
         "note": __doc__.split("\n\n", 1)[1].replace("\n", " ") if __doc__ else "",
         "rows": rows,
