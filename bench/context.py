@@ -10,12 +10,12 @@ filesystem without read_media_file), 38 (every tool of time, filesystem, memory 
 
 **Real engine** (bounded): llama-server with SmolLM2-135M and `-c 2048` (tests/real_engine), behind the recording
 proxy that forces one call per request with tools (tests/real_engine/recorder.py `force_a_call`): the same three
-cases as tests/real_engine/test_context.py. Re-read tokens are the engine's own `timings.prompt_n`.
+cases as tests/real_engine/test_context_runs.py. Re-read tokens are the engine's own `timings.prompt_n`.
 
 Per run: the requests the engine refused (target 0), the ending, tokens sent per request (the engine's count of
 each prompt), tokens re-read per request, and how many requests that continue the previous one (same tools, its
 messages at the start) re-read only their new tokens. The counting cost is the gateway's estimate
-(`FixedRatio.estimate`, services/context/fit.py) of each request the fake engine got, timed in this process.
+(`TokenCounter.estimate`, services/context/tokens.py) of each request the fake engine got, timed in this process.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import httpx
 
 from bench.common import Row, gateway, http_client, serve
 from bench.real_engine import started_engine
-from services.context.fit import FixedRatio
+from services.context import TokenCounter
 from tests.helpers import mcp_servers_json
 from tests.real_engine.recorder import Exchange, Reuse, force_a_call, prompt_reuse, recording_proxy
 
@@ -117,18 +117,23 @@ def run_row(label: str, status: str, found: dict[str, Any], fits: Counter[str]) 
     return (label, value, "refused 0; an honest end")
 
 
-def estimate_us(bodies: list[dict[str, Any]]) -> list[float]:
-    """µs the gateway's estimate of each request takes (median of ESTIMATE_REPEATS)."""
-    counter = FixedRatio()
+def estimate_us(bodies: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """µs the gateway's estimate of each request takes (median of ESTIMATE_REPEATS): (a new counter, which counts
+    the tools; the same counter again, which remembers the tool list's size as a run's later rounds do)."""
     found = []
+    perf = time.perf_counter
     for body in bodies:
         messages, tools = body["messages"], body.get("tools") or []
-        samples = []
+        cold, warm = [], []
         for _ in range(ESTIMATE_REPEATS):
-            start = time.perf_counter()
+            counter = TokenCounter()
+            start = perf()
             counter.estimate("m", messages, tools)
-            samples.append(time.perf_counter() - start)
-        found.append(statistics.median(samples) * 1e6)
+            middle = perf()
+            counter.estimate("m", messages, tools)
+            cold.append(middle - start)
+            warm.append(perf() - middle)
+        found.append((statistics.median(cold) * 1e6, statistics.median(warm) * 1e6))
     return found
 
 
@@ -141,7 +146,7 @@ class Totals:
     refused: int = 0
     only_new: int = 0
     continued: int = 0
-    estimates: list[float] = field(default_factory=list)
+    estimates: list[tuple[float, float]] = field(default_factory=list)
     dishonest: list[str] = field(default_factory=list)  # the runs without an honest end, and why
 
 
@@ -153,7 +158,7 @@ async def fake_engine_rows(directory: Path, config: Path) -> tuple[list[Row], To
         engine = await stack.enter_async_context(serve("window-engine", "bench.window_engine", health="/v1/models"))
         client = await stack.enter_async_context(http_client())
         for model, window in WINDOWS.items():
-            env = {"BRIDGE_CONTEXT_DEFAULT_TOKENS": str(window), "DEFAULT_MODEL": model}
+            env = {"DEFAULT_MODEL": model}  # the window: the listing's meta.n_ctx
             bridge = await stack.enter_async_context(gateway(engine.base_url, config, f"gateway-{model}", **env))
             for task, text in TASKS.items():
                 for count, servers in TOOLSETS.items():
@@ -184,7 +189,7 @@ async def fake_engine_rows(directory: Path, config: Path) -> tuple[list[Row], To
 
 
 async def real_engine_rows(directory: Path, config: Path) -> list[Row]:
-    """The bounded real-engine set: the three cases of tests/real_engine/test_context.py."""
+    """The bounded real-engine set: the three cases of tests/real_engine/test_context_runs.py."""
     cases = [
         ("all four servers, 'What time is it in Tokyo?'", {"task": "What time is it in Tokyo?", "max_rounds": 2}),
         (
@@ -205,7 +210,7 @@ async def real_engine_rows(directory: Path, config: Path) -> list[Row]:
         engine = started_engine(sync_stack, ["--ctx-size", str(REAL_WINDOW)])
         async with contextlib.AsyncExitStack() as stack:
             url, recorder = await stack.enter_async_context(recording_proxy(engine.base_url, force_a_call))
-            env = {"BRIDGE_CONTEXT_DEFAULT_TOKENS": str(REAL_WINDOW), "BRIDGE_REPEAT_CALL_LIMIT": "100"}
+            env = {"BRIDGE_REPEAT_CALL_LIMIT": "100"}  # the window: llama-server's listing
             env["BRIDGE_RUN_TIMEOUT_S"] = "900"
             bridge = await stack.enter_async_context(gateway(url, config, "gateway-real", **env))
             async with httpx.AsyncClient(timeout=1000) as client:
@@ -223,6 +228,10 @@ async def real_engine_rows(directory: Path, config: Path) -> list[Row]:
     return rows
 
 
+def percentiles(ordered: list[float]) -> str:
+    return f"{statistics.median(ordered):.0f} / {ordered[int(0.99 * (len(ordered) - 1))]:.0f} / {ordered[-1]:.0f}"
+
+
 def requests_line(reuse: list[Reuse]) -> str:
     """Each request as `kind prompt/read`, e.g. `continued 674/101`."""
     return "requests (kind prompt/read): " + ", ".join(f"{r.kind} {r.prompt_tokens}/{r.processed}" for r in reuse)
@@ -235,7 +244,8 @@ async def run() -> dict[str, object]:
         config = write_config(directory)
         fake_rows, totals = await fake_engine_rows(directory, config)
         real_rows = await real_engine_rows(directory, config)
-    estimates = sorted(totals.estimates)
+    cold = sorted(c for c, _ in totals.estimates)
+    warm = sorted(w for _, w in totals.estimates)
     rows: list[Row] = [
         ("fake engine: requests refused (all runs)", str(totals.refused), "0"),
         ("fake engine: runs with an honest end", f"{totals.honest} / {totals.runs}", f"all {totals.runs}"),
@@ -245,9 +255,9 @@ async def run() -> dict[str, object]:
             "all",
         ),
         (
-            "counting cost: the gateway's estimate of one request, median / p99 / max",
-            f"{statistics.median(estimates):.0f} / {estimates[int(0.99 * (len(estimates) - 1))]:.0f} / "
-            f"{estimates[-1]:.0f} µs ({len(estimates)} requests)",
+            "counting cost: the estimate of one request (`TokenCounter.estimate`), median / p99 / max",
+            f"{percentiles(cold)} µs counting its tools, {percentiles(warm)} µs with the tool list's size "
+            f"remembered (a run's later rounds); {len(cold)} requests",
             "report",
         ),
         *fake_rows,

@@ -86,13 +86,20 @@ async def forced(engine_2k: RealEngine, mcp_config: Path) -> AsyncIterator[tuple
             lmstudio_base_url=url,
             mcp_config=str(mcp_config),
             log_level="WARNING",
-            # llama.cpp's window as the gateway assumes it until the host's listing gives it (issue 28, item 1)
-            context_default_tokens=WINDOW,
             repeat_call_limit=100,
             run_timeout_s=RUN_TIMEOUT_S,
         )
         async with served(settings, timeout=RUN_TIMEOUT_S) as client:
             yield client, recorder
+
+
+async def test_the_gateway_knows_the_engines_window(forced: tuple[httpx.AsyncClient, Recorder]) -> None:
+    """The window comes from llama-server's listing (`meta.n_ctx`), not from BRIDGE_CONTEXT_DEFAULT_TOKENS (4096)."""
+    client, _ = forced
+    response = await client.get("/v1/models")
+    assert response.status_code == 200, response.text
+    [model] = response.json()["data"]
+    assert model["loaded_context_length"] == WINDOW
 
 
 async def fitted_run(
