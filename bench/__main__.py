@@ -2,7 +2,9 @@
 
 Absolute times drift on shared machines, so every figure is compared with baselines measured
 in the same run (see each section). Naming sections runs only those and prints their tables
-without touching docs/performance.md. The hand-written sections of docs/performance.md (HAND_WRITTEN)
+without touching docs/performance.md, unless `--write` is given: then just those sections are
+written (replaced in place, or added before the hand-written ones), each saying the command.
+The hand-written sections of docs/performance.md (HAND_WRITTEN)
 are kept as they are, after the measured ones.
 """
 
@@ -29,6 +31,7 @@ SECTIONS = [
     "passthrough",
     "catalog",
     "real_engine",
+    "context",
     "answer_reading",
     "run_store",
     "access",
@@ -61,17 +64,40 @@ def render(results: list[dict[str, Any]], kept: list[str] | None = None) -> str:
         "",
     ]
     for result in results:
-        lines += [f"## {result['title']}", ""]
-        if result.get("note"):
-            lines += [str(result["note"]), ""]
-        lines += ["| measure | value | target |", "|---|---|---|"]
-        lines += [f"| {a} | {b} | {c} |" for a, b, c in result["rows"]]
-        lines.append("")
-        if result.get("analysis"):
-            lines += [str(result["analysis"]), ""]
-    for section in kept or []:
-        lines += [section.rstrip(), ""]
+        lines += section(result)
+    for part in kept or []:
+        lines += [part.rstrip(), ""]
     return "\n".join(lines)
+
+
+def section(result: dict[str, Any], command: str | None = None) -> list[str]:
+    """One result as its docs/performance.md section (lines); `command`: the one that measured it alone."""
+    lines = [f"## {result['title']}", ""]
+    if command:
+        lines += [f"Measured alone by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
+    if result.get("note"):
+        lines += [str(result["note"]), ""]
+    lines += ["| measure | value | target |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in result["rows"]]
+    lines.append("")
+    if result.get("analysis"):
+        lines += [str(result["analysis"]), ""]
+    return lines
+
+
+def write_sections(text: str, results: list[dict[str, Any]], command: str) -> str:
+    """`text` (docs/performance.md) with the sections of `results` replaced, or inserted before the hand-written
+    sections when new."""
+    parts = re.split(r"(?m)^(?=## )", text)
+    for result in results:
+        new = "\n".join(section(result, command)) + "\n"
+        titles = [part[3:].split("\n", 1)[0].strip() if part.startswith("## ") else None for part in parts]
+        if result["title"] in titles:
+            parts[titles.index(result["title"])] = new
+        else:
+            at = next((i for i, t in enumerate(titles) if t in HAND_WRITTEN), len(parts))
+            parts.insert(at, new)
+    return "".join(part if part.endswith("\n\n") or part is parts[-1] else part + "\n" for part in parts)
 
 
 async def run(sections: list[str]) -> list[dict[str, Any]]:
@@ -89,6 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("sections", nargs="*", metavar="SECTION", help=f"some of: {', '.join(SECTIONS)}")
     parser.add_argument("--list", action="store_true", help="list the sections and exit")
+    parser.add_argument("--write", action="store_true", help="with SECTIONs: write just those to docs/performance.md")
     args = parser.parse_args()
     unknown = [name for name in args.sections if name not in SECTIONS]
     if unknown:
@@ -101,6 +128,10 @@ def main() -> None:
         kept = hand_written(OUT.read_text()) if OUT.exists() else []
         OUT.write_text(render(results, kept))
         print(f"wrote {OUT}", file=sys.stderr)
+    elif args.write:
+        command = f"python -m bench {' '.join(args.sections)} --write"
+        OUT.write_text(write_sections(OUT.read_text() if OUT.exists() else render([]), results, command))
+        print(f"wrote {len(results)} section(s) of {OUT}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import math
 import statistics
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,10 +188,11 @@ class DirectRun:
         return len(calls)
 
 
-def started_engine(stack: contextlib.ExitStack) -> RealEngine:
-    """llama-server (built once per machine by scripts/build-llama-server.sh: about 10 min the first time)."""
+def started_engine(stack: contextlib.ExitStack, extra_args: Sequence[str] = ()) -> RealEngine:
+    """llama-server (built once per machine by scripts/build-llama-server.sh: about 10 min the first time), with
+    `extra_args` after the lane's own (`--ctx-size 2048` wins over the lane's 4096)."""
     try:
-        return stack.enter_context(running_engine())
+        return stack.enter_context(running_engine(extra_args))
     except pytest.fail.Exception as exc:  # the test helpers fail the calling test; here, a plain error
         raise RuntimeError(str(exc)) from None
 
