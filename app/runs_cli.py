@@ -34,6 +34,15 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, ensure_ascii=False, indent=2))
 
 
+def _answer(args: argparse.Namespace, value: Any, text: Callable[[], str]) -> int:
+    """The API's JSON with --json, else the text for a person."""
+    if args.json:
+        _print_json(value)
+    else:
+        print(text())
+    return 0
+
+
 async def _list(args: argparse.Namespace) -> int:
     filters = {
         "status": args.status,
@@ -45,21 +54,13 @@ async def _list(args: argparse.Namespace) -> int:
     }
     async with _client(args) as client:
         page = await client.list(filters)
-    if args.json:
-        _print_json(page)
-    else:
-        print("\n".join(render_list(page, Style(sys.stdout))))
-    return 0
+    return _answer(args, page, lambda: "\n".join(render_list(page, Style(sys.stdout))))
 
 
 async def _show(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         record = await client.get(args.run_id)
-    if args.json:
-        _print_json(record)
-    else:
-        print("\n".join(render_record(record, Style(sys.stdout), args.full)))
-    return 0
+    return _answer(args, record, lambda: "\n".join(render_record(record, Style(sys.stdout), args.full)))
 
 
 async def _follow(args: argparse.Namespace) -> int:
@@ -88,22 +89,14 @@ async def _follow(args: argparse.Namespace) -> int:
 async def _decide(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         answer = await client.decide(args.run_id, args.call_id, args.action, args.reason)
-    if args.json:
-        _print_json(answer)
-    else:
-        done = "approved" if args.action == "approve" else "denied"
-        print(f"{done} {args.call_id} of {args.run_id}")
-    return 0
+    done = "approved" if args.action == "approve" else "denied"
+    return _answer(args, answer, lambda: f"{done} {args.call_id} of {args.run_id}")
 
 
 async def _cancel(args: argparse.Namespace) -> int:
     async with _client(args) as client:
         answer = await client.cancel(args.run_id)
-    if args.json:
-        _print_json(answer)
-    else:
-        print(f"cancelling {args.run_id}")
-    return 0
+    return _answer(args, answer, lambda: f"cancelling {args.run_id}")
 
 
 def _options(suppress: bool) -> argparse.ArgumentParser:

@@ -67,7 +67,9 @@ def make_settings(**overrides: Any) -> Settings:
 
 @contextlib.asynccontextmanager
 async def app_client(settings: Settings, **client_kwargs: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client talking to a fully started app (lifespan run) in-process."""
+    """An httpx client talking to a fully started app (lifespan run) in-process (a busy machine's timeout unless
+    the caller sets one: a run's first tool call starts its MCP server)."""
+    client_kwargs.setdefault("timeout", CLIENT_TIMEOUT_S)
     app = create_app(settings)
     async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:
         transport = httpx.ASGITransport(app=manager.app)
@@ -77,7 +79,9 @@ async def app_client(settings: Settings, **client_kwargs: Any) -> AsyncIterator[
 
 @contextlib.asynccontextmanager
 async def served(settings: Settings, **client_kwargs: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """The app behind a real uvicorn server on a free port (in this event loop); a client for it."""
+    """The app behind a real uvicorn server on a free port (in this event loop); a client for it (timeout as
+    `app_client`'s)."""
+    client_kwargs.setdefault("timeout", CLIENT_TIMEOUT_S)
     async with (
         serve_in_loop(create_app(settings), "the gateway", CLIENT_TIMEOUT_S) as url,
         httpx.AsyncClient(base_url=url, **client_kwargs) as client,

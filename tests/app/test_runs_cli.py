@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from app.runs_view import Style, fold
-from tests.conftest import make_settings, served
+from tests.conftest import CLIENT_TIMEOUT_S, make_settings, served
 from tests.helpers import REPO, TIME_CALL, call, eventually, script
 from tests.mock_lmstudio.fixture import MockLMStudio
 from tests.processes import free_port, terminate
@@ -39,7 +39,7 @@ async def gateway(mock_server: MockLMStudio, mcp_json: Path) -> AsyncIterator[ht
         approval_tools=["time__convert_time"],
         api_keys=KEY,
     )
-    async with served(settings, headers={"Authorization": f"Bearer {KEY}"}) as client:
+    async with served(settings, timeout=CLIENT_TIMEOUT_S, headers={"Authorization": f"Bearer {KEY}"}) as client:
         yield client
 
 
