@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from services.agent.answers import recover_text_calls
@@ -103,7 +104,7 @@ class AgentLoop:
         if choice == "required" and not answer.tool_calls:
             run.warnings.append('tool_choice "required" was asked for, but the model made no tool call')
         if answer.finish_reason == "length":
-            if answer.tool_calls and not any(c.repaired for c in answer.tool_calls):
+            if answer.tool_calls and all(_complete(c) for c in answer.tool_calls):
                 run.warnings.append("The answer was cut at the token limit after complete tool call(s); they were run")
                 return None
             if answer.tool_calls:  # a cut call is never run, and never hidden: the text stays the output
@@ -280,6 +281,17 @@ class AgentLoop:
             steps = [step for step in done if step is not None]
             self._run.steps.extend(steps)
         return steps
+
+
+def _complete(call: ToolCall) -> bool:
+    """A call of an answer cut at the token limit that was written whole: its arguments a JSON object as written
+    (not repaired); a cut one is never run nor sent back (engines refuse arguments that are not JSON)."""
+    if call.repaired:
+        return False
+    try:
+        return isinstance(json.loads(call.arguments or "{}"), dict)
+    except ValueError:
+        return False
 
 
 def _wire_call(call: ToolCall) -> dict[str, Any]:
