@@ -240,6 +240,12 @@ def new_store(kind: str, request: pytest.FixtureRequest) -> str:
     return cluster.new_database(f"test_{uuid.uuid4().hex[:16]}")
 
 
+@pytest.fixture
+def postgres_url(postgres_cluster: PostgresCluster) -> str:
+    """The SQLAlchemy URL (postgresql+asyncpg://...) of a fresh, empty database of the session's cluster."""
+    return postgres_cluster.new_database(f"test_{uuid.uuid4().hex[:16]}")
+
+
 @pytest.fixture(params=STORE_KINDS)
 def database_url(request: pytest.FixtureRequest) -> str:
     """A fresh run store of each kind: every test asking for it runs on SQLite and on PostgreSQL."""
