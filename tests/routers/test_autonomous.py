@@ -114,8 +114,8 @@ async def test_long_tool_output_is_cut_for_the_model_and_kept_whole_in_the_recor
     # cut at BRIDGE_TOOL_OUTPUT_MAX_CHARS, then to the default 4096-token window: beginning and end kept
     assert seen.startswith("x" * 1000) and len(seen) < 20_000
     assert "cut by lmstudio-bridge to fit the context window" in seen and "bridge__read_output" in seen
-    [fit] = result["context"]
-    assert fit["action"] == "output" and fit["tokens_after"] < fit["tokens_before"]
+    fits = [f for f in result["context"] if f["action"] == "output"]  # cut, then cut again to make room
+    assert fits and all(f["tokens_after"] < f["tokens_before"] for f in fits)
 
 
 async def test_model_that_never_stops_gets_max_rounds(bridge: httpx.AsyncClient, mock: MockLMStudio) -> None:
