@@ -165,7 +165,8 @@ class AgentLoop:
         that says its window is smaller than known (`n_ctx`), or counted more prompt tokens than the window
         holds, gets the request fitted again, once; otherwise its overflow ends the run (`context_exceeded`)."""
         fit = self._fit
-        for attempt in (1, 2):
+        retried = False
+        while True:
             self._caller.max_tokens = self._answer_tokens()
             messages, estimated = await fit.prepare(
                 messages, tools, self._keep_head, self._keep_from, round_no, self._caller.max_tokens
@@ -173,24 +174,25 @@ class AgentLoop:
             try:
                 answer = await self._caller.ask(strip_marks(messages), tools or None, choice)
             except ContextExceededError as exc:
-                if attempt == 2 or exc.n_ctx is None:
+                if retried or exc.n_ctx is None:
                     raise
                 await self._learn(exc, estimated, round_no)
+                retried = True
                 continue
             prompt_tokens = answer.usage.prompt_tokens
             if prompt_tokens:
                 fit.observe(estimated, prompt_tokens)
             if prompt_tokens > fit.window:
-                if attempt == 2:
+                if retried:
                     raise ContextExceededError(
                         f"The engine counted {prompt_tokens} prompt tokens, more than the {fit.window}-token window",
                         n_ctx=fit.window,
                         n_prompt=prompt_tokens,
                         shape="usage",
                     )
+                retried = True
                 continue  # the estimate has just been calibrated: fitted again, sent again
             return answer, messages
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _learn(self, exc: ContextExceededError, estimated: int, round_no: int) -> None:
         """What an overflow answer says: the engine's window (n_ctx) and its count of the prompt (n_prompt; without
