@@ -7,11 +7,10 @@ from dataclasses import dataclass, field
 from services.access import KeyRing
 from services.agent.approvals import ApprovalPolicy
 from services.agent.defaults import RunDefaults
+from services.agent.ports import Engine, Models, Tools
 from services.agent.state import Journals
 from services.context import TokenCounter
 from services.limits import RunLimiter
-from services.lmstudio import LMStudioHosts, ModelCatalog
-from services.mcp import MCPPool
 from services.metrics import Metrics
 
 
@@ -19,9 +18,9 @@ from services.metrics import Metrics
 class RunContext:
     """The services a run works with; built once by `AgentService`, shared by all its runs."""
 
-    lmstudio: LMStudioHosts
-    catalog: ModelCatalog
-    pool: MCPPool
+    lmstudio: Engine
+    catalog: Models
+    pool: Tools
     limiter: RunLimiter
     defaults: RunDefaults
     metrics: Metrics

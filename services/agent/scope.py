@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from services.access import Access
+from services.agent.ports import Models
 from services.errors import InvalidRequestError, ModelNotFoundError
-from services.lmstudio import ModelCatalog, ModelKind, ResolvedModel
+from services.lmstudio import ModelKind, ResolvedModel
 from services.mcp import ToolSet, split_qualified
 
 
 async def resolve_model(
-    catalog: ModelCatalog, requested: str | None, access: Access | None, *, kind: ModelKind = "chat"
+    catalog: Models, requested: str | None, access: Access | None, *, kind: ModelKind = "chat"
 ) -> ResolvedModel:
     """The resolved model (aliases, default), within the key's scope: a key is told only of the models it may use,
     and a model outside its scope (the default included) is 403."""

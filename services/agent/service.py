@@ -12,14 +12,14 @@ from services.agent.defaults import RunDefaults
 from services.agent.lease import RunLease
 from services.agent.options import run_spec
 from services.agent.pipeline import Pipeline, StageSpec, check_instructions
+from services.agent.ports import Engine, Models, Tools
 from services.agent.records import RunSpec
 from services.agent.run import Run
 from services.agent.scope import resolve_model, scoped_tools
 from services.agent.state import Journals
 from services.errors import BridgeError, MCPServerError, ShuttingDownError
 from services.limits import RunLimiter
-from services.lmstudio import LMStudioHosts, ModelCatalog
-from services.mcp import MCPPool, ToolSet
+from services.mcp import ToolSet
 from services.metrics import Metrics
 
 R = TypeVar("R", bound=Run)
@@ -30,9 +30,9 @@ class AgentService:
 
     def __init__(
         self,
-        lmstudio: LMStudioHosts,
-        catalog: ModelCatalog,
-        pool: MCPPool,
+        lmstudio: Engine,
+        catalog: Models,
+        pool: Tools,
         limiter: RunLimiter,
         defaults: RunDefaults,
         metrics: Metrics,

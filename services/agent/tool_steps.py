@@ -10,10 +10,11 @@ from typing import Any
 
 from services.agent.approvals import Decision, Verdict
 from services.agent.arguments import Rejected, check_arguments, maybe_json
+from services.agent.ports import Tools
 from services.agent.records import Emit, RunEvent, Step, step_data
 from services.errors import BridgeError
 from services.lmstudio import ToolCall
-from services.mcp import MCPPool, ToolSet, ToolSpec
+from services.mcp import ToolSet, ToolSpec
 from services.text import scrub
 
 # asks a person about a call (call id, tool, checked arguments) when the tool needs approval; None: it does not
@@ -21,7 +22,7 @@ Approve = Callable[[str, ToolSpec, Any], Awaitable[Decision | None]]
 
 
 async def run_tool_call(
-    pool: MCPPool, tools: ToolSet, round_no: int, call: ToolCall, emit: Emit, approve: Approve
+    pool: Tools, tools: ToolSet, round_no: int, call: ToolCall, emit: Emit, approve: Approve
 ) -> Step:
     """Run one call; whatever goes wrong becomes the step's error output, for the model to read."""
     call_id, name, raw_args = scrub(call.id), scrub(call.name), call.arguments
@@ -60,7 +61,7 @@ def unknown_tool(tools: ToolSet, name: str) -> str:
 
 
 async def _invoke(
-    pool: MCPPool, spec: ToolSpec, call_id: str, raw_args: str, approve: Approve
+    pool: Tools, spec: ToolSpec, call_id: str, raw_args: str, approve: Approve
 ) -> tuple[Any, str, bool, Verdict | None]:
     checked = check_arguments(spec, raw_args)
     if isinstance(checked, Rejected):

@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 
 from services.lmstudio import ChatResult, ToolCall
+from tests.services.agent.fakes import FakePool
 from tests.services.agent.test_fitting import CLOCK, WindowedEngine, agent, run
-from tests.services.agent.test_loop import FakePool
 
 CUT = '{\n    "timezone": "1234567890123456789012345678901234567890'
 

@@ -16,28 +16,28 @@ from services.limits import RunLimiter
 from services.lmstudio import ChatResult, Usage
 from services.mcp import ToolSpec
 from services.metrics import Metrics
-from tests.services.agent.test_loop import FakeCatalog, FakePool, call, text_result
+from tests.services.agent.fakes import FakeCatalog, FakeEngine, FakePool, call, text_result
 
 
 def count(payload: dict[str, Any]) -> int:
     return math.ceil(len(json.dumps(payload["messages"]) + json.dumps(payload.get("tools") or [])) / 4)
 
 
-class WindowedEngine:
+class WindowedEngine(FakeEngine):
     """Answers from a script within an `n_ctx`-token window; a prompt over it is refused (with n_ctx when
     `tells` is set, else as the client reports an empty answer). Records every payload and its token count."""
 
     def __init__(self, n_ctx: int, *answers: ChatResult | None, tells: bool = True) -> None:
+        super().__init__()
         self.n_ctx = n_ctx
         self.tells = tells
         self.answers = list(answers)
         self.payloads: list[dict[str, Any]] = []
         self.counts: list[int] = []
 
-    def check(self) -> None:
-        return None
-
-    async def chat(self, payload: dict[str, Any], *, timeout_s: float | None = None, deadline: float) -> ChatResult:
+    async def chat(
+        self, payload: dict[str, Any], *, timeout_s: float | None = None, deadline: float | None = None
+    ) -> ChatResult:
         tokens = count(payload)
         self.payloads.append(json.loads(json.dumps(payload)))
         self.counts.append(tokens)

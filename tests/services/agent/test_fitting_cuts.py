@@ -24,8 +24,8 @@ from services.errors import ContextExceededError
 from services.limits import RunLimiter
 from services.lmstudio import ChatResult, Usage
 from services.metrics import Metrics
-from tests.services.agent.test_fitting import CLOCK, WindowedEngine, call, run, tools
-from tests.services.agent.test_loop import FakeCatalog, FakePool, text_result
+from tests.services.agent.fakes import FakeCatalog, FakePool, call, text_result
+from tests.services.agent.test_fitting import CLOCK, WindowedEngine, run, tools
 
 FILE = "".join(
     f"line {i:05d}: the quick brown fox jumps over the lazy dog while measuring context windows\n" for i in range(2400)
@@ -36,7 +36,9 @@ class TokenizerLikeEngine(WindowedEngine):
     """Counts as SmolLM2's tokenizer did on these requests: within 2 % of the gateway's uncalibrated estimate
     (estimated 814, counted 802 for the first request), i.e. the estimate itself."""
 
-    async def chat(self, payload: dict[str, Any], *, timeout_s: float | None = None, deadline: float) -> ChatResult:
+    async def chat(
+        self, payload: dict[str, Any], *, timeout_s: float | None = None, deadline: float | None = None
+    ) -> ChatResult:
         tokens = TokenCounter().count(payload["messages"], payload.get("tools") or [])
         self.payloads.append(json.loads(json.dumps(payload)))
         self.counts.append(tokens)
