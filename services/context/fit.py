@@ -112,25 +112,24 @@ def compact(
     `keep_from` (the last round): older tool outputs replaced by a stub first, oldest first; then whole older
     rounds dropped, oldest first. Returns the new list and how many messages were changed or dropped."""
     result = [dict(m) for m in messages]
-    changed = 0
+    touched: set[int] = set()  # ids of the messages stubbed or dropped: one stubbed then dropped counts once
     for index in range(keep_head, keep_from):
         if fits(result):
-            return result, changed
+            return result, len(touched)
         message = result[index]
         if message.get("role") == "tool" and not message.get("compacted"):
             message["content"] = stub(message)
             message["compacted"] = True
-            changed += 1
+            touched.add(id(message))
     start = keep_head
     while not fits(result) and start < keep_from:
         end = start + 1  # a round: an assistant message and the tool messages that answer it
         while end < keep_from and result[end].get("role") == "tool":
             end += 1
-        dropped = end - start
+        touched.update(id(m) for m in result[start:end])
         del result[start:end]
-        keep_from -= dropped
-        changed += dropped
-    return result, changed
+        keep_from -= end - start
+    return result, len(touched)
 
 
 def strip_marks(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
