@@ -4,8 +4,14 @@ failed after a tool ran. Each case is listed in docs/reliability.md."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
 from tests.conftest import app_client, make_settings
-from tests.mock_lmstudio.fixture import MockLMStudio
+from tests.mock_lmstudio.fixture import MockLMStudio, start_mock
 
 QWEN, CODER = "qwen/qwen3-4b", "qwen/qwen3-coder-30b"
 LISTING = "/api/v1/models"
@@ -31,3 +37,44 @@ async def test_three_401s_on_the_probes_then_a_healthy_lmstudio_needs_no_restart
     assert {m["id"]: m["state"] for m in after.json()["data"]}[CODER] == "loaded"
     paths = [r["path"] for r in await mock.requests() if r["method"] == "GET"]
     assert "/v1/models" not in paths and "/api/v0/models" not in paths, paths  # never fell back
+
+
+# --- item 12, case 17: a host seen down shows its models unreachable at once -----------------------------
+
+GEMMA = "google/gemma-3-4b"
+
+
+def hosts_file(path: Path, **urls: str) -> str:
+    path.write_text(json.dumps({"hosts": [{"name": name, "url": url} for name, url in urls.items()]}))
+    return str(path)
+
+
+@pytest.mark.parametrize("seen_by", ["readyz", "a call"])
+async def test_a_host_seen_down_marks_its_models_unreachable_at_once(tmp_path: Path, seen_by: str) -> None:
+    a, c = await asyncio.gather(start_mock(), start_mock())
+    try:
+        await a.configure(
+            models=[{"id": QWEN, "type": "llm", "loaded": True, "max_context_length": 8192, "tool_use": True}]
+        )
+        await c.configure(
+            models=[{"id": GEMMA, "type": "vlm", "loaded": True, "max_context_length": 8192, "tool_use": True}]
+        )
+        hosts = hosts_file(tmp_path / "hosts.json", a=a.base_url, c=c.base_url)
+        settings = make_settings(lmstudio_hosts_file=hosts, model_cache_ttl_s=60, lmstudio_retries=0)
+        async with app_client(settings) as gateway:
+            before = {m["id"]: m for m in (await gateway.get("/v1/models")).json()["data"]}
+            assert before[GEMMA]["state"] == "loaded"
+            c.process.kill()
+            await c.process.wait()
+            if seen_by == "readyz":
+                ready = (await gateway.get("/readyz")).json()
+                assert [h["ok"] for h in ready["lmstudio"]["hosts"]] == [True, False], ready
+            else:
+                call = await gateway.post("/v1/autonomous", json={"task": "hi", "model": GEMMA, "mcp_servers": []})
+                assert call.status_code == 503, call.text
+            after = {m["id"]: m for m in (await gateway.get("/v1/models")).json()["data"]}  # within the 60 s cache
+    finally:
+        await asyncio.gather(a.stop(), c.stop())
+    assert after[GEMMA]["hosts"] == [{"name": "c", "state": "unreachable", "loaded_context_length": None}]
+    assert after[GEMMA]["state"] == "not-loaded" and after[GEMMA]["loaded_context_length"] is None
+    assert after[QWEN]["state"] == "loaded" and after[QWEN]["hosts"][0]["state"] == "loaded"
