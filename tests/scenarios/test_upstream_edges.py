@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import app_client, make_settings
+from tests.helpers import TIME_CALL, eventually, read_sse, script
 from tests.mock_lmstudio.fixture import MockLMStudio, start_mock
 
 QWEN, CODER = "qwen/qwen3-4b", "qwen/qwen3-coder-30b"
@@ -78,3 +81,47 @@ async def test_a_host_seen_down_marks_its_models_unreachable_at_once(tmp_path: P
     assert after[GEMMA]["hosts"] == [{"name": "c", "state": "unreachable", "loaded_context_length": None}]
     assert after[GEMMA]["state"] == "not-loaded" and after[GEMMA]["loaded_context_length"] is None
     assert after[QWEN]["state"] == "loaded" and after[QWEN]["hosts"][0]["state"] == "loaded"
+
+
+# --- item 12, case 13: a run that fails after a tool ran keeps its steps -----------------------------------
+
+CHAT = "/v1/chat/completions"
+HERMES_CALL = '<tool_call>\n{"name": "time__get_current_time", "arguments": {"timezone": "Asia/Tokyo"}}\n</tool_call>'
+
+
+@pytest.mark.parametrize("how", ["background", "sync"])
+@pytest.mark.parametrize("written", ["structured", "as text"])
+async def test_a_run_failing_on_round_two_keeps_the_steps_that_ran(
+    bridge: httpx.AsyncClient, mock: MockLMStudio, written: str, how: str
+) -> None:
+    """Round 1 calls the time tool (as a tool call, or as Hermes text the gateway recovers); the engine answers
+    round 2 with a 400: the record says `failed` and keeps the step and the round (a background run, and a
+    synchronous one, whose answer is the problem and whose record is in the store too)."""
+    scripted = script(calls=[[TIME_CALL]]) if written == "structured" else script(answer=HERMES_CALL)
+    rejected = {"kind": "status", "status": 400, "path": CHAT, "body": {"error": "Failed to parse input"}}
+    await mock.faults({"kind": "delay", "ms": 0, "path": CHAT}, rejected)  # round 1 passes, round 2 is refused
+    body = {"task": "the time " + scripted, "mcp_servers": ["time"]}
+    if how == "background":
+        started = await bridge.post("/v1/runs", json=body)
+        assert started.status_code == 202, started.text
+        run_id = started.json()["run_id"]
+    else:
+        answer = await bridge.post("/v1/autonomous", json=body)
+        assert answer.status_code == 422 and answer.json()["code"] == "upstream_rejected", answer.text
+        run_id = (await bridge.get("/v1/runs", params={"limit": 1})).json()["data"][0]["run_id"]
+
+    async def ended() -> dict[str, Any] | None:
+        record = dict((await bridge.get(f"/v1/runs/{run_id}")).json())
+        return record if record["status"] not in ("queued", "running") else None
+
+    record = await eventually(ended, 30, "the run ended")
+    assert record["status"] == "failed" and record["error"]["code"] == "upstream_rejected", record
+    assert record["rounds"] == 1, record
+    [step] = record["steps"]
+    assert (step["server"], step["tool"], step["is_error"]) == ("time", "get_current_time", False), step
+    if written == "as text":
+        assert step["recovered_from"] == "hermes", step
+    async with bridge.stream("GET", f"/v1/runs/{run_id}/events") as response:
+        events = [event for event, _ in await read_sse(response)]
+    assert events.count("tool_call.completed") == 1 and events[-1] == "run.failed", events
+    assert [r["status"] for r in await mock.chat_requests()] == [200, 400]
