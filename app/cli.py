@@ -77,9 +77,10 @@ async def _check_lmstudio(gateway: BridgeState) -> bool:
 async def serve_stdio(settings: Settings, mcp_setup: MCPSetup) -> None:
     """Serve the MCP front door's tools over stdin/stdout with the gateway's parts (no HTTP)."""
     from routers.mcp_front import build_mcp_server  # the MCP SDK: only this mode (and `/mcp`) loads it
+    from routers.mcp_stdio import run_stdio
 
     async with open_gateway(settings, mcp_setup) as gateway:
-        await build_mcp_server(settings, lambda: gateway).run_stdio_async()
+        await run_stdio(build_mcp_server(settings, lambda: gateway))  # a broken line gets a parse error
 
 
 def own_instance(settings: Settings, mode: str) -> Settings:

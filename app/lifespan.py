@@ -62,15 +62,20 @@ async def watch_keys_file(keys: KeyRing) -> AsyncIterator[None]:
     """Reload the keys file when it changes (checked every KEYS_POLL_S) and on SIGHUP, without a restart."""
     loop = asyncio.get_running_loop()
 
+    forced = asyncio.Event()  # SIGHUP: reload now, changed or not
+
     async def poll() -> None:
         while True:
-            await asyncio.sleep(KEYS_POLL_S)
-            keys.reload()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(forced.wait(), KEYS_POLL_S)
+            force = forced.is_set()
+            forced.clear()
+            await keys.reload_off_loop(force=force)  # read in a worker thread: requests are served meanwhile
 
     task = asyncio.create_task(poll())
     hup = False
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no signals off the main thread
-        loop.add_signal_handler(signal.SIGHUP, lambda: keys.reload(force=True))
+        loop.add_signal_handler(signal.SIGHUP, forced.set)
         hup = True
     try:
         yield

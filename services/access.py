@@ -6,6 +6,7 @@ JSON, a top-level `keys` list). Keys are held as SHA-256 digests and compared in
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -26,6 +27,7 @@ from services.mcp.tools import SEPARATOR, qualified_name
 log = logging.getLogger("lmstudio_bridge.access")
 
 ANY = ("*",)
+RELOAD_TIMEOUT_S = 5.0  # a keys file not read within this keeps the previous keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +201,7 @@ class KeyRing:
     clear_keys: list[str] = field(default_factory=list)
     path: Path | None = None
     _mtime: float | None = None
+    _reading: asyncio.Future[Any] | None = None  # the reload whose file read (a worker thread's) is under way
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
     _running: dict[str, int] = field(default_factory=dict)
 
@@ -251,19 +254,48 @@ class KeyRing:
 
     def reload(self, *, force: bool = False) -> bool:
         """Read the keys file again when it changed (or when `force`); a broken file keeps the old keys."""
+        return self._apply(self._read(force))
+
+    async def reload_off_loop(self, *, force: bool = False, timeout_s: float = RELOAD_TIMEOUT_S) -> bool:
+        """`reload` with the file read and parsed in a worker thread, so the event loop serves on meanwhile; a read
+        that does not end within `timeout_s` (or is still running from before) keeps the old keys."""
         if self.path is None:
             return False
+        if self._reading is not None and not self._reading.done():
+            log.error("keys file not reloaded, the previous keys stay in force: an earlier read has not ended")
+            return False
+        self._reading = reading = asyncio.ensure_future(asyncio.to_thread(self._read, force))
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(reading), timeout_s)
+        except TimeoutError:
+            log.error("keys file not reloaded, the previous keys stay in force: not read within %g s", timeout_s)
+            return False
+        return self._apply(outcome)
+
+    def _read(self, force: bool) -> list[tuple[bytes, Access, str | None]] | KeysFileError | None:
+        """The file's keys, the reason they cannot be used, or None when it has not changed (and not `force`)."""
+        if self.path is None:
+            return None
         mtime = _mtime(self.path)
         if not force and mtime == self._mtime:
-            return False
+            return None
         self._mtime = mtime
         try:
-            keys = load_keys_file(self.path)
-            self._use(keys)
+            return load_keys_file(self.path)
+        except KeysFileError as exc:
+            return exc
+
+    def _apply(self, outcome: list[tuple[bytes, Access, str | None]] | KeysFileError | None) -> bool:
+        if outcome is None:
+            return False
+        try:
+            if isinstance(outcome, KeysFileError):
+                raise outcome
+            self._use(outcome)
         except KeysFileError as exc:
             log.error("keys file not reloaded, the previous keys stay in force: %s", exc)
             return False
-        log.info("keys file reloaded: %d key(s)", len(keys))
+        log.info("keys file reloaded: %d key(s)", len(outcome))
         return True
 
     # --- per-key limits ---

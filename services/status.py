@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -107,6 +107,8 @@ class StatusService:
     async def models(self, access: Access | None = None) -> ModelList:
         """The model list (cached per MODEL_CACHE_TTL_S), the default one marked; only what `access` may use."""
         snap = await self.catalog.snapshot()
+        models = self.lmstudio.as_now(snap.models)  # a host seen down since the list was cached: unreachable now
+        snap = replace(snap, models=tuple(models), by_id={m.id: m for m in models})
         entries, aliases = self.catalog.entries(snap), self.catalog.aliases
         if access is not None:
             entries = [e for e in entries if access.model_allowed(e.id, aliases)]

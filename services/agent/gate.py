@@ -65,16 +65,24 @@ class ApprovalGate:
         request = {"tool_call_id": call_id, "name": name, "server": spec.server, "tool": spec.name}
         await self._emit(RunEvent.APPROVAL_REQUESTED, {**request, "arguments": arguments})
         try:
-            with self._deadline_paused():
-                async with asyncio.timeout(self._timeout_s):
-                    decision = await future
-        except TimeoutError:
-            decision = Decision("timed_out", f"no decision within {self._timeout_s:g} s")
-        finally:
-            del self.pending[call_id]
-            if not self.pending:
-                self._set_status("running")
+            decision = await self._wait(call_id, future)
+        except asyncio.CancelledError:  # the run was cancelled (or stopped) while the call waited: the request ends
+            reason = "the run was cancelled before a decision came"
+            await self._emit(RunEvent.APPROVAL_DECIDED, {**request, "decision": "cancelled", "reason": reason})
+            raise
         await self._emit(
             RunEvent.APPROVAL_DECIDED, {**request, "decision": decision.verdict, "reason": decision.reason}
         )
         return decision
+
+    async def _wait(self, call_id: str, future: asyncio.Future[Decision]) -> Decision:
+        try:
+            with self._deadline_paused():
+                async with asyncio.timeout(self._timeout_s):
+                    return await future
+        except TimeoutError:
+            return Decision("timed_out", f"no decision within {self._timeout_s:g} s")
+        finally:
+            del self.pending[call_id]
+            if not self.pending:
+                self._set_status("running")

@@ -35,7 +35,9 @@ class HostAPI:
 
     def models(self, response: Answer) -> list[ModelInfo] | None:
         """The models in an answer, or None when the answer says this server does not have the API
-        (a 4xx, a body that is not JSON, or LM Studio's 200 `{"error": "Unexpected endpoint..."}`)."""
+        (404/405, a body that is not JSON, or LM Studio's 200 `{"error": "Unexpected endpoint..."}`). Other
+        failures never get here: the probe raises them (`errors.error_for_probe`), so a 401 or a 5xx never
+        marks an API absent."""
         if response.status_code >= 400:
             return None
         try:

@@ -148,12 +148,18 @@ def error_for_chat(response: Answer, model: str | None = None) -> LLMError | Non
     )
 
 
+ABSENT_STATUS = frozenset({404, 405})  # a model-list probe's answers that say the path is not there
+
+
 def error_for_probe(response: Answer, model: str | None = None) -> LLMError | None:
-    """For a model-list probe only a 429 or a 5xx is an error: any other answer may just mean
-    "not this API" (see `ModelAPI.models`)."""
-    if response.status_code == 429 or response.status_code >= 500:
-        return error_for_response(response, model)
-    return None
+    """For a model-list probe, a 2xx (read by `HostAPI.models`: LM Studio's "Unexpected endpoint" or a list in
+    another shape means "not this API") and 404/405 (no such path) are answers; anything else (401, 403, other
+    4xx, 429, 5xx) is an error: the host cannot say now which APIs it has, so none is marked absent and the
+    detection is tried again on the next listing."""
+    status = response.status_code
+    if status < 400 or status in ABSENT_STATUS:
+        return None
+    return error_for_response(response, model)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 
 from services.lmstudio.client import LMStudioClient
 from services.lmstudio.hosts import HostSpec
-from services.lmstudio.listing import HostState, ModelInfo
+from services.lmstudio.listing import HostState, ModelHost, ModelInfo
 
 DOWN_S = 5.0  # a host whose call just failed goes to the back of the line for this long
 
@@ -35,11 +36,39 @@ class Host:
     def failed(self) -> None:
         self.down_until = time.monotonic() + DOWN_S
 
+    @property
+    def down(self) -> bool:
+        """Seen down: its last list, ping or call did not come back, or its breaker is open."""
+        return not self.reachable or not self.admits()
+
     def state_of(self, model: str) -> HostState:
         """`loaded`, `available` (listed, loads on demand) or `unreachable`, as /v1/models shows it."""
-        if not self.reachable or not self.admits():
+        if self.down:
             return "unreachable"
         return "loaded" if self.models[model].loaded else "available"
+
+
+def placed(model: ModelInfo, places: tuple[ModelHost, ...]) -> ModelInfo:
+    """`model` on the hosts `places`: loaded when a host has it loaded, with the smallest of their windows (a call
+    may go to any host that has it loaded)."""
+    windows = (p.loaded_context_length for p in places if p.state == "loaded")
+    return replace(
+        model,
+        hosts=places,
+        loaded=any(p.state == "loaded" for p in places),
+        loaded_context_length=min(filter(None, windows), default=None),
+    )
+
+
+def as_now(models: Iterable[ModelInfo], hosts: Mapping[str, Host]) -> list[ModelInfo]:
+    """A listed (maybe cached) `models` with the hosts seen down since shown `unreachable` at once."""
+    out = []
+    for model in models:
+        places = tuple(
+            ModelHost(p.name, "unreachable") if p.name in hosts and hosts[p.name].down else p for p in model.hosts
+        )
+        out.append(model if places == model.hosts else placed(model, places))
+    return out
 
 
 def rank(hosts: list[Host], model: str | None, now: float) -> list[Host]:

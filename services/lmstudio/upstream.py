@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import httpx
@@ -29,7 +28,7 @@ from services.lmstudio.errors import counts_against_lmstudio
 from services.lmstudio.hosts import HostSpec
 from services.lmstudio.listing import ModelHost, ModelInfo
 from services.lmstudio.retry import RetryPolicy
-from services.lmstudio.routing import Host, rank
+from services.lmstudio.routing import Host, as_now, placed, rank
 from services.metrics import Metrics
 
 T = TypeVar("T")
@@ -159,16 +158,12 @@ class LMStudioHosts:
                 state = host.state_of(model.id)
                 window = model.loaded_context_length if state == "loaded" else None
                 where.setdefault(model.id, []).append(ModelHost(host.name, state, window))
-        return [
-            replace(
-                m,
-                loaded=any(p.state == "loaded" for p in where[m.id]),
-                hosts=tuple(where[m.id]),
-                # a call may go to any host that has it loaded: the smallest of their windows bounds it
-                loaded_context_length=min(filter(None, (p.loaded_context_length for p in where[m.id])), default=None),
-            )
-            for m in first.values()
-        ]
+        return [placed(m, tuple(where[m.id])) for m in first.values()]
+
+    def as_now(self, models: Iterable[ModelInfo]) -> list[ModelInfo]:
+        """A cached model list with each host as routing knows it now: the models of a host seen down since (a
+        failed ping, call or listing, an open breaker) are `unreachable` at once, not after the cache's TTL."""
+        return as_now(models, self._by_name)
 
     async def load_model(self, key: str, ttl: int | None = None, host: str | None = None) -> dict[str, Any]:
         """Load a model on `host`, else on the best host that has it and has not loaded it yet."""
@@ -269,6 +264,8 @@ class LMStudioHosts:
             try:
                 result = await call(host.client)
             except BridgeError as exc:
+                if isinstance(exc, LLMConnectionError):
+                    host.reachable = False  # seen down: /v1/models says so at once (`as_now`)
                 if not fails_over(exc) or len(self.hosts) == 1:
                     raise
                 if not isinstance(exc, MODEL_ERRORS):
@@ -280,6 +277,7 @@ class LMStudioHosts:
             finally:
                 host.in_flight -= 1
             host.served += 1 / host.spec.weight
+            host.reachable = True
             return result, host, [f"{h.name!r} failed ({e.detail})" for h, e in failures]
         raise AssertionError("rank() returns at least one host")
 

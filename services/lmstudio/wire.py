@@ -33,9 +33,16 @@ class Wire:
         self._direct_headers = (plain, {**plain, "content-type": "application/json"})
 
     def timeouts(self, timeout_s: float | None) -> Timeouts:
+        """The client's time limits, reading (and writing) for `timeout_s` when given: connecting and waiting for
+        a pooled connection keep the configured limit (BRIDGE_LMSTUDIO_CONNECT_TIMEOUT_S), shortened only to
+        `timeout_s` when that is shorter (a run's deadline)."""
         if timeout_s is None:
             return self.default_timeouts
-        return httpx.Timeout(timeout_s, connect=min(timeout_s, 5)).as_dict()
+        limits = dict(self.default_timeouts, read=timeout_s, write=timeout_s)
+        for name in ("connect", "pool"):
+            configured = limits[name]
+            limits[name] = timeout_s if configured is None else min(configured, timeout_s)
+        return limits
 
     async def exchange(self, method: str, path: str, content: bytes | None, timeouts: Timeouts) -> Answer:
         """Sent once, the answer's body read whole."""

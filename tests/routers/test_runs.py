@@ -562,3 +562,10 @@ async def test_cancel_while_awaiting_approval(approvals: httpx.AsyncClient) -> N
     call_id = asked.data["tool_call_id"]
     late = await approvals.post(f"/v1/runs/{run_id}/approvals/{call_id}", json={"decision": "approve"})
     assert_problem(late, 404, "approval_not_found")
+    # the request is closed by an event, stored with the run (issue 29, item 11)
+    events = await events_of(approvals, run_id)
+    kinds = [f.event for f in events]
+    assert kinds[-3:] == ["approval.requested", "approval.decided", "run.completed"], kinds  # status `cancelled`
+    [verdict] = [f for f in events if f.event == "approval.decided"]
+    assert verdict.data["tool_call_id"] == call_id and verdict.data["decision"] == "cancelled", verdict.data
+    assert verdict.data["reason"] == "the run was cancelled before a decision came"

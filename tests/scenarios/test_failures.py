@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -127,15 +128,21 @@ async def test_lmstudio_garbage_json(open_gateway: GatewayFactory) -> None:
         assert len(await gw.mock.chat_requests()) == 1
 
 
-async def test_passthrough_stream_cut_midway(open_gateway: GatewayFactory) -> None:
+async def test_passthrough_stream_cut_midway(open_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture) -> None:
     """Issue 29: an engine that dies mid-stream gives the client an error chunk in OpenAI's stream shape and
     [DONE], not a cut read (and no ASGI exception)."""
+    caplog.set_level(logging.WARNING)
+    uvicorn_log = logging.getLogger("uvicorn")  # where "Exception in ASGI application" goes (not propagated)
     async with open_gateway(wire=True) as gw:
-        await gw.mock.faults(chat_fault("cut_stream"))
-        body = chat_body("stream " + script(answer="an answer long enough to be cut in pieces"), stream=True)
-        async with gw.client.stream("POST", CHAT, json=body) as response:
-            assert response.status_code == 200
-            lines = [line async for line in response.aiter_lines() if line]
+        uvicorn_log.addHandler(caplog.handler)  # after uvicorn configured its loggers
+        try:
+            await gw.mock.faults(chat_fault("cut_stream"))
+            body = chat_body("stream " + script(answer="an answer long enough to be cut in pieces"), stream=True)
+            async with gw.client.stream("POST", CHAT, json=body) as response:
+                assert response.status_code == 200
+                lines = [line async for line in response.aiter_lines() if line]
+        finally:
+            uvicorn_log.removeHandler(caplog.handler)
         # the first chunks may or may not get through (the LM Studio client's transport drops what it had
         # buffered when the connection breaks); the end of the stream always does
         assert lines[-1] == "data: [DONE]"
@@ -145,6 +152,10 @@ async def test_passthrough_stream_cut_midway(open_gateway: GatewayFactory) -> No
             "upstream_error",
             "server_error",
         )
+    logged = [(r.name, r.getMessage()) for r in caplog.records]
+    assert any("stream" in message.lower() for _, message in logged), logged  # the cut is logged, as a warning
+    assert not any("Exception in ASGI application" in message for _, message in logged), logged
+    assert not any(r.exc_info for r in caplog.records), logged  # no traceback anywhere
 
 
 async def test_passthrough_single_503_absorbed(open_gateway: GatewayFactory) -> None:

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -258,3 +259,72 @@ async def test_a_key_added_by_a_reload_is_kept_out_of_the_store(tmp_path: Path, 
 
             text = await eventually(stored, 10, f"run {run_id} stored", every_s=0.1)
             assert key not in text, f"{key[:5]}... stored in clear"
+
+
+# --- a FIFO or a huge file in the keys file's place (issue 29, item 5) ----------------------------------
+
+HUGE_BYTES = 60_000_000
+
+
+def huge_keys(path: Path) -> None:
+    """A valid keys file padded with a comment to 60 MB (it used to stall the event loop for seconds)."""
+    with path.open("w") as out:
+        out.write(yaml.safe_dump(keys_doc({"name": "delta", "key": DELTA})) + "# ")
+        out.write("x" * HUGE_BYTES + "\n")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "huge"])
+def test_a_fifo_or_a_huge_keys_file_stops_start_up_clearly(tmp_path: Path, kind: str) -> None:
+    keys = tmp_path / "keys.yaml"
+    os.mkfifo(keys) if kind == "fifo" else huge_keys(keys)
+    env = clean_env(BRIDGE_KEYS_FILE=str(keys), MCP_CONFIG="", HOME=str(tmp_path))
+    result = run_python("-m", "app.cli", "serve", "--port", str(free_port()), env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    said = "is a FIFO, not a regular file: refused" if kind == "fifo" else "over the limit of 1048576 bytes: refused"
+    assert "Invalid keys file (BRIDGE_KEYS_FILE)" in result.stderr and said in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_a_fifo_or_a_huge_keys_file_at_reload_keeps_the_old_keys_and_healthz_answers(
+    tmp_path: Path, mock: MockLMStudio
+) -> None:
+    keys = tmp_path / "keys.yaml"
+    write_keys(keys, keys_doc({"name": "alpha", "key": ALPHA}))
+    latencies: list[float] = []
+    async with gateway_process(BRIDGE_KEYS_FILE=str(keys), LMSTUDIO_BASE_URL=mock.base_url, MCP_CONFIG="") as gw:
+        stop = asyncio.Event()
+
+        async def watch_healthz() -> None:  # every answer within 5 s (the FIFO froze it until written to)
+            async with httpx.AsyncClient(base_url=str(gw.client.base_url), timeout=5) as probe:
+                while not stop.is_set():
+                    started = time.perf_counter()
+                    assert (await probe.get("/healthz")).status_code == 200
+                    latencies.append(time.perf_counter() - started)
+                    await asyncio.sleep(0.02)
+
+        watcher = asyncio.create_task(watch_healthz())
+        try:
+            for kind, said in (("fifo", "is a FIFO"), ("huge", "over the limit")):
+                replacement = tmp_path / f"{kind}.yaml"
+                os.mkfifo(replacement) if kind == "fifo" else huge_keys(replacement)
+                replacement.replace(keys)
+
+                def refused(said: str = said) -> list[str]:
+                    return [
+                        m for m in log_messages(gw.log_path) if m.startswith("keys file not reloaded") and said in m
+                    ]
+
+                [message] = await eventually(refused, RELOAD_WITHIN_S, f"the {kind} refused", every_s=0.1)
+                assert "previous keys stay in force" in message, message
+                assert await status_of(gw.client, ALPHA) == 200 and await status_of(gw.client, DELTA) == 401
+                assert not watcher.done()
+                keys.unlink()
+        finally:
+            stop.set()
+            await watcher  # raises what the watcher saw
+    latencies.sort()
+    print(  # recorded, not asserted: a busy machine's figures (the loop never waited on the file)
+        f"/healthz while the keys file was a FIFO, then 60 MB: {len(latencies)} answers, median "
+        f"{latencies[len(latencies) // 2] * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms"
+    )
+    assert latencies

@@ -8,6 +8,7 @@ import hmac
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,12 @@ import yaml
 
 from app.gateway import load_keys
 from services.access import Access, KeyRing, KeysFileError, digest, full_access, load_keys_file
+from services.config_files import MAX_FILE_BYTES
 from services.errors import ForbiddenError, KeyRateLimitedError
+from services.lmstudio.hosts import HostsFileError, load_hosts_file
 from services.text import Redactor
 from tests.conftest import make_settings
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -375,6 +379,66 @@ def test_no_file_no_reload() -> None:
     ring = KeyRing.build(["env-key-0123456789"], None)
     assert ring.reload() is False and ring.reload(force=True) is False
     assert ring.resolve("env-key-0123456789") is not None
+
+
+# --- what is read: a regular file of bounded size, off the event loop (issue 29, item 5) ----------------
+
+
+def unreadable(path: Path, kind: str) -> Path:
+    """What is at `path` instead of a keys or hosts file: a FIFO, a device, a directory, or a file over the limit."""
+    if kind == "fifo":
+        os.mkfifo(path)  # nobody writes to it: opening it for reading used to wait for a writer
+    elif kind == "device":
+        return Path("/dev/zero")
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path.write_text(json.dumps({"keys": [entry("a", KEY_A)]}) + "\n#" + "x" * MAX_FILE_BYTES)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "said"),
+    [
+        ("fifo", "is a FIFO, not a regular file: refused"),
+        ("device", "is a character device, not a regular file: refused"),
+        ("directory", "is a directory, not a regular file: refused"),
+        ("too-big", f"over the limit of {MAX_FILE_BYTES} bytes: refused"),
+    ],
+)
+def test_only_a_regular_file_within_the_limit_is_read(tmp_path: Path, kind: str, said: str) -> None:
+    with pytest.raises(KeysFileError, match=said):
+        KeyRing.build([], str(unreadable(tmp_path / "keys.yaml", kind)))
+    with pytest.raises(HostsFileError, match=said):  # the hosts file is read the same way
+        load_hosts_file(unreadable(tmp_path / "hosts.yaml", kind))
+
+
+async def test_a_reload_that_does_not_end_in_time_keeps_the_old_keys(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO, logger="lmstudio_bridge.access")
+    path = write(tmp_path / "keys.yaml", {"keys": [entry("a", KEY_A)]}, mtime=1_000_000)
+    ring = KeyRing.build([], str(path))
+    write(path, {"keys": [entry("b", KEY_B)]}, mtime=1_000_010)
+    stuck = threading.Event()  # a file system that does not answer: the worker thread waits here
+    read = ring._read
+
+    def slow_read(force: bool) -> Any:
+        stuck.wait(10)
+        return read(force)
+
+    monkeypatch.setattr(ring, "_read", slow_read)
+    assert await ring.reload_off_loop(timeout_s=0.05) is False
+    assert ring.resolve(KEY_A) is not None and ring.resolve(KEY_B) is None
+    assert "not read within 0.05 s" in caplog.text
+    assert await ring.reload_off_loop(force=True, timeout_s=0.05) is False  # one read at a time
+    assert "an earlier read has not ended" in caplog.text
+    stuck.set()
+    monkeypatch.undo()
+    await eventually(lambda: ring._reading is not None and ring._reading.done(), 5, "the stuck read ended")
+    assert ring.resolve(KEY_A) is not None  # the late read changed nothing
+    assert await ring.reload_off_loop(force=True) is True
+    assert ring.resolve(KEY_B) is not None and ring.resolve(KEY_A) is None
 
 
 # --- per-key limits -----------------------------------------------------------------------------------
