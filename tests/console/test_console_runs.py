@@ -1,0 +1,148 @@
+"""The run console (/ui) in a real browser: the page and its headers, the runs list, a run followed live,
+and a run started from the form."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from html.parser import HTMLParser
+
+import httpx
+from playwright.async_api import Page, expect
+
+from routers.console import ASSETS, CSP, UI_DIR
+from tests.console.conftest import console_url, screenshot
+from tests.helpers import REPO, TIME_CALL, call, finished, script, start_run
+from tests.mock_lmstudio.fixture import MockLMStudio
+
+TIME = "time__get_current_time"
+
+
+# --- the page ----------------------------------------------------------------------------------------------
+
+
+class Scripts(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[dict[str, str | None]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "script" or any(name.startswith("on") or name == "style" for name, _ in attrs):
+            self.tags.append({"tag": tag, **dict(attrs)})
+
+
+async def test_the_console_is_served_from_the_package_with_a_strict_csp(live: httpx.AsyncClient) -> None:
+    page = await live.get("/ui/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.headers["content-security-policy"] == CSP
+    for directive in ("default-src 'none'", "script-src 'self'", "connect-src 'self'", "frame-ancestors 'none'"):
+        assert directive in CSP
+    assert "unsafe" not in CSP and "http" not in CSP  # nothing inline, nothing from elsewhere
+    assert page.headers["x-content-type-options"] == "nosniff" and page.headers["referrer-policy"] == "no-referrer"
+    redirect = await live.get("/ui")
+    assert redirect.status_code == 308 and redirect.headers["location"] == "/ui/"
+    for name, media_type in ASSETS.items():
+        asset = await live.get(f"/ui/{name}")
+        assert asset.status_code == 200 and asset.headers["content-type"] == media_type, name
+        assert asset.headers["content-security-policy"] == CSP
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", asset.text) or name.endswith(".svg"), name
+    for missing in ("/ui/nope.js", "/ui/..%2fconsole.py", "/ui/index.htm"):
+        unknown = await live.get(missing)
+        assert unknown.status_code == 404 and unknown.headers["content-type"].startswith("application/problem+json")
+    # no inline script, no event-handler or style attribute: every script is a file of the package
+    parser = Scripts()
+    parser.feed(page.text)
+    assert parser.tags and all(tag["tag"] == "script" and tag.get("src") for tag in parser.tags), parser.tags
+    # every file of routers/ui is served, and `pip install` ships them (package data)
+    assert {path.name for path in UI_DIR.iterdir()} == set(ASSETS)
+    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "ui/*" in package_data["routers"]
+
+
+async def test_the_page_loads_without_a_key_when_none_is_configured(live: httpx.AsyncClient, page: Page) -> None:
+    await page.goto(console_url(live))
+    await expect(page.locator("nav a[aria-current]")).to_have_text("Runs")
+    await expect(page.locator("#key-dialog")).not_to_be_visible()
+
+
+# --- the runs list -----------------------------------------------------------------------------------------
+
+
+async def test_the_list_shows_a_run_created_through_the_api(
+    live: httpx.AsyncClient, mock: MockLMStudio, page: Page
+) -> None:
+    first = await start_run(live, task="What time is it? " + script(calls=[[TIME_CALL]]), mcp_servers=["time"])
+    await finished(live, first)
+    await page.goto(console_url(live))
+    row = page.locator(f'tr[data-run-id="{first}"]')
+    await expect(row).to_have_attribute("data-status", "completed")
+    await expect(row).to_contain_text("What time is it?")
+    await expect(row).to_contain_text("time")
+    # a run started while the list is open shows up without a reload, newest first
+    second = await start_run(live, task="Another one " + script(answer="done"), mcp_servers=["time"])
+    await expect(page.locator("tbody tr").first).to_have_attribute("data-run-id", second)
+    await expect(page.locator(f'tr[data-run-id="{second}"]')).to_have_attribute("data-status", "completed")
+    # filtered by status: a status none of them has leaves the list empty
+    await page.select_option("select[name=status]", "failed")
+    await expect(page.locator("td.empty")).to_be_visible()
+    await page.select_option("select[name=status]", "completed")
+    await expect(page.locator(f'tr[data-run-id="{first}"]')).to_be_visible()
+    await expect(page).to_have_url(re.compile(r"#/runs\?status=completed$"))
+    await page.select_option("select[name=status]", "")
+    await expect(page.locator(f'tr[data-run-id="{second}"]')).to_be_visible()
+    await screenshot(page, "runs")
+    await page.click(f'tr[data-run-id="{first}"] a')
+    await expect(page.locator(".run .call .tool")).to_have_text(re.compile(r"^time\W+get_current_time$"))
+    await expect(page.locator(".final-output")).to_be_visible()
+
+
+# --- a run, live ---------------------------------------------------------------------------------------------
+
+
+async def test_a_live_runs_steps_appear_while_it_runs(live: httpx.AsyncClient, mock: MockLMStudio, page: Page) -> None:
+    plan = script(
+        calls=[[TIME_CALL], [call(TIME, {"timezone": "Asia/Tokyo"}), call(TIME, {"timezone": "Europe/Paris"})]],
+        reasoning="The user wants the time; the time server has a tool for it.",
+        say="Let me look at the clock.",
+        final="It is morning in Tokyo and night in Paris.",
+        hold="live-run",
+    )
+    run_id = await start_run(live, task="What time is it in Tokyo and Paris? " + plan, mcp_servers=["time"])
+    await mock.until_held("live-run")  # the run's first LM Studio call waits: nothing has been done yet
+    await page.goto(console_url(live, f"#/runs/{run_id}"))
+    head = page.locator(".run-head")
+    await expect(head.locator(".status")).to_have_attribute("data-status", "running")
+    await expect(page.locator(".round")).to_have_count(1)  # round 1 started, its answer not in yet
+    await expect(page.locator(".call")).to_have_count(0)
+    await mock.release("live-run")
+    # the steps arrive on the open page (the event stream), then the answer, with no reload
+    await expect(page.locator(".call .call-state.done")).to_have_count(3)
+    await expect(page.locator(".final-output")).to_have_text("It is morning in Tokyo and night in Paris.")
+    await expect(head.locator(".status")).to_have_attribute("data-status", "completed")
+    await expect(page.locator(".round")).to_have_count(3)
+    await expect(page.locator(".round").nth(1).locator(".call")).to_have_count(2)
+    await expect(page.locator(".reasoning").first).to_contain_text("Reasoning")
+    await expect(page.locator(".wf-row")).to_have_count(3)
+    assert (await finished(live, run_id))["status"] == "completed"
+    await page.locator(".reasoning").first.locator("summary").click()
+    await screenshot(page, "run")
+
+
+async def test_start_a_run_from_the_form(live: httpx.AsyncClient, mock: MockLMStudio, page: Page) -> None:
+    await page.goto(console_url(live, "#/start"))
+    model = page.locator("#start-model")
+    await expect(model.locator("option")).not_to_have_count(1)  # the models came in
+    options = await model.locator("option").all_inner_texts()
+    loaded = [i for i, text in enumerate(options) if "(loaded)" in text]
+    assert loaded and loaded[0] == 1, options  # after "default model": loaded ones first
+    assert not any("embed" in text for text in options), options  # embedding models are never chosen for chat
+    await page.fill("#start-task", "Tell me the time " + script(calls=[[TIME_CALL]], final="It is noon."))
+    await page.check("input[name=server][value=time]")
+    await page.locator("details.options summary").click()
+    await page.fill("#start-max_rounds", "3")
+    await page.click("form.start button[type=submit]")
+    await expect(page).to_have_url(re.compile(r"#/runs/run_[0-9a-f]+$"))
+    await expect(page.locator(".final-output")).to_have_text("It is noon.")
+    run_id = page.url.rsplit("/", 1)[1]
+    record = await finished(live, run_id)
+    assert record["mcp_servers"] == ["time"] and record["options"].get("max_rounds") == 3, record
