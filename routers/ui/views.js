@@ -297,7 +297,9 @@ export function modelsView(container) {
       host.loaded_context_length ? ` ${count(host.loaded_context_length)} tokens ` : " ",
       host.state === "loaded"
         ? h("button", { type: "button", class: "small", onclick: () => act("unload", m, host.name) }, "Unload")
-        : h("button", { type: "button", class: "small", onclick: () => act("load", m, host.name) }, "Load")));
+        : host.state === "available" // on the host, not in memory ("unreachable": the host does not answer)
+          ? h("button", { type: "button", class: "small", onclick: () => act("load", m, host.name) }, "Load")
+          : null));
   }
 
   async function load() {

@@ -146,3 +146,22 @@ async def test_start_a_run_from_the_form(live: httpx.AsyncClient, mock: MockLMSt
     run_id = page.url.rsplit("/", 1)[1]
     record = await finished(live, run_id)
     assert record["mcp_servers"] == ["time"] and record["options"].get("max_rounds") == 3, record
+
+
+# --- models and hosts ----------------------------------------------------------------------------------------
+
+
+async def test_models_and_hosts_load_and_unload(live: httpx.AsyncClient, mock: MockLMStudio, page: Page) -> None:
+    models = (await live.get("/v1/models")).json()["data"]
+    idle = next((m for m in models if m["state"] == "not-loaded" and m["type"] == "llm"), None)
+    assert idle is not None, [(m["id"], m["type"], m["state"]) for m in models]
+    await page.goto(console_url(live, "#/models"))
+    row = page.locator(f'tr[data-model="{idle["id"]}"]')
+    await expect(row.locator(".host .status")).to_have_attribute("data-status", "available")  # on the host, idle
+    await row.locator("button", has_text="Load").click()
+    await expect(row.locator(".host .status")).to_have_attribute("data-status", "loaded")
+    await expect(page.locator(".note .ok")).to_contain_text(f"Loaded {idle['id']}")
+    assert next(m for m in (await live.get("/v1/models")).json()["data"] if m["id"] == idle["id"])["state"] == "loaded"
+    await row.locator("button", has_text="Unload").click()
+    await expect(row.locator(".host .status")).to_have_attribute("data-status", "available")
+    await expect(page.locator("table.servers tbody tr")).not_to_have_count(0)  # the MCP servers, with status
