@@ -3,16 +3,17 @@ and a run started from the form."""
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from html.parser import HTMLParser
 
 import httpx
-from playwright.async_api import Page, expect
+from playwright.async_api import Page, Route, expect
 
 from routers.console import ASSETS, CSP, UI_DIR
 from tests.console.conftest import console_url, screenshot
-from tests.helpers import REPO, TIME_CALL, call, finished, script, start_run
+from tests.helpers import REPO, TIME_CALL, call, events_of, finished, script, start_run
 from tests.mock_lmstudio.fixture import MockLMStudio
 
 TIME = "time__get_current_time"
@@ -126,6 +127,33 @@ async def test_a_live_runs_steps_appear_while_it_runs(live: httpx.AsyncClient, m
     assert (await finished(live, run_id))["status"] == "completed"
     await page.locator(".reasoning").first.locator("summary").click()
     await screenshot(page, "run")
+
+
+async def test_a_dropped_event_stream_resumes_with_last_event_id(
+    live: httpx.AsyncClient, mock: MockLMStudio, page: Page
+) -> None:
+    plan = script(calls=[[TIME_CALL], [call(TIME, {"timezone": "Asia/Tokyo"})]], final="Two clocks read.")
+    run_id = await start_run(live, task="Two clocks " + plan, mcp_servers=["time"])
+    await finished(live, run_id)
+    events = await events_of(live, run_id)
+    cut = next(i for i, f in enumerate(events) if f.event == "tool_call.completed") + 1  # the first step, then a drop
+    partial = "".join(f"id: {f.id}\nevent: {f.event}\ndata: {json.dumps(f.data)}\n\n" for f in events[:cut])
+    resumed_after: list[str | None] = []
+
+    async def drop_the_first_stream(route: Route) -> None:
+        if not resumed_after and route.request.headers.get("last-event-id") is None:
+            resumed_after.append(None)  # the first connection ends after `cut` events, with no terminal event
+            await route.fulfill(status=200, content_type="text/event-stream", body=partial)
+        else:
+            resumed_after.append(route.request.headers.get("last-event-id"))
+            await route.continue_()
+
+    await page.route(f"**/v1/runs/{run_id}/events", drop_the_first_stream)
+    await page.goto(console_url(live, f"#/runs/{run_id}"))
+    await expect(page.locator(".call .call-state.done")).to_have_count(2)  # the second step came after the drop
+    await expect(page.locator(".final-output")).to_have_text("Two clocks read.")
+    assert resumed_after == [None, str(events[cut - 1].id)]  # reconnected once, after the last event it drew
+    await expect(page.locator(".call")).to_have_count(2)  # nothing drawn twice, nothing missed
 
 
 async def test_start_a_run_from_the_form(live: httpx.AsyncClient, mock: MockLMStudio, page: Page) -> None:
