@@ -2,15 +2,14 @@
 // the key dialog, and the approvals count in the menu.
 
 import { api, currentKey, onKeyNeeded, setKey } from "./api.js";
-import { clear } from "./dom.js";
-import { inboxView, modelsView, runView, runsView, startView } from "./views.js";
+import { clear, showInboxCount } from "./dom.js";
+import { every, inboxView, modelsView, runView, runsView, startView } from "./views.js";
 
-const INBOX_REFRESH_MS = 5000;
+const INBOX_REFRESH_MS = 15000; // the approvals count in the menu
 const main = document.getElementById("view");
 const dialog = document.getElementById("key-dialog");
 const keyInput = document.getElementById("key-input");
 const keyWhy = document.getElementById("key-why");
-const badge = document.getElementById("inbox-count");
 let stopView = () => {};
 let declined = false; // the person closed the dialog: ask again only when they press "Key"
 
@@ -60,7 +59,7 @@ document.getElementById("key-button").addEventListener("click", async () => {
 
 // -- the screens ---------------------------------------------------------------------------------------------
 
-function route() {
+function route(event) {
   stopView();
   const [path, query] = (location.hash.replace(/^#/, "") || "/runs").split("?");
   const params = new URLSearchParams(query || "");
@@ -76,22 +75,21 @@ function route() {
   else if (section === "models") stopView = modelsView(main);
   else stopView = runsView(main, params);
   document.title = `${section === "runs" && parts[1] ? parts[1] : section} · lmstudio-bridge console`;
-  main.focus({ preventScroll: true });
+  if (event) main.focus({ preventScroll: true }); // moved to another screen: start reading there
 }
 
 async function inboxCount() {
   if (declined && !currentKey()) return;
   try {
-    const page = await api("/v1/runs?status=awaiting_approval&limit=50");
-    badge.textContent = page.data.length ? String(page.data.length) + (page.next_cursor ? "+" : "") : "";
-    badge.hidden = !page.data.length;
+    showInboxCount(await api("/v1/runs?status=awaiting_approval&limit=50"));
   } catch {
-    badge.hidden = true;
+    showInboxCount(null);
   }
 }
 
 window.addEventListener("hashchange", route);
 route();
 inboxCount();
-setInterval(inboxCount, INBOX_REFRESH_MS);
+every(INBOX_REFRESH_MS, inboxCount);
+window.addEventListener("hashchange", inboxCount); // fresh when the person moves (an approval decided, a run started)
 

@@ -95,3 +95,11 @@ export function errorBox(err) {
     h("strong", {}, problem.title || "Error"), " ", err && err.message ? err.message : String(err),
     problem.code ? h("code", {}, ` ${problem.code}`) : null);
 }
+
+/** The menu's count of runs that wait for an approval, from a page of GET /v1/runs?status=awaiting_approval. */
+export function showInboxCount(page) {
+  const badge = document.getElementById("inbox-count");
+  if (!badge) return;
+  badge.textContent = page && page.data.length ? `${page.data.length}${page.next_cursor ? "+" : ""}` : "";
+  badge.hidden = !badge.textContent;
+}

@@ -66,6 +66,23 @@ async def test_the_page_loads_without_a_key_when_none_is_configured(live: httpx.
     await expect(page.locator("#key-dialog")).not_to_be_visible()
 
 
+async def test_keyboard_and_a_phone_screen(live: httpx.AsyncClient, page: Page) -> None:
+    await page.goto(console_url(live))
+    await expect(page.locator("nav a[aria-current]")).to_have_text("Runs")
+    for _ in range(4):  # skip link, brand, Runs, Approvals: the menu is reached in reading order
+        await page.keyboard.press("Tab")
+    await expect(page.locator("nav a[data-nav=inbox]")).to_be_focused()
+    await page.keyboard.press("Enter")
+    await expect(page).to_have_url(re.compile(r"#/inbox$"))
+    await expect(page.locator("nav a[aria-current]")).to_contain_text("Approvals")
+    await page.set_viewport_size({"width": 390, "height": 844})
+    for fragment in ("#/runs", "#/start", "#/models"):
+        await page.goto(console_url(live, fragment))
+        await expect(page.locator("main h2").first).to_be_visible()
+        # nothing wider than the phone's screen: tables scroll inside their own box
+        assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), fragment
+
+
 # --- the runs list -----------------------------------------------------------------------------------------
 
 
