@@ -210,3 +210,34 @@ async def test_models_and_hosts_load_and_unload(live: httpx.AsyncClient, mock: M
     await row.locator("button", has_text="Unload").click()
     await expect(row.locator(".host .status")).to_have_attribute("data-status", "available")
     await expect(page.locator("table.servers tbody tr")).not_to_have_count(0)  # the MCP servers, with status
+
+
+# --- what a run may hold, and what a person may do to it ------------------------------------------------------
+
+HOSTILE = '<img src="x" onerror="window.pwned = 1"><script>window.pwned = 2</script>'
+
+
+async def test_hostile_text_is_shown_never_run(live: httpx.AsyncClient, mock: MockLMStudio, page: Page) -> None:
+    plan = script(calls=[[call("fault__echo", {"text": HOSTILE})]], reasoning=HOSTILE, final=HOSTILE)
+    run_id = await start_run(live, task=f"Echo {HOSTILE} " + plan, mcp_servers=["fault"])
+    await finished(live, run_id)
+    await page.goto(console_url(live, f"#/runs/{run_id}"))
+    await expect(page.locator(".final-output")).to_have_text(HOSTILE)  # the text itself, as text
+    await expect(page.locator(".call .output")).to_contain_text(HOSTILE)
+    await page.goto(console_url(live))
+    await expect(page.locator(f'tr[data-run-id="{run_id}"]')).to_contain_text("<img")
+    assert await page.evaluate("window.pwned === undefined && document.querySelectorAll('main img').length === 0")
+
+
+async def test_cancel_and_delete_from_the_run(live: httpx.AsyncClient, mock: MockLMStudio, page: Page) -> None:
+    run_id = await start_run(live, task="Slow " + script(hold="to-cancel"), mcp_servers=["time"])
+    await mock.until_held("to-cancel")
+    await page.goto(console_url(live, f"#/runs/{run_id}"))
+    await page.click(".run-head button.cancel")
+    await expect(page.locator(".run-head .status")).to_have_attribute("data-status", "cancelled")
+    assert (await finished(live, run_id))["status"] == "cancelled"
+    await page.click(".run-head button.delete")
+    await expect(page).to_have_url(re.compile(r"#/runs$"))
+    await expect(page.locator("tbody tr").first).to_be_visible()
+    await expect(page.locator(f'tr[data-run-id="{run_id}"]')).to_have_count(0)
+    assert (await live.get(f"/v1/runs/{run_id}")).status_code == 404
