@@ -106,7 +106,7 @@ export class RunView {
         if (this.record) this.record.model = this.record.model || data.model;
         break;
       case "step.started":
-        this.stageHeader(stage, data.name);
+        this.stageHeader(stage, data.name, data.model);
         break;
       case "round.started":
         this.round(stage, data.round, data.tools);
@@ -147,9 +147,10 @@ export class RunView {
     this.scheduleDraw();
   }
 
-  stageHeader(stage, name) {
+  stageHeader(stage, name, model) {
     if (this.stages.has(stage)) return;
-    const el = h("li", { class: "stage" }, h("h3", {}, `Step ${stage}${name ? `: ${name}` : ""}`));
+    const el = h("li", { class: "stage" },
+      h("h3", {}, `Step ${stage}${name ? `: ${name}` : ""}`, model ? h("small", {}, ` · ${model}`) : null));
     this.stages.set(stage, el);
     this.list.append(el);
   }

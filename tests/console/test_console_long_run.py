@@ -54,6 +54,9 @@ async def render_a_long_run(live: httpx.AsyncClient, page: Page, capsys: pytest.
     elapsed = time.monotonic() - started
     rounds_drawn = await page.locator(".round").count()
     assert rounds_drawn >= 2 * ROUNDS_PER_STEP
+    await expect(page.locator(".stage h3")).to_have_text(
+        ["Step 1: first · qwen/qwen3-4b", "Step 2: second · qwen/qwen3-4b"]
+    )
     # the 1 MB outputs are folded: 4,000 characters drawn until "Show all" is pressed
     huge = page.locator(".call-output .more")
     await expect(huge).to_have_count(2)
