@@ -20,7 +20,7 @@ from app.telemetry import (
     instrument,
     tracer_provider,
 )
-from routers import autonomous, health, mcp, models, openai, pipelines, runs
+from routers import autonomous, console, health, mcp, models, openai, pipelines, runs
 from routers import metrics as metrics_router
 from services.access import KeyRing
 from services.metrics import Metrics
@@ -84,4 +84,5 @@ def create_app(
     hot_first = (autonomous, openai, runs, pipelines, mcp, models, health, metrics_router)
     app.router.routes[:0] = [route for module in hot_first for route in module.router.routes]
     app.router.routes.append(front_door.route())  # `/mcp`, no redirect to `/mcp/`
+    app.router.routes.extend(console.router.routes)  # the run console at /ui (static files, last: never hot)
     return app

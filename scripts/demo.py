@@ -2,7 +2,8 @@
 
 The mock LM Studio is not a model: it follows `[[mock {...}]]` scripts inside the task (see
 tests/mock_lmstudio/__init__.py), so the README's curl makes it call a real MCP tool and then
-answer from the tool's output.
+answer from the tool's output. A few runs are started in the background at once, so the run console
+(`/ui/`, docs/console.md) has something to show.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import subprocess
 import sys
 import time
 
-from tests.helpers import REPO
+import httpx
+
+from tests.helpers import REPO, call, script
 from tests.processes import free_port, wait_healthy
 
 
@@ -25,6 +28,39 @@ def wait_until_up(url: str, process: subprocess.Popen[bytes]) -> None:
         asyncio.run(wait_healthy(url, process))
     except RuntimeError as exc:
         raise SystemExit(f"{process.args!r}: {exc}") from None
+
+
+# background runs the demo starts, so the console opens on the demo's runs (each as POST /v1/runs takes it)
+DEMO_RUNS = (
+    {
+        "mcp_servers": ["filesystem"],
+        "task": "What does hello.txt say? "
+        + script(calls=[[call("filesystem__read_text_file", {"path": "hello.txt"})]]),
+    },
+    {
+        "mcp_servers": ["time"],
+        "task": "What time is it in Tokyo and in Paris? "
+        + script(
+            reasoning="Two time zones: one call each, in the same round.",
+            calls=[
+                [
+                    call("time__get_current_time", {"timezone": "Asia/Tokyo"}),
+                    call("time__get_current_time", {"timezone": "Europe/Paris"}),
+                ]
+            ],
+        ),
+    },
+)
+
+
+def start_demo_runs(url: str) -> None:
+    """Start the demo's background runs; a failure is said, never fatal (the demo works without them)."""
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for body in DEMO_RUNS:
+                client.post("/v1/runs", json=body).raise_for_status()
+    except httpx.HTTPError as exc:
+        print(f"  (the demo's sample runs were not started: {exc})", flush=True)
 
 
 def main() -> int:
@@ -59,8 +95,10 @@ def main() -> int:
             process_group=0,
         )
         wait_until_up(f"http://127.0.0.1:{args.port}/healthz", gateway)
+        start_demo_runs(f"http://127.0.0.1:{args.port}")
         print(
             f"\n  mock LM Studio: http://127.0.0.1:{mock_port}\n  gateway:        http://127.0.0.1:{args.port}"
+            f"\n  run console:    http://127.0.0.1:{args.port}/ui/"
             f"\n  demo files:     {demo_dir}\n\n  try:  curl localhost:{args.port}/v1/models\n"
             "  (the README shows a whole run)   Ctrl-C stops everything.\n",
             flush=True,
