@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 MOCK_PORT ?= 0
 
-.PHONY: install run demo test lint bench soak openapi lock clean
+.PHONY: install run demo test lint bench soak openapi lock clean screenshots
 
 install: $(VENV)/.installed node_modules/.installed
 
@@ -35,6 +35,10 @@ lint: install
 
 test: install lint
 	$(VENV)/bin/pytest -q
+
+# the console's screenshots in docs/console/ (docs/console.md, README), made by its browser tests
+screenshots: install
+	UPDATE_SCREENSHOTS=1 $(VENV)/bin/pytest -q tests/console
 
 bench: install
 	$(PY) -m bench

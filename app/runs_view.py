@@ -210,6 +210,12 @@ def _completed(data: dict[str, Any], run_id: str, style: Style) -> list[str]:
 _RENDERERS: dict[str, Callable[[dict[str, Any], str, Style], list[str]]] = {
     "run.started": _started,
     "round.started": _round,
+    "model.answered": lambda d, r, s: [
+        s.dim(
+            f"  model {d.get('model')} on {d.get('host') or 'LM Studio'}: {d.get('prompt_tokens', 0)} in, "
+            f"{d.get('completion_tokens', 0)} out, {_duration(d.get('duration_ms'))}, {d.get('finish_reason')}"
+        )
+    ],
     "reasoning": lambda d, r, s: [s.dim("  thinking: " + _one_line(d.get("content", ""), 300))],
     "tool_call.started": _call_started,
     "tool_call.completed": _call_completed,

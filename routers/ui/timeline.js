@@ -111,6 +111,9 @@ export class RunView {
       case "round.started":
         this.round(stage, data.round, data.tools);
         break;
+      case "model.answered":
+        this.modelAnswered(stage, data);
+        break;
       case "reasoning":
         this.round(stage, data.round).reasoning.append(
           h("details", { class: "reasoning" }, h("summary", {}, "Reasoning"), folded(data.content || "")));
@@ -162,14 +165,27 @@ export class RunView {
       const reasoning = h("div", { class: "reasonings" });
       const calls = h("div", { class: "calls" });
       const notes = h("div", { class: "notes" });
+      const llm = h("div", { class: "llm" });
       const title = h("h4", {}, `Round ${number}`, stage !== "" ? h("small", {}, ` · step ${stage}`) : null);
-      const el = h("li", { class: "round", dataset: { round: String(number) } }, title, reasoning, calls, notes);
-      round = { el, title, reasoning, calls, notes, stage, number, durations: [] };
+      const el = h("li", { class: "round", dataset: { round: String(number) } }, title, llm, reasoning, calls, notes);
+      round = { el, title, llm, reasoning, calls, notes, stage, number, durations: [], modelMs: 0 };
       this.rounds.set(key, round);
       this.list.append(el);
     }
     if (tools === false) round.title.append(h("small", { class: "no-tools" }, " · no tools offered"));
     return round;
+  }
+
+  /** One LM Studio call of a round: model, host, tokens in and out, duration, finish reason. */
+  modelAnswered(stage, data) {
+    const round = this.round(stage, data.round);
+    round.modelMs += data.duration_ms || 0;
+    const parts = [`${data.model}${data.host ? ` on ${data.host}` : ""}`,
+      `${count(data.prompt_tokens)} in → ${count(data.completion_tokens)} out tokens`, ms(data.duration_ms),
+      `finish: ${data.finish_reason || "?"}`];
+    if (data.failovers && data.failovers.length) parts.push(`after failover: ${data.failovers.join("; ")}`);
+    round.llm.append(h("p", { class: "fit" }, "LM Studio: ", parts.join(" · ")));
+    this.scheduleDraw();
   }
 
   callStarted(stage, data) {
@@ -246,23 +262,28 @@ export class RunView {
     });
   }
 
-  /** Each round's tool time (its calls run concurrently: the longest of them), as bars. */
+  /** Each round's time as bars: its LM Studio calls, then its tools (run concurrently: the longest of them). */
   drawWaterfall() {
     const rounds = [...this.rounds.values()];
-    const times = rounds.map((r) => (r.durations.length ? Math.max(...r.durations) : 0));
+    const tools = rounds.map((r) => (r.durations.length ? Math.max(...r.durations) : 0));
+    const times = rounds.map((r, i) => r.modelMs + tools[i]);
     const longest = Math.max(1, ...times);
     if (!times.some((t) => t > 0)) {
       this.waterfall.replaceChildren();
       return;
     }
     const rows = rounds.map((round, i) => {
+      const model = h("span", { class: "bar model" });
       const bar = h("span", { class: "bar" });
-      bar.style.width = `${Math.max(0.5, (100 * times[i]) / longest)}%`;
-      return h("div", { class: "wf-row", title: `Round ${round.number}: ${ms(times[i])}` },
+      model.style.width = `${(100 * round.modelMs) / longest}%`;
+      bar.style.width = `${Math.max(0.5, (100 * tools[i]) / longest)}%`;
+      const title = `Round ${round.number}: LM Studio ${ms(round.modelMs)}, tools ${ms(tools[i])}`;
+      return h("div", { class: "wf-row", title },
         h("span", { class: "wf-label" }, round.stage !== "" ? `${round.stage}.${round.number}` : round.number),
-        h("span", { class: "wf-track" }, bar), h("span", { class: "wf-time" }, ms(times[i])));
+        h("span", { class: "wf-track" }, model, bar), h("span", { class: "wf-time" }, ms(times[i])));
     });
-    clear(this.waterfall, h("h3", {}, "Tool time per round"), h("div", { class: "wf-rows" }, rows));
+    const legend = h("small", {}, " (LM Studio, then tools)");
+    clear(this.waterfall, h("h3", {}, "Time per round", legend), h("div", { class: "wf-rows" }, rows));
   }
 }
 

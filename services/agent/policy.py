@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 from services.agent.answers import recover_text_calls
@@ -171,6 +172,7 @@ class AgentLoop:
             messages, estimated = await fit.prepare(
                 messages, tools, self._keep_head, self._keep_from, round_no, self._caller.max_tokens
             )
+            started = time.perf_counter()
             try:
                 answer = await self._caller.ask(strip_marks(messages), tools or None, choice)
             except ContextExceededError as exc:
@@ -192,6 +194,7 @@ class AgentLoop:
                     )
                 retried = True
                 continue  # the estimate has just been calibrated: fitted again, sent again
+            await self._run.emit(RunEvent.MODEL_ANSWERED, answered(round_no, answer, started, self._run.model.id))
             return answer, messages
 
     async def _learn(self, exc: ContextExceededError, estimated: int, round_no: int) -> None:
@@ -298,3 +301,20 @@ def _complete(call: ToolCall) -> bool:
 
 def _wire_call(call: ToolCall) -> dict[str, Any]:
     return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": scrub(call.arguments)}}
+
+
+def answered(round_no: int, answer: ChatResult, started: float, asked: str) -> dict[str, Any]:
+    """The `model.answered` event of one LM Studio call (`started`: its perf_counter start; `asked`: the model
+    requested, named when the answer does not say)."""
+    return {
+        "round": round_no,
+        "model": answer.model or asked,
+        "host": answer.host,
+        "prompt_tokens": answer.usage.prompt_tokens,
+        "completion_tokens": answer.usage.completion_tokens,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+        "finish_reason": answer.finish_reason,
+        "tool_calls": len(answer.tool_calls),
+        "failovers": answer.failovers,
+    }
+

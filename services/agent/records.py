@@ -51,6 +51,7 @@ class RunEvent(StrEnum):
 
     STARTED = "run.started"
     ROUND_STARTED = "round.started"
+    MODEL_ANSWERED = "model.answered"  # one LM Studio call ended: model, host, tokens, duration, finish reason
     REASONING = "reasoning"  # the model's reasoning of a round, kept out of `message` and `output`
     TOOL_CALL_STARTED = "tool_call.started"
     TOOL_CALL_COMPLETED = "tool_call.completed"

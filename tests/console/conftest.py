@@ -4,13 +4,15 @@ gateway (`live`: a real socket), and fails on any script error or Content-Securi
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
+from playwright.async_api import Browser, ConsoleMessage, Page, ViewportSize, async_playwright, expect
 
 from tests.helpers import REPO
 
@@ -25,9 +27,15 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOTS = REPO / "docs" / "console"  # made by the test run, shown by docs/console.md and the README
+# the screenshots docs/console.md and the README show: made by every test run, written into docs/console/ by
+# `make screenshots` (UPDATE_SCREENSHOTS=1) only, so that `make test` leaves the working tree as it found it
+SCREENSHOTS = (
+    REPO / "docs" / "console"
+    if os.environ.get("UPDATE_SCREENSHOTS")
+    else Path(tempfile.gettempdir()) / "lmstudio-bridge-console"
+)
 WAIT_MS = 30_000  # a busy 2-core machine: DOM conditions are waited for up to this long, never slept for
-VIEWPORT = {"width": 1280, "height": 860}
+VIEWPORT: ViewportSize = {"width": 1280, "height": 860}
 
 expect.set_options(timeout=WAIT_MS)
 
@@ -53,7 +61,7 @@ class Problems(list[str]):
 
 @pytest.fixture
 async def page(browser: Browser) -> AsyncIterator[Page]:
-    context = await browser.new_context(viewport=VIEWPORT)  # type: ignore[arg-type]
+    context = await browser.new_context(viewport=VIEWPORT)
     context.set_default_timeout(WAIT_MS)
     page = await context.new_page()
     problems = Problems()
@@ -69,7 +77,7 @@ def console_url(gateway: httpx.AsyncClient, fragment: str = "") -> str:
 
 
 async def screenshot(page: Page, name: str) -> Path:
-    """docs/console/<name>.png of the page as it is now."""
+    """<name>.png of the page as it is now, in SCREENSHOTS."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
     await page.screenshot(path=path)

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from playwright.async_api import Page, expect
+from playwright.async_api import Browser, Page, expect
 
 from tests.console.conftest import console_url
 from tests.helpers import TIME_CALL, finished, script, start_run
@@ -44,7 +44,9 @@ async def give_key(page: Page, key: str) -> None:
     await expect(dialog).not_to_be_visible()
 
 
-async def test_a_scoped_key_sees_only_its_runs(live: httpx.AsyncClient, mock: MockLMStudio, page: Page) -> None:
+async def test_a_scoped_key_sees_only_its_runs(
+    live: httpx.AsyncClient, mock: MockLMStudio, page: Page, browser: Browser
+) -> None:
     task = "Time " + script(calls=[[TIME_CALL]])
     mine = await start_run(live, auth(ALICE_KEY), task=task, mcp_servers=["time"])
     theirs = await start_run(live, auth(BOSS_KEY), task=task, mcp_servers=["time"])
@@ -75,7 +77,7 @@ async def test_a_scoped_key_sees_only_its_runs(live: httpx.AsyncClient, mock: Mo
     await expect(page.locator(".error")).to_contain_text("forbidden")
 
     # a new tab (another session) asks again; the boss sees both runs
-    other = await page.context.browser.new_context()  # type: ignore[union-attr]
+    other = await browser.new_context()
     try:
         boss = await other.new_page()
         await boss.goto(console_url(live))

@@ -141,6 +141,10 @@ async def test_a_live_runs_steps_appear_while_it_runs(live: httpx.AsyncClient, m
     await expect(page.locator(".round").nth(1).locator(".call")).to_have_count(2)
     await expect(page.locator(".reasoning").first).to_contain_text("Reasoning")
     await expect(page.locator(".wf-row")).to_have_count(3)
+    # each round's LM Studio call: model, tokens in and out, how it finished (the `model.answered` event)
+    first_call = page.locator(".round").first.locator(".llm")
+    await expect(first_call).to_contain_text("in → ")
+    await expect(first_call).to_contain_text("finish: tool_calls")
     assert (await finished(live, run_id))["status"] == "completed"
     await page.locator(".reasoning").first.locator("summary").click()
     await screenshot(page, "run")

@@ -122,6 +122,7 @@ def test_streaming_responses_are_documented(openapi_doc: dict[str, Any]) -> None
     assert events == {
         "run.started",
         "round.started",
+        "model.answered",
         "reasoning",
         "tool_call.started",
         "tool_call.completed",
