@@ -317,4 +317,3 @@ def answered(round_no: int, answer: ChatResult, started: float, asked: str) -> d
         "tool_calls": len(answer.tool_calls),
         "failovers": answer.failovers,
     }
-
