@@ -29,6 +29,7 @@ from services.agent.records import TERMINAL_EVENTS, result_json
 from services.metrics import Metrics
 from services.runs.cancels import CancelWatch, request_cancel
 from services.runs.engines import async_engine
+from services.runs.instance import hold_instance, release_instance
 from services.runs.journal import JournalEvent, RunJournal
 from services.runs.lease import DEFAULT_LEASE_S, Lease
 from services.runs.migrate import migrate
@@ -103,6 +104,7 @@ class RunStore:
     ) -> RunStore:
         """Connect, migrate, take this instance's lease and mark the runs a previous process of it left
         unfinished `interrupted`, start writing, heartbeating and looking for cancel requests."""
+        hold_instance(url, instance)  # SQLite: another live process with this id stops start-up here
         engine = async_engine(url)
         try:
             await migrate(engine)
@@ -117,6 +119,7 @@ class RunStore:
             interrupted = await store.lease.register()
         except BaseException:
             await engine.dispose()
+            release_instance(url, instance)
             raise
         if interrupted:
             log.warning("%d run(s) left unfinished by an earlier start were marked interrupted", interrupted)
@@ -141,6 +144,7 @@ class RunStore:
             log.warning("run store: could not remove this instance's lease (%s); it expires on its own", exc)
         await self.writer.close()
         await self.engine.dispose()
+        release_instance(self.engine.url.render_as_string(hide_password=False), self.instance)
 
     # --- writing -------------------------------------------------------------------
 
