@@ -11,6 +11,7 @@ from app.gateway import BridgeState, MCPSetup, all_secrets, load_hosts, load_mcp
 from app.runs_cli import add_runs_parser
 from app.server import run_server
 from app.settings import Settings, load_settings, unknown_variables, warn_unknown_variables
+from app.store_setup import check_store_location, stdio_store
 from app.telemetry import configure_logging
 from services.errors import BridgeError, LLMError
 
@@ -20,8 +21,8 @@ def serve(args: argparse.Namespace) -> int:
     if (args.require_auth or settings.require_auth) and not (settings.api_keys or settings.keys_file):
         print("--require-auth: refusing to start without BRIDGE_API_KEYS or BRIDGE_KEYS_FILE", file=sys.stderr)
         return 2
-    run_server(settings, args.host or settings.host, args.port or settings.port)
-    return 0
+    check_store_location(settings)
+    return run_server(settings, args.host or settings.host, args.port or settings.port)
 
 
 async def _check(settings: Settings, mcp_setup: MCPSetup) -> bool:
@@ -103,7 +104,8 @@ def check(args: argparse.Namespace) -> int:
 
 def mcp(args: argparse.Namespace) -> int:
     """Serve the autonomous tools over stdio: stdout carries JSON-RPC only, logs go to stderr."""
-    settings = own_instance(load_settings(), "mcp")
+    settings = own_instance(stdio_store(load_settings()), "mcp")
+    check_store_location(settings)
     mcp_setup = load_mcp(settings)
     configure_logging(settings.log_level, all_secrets(settings, mcp_setup, load_hosts(settings)))  # stderr only
     warn_unknown_variables(os.environ)

@@ -267,7 +267,7 @@ async def open_gateway(
             limiter=limiter,
             agent=agent,
             compat=OpenAICompat(lmstudio, catalog, agent),
-            status=StatusService(lmstudio, catalog, pool, limiter, mcp.path),
+            status=StatusService(lmstudio, catalog, pool, limiter, mcp.path, store.health),
             keys=keys,
             store=store,
             runs=runs,

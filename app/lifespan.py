@@ -48,7 +48,7 @@ def lifespan_for(
             if mcp.path is None:
                 log.warning("no mcp.json found (MCP_CONFIG, ./mcp.json, ~/.lmstudio/mcp.json): no MCP servers")
             log.info(
-                "lmstudio-bridge ready; LM Studio at %s; MCP servers: %s",
+                "lmstudio-bridge started; LM Studio at %s; MCP servers: %s",
                 ", ".join(h.spec.url for h in state.lmstudio.hosts),
                 ", ".join(state.pool.names()) or "none",
             )

@@ -6,6 +6,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import sys
 from collections.abc import Iterator
 
 import uvicorn
@@ -15,6 +16,7 @@ from app.gateway import BridgeState, load_keys, load_mcp
 from app.header_timeout import header_timeout_protocol
 from app.main import create_app
 from app.settings import Settings
+from app.store_setup import claim_instance
 
 log = logging.getLogger("lmstudio_bridge")
 
@@ -38,6 +40,12 @@ class GracefulServer(uvicorn.Server):
             finally:
                 self._captured_signals.clear()
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:  # serving: the socket accepts and the gateway's parts are built
+            host, port = self.config.host, self.config.port
+            log.info("lmstudio-bridge ready: serving on http://%s:%d", f"[{host}]" if ":" in host else host, port)
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
             server.close()
@@ -57,7 +65,26 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def run_server(settings: Settings, host: str, port: int) -> None:
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port and listening (connections wait in its backlog until the server accepts):
+    no other process can take the port from here on. OSError when it is taken."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free; one in use is not
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_server(settings: Settings, host: str, port: int) -> int:
+    """Serve until stopped. Start-up order: the configuration is read and checked, the port taken, then the
+    instance id; only then does the lifespan open the run store and claim leftovers. A port or an instance id
+    in use: a one-line message on stderr and 2."""
     if not (settings.api_keys or settings.keys_file) and not is_loopback(host):
         log.warning(
             "!!! lmstudio-bridge listens on %s with NO API KEYS: anyone who reaches this port can run tools "
@@ -67,6 +94,20 @@ def run_server(settings: Settings, host: str, port: int) -> None:
         )
     settings = settings.model_copy(update={"host": host, "port": port})  # the recursion guard needs the real address
     app = create_app(settings, load_mcp(settings), configure_logs=True, keys=load_keys(settings))
+    try:
+        sock = listen(host, port)
+    except OSError as exc:
+        print(
+            f"lmstudio-bridge: cannot listen on {host}:{port}: {exc.strerror or exc} (is another lmstudio-bridge "
+            "running? choose another port with --port or BRIDGE_PORT)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        claim_instance(settings)
+    except SystemExit:
+        sock.close()
+        raise
     config = uvicorn.Config(
         app,
         host=host,
@@ -77,4 +118,5 @@ def run_server(settings: Settings, host: str, port: int) -> None:
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 10,
         log_config=None,  # our JSON logging, configured by create_app
     )
-    GracefulServer(app, config, settings.shutdown_grace_s).run()
+    GracefulServer(app, config, settings.shutdown_grace_s).run(sockets=[sock])
+    return 0

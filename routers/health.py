@@ -28,7 +28,7 @@ async def healthz() -> Health:
     responses={503: {"model": Readiness, "description": "Not ready"}},
 )
 async def readyz(state: StateDep) -> Response:
-    """Readiness: 200 when LM Studio answers and its breaker is not open, else 503 with the reasons."""
+    """Readiness: 200 when LM Studio answers, its breaker is not open and the run store takes writes, else 503."""
     readiness = await state.status.readiness()
     status = 200 if readiness.status == "ready" else 503
     return Response(READINESS.dump_json(readiness), status_code=status, media_type="application/json")

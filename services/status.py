@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Literal
@@ -12,6 +13,7 @@ from services.access import Access
 from services.limits import RunLimiter
 from services.lmstudio import LMStudioHosts, ModelCatalog, ModelEntry
 from services.mcp import MCPPool, ServerStatus, ToolSpec
+from services.runs.writer import StoreHealth
 
 
 @dataclass(slots=True, kw_only=True)
@@ -78,13 +80,16 @@ class MCPReadiness:
 
 @dataclass(slots=True)
 class Readiness:
-    """Ready while one LM Studio host answers and its breaker is not open; MCP servers are reported, not
-    required."""
+    """Ready while one LM Studio host answers and its breaker is not open, and the run store takes writes; MCP
+    servers are reported, not required."""
 
     status: Literal["ready", "not_ready"]
     lmstudio: LMStudioReadiness
     mcp: MCPReadiness
     runs_in_flight: int = 0
+    store: Annotated[
+        StoreHealth | None, Field(description="The run store: `ok` while it takes writes (not ready otherwise)")
+    ] = None
 
 
 class StatusService:
@@ -97,12 +102,14 @@ class StatusService:
         pool: MCPPool,
         limiter: RunLimiter,
         mcp_config_path: Path | None,
+        store: Callable[[], StoreHealth] | None = None,
     ) -> None:
         self.lmstudio = lmstudio
         self.catalog = catalog
         self.pool = pool
         self.limiter = limiter
         self.config_path = str(mcp_config_path) if mcp_config_path else None
+        self.store = store
 
     async def models(self, access: Access | None = None) -> ModelList:
         """The model list (cached per MODEL_CACHE_TTL_S), the default one marked; only what `access` may use."""
@@ -140,8 +147,9 @@ class StatusService:
                 if self.config_path is None
                 else ("mcp.json lists no servers")
             )
-        ready = lmstudio.ok and lmstudio.breaker != "open"
-        return Readiness("ready" if ready else "not_ready", lmstudio, mcp, self.limiter.in_flight)
+        store = self.store() if self.store is not None else None
+        ready = lmstudio.ok and lmstudio.breaker != "open" and (store is None or store.ok)
+        return Readiness("ready" if ready else "not_ready", lmstudio, mcp, self.limiter.in_flight, store)
 
     async def _lmstudio_readiness(self) -> LMStudioReadiness:
         hosts = []

@@ -7,17 +7,21 @@ cancels, approves and reads them back. Several gateway processes may share one s
 """
 
 from services.runs.engines import sqlite_path
+from services.runs.instance import InstanceInUseError, hold_instance, instance_heartbeat_moves
 from services.runs.records import RunPage, RunRecord, StoredEvent, page_json, record_json
 from services.runs.service import RunService
 from services.runs.store import RunFilter, RunStore
 
 __all__ = [
+    "InstanceInUseError",
     "RunFilter",
     "RunPage",
     "RunRecord",
     "RunService",
     "RunStore",
     "StoredEvent",
+    "hold_instance",
+    "instance_heartbeat_moves",
     "page_json",
     "record_json",
     "sqlite_path",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -30,16 +31,52 @@ def sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
+class StoreFileGoneError(Exception):
+    """The SQLite file the store opened was deleted or replaced: writing on would go to a file nobody reads."""
+
+
 class SQLiteWriter:
-    """The SQLite writer's connection, used from one worker thread only: a batch is one thread call."""
+    """The SQLite writer's connection, used from one worker thread only: a batch is one thread call. Before each
+    batch it checks that the database file is still the one it opened (StoreFileGoneError otherwise)."""
 
     def __init__(self, url: URL) -> None:
         self.engine = create_engine(url.set(drivername="sqlite+pysqlite"), connect_args={"timeout": 30})
         event.listen(self.engine, "connect", sqlite_pragmas)
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-store-writer")
         self.conn: Connection | None = None
+        database = url.database
+        self.path = database if database and database != ":memory:" else None
+        self.identity = self._stat()
+
+    def _stat(self) -> tuple[int, int] | None:
+        if self.path is None:
+            return None
+        try:
+            found = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return found.st_dev, found.st_ino
+
+    def _check(self) -> None:
+        if self.path is not None and self._stat() != self.identity:
+            raise StoreFileGoneError(f"the database file {self.path} was deleted or replaced")
+
+    def _reset(self) -> None:
+        """Forget the connection (the file is gone) and take the file now at the path as the store's."""
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        self.engine.dispose()
+        self.identity = self._stat()
+
+    async def check(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.thread, self._check)
+
+    async def reset(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.thread, self._reset)
 
     def _write(self, plan_of: Callable[[], list[tuple[Executable, Any]]]) -> None:
+        self._check()
         plan = plan_of()
         if self.conn is None:
             self.conn = self.engine.connect()

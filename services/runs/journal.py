@@ -31,6 +31,7 @@ class JournalEvent:
     event: str
     data: dict[str, Any] | RunResult | str
     text: str | None = None
+    at: float = 0.0
 
 
 RESULT = "result"  # a final update's values: the RunResult whose columns the writer fills in
@@ -95,6 +96,8 @@ class RunJournal:
         self.events: list[JournalEvent] = []
         self.done = False
         self.inserted = False
+        self.durable = False  # its row is committed (the writer says so)
+        self.row: dict[str, Any] = {}  # the row as it should be stored now: kept for a record served from memory
         self.started_at: float | None = None
         self.last_status: str | None = None
         self._followers: list[Follower] = []
@@ -108,38 +111,39 @@ class RunJournal:
             self.started_at = now
         self.last_status = status
         if self.inserted:
-            self.store.put(UPDATE, self.run_id, {"status": status, **started})
+            self._update({"status": status, **started})
             return
         self.inserted = True
         run, store = self.run, self.store
         store.live[self.run_id] = self
-        self.store.put(
-            INSERT,
-            self.run_id,
-            {
-                "run_id": self.run_id,
-                "status": status,
-                "model_requested": storable(run.spec.model) if run.spec.model is not None else None,
-                "model": storable(run.model.id),
-                "mcp_servers": json.dumps(run.servers),
-                "task": store.text(run.spec.task),
-                "options": store.json(options_of(run)),
-                "output": "",
-                "rounds": 0,
-                "usage": None,
-                "warnings": None,
-                "tool_calls": None,
-                "error": None,
-                "duration_ms": None,
-                "trace_id": None,
-                "key_name": self.key_name,
-                "instance": store.instance,
-                "incomplete": False,
-                "created_at": now,
-                "started_at": now if status == "running" else None,
-                "finished_at": None,
-            },
-        )
+        self.row = {
+            "run_id": self.run_id,
+            "status": status,
+            "model_requested": storable(run.spec.model) if run.spec.model is not None else None,
+            "model": storable(run.model.id),
+            "mcp_servers": json.dumps(run.servers),
+            "task": store.text(run.spec.task),
+            "options": store.json(options_of(run)),
+            "output": "",
+            "rounds": 0,
+            "usage": None,
+            "warnings": None,
+            "tool_calls": None,
+            "error": None,
+            "duration_ms": None,
+            "trace_id": None,
+            "key_name": self.key_name,
+            "instance": store.instance,
+            "incomplete": False,
+            "created_at": now,
+            "started_at": now if status == "running" else None,
+            "finished_at": None,
+        }
+        self.store.put(INSERT, self.run_id, dict(self.row))
+
+    def _update(self, values: dict[str, Any]) -> None:
+        self.row.update(values)
+        self.store.put(UPDATE, self.run_id, values)
 
     def event(self, seq: int, event: str, data: dict[str, Any]) -> None:
         self._add(JournalEvent(seq, event, data))
@@ -164,12 +168,13 @@ class RunJournal:
                 "duration_ms": round((now - self.started_at) * 1000, 2) if self.started_at else None,
             }
         self.done = True
-        store.put(UPDATE, self.run_id, values)
+        self._update(values)
         self._wake_all()
 
     def _add(self, item: JournalEvent) -> None:
         self.events.append(item)
-        values = {"run_id": self.run_id, "seq": item.seq, "event": item.event, "data": item, "at": time.time()}
+        item.at = time.time()
+        values = {"run_id": self.run_id, "seq": item.seq, "event": item.event, "data": item, "at": item.at}
         self.store.put(EVENT, self.run_id, values)
         self._wake_all()
 

@@ -24,6 +24,7 @@ from services.errors import (
     RunFinishedError,
     RunInterruptedError,
     RunNotFoundError,
+    StoreUnavailableError,
 )
 from services.runs.records import RunPage, RunRecord, StoredEvent
 from services.runs.store import POLL_S, RunFilter, RunStore
@@ -70,9 +71,17 @@ class RunService:
         task = asyncio.create_task(self._drive(run, answered), name=run.run_id)
         self.runs[run.run_id] = (run, task)
         try:  # written before the answer (which gives its status as it is now), so that every gateway process
-            # sharing the store finds it at `Location`
+            # sharing the store finds it at `Location`; a run whose row is not committed by then is not started
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.store.flush(), VISIBLE_WITHIN_S)
+            if not self.store.durable(run.run_id):
+                self.store.forget(run.run_id)
+                task.cancel()
+                self._end_unstarted(run)
+                raise StoreUnavailableError(
+                    "The run could not be recorded (the run store takes no writes now); it was not started",
+                    retry_after=5,
+                )
         finally:
             answered.set()
         return run

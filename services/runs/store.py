@@ -1,18 +1,17 @@
 """The run store: every run's record and events in SQLite (default) or PostgreSQL, written off the hot path.
 
 A run hands its writes to its `RunJournal`, which queues them and returns at once; one writer task
-(`writer.py`) commits what has queued up in one transaction per batch (a run that starts and ends within a
-batch becomes one INSERT). Readers call `flush()` first, so they see everything written before they asked.
-A failed batch is retried row by row; what still fails is dropped, logged, counted, and the run's
-record is marked `incomplete`. Runs live in this process are followed from memory, others from the
-database. Several gateway processes may share the store: each holds a lease (`lease.py`: a heartbeat; the
-runs of a process that stops answering are marked `interrupted` by another), and a run executed by one is
-cancelled through another by a request in the store (`cancels.py`).
+(`writer.py`) commits them in batches. Readers call `flush()` first, so they see everything written before
+they asked. A run whose writes the database does not take is held: served from memory (`held.py`), written
+back whole (`incomplete: true`) once the store takes writes again. Runs live in this process are followed
+from memory, others from the database. Several gateway processes may share the store: each holds a lease
+(`lease.py`), and a run executed by one is cancelled through another by a request in the store (`cancels.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -21,14 +20,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Select, delete, func, or_, select
+from sqlalchemy import Engine, Select, delete, func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.agent import FINISHED_STATUSES, RunResult, RunState
 from services.agent.records import TERMINAL_EVENTS, result_json
+from services.errors import StoreUnavailableError
 from services.metrics import Metrics
 from services.runs.cancels import CancelWatch, request_cancel
 from services.runs.engines import async_engine
+from services.runs.held import held_events, held_record
+from services.runs.instance import hold_instance, release_instance
 from services.runs.journal import JournalEvent, RunJournal
 from services.runs.lease import DEFAULT_LEASE_S, Lease
 from services.runs.migrate import migrate
@@ -42,8 +45,8 @@ from services.runs.records import (
     listed_of,
     record_of,
 )
-from services.runs.tables import run_events, runs
-from services.runs.writer import RunWriter
+from services.runs.tables import has_server, prune, run_events, runs
+from services.runs.writer import RunWriter, StoreHealth
 from services.text import storable
 
 log = logging.getLogger("lmstudio_bridge.store")
@@ -103,6 +106,7 @@ class RunStore:
     ) -> RunStore:
         """Connect, migrate, take this instance's lease and mark the runs a previous process of it left
         unfinished `interrupted`, start writing, heartbeating and looking for cancel requests."""
+        hold_instance(url, instance)  # SQLite: another live process with this id stops start-up here
         engine = async_engine(url)
         try:
             await migrate(engine)
@@ -117,6 +121,7 @@ class RunStore:
             interrupted = await store.lease.register()
         except BaseException:
             await engine.dispose()
+            release_instance(url, instance)
             raise
         if interrupted:
             log.warning("%d run(s) left unfinished by an earlier start were marked interrupted", interrupted)
@@ -141,8 +146,7 @@ class RunStore:
             log.warning("run store: could not remove this instance's lease (%s); it expires on its own", exc)
         await self.writer.close()
         await self.engine.dispose()
-
-    # --- writing -------------------------------------------------------------------
+        release_instance(self.engine.url.render_as_string(hide_password=False), self.instance)
 
     def journal(self, run: RunState) -> RunJournal:
         """The run's journal; the run is written (and followed live) from its first status on."""
@@ -169,6 +173,40 @@ class RunStore:
         """Queue one write (the journal's); returns at once."""
         self.writer.put(kind, run_id, values)
 
+    def durable(self, run_id: str) -> bool:
+        """Whether the run's row is committed (checked after `flush`, before a background run is answered 202)."""
+        journal = self.live.get(run_id)
+        return journal is not None and journal.durable and run_id not in self.writer.held
+
+    def forget(self, run_id: str) -> None:
+        """Drop a run that was refused before it was answered: no record of it, here or in the database."""
+        self.writer.forget(run_id)
+
+    def health(self) -> StoreHealth:
+        return self.writer.health()
+
+    async def reopen(self) -> None:
+        """The SQLite file was deleted or replaced: open the store at its path again (a new file gets the tables)
+        and take this instance's lease there."""
+        await self.engine.dispose()
+        await migrate(self.engine)
+        await self.lease.register()
+
+    async def _held(self, run_id: str) -> RunJournal | None:
+        """The run's journal if its record is in memory only (after the writes queued before are settled)."""
+        await self.flush()
+        return self.writer.held.get(run_id)
+
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> AsyncIterator[None]:
+        """A read of the database: its failure is 503 `store_unavailable`, not a 500."""
+        await self.flush()
+        try:
+            yield
+        except (SQLAlchemyError, OSError) as exc:
+            self.metrics.store_errors.inc()
+            raise StoreUnavailableError(f"The run store cannot be read: {exc}", retry_after=5) from None
+
     @property
     def writer_engine(self) -> Engine:
         """The (sync) engine the writes go through: the SQLite writer's, or the async engine's core."""
@@ -182,11 +220,10 @@ class RunStore:
         """Wait until everything queued so far is written (or dropped)."""
         await self.writer.flush()
 
-    # --- reading -------------------------------------------------------------------
-
     async def get(self, run_id: str) -> RunRecord | None:
-        await self.flush()
-        async with self.engine.connect() as conn:
+        if (journal := await self._held(run_id)) is not None:
+            return held_record(self, journal)
+        async with self._reading(), self.engine.connect() as conn:
             row = (await conn.execute(select(runs).where(runs.c.run_id == run_id))).mappings().first()
             if row is None:
                 return None
@@ -202,7 +239,6 @@ class RunStore:
 
     async def page(self, filters: RunFilter, limit: int, cursor: str | None) -> RunPage:
         """Runs newest first; `cursor` is the `next_cursor` of the page before."""
-        await self.flush()
         task = func.substr(runs.c.task, 1, PREVIEW_CHARS + 1).label("task")  # the whole task may be huge
         columns = [column for column in runs.c if column.name != "task"]
         query: Select[Any] = select(*columns, task).order_by(runs.c.num.desc()).limit(limit + 1)
@@ -213,21 +249,22 @@ class RunStore:
         if filters.model is not None:
             query = query.where(runs.c.model == filters.model)
         if filters.server is not None:
-            query = query.where(_has_server(filters.server))
+            query = query.where(has_server(filters.server))
         if filters.since is not None:
             # times are shown to the microsecond: half a microsecond of slack keeps a run's own created_at in
             query = query.where(runs.c.created_at >= filters.since.timestamp() - 0.5e-6)
         if filters.key_name is not None:
             query = query.where(runs.c.key_name == filters.key_name)
-        async with self.engine.connect() as conn:
+        async with self._reading(), self.engine.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         more = len(rows) > limit
         rows = rows[:limit]
         return RunPage([listed_of(row) for row in rows], str(rows[-1]["num"]) if more else None)
 
     async def events(self, run_id: str, after: int = 0) -> list[StoredEvent]:
-        await self.flush()
-        async with self.engine.connect() as conn:
+        if (journal := await self._held(run_id)) is not None:
+            return held_events(self, journal, after)
+        async with self._reading(), self.engine.connect() as conn:
             rows = await conn.execute(
                 select(run_events.c.seq, run_events.c.event, run_events.c.data)
                 .where(run_events.c.run_id == run_id, run_events.c.seq > after)
@@ -236,8 +273,9 @@ class RunStore:
             return [StoredEvent(seq, name, data) for seq, name, data in rows]
 
     async def last_event(self, run_id: str) -> StoredEvent | None:
-        await self.flush()
-        async with self.engine.connect() as conn:
+        if (journal := await self._held(run_id)) is not None:
+            return next(iter(held_events(self, journal, 0)[-1:]), None)
+        async with self._reading(), self.engine.connect() as conn:
             row = (
                 await conn.execute(
                     select(run_events.c.seq, run_events.c.event, run_events.c.data)
@@ -254,14 +292,15 @@ class RunStore:
 
     async def status_and_key(self, run_id: str) -> tuple[str, str | None] | None:
         """The run's status and its API key's name; None when there is no such run."""
-        await self.flush()
-        async with self.engine.connect() as conn:
+        if (journal := await self._held(run_id)) is not None:
+            return journal.row["status"], journal.key_name
+        async with self._reading(), self.engine.connect() as conn:
             row = (await conn.execute(select(runs.c.status, runs.c.key_name).where(runs.c.run_id == run_id))).first()
         return (row[0], row[1]) if row else None
 
     async def follow(self, run_id: str, after: int = 0) -> AsyncIterator[StoredEvent]:
         """The run's events after `after`, then new ones as they come, until the terminal event."""
-        journal = self.live.get(run_id)
+        journal = self.live.get(run_id) or self.writer.held.get(run_id)
         if journal is not None:
             async for item in journal.follow(after):
                 yield item
@@ -278,13 +317,11 @@ class RunStore:
             await asyncio.sleep(POLL_S)
 
     async def delete(self, run_id: str) -> bool:
-        await self.flush()
-        async with self.engine.begin() as conn:
+        held = self.writer.held.pop(run_id, None) is not None  # a record in memory only goes with it
+        async with self._reading(), self.engine.begin() as conn:
             await conn.execute(delete(run_events).where(run_events.c.run_id == run_id))
             deleted = await conn.execute(delete(runs).where(runs.c.run_id == run_id))
-        return bool(deleted.rowcount)
-
-    # --- other gateway processes on the same store ----------------------------------------------------
+        return held or bool(deleted.rowcount)
 
     async def request_cancel(self, run_id: str) -> bool:
         """Ask the process that executes the run to cancel it; False when it has already ended."""
@@ -299,20 +336,7 @@ class RunStore:
 
     async def prune(self, now: float | None = None) -> int:
         """Delete runs that finished more than the retention period ago; returns how many."""
-        cutoff = (now or time.time()) - self.retention_days * 86_400
-        total = 0
-        while True:
-            async with self.engine.begin() as conn:
-                ids = (
-                    (await conn.execute(select(runs.c.run_id).where(runs.c.finished_at < cutoff).limit(500)))
-                    .scalars()
-                    .all()
-                )
-                if not ids:
-                    return total
-                await conn.execute(delete(run_events).where(run_events.c.run_id.in_(ids)))
-                await conn.execute(delete(runs).where(runs.c.run_id.in_(ids)))
-            total += len(ids)
+        return await prune(self.engine, (now or time.time()) - self.retention_days * 86_400)
 
     async def _pruner(self) -> None:
         while True:
@@ -324,15 +348,3 @@ class RunStore:
                 self.metrics.store_errors.inc()
                 log.warning("run store: pruning failed: %s", exc)
             await asyncio.sleep(PRUNE_EVERY_S)
-
-
-def _has_server(name: str) -> ColumnElement[bool]:
-    """Whether the JSON list `["a", "b"]` in `mcp_servers` holds `name` as a whole element: the element's JSON
-    string is preceded by `[` or `, ` and followed by `]` or `,` (inside a JSON string a quote is escaped)."""
-    item, column = json.dumps(name), runs.c.mcp_servers
-    return or_(
-        column == f"[{item}]",
-        column.startswith(f"[{item},", autoescape=True),
-        column.endswith(f", {item}]", autoescape=True),
-        column.contains(f", {item},", autoescape=True),
-    )

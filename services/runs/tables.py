@@ -1,8 +1,27 @@
-"""The run store's tables (SQLAlchemy Core). Changes go through a new Alembic migration in `migrations/`."""
+"""The run store's tables (SQLAlchemy Core), and two queries over them. Changes of the tables go through a new
+Alembic migration in `migrations/`."""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
+import json
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ColumnElement,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    or_,
+    select,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 metadata = MetaData()
 
@@ -59,3 +78,32 @@ instances = Table(
     Column("started_at", Float, nullable=False),  # seconds since the epoch, the database's clock
     Column("heartbeat_at", Float, nullable=False),
 )
+
+
+def has_server(name: str) -> ColumnElement[bool]:
+    """Whether the JSON list `["a", "b"]` in `mcp_servers` holds `name` as a whole element: the element's JSON
+    string is preceded by `[` or `, ` and followed by `]` or `,` (inside a JSON string a quote is escaped)."""
+    item, column = json.dumps(name), runs.c.mcp_servers
+    return or_(
+        column == f"[{item}]",
+        column.startswith(f"[{item},", autoescape=True),
+        column.endswith(f", {item}]", autoescape=True),
+        column.contains(f", {item},", autoescape=True),
+    )
+
+
+async def prune(engine: AsyncEngine, cutoff: float) -> int:
+    """Delete the runs that finished before `cutoff` with their events, 500 at a time; returns how many."""
+    total = 0
+    while True:
+        async with engine.begin() as conn:
+            ids = (
+                (await conn.execute(select(runs.c.run_id).where(runs.c.finished_at < cutoff).limit(500)))
+                .scalars()
+                .all()
+            )
+            if not ids:
+                return total
+            await conn.execute(delete(run_events).where(run_events.c.run_id.in_(ids)))
+            await conn.execute(delete(runs).where(runs.c.run_id.in_(ids)))
+        total += len(ids)

@@ -160,3 +160,30 @@ def test_check_and_stdio_take_an_instance_id_of_their_own() -> None:
     assert own_instance(settings, "check").instance_id == f"box:check-{os.getpid()}"
     assert own_instance(settings, "mcp").instance_id == f"box:mcp-{os.getpid()}"
     assert settings.instance_id == "box"
+
+
+@pytest.mark.parametrize("command", ["serve", "mcp"])
+def test_a_store_folder_that_cannot_be_made_stops_start_up_in_one_line(tmp_path: Path, command: str) -> None:
+    """Issue 29: a relative `data/` that cannot be made (an MCP client's working folder): one line naming
+    BRIDGE_DATABASE_URL on stderr, exit 2, no traceback (was a raw FileNotFoundError)."""
+    (tmp_path / "data").write_text("a file where the store's folder would go")
+    result = cli(command, env={"BRIDGE_DATABASE_URL": "sqlite+aiosqlite:///./data/runs.db"}, cwd=tmp_path, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "BRIDGE_DATABASE_URL" in lines[0] and str(tmp_path / "data" / "runs.db") in lines[0], lines
+
+
+def test_the_stdio_mode_keeps_its_store_in_the_user_data_directory(tmp_path: Path) -> None:
+    """Without BRIDGE_DATABASE_URL, `lmstudio-bridge mcp` records its runs under $XDG_DATA_HOME (else
+    ~/.local/share), whatever folder its client starts it in; a data directory that cannot be made: exit 2."""
+    (tmp_path / "data").write_text("not a folder")
+    env = {k: v for k, v in os.environ.items() if k != "BRIDGE_DATABASE_URL"}
+    run = {"cwd": tmp_path, "capture_output": True, "text": True, "timeout": 60, "stdin": subprocess.DEVNULL}
+    args = [sys.executable, "-m", "app.cli", "mcp"]
+    xdg = tmp_path / "xdg"
+    done = subprocess.run(args, env={**env, "PYTHONPATH": str(REPO), "XDG_DATA_HOME": str(xdg)}, **run)  # type: ignore[call-overload]
+    assert done.returncode == 0, done.stderr  # stdin at its end: the client went away
+    assert (xdg / "lmstudio-bridge" / "runs.db").stat().st_size > 0
+    bad = subprocess.run(args, env={**env, "PYTHONPATH": str(REPO), "XDG_DATA_HOME": str(tmp_path / "data")}, **run)  # type: ignore[call-overload]
+    assert bad.returncode == 2 and "BRIDGE_DATABASE_URL" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr

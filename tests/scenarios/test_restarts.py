@@ -7,8 +7,11 @@ The run is `interrupted` with the steps recorded before the stop, its event stre
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import sqlite3
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,9 @@ import pytest
 
 from tests.helpers import TIME_CALL, eventually, script
 from tests.mock_lmstudio.fixture import MockLMStudio
+from tests.processes import free_port, spawn_python
 from tests.scenarios.conftest import (
+    SETTING_PREFIXES,
     GatewayProcess,
     alive,
     assert_run,
@@ -174,3 +179,43 @@ async def test_run_in_flight_survives_a_restart_as_interrupted(env: dict[str, st
 
     if path is not None:
         assert integrity(path) == ["ok"]
+
+
+async def test_a_second_start_exits_2_and_leaves_the_running_gateway_alone(
+    env: dict[str, str], mock: MockLMStudio
+) -> None:
+    """Issue 29: `serve` started again in the same folder (same store and instance id) while a background run is
+    in flight, on the same port and on another one: each exits 2 with a one-line message before touching the
+    store; the first gateway's run completes and its record and events are intact."""
+    task = "Held " + script(calls=[[TIME_CALL]], hold="second-start", final="done")
+    async with gateway_process(env) as gw:
+        accepted = await gw.client.post("/v1/runs", json={"task": task, "mcp_servers": ["time"]})
+        assert accepted.status_code == 202, accepted.text
+        run_id = accepted.json()["run_id"]
+        await mock.until_held("second-start")
+        cwd = Path(gw.log_path).parent
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(SETTING_PREFIXES)}
+        for port, says in ((gw.port, "cannot listen on"), (free_port(), "another lmstudio-bridge process")):
+            with tempfile.TemporaryFile() as log:
+                second = await spawn_python(
+                    "app.cli", "serve", "--port", str(port), log=log, env={**clean, **env}, cwd=cwd
+                )
+                assert await asyncio.wait_for(second.wait(), 60) == 2
+                log.seek(0)
+                out = log.read().decode()
+            assert says in out and "Traceback" not in out and len(out.strip().splitlines()) == 1, out
+        await mock.release("second-start")
+
+        async def finished() -> dict[str, Any] | None:
+            record: dict[str, Any] = (await gw.client.get(f"/v1/runs/{run_id}")).json()
+            return record if record["finished_at"] else None
+
+        record = await eventually(finished, 30, "the first gateway's run finished")
+        assert record["status"] == "completed" and record["output"] == "done" and not record["incomplete"], record
+        assert len(record["steps"]) == 1 and record["error"] is None, record
+        events = await sse_with_ids(gw.client, f"/v1/runs/{run_id}/events")
+        assert [name for _, name, _ in events if name in ("run.completed", "run.failed")] == ["run.completed"]
+        assert (await gw.client.get("/readyz")).status_code == 200
+        logged = gw.log_tail(200_000)
+        assert '"level": "ERROR"' not in logged and "interrupted" not in logged, logged
+        assert await gw.sigterm() == 0, gw.log_tail()
