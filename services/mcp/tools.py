@@ -115,6 +115,15 @@ class ToolResult:
         dict[str, Any] | None, Field(description="The tool's structured output, when it gives one")
     ]
     is_error: Annotated[bool, Field(description="True when the tool reported an error")]
+    timeout_s: Annotated[
+        float | None,
+        Field(
+            description="The call's timeout in seconds: the tool's (bridge.tool_timeouts), the server's or the default"
+        ),
+    ] = None
+    progress_resets: Annotated[
+        int, Field(description="Progress notifications from the server that reset the timeout (up to the hard maximum)")
+    ] = 0
 
 
 @dataclass
@@ -166,12 +175,14 @@ def _summarise_block(block: Any) -> str:
     return f"[{getattr(block, 'type', 'content')}]"
 
 
-def to_tool_result(result: mtypes.CallToolResult) -> ToolResult:
-    """Convert the SDK's result into a plain ToolResult."""
+def to_tool_result(
+    result: mtypes.CallToolResult, timeout_s: float | None = None, progress_resets: int = 0
+) -> ToolResult:
+    """Convert the SDK's result into a plain ToolResult (with the timeout that applied to the call)."""
     content = [b.model_dump(mode="json", by_alias=True, exclude_none=True) for b in result.content]
     text = "\n".join(_summarise_block(b) for b in result.content)
     structured = result.structured_content if isinstance(result.structured_content, dict) else None
-    return ToolResult(content=content, text=text, structured_content=structured, is_error=bool(result.is_error))
+    return ToolResult(content, text, structured, bool(result.is_error), timeout_s, progress_resets)
 
 
 def error_result(text: str) -> ToolResult:

@@ -52,6 +52,17 @@ async def slow(seconds: float) -> str:
 
 
 @server.tool()
+async def progress(seconds: float, every: float, ctx: Context) -> str:
+    """Work for `seconds`, reporting progress every `every` seconds, then answer "done"."""
+    steps = max(round(seconds / every), 1)
+    with _counted():
+        for step in range(1, steps + 1):
+            await anyio.sleep(every)
+            await ctx.report_progress(step, steps, f"step {step} of {steps}")
+    return "done"
+
+
+@server.tool()
 async def hang() -> str:
     """Never answer."""
     with _counted():
