@@ -17,7 +17,7 @@ from services.errors import MCPServerUnavailableError, MCPToolNotFoundError, MCP
 from services.mcp.clock import CallClock
 from services.mcp.config import MCPServerConfig, Transport, safe_url
 from services.mcp.connection import Connection
-from services.mcp.tools import ToolResult, ToolSpec, error_result, model_tool_name, to_tool_result
+from services.mcp.tools import ToolResult, ToolSpec, error_result, spec_of, to_tool_result
 
 if TYPE_CHECKING:  # the SDK is imported with a server's first connection (services.mcp.connection)
     import mcp_types as mtypes
@@ -140,17 +140,7 @@ class Session:
         cached = self._spec_cache
         if cached is None or cached[0] is not conn.tools:
             name = self.cfg.name
-            specs = [
-                ToolSpec(
-                    name=t.name,
-                    model_name=model_tool_name(name, t.name),
-                    description=t.description or t.title or "",
-                    input_schema=t.input_schema,  # shared, not copied: compiled validators are cached by identity
-                    server=name,
-                )
-                for t in conn.tools
-                if self.cfg.tool_allowed(t.name)
-            ]
+            specs = [spec_of(name, t) for t in conn.tools if self.cfg.tool_allowed(t.name)]
             cached = self._spec_cache = (conn.tools, specs)
         return cached[1]
 

@@ -103,6 +103,42 @@ class ToolSpec:
     description: Annotated[str, Field(description="What the tool does, as its server describes it")]
     input_schema: Annotated[dict[str, Any], Field(description="JSON Schema of the tool's arguments")]
     server: Annotated[str, Field(exclude=True)]
+    annotations: Annotated[
+        dict[str, Any] | None,
+        Field(
+            description="The server's hints about the tool (readOnlyHint, destructiveHint, idempotentHint, "
+            "openWorldHint, title) as it sent them: hints, never guarantees"
+        ),
+    ] = None
+    destructive: Annotated[
+        bool,
+        Field(
+            description="What the approval rule `destructive` matches: not readOnlyHint and destructiveHint not "
+            "false (MCP's defaults: a tool without hints counts as destructive)"
+        ),
+    ] = True
+
+
+def spec_of(server: str, tool: mtypes.Tool) -> ToolSpec:
+    """The spec of a tool the server listed (its input schema shared, not copied: compiled validators are cached
+    by identity)."""
+    hints = tool.annotations.model_dump(by_alias=True, exclude_none=True) if tool.annotations else None
+    return ToolSpec(
+        name=tool.name,
+        model_name=model_tool_name(server, tool.name),
+        description=tool.description or tool.title or "",
+        input_schema=tool.input_schema,
+        server=server,
+        annotations=hints,
+        destructive=is_destructive(hints),
+    )
+
+
+def is_destructive(annotations: dict[str, Any] | None) -> bool:
+    """MCP's reading of a tool's hints: destructive unless it says it is read-only or not destructive."""
+    if not annotations:
+        return True
+    return not annotations.get("readOnlyHint", False) and annotations.get("destructiveHint", True) is not False
 
 
 @dataclass(frozen=True)
