@@ -51,6 +51,7 @@ class Connection:
         self.ready.add_done_callback(lambda f: None if f.cancelled() else f.exception())
         self.session: ClientSession | None = None
         self.tools: list[mtypes.Tool] = []
+        self.resources: list[Any] | None = None  # ResourceInfo, listed on first use (services/mcp/resources.py)
         self.is_ready = False
         self.dead = False
         self.stop = False
@@ -138,6 +139,8 @@ class Connection:
         if isinstance(message, mtypes.ToolListChangedNotification):
             self._refresh = True  # re-listed by the owner task, never inside the handler
             self._wake.set()
+        elif isinstance(message, mtypes.ResourceListChangedNotification):
+            self.resources = None  # listed again on next use
         elif isinstance(message, Exception):
             logger.debug("MCP transport reported: %r", message)
 

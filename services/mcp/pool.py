@@ -20,8 +20,10 @@ from services.errors import (
     MCPToolNotFoundError,
     MCPToolTimeoutError,
 )
+from services.mcp import resources
 from services.mcp.config import MCPServerConfig
 from services.mcp.connection import counts_against_server
+from services.mcp.resources import PromptInfo, ResourceInfo
 from services.mcp.session import RECURSION_SKIPPED, STOP_WAIT_S, ServerStatus, Session
 from services.mcp.tools import ToolResult, ToolSet, ToolSpec, model_tool_name
 from services.metrics import Metrics
@@ -178,6 +180,26 @@ class MCPPool:
         tools = ToolSet.named(spec for listed in lists for spec in listed)
         self._tool_sets[unique] = (lists, tools)
         return tools
+
+    # --- resources and prompts ------------------------------------------------------------
+
+    async def list_resources(self, server: str) -> list[ResourceInfo]:
+        """The server's resources (cached while its session lasts); starts it if needed."""
+        return await resources.resources_of(await self._get(server).use(self._call_timeout_s), self._call_timeout_s)
+
+    async def read_resource(self, server: str, uri: str) -> str:
+        """One resource of the server, as text."""
+        conn = await self._get(server).use(self._call_timeout_s)
+        return await resources.read_resource(conn, uri, self._call_timeout_s)
+
+    async def list_prompts(self, server: str) -> list[PromptInfo]:
+        """The server's prompts; starts it if needed."""
+        return await resources.prompts_of(await self._get(server).use(self._call_timeout_s), self._call_timeout_s)
+
+    async def prompt_messages(self, server: str, name: str, arguments: dict[str, str]) -> list[dict[str, Any]]:
+        """A prompt of the server rendered with `arguments`, as chat messages."""
+        conn = await self._get(server).use(self._call_timeout_s)
+        return await resources.prompt_messages(conn, name, arguments, self._call_timeout_s)
 
     # --- calls -------------------------------------------------------------------------
 

@@ -136,6 +136,14 @@ class Session:
         self._last_used = asyncio.get_running_loop().time()
         return self._specs(conn)
 
+    async def use(self, wait_budget_s: float) -> Connection:
+        """A live connection for a request other than a tool call (resources, prompts); starts the server if needed."""
+        conn = self._conn
+        if conn is None or not conn.live:
+            conn = await self.breaker.call(lambda: self._ensure(wait_budget_s))
+        self._last_used = asyncio.get_running_loop().time()
+        return conn
+
     def _specs(self, conn: Connection) -> list[ToolSpec]:
         cached = self._spec_cache
         if cached is None or cached[0] is not conn.tools:
