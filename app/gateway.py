@@ -150,6 +150,7 @@ def build_pool(settings: Settings, servers: dict[str, MCPServerConfig], metrics:
     return MCPPool(
         servers,
         call_timeout_s=settings.mcp_call_timeout_s,
+        progress_max_s=settings.mcp_progress_max_s,
         start_timeout_s=settings.mcp_start_timeout_s,
         idle_s=settings.mcp_idle_s,
         max_concurrency=settings.mcp_max_concurrency,

@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     mcp_warmup: bool = Field(False, validation_alias=_env("BRIDGE_MCP_WARMUP"))
     mcp_idle_s: float = Field(600.0, gt=0, validation_alias=_env("BRIDGE_MCP_IDLE_S"))
     mcp_call_timeout_s: float = Field(60.0, gt=0, validation_alias=_env("BRIDGE_MCP_CALL_TIMEOUT_S"))
+    # a tool call that reports progress runs at most this long; 0: progress never extends a call
+    mcp_progress_max_s: float = Field(600.0, ge=0, validation_alias=_env("BRIDGE_MCP_PROGRESS_MAX_S"))
     mcp_start_timeout_s: float = Field(30.0, gt=0, validation_alias=_env("BRIDGE_MCP_START_TIMEOUT_S"))
     mcp_max_concurrency: int = Field(16, ge=1, validation_alias=_env("BRIDGE_MCP_MAX_CONCURRENCY"))
 

@@ -277,6 +277,12 @@ class MCPServerUnavailableError(MCPServerError):
     status, code, title = 503, "mcp_server_unavailable", "MCP server unavailable"
 
 
+class MCPRequestError(MCPServerError):
+    """A server refused a resources or prompts request (an unknown URI or prompt, missing arguments)."""
+
+    status, code, title = 422, "mcp_request_failed", "The MCP server refused the request"
+
+
 class MCPToolTimeoutError(MCPServerError):
     status, code, title = 504, "tool_timeout", "Tool call timed out"
 

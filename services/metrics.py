@@ -46,6 +46,19 @@ class Metrics:
             ["server", "tool", "outcome"],
             registry=r,
         )
+        self.tool_timeouts = Counter(
+            "bridge_tool_timeouts_total",
+            "MCP tool calls cut by a timeout, by server, tool and limit (timeout: no answer or progress in time; "
+            "hard_max: progress went on past BRIDGE_MCP_PROGRESS_MAX_S)",
+            ["server", "tool", "limit"],
+            registry=r,
+        )
+        self.tool_progress_resets = Counter(
+            "bridge_tool_progress_resets_total",
+            "Progress notifications that reset an MCP tool call's timeout, by server and tool",
+            ["server", "tool"],
+            registry=r,
+        )
         self.context_fits = Counter(
             "bridge_context_fits_total",
             "Requests fitted to a model's context window, by action (tools, output, history, window, exceeded)",

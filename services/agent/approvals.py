@@ -1,4 +1,9 @@
-"""Tool calls that need a person's yes before they run (BRIDGE_APPROVAL_TOOLS, mcp.json `bridge.approval_tools`)."""
+"""Tool calls that need a person's yes before they run (BRIDGE_APPROVAL_TOOLS, mcp.json `bridge.approval_tools`).
+
+The word `destructive` among the globs names every tool whose server does not say it is read-only or not
+destructive (its `readOnlyHint` / `destructiveHint` annotations): a convenience built on hints a server gives
+about itself, never a guarantee; a tool that must always be approved is named by a glob.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,13 @@ from typing import Literal
 from services.mcp.tools import qualified_name
 
 Verdict = Literal["approved", "denied", "timed_out"]
+DESTRUCTIVE = "destructive"  # the rule naming the tools whose hints do not say they are safe
 
 
 @dataclass(frozen=True, slots=True)
 class ApprovalPolicy:
-    """`patterns` are globs over `<server>__<tool>`; `per_server` globs over one server's tool names."""
+    """`patterns` are globs over `<server>__<tool>`; `per_server` globs over one server's tool names; either may
+    hold the word `destructive`."""
 
     patterns: tuple[str, ...] = ()
     per_server: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -26,11 +33,15 @@ class ApprovalPolicy:
     def __bool__(self) -> bool:
         return bool(self.patterns or self.per_server)
 
-    def needs(self, server: str, tool: str) -> bool:
+    def needs(self, server: str, tool: str, destructive: bool = True) -> bool:
+        """Whether a call of `tool` needs approval; `destructive` is what the tool's hints say (ToolSpec)."""
         name = qualified_name(server, tool)
+        own = self.per_server.get(server, ())
+        if destructive and (DESTRUCTIVE in self.patterns or DESTRUCTIVE in own):
+            return True
         if any(fnmatchcase(name, p) for p in self.patterns):
             return True
-        return any(fnmatchcase(tool, p) for p in self.per_server.get(server, ()))
+        return any(fnmatchcase(tool, p) for p in own)
 
 
 @dataclass(frozen=True, slots=True)

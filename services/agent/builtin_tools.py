@@ -1,5 +1,6 @@
-"""The gateway's own tools, offered to a model when something was left out to fit its context window
-(services/agent/fitting.py answers them; docs/context.md)."""
+"""The gateway's own tools: offered to a model when something was left out to fit its context window
+(services/agent/fitting.py answers them; docs/context.md), and when a run's server offers resources
+(services/agent/resource_tools.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 
 FIND_TOOLS = "bridge__find_tools"
 READ_OUTPUT = "bridge__read_output"
+LIST_RESOURCES = "bridge__list_resources"
+READ_RESOURCE = "bridge__read_resource"
 READ_HOW = f"call {READ_OUTPUT} with this tool_call_id and an offset to read more"
 
 BUILTIN_TOOLS: dict[str, dict[str, Any]] = {
@@ -40,3 +43,31 @@ BUILTIN_TOOLS: dict[str, dict[str, Any]] = {
         },
     },
 }
+
+
+def resource_tools(servers: list[str]) -> list[dict[str, Any]]:
+    """The tools that list and read the resources of these servers (those of a run that offer resources)."""
+    server = {"type": "string", "enum": servers, "description": "The MCP server whose resources to use"}
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": LIST_RESOURCES,
+                "description": "List the resources (documents, files, data) the MCP servers offer: uri, name, "
+                "description, mime type.",
+                "parameters": {"type": "object", "properties": {"server": server}},
+            },
+        },
+        {
+            "type": "function",
+            "function": {
+                "name": READ_RESOURCE,
+                "description": f"Read one resource by its uri (as {LIST_RESOURCES} lists it).",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"server": server, "uri": {"type": "string", "description": "The resource's uri"}},
+                    "required": ["server", "uri"],
+                },
+            },
+        },
+    ]

@@ -50,7 +50,7 @@ class ApprovalGate:
 
     async def ask(self, call_id: str, spec: ToolSpec, arguments: Any) -> Decision | None:
         """None when the tool needs no approval; else a person's decision (interactive runs) or a denial."""
-        if not self._policy.needs(spec.server, spec.name):
+        if not self._policy.needs(spec.server, spec.name, spec.destructive):
             return None
         name = spec.model_name
         if not self._interactive:

@@ -8,6 +8,7 @@ import json
 import time
 from typing import Any
 
+from services.agent import resource_tools
 from services.agent.answers import recover_text_calls
 from services.agent.builtin_tools import FIND_TOOLS, READ_OUTPUT
 from services.agent.context import RunContext
@@ -16,6 +17,7 @@ from services.agent.gate import ApprovalGate
 from services.agent.model_call import ModelCaller
 from services.agent.prompts import FINAL_ANSWER_PROMPT, REPEATED_CALL_PROMPT, default_system_prompt, truncate
 from services.agent.records import RoundReasoning, RunEvent, RunStatus, Step, ToolChoice
+from services.agent.resource_tools import RESOURCE_TOOLS, offered_resources
 from services.agent.state import RunState
 from services.agent.tool_steps import answered_step, run_tool_call
 from services.context.fit import Fit, strip_marks
@@ -39,6 +41,7 @@ class AgentLoop:
         self._last_call: tuple[str, str] | None = None
         self._same_calls = 0
         self._requested_tokens = caller.max_tokens
+        self._resource_servers: list[str] = []  # the run's servers whose resources the model may list and read
         self._fit = RunFitting(
             run,
             ctx.defaults.context,
@@ -67,7 +70,8 @@ class AgentLoop:
         self._keep_head = self._keep_from = len(messages)
         offered: list[dict[str, Any]] = []
         if run.spec.tool_choice != "none":
-            tools = run.tools.openai_tools() + run.spec.client_tools
+            found, self._resource_servers = await offered_resources(self._ctx.pool, run.servers, run.spec.allowed_tools)
+            tools = run.tools.openai_tools() + found + run.spec.client_tools
             offered = await self._fit.offer(tools, self._query(messages), self._answer_tokens())
         while True:
             if run.rounds >= self.max_rounds:
@@ -273,6 +277,9 @@ class AgentLoop:
                 done[index] = await answered_step(round_no, tool_call, emit, fit.find_tools(tool_call.arguments))
             elif name == READ_OUTPUT and name in offered:
                 done[index] = await answered_step(round_no, tool_call, emit, fit.read_output(tool_call.arguments))
+            elif name in RESOURCE_TOOLS and name in offered:
+                output = await resource_tools.answer(self._ctx.pool, self._resource_servers, name, tool_call.arguments)
+                done[index] = await answered_step(round_no, tool_call, emit, output)
             elif fit.is_hidden(name):  # never run without being offered
                 done[index] = await answered_step(round_no, tool_call, emit, fit.not_offered(name))
             else:

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from services.context import ContextWindow
 from services.lmstudio import ChatResult, ModelKind, ResolvedModel
 from services.mcp import ToolResult, ToolSet, ToolSpec
+from services.mcp.resources import ResourceInfo
 
 
 class Engine(Protocol):
@@ -59,3 +60,7 @@ class Tools(Protocol):
         timeout_s: float | None = None,
         meta: dict[str, Any] | None = None,
     ) -> ToolResult: ...
+
+    async def list_resources(self, server: str) -> list[ResourceInfo]: ...
+
+    async def read_resource(self, server: str, uri: str) -> str: ...

@@ -130,6 +130,17 @@ class Step:
         Literal["approved", "denied", "timed_out"] | None,
         Field(description="A person's decision on a tool that needs approval (BRIDGE_APPROVAL_TOOLS); else null"),
     ] = None
+    timeout_s: Annotated[
+        float | None,
+        Field(description="The call's timeout (s): the tool's (bridge.tool_timeouts), the server's or the default"),
+    ] = None
+    progress_resets: Annotated[
+        int, Field(description="Progress notifications from the server that reset the call's timeout")
+    ] = 0
+    timed_out: Annotated[
+        Literal["timeout", "hard_max"] | None,
+        Field(description="The limit that cut the call: its timeout, or BRIDGE_MCP_PROGRESS_MAX_S; null if none"),
+    ] = None
 
 
 @dataclass(slots=True)

@@ -17,6 +17,10 @@ from services.lmstudio import ToolCall
 from services.mcp import ToolSet, ToolSpec
 from services.text import scrub
 
+# a call's timeout (s), the progress notifications that reset it, the limit that cut it (None: none did)
+_Clock = tuple[float | None, int, Any]
+_NO_CLOCK: _Clock = (None, 0, None)
+
 # asks a person about a call (call id, tool, checked arguments) when the tool needs approval; None: it does not
 Approve = Callable[[str, ToolSpec, Any], Awaitable[Decision | None]]
 
@@ -33,10 +37,11 @@ async def run_tool_call(
     started = time.monotonic()
     arguments: Any = raw_args
     verdict: Verdict | None = None
+    clock: _Clock = _NO_CLOCK
     if spec is None:
         output, is_error = unknown_tool(tools, name), True
     else:
-        arguments, output, is_error, verdict = await _invoke(pool, spec, call_id, raw_args, approve)
+        arguments, output, is_error, verdict, clock = await _invoke(pool, spec, call_id, raw_args, approve)
     step = Step(
         round=round_no,
         tool_call_id=call_id,
@@ -50,6 +55,9 @@ async def run_tool_call(
         recovered_from=call.recovered_from,
         arguments_repaired=call.repaired,
         approval=verdict,
+        timeout_s=clock[0],
+        progress_resets=clock[1],
+        timed_out=clock[2],
     )
     await emit(RunEvent.TOOL_CALL_COMPLETED, step_data(step))
     return step
@@ -62,19 +70,26 @@ def unknown_tool(tools: ToolSet, name: str) -> str:
 
 async def _invoke(
     pool: Tools, spec: ToolSpec, call_id: str, raw_args: str, approve: Approve
-) -> tuple[Any, str, bool, Verdict | None]:
+) -> tuple[Any, str, bool, Verdict | None, _Clock]:
     checked = check_arguments(spec, raw_args)
     if isinstance(checked, Rejected):
-        return checked.arguments, checked.message, True, None
+        return checked.arguments, checked.message, True, None, _NO_CLOCK
     decision = await approve(call_id, spec, checked)  # the person sees exactly the arguments that would run
     if decision is not None and not decision.approved:
-        return checked, decision.message(), True, decision.verdict
+        return checked, decision.message(), True, decision.verdict, _NO_CLOCK
     verdict = decision.verdict if decision else None
     try:
         result = await pool.call_tool(spec.server, spec.name, checked)
     except BridgeError as exc:  # unavailable server, timeout, vanished tool: the model reads why
-        return checked, f"Error: {exc.detail}", True, verdict
-    return checked, result.text, result.is_error, verdict
+        x = exc.extras
+        return (
+            checked,
+            f"Error: {exc.detail}",
+            True,
+            verdict,
+            (x.get("timeout_s"), x.get("progress_resets", 0), x.get("limit")),
+        )
+    return checked, result.text, result.is_error, verdict, (result.timeout_s, result.progress_resets, None)
 
 
 async def answered_step(

@@ -46,6 +46,7 @@ class MCPServerConfig:
     disabled_tools: frozenset[str] = frozenset()
     is_bridge: bool = False  # lmstudio-bridge itself: skipped (recursion guard)
     approval_tools: tuple[str, ...] = ()  # `bridge.approval_tools`: globs of this server's tools a person approves
+    tool_timeouts: Mapping[str, float] = field(default_factory=dict)  # `bridge.tool_timeouts`: seconds per tool
     unusable: str | None = None  # why the gateway cannot use the entry (it is disabled); None for a usable one
 
     def describe(self) -> dict[str, Any]:
@@ -64,6 +65,7 @@ class MCPServerConfig:
             "allowed_tools": sorted(self.allowed_tools) if self.allowed_tools is not None else None,
             "disabled_tools": sorted(self.disabled_tools),
             "approval_tools": list(self.approval_tools),
+            "tool_timeouts": dict(self.tool_timeouts),
             "unusable": self.unusable,
         }
 
@@ -228,20 +230,30 @@ def _timeout_s(ctx: _Ctx, raw: Mapping[str, Any]) -> float | None:
     return float(timeout)
 
 
-def _bridge_options(ctx: _Ctx, raw: Mapping[str, Any]) -> list[str]:
-    """The server's `bridge` object (other readers of mcp.json ignore it): `approval_tools` globs."""
+_BRIDGE_OPTIONS = ("approval_tools", "tool_timeouts")
+
+
+def _bridge_options(ctx: _Ctx, raw: Mapping[str, Any]) -> tuple[list[str], dict[str, float]]:
+    """The server's `bridge` object (other readers of mcp.json ignore it): `approval_tools` globs and
+    `tool_timeouts` (seconds per tool name)."""
     options = raw.get("bridge")
     if options is None:
-        return []
+        return [], {}
     if not isinstance(options, dict):
         raise ctx.error("bridge", "must be an object")
-    unknown = sorted(set(options) - {"approval_tools"})
+    unknown = sorted(set(options) - set(_BRIDGE_OPTIONS))
     if unknown:
-        raise ctx.error(f"bridge.{unknown[0]}", "is not a known option (known: approval_tools)")
+        raise ctx.error(f"bridge.{unknown[0]}", f"is not a known option (known: {', '.join(_BRIDGE_OPTIONS)})")
     globs = options.get("approval_tools", [])
     if not isinstance(globs, list) or not all(isinstance(g, str) for g in globs):
         raise ctx.error("bridge.approval_tools", "must be a list of strings")
-    return globs
+    timeouts = options.get("tool_timeouts", {})
+    if not isinstance(timeouts, dict):
+        raise ctx.error("bridge.tool_timeouts", "must be an object mapping tool names to seconds")
+    for tool, seconds in timeouts.items():
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
+            raise ctx.error(f"bridge.tool_timeouts.{tool}", "must be a number of seconds greater than 0")
+    return globs, {tool: float(seconds) for tool, seconds in timeouts.items()}
 
 
 def _parse_server(file: str, name: str, raw: Any, environ: Mapping[str, str]) -> MCPServerConfig:
@@ -265,7 +277,7 @@ def _parse_server(file: str, name: str, raw: Any, environ: Mapping[str, str]) ->
     timeout_s = _timeout_s(ctx, raw)
     allowed = ctx.str_list(raw, "allowedTools")
     disabled_tools = ctx.str_list(raw, "disabledTools") or []
-    approval_tools = _bridge_options(ctx, raw)
+    approval_tools, tool_timeouts = _bridge_options(ctx, raw)
 
     stdio = transport == "stdio"
     return MCPServerConfig(
@@ -282,6 +294,7 @@ def _parse_server(file: str, name: str, raw: Any, environ: Mapping[str, str]) ->
         allowed_tools=frozenset(allowed) if allowed is not None else None,
         disabled_tools=frozenset(disabled_tools),
         approval_tools=tuple(approval_tools),
+        tool_timeouts=tool_timeouts,
     )
 
 

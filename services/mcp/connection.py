@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 
 from services.errors import MCPServerUnavailableError, MCPToolTimeoutError
+from services.mcp.clock import CallClock
 from services.mcp.config import MCPServerConfig
 from services.mcp.transport import StderrTail, WatchedReadStream, describe_failure, list_all_tools, open_transport
 
@@ -50,6 +51,7 @@ class Connection:
         self.ready.add_done_callback(lambda f: None if f.cancelled() else f.exception())
         self.session: ClientSession | None = None
         self.tools: list[mtypes.Tool] = []
+        self.resources: list[Any] | None = None  # ResourceInfo, listed on first use (services/mcp/resources.py)
         self.is_ready = False
         self.dead = False
         self.stop = False
@@ -137,6 +139,8 @@ class Connection:
         if isinstance(message, mtypes.ToolListChangedNotification):
             self._refresh = True  # re-listed by the owner task, never inside the handler
             self._wake.set()
+        elif isinstance(message, mtypes.ResourceListChangedNotification):
+            self.resources = None  # listed again on next use
         elif isinstance(message, Exception):
             logger.debug("MCP transport reported: %r", message)
 
@@ -171,7 +175,7 @@ class Connection:
         return True
 
     async def call(
-        self, tool: str, arguments: dict[str, Any], deadline: float, budget_s: float, meta: dict[str, Any] | None
+        self, tool: str, arguments: dict[str, Any], clock: CallClock, meta: dict[str, Any] | None
     ) -> mtypes.CallToolResult:
         """Call a tool. Timeouts and a dead connection become domain errors; other MCP errors propagate."""
         from mcp import MCPError
@@ -181,21 +185,31 @@ class Connection:
         session = self.session
         if session is None or self.dead:
             raise self._cut(f"MCP server {name!r} closed the connection")
-        remaining = max(deadline - asyncio.get_running_loop().time(), 0.001)
-        timed_out = MCPToolTimeoutError(f"Tool {tool!r} on MCP server {name!r} did not answer within {budget_s:g}s")
+        now = asyncio.get_running_loop().time()
+        request_meta = cast("mtypes.RequestParamsMeta", meta) if meta else None
         try:
-            async with asyncio.timeout(remaining + _BACKSTOP_S):
-                return await session.call_tool(
-                    tool,
-                    arguments,
-                    read_timeout_seconds=remaining,
-                    meta=cast("mtypes.RequestParamsMeta", meta) if meta else None,
-                )
+            if not clock.tracks_progress:  # the SDK's clock is the timeout; ours only catches a stuck SDK
+                remaining = max(clock.deadline - now, 0.001)
+                async with asyncio.timeout(remaining + _BACKSTOP_S):
+                    return await session.call_tool(tool, arguments, read_timeout_seconds=remaining, meta=request_meta)
+            # ours is the timeout, moved by progress; the SDK's is the hard maximum's backstop
+            async with asyncio.timeout_at(clock.deadline) as timer:
+                clock.watch(timer)
+                try:
+                    return await session.call_tool(
+                        tool,
+                        arguments,
+                        read_timeout_seconds=max(clock.hard_deadline - now, 0.001) + _BACKSTOP_S,
+                        progress_callback=clock.on_progress,
+                        meta=request_meta,
+                    )
+                finally:
+                    clock.unwatch()
         except TimeoutError:
-            raise timed_out from None
+            raise clock.timed_out(name, tool) from None
         except MCPError as exc:
             if exc.code == REQUEST_TIMEOUT:
-                raise timed_out from None
+                raise clock.timed_out(name, tool) from None
             if exc.code != CONNECTION_CLOSED and not self.dead:
                 raise
             if self.stop:

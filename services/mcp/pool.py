@@ -20,8 +20,10 @@ from services.errors import (
     MCPToolNotFoundError,
     MCPToolTimeoutError,
 )
+from services.mcp import resources
 from services.mcp.config import MCPServerConfig
 from services.mcp.connection import counts_against_server
+from services.mcp.resources import PromptInfo, ResourceInfo
 from services.mcp.session import RECURSION_SKIPPED, STOP_WAIT_S, ServerStatus, Session
 from services.mcp.tools import ToolResult, ToolSet, ToolSpec, model_tool_name
 from services.metrics import Metrics
@@ -31,6 +33,7 @@ from services.tracing import clip, tracer
 UNKNOWN_TOOL = "(unknown)"  # the metric label of calls to tools the server does not have
 MAX_LABEL_CHARS = 64
 DEFAULT_CALL_TIMEOUT_S = 60.0
+DEFAULT_PROGRESS_MAX_S = 600.0  # a call that reports progress runs at most this long (BRIDGE_MCP_PROGRESS_MAX_S)
 DEFAULT_START_TIMEOUT_S = 30.0
 DEFAULT_IDLE_S = 600.0
 DEFAULT_MAX_CONCURRENCY = 16
@@ -45,6 +48,7 @@ class MCPPool:
         servers: dict[str, MCPServerConfig],
         *,
         call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
+        progress_max_s: float = DEFAULT_PROGRESS_MAX_S,
         start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
         idle_s: float = DEFAULT_IDLE_S,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
@@ -73,6 +77,7 @@ class MCPPool:
                 start_timeout_s=start_timeout_s,
                 backoff_s=restart_backoff_s,
                 backoff_max_s=restart_backoff_max_s,
+                progress_max_s=progress_max_s,
             )
 
         self._sessions = {name: session(cfg) for name, cfg in servers.items()}
@@ -176,6 +181,26 @@ class MCPPool:
         self._tool_sets[unique] = (lists, tools)
         return tools
 
+    # --- resources and prompts ------------------------------------------------------------
+
+    async def list_resources(self, server: str) -> list[ResourceInfo]:
+        """The server's resources (cached while its session lasts); starts it if needed."""
+        return await resources.resources_of(await self._get(server).use(self._call_timeout_s), self._call_timeout_s)
+
+    async def read_resource(self, server: str, uri: str) -> str:
+        """One resource of the server, as text."""
+        conn = await self._get(server).use(self._call_timeout_s)
+        return await resources.read_resource(conn, uri, self._call_timeout_s)
+
+    async def list_prompts(self, server: str) -> list[PromptInfo]:
+        """The server's prompts; starts it if needed."""
+        return await resources.prompts_of(await self._get(server).use(self._call_timeout_s), self._call_timeout_s)
+
+    async def prompt_messages(self, server: str, name: str, arguments: dict[str, str]) -> list[dict[str, Any]]:
+        """A prompt of the server rendered with `arguments`, as chat messages."""
+        conn = await self._get(server).use(self._call_timeout_s)
+        return await resources.prompt_messages(conn, name, arguments, self._call_timeout_s)
+
     # --- calls -------------------------------------------------------------------------
 
     async def call_tool(
@@ -198,18 +223,21 @@ class MCPPool:
                 f"The argument {bad} holds text that is not valid Unicode (a lone surrogate)", field=bad
             )
         span_name, attributes = self._span_of(server, tool)
-        started, outcome = time.perf_counter(), "error"
+        started, outcome, resets = time.perf_counter(), "error", 0
         with tracer.start_as_current_span(span_name, kind=SpanKind.CLIENT, attributes=attributes) as span:
             if self.capture_content:
                 span.set_attribute("bridge.tool.arguments", clip(json.dumps(arguments, default=str)))
             try:
                 result = await session.call_tool(tool, arguments, timeout_s or self._call_timeout_s, meta)
                 outcome = "tool_error" if result.is_error else "ok"
+                resets = result.progress_resets
                 if self.capture_content:
                     span.set_attribute("bridge.tool.output", clip(result.text))
                 return result
-            except MCPToolTimeoutError:
-                outcome = "timeout"
+            except MCPToolTimeoutError as exc:
+                outcome, resets = "timeout", exc.extras.get("progress_resets", 0)
+                limit = exc.extras.get("limit", "timeout")
+                self.metrics.tool_timeouts.labels(server, self._label(session, tool), limit).inc()
                 raise
             except MCPServerUnavailableError:
                 outcome = "unavailable"
@@ -220,10 +248,16 @@ class MCPPool:
             finally:
                 span.set_attribute("bridge.tool.outcome", outcome)
                 span.set_attribute("bridge.tool.is_error", outcome != "ok")
-                # label values stay bounded: only tools the server has, never what a client made up
-                label = tool[:MAX_LABEL_CHARS] if session.knows_tool(tool) else UNKNOWN_TOOL
+                label = self._label(session, tool)
                 self._counted(server, label, outcome).inc()
                 self._timed(server, label).observe(time.perf_counter() - started)
+                if resets:
+                    self.metrics.tool_progress_resets.labels(server, label).inc(resets)
+
+    @staticmethod
+    def _label(session: Session, tool: str) -> str:
+        """The tool's metric label: bounded, only tools the server has, never what a client made up."""
+        return tool[:MAX_LABEL_CHARS] if session.knows_tool(tool) else UNKNOWN_TOOL
 
     def _span_of(self, server: str, tool: str) -> tuple[str, dict[str, str]]:
         """The span name and attributes of calls of one tool, made once per tool (a read-only mapping: the

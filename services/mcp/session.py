@@ -14,9 +14,10 @@ from pydantic import Field
 
 from services.breaker import Breaker, State
 from services.errors import MCPServerUnavailableError, MCPToolNotFoundError, MCPToolTimeoutError
+from services.mcp.clock import CallClock
 from services.mcp.config import MCPServerConfig, Transport, safe_url
 from services.mcp.connection import Connection
-from services.mcp.tools import ToolResult, ToolSpec, error_result, model_tool_name, to_tool_result
+from services.mcp.tools import ToolResult, ToolSpec, error_result, spec_of, to_tool_result
 
 if TYPE_CHECKING:  # the SDK is imported with a server's first connection (services.mcp.connection)
     import mcp_types as mtypes
@@ -60,12 +61,14 @@ class Session:
         start_timeout_s: float,
         backoff_s: float,
         backoff_max_s: float,
+        progress_max_s: float = 0.0,
     ) -> None:
         self.cfg = cfg
         self.breaker = breaker
         self.spawn_count = 0
         self.owners: set[asyncio.Task[None]] = set()  # owner tasks still running, of any connection
         self._start_timeout_s = start_timeout_s
+        self._progress_max_s = progress_max_s  # a call reporting progress may run this long (0: progress is not asked)
         self._backoff_s = backoff_s
         self._backoff_max_s = backoff_max_s
         self._slots = asyncio.Semaphore(max_concurrency)
@@ -133,21 +136,19 @@ class Session:
         self._last_used = asyncio.get_running_loop().time()
         return self._specs(conn)
 
+    async def use(self, wait_budget_s: float) -> Connection:
+        """A live connection for a request other than a tool call (resources, prompts); starts the server if needed."""
+        conn = self._conn
+        if conn is None or not conn.live:
+            conn = await self.breaker.call(lambda: self._ensure(wait_budget_s))
+        self._last_used = asyncio.get_running_loop().time()
+        return conn
+
     def _specs(self, conn: Connection) -> list[ToolSpec]:
         cached = self._spec_cache
         if cached is None or cached[0] is not conn.tools:
             name = self.cfg.name
-            specs = [
-                ToolSpec(
-                    name=t.name,
-                    model_name=model_tool_name(name, t.name),
-                    description=t.description or t.title or "",
-                    input_schema=t.input_schema,  # shared, not copied: compiled validators are cached by identity
-                    server=name,
-                )
-                for t in conn.tools
-                if self.cfg.tool_allowed(t.name)
-            ]
+            specs = [spec_of(name, t) for t in conn.tools if self.cfg.tool_allowed(t.name)]
             cached = self._spec_cache = (conn.tools, specs)
         return cached[1]
 
@@ -168,13 +169,15 @@ class Session:
     async def call_tool(
         self, tool: str, arguments: dict[str, Any], timeout_s: float, meta: dict[str, Any] | None
     ) -> ToolResult:
-        """Call one tool through the breaker; the server's own `timeout` from mcp.json wins over `timeout_s`."""
+        """Call one tool through the breaker; the tool's `bridge.tool_timeouts` entry, then the server's `timeout`
+        from mcp.json win over `timeout_s`."""
         return await self.breaker.call(lambda: self._call_tool(tool, arguments, timeout_s, meta))
 
     async def _call_tool(
         self, tool: str, arguments: dict[str, Any], timeout_s: float, meta: dict[str, Any] | None
     ) -> ToolResult:
-        timeout = self.cfg.timeout_s or timeout_s
+        cfg = self.cfg
+        timeout = (cfg.tool_timeouts.get(tool) if cfg.tool_timeouts else None) or cfg.timeout_s or timeout_s
         loop = asyncio.get_running_loop()
         self._in_flight += 1
         self._last_used = loop.time()
@@ -182,7 +185,7 @@ class Session:
             conn = await self._ensure(timeout)
             if not any(spec.name == tool for spec in self._specs(conn)):
                 raise self._not_found(conn, tool)
-            deadline = loop.time() + timeout
+            clock = CallClock(timeout, loop.time(), self._progress_max_s)
             try:
                 if self._slots.locked():  # only a wait for a slot needs its own timer
                     async with asyncio.timeout(timeout):
@@ -191,10 +194,12 @@ class Session:
                     await self._slots.acquire()
             except TimeoutError:
                 raise MCPToolTimeoutError(
-                    f"Tool {tool!r} on MCP server {self.cfg.name!r} waited {timeout:g}s for a free slot"
+                    f"Tool {tool!r} on MCP server {cfg.name!r} waited {timeout:g}s for a free slot",
+                    timeout_s=timeout,
+                    limit="timeout",
                 ) from None
             try:
-                return await self._call_once(conn, tool, arguments, deadline, timeout, meta)
+                return await self._call_once(conn, tool, arguments, clock, meta)
             finally:
                 self._slots.release()
         finally:
@@ -202,26 +207,20 @@ class Session:
             self._last_used = loop.time()
 
     async def _call_once(
-        self,
-        conn: Connection,
-        tool: str,
-        arguments: dict[str, Any],
-        deadline: float,
-        budget_s: float,
-        meta: dict[str, Any] | None,
+        self, conn: Connection, tool: str, arguments: dict[str, Any], clock: CallClock, meta: dict[str, Any] | None
     ) -> ToolResult:
         from mcp import MCPError  # loaded with `conn`
         from mcp_types import INVALID_PARAMS
 
         try:
-            result = await conn.call(tool, arguments, deadline, budget_s, meta)
+            result = await conn.call(tool, arguments, clock, meta)
         except MCPError as exc:
             if exc.code == INVALID_PARAMS and await self._vanished(conn, tool):
                 raise self._not_found(conn, tool) from None
             return error_result(f"MCP error {exc.code}: {exc.message}")
         except RuntimeError as exc:  # invalid structured content, unexpected input-required result
             return error_result(f"Invalid result from tool {tool!r}: {exc}")
-        out = to_tool_result(result)
+        out = to_tool_result(result, clock.timeout_s, clock.resets)
         if out.is_error and _NOT_FOUND_TEXT.search(out.text) and await self._vanished(conn, tool):
             raise self._not_found(conn, tool)
         return out

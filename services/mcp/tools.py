@@ -103,6 +103,42 @@ class ToolSpec:
     description: Annotated[str, Field(description="What the tool does, as its server describes it")]
     input_schema: Annotated[dict[str, Any], Field(description="JSON Schema of the tool's arguments")]
     server: Annotated[str, Field(exclude=True)]
+    annotations: Annotated[
+        dict[str, Any] | None,
+        Field(
+            description="The server's hints about the tool (readOnlyHint, destructiveHint, idempotentHint, "
+            "openWorldHint, title) as it sent them: hints, never guarantees"
+        ),
+    ] = None
+    destructive: Annotated[
+        bool,
+        Field(
+            description="What the approval rule `destructive` matches: not readOnlyHint and destructiveHint not "
+            "false (MCP's defaults: a tool without hints counts as destructive)"
+        ),
+    ] = True
+
+
+def spec_of(server: str, tool: mtypes.Tool) -> ToolSpec:
+    """The spec of a tool the server listed (its input schema shared, not copied: compiled validators are cached
+    by identity)."""
+    hints = tool.annotations.model_dump(by_alias=True, exclude_none=True) if tool.annotations else None
+    return ToolSpec(
+        name=tool.name,
+        model_name=model_tool_name(server, tool.name),
+        description=tool.description or tool.title or "",
+        input_schema=tool.input_schema,
+        server=server,
+        annotations=hints,
+        destructive=is_destructive(hints),
+    )
+
+
+def is_destructive(annotations: dict[str, Any] | None) -> bool:
+    """MCP's reading of a tool's hints: destructive unless it says it is read-only or not destructive."""
+    if not annotations:
+        return True
+    return not annotations.get("readOnlyHint", False) and annotations.get("destructiveHint", True) is not False
 
 
 @dataclass(frozen=True)
@@ -115,6 +151,15 @@ class ToolResult:
         dict[str, Any] | None, Field(description="The tool's structured output, when it gives one")
     ]
     is_error: Annotated[bool, Field(description="True when the tool reported an error")]
+    timeout_s: Annotated[
+        float | None,
+        Field(
+            description="The call's timeout in seconds: the tool's (bridge.tool_timeouts), the server's or the default"
+        ),
+    ] = None
+    progress_resets: Annotated[
+        int, Field(description="Progress notifications from the server that reset the timeout (up to the hard maximum)")
+    ] = 0
 
 
 @dataclass
@@ -166,12 +211,14 @@ def _summarise_block(block: Any) -> str:
     return f"[{getattr(block, 'type', 'content')}]"
 
 
-def to_tool_result(result: mtypes.CallToolResult) -> ToolResult:
-    """Convert the SDK's result into a plain ToolResult."""
+def to_tool_result(
+    result: mtypes.CallToolResult, timeout_s: float | None = None, progress_resets: int = 0
+) -> ToolResult:
+    """Convert the SDK's result into a plain ToolResult (with the timeout that applied to the call)."""
     content = [b.model_dump(mode="json", by_alias=True, exclude_none=True) for b in result.content]
     text = "\n".join(_summarise_block(b) for b in result.content)
     structured = result.structured_content if isinstance(result.structured_content, dict) else None
-    return ToolResult(content=content, text=text, structured_content=structured, is_error=bool(result.is_error))
+    return ToolResult(content, text, structured, bool(result.is_error), timeout_s, progress_resets)
 
 
 def error_result(text: str) -> ToolResult:

@@ -17,6 +17,8 @@ OPERATION_IDS = {
     ("get", "/v1/mcp/servers"): "listMcpServers",
     ("get", "/v1/mcp/servers/{name}/tools"): "listMcpTools",
     ("post", "/v1/mcp/servers/{name}/tools/{tool}"): "callMcpTool",
+    ("get", "/v1/prompts"): "listPrompts",
+    ("post", "/v1/prompts/{server}/{prompt}/run"): "runPrompt",
     ("post", "/v1/autonomous"): "runAutonomous",
     ("post", "/v1/autonomous/with-mcp"): "runWithMcp",
     ("post", "/v1/autonomous/with-multiple-mcps"): "runWithMultipleMcps",
@@ -102,6 +104,8 @@ def test_path_parameters_have_examples(openapi_doc: dict[str, Any]) -> None:
         "model_id": "qwen/qwen3-4b",
         "run_id": "run_5f0c1e2a9b7d4c3e8a6f1b2d",
         "tool_call_id": "call_0_0",
+        "server": "everything",
+        "prompt": "args-prompt",
     }
     for method, path, op in operations(openapi_doc):
         for param in op.get("parameters", []):

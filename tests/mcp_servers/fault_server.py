@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import ToolAnnotations
 
 server: MCPServer[Any] = MCPServer("fault")
 _added = 0
@@ -31,13 +32,13 @@ def _counted() -> Iterator[None]:
         _running -= 1
 
 
-@server.tool()
+@server.tool(annotations=ToolAnnotations(readOnlyHint=True))
 def echo(text: str) -> str:
     """Return the text unchanged."""
     return text
 
 
-@server.tool()
+@server.tool(annotations=ToolAnnotations(readOnlyHint=True, idempotentHint=True))
 def add(a: int, b: int) -> int:
     """Add two integers."""
     return a + b
@@ -49,6 +50,17 @@ async def slow(seconds: float) -> str:
     with _counted():
         await anyio.sleep(seconds)
     return "slept"
+
+
+@server.tool()
+async def progress(seconds: float, every: float, ctx: Context) -> str:
+    """Work for `seconds`, reporting progress every `every` seconds, then answer "done"."""
+    steps = max(round(seconds / every), 1)
+    with _counted():
+        for step in range(1, steps + 1):
+            await anyio.sleep(every)
+            await ctx.report_progress(step, steps, f"step {step} of {steps}")
+    return "done"
 
 
 @server.tool()
@@ -65,7 +77,7 @@ def running() -> int:
     return _running
 
 
-@server.tool()
+@server.tool(annotations=ToolAnnotations(destructiveHint=True))
 def crash() -> str:
     """Kill the server process in the middle of the call."""
     sys.stderr.write("fault server: crash tool called, exiting\n")
@@ -79,7 +91,7 @@ def huge(chars: int) -> str:
     return "x" * chars
 
 
-@server.tool()
+@server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False))
 def fail(message: str) -> str:
     """Fail with a tool error (is_error=True)."""
     raise ToolError(message)

@@ -380,7 +380,8 @@ async def test_the_model_is_offered_only_the_keys_tools(live: httpx.AsyncClient,
         done = await session.call_tool("autonomous_discover_and_execute", {"task": "hi " + script(answer="ok")})
     assert not done.is_error and done.structured_content is not None, done
     [request] = await mock.chat_requests()
-    memory = {f"memory__{t}" for t in await tool_names(live, "memory", BOSS)}
+    # the memory server lists a resource: the model may list and read it too (tests/routers/test_resources_prompts.py)
+    memory = {f"memory__{t}" for t in await tool_names(live, "memory", BOSS)} | RESOURCE_TOOLS
     assert_offered_within(request, times | memory, done.structured_content["context"])
 
     await mock.reset()  # the admin gets everything
@@ -392,6 +393,7 @@ async def test_the_model_is_offered_only_the_keys_tools(live: httpx.AsyncClient,
 
 
 BUILTIN = {"bridge__find_tools", "bridge__read_output"}
+RESOURCE_TOOLS = {"bridge__list_resources", "bridge__read_resource"}
 
 
 def assert_offered_within(

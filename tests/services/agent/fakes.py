@@ -9,6 +9,7 @@ from typing import Any
 from services.context import ContextWindow
 from services.lmstudio import ChatResult, ModelInfo, ModelKind, ResolvedModel, ToolCall, Usage
 from services.mcp import ToolResult, ToolSet, ToolSpec
+from services.mcp.resources import ResourceInfo
 
 
 def call(name: str, arguments: Any, call_id: str | None = None) -> ToolCall:
@@ -93,6 +94,12 @@ class FakePool:
 
     async def tool_set(self, servers: list[str]) -> ToolSet:
         return ToolSet([t for t in self.tools if t.server in servers])
+
+    async def list_resources(self, server: str) -> list[ResourceInfo]:
+        return []
+
+    async def read_resource(self, server: str, uri: str) -> str:
+        return ""
 
     async def call_tool(self, server: str, tool: str, arguments: dict[str, Any], **_: Any) -> ToolResult:
         self.calls.append((server, tool, arguments))

@@ -71,6 +71,13 @@ def test_full_config(tmp_path: Path) -> None:
     assert web.describe()["headers"] == ["Authorization"]
 
 
+def test_tool_timeouts(tmp_path: Path) -> None:
+    servers = load(tmp_path, {"web": {"command": "x", "timeout": 30, "bridge": {"tool_timeouts": {"fetch": 120}}}})
+    assert servers["web"].tool_timeouts == {"fetch": 120.0}
+    assert servers["web"].timeout_s == 30.0
+    assert servers["web"].describe()["tool_timeouts"] == {"fetch": 120.0}
+
+
 def test_url_credentials_and_query_hidden(tmp_path: Path) -> None:
     cfg = load(tmp_path, {"w": {"url": "https://user:pw@host:9000/mcp?key=abc#x"}})["w"]
     assert cfg.describe()["url"] == "https://host:9000/mcp"
@@ -108,6 +115,22 @@ def test_empty_servers(tmp_path: Path) -> None:
         ({"w": {"type": "http"}}, 'mcp.json: server "w": field "url" is required'),
         ({"w": {"type": "stdio", "url": "http://h"}}, 'mcp.json: server "w": field "command" is required'),
         ({"fs": "npx"}, 'mcp.json: server "fs" must be an object'),
+        (
+            {"fs": {"command": "x", "bridge": {"tool_timeouts": {"fetch": 0}}}},
+            'server "fs": field "bridge.tool_timeouts.fetch" must be a number of seconds greater than 0',
+        ),
+        (
+            {"fs": {"command": "x", "bridge": {"tool_timeouts": {"fetch": "120"}}}},
+            'server "fs": field "bridge.tool_timeouts.fetch" must be a number of seconds',
+        ),
+        (
+            {"fs": {"command": "x", "bridge": {"tool_timeouts": [120]}}},
+            'server "fs": field "bridge.tool_timeouts" must be an object mapping tool names to seconds',
+        ),
+        (
+            {"fs": {"command": "x", "bridge": {"timeouts": {}}}},
+            'field "bridge.timeouts" is not a known option (known: approval_tools, tool_timeouts)',
+        ),
         ({"": {"command": "x"}}, "empty name"),
         (
             {"fs": {"command": "x", "args": ["${env:NOPE}"]}},

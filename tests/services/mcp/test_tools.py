@@ -62,9 +62,16 @@ def _wire(value: Any) -> dict[str, Any]:
 
 def test_wire_shapes_leave_out_internal_fields() -> None:
     spec = ToolSpec(name="t", model_name="s__t", description="d", input_schema={"type": "object"}, server="s")
-    assert _wire(spec) == {"name": "t", "model_name": "s__t", "description": "d", "input_schema": {"type": "object"}}
+    assert _wire(spec) == {
+        "name": "t",
+        "model_name": "s__t",
+        "description": "d",
+        "input_schema": {"type": "object"},
+        "annotations": None,
+        "destructive": True,
+    }
     result = ToolResult(content=[{"type": "text", "text": "hi"}], text="hi", structured_content=None, is_error=False)
-    assert list(_wire(result)) == ["content", "structured_content", "is_error"]
+    assert list(_wire(result)) == ["content", "structured_content", "is_error", "timeout_s", "progress_resets"]
     status = ServerStatus("s", "stdio", "idle", None, None, ["K"], [], "cmd", None)
     assert _wire(status)["breaker"] == "closed" and _wire(status)["env"] == ["K"]
     schema = TypeAdapter(ToolResult).json_schema(mode="serialization")
