@@ -133,10 +133,14 @@ class QueuedStream(GuardedStream):
             yield first
         while True:
             try:
-                chunk = await asyncio.wait_for(self.queue.get(), KEEPALIVE_S)
-            except TimeoutError:
-                yield b": keep-alive\n\n"
-                continue
+                chunk = self.queue.get_nowait()  # most frames are waiting already: no timer for them
+            except asyncio.QueueEmpty:
+                try:
+                    async with asyncio.timeout(KEEPALIVE_S):  # not wait_for: no task per frame
+                        chunk = await self.queue.get()
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
             if chunk is None:
                 return
             yield chunk

@@ -27,8 +27,13 @@ class RunLimiter:
         return True
 
     async def acquire(self, *, bounded: bool = True) -> None:
+        if not self._slots.locked():  # a free slot: taken at once, no timer (asyncio.timeout costs one per call)
+            await self._slots.acquire()
+            self.in_flight += 1
+            return
         try:
-            await asyncio.wait_for(self._slots.acquire(), self.queue_timeout_s if bounded else None)
+            async with asyncio.timeout(self.queue_timeout_s if bounded else None):
+                await self._slots.acquire()
         except TimeoutError:
             self.rejected += 1
             raise OverloadedError(
