@@ -91,6 +91,7 @@ class Metrics:
             ["reason", "host"],
             registry=r,
         )
+        self._token_children: dict[str, tuple[Counter, Counter]] = {}
         self.tokens = Counter(
             "bridge_tokens_total",
             "Tokens reported by LM Studio by model and direction (input, output)",
@@ -112,6 +113,16 @@ class Metrics:
             "Run store writes lost (the database failed or fell behind); those runs are marked incomplete",
             registry=r,
         )
+
+    def token_counters(self, model: str) -> tuple[Counter, Counter]:
+        """`tokens`' (input, output) children for `model`, bound once (`labels()` takes a lock and a lookup)."""
+        pair = self._token_children.get(model)
+        if pair is None:
+            pair = self._token_children[model] = (
+                self.tokens.labels(model, "input"),
+                self.tokens.labels(model, "output"),
+            )
+        return pair
 
     def watch(self, state: StateReader) -> None:
         """Export values the services keep themselves (read at scrape time)."""

@@ -23,7 +23,7 @@ from services.lmstudio.chat import ChatResult, parse_chat
 from services.lmstudio.errors import decoded, error_for_chat, error_for_probe, error_for_response
 from services.lmstudio.listing import ModelInfo, with_props
 from services.lmstudio.retry import RetryPolicy, call_with_retries
-from services.lmstudio.telemetry import gen_ai_span, operation_name, record_response, span_host
+from services.lmstudio.telemetry import gen_ai_span, operation_name, record_chat, record_response, span_host
 from services.lmstudio.wire import Wire, read
 from services.metrics import Metrics
 
@@ -317,5 +317,5 @@ class LMStudioClient:
                 check=error_for_chat,
             )
             result = parse_chat(body)
-            record_response(span, body, self.metrics)
+            record_chat(span, result, self.metrics)
             return result

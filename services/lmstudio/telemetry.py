@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 from opentelemetry.trace import Span, SpanKind
 
-from services.lmstudio.chat import Usage
+from services.lmstudio.chat import ChatResult, Usage
 from services.metrics import Metrics
 from services.tracing import tracer
 
@@ -52,6 +52,28 @@ def gen_ai_span(
         yield span
 
 
+def record_chat(span: Span, result: ChatResult, metrics: Metrics) -> None:
+    """`record_response` for a parsed chat answer: no second reading of the body, no attributes on a span that
+    is not recorded."""
+    usage = result.usage
+    if span.is_recording():
+        if result.model:
+            span.set_attribute("gen_ai.response.model", result.model)
+        span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
+        if result.finish_reason is not None:
+            span.set_attribute("gen_ai.response.finish_reasons", [result.finish_reason])
+    count_tokens(metrics, result.model, usage)
+
+
+def count_tokens(metrics: Metrics, model: str, usage: Usage) -> None:
+    """The tokens of one answer in `bridge_tokens_total` (children bound once per model)."""
+    if model and (usage.prompt_tokens or usage.completion_tokens):
+        into, out = metrics.token_counters(model)
+        into.inc(usage.prompt_tokens)
+        out.inc(usage.completion_tokens)
+
+
 def record_response(span: Span, body: Any, metrics: Metrics) -> None:
     """Response model, usage and finish reasons on the span; tokens in the metrics."""
     if not isinstance(body, dict):
@@ -66,6 +88,4 @@ def record_response(span: Span, body: Any, metrics: Metrics) -> None:
     span.set_attribute("gen_ai.usage.output_tokens", completion)
     if reasons:
         span.set_attribute("gen_ai.response.finish_reasons", reasons)
-    if model and (prompt or completion):
-        metrics.tokens.labels(model, "input").inc(prompt)
-        metrics.tokens.labels(model, "output").inc(completion)
+    count_tokens(metrics, model, usage)

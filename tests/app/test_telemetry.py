@@ -85,7 +85,7 @@ async def test_span_tree_of_a_run_with_two_concurrent_tool_calls(
 ) -> None:
     response = await bridge.post("/v1/autonomous", json={"task": SLOW_PAIR, "mcp_servers": ["fault"]})
     result = response.json()
-    assert result["status"] == "completed"
+    assert result["status"] == "completed", result
     assert response.headers["x-trace-id"] == result["trace_id"]
     spans = trace_of(exporter, result["trace_id"])
     [server] = [s for s in spans if s.kind == SpanKind.SERVER]  # exactly one server span
@@ -102,7 +102,10 @@ async def test_span_tree_of_a_run_with_two_concurrent_tool_calls(
     assert run.attributes["bridge.status"] == "completed" and run.attributes["bridge.rounds"] == 1
     assert run.attributes["gen_ai.request.model"] == "qwen/qwen3-4b"
     assert attributes(run)["bridge.mcp_servers"] == ("fault",)
-    under_run = sorted(children(spans, run), key=lambda s: s.start_time or 0)
+    # the run's own calls (the first run on a server also asks it once for its resources: cached after)
+    under_run = sorted(
+        (s for s in children(spans, run) if s.name != "MCP send resources/list"), key=lambda s: s.start_time or 0
+    )
     assert [s.name for s in under_run] == [
         "chat qwen/qwen3-4b",
         "tools/call fault__slow",
