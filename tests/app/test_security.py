@@ -26,6 +26,8 @@ HEADER_SECRET = "header-value-SECRET-9999"
 SECRETS = (KEY, TOKEN, ENV_SECRET, HEADER_SECRET)
 SAMPLE = {
     "name": "time",
+    "server": "time",
+    "prompt": "greeting",
     "tool": "get_current_time",
     "model_id": "qwen/qwen3-4b",
     "run_id": "run_0",
