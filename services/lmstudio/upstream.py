@@ -303,15 +303,30 @@ class LMStudioHosts:
 
 
 class _CountedStream(httpx.AsyncByteStream):
-    """A response body that takes its host's in-flight count back when it is closed."""
+    """A response body that takes its host's in-flight count back when it is closed. A body that breaks off has its
+    host pinged once (no retries) before the error goes on: a host that died mid-answer shows `unreachable` in
+    /v1/models at once (`as_now`), one that only dropped this connection stays as it was."""
 
     def __init__(self, inner: httpx.AsyncByteStream, host: Host) -> None:
         self._inner = inner
         self._host: Host | None = host
+        self._origin = host
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._inner:
-            yield chunk
+        try:
+            async for chunk in self._inner:
+                yield chunk
+        except Exception:
+            await self._check_host()
+            raise
+
+    async def _check_host(self) -> None:
+        try:
+            await self._origin.client.ping()
+        except LLMError:
+            self._origin.reachable = False
+        else:
+            self._origin.reachable = True
 
     async def aclose(self) -> None:
         if self._host is not None:

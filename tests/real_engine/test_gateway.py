@@ -329,9 +329,70 @@ async def test_required_with_a_small_token_limit_ends_length(
     assert run["output"].strip()
     assert (run["rounds"], run["steps"]) == (0, [])
     assert any("token limit" in w and "16" in w for w in run["warnings"]), run["warnings"]
+    # issue 29, case 18: the forced choice brought no call, and the run says so (this engine's grammar blocks the
+    # end of the turn until a call, so a "required" answer without one is always cut like this one)
+    assert 'tool_choice "required" was asked for, but the model made no tool call' in run["warnings"]
     assert run["usage"]["completion_tokens"] == 16
     assert_consistent(run["usage"], 16)
     await assert_engine_counted(idle_engine, before, run["usage"])
+
+
+# issue 29, cases 14 and 15: one forced, prefilled call (round 1), then max_rounds 1 ends the run with one call
+# without tools, which this model fills with an imitated <tool_response> until max_tokens. The call takes 34
+# tokens with its stop string (measured at temperature 0, no prompt cache): with max_tokens 48 round 1 ends at
+# the stop string; with 32 it is cut after the call's JSON closed, before </tool_call>.
+CUT_FINAL = 48
+CUT_AFTER_CALL = 32
+
+
+@pytest.mark.parametrize(
+    "max_tokens", [CUT_FINAL, CUT_AFTER_CALL], ids=["final-answer-cut", "call-then-cut-and-final-answer-cut"]
+)
+async def test_a_final_answer_cut_after_max_rounds_ends_length(
+    idle_engine: RealEngine, recorded: tuple[httpx.AsyncClient, Recorder], max_tokens: int
+) -> None:
+    client, recorder = recorded
+    recorder.exchanges.clear()
+    body = {
+        "messages": [SYSTEM, {"role": "user", "content": "What time is it in Paris?"}, PREFILL],
+        "mcp_servers": ["time"],
+        "tool_choice": "required",
+        "max_rounds": 1,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        **ONE_CALL,
+    }
+    response = await client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    run = answer["bridge_run"]
+    exchanges = list(recorder.exchanges)
+    _report(f"max_rounds 1, max_tokens {max_tokens}", run, exchanges)
+
+    # what the engine said: round 1 a call, then the final call (no tools) cut at max_tokens
+    first, final = (ex.response["choices"][0] for ex in exchanges)
+    assert "tools" in exchanges[0].request and "tools" not in exchanges[1].request
+    assert final["finish_reason"] == "length"
+    assert exchanges[1].response["usage"]["completion_tokens"] == max_tokens
+
+    # case 14: the run and the chat answer say the final answer was cut, not that it finished
+    assert (run["status"], run["rounds"]) == ("length", 1)
+    assert answer["choices"][0]["finish_reason"] == "length"
+    assert answer["choices"][0]["message"]["content"] == run["output"] == final["message"]["content"]
+    assert any("token limit" in w and f"max_tokens {max_tokens}" in w for w in run["warnings"]), run["warnings"]
+
+    # the call of round 1 ran on the real server, whole (case 15 when its answer was cut after it)
+    [step] = run["steps"]
+    assert (step["name"], step["round"], step["is_error"]) == ("time__get_current_time", 1, False)
+    assert {"timezone", "datetime"} <= set(json.loads(step["output"]))
+    cut_after_call = "The answer was cut at the token limit after complete tool call(s); they were run"
+    if max_tokens == CUT_AFTER_CALL:
+        assert first["finish_reason"] == "length" and first["message"]["tool_calls"]
+        assert exchanges[0].response["usage"]["completion_tokens"] == max_tokens
+        assert cut_after_call in run["warnings"]
+    else:
+        assert first["finish_reason"] in ("stop", "tool_calls")
+        assert cut_after_call not in run["warnings"]
 
 
 async def test_run_deadline_frees_the_engine(idle_engine: RealEngine, gateway: httpx.AsyncClient) -> None:

@@ -141,8 +141,11 @@ async def test_passthrough_stream_cut_midway(open_gateway: GatewayFactory, caplo
             async with gw.client.stream("POST", CHAT, json=body) as response:
                 assert response.status_code == 200
                 lines = [line async for line in response.aiter_lines() if line]
+            listed = (await gw.client.get("/v1/models")).json()["data"]
         finally:
             uvicorn_log.removeHandler(caplog.handler)
+        # the host that dropped the connection still answers (the gateway pinged it): its models stay as they were
+        assert listed and not any(h["state"] == "unreachable" for m in listed for h in m["hosts"]), listed
         # the first chunks may or may not get through (the LM Studio client's transport drops what it had
         # buffered when the connection breaks); the end of the stream always does
         assert lines[-1] == "data: [DONE]"
