@@ -178,6 +178,7 @@ class Run(RunState):
             self.finish(status, None, RunInterruptedError(detail).problem())
             raise ShuttingDownError(detail, retry_after=5) from None
         except BridgeError as exc:
+            log.warning("run failed: %s (%s)", exc.detail, exc.code)  # the log's formatter redacts secrets
             self.finish("failed", None, exc.problem())
             raise
         except Exception:

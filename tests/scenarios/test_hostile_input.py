@@ -27,6 +27,7 @@ from tests.conftest import make_settings, served
 from tests.helpers import call, eventually, mcp_http_session, read_sse, script
 from tests.mock_lmstudio.fixture import MockLMStudio
 from tests.processes import free_port
+from tests.scenarios.conftest import gateway_process
 
 SURROGATE = "\udc00"
 ECHO = "/v1/mcp/servers/fault/tools/echo"
@@ -315,6 +316,35 @@ async def test_an_upstream_echoing_the_token_never_shows_it(
     for text in seen:
         assert TOKEN not in text and json.dumps(TOKEN)[1:-1] not in text, text
         assert "[REDACTED]" in text, text
+
+
+@pytest.mark.parametrize("where", ["setting", "hosts-file"])
+async def test_an_upstream_echoing_the_token_is_not_in_the_log(
+    mock: MockLMStudio, mcp_json: Path, tmp_path: Path, where: str
+) -> None:
+    """The same 401 against a real `serve` process at INFO: its log (what operators ship) never has the token,
+    and does say what happened."""
+    hosts = tmp_path / "hosts.yaml"
+    hosts.write_text(json.dumps({"hosts": [{"name": "one", "url": mock.base_url, "token": TOKEN}]}))
+    upstream = (
+        {"LMSTUDIO_API_TOKEN": TOKEN, "LMSTUDIO_BASE_URL": mock.base_url}
+        if where == "setting"
+        else {"LMSTUDIO_HOSTS_FILE": str(hosts)}
+    )
+    echo = {"kind": "status", "status": 401, "body": {"error": f"Invalid API token '{TOKEN}'"}}
+    await mock.faults(*({**echo, "path": CHAT} for _ in range(5)))
+    task = "hi " + script(answer="never")
+    env = {**upstream, "MCP_CONFIG": str(mcp_json), "BRIDGE_LOG_LEVEL": "INFO"}
+    env["BRIDGE_DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}"
+    async with gateway_process(env) as gw:
+        run = await gw.client.post("/v1/autonomous", json={"task": task, "mcp_servers": ["time"]})
+        assert run.status_code >= 400 and "[REDACTED]" in run.json()["detail"], run.text
+        chat = await gw.client.post(CHAT, json={"model": QWEN, "messages": [{"role": "user", "content": "hi"}]})
+        assert chat.status_code >= 400, chat.text
+        assert await gw.sigterm() == 0
+        log = await asyncio.to_thread(Path(gw.log_path).read_text)
+    assert "Invalid API token" in log and "[REDACTED]" in log, log[-3000:]
+    assert TOKEN not in log and json.dumps(TOKEN)[1:-1] not in log
 
 
 # --- 9. bounded event ids and list pages (issue 29, item 6) -----------------------------------------
