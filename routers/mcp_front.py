@@ -26,6 +26,7 @@ from app.gateway import BridgeState
 from app.security import access_of
 from app.settings import Settings
 from routers.autonomous import AutonomousRequest
+from routers.mcp_approvals import elicitation_asker
 from routers.paths import MCP_PATH
 from routers.pipelines import MAX_STEPS, PipelineStep, pipeline_spec, stages_of
 from services.access import Access
@@ -59,8 +60,7 @@ def build_mcp_server(settings: Settings, state: Callable[[], BridgeState]) -> MC
     )
 
     async def run(ctx: BridgeContext, *values: Any) -> RunResult:
-        spec = options(*values)
-        spec.access = key_access(ctx)
+        spec = asking_client(options(*values), ctx)
         opened = await state().agent.open(spec)
         return await opened.execute(progress_reporter(ctx))
 
@@ -118,9 +118,8 @@ def build_mcp_server(settings: Settings, state: Callable[[], BridgeState]) -> MC
 
         async def go() -> RunResult:
             body = validated(AutonomousRequest, {"task": task})
-            pipeline = await state().agent.open_pipeline(
-                pipeline_spec(body, access=key_access(ctx)), stages_of(body, steps)
-            )
+            spec = asking_client(pipeline_spec(body), ctx)
+            pipeline = await state().agent.open_pipeline(spec, stages_of(body, steps))
             return await pipeline.execute(progress_reporter(ctx))
 
         return await answer(go())
@@ -135,6 +134,15 @@ def options(
     """The run spec of a tool's arguments, checked against the same bounds as REST."""
     values = {"model": model, "mcp_servers": mcp_servers, "max_rounds": max_rounds, "max_tokens": max_tokens}
     return run_spec(validated(_ToolRun, {"task": task, **values}))
+
+
+def asking_client(spec: RunSpec, ctx: BridgeContext) -> RunSpec:
+    """The spec of a run the tool call carries out itself: the key's scope and, when the client can answer an
+    elicitation, its calls that need approval ask the client (else they are denied, as for any synchronous run)."""
+    spec.access = key_access(ctx)
+    spec.asker = elicitation_asker(ctx)
+    spec.interactive = spec.asker is not None
+    return spec
 
 
 class _ToolRun(RunOptions):
