@@ -23,10 +23,10 @@ from starlette.types import ASGIApp
 
 from app.errors import as_bridge_error
 from app.gateway import BridgeState
-from app.security import access_of
 from app.settings import Settings
 from routers.autonomous import AutonomousRequest
 from routers.mcp_approvals import elicitation_asker
+from routers.mcp_resources import add_run_resources, request_access
 from routers.paths import MCP_PATH
 from routers.pipelines import MAX_STEPS, PipelineStep, pipeline_spec, stages_of
 from services.access import Access
@@ -125,6 +125,7 @@ def build_mcp_server(settings: Settings, state: Callable[[], BridgeState]) -> MC
         return await answer(go())
 
     _add_status_tools(server, state)
+    add_run_resources(server, state)
     return server
 
 
@@ -213,8 +214,7 @@ def key_access(ctx: BridgeContext | None) -> Access | None:
         request = ctx.request_context.request if ctx is not None else None
     except ValueError:  # no request context (called outside a request)
         return None
-    scope = getattr(request, "scope", None)
-    return access_of(scope) if isinstance(scope, dict) else None
+    return request_access(request)
 
 
 def progress_reporter(ctx: BridgeContext) -> Emit:
