@@ -23,9 +23,10 @@ from starlette.types import ASGIApp
 
 from app.errors import as_bridge_error
 from app.gateway import BridgeState
-from app.security import access_of
 from app.settings import Settings
 from routers.autonomous import AutonomousRequest
+from routers.mcp_approvals import elicitation_asker
+from routers.mcp_resources import add_run_resources, request_access
 from routers.paths import MCP_PATH
 from routers.pipelines import MAX_STEPS, PipelineStep, pipeline_spec, stages_of
 from services.access import Access
@@ -59,8 +60,7 @@ def build_mcp_server(settings: Settings, state: Callable[[], BridgeState]) -> MC
     )
 
     async def run(ctx: BridgeContext, *values: Any) -> RunResult:
-        spec = options(*values)
-        spec.access = key_access(ctx)
+        spec = asking_client(options(*values), ctx)
         opened = await state().agent.open(spec)
         return await opened.execute(progress_reporter(ctx))
 
@@ -118,14 +118,14 @@ def build_mcp_server(settings: Settings, state: Callable[[], BridgeState]) -> MC
 
         async def go() -> RunResult:
             body = validated(AutonomousRequest, {"task": task})
-            pipeline = await state().agent.open_pipeline(
-                pipeline_spec(body, access=key_access(ctx)), stages_of(body, steps)
-            )
+            spec = asking_client(pipeline_spec(body), ctx)
+            pipeline = await state().agent.open_pipeline(spec, stages_of(body, steps))
             return await pipeline.execute(progress_reporter(ctx))
 
         return await answer(go())
 
     _add_status_tools(server, state)
+    add_run_resources(server, state)
     return server
 
 
@@ -135,6 +135,15 @@ def options(
     """The run spec of a tool's arguments, checked against the same bounds as REST."""
     values = {"model": model, "mcp_servers": mcp_servers, "max_rounds": max_rounds, "max_tokens": max_tokens}
     return run_spec(validated(_ToolRun, {"task": task, **values}))
+
+
+def asking_client(spec: RunSpec, ctx: BridgeContext) -> RunSpec:
+    """The spec of a run the tool call carries out itself: the key's scope and, when the client can answer an
+    elicitation, its calls that need approval ask the client (else they are denied, as for any synchronous run)."""
+    spec.access = key_access(ctx)
+    spec.asker = elicitation_asker(ctx)
+    spec.interactive = spec.asker is not None
+    return spec
 
 
 class _ToolRun(RunOptions):
@@ -205,8 +214,7 @@ def key_access(ctx: BridgeContext | None) -> Access | None:
         request = ctx.request_context.request if ctx is not None else None
     except ValueError:  # no request context (called outside a request)
         return None
-    scope = getattr(request, "scope", None)
-    return access_of(scope) if isinstance(scope, dict) else None
+    return request_access(request)
 
 
 def progress_reporter(ctx: BridgeContext) -> Emit:

@@ -15,7 +15,7 @@ from routers.pipelines import MAX_STEPS, PipelineStep, pipeline_spec, stages_of
 from routers.schemas import STORED_EVENT_SCHEMA, problem_responses
 from routers.streaming import StoredEventStream
 from services.agent import RunStatus, run_spec
-from services.agent.approvals import Decision
+from services.agent.approvals import REASON_MAX_CHARS, Decision
 from services.errors import InvalidRequestError
 from services.runs import RunFilter, RunPage, RunRecord, page_json, record_json
 
@@ -48,7 +48,7 @@ class ApprovalDecision(BaseModel):
     )
 
     decision: Literal["approve", "deny"]
-    reason: str = Field("", max_length=2000, description="Why; a denial's reason is what the model reads")
+    reason: str = Field("", max_length=REASON_MAX_CHARS, description="Why; a denial's reason is what the model reads")
 
 
 class ApprovalDecided(BaseModel):

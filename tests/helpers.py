@@ -190,9 +190,12 @@ async def finished(
 
 
 @contextlib.asynccontextmanager
-async def mcp_http_session(gateway: httpx.AsyncClient, **headers: str) -> AsyncIterator[ClientSession]:
-    """An MCP client session on the gateway's `/mcp` (streamable HTTP), with these HTTP headers. The SDK is
-    imported here: tests/app/test_lazy_imports.py imports this module and checks the gateway loads it lazily."""
+async def mcp_http_session(
+    gateway: httpx.AsyncClient, *, elicitation_callback: Any = None, message_handler: Any = None, **headers: str
+) -> AsyncIterator[ClientSession]:
+    """An MCP client session on the gateway's `/mcp` (streamable HTTP), with these HTTP headers (and, given an
+    `elicitation_callback`, declaring elicitation; `message_handler` gets the server's notifications). The SDK
+    is imported here: tests/app/test_lazy_imports.py imports this module and checks the gateway loads it lazily."""
     import httpx2
     from mcp import ClientSession
     from mcp.client.streamable_http import streamable_http_client
@@ -200,7 +203,9 @@ async def mcp_http_session(gateway: httpx.AsyncClient, **headers: str) -> AsyncI
     async with (
         httpx2.AsyncClient(timeout=60, headers=headers) as http,
         streamable_http_client(str(gateway.base_url.join("/mcp")), http_client=http) as (read, write),
-        ClientSession(read, write) as session,
+        ClientSession(
+            read, write, elicitation_callback=elicitation_callback, message_handler=message_handler
+        ) as session,
     ):
         await session.initialize()
         yield session

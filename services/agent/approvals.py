@@ -7,15 +7,16 @@ about itself, never a guarantee; a tool that must always be approved is named by
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Literal
+from typing import Any, Literal
 
 from services.mcp.tools import qualified_name
 
 Verdict = Literal["approved", "denied", "timed_out"]
 DESTRUCTIVE = "destructive"  # the rule naming the tools whose hints do not say they are safe
+REASON_MAX_CHARS = 2000  # the longest reason a decision records
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,3 +62,19 @@ class Decision:
         if self.verdict == "timed_out":
             return f"Error: this tool call was not run: nobody approved it in time{why}"
         return f"Error: this tool call was not run: a person denied it{why}"
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRequest:
+    """One tool call awaiting a decision, as `approval.requested` shows it: the exact arguments that would run."""
+
+    tool_call_id: str
+    name: str  # <server>__<tool>, as the model called it
+    server: str
+    tool: str
+    arguments: Any
+
+
+# asks the run's own client for a decision (the MCP front door: elicitation) beside the REST route; None: the
+# client gave none (the request stays open for the REST route until BRIDGE_APPROVAL_TIMEOUT_S)
+Asker = Callable[[ApprovalRequest], Awaitable[Decision | None]]

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from services.agent.approvals import ApprovalPolicy, Decision
+from services.agent.approvals import ApprovalPolicy, ApprovalRequest, Asker, Decision
 from services.agent.records import Emit, RunEvent, RunStatus
 from services.mcp import ToolSpec
 
+log = logging.getLogger("lmstudio_bridge.agent")
+
 
 class ApprovalGate:
-    """Asks for a decision on each call the policy names; a run that cannot wait for a person denies it."""
+    """Asks for a decision on each call the policy names; a run that cannot wait for a person denies it.
+    An interactive run waits for the REST route (`decide`) and, when its client can be asked (`asker`), for the
+    client's answer too: the first decision counts."""
 
     def __init__(
         self,
@@ -21,6 +26,7 @@ class ApprovalGate:
         timeout_s: float,
         *,
         interactive: bool,
+        asker: Asker | None = None,
         emit: Emit,
         warnings: list[str],
         set_status: Callable[[RunStatus], None],
@@ -29,6 +35,7 @@ class ApprovalGate:
         self._policy = policy
         self._timeout_s = timeout_s
         self._interactive = interactive
+        self._asker = asker
         self._emit = emit
         self._warnings = warnings
         self._set_status = set_status
@@ -56,7 +63,8 @@ class ApprovalGate:
         if not self._interactive:
             self._warnings.append(
                 f"The model called {name}, which needs a person's approval; a synchronous run cannot wait for one, "
-                "so the call was denied (start the run with POST /v1/runs to approve calls)"
+                "so the call was denied (start the run with POST /v1/runs, or call the MCP front door "
+                "from a client that supports elicitation, to approve calls)"
             )
             return Decision("denied", "it needs a person's approval, which this run cannot ask for")
         future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
@@ -64,16 +72,37 @@ class ApprovalGate:
         self._set_status("awaiting_approval")
         request = {"tool_call_id": call_id, "name": name, "server": spec.server, "tool": spec.name}
         await self._emit(RunEvent.APPROVAL_REQUESTED, {**request, "arguments": arguments})
+        asking = self._ask_client(call_id, ApprovalRequest(call_id, name, spec.server, spec.name, arguments))
         try:
             decision = await self._wait(call_id, future)
         except asyncio.CancelledError:  # the run was cancelled (or stopped) while the call waited: the request ends
             reason = "the run was cancelled before a decision came"
             await self._emit(RunEvent.APPROVAL_DECIDED, {**request, "decision": "cancelled", "reason": reason})
             raise
+        finally:
+            if asking is not None:  # decided another way (REST, a timeout) or cancelled: the question is withdrawn
+                asking.cancel()
         await self._emit(
             RunEvent.APPROVAL_DECIDED, {**request, "decision": decision.verdict, "reason": decision.reason}
         )
         return decision
+
+    def _ask_client(self, call_id: str, request: ApprovalRequest) -> asyncio.Task[None] | None:
+        """Ask the run's client (when it can be asked) in a task of its own; its answer decides the call."""
+        asker = self._asker
+        if asker is None:
+            return None
+
+        async def ask() -> None:
+            try:
+                decision = await asker(request)
+            except Exception as exc:  # the client could not be asked: the REST route still decides
+                log.warning("approval of %s (%s): the client could not be asked: %r", request.name, call_id, exc)
+                return
+            if decision is not None:
+                self.decide(call_id, decision)
+
+        return asyncio.create_task(ask(), name=f"approval {call_id}")
 
     async def _wait(self, call_id: str, future: asyncio.Future[Decision]) -> Decision:
         try:

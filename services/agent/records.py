@@ -16,6 +16,7 @@ from pydantic import Field, TypeAdapter
 from pydantic_core import PydanticSerializationError
 
 from services.access import Access
+from services.agent.approvals import Asker
 from services.context.fit import Fit
 from services.lmstudio import Usage
 
@@ -105,6 +106,7 @@ class RunSpec:
     client_tools: list[dict[str, Any]] = field(default_factory=list)  # OpenAI function tools the CLIENT runs
     store: bool = True  # recorded in the run store
     interactive: bool = False  # tool calls that need approval wait for a person (async runs); else denied
+    asker: Asker | None = None  # an interactive run's client, asked directly too (the MCP front door's elicitation)
     access: Access | None = None  # the API key's scope (None: no keys configured, everything allowed)
 
 

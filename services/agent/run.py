@@ -49,6 +49,7 @@ class Run(RunState):
             ctx.approvals,
             ctx.defaults.approval_timeout_s,
             interactive=spec.interactive,
+            asker=spec.asker,
             emit=self.emit,
             warnings=warnings,
             set_status=self.set_status,

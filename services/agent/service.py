@@ -100,6 +100,7 @@ class AgentService:
                 task=spec.task,
                 store=False,  # recorded as part of the pipeline
                 interactive=spec.interactive,
+                asker=spec.asker,
                 access=spec.access,
             )
             try:
