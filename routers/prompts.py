@@ -62,7 +62,7 @@ async def get_prompts(
 @router.post(
     "/{server}/{prompt}/run",
     response_model=RunResult,
-    responses=RESPONSES,
+    responses={**RESPONSES, **problem_responses(404)},  # 404: no such server or prompt
     operation_id="runPrompt",
     summary="Run a prompt",
 )
