@@ -181,6 +181,7 @@ async def open_store(settings: Settings, metrics: Metrics, redact: Redactor) -> 
         redact=redact,
         retention_days=settings.run_retention_days,
         lease_s=settings.lease_s,
+        orphan_grace_s=settings.orphan_grace_s,
     )
 
 

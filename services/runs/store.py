@@ -5,7 +5,8 @@ A run hands its writes to its `RunJournal`, which queues them and returns at onc
 they asked. A run whose writes the database does not take is held: served from memory (`held.py`), written
 back whole (`incomplete: true`) once the store takes writes again. Runs live in this process are followed
 from memory, others from the database. Several gateway processes may share the store: each holds a lease
-(`lease.py`), and a run executed by one is cancelled through another by a request in the store (`cancels.py`).
+(`lease.py`), and a run executed by one is cancelled or decided on through another by a request in the store
+(`relay.py`); maintenance (claims, pruning) is done by one process at a time (`maintenance.py`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,15 +25,16 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.agent import FINISHED_STATUSES, RunResult, RunState
+from services.agent.approvals import Decision
 from services.agent.records import TERMINAL_EVENTS, result_json
 from services.errors import StoreUnavailableError
 from services.metrics import Metrics
-from services.runs.cancels import CancelWatch, request_cancel
 from services.runs.engines import async_engine
 from services.runs.held import held_events, held_record
 from services.runs.instance import hold_instance, release_instance
 from services.runs.journal import JournalEvent, RunJournal
 from services.runs.lease import DEFAULT_LEASE_S, Lease
+from services.runs.maintenance import DEFAULT_ORPHAN_GRACE_S, Maintenance
 from services.runs.migrate import migrate
 from services.runs.records import (
     PREVIEW_CHARS,
@@ -45,14 +46,14 @@ from services.runs.records import (
     listed_of,
     record_of,
 )
-from services.runs.tables import has_server, prune, run_events, runs
+from services.runs.relay import RelayWatch, request_cancel
+from services.runs.tables import approvals, has_server, run_events, runs
 from services.runs.writer import RunWriter, StoreHealth
 from services.text import storable
 
 log = logging.getLogger("lmstudio_bridge.store")
 
 POLL_S = 0.5  # how often a follower of a run in another gateway process looks for new events
-PRUNE_EVERY_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,7 @@ class RunStore:
         redact: Callable[[str], str],
         retention_days: float,
         lease_s: float,
+        orphan_grace_s: float = DEFAULT_ORPHAN_GRACE_S,
     ) -> None:  # built by `open`, which has the defaults
         self.engine = engine
         self.instance = instance
@@ -87,10 +89,11 @@ class RunStore:
         self.live: dict[str, RunJournal] = {}  # runs of this process whose terminal event is not written yet
         self.writer = RunWriter(self)
         self.lease = Lease(self, lease_s)
-        self.cancels = CancelWatch(self)
-        # run ids of this process that another process asked to cancel, or recorded `interrupted` (`fence`): the
-        # run service takes them and stops the runs
+        self.maintenance = Maintenance(self, self.lease, orphan_grace_s)
+        self.relay = RelayWatch(self)
+        # runs of ours another process asked to cancel or recorded `interrupted` (`fence`): the run service stops them
         self.cancel_requests: asyncio.Queue[str] = asyncio.Queue()
+        self.decisions: asyncio.Queue[tuple[str, str, Decision]] = asyncio.Queue()  # (run, call, decision) relayed
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
@@ -103,6 +106,7 @@ class RunStore:
         redact: Callable[[str], str] = lambda text: text,
         retention_days: float = 30.0,
         lease_s: float = DEFAULT_LEASE_S,
+        orphan_grace_s: float = DEFAULT_ORPHAN_GRACE_S,
     ) -> RunStore:
         """Connect, migrate, take this instance's lease and mark the runs a previous process of it left
         unfinished `interrupted`, start writing, heartbeating and looking for cancel requests."""
@@ -117,6 +121,7 @@ class RunStore:
                 redact=redact,
                 retention_days=retention_days,
                 lease_s=lease_s,
+                orphan_grace_s=orphan_grace_s,
             )
             interrupted = await store.lease.register()
         except BaseException:
@@ -127,7 +132,7 @@ class RunStore:
             log.warning("%d run(s) left unfinished by an earlier start were marked interrupted", interrupted)
         store._tasks = [
             asyncio.create_task(task)
-            for task in (store.writer.run(), store._pruner(), store.lease.run(), store.cancels.run())
+            for task in (store.writer.run(), store.maintenance.run(), store.lease.run(), store.relay.run())
         ]
         return store
 
@@ -320,6 +325,7 @@ class RunStore:
         held = self.writer.held.pop(run_id, None) is not None  # a record in memory only goes with it
         async with self._reading(), self.engine.begin() as conn:
             await conn.execute(delete(run_events).where(run_events.c.run_id == run_id))
+            await conn.execute(delete(approvals).where(approvals.c.run_id == run_id))
             deleted = await conn.execute(delete(runs).where(runs.c.run_id == run_id))
         return held or bool(deleted.rowcount)
 
@@ -328,23 +334,17 @@ class RunStore:
         await self.flush()
         return await request_cancel(self.engine, run_id)
 
+    def awaiting_approval(self) -> list[str]:
+        """This process's runs in flight that await a person's decision."""
+        return [run_id for run_id, journal in self.live.items() if journal.last_status == "awaiting_approval"]
+
     def fence(self, run_id: str) -> None:
         """Another process recorded this run of ours `interrupted`: drop its further writes and stop it."""
         if run_id in self.live:
             self.writer.fenced.add(run_id)
             self.cancel_requests.put_nowait(run_id)
 
-    async def prune(self, now: float | None = None) -> int:
-        """Delete runs that finished more than the retention period ago; returns how many."""
-        return await prune(self.engine, (now or time.time()) - self.retention_days * 86_400)
-
-    async def _pruner(self) -> None:
-        while True:
-            try:
-                pruned = await self.prune()
-                if pruned:
-                    log.info("run store: %d run(s) older than %g day(s) pruned", pruned, self.retention_days)
-            except Exception as exc:
-                self.metrics.store_errors.inc()
-                log.warning("run store: pruning failed: %s", exc)
-            await asyncio.sleep(PRUNE_EVERY_S)
+    async def prune(self, now: float | None = None) -> int | None:
+        """Delete runs finished more than the retention ago; how many (None: another process is pruning)."""
+        await self.flush()
+        return await self.maintenance.prune(now)

@@ -230,7 +230,7 @@ async def test_a_cancel_request_through_one_store_reaches_the_owner_once(
     assert await asyncio.wait_for(owner.cancel_requests.get(), 5) == running.run_id  # the owner is told
     assert await other.request_cancel(queued.run_id) is True
     assert await asyncio.wait_for(owner.cancel_requests.get(), 5) == queued.run_id  # the queued run's too
-    assert await owner.cancels.check() == []  # each request is handed on once
+    assert await owner.relay.check() == []  # each request is handed on once
     assert owner.cancel_requests.empty()
 
     assert await other.request_cancel(done.run_id) is False  # ended: nothing to ask
@@ -296,16 +296,16 @@ async def test_a_failed_heartbeat_is_logged_counted_and_retried(
     stores: Stores, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = await stores("gw-a", lease_s=SHORT)
-    real = store.lease.beat
+    real = store.lease.renew
     failures: list[float] = []
 
-    async def flaky() -> int:
+    async def flaky() -> bool:
         if len(failures) < 2:
             failures.append(time.monotonic())
             raise ConnectionError("database away")
         return await real()
 
-    monkeypatch.setattr(store.lease, "beat", flaky)
+    monkeypatch.setattr(store.lease, "renew", flaky)
     await eventually(lambda: len(failures) == 2, 5, "two failed heartbeats")
     before = (await instance_rows(store))["gw-a"][1]
 
