@@ -183,6 +183,8 @@ async def test_a_fresh_instance_is_left_alone_until_its_heartbeat_is_older_than_
 
     await age(survivor, "gw-slow", SHORT)  # now older than the lease
     assert await lease.sweep() == 1
+    claimed = survivor.metrics.registry.get_sample_value("bridge_claims_total", {"reason": "lease"})
+    assert claimed == 2  # its running and its queued run
     assert await survivor.status_of(runs["running"].run_id) == "interrupted"
     assert await survivor.status_of(runs["queued"].run_id) == "interrupted"
     assert await lease.sweep() == 0  # claimed once
@@ -266,6 +268,7 @@ async def test_a_store_whose_instance_was_claimed_stops_its_runs_and_keeps_the_v
     assert record is not None and record.status == "interrupted", record
     assert [(e.seq, e.event) for e in await survivor.events(run.run_id)] == [(1, RunEvent.STARTED), (2, "run.failed")]
     assert counter(stalled.metrics, "bridge_store_errors_total") == 0
+    assert counter(stalled.metrics, "bridge_leases_lost_total") == 1
     assert run.run_id not in stalled.live
 
     after = Driver(stalled)  # its new runs are written as ever
