@@ -16,7 +16,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Mapping
 from typing import Protocol, cast
 
 from sqlalchemy import insert, select, update
@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.agent import UNFINISHED_STATUSES, RunEvent
 from services.agent.approvals import Decision, Verdict
 from services.metrics import Metrics
+from services.runs.journal import RunJournal
 from services.runs.tables import approvals, run_events, runs
 
 log = logging.getLogger("lmstudio_bridge.store")
@@ -87,7 +88,7 @@ async def record_decision(engine: AsyncEngine, run_id: str, tool_call_id: str, d
 
 class RelayStore(Protocol):
     """What the watch needs of its store (`RunStore`): the database, the counters, this process's runs in
-    flight (and which of them await approval), and where requests go (`cancel_requests`, `decisions`)."""
+    flight (their journals: which await approval), and where requests go (`cancel_requests`, `decisions`)."""
 
     @property
     def engine(self) -> AsyncEngine: ...
@@ -96,9 +97,7 @@ class RelayStore(Protocol):
     def metrics(self) -> Metrics: ...
 
     @property
-    def live(self) -> Collection[str]: ...
-
-    def awaiting_approval(self) -> list[str]: ...
+    def live(self) -> Mapping[str, RunJournal]: ...
 
     @property
     def cancel_requests(self) -> asyncio.Queue[str]: ...
@@ -141,7 +140,7 @@ class RelayWatch:
     async def check_decisions(self) -> int:
         """Hand on the decisions recorded for this process's runs awaiting approval, each once; how many. The
         rows stay (a second decision on the call finds its row and is refused) until the run is deleted."""
-        waiting = self.store.awaiting_approval()
+        waiting = [run_id for run_id, journal in self.store.live.items() if journal.last_status == "awaiting_approval"]
         for run_id in [run_id for run_id in self.decided if run_id not in self.store.live]:
             del self.decided[run_id]
         if not waiting:

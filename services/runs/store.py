@@ -203,9 +203,10 @@ class RunStore:
         return self.writer.held.get(run_id)
 
     @contextlib.asynccontextmanager
-    async def _reading(self) -> AsyncIterator[None]:
+    async def _reading(self, flush: bool = True) -> AsyncIterator[None]:
         """A read of the database: its failure is 503 `store_unavailable`, not a 500."""
-        await self.flush()
+        if flush:
+            await self.flush()
         try:
             yield
         except (SQLAlchemyError, OSError) as exc:
@@ -266,10 +267,10 @@ class RunStore:
         rows = rows[:limit]
         return RunPage([listed_of(row) for row in rows], str(rows[-1]["num"]) if more else None)
 
-    async def events(self, run_id: str, after: int = 0) -> list[StoredEvent]:
-        if (journal := await self._held(run_id)) is not None:
+    async def events(self, run_id: str, after: int = 0, *, flush: bool = True) -> list[StoredEvent]:
+        if flush and (journal := await self._held(run_id)) is not None:  # (no flush: a follower of a run not here)
             return held_events(self, journal, after)
-        async with self._reading(), self.engine.connect() as conn:
+        async with self._reading(flush), self.engine.connect() as conn:
             rows = await conn.execute(
                 select(run_events.c.seq, run_events.c.event, run_events.c.data)
                 .where(run_events.c.run_id == run_id, run_events.c.seq > after)
@@ -291,15 +292,15 @@ class RunStore:
             ).first()
         return StoredEvent(*row) if row else None
 
-    async def status_of(self, run_id: str) -> str | None:
-        found = await self.status_and_key(run_id)
+    async def status_of(self, run_id: str, *, flush: bool = True) -> str | None:
+        found = await self.status_and_key(run_id, flush=flush)
         return found[0] if found else None
 
-    async def status_and_key(self, run_id: str) -> tuple[str, str | None] | None:
+    async def status_and_key(self, run_id: str, *, flush: bool = True) -> tuple[str, str | None] | None:
         """The run's status and its API key's name; None when there is no such run."""
-        if (journal := await self._held(run_id)) is not None:
+        if flush and (journal := await self._held(run_id)) is not None:
             return journal.row["status"], journal.key_name
-        async with self._reading(), self.engine.connect() as conn:
+        async with self._reading(flush), self.engine.connect() as conn:
             row = (await conn.execute(select(runs.c.status, runs.c.key_name).where(runs.c.run_id == run_id))).first()
         return (row[0], row[1]) if row else None
 
@@ -309,14 +310,16 @@ class RunStore:
         if journal is not None:
             async for item in journal.follow(after):
                 yield item
-            return
+                after = item.seq
+            if not journal.fenced:
+                return
         while True:  # not in this process: what the database has, polled while another process runs it
-            for item in await self.events(run_id, after):
+            status = await self.status_of(run_id, flush=False)  # first: a run seen ended has its end event stored
+            for item in await self.events(run_id, after, flush=False):
                 yield item
                 after = item.seq
                 if item.event in TERMINAL_EVENTS:
                     return
-            status = await self.status_of(run_id)
             if status is None or status in FINISHED_STATUSES:
                 return
             await asyncio.sleep(POLL_S)
@@ -334,14 +337,11 @@ class RunStore:
         await self.flush()
         return await request_cancel(self.engine, run_id)
 
-    def awaiting_approval(self) -> list[str]:
-        """This process's runs in flight that await a person's decision."""
-        return [run_id for run_id, journal in self.live.items() if journal.last_status == "awaiting_approval"]
-
     def fence(self, run_id: str) -> None:
         """Another process recorded this run of ours `interrupted`: drop its further writes and stop it."""
-        if run_id in self.live:
+        if (journal := self.live.get(run_id)) is not None:
             self.writer.fenced.add(run_id)
+            journal.fence()
             self.cancel_requests.put_nowait(run_id)
 
     async def prune(self, now: float | None = None) -> int | None:

@@ -229,6 +229,9 @@ class Chaos:
                         seen.append((frame.id, frame.event))
                         if frame.event == "approval.requested":
                             self._approve(run_id, frame.data["tool_call_id"], replica.url)
+                if seen and seen[-1][1] not in TERMINAL:  # the stream ended without the run's end: a rule broke
+                    self.out.problems.append(f"{run_id}: a stream from {replica.name} ended after {seen[-1]}")
+                    return
             except (httpx.TransportError, AssertionError):
                 self.out.reconnects += 1
                 await asyncio.sleep(0.1)  # back off before the next replica; not a wait for an event

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from sqlalchemy import delete, insert, select, update
@@ -318,3 +319,46 @@ async def test_a_failed_heartbeat_is_logged_counted_and_retried(
     await eventually(renewed, 5, "a heartbeat after the failures")
     assert counter(store.metrics, "bridge_store_errors_total") >= 2
     assert "heartbeat failed (database away)" in caplog.text
+
+
+async def test_a_follower_reads_only_what_the_store_holds_and_then_the_claimers_end(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live follower gets an event once it is committed: a process that dies (here: stalls, its writer stuck)
+    after emitting events never showed one that the store lacks, so the `run.failed` a claimer appends after the
+    stored ones reaches the follower, numbered after what it read."""
+    stalled = await stores("gw-a")
+    run = Driver(stalled)
+    run.status("running")
+    run.event(RunEvent.STARTED, {})
+    await stalled.flush()
+    read: list[tuple[int, str]] = []
+
+    async def follow() -> None:
+        async for item in stalled.follow(run.run_id):
+            read.append((item.seq, item.event))
+
+    follower = asyncio.create_task(follow())
+    await eventually(lambda: read == [(1, RunEvent.STARTED)], 5, "the committed event read")
+    stuck, inside = asyncio.Event(), asyncio.Event()
+    real = stalled.writer._write
+
+    async def never(_batch: list[Any]) -> None:
+        inside.set()
+        await stuck.wait()  # the writer hangs (a stalled process): nothing more is committed
+
+    monkeypatch.setattr(stalled.writer, "_write", never)
+    run.event(RunEvent.ROUND_STARTED, {"round": 1})
+    run.event(RunEvent.TOOL_CALL_STARTED, {"round": 1})
+    await asyncio.wait_for(inside.wait(), 5)
+    assert read == [(1, RunEvent.STARTED)]  # emitted, not committed: not shown
+
+    survivor = await stores("gw-b")
+    await age(stalled, "gw-a", OLD)
+    assert await Lease(survivor, SHORT).claim("gw-a") == [run.run_id]
+    assert await stalled.lease.renew() is False  # it finds its row gone: the run is fenced
+    await asyncio.wait_for(follower, 10)  # read on from the store
+    assert read == [(1, RunEvent.STARTED), (2, RunEvent.FAILED)]
+    assert [(e.seq, e.event) for e in await survivor.events(run.run_id)] == read
+    monkeypatch.setattr(stalled.writer, "_write", real)
+    stuck.set()
