@@ -139,6 +139,13 @@ class Chaos:
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.gather(*(replica.stop() for replica in self.replicas))
         await self.client.aclose()
+        for replica in self.replicas:  # the logs are kept only when a rule broke (their paths are printed)
+            if replica.log is not None:
+                replica.log.close()
+                if self.out.problems:
+                    print(f"{replica.name}'s log: {replica.log.name}")
+                else:
+                    await asyncio.to_thread(Path(replica.log.name).unlink, missing_ok=True)
 
     def live(self, avoid: str | None = None) -> Replica:
         """A random replica that is up (not `avoid` when another one is)."""
