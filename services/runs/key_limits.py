@@ -21,21 +21,40 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from sqlalchemy import Float, cast, delete, func, select
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+import asyncpg
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.errors import KeyLimitsUnavailableError, KeyRateLimitedError
 from services.key_limits import Limited, rate_limited, runs_limited
 from services.metrics import Metrics
-from services.runs.tables import instances, key_buckets, key_runs
+from services.runs.tables import key_runs
 
 log = logging.getLogger("lmstudio_bridge.access")
 
 CHECK_TIMEOUT_S = 2.0  # a check the store does not answer within this long refuses the request
 RESYNC_S = 5.0  # how often rows whose write failed are written again
+POOL_SIZE = 4  # connections of the checks' own pool
 KEY_LOCK = 0x6C6D7365  # the advisory lock class of per-key run counts (the key is the second int)
-_NOW = cast(func.extract("epoch", func.statement_timestamp()), Float)  # the database's clock
+
+# The checks' statements, sent as prepared statements on a small asyncpg pool of their own: through SQLAlchemy a
+# check cost about ten times the CPU (compiling, pool events) of the round trip itself (docs/performance.md).
+_NOW = "extract(epoch from statement_timestamp())"  # the database's clock, the same all through a statement
+_REFILLED = f"least($2::float8, key_buckets.tokens + ({_NOW} - key_buckets.at) * $2::float8 / 60.0)"
+TAKE = (
+    f"INSERT INTO key_buckets (key_name, tokens, at) VALUES ($1, $2::float8 - 1, {_NOW}) ON CONFLICT (key_name) "
+    f"DO UPDATE SET tokens = {_REFILLED} - 1, at = {_NOW} WHERE {_REFILLED} >= 1 RETURNING tokens"
+)
+TOKENS = f"SELECT {_REFILLED} FROM key_buckets WHERE key_name = $1"
+LOCK = "SELECT pg_advisory_xact_lock($1::int4, hashtext($2))"
+OTHERS = (
+    "SELECT coalesce(sum(k.running), 0) FROM key_runs k JOIN instances i ON i.id = k.instance "
+    "WHERE k.key_name = $1 AND k.instance <> $2"
+)
+WRITE = (
+    "INSERT INTO key_runs (key_name, instance, running) VALUES ($1, $2, $3) "
+    "ON CONFLICT (key_name, instance) DO UPDATE SET running = excluded.running"
+)
 
 
 class StoreKeyLimits:
@@ -43,7 +62,9 @@ class StoreKeyLimits:
 
     def __init__(self, engine: AsyncEngine, instance: str, metrics: Metrics) -> None:
         self.engine = engine
-        self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")  # one statement, one round trip
+        self.dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self.pool: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
         self.instance = instance
         self.metrics = metrics
         self.running: dict[str, int] = {}  # this process's runs in flight per key
@@ -66,6 +87,15 @@ class StoreKeyLimits:
                 await conn.execute(delete(key_runs).where(key_runs.c.instance == self.instance))
         except Exception as exc:
             log.warning("per-key run counts of this instance not removed (%s); maintenance removes them", exc)
+        if self.pool is not None:
+            await self.pool.close()
+
+    async def _connections(self) -> asyncpg.Pool:
+        """The checks' pool, opened on first use (a store away at start-up is found at the first check)."""
+        async with self._opening:
+            if self.pool is None:
+                self.pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=POOL_SIZE)
+        return self.pool
 
     @asynccontextmanager
     async def _checking(self, limit: str) -> AsyncIterator[None]:
@@ -94,21 +124,11 @@ class StoreKeyLimits:
         if rate is None:
             return
         async with self._checking("requests"):
-            refill = func.least(float(rate), key_buckets.c.tokens + (_NOW - key_buckets.c.at) * (rate / 60.0))
-            upsert = (
-                insert(key_buckets)
-                .values(key_name=access.name, tokens=float(rate) - 1.0, at=_NOW)
-                .on_conflict_do_update(
-                    index_elements=[key_buckets.c.key_name],
-                    set_={"tokens": refill - 1.0, "at": _NOW},
-                    where=refill >= 1.0,
-                )
-                .returning(key_buckets.c.tokens)
-            )
-            async with self.autocommit.connect() as conn:
-                if (await conn.execute(upsert)).first() is not None:
+            pool = await self._connections()
+            async with pool.acquire() as conn:
+                if await conn.fetchrow(TAKE, access.name, float(rate)) is not None:
                     return
-                tokens = await conn.scalar(select(refill).where(key_buckets.c.key_name == access.name))
+                tokens = await conn.fetchval(TOKENS, access.name, float(rate))
             raise rate_limited(access, float(tokens or 0.0))
 
     async def enter_run(self, access: Limited) -> None:
@@ -116,22 +136,20 @@ class StoreKeyLimits:
         if limit is None:
             return
         name = access.name
-        async with self._checking("runs"), self.engine.begin() as conn:
-            await self._lock(conn, name)
-            others = await conn.scalar(
-                select(func.coalesce(func.sum(key_runs.c.running), 0))
-                .select_from(key_runs.join(instances, instances.c.id == key_runs.c.instance))
-                .where(key_runs.c.key_name == name, key_runs.c.instance != self.instance)
-            )
-            mine = self.running.get(name, 0)
-            if int(others or 0) + mine >= limit:
-                raise runs_limited(access, int(others or 0) + mine)
-            self.running[name] = mine + 1
-            try:
-                await self._write(conn, name)
-            except BaseException:
-                self.running[name] -= 1
-                raise
+        async with self._checking("runs"):
+            pool = await self._connections()
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute(LOCK, KEY_LOCK, name)
+                others = int(await conn.fetchval(OTHERS, name, self.instance) or 0)
+                mine = self.running.get(name, 0)
+                if others + mine >= limit:
+                    raise runs_limited(access, others + mine)
+                self.running[name] = mine + 1
+                try:
+                    await conn.execute(WRITE, name, self.instance, mine + 1)
+                except BaseException:
+                    self.running[name] -= 1
+                    raise
 
     def leave_run(self, access: Limited) -> None:
         if access.max_concurrent_runs is None:
@@ -142,23 +160,14 @@ class StoreKeyLimits:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _lock(self, conn: AsyncConnection, name: str) -> None:
-        await conn.execute(select(func.pg_advisory_xact_lock(KEY_LOCK, func.hashtext(name))))
-
-    async def _write(self, conn: AsyncConnection, name: str) -> None:
-        """This process's row for the key, from its count in memory (under the key's lock)."""
-        running = self.running.get(name, 0)
-        await conn.execute(
-            insert(key_runs)
-            .values(key_name=name, instance=self.instance, running=running)
-            .on_conflict_do_update(index_elements=[key_runs.c.key_name, key_runs.c.instance], set_={"running": running})
-        )
-
     async def _write_now(self, name: str) -> None:
+        """This process's row for the key, from its count in memory (under the key's lock)."""
         try:
-            async with asyncio.timeout(CHECK_TIMEOUT_S), self.engine.begin() as conn:
-                await self._lock(conn, name)
-                await self._write(conn, name)
+            async with asyncio.timeout(CHECK_TIMEOUT_S):
+                pool = await self._connections()
+                async with pool.acquire() as conn, conn.transaction():
+                    await conn.execute(LOCK, KEY_LOCK, name)
+                    await conn.execute(WRITE, name, self.instance, self.running.get(name, 0))
             self.unwritten.discard(name)
         except Exception as exc:
             if name not in self.unwritten:
