@@ -41,20 +41,20 @@ NOTE = (
 )
 
 ANALYSIS = (
-    "**What the figures say** (2026-12-07, two runs on the shared 2-core machine while other engineers' s"
-    "uites ran: the free key's `GET /v1/models` p50 was 4-5 ms against about 1 ms on a quiet machine, so "
-    "the latency rows are inflated and only the same-run differences mean something). A limited key's req"
-    "uest costs one round trip to PostgreSQL for its token bucket: +0.6 ms of gateway CPU and +0.4 ms of "
-    "PostgreSQL CPU per request, +4 ms p50 here. A limited key's run adds the request check, the run's en"
-    "try (a transaction: advisory lock, sum, upsert) and its exit (the same, in the background): +2.0 ms "
-    "gateway CPU and +1.3 ms PostgreSQL CPU per run, +10 ms p50 here. The first version sent the checks t"
-    "hrough SQLAlchemy: +3.1 ms gateway CPU and +14 ms p50 per request, +7.5 ms CPU and +25 ms p50 per ru"
-    "n in the same kind of run; in-process, one check took 1.0 ms of CPU and 2.1 ms through SQLAlchemy ag"
-    "ainst 0.13 ms and 0.37 ms as a prepared statement on a small asyncpg pool, which the checks now use."
-    " Keys without limits pay nothing (they never reach the store), and on SQLite the limits are counted "
-    "in the process as before. Not measured: the same load over two or three replicas (the check is the s"
-    "ame statement whichever replica sends it; on these 2 cores more replicas add no throughput, see Gate"
-    "way replicas on one PostgreSQL)."
+    "**What the figures say** (2026-12-07, two runs on the shared 2-core machine while other engineers' "
+    "suites ran: the free key's `GET /v1/models` p50 was 4-5 ms against about 1 ms on a quiet machine, so"
+    " the latency rows are inflated and only the same-run differences mean something). A limited key's "
+    "request costs one round trip to PostgreSQL for its token bucket: +0.6 ms of gateway CPU and +0.4 ms "
+    "of PostgreSQL CPU per request, +4 ms p50 here. A limited key's run adds the request check, the run's"
+    " entry (a transaction: advisory lock, sum, upsert) and its exit (the same, in the background): +2.0 "
+    "ms gateway CPU and +1.3 ms PostgreSQL CPU per run, +10 ms p50 here. The first version sent the "
+    "checks through SQLAlchemy: +3.1 ms gateway CPU and +14 ms p50 per request, +7.5 ms CPU and +25 ms "
+    "p50 per run in the same kind of run; in-process, one check took 1.0 ms of CPU and 2.1 ms through "
+    "SQLAlchemy against 0.13 ms and 0.37 ms as a prepared statement on a small asyncpg pool, which the "
+    "checks now use. Keys without limits pay nothing (they never reach the store), and on SQLite the "
+    "limits are counted in the process as before. Not measured: the same load over two or three replicas "
+    "(the check is the same statement whichever replica sends it; on these 2 cores more replicas add no "
+    "throughput, see Gateway replicas on one PostgreSQL)."
 )
 
 
