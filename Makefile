@@ -43,9 +43,11 @@ screenshots: install
 bench: install
 	$(PY) -m bench
 
-# 10,000 runs with ~5 % injected faults; SOAK_ARGS="--runs 500" to try it (bench/soak.py)
+# 10,000 runs with ~5 % injected faults; SOAK_ARGS="--runs 500" to try it (bench/soak.py); then 300 runs on three
+# replicas, the busiest killed every 4 s, 15 times (bench/chaos.py; CHAOS_ARGS="--runs 60 --kills 3" to try it)
 soak: install
 	$(PY) -m bench.soak $(SOAK_ARGS)
+	$(PY) -m bench.chaos $(CHAOS_ARGS)
 
 openapi: install
 	$(PY) -m app.openapi_export openapi/openapi.json

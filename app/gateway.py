@@ -181,6 +181,7 @@ async def open_store(settings: Settings, metrics: Metrics, redact: Redactor) -> 
         redact=redact,
         retention_days=settings.run_retention_days,
         lease_s=settings.lease_s,
+        orphan_grace_s=settings.orphan_grace_s,
     )
 
 
@@ -243,6 +244,14 @@ async def open_gateway(
         )
         store = await open_store(settings, metrics, redact)
         stack.push_async_callback(store.aclose)
+        if store.engine.dialect.name == "postgresql":  # several processes: a key's limits are counted in the store
+            from services.runs.key_limits import StoreKeyLimits  # (SQLAlchemy's PostgreSQL dialect: only here)
+
+            shared = StoreKeyLimits(store.engine, store.instance, metrics)
+            await shared.start()
+            stack.callback(setattr, keys, "limits", keys.limits)  # back to counting here once the store is closed
+            stack.push_async_callback(shared.aclose)
+            keys.limits = shared
         agent = AgentService(lmstudio, catalog, pool, limiter, defaults, metrics, approvals, keys, store.journal)
         runs = RunService(agent, store, settings.max_queued_runs)
         stack.push_async_callback(runs.aclose)

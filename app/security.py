@@ -51,7 +51,7 @@ class APIKeyMiddleware:
             await problem_response(UnauthorizedError(detail), scope["path"])(scope, receive, send)
             return
         try:
-            self.keys.take_request(access)
+            await self.keys.limits.take_request(access)
         except BridgeError as exc:
             await problem_response(exc, scope["path"])(scope, receive, send)
             return

@@ -97,6 +97,7 @@ class Settings(BaseSettings):
     )
     approval_timeout_s: float = Field(300.0, gt=0, validation_alias=_env("BRIDGE_APPROVAL_TIMEOUT_S"))
     lease_s: float = Field(15.0, ge=1, le=3600, validation_alias=_env("BRIDGE_LEASE_S"))
+    orphan_grace_s: float = Field(900.0, ge=1, validation_alias=_env("BRIDGE_ORPHAN_GRACE_S"))
     instance_id: str = Field(
         default_factory=socket.gethostname, min_length=1, validation_alias=_env("BRIDGE_INSTANCE_ID")
     )

@@ -37,6 +37,7 @@ SECTIONS = [
     "access",
     "routing",
     "replicas",
+    "key_limits",
 ]
 OUT = REPO / "docs" / "performance.md"
 # sections of OUT written by hand (profiles, figures behind code choices): kept verbatim on every run

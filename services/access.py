@@ -10,8 +10,6 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import math
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -21,7 +19,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from services.config_files import ConfigFileError, entry_label, read_yaml, validated
-from services.errors import ForbiddenError, KeyRateLimitedError
+from services.errors import ForbiddenError
+from services.key_limits import KeyLimits, LocalKeyLimits
 from services.mcp.tools import SEPARATOR, qualified_name
 
 log = logging.getLogger("lmstudio_bridge.access")
@@ -184,12 +183,6 @@ def load_keys_file(path: Path) -> list[tuple[bytes, Access, str | None]]:
 # --- the key ring ----------------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Bucket:
-    tokens: float
-    at: float
-
-
 @dataclass
 class KeyRing:
     """Every accepted key (as its digest) with its access; the file's keys can be swapped at run time."""
@@ -202,8 +195,8 @@ class KeyRing:
     path: Path | None = None
     _mtime: float | None = None
     _reading: asyncio.Future[Any] | None = None  # the reload whose file read (a worker thread's) is under way
-    _buckets: dict[str, _Bucket] = field(default_factory=dict)
-    _running: dict[str, int] = field(default_factory=dict)
+    # what counts each key's requests and runs: this process (default), or the shared store (`app/gateway.py`)
+    limits: KeyLimits = field(default_factory=LocalKeyLimits)
 
     @classmethod
     def build(cls, api_keys: Iterable[str], keys_file: str | None) -> KeyRing:
@@ -297,40 +290,6 @@ class KeyRing:
             return False
         log.info("keys file reloaded: %d key(s)", len(outcome))
         return True
-
-    # --- per-key limits ---
-
-    def take_request(self, access: Access, now: float | None = None) -> None:
-        """One request of the key's `requests_per_minute` (a token bucket); 429 when it has none left."""
-        rate = access.requests_per_minute
-        if rate is None:
-            return
-        now = time.monotonic() if now is None else now
-        bucket = self._buckets.get(access.name)
-        if bucket is None:
-            bucket = self._buckets[access.name] = _Bucket(float(rate), now)
-        bucket.tokens = min(float(rate), bucket.tokens + (now - bucket.at) * rate / 60.0)
-        bucket.at = now
-        if bucket.tokens < 1.0:
-            wait = math.ceil((1.0 - bucket.tokens) * 60.0 / rate)
-            raise KeyRateLimitedError(
-                f"The API key {access.name!r} is limited to {rate} requests a minute", retry_after=max(1, wait)
-            )
-        bucket.tokens -= 1.0
-
-    def enter_run(self, access: Access) -> None:
-        """One more run of the key in flight; 429 beyond its `max_concurrent_runs`."""
-        limit = access.max_concurrent_runs
-        running = self._running.get(access.name, 0)
-        if limit is not None and running >= limit:
-            raise KeyRateLimitedError(
-                f"The API key {access.name!r} may run {limit} run(s) at once; {running} are in flight",
-                retry_after=5,
-            )
-        self._running[access.name] = running + 1
-
-    def leave_run(self, access: Access) -> None:
-        self._running[access.name] = max(0, self._running.get(access.name, 0) - 1)
 
 
 def _mtime(path: Path) -> float | None:

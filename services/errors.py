@@ -94,6 +94,12 @@ class KeyRateLimitedError(BridgeError):
     status, code, title = 429, "key_rate_limited", "The API key is over its rate or concurrency limit"
 
 
+class KeyLimitsUnavailableError(BridgeError):
+    """A key with limits, while the shared store that counts them across gateway processes does not answer."""
+
+    status, code, title = 503, "key_limits_unavailable", "The API key's limits cannot be checked"
+
+
 class OverloadedError(BridgeError):
     status, code, title = 429, "overloaded", "Too many runs in progress"
 

@@ -114,6 +114,46 @@ class Metrics:
             registry=r,
         )
 
+        self.relayed = Counter(
+            "bridge_relayed_total",
+            "Cancel requests and approval decisions between gateway processes sharing a store, by kind (cancel, "
+            "approval) and direction (sent: recorded for another process; received: acted on here)",
+            ["kind", "direction"],
+            registry=r,
+        )
+        self.claims = Counter(
+            "bridge_claims_total",
+            "Runs of other gateway processes marked interrupted here, by reason (lease: the process stopped "
+            "heartbeating; orphan: its process left no instance row)",
+            ["reason"],
+            registry=r,
+        )
+        self.leases_lost = Counter(
+            "bridge_leases_lost_total",
+            "Times this process found its lease taken over (it stalled for a whole lease, or shares its instance id)",
+            registry=r,
+        )
+        self.maintenance = Counter(
+            "bridge_maintenance_total",
+            "Maintenance rounds by task (claim, prune) and outcome (done; skipped: another process held the lock)",
+            ["task", "outcome"],
+            registry=r,
+        )
+        self.key_limit_checks = Counter(
+            "bridge_key_limit_checks_total",
+            "Per-key limit checks made in the shared store, by limit (requests, runs) and outcome (allowed, "
+            "limited, unavailable)",
+            ["limit", "outcome"],
+            registry=r,
+        )
+        self.key_limit_duration = Histogram(
+            "bridge_key_limit_check_duration_seconds",
+            "Duration of a per-key limit check in the shared store",
+            ["limit"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
     def token_counters(self, model: str) -> tuple[Counter, Counter]:
         """`tokens`' (input, output) children for `model`, bound once (`labels()` takes a lock and a lookup)."""
         pair = self._token_children.get(model)

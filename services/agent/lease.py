@@ -9,13 +9,19 @@ from services.limits import RunLimiter
 class RunLease:
     """Taken where a run is opened (the key's run at once, the slot once the limiter grants it); given back once."""
 
-    def __init__(self, limiter: RunLimiter, keys: KeyRing, access: Access | None, *, key_run: bool = True) -> None:
+    def __init__(self, limiter: RunLimiter, keys: KeyRing, access: Access | None) -> None:
         self._limiter = limiter
         self._keys = keys
-        self._access = access if key_run else None
+        self._access = access
         self._slot = False
-        if self._access is not None:
-            keys.enter_run(self._access)  # the key's own concurrency limit
+
+    @classmethod
+    async def take(cls, limiter: RunLimiter, keys: KeyRing, access: Access | None, *, key_run: bool = True) -> RunLease:
+        """A lease holding one of the key's runs (its `max_concurrent_runs`; none when not `key_run`)."""
+        if access is not None and key_run:
+            await keys.limits.enter_run(access)
+            return cls(limiter, keys, access)
+        return cls(limiter, keys, None)
 
     def hold_slot(self) -> None:
         """The run has taken a slot of the run limiter; `release` gives it back."""
@@ -25,7 +31,7 @@ class RunLease:
         """Give the key's run back (idempotent): the run has ended."""
         if self._access is not None:
             access, self._access = self._access, None
-            self._keys.leave_run(access)
+            self._keys.limits.leave_run(access)
 
     def release(self) -> None:
         """Give the run slot and the key's run back (idempotent)."""

@@ -107,7 +107,7 @@ class AgentService:
                 prepared.append((stage, await self.prepare(step_spec, key_run=False)))
             except BridgeError as exc:
                 raise exc.for_step(index, stage.name) from None
-        lease = RunLease(self.limiter, self.ctx.keys, spec.access)  # the pipeline is one of the key's runs
+        lease = await RunLease.take(self.limiter, self.ctx.keys, spec.access)  # the pipeline is one of the key's runs
         return self._journaled(Pipeline(self.ctx, spec, prepared, lease, self.active))
 
     async def prepare(self, spec: RunSpec, *, key_run: bool = True) -> Run:
@@ -121,7 +121,8 @@ class AgentService:
         servers, tools, warnings = await self._tools_for(spec)
         if model.stale:
             warnings.append("LM Studio did not answer the model list; the model was checked against the last list")
-        lease = RunLease(self.limiter, self.ctx.keys, spec.access, key_run=key_run)  # `Run.finish` gives it back
+        # `Run.finish` gives it back
+        lease = await RunLease.take(self.limiter, self.ctx.keys, spec.access, key_run=key_run)
         return self._journaled(Run(self.ctx, spec, model, servers, tools, warnings, lease, self.active))
 
     def _journaled(self, run: R) -> R:

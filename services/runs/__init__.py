@@ -3,7 +3,8 @@
 `RunStore` records every run (SQLite by default, PostgreSQL at scale) without holding the run up;
 `RunService` starts background runs (`POST /v1/runs`, the MCP front door's `start_task`), queues,
 cancels, approves and reads them back. Several gateway processes may share one store: each holds a lease
-(`lease.py`), and a run executed by one is read, followed and cancelled through any other (`cancels.py`).
+(`lease.py`), and a run executed by one is read, followed, cancelled and decided on through any other
+(`relay.py`).
 """
 
 from services.runs.engines import sqlite_path

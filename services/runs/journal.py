@@ -94,6 +94,8 @@ class RunJournal:
         self.run_id = run.run_id
         self.key_name = key_name
         self.events: list[JournalEvent] = []
+        self.settled = 0  # how many of `events` the writer has committed (or dropped): what followers may read
+        self.fenced = False  # another process recorded the run `interrupted`: followers read on from the store
         self.done = False
         self.inserted = False
         self.durable = False  # its row is committed (the writer says so)
@@ -182,17 +184,30 @@ class RunJournal:
         for follower in self._followers:
             follower.wake.set()
 
+    def settle(self, count: int) -> None:
+        """The writer has committed (or dropped) the next `count` events: live followers may read them."""
+        self.settled = min(len(self.events), self.settled + count)
+        self._wake_all()
+
+    def fence(self) -> None:
+        """Another process recorded the run `interrupted`: stop following here (the store has the rest)."""
+        self.fenced = True
+        self._wake_all()
+
     async def follow(self, after: int) -> AsyncIterator[StoredEvent]:
+        """The run's events after `after` as they are committed, so that every event a follower reads is in the
+        store (a process that dies takes nothing it showed with it); ends after the terminal event, or when the
+        run is fenced (`fenced`: the caller reads on from the store)."""
         follower = Follower()
         self._followers.append(follower)
         try:
             index = next((i for i, item in enumerate(self.events) if item.seq > after), len(self.events))
-            while True:
-                while index < len(self.events):
+            while not self.fenced:
+                while index < self.settled:
                     item = self.events[index]
                     yield StoredEvent(item.seq, item.event, self.store.encoded(item))
                     index += 1
-                if self.done:
+                if self.done and index >= len(self.events):
                     return
                 await follower.wake.wait()
                 follower.wake.clear()

@@ -2,7 +2,8 @@
 
 Every store holds a row in `instances` (id = BRIDGE_INSTANCE_ID) and renews its heartbeat every
 `lease_s / HEARTBEATS_PER_LEASE` seconds on a connection of its own (never through the run writer's queue).
-At each heartbeat it also looks for OTHER rows whose heartbeat is older than `lease_s`, and claims each by
+Every heartbeat period, the one process holding maintenance's claim lock (`maintenance.py`) looks for OTHER
+rows whose heartbeat is older than `lease_s`, and claims each by
 deleting it (`DELETE ... WHERE heartbeat_at < cutoff`: of two survivors racing, only one deletes the row) and,
 in the same transaction, marks that instance's unfinished runs `interrupted` with their terminal `run.failed`
 event, as a gateway does with its own runs at start-up. Times are the database's clock, so replicas whose
@@ -45,16 +46,26 @@ def db_now(dialect: str) -> ColumnElement[Any]:
 
 
 async def interrupt_unfinished(conn: AsyncConnection, instance: str, data: str) -> list[str]:
-    """Mark the instance's queued/running runs `interrupted`, each with a terminal `run.failed` event whose
-    data is `data` (a problem document); returns their ids. Their end is the time of their last event;
-    their rounds are those their recorded steps reached. Runs in the caller's transaction."""
-    now = time.time()
+    """Mark the instance's queued/running runs `interrupted` (`interrupt_runs`); returns their ids."""
     rows = await conn.execute(
-        select(runs.c.run_id, runs.c.started_at, runs.c.created_at).where(
-            runs.c.status.in_(UNFINISHED_STATUSES), runs.c.instance == instance
-        )
+        select(runs.c.run_id).where(runs.c.status.in_(UNFINISHED_STATUSES), runs.c.instance == instance)
     )
-    leftovers = {run_id: started or created for run_id, started, created in rows}
+    return await interrupt_runs(conn, list(rows.scalars()), data)
+
+
+async def interrupt_runs(conn: AsyncConnection, run_ids: list[str], data: str) -> list[str]:
+    """Mark those of the runs still unfinished `interrupted`, each with a terminal `run.failed` event whose data
+    is `data` (a problem document); returns their ids. Their end is the time of their last event; their rounds
+    are those their recorded steps reached. Runs in the caller's transaction."""
+    now = time.time()
+    leftovers: dict[str, float] = {}
+    for start in range(0, len(run_ids), _CHUNK):
+        rows = await conn.execute(
+            select(runs.c.run_id, runs.c.started_at, runs.c.created_at).where(
+                runs.c.status.in_(UNFINISHED_STATUSES), runs.c.run_id.in_(run_ids[start : start + _CHUNK])
+            )
+        )
+        leftovers |= {run_id: started or created for run_id, started, created in rows}
     if not leftovers:
         return []
     ids = list(leftovers)
@@ -73,15 +84,13 @@ async def interrupt_unfinished(conn: AsyncConnection, instance: str, data: str) 
         )
     ):
         rounds[run_id] = max(rounds.get(run_id, 0), int(json.loads(step).get("round", 0)))
+    ended: list[str] = []
     for run_id, started in leftovers.items():
         last_seq, last_at = ends.get(run_id, (0, None))
         finished = last_at or now
-        await conn.execute(
-            insert(run_events).values(run_id=run_id, seq=last_seq + 1, event=RunEvent.FAILED, data=data, at=now)
-        )
-        await conn.execute(
+        marked = await conn.execute(
             update(runs)
-            .where(runs.c.run_id == run_id)
+            .where(runs.c.run_id == run_id, runs.c.status.in_(UNFINISHED_STATUSES))  # not if another got there first
             .values(
                 status="interrupted",
                 finished_at=finished,
@@ -90,7 +99,13 @@ async def interrupt_unfinished(conn: AsyncConnection, instance: str, data: str) 
                 error=data,
             )
         )
-    return ids
+        if marked.rowcount != 1:
+            continue
+        await conn.execute(
+            insert(run_events).values(run_id=run_id, seq=last_seq + 1, event=RunEvent.FAILED, data=data, at=now)
+        )
+        ended.append(run_id)
+    return ended
 
 
 class LeaseStore(Protocol):
@@ -192,6 +207,7 @@ class Lease:
 
     async def _lost(self) -> None:
         store = self.store
+        store.metrics.leases_lost.inc()
         async with store.engine.begin() as conn:
             taken = (await conn.execute(select(instances.c.id).where(instances.c.id == self.instance))).first()
             await self._register(conn)
@@ -240,6 +256,7 @@ class Lease:
             ids = await self.claim(other)
             if ids is not None:
                 claimed += 1
+                self.store.metrics.claims.labels("lease").inc(len(ids))
                 log.warning(
                     "run store: gateway instance %r sent no heartbeat for %g s: %d of its run(s) marked interrupted",
                     other,
@@ -271,12 +288,12 @@ class Lease:
 
     async def run(self) -> None:
         """Heartbeat for ever (the first a period after `register`); a failed one is logged, counted and tried
-        again a period later."""
+        again a period later. Claiming the expired rows of others is maintenance (`maintenance.py`)."""
         while True:
             await asyncio.sleep(self.period)
             try:
                 async with asyncio.timeout(self.lease_s):
-                    await self.beat()
+                    await self.renew()
             except Exception as exc:
                 self.store.metrics.store_errors.inc()
                 log.warning("run store: heartbeat failed (%s); trying again in %g s", exc or type(exc), self.period)

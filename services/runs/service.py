@@ -2,7 +2,8 @@
 background, queued while every run slot is taken, cancelled, decided on (approvals), read back from the store.
 
 A run is executed by the gateway process that accepted it. Another process sharing the store reads it,
-follows its events, and cancels it through a request in the store, which the owner acts on (`cancels.py`)."""
+follows its events, cancels it and decides on its tool calls through requests in the store, which the owner
+acts on (`relay.py`)."""
 
 from __future__ import annotations
 
@@ -27,11 +28,13 @@ from services.errors import (
     StoreUnavailableError,
 )
 from services.runs.records import RunPage, RunRecord, StoredEvent
+from services.runs.relay import awaiting_calls, record_decision
 from services.runs.store import POLL_S, RunFilter, RunStore
 
 log = logging.getLogger("lmstudio_bridge.runs")
 
 VISIBLE_WITHIN_S = 5.0  # a new background run is answered once it is written, or after this long (store slow)
+DECISION_LAG_S = 1.0  # a call another process's run awaits may reach the store this much after its SSE event
 
 
 class RunService:
@@ -46,6 +49,7 @@ class RunService:
         self.runs: dict[str, tuple[Run, asyncio.Task[None]]] = {}  # background runs not finished yet
         # what another gateway process asks to cancel (or recorded interrupted) reaches the store: stop it here
         self._cancels = asyncio.create_task(self._follow_cancel_requests())
+        self._decisions = asyncio.create_task(self._follow_decisions())
 
     @property
     def queued(self) -> int:
@@ -160,6 +164,7 @@ class RunService:
             return
         if self._live(run_id) is None and status in UNFINISHED_STATUSES:
             if await self.store.request_cancel(run_id):
+                self.store.metrics.relayed.labels("cancel", "sent").inc()
                 return
             status = await self.store.status_of(run_id) or status  # it ended meanwhile
         raise RunFinishedError(f"Run {run_id} has already ended ({status})", run_status=status)
@@ -194,14 +199,50 @@ class RunService:
             raise RunNotFoundError(f"No run with id {run_id!r}")
 
     async def decide(self, run_id: str, tool_call_id: str, decision: Decision, access: Access | None = None) -> None:
-        await self._status(run_id, access)
+        """A person's decision on a call the run awaits; a run that another gateway process executes gets it
+        through the store (`relay.py`). ApprovalNotFoundError when no such call awaits one."""
+        status = await self._status(run_id, access)
         run = self._live(run_id)
-        if run is not None and run.decide(tool_call_id, decision):
-            return
-        waiting = run.waiting if run is not None else []
+        if run is not None:
+            if run.decide(tool_call_id, decision):
+                return
+            waiting = run.waiting
+        elif status in UNFINISHED_STATUSES:
+            waiting = await self._remote_waiting(run_id, tool_call_id)
+            if tool_call_id in waiting and await record_decision(self.store.engine, run_id, tool_call_id, decision):
+                self.store.metrics.relayed.labels("approval", "sent").inc()
+                return
+            waiting = [call for call in waiting if call != tool_call_id]
+        else:
+            waiting = []
         raise ApprovalNotFoundError(
             f"No tool call {tool_call_id!r} of run {run_id} awaits a decision", awaiting=waiting
         )
+
+    async def _remote_waiting(self, run_id: str, tool_call_id: str) -> list[str]:
+        """The calls another process's run awaits a decision on, as stored; while the run awaits approval but
+        the call is not stored yet (its owner writes in batches), looked at again for up to `DECISION_LAG_S`."""
+        deadline = time.monotonic() + DECISION_LAG_S
+        while True:
+            await self.store.flush()
+            waiting = await awaiting_calls(self.store.engine, run_id)
+            if tool_call_id in waiting or time.monotonic() >= deadline:
+                return waiting
+            if await self.store.status_of(run_id) not in ("running", "awaiting_approval"):
+                return waiting
+            await asyncio.sleep(POLL_S / 5)
+
+    async def _follow_decisions(self) -> None:
+        """Decisions on runs of ours made through another gateway process: hand each to its run."""
+        while True:
+            run_id, tool_call_id, decision = await self.store.decisions.get()
+            run = self._live(run_id)
+            if run is None or not run.decide(tool_call_id, decision):
+                log.info(
+                    "run %s: a decision on %s came from another gateway process, but no longer applies",
+                    run_id,
+                    tool_call_id,
+                )
 
     async def wait(self, run_id: str, timeout_s: float, access: Access | None = None) -> RunRecord:
         """The run's record once it ended, or as it stands after `timeout_s`."""
@@ -221,6 +262,7 @@ class RunService:
         """Stop background runs (the gateway stops): each is recorded `interrupted`."""
         self.stopping = True
         self._cancels.cancel()
+        self._decisions.cancel()
         tasks = [task for _, task in self.runs.values()]
         for run, task in list(self.runs.values()):
             if run.task is None:
@@ -230,7 +272,7 @@ class RunService:
                 run.stop_for_shutdown()
         if tasks:
             await asyncio.wait(tasks, timeout=10.0)
-        await asyncio.gather(self._cancels, return_exceptions=True)
+        await asyncio.gather(self._cancels, self._decisions, return_exceptions=True)
 
 
 def _may_see(access: Access | None, key_name: str | None) -> bool:

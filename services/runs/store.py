@@ -5,7 +5,8 @@ A run hands its writes to its `RunJournal`, which queues them and returns at onc
 they asked. A run whose writes the database does not take is held: served from memory (`held.py`), written
 back whole (`incomplete: true`) once the store takes writes again. Runs live in this process are followed
 from memory, others from the database. Several gateway processes may share the store: each holds a lease
-(`lease.py`), and a run executed by one is cancelled through another by a request in the store (`cancels.py`).
+(`lease.py`), and a run executed by one is cancelled or decided on through another by a request in the store
+(`relay.py`); maintenance (claims, pruning) is done by one process at a time (`maintenance.py`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,15 +25,16 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.agent import FINISHED_STATUSES, RunResult, RunState
+from services.agent.approvals import Decision
 from services.agent.records import TERMINAL_EVENTS, result_json
 from services.errors import StoreUnavailableError
 from services.metrics import Metrics
-from services.runs.cancels import CancelWatch, request_cancel
 from services.runs.engines import async_engine
 from services.runs.held import held_events, held_record
 from services.runs.instance import hold_instance, release_instance
 from services.runs.journal import JournalEvent, RunJournal
 from services.runs.lease import DEFAULT_LEASE_S, Lease
+from services.runs.maintenance import DEFAULT_ORPHAN_GRACE_S, Maintenance
 from services.runs.migrate import migrate
 from services.runs.records import (
     PREVIEW_CHARS,
@@ -45,14 +46,14 @@ from services.runs.records import (
     listed_of,
     record_of,
 )
-from services.runs.tables import has_server, prune, run_events, runs
+from services.runs.relay import RelayWatch, request_cancel
+from services.runs.tables import approvals, has_server, run_events, runs
 from services.runs.writer import RunWriter, StoreHealth
 from services.text import storable
 
 log = logging.getLogger("lmstudio_bridge.store")
 
 POLL_S = 0.5  # how often a follower of a run in another gateway process looks for new events
-PRUNE_EVERY_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,7 @@ class RunStore:
         redact: Callable[[str], str],
         retention_days: float,
         lease_s: float,
+        orphan_grace_s: float = DEFAULT_ORPHAN_GRACE_S,
     ) -> None:  # built by `open`, which has the defaults
         self.engine = engine
         self.instance = instance
@@ -87,10 +89,11 @@ class RunStore:
         self.live: dict[str, RunJournal] = {}  # runs of this process whose terminal event is not written yet
         self.writer = RunWriter(self)
         self.lease = Lease(self, lease_s)
-        self.cancels = CancelWatch(self)
-        # run ids of this process that another process asked to cancel, or recorded `interrupted` (`fence`): the
-        # run service takes them and stops the runs
+        self.maintenance = Maintenance(self, self.lease, orphan_grace_s)
+        self.relay = RelayWatch(self)
+        # runs of ours another process asked to cancel or recorded `interrupted` (`fence`): the run service stops them
         self.cancel_requests: asyncio.Queue[str] = asyncio.Queue()
+        self.decisions: asyncio.Queue[tuple[str, str, Decision]] = asyncio.Queue()  # (run, call, decision) relayed
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
@@ -103,6 +106,7 @@ class RunStore:
         redact: Callable[[str], str] = lambda text: text,
         retention_days: float = 30.0,
         lease_s: float = DEFAULT_LEASE_S,
+        orphan_grace_s: float = DEFAULT_ORPHAN_GRACE_S,
     ) -> RunStore:
         """Connect, migrate, take this instance's lease and mark the runs a previous process of it left
         unfinished `interrupted`, start writing, heartbeating and looking for cancel requests."""
@@ -117,6 +121,7 @@ class RunStore:
                 redact=redact,
                 retention_days=retention_days,
                 lease_s=lease_s,
+                orphan_grace_s=orphan_grace_s,
             )
             interrupted = await store.lease.register()
         except BaseException:
@@ -127,7 +132,7 @@ class RunStore:
             log.warning("%d run(s) left unfinished by an earlier start were marked interrupted", interrupted)
         store._tasks = [
             asyncio.create_task(task)
-            for task in (store.writer.run(), store._pruner(), store.lease.run(), store.cancels.run())
+            for task in (store.writer.run(), store.maintenance.run(), store.lease.run(), store.relay.run())
         ]
         return store
 
@@ -198,9 +203,10 @@ class RunStore:
         return self.writer.held.get(run_id)
 
     @contextlib.asynccontextmanager
-    async def _reading(self) -> AsyncIterator[None]:
+    async def _reading(self, flush: bool = True) -> AsyncIterator[None]:
         """A read of the database: its failure is 503 `store_unavailable`, not a 500."""
-        await self.flush()
+        if flush:
+            await self.flush()
         try:
             yield
         except (SQLAlchemyError, OSError) as exc:
@@ -261,10 +267,10 @@ class RunStore:
         rows = rows[:limit]
         return RunPage([listed_of(row) for row in rows], str(rows[-1]["num"]) if more else None)
 
-    async def events(self, run_id: str, after: int = 0) -> list[StoredEvent]:
-        if (journal := await self._held(run_id)) is not None:
+    async def events(self, run_id: str, after: int = 0, *, flush: bool = True) -> list[StoredEvent]:
+        if flush and (journal := await self._held(run_id)) is not None:  # (no flush: a follower of a run not here)
             return held_events(self, journal, after)
-        async with self._reading(), self.engine.connect() as conn:
+        async with self._reading(flush), self.engine.connect() as conn:
             rows = await conn.execute(
                 select(run_events.c.seq, run_events.c.event, run_events.c.data)
                 .where(run_events.c.run_id == run_id, run_events.c.seq > after)
@@ -286,15 +292,15 @@ class RunStore:
             ).first()
         return StoredEvent(*row) if row else None
 
-    async def status_of(self, run_id: str) -> str | None:
-        found = await self.status_and_key(run_id)
+    async def status_of(self, run_id: str, *, flush: bool = True) -> str | None:
+        found = await self.status_and_key(run_id, flush=flush)
         return found[0] if found else None
 
-    async def status_and_key(self, run_id: str) -> tuple[str, str | None] | None:
+    async def status_and_key(self, run_id: str, *, flush: bool = True) -> tuple[str, str | None] | None:
         """The run's status and its API key's name; None when there is no such run."""
-        if (journal := await self._held(run_id)) is not None:
+        if flush and (journal := await self._held(run_id)) is not None:
             return journal.row["status"], journal.key_name
-        async with self._reading(), self.engine.connect() as conn:
+        async with self._reading(flush), self.engine.connect() as conn:
             row = (await conn.execute(select(runs.c.status, runs.c.key_name).where(runs.c.run_id == run_id))).first()
         return (row[0], row[1]) if row else None
 
@@ -304,14 +310,16 @@ class RunStore:
         if journal is not None:
             async for item in journal.follow(after):
                 yield item
-            return
+                after = item.seq
+            if not journal.fenced:
+                return
         while True:  # not in this process: what the database has, polled while another process runs it
-            for item in await self.events(run_id, after):
+            status = await self.status_of(run_id, flush=False)  # first: a run seen ended has its end event stored
+            for item in await self.events(run_id, after, flush=False):
                 yield item
                 after = item.seq
                 if item.event in TERMINAL_EVENTS:
                     return
-            status = await self.status_of(run_id)
             if status is None or status in FINISHED_STATUSES:
                 return
             await asyncio.sleep(POLL_S)
@@ -320,6 +328,7 @@ class RunStore:
         held = self.writer.held.pop(run_id, None) is not None  # a record in memory only goes with it
         async with self._reading(), self.engine.begin() as conn:
             await conn.execute(delete(run_events).where(run_events.c.run_id == run_id))
+            await conn.execute(delete(approvals).where(approvals.c.run_id == run_id))
             deleted = await conn.execute(delete(runs).where(runs.c.run_id == run_id))
         return held or bool(deleted.rowcount)
 
@@ -330,21 +339,12 @@ class RunStore:
 
     def fence(self, run_id: str) -> None:
         """Another process recorded this run of ours `interrupted`: drop its further writes and stop it."""
-        if run_id in self.live:
+        if (journal := self.live.get(run_id)) is not None:
             self.writer.fenced.add(run_id)
+            journal.fence()
             self.cancel_requests.put_nowait(run_id)
 
-    async def prune(self, now: float | None = None) -> int:
-        """Delete runs that finished more than the retention period ago; returns how many."""
-        return await prune(self.engine, (now or time.time()) - self.retention_days * 86_400)
-
-    async def _pruner(self) -> None:
-        while True:
-            try:
-                pruned = await self.prune()
-                if pruned:
-                    log.info("run store: %d run(s) older than %g day(s) pruned", pruned, self.retention_days)
-            except Exception as exc:
-                self.metrics.store_errors.inc()
-                log.warning("run store: pruning failed: %s", exc)
-            await asyncio.sleep(PRUNE_EVERY_S)
+    async def prune(self, now: float | None = None) -> int | None:
+        """Delete runs finished more than the retention ago; how many (None: another process is pruning)."""
+        await self.flush()
+        return await self.maintenance.prune(now)

@@ -1,4 +1,4 @@
-"""The run store's tables (SQLAlchemy Core), and two queries over them. Changes of the tables go through a new
+"""The run store's tables (SQLAlchemy Core), and a query over them. Changes of the tables go through a new
 Alembic migration in `migrations/`."""
 
 from __future__ import annotations
@@ -17,11 +17,8 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    delete,
     or_,
-    select,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 metadata = MetaData()
 
@@ -79,6 +76,35 @@ instances = Table(
     Column("heartbeat_at", Float, nullable=False),
 )
 
+# decisions on tool calls awaiting approval, sent to a gateway process that does not execute the run; the one
+# that does takes each (`relay.py`). One row per call: the first decision wins; the rows go with their run.
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("tool_call_id", String(256), primary_key=True),
+    Column("verdict", String(32), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("at", Float, nullable=False),
+)
+
+# per-key limits counted across gateway processes (PostgreSQL only, `key_limits.py`): each process's runs in
+# flight per key, and each key's token bucket of requests per minute
+key_runs = Table(
+    "key_runs",
+    metadata,
+    Column("key_name", String(256), primary_key=True),
+    Column("instance", String(256), primary_key=True),
+    Column("running", Integer, nullable=False),
+)
+key_buckets = Table(
+    "key_buckets",
+    metadata,
+    Column("key_name", String(256), primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("at", Float, nullable=False),  # seconds since the epoch, the database's clock
+)
+
 
 def has_server(name: str) -> ColumnElement[bool]:
     """Whether the JSON list `["a", "b"]` in `mcp_servers` holds `name` as a whole element: the element's JSON
@@ -90,20 +116,3 @@ def has_server(name: str) -> ColumnElement[bool]:
         column.endswith(f", {item}]", autoescape=True),
         column.contains(f", {item},", autoescape=True),
     )
-
-
-async def prune(engine: AsyncEngine, cutoff: float) -> int:
-    """Delete the runs that finished before `cutoff` with their events, 500 at a time; returns how many."""
-    total = 0
-    while True:
-        async with engine.begin() as conn:
-            ids = (
-                (await conn.execute(select(runs.c.run_id).where(runs.c.finished_at < cutoff).limit(500)))
-                .scalars()
-                .all()
-            )
-            if not ids:
-                return total
-            await conn.execute(delete(run_events).where(run_events.c.run_id.in_(ids)))
-            await conn.execute(delete(runs).where(runs.c.run_id.in_(ids)))
-        total += len(ids)

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -28,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.metrics import Metrics
 from services.runs.engines import SQLiteWriter, StoreFileGoneError
 from services.runs.held import Write, plan_of, write_back
-from services.runs.journal import INSERT, UPDATE, JournalEvent, RunJournal
+from services.runs.journal import EVENT, INSERT, UPDATE, JournalEvent, RunJournal
 from services.runs.tables import instances
 
 log = logging.getLogger("lmstudio_bridge.store")
@@ -122,6 +123,8 @@ class RunWriter:
             journal = self.store.live.get(run_id)
             if journal is not None:  # its record stays in memory, written back later
                 self.held[run_id] = journal
+                if kind == EVENT:
+                    journal.settle(1)  # kept by the journal: its followers read it from there
             if kind == UPDATE and values.get("finished_at") is not None:
                 self.store.live.pop(run_id, None)
             return
@@ -152,6 +155,7 @@ class RunWriter:
                 skip = self.fenced | self.held.keys()  # a held run's writes wait in its journal
                 kept = [write for write in batch if write.run_id not in skip] if skip else batch
                 lost = await self._write_safely(kept)
+                self._settle_events(batch)  # before `_settle`, which forgets the runs that ended
                 self._settle(batch, kept, lost)
                 self._done += len(batch)
                 async with self._progress:
@@ -278,6 +282,12 @@ class RunWriter:
         if self.failing_since is not None:
             log.warning("run store: takes writes again after %.1f s", time.monotonic() - self.failing_since)
         self.failing_since, self.last_error = None, None
+
+    def _settle_events(self, batch: list[Write]) -> None:
+        """Tell each run's journal how many of its events this batch committed (or held, or dropped)."""
+        for run_id, count in Counter(write.run_id for write in batch if write.kind == EVENT).items():
+            if (journal := self.store.live.get(run_id) or self.held.get(run_id)) is not None:
+                journal.settle(count)
 
     async def close(self) -> None:
         if self._conn is not None:

@@ -2,7 +2,8 @@
 run store (PostgreSQL, and SQLite: two processes on one file), one mock LM Studio.
 
 A run started on replica A is read on B and its events streamed on B, resumed with Last-Event-ID; runs of A,
-running or queued, are cancelled through B and end `cancelled` as a cancel through A does; A killed with
+running or queued, are cancelled through B and end `cancelled` as a cancel through A does; a tool call of a run
+on A is approved or denied through B, with the answers A gives (404 only for an unknown run or call); A killed with
 SIGKILL mid-run leaves its run `interrupted` (seen on B, a follower on B gets the terminal event) within the
 lease plus a heartbeat period; B goes on serving and leaves no trace in the store after its clean shutdown.
 """
@@ -24,6 +25,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from tests.helpers import (
     TIME_CALL,
     Frame,
+    assert_problem,
+    call,
     events_of,
     eventually,
     finished,
@@ -43,11 +46,13 @@ ROUNDS = 4
 STEPPED = "Rounds " + script(calls=[[TIME_CALL]] * ROUNDS, delay_ms=600)
 LOOP = "Loop " + script(forever=TIME_CALL, delay_ms=200)  # a tool round every ~200 ms until stopped
 TERMINAL = ("run.completed", "run.failed")
+GATED = "time__convert_time"  # needs a person's approval (BRIDGE_APPROVAL_TOOLS); get_current_time does not
+CONVERT = call(GATED, {"source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"})
 
 
 @pytest.fixture
 def env(mock: MockLMStudio, database_url: str, tmp_path: Path) -> dict[str, str]:
-    return process_env(mock, database_url, tmp_path, BRIDGE_LEASE_S=str(LEASE_S))
+    return process_env(mock, database_url, tmp_path, BRIDGE_LEASE_S=str(LEASE_S), BRIDGE_APPROVAL_TOOLS=GATED)
 
 
 @contextlib.asynccontextmanager
@@ -165,6 +170,52 @@ async def check_cancels(a: GatewayProcess, b: GatewayProcess) -> None:
             assert again.status_code == 409 and again.json()["code"] == "run_finished", again.text
 
 
+async def asked(gw: GatewayProcess, run_id: str) -> str:
+    """The tool_call_id of the run's first `approval.requested`, read from `gw`'s event stream."""
+    async with gw.client.stream("GET", f"/v1/runs/{run_id}/events") as response:
+        async for frame in frames(response):
+            assert frame.event not in TERMINAL, frame
+            if frame.event == "approval.requested":
+                return str(frame.data["tool_call_id"])
+    raise AssertionError("the events ended before an approval was asked for")
+
+
+async def check_approvals(a: GatewayProcess, b: GatewayProcess) -> None:
+    approved = (await start(a, "Convert " + script(calls=[[CONVERT]])))["run_id"]
+    call_id = await asked(a, approved)  # from A's live stream: B may not have it stored yet
+    url = f"/v1/runs/{approved}/approvals"
+    unknown = await b.client.post(f"{url}/call_9_9", json={"decision": "approve"})
+    assert assert_problem(unknown, 404, "approval_not_found").get("awaiting") == [call_id]
+    no_run = await b.client.post(f"/v1/runs/run_nothere/approvals/{call_id}", json={"decision": "approve"})
+    assert_problem(no_run, 404, "run_not_found")
+    decided = await b.client.post(f"{url}/{call_id}", json={"decision": "approve"})
+    assert decided.status_code == 200, decided.text
+    assert decided.json() == {"run_id": approved, "tool_call_id": call_id, "decision": "approve"}
+    again = await b.client.post(f"{url}/{call_id}", json={"decision": "deny"})  # the first decision holds
+    assert_problem(again, 404, "approval_not_found")
+    done = await finished(b.client, approved)
+    assert done["status"] == "completed", done
+    [step] = done["steps"]
+    assert step["approval"] == "approved" and step["is_error"] is False and "Asia/Tokyo" in step["output"], step
+    for gw in (a, b):  # once decided, both answer the same way
+        assert_problem(
+            await gw.client.post(f"{url}/{call_id}", json={"decision": "approve"}), 404, "approval_not_found"
+        )
+
+    denied = (await start(a, "Convert " + script(calls=[[CONVERT]])))["run_id"]
+    call_id = await asked(b, denied)  # from B's stream of A's run
+    body = {"decision": "deny", "reason": "not from B"}
+    assert (await b.client.post(f"/v1/runs/{denied}/approvals/{call_id}", json=body)).status_code == 200
+    done = await finished(a.client, denied)
+    [step] = done["steps"]
+    assert step["approval"] == "denied" and "not from B" in step["output"], step
+    decided_events = [f for f in await events_of(b.client, denied) if f.event == "approval.decided"]
+    assert [(f.data["decision"], f.data["reason"]) for f in decided_events] == [("denied", "not from B")]
+    relayed = (await a.client.get("/metrics")).text
+    assert 'bridge_relayed_total{direction="received",kind="approval"} 2.0' in relayed, relayed[-2000:]
+    assert 'bridge_relayed_total{direction="sent",kind="approval"} 2.0' in (await b.client.get("/metrics")).text
+
+
 async def check_kill(a: GatewayProcess, b: GatewayProcess) -> None:
     run_id = (await start(a, LOOP))["run_id"]
     before = await running_with_steps(b, run_id, steps=2)
@@ -204,6 +255,7 @@ async def test_two_replicas_on_one_store_behave_as_one(env: dict[str, str]) -> N
         assert await instances(url) == ["replica-a", "replica-b"]
         await check_resumed_stream(a, b)
         await check_cancels(a, b)
+        await check_approvals(a, b)
         await check_kill(a, b)
         assert await instances(url) == ["replica-b"]  # B claimed A's lease
 

@@ -19,6 +19,7 @@ from app.gateway import load_keys
 from services.access import Access, KeyRing, KeysFileError, digest, full_access, load_keys_file
 from services.config_files import MAX_FILE_BYTES
 from services.errors import ForbiddenError, KeyRateLimitedError
+from services.key_limits import LocalKeyLimits
 from services.lmstudio.hosts import HostsFileError, load_hosts_file
 from services.text import Redactor
 from tests.conftest import make_settings
@@ -445,69 +446,69 @@ async def test_a_reload_that_does_not_end_in_time_keeps_the_old_keys(
 
 
 def test_token_bucket_per_key() -> None:
-    ring = KeyRing()
+    ring = LocalKeyLimits()
     six = Access(name="six", requests_per_minute=6)  # a token every 10 s, at most 6
     for _ in range(6):
-        ring.take_request(six, now=100.0)
+        ring.take(six, now=100.0)
     with pytest.raises(KeyRateLimitedError) as caught:
-        ring.take_request(six, now=100.0)
+        ring.take(six, now=100.0)
     problem = caught.value.problem()
     assert problem["status"] == 429 and problem["code"] == "key_rate_limited" and "'six'" in problem["detail"]
     assert caught.value.retry_after == 10
     with pytest.raises(KeyRateLimitedError) as caught:
-        ring.take_request(six, now=105.0)  # half a token
+        ring.take(six, now=105.0)  # half a token
     assert caught.value.retry_after == 5
-    ring.take_request(six, now=110.0)  # one token again
+    ring.take(six, now=110.0)  # one token again
     with pytest.raises(KeyRateLimitedError):
-        ring.take_request(six, now=110.0)
+        ring.take(six, now=110.0)
     # a refused request takes no token: 10 s later there is exactly one
-    ring.take_request(six, now=120.0)
+    ring.take(six, now=120.0)
     with pytest.raises(KeyRateLimitedError):
-        ring.take_request(six, now=120.5)
+        ring.take(six, now=120.5)
 
-    ring.take_request(Access(name="other", requests_per_minute=1), now=120.5)  # buckets are per key
+    ring.take(Access(name="other", requests_per_minute=1), now=120.5)  # buckets are per key
     for _ in range(1000):
-        ring.take_request(Access(name="free"), now=120.5)  # no limit
+        ring.take(Access(name="free"), now=120.5)  # no limit
 
     # after a long idle time the bucket holds at most `requests_per_minute`
     for _ in range(6):
-        ring.take_request(six, now=10_000.0)
+        ring.take(six, now=10_000.0)
     with pytest.raises(KeyRateLimitedError):
-        ring.take_request(six, now=10_000.0)
+        ring.take(six, now=10_000.0)
 
 
 def test_retry_after_is_at_least_one_second() -> None:
-    ring = KeyRing()
+    ring = LocalKeyLimits()
     fast = Access(name="fast", requests_per_minute=600)
     for _ in range(600):
-        ring.take_request(fast, now=0.0)
+        ring.take(fast, now=0.0)
     with pytest.raises(KeyRateLimitedError) as caught:
-        ring.take_request(fast, now=0.05)  # half a token: 0.05 s to wait
+        ring.take(fast, now=0.05)  # half a token: 0.05 s to wait
     assert caught.value.retry_after == 1
 
 
 def test_concurrent_runs_per_key() -> None:
-    ring = KeyRing()
+    ring = LocalKeyLimits()
     two = Access(name="two", max_concurrent_runs=2)
-    ring.enter_run(two)
-    ring.enter_run(two)
+    ring.enter(two)
+    ring.enter(two)
     with pytest.raises(KeyRateLimitedError) as caught:
-        ring.enter_run(two)
+        ring.enter(two)
     assert caught.value.retry_after == 5 and "'two'" in caught.value.detail and caught.value.status == 429
-    ring.enter_run(Access(name="one", max_concurrent_runs=1))  # counted per key
+    ring.enter(Access(name="one", max_concurrent_runs=1))  # counted per key
     ring.leave_run(two)
-    ring.enter_run(two)
+    ring.enter(two)
     with pytest.raises(KeyRateLimitedError):
-        ring.enter_run(two)
+        ring.enter(two)
     for _ in range(5):
         ring.leave_run(two)  # never below zero
-    ring.enter_run(two)
-    ring.enter_run(two)
+    ring.enter(two)
+    ring.enter(two)
     with pytest.raises(KeyRateLimitedError):
-        ring.enter_run(two)
+        ring.enter(two)
     unlimited = Access(name="unlimited")
     for _ in range(100):
-        ring.enter_run(unlimited)
+        ring.enter(unlimited)
 
 
 def test_a_key_scoped_by_tools_reaches_only_the_servers_they_can_name() -> None:

@@ -106,7 +106,7 @@ async def test_a_database_at_0001_with_runs_is_upgraded_and_opened(url: str) -> 
         await migrate_module.migrate(engine)
         async with engine.connect() as conn:
             assert await conn.run_sync(_differences) == []
-            assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar() == "0002"
+            assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar() == migrate_module.HEAD
             row = (await conn.execute(text("SELECT status, cancel_requested_at FROM runs"))).one()
             assert tuple(row) == ("running", None)
             assert (await conn.execute(text("SELECT count(*) FROM instances"))).scalar() == 0

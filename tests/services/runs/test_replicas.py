@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from sqlalchemy import delete, insert, select, update
@@ -183,6 +184,8 @@ async def test_a_fresh_instance_is_left_alone_until_its_heartbeat_is_older_than_
 
     await age(survivor, "gw-slow", SHORT)  # now older than the lease
     assert await lease.sweep() == 1
+    claimed = survivor.metrics.registry.get_sample_value("bridge_claims_total", {"reason": "lease"})
+    assert claimed == 2  # its running and its queued run
     assert await survivor.status_of(runs["running"].run_id) == "interrupted"
     assert await survivor.status_of(runs["queued"].run_id) == "interrupted"
     assert await lease.sweep() == 0  # claimed once
@@ -230,7 +233,7 @@ async def test_a_cancel_request_through_one_store_reaches_the_owner_once(
     assert await asyncio.wait_for(owner.cancel_requests.get(), 5) == running.run_id  # the owner is told
     assert await other.request_cancel(queued.run_id) is True
     assert await asyncio.wait_for(owner.cancel_requests.get(), 5) == queued.run_id  # the queued run's too
-    assert await owner.cancels.check() == []  # each request is handed on once
+    assert await owner.relay.check() == []  # each request is handed on once
     assert owner.cancel_requests.empty()
 
     assert await other.request_cancel(done.run_id) is False  # ended: nothing to ask
@@ -266,6 +269,7 @@ async def test_a_store_whose_instance_was_claimed_stops_its_runs_and_keeps_the_v
     assert record is not None and record.status == "interrupted", record
     assert [(e.seq, e.event) for e in await survivor.events(run.run_id)] == [(1, RunEvent.STARTED), (2, "run.failed")]
     assert counter(stalled.metrics, "bridge_store_errors_total") == 0
+    assert counter(stalled.metrics, "bridge_leases_lost_total") == 1
     assert run.run_id not in stalled.live
 
     after = Driver(stalled)  # its new runs are written as ever
@@ -296,16 +300,16 @@ async def test_a_failed_heartbeat_is_logged_counted_and_retried(
     stores: Stores, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = await stores("gw-a", lease_s=SHORT)
-    real = store.lease.beat
+    real = store.lease.renew
     failures: list[float] = []
 
-    async def flaky() -> int:
+    async def flaky() -> bool:
         if len(failures) < 2:
             failures.append(time.monotonic())
             raise ConnectionError("database away")
         return await real()
 
-    monkeypatch.setattr(store.lease, "beat", flaky)
+    monkeypatch.setattr(store.lease, "renew", flaky)
     await eventually(lambda: len(failures) == 2, 5, "two failed heartbeats")
     before = (await instance_rows(store))["gw-a"][1]
 
@@ -315,3 +319,46 @@ async def test_a_failed_heartbeat_is_logged_counted_and_retried(
     await eventually(renewed, 5, "a heartbeat after the failures")
     assert counter(store.metrics, "bridge_store_errors_total") >= 2
     assert "heartbeat failed (database away)" in caplog.text
+
+
+async def test_a_follower_reads_only_what_the_store_holds_and_then_the_claimers_end(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live follower gets an event once it is committed: a process that dies (here: stalls, its writer stuck)
+    after emitting events never showed one that the store lacks, so the `run.failed` a claimer appends after the
+    stored ones reaches the follower, numbered after what it read."""
+    stalled = await stores("gw-a")
+    run = Driver(stalled)
+    run.status("running")
+    run.event(RunEvent.STARTED, {})
+    await stalled.flush()
+    read: list[tuple[int, str]] = []
+
+    async def follow() -> None:
+        async for item in stalled.follow(run.run_id):
+            read.append((item.seq, item.event))
+
+    follower = asyncio.create_task(follow())
+    await eventually(lambda: read == [(1, RunEvent.STARTED)], 5, "the committed event read")
+    stuck, inside = asyncio.Event(), asyncio.Event()
+    real = stalled.writer._write
+
+    async def never(_batch: list[Any]) -> None:
+        inside.set()
+        await stuck.wait()  # the writer hangs (a stalled process): nothing more is committed
+
+    monkeypatch.setattr(stalled.writer, "_write", never)
+    run.event(RunEvent.ROUND_STARTED, {"round": 1})
+    run.event(RunEvent.TOOL_CALL_STARTED, {"round": 1})
+    await asyncio.wait_for(inside.wait(), 5)
+    assert read == [(1, RunEvent.STARTED)]  # emitted, not committed: not shown
+
+    survivor = await stores("gw-b")
+    await age(stalled, "gw-a", OLD)
+    assert await Lease(survivor, SHORT).claim("gw-a") == [run.run_id]
+    assert await stalled.lease.renew() is False  # it finds its row gone: the run is fenced
+    await asyncio.wait_for(follower, 10)  # read on from the store
+    assert read == [(1, RunEvent.STARTED), (2, RunEvent.FAILED)]
+    assert [(e.seq, e.event) for e in await survivor.events(run.run_id)] == read
+    monkeypatch.setattr(stalled.writer, "_write", real)
+    stuck.set()
