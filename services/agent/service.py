@@ -55,6 +55,12 @@ class AgentService:
         self.accepting = True
         self.active: set[Run] = set()  # top-level runs executing now
 
+    def over(self, pool: Tools) -> AgentService:
+        """An agent service sharing this one's LM Studio, catalog, run slots, settings, keys and run store, over
+        other MCP servers (the eval's own)."""
+        c = self.ctx
+        return AgentService(c.lmstudio, c.catalog, pool, self.limiter, c.defaults, c.metrics, None, c.keys, c.journals)
+
     async def drain(self, grace_s: float) -> None:
         """Refuse new runs, give runs in flight `grace_s` to finish, then stop them."""
         self.accepting = False

@@ -1,0 +1,46 @@
+"""An eval as it is stored and shown (`GET /v1/evals`): the model, the aids, each task's outcome, the scorecard."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import Field, TypeAdapter
+
+from services.evals.scorecard import Summary, TaskOutcome
+
+EvalStatus = Literal["running", "completed", "failed", "interrupted"]
+
+
+@dataclass(slots=True)
+class EvalRecord:
+    """One eval of one model with one set of aids."""
+
+    eval_id: str
+    status: Annotated[EvalStatus, Field(description="running; completed (every task ran); failed; interrupted")]
+    model: Annotated[str, Field(description="The model evaluated (its resolved id)")]
+    aids: Annotated[list[str], Field(description="The aids switched on: nudge, repair, loop_hint")]
+    seed: int
+    temperature: float
+    tasks: Annotated[
+        list[TaskOutcome], Field(description="Each task's outcome; its run opens at GET /v1/runs/{run_id}")
+    ] = field(default_factory=list)
+    summary: Annotated[Summary | None, Field(description="The scorecard (so far, while it runs)")] = None
+    error: Annotated[str | None, Field(description="Why a failed eval stopped")] = None
+    key_name: str | None = None
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class EvalList:
+    """Evals, newest first."""
+
+    data: list[EvalRecord]
+
+
+OUTCOMES = TypeAdapter(list[TaskOutcome])
+SUMMARY = TypeAdapter(Summary)
+EVAL_LIST = TypeAdapter(EvalList)
+EVAL_RECORDS = TypeAdapter(list[EvalRecord])
