@@ -44,3 +44,21 @@ OUTCOMES = TypeAdapter(list[TaskOutcome])
 SUMMARY = TypeAdapter(Summary)
 EVAL_LIST = TypeAdapter(EvalList)
 EVAL_RECORDS = TypeAdapter(list[EvalRecord])
+
+
+def suggested_profiles(records: list[EvalRecord]) -> dict[str, list[str]]:
+    """Per model, the aids that each alone completed more tasks than no aid did (completed evals of one model with
+    no aid and with single aids: `--compare-aids`): a BRIDGE_AID_PROFILES entry chosen from the scorecard."""
+    profiles: dict[str, list[str]] = {}
+    done = [r for r in records if r.status == "completed" and r.summary is not None]
+    for model in dict.fromkeys(r.model for r in done):
+        base = next((r for r in done if r.model == model and not r.aids), None)
+        if base is None or base.summary is None:
+            continue
+        helped = [
+            r.aids[0]
+            for r in done
+            if r.model == model and len(r.aids) == 1 and r.summary and r.summary.completed > base.summary.completed
+        ]
+        profiles[model] = helped
+    return profiles

@@ -14,7 +14,7 @@ from services.agent.ports import Models
 from services.agent.scope import resolve_model
 from services.errors import BridgeError, EvalNotFoundError, InvalidRequestError
 from services.evals.records import EvalRecord
-from services.evals.runner import EvalPlan, EvalRunner, Suffix
+from services.evals.runner import EvalPlan, EvalRunner, OnTask, Suffix
 from services.evals.scorecard import TaskOutcome, summarise
 from services.evals.store import EvalStore
 from services.evals.suite import select
@@ -63,8 +63,9 @@ class EvalService:
         resolved = await resolve_model(self.catalog, model, access)
         return EvalPlan(resolved.id, chosen, aids, self.seed, self.temperature, max_tokens, timeout_s, access, suffix)
 
-    async def run(self, plan: EvalPlan) -> EvalRecord:
-        """Run the plan to its end (stored as it goes); returns the eval's record."""
+    async def run(self, plan: EvalPlan, on_task: OnTask | None = None) -> EvalRecord:
+        """Run the plan to its end (stored as it goes; `on_task` hears of each task as it ends); returns the
+        eval's record."""
         record = EvalRecord(
             eval_id=f"eval_{uuid.uuid4().hex[:24]}",
             status="running",
@@ -75,7 +76,7 @@ class EvalService:
             key_name=plan.access.name if plan.access is not None else None,
         )
         await self.store.create(record)
-        return await self._carry_out(record, plan)
+        return await self._carry_out(record, plan, on_task)
 
     async def submit(self, plans: list[EvalPlan]) -> list[EvalRecord]:
         """Start each plan in the background (one after the other: they share the model's engine); returns the
@@ -111,11 +112,13 @@ class EvalService:
                 raise
         return last
 
-    async def _carry_out(self, record: EvalRecord, plan: EvalPlan) -> EvalRecord:
+    async def _carry_out(self, record: EvalRecord, plan: EvalPlan, on_task: OnTask | None = None) -> EvalRecord:
         async def progress(outcome: TaskOutcome) -> None:
             record.tasks.append(outcome)
             record.summary = summarise(record.tasks)
             await self.store.save(record)
+            if on_task is not None:
+                await on_task(outcome)
 
         try:
             await self.runner.run(plan, progress)
