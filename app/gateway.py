@@ -22,6 +22,7 @@ from services.breaker import Breaker
 from services.context.fit import ContextPolicy
 from services.errors import MCPConfigError, UpstreamUnavailableError, redacting
 from services.evals import EvalRunner, EvalService, EvalStore
+from services.evals.routing import ScoreRouting
 from services.limits import RunLimiter
 from services.lmstudio import (
     HostsFileError,
@@ -188,7 +189,9 @@ async def open_store(settings: Settings, metrics: Metrics, redact: Redactor) -> 
     )
 
 
-def build_evals(settings: Settings, metrics: Metrics, store: RunStore, agent: AgentService) -> EvalService:
+def build_evals(
+    settings: Settings, metrics: Metrics, store: RunStore, agent: AgentService, scores: dict[str, float]
+) -> EvalService:
     """The eval service: its runs go through an agent service like the gateway's, over the eval's own servers."""
     runner = EvalRunner(lambda servers: build_pool(settings, servers, metrics), agent.over)
     return EvalService(
@@ -197,6 +200,7 @@ def build_evals(settings: Settings, metrics: Metrics, store: RunStore, agent: Ag
         agent.ctx.catalog,
         seed=settings.eval_seed,
         temperature=settings.eval_temperature,
+        scores=scores,
     )
 
 
@@ -271,10 +275,14 @@ async def open_gateway(
             stack.callback(setattr, keys, "limits", keys.limits)  # back to counting here once the store is closed
             stack.push_async_callback(shared.aclose)
             keys.limits = shared
-        agent = AgentService(lmstudio, catalog, pool, limiter, defaults, metrics, approvals, keys, store.journal)
+        scores: dict[str, float] = {}  # each model's newest tool_score, kept by the eval service
+        pick = ScoreRouting(catalog, scores).pick if settings.route_by_score else None
+        agent = AgentService(
+            lmstudio, catalog, pool, limiter, defaults, metrics, approvals, keys, store.journal, pick_model=pick
+        )
         runs = RunService(agent, store, settings.max_queued_runs)
         stack.push_async_callback(runs.aclose)
-        evals = build_evals(settings, metrics, store, agent)
+        evals = build_evals(settings, metrics, store, agent, scores)
         await evals.start()
         stack.push_async_callback(evals.aclose)
         metrics.watch(

@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     aid_profiles: Annotated[dict[str, list[str]], NoDecode] = Field(
         default_factory=dict, validation_alias=_env("BRIDGE_AID_PROFILES")
     )
+    route_by_score: bool = Field(False, validation_alias=_env("BRIDGE_ROUTE_BY_SCORE"))
     eval_seed: int = Field(42, ge=0, validation_alias=_env("BRIDGE_EVAL_SEED"))
     eval_temperature: float = Field(0.0, ge=0, le=2, validation_alias=_env("BRIDGE_EVAL_TEMPERATURE"))
     tool_output_max_chars: int = Field(20_000, ge=100, validation_alias=_env("BRIDGE_TOOL_OUTPUT_MAX_CHARS"))

@@ -25,13 +25,22 @@ log = logging.getLogger("lmstudio_bridge.evals")
 class EvalService:
     """Starts, runs and reads evals; keeps each model's newest `tool_score` in memory."""
 
-    def __init__(self, runner: EvalRunner, store: EvalStore, catalog: Models, *, seed: int, temperature: float) -> None:
+    def __init__(
+        self,
+        runner: EvalRunner,
+        store: EvalStore,
+        catalog: Models,
+        *,
+        seed: int,
+        temperature: float,
+        scores: dict[str, float] | None = None,
+    ) -> None:
         self.runner = runner
         self.store = store
         self.catalog = catalog
         self.seed = seed
         self.temperature = temperature
-        self.scores: dict[str, float] = {}
+        self.scores: dict[str, float] = scores if scores is not None else {}  # shared with routing by score
         self._tasks: set[asyncio.Task[EvalRecord]] = set()
 
     async def start(self) -> None:
