@@ -55,7 +55,7 @@ async def run_tool_call(
         duration_ms=round((time.monotonic() - started) * 1000, 2),
         recovered_from=call.recovered_from,
         arguments_repaired=call.repaired,
-        arguments_coerced=spec is not None and isinstance(arguments, dict) and arguments != maybe_json(raw_args),
+        arguments_coerced=spec is not None and isinstance(arguments, dict) and arguments != _as_written(raw_args),
         approval=verdict,
         timeout_s=clock[0],
         progress_resets=clock[1],
@@ -63,6 +63,11 @@ async def run_tool_call(
     )
     await emit(RunEvent.TOOL_CALL_COMPLETED, step_data(step))
     return step
+
+
+def _as_written(raw: str) -> Any:
+    """The arguments as the model wrote them (blank: an empty object), to tell whether they were repaired."""
+    return maybe_json(raw) if raw.strip() else {}
 
 
 def unknown_tool(tools: ToolSet, name: str) -> str:

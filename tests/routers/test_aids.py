@@ -57,7 +57,7 @@ async def test_repair_wraps_a_single_value_for_an_array_and_records_it(bridge: h
     assert plain["is_error"] and plain["output"].startswith("Error: the arguments") and not plain["arguments_coerced"]
 
 
-async def test_a_string_number_is_coerced_and_recorded_without_the_aid_too(bridge: httpx.AsyncClient) -> None:
+async def test_arguments_coerced_marks_a_change_only_and_comes_without_the_aid_too(bridge: httpx.AsyncClient) -> None:
     task = "Add " + script(
         calls=[
             [call("time__convert_time", {"source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"})]
@@ -65,6 +65,12 @@ async def test_a_string_number_is_coerced_and_recorded_without_the_aid_too(bridg
     )
     step = (await _run(bridge, task, PLAIN, ["time"]))["steps"][0]
     assert not step["is_error"] and not step["arguments_coerced"]  # nothing to repair: not marked
+    blank = "Graph " + script(calls=[[call("memory__read_graph", "")]])  # no arguments written: {} is no repair
+    step = (await _run(bridge, blank, AIDED, ["memory"]))["steps"][0]
+    assert (step["arguments"], step["is_error"], step["arguments_coerced"]) == ({}, False, False)
+    numbers = "Tree " + script(calls=[[call("filesystem__read_text_file", {"path": "hello.txt", "head": "1"})]])
+    step = (await _run(bridge, numbers, PLAIN, ["filesystem"]))["steps"][0]
+    assert (step["arguments"]["head"], step["is_error"], step["arguments_coerced"]) == (1, False, True)
 
 
 async def test_loop_hint_tells_the_model_once_before_the_run_ends_loop(

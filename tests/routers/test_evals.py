@@ -10,6 +10,8 @@ import httpx
 import pytest
 import yaml
 
+from services.evals import EvalStore
+from services.runs.engines import async_engine
 from tests.app.test_cli import cli
 from tests.helpers import assert_problem, eventually
 from tests.mock_lmstudio.fixture import MockLMStudio
@@ -75,13 +77,25 @@ async def test_only_an_admin_key_starts_an_eval_and_bad_requests_are_refused(bri
     assert_problem(await bridge.get("/v1/evals/eval_nope", headers=ADMIN), 404, "eval_not_found")
 
 
-def test_the_eval_command_prints_a_scorecard_and_stores_it(mock_server: MockLMStudio, tmp_path: Path) -> None:
+async def test_the_eval_command_prints_a_scorecard_and_stores_it(mock_server: MockLMStudio, tmp_path: Path) -> None:
+    database = f"sqlite+aiosqlite:///{tmp_path}/runs.db"
     done = cli(
         "eval", "--model", "qwen/qwen3-4b", "--host", mock_server.base_url, "--tasks", "no_tool",
-        env={"LMSTUDIO_BASE_URL": "http://127.0.0.1:9"},  # --host wins over the configured host
+        env={"LMSTUDIO_BASE_URL": "http://127.0.0.1:9", "BRIDGE_DATABASE_URL": database},  # --host wins
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "eval of qwen/qwen3-4b with no aids: 2 tasks"
     assert any(line.startswith("  [FAIL] no_tool_math") and "run_" in line for line in lines)
     assert any(line.startswith("| qwen/qwen3-4b (no aids) | 0/2 | 0.00 |") for line in lines), done.stdout
+    engine = async_engine(database)
+    try:
+        (stored,) = await EvalStore(engine, "reader").newest(5)
+        assert (stored.status, stored.model, [t.task for t in stored.tasks]) == (
+            "completed",
+            "qwen/qwen3-4b",
+            ["no_tool_math", "no_tool_capital"],
+        )
+        assert f"  -> {stored.eval_id}: completed" in lines
+    finally:
+        await engine.dispose()
