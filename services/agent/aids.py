@@ -49,11 +49,10 @@ class AidProfiles:
         return self.models.get(model_id, self.default)
 
 
-def nudge_due(
-    aids: Aids, rounds: int, answer_calls: int, offered: bool, choice: Any, finish_reason: str | None
-) -> bool:
-    """Round 1 ended without a call although tools were offered and the request left tool_choice to the model."""
-    return aids.nudge and rounds == 0 and offered and not answer_calls and choice is None and finish_reason != "length"
+def nudge_due(aids: Aids, rounds: int, answer_calls: int, offered: bool, choice: Any) -> bool:
+    """Round 1 ended without a call (an answer in prose, or prose cut at the token limit) although tools were
+    offered and the request left tool_choice to the model."""
+    return aids.nudge and rounds == 0 and offered and not answer_calls and choice is None
 
 
 def loop_hint_text(call: ToolCall, steps: list[Step], repeats: int) -> str:

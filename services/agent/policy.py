@@ -89,7 +89,7 @@ class AgentLoop:
             choice = run.spec.tool_choice if run.rounds == 0 else None
             answer, messages = await self._ask(messages, offered, round_no, choice)
             raw = await self._read(answer, round_no, offered_names)
-            if nudge_due(self._aids, run.rounds, len(answer.tool_calls), bool(offered), choice, answer.finish_reason):
+            if nudge_due(self._aids, run.rounds, len(answer.tool_calls), bool(offered), choice):
                 run.warnings.append(NUDGE_WARNING)  # the aid `nudge`: asked again, a call forced
                 answer, messages = await self._ask(messages, offered, round_no, "required")
                 raw = await self._read(answer, round_no, offered_names)

@@ -39,6 +39,13 @@ async def test_nudge_asks_again_with_tool_choice_required(bridge: httpx.AsyncCli
     assert (plain["output"], plain["steps"], plain["warnings"]) == ("I would use a clock.", [], [])
 
 
+async def test_nudge_asks_again_after_prose_cut_at_the_token_limit(bridge: httpx.AsyncClient) -> None:
+    task = "Time? " + script(answer="I think that the time is " * 20, required_calls=[[TIME_CALL]])
+    body = {"task": task, "model": AIDED, "mcp_servers": ["time"], "max_tokens": 8}
+    result = (await bridge.post("/v1/autonomous", json=body)).json()
+    assert NUDGE_WARNING in result["warnings"] and [s["tool"] for s in result["steps"]] == ["get_current_time"]
+
+
 async def test_nudge_leaves_a_call_of_round_one_and_a_request_s_tool_choice_alone(
     bridge: httpx.AsyncClient, mock: MockLMStudio
 ) -> None:
