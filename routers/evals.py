@@ -48,7 +48,7 @@ def _json(body: bytes, status: int = 200) -> Response:
     "",
     status_code=202,
     response_model=EvalList,
-    responses=problem_responses(400, 401, 403, 413, 422, 503),
+    responses=problem_responses(400, 401, 403, 413, 422, 429, 503),
     operation_id="startEvals",
     summary="Evaluate models on the tool-use suite",
 )

@@ -10,7 +10,7 @@ from pydantic import Field, TypeAdapter
 
 from services.evals.scorecard import Summary, TaskOutcome
 
-EvalStatus = Literal["running", "completed", "failed", "interrupted"]
+EvalStatus = Literal["queued", "running", "completed", "failed", "interrupted"]
 
 
 @dataclass(slots=True)
@@ -18,7 +18,10 @@ class EvalRecord:
     """One eval of one model with one set of aids."""
 
     eval_id: str
-    status: Annotated[EvalStatus, Field(description="running; completed (every task ran); failed; interrupted")]
+    status: Annotated[
+        EvalStatus,
+        Field(description="queued (after other evals); running; completed (every task ran); failed; interrupted"),
+    ]
     model: Annotated[str, Field(description="The model evaluated (its resolved id)")]
     aids: Annotated[list[str], Field(description="The aids switched on: nudge, repair, loop_hint")]
     seed: int

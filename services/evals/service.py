@@ -12,7 +12,7 @@ from services.access import Access
 from services.agent.aids import Aids
 from services.agent.ports import Models
 from services.agent.scope import resolve_model
-from services.errors import BridgeError, EvalNotFoundError, InvalidRequestError
+from services.errors import BridgeError, EvalNotFoundError, InvalidRequestError, QueueFullError
 from services.evals.records import EvalRecord
 from services.evals.runner import EvalPlan, EvalRunner, OnTask, Suffix
 from services.evals.scorecard import TaskOutcome, summarise
@@ -20,6 +20,7 @@ from services.evals.store import EvalStore
 from services.evals.suite import select
 
 log = logging.getLogger("lmstudio_bridge.evals")
+MAX_WAITING_EVALS = 32
 
 
 class EvalService:
@@ -42,6 +43,8 @@ class EvalService:
         self.temperature = temperature
         self.scores: dict[str, float] = scores if scores is not None else {}  # shared with routing by score
         self._tasks: set[asyncio.Task[EvalRecord]] = set()
+        self._turn = asyncio.Lock()  # one eval at a time
+        self._waiting: set[str] = set()  # background evals not started yet
 
     async def start(self) -> None:
         """Evals this instance left running are interrupted; the stored scores are read."""
@@ -72,12 +75,34 @@ class EvalService:
         resolved = await resolve_model(self.catalog, model, access)
         return EvalPlan(resolved.id, chosen, aids, self.seed, self.temperature, max_tokens, timeout_s, access, suffix)
 
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
     async def run(self, plan: EvalPlan, on_task: OnTask | None = None) -> EvalRecord:
-        """Run the plan to its end (stored as it goes; `on_task` hears of each task as it ends); returns the
-        eval's record."""
+        """Run the plan to its end, after the evals before it (stored as it goes; `on_task` hears of each task as
+        it ends); returns the eval's record."""
+        record = await self._created(plan)
+        return await self._carry_out(record, plan, on_task)
+
+    async def submit(self, plans: list[EvalPlan]) -> list[EvalRecord]:
+        """Queue each plan to run in the background; returns the records as created (`queued`). Evals run one at
+        a time (they share the engines and would skew each other's times); 429 `queue_full` beyond
+        MAX_WAITING_EVALS."""
+        if self.waiting + len(plans) > MAX_WAITING_EVALS:
+            detail = f"{self.waiting} evals are already waiting (at most {MAX_WAITING_EVALS})"
+            raise QueueFullError(detail, retry_after=60)
+        records = [await self._created(plan) for plan in plans]
+        self._waiting.update(r.eval_id for r in records)
+        task = asyncio.create_task(self._in_turn(list(zip(records, plans, strict=True))))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return records
+
+    async def _created(self, plan: EvalPlan) -> EvalRecord:
         record = EvalRecord(
             eval_id=f"eval_{uuid.uuid4().hex[:24]}",
-            status="running",
+            status="queued",
             model=plan.model,
             aids=plan.aids.names,
             seed=plan.seed,
@@ -85,28 +110,7 @@ class EvalService:
             key_name=plan.access.name if plan.access is not None else None,
         )
         await self.store.create(record)
-        return await self._carry_out(record, plan, on_task)
-
-    async def submit(self, plans: list[EvalPlan]) -> list[EvalRecord]:
-        """Start each plan in the background (one after the other: they share the model's engine); returns the
-        records as created (status `running`)."""
-        records = []
-        for plan in plans:
-            record = EvalRecord(
-                eval_id=f"eval_{uuid.uuid4().hex[:24]}",
-                status="running",
-                model=plan.model,
-                aids=plan.aids.names,
-                seed=plan.seed,
-                temperature=plan.temperature,
-                key_name=plan.access.name if plan.access is not None else None,
-            )
-            await self.store.create(record)
-            records.append(record)
-        task = asyncio.create_task(self._in_turn(list(zip(records, plans, strict=True))))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return records
+        return record
 
     async def _in_turn(self, pairs: list[tuple[EvalRecord, EvalPlan]]) -> EvalRecord:
         last = pairs[-1][0]
@@ -114,6 +118,7 @@ class EvalService:
             try:
                 last = await self._carry_out(record, plan)
             except asyncio.CancelledError:
+                self._waiting.difference_update(left.eval_id for left, _ in pairs[index:])
                 for left, _ in pairs[index:]:  # the gateway stops: this one and those not started
                     left.status = "interrupted"
                     with contextlib.suppress(Exception):
@@ -130,7 +135,11 @@ class EvalService:
                 await on_task(outcome)
 
         try:
-            await self.runner.run(plan, progress)
+            async with self._turn:
+                self._waiting.discard(record.eval_id)
+                record.status = "running"
+                await self.store.save(record)
+                await self.runner.run(plan, progress)
         except BridgeError as exc:
             record.status, record.error = "failed", exc.detail
         except Exception as exc:

@@ -67,7 +67,7 @@ class EvalStore:
             "summary": SUMMARY.dump_json(record.summary).decode() if record.summary else None,
             "error": record.error,
         }
-        if record.status != "running":
+        if record.status not in ("queued", "running"):
             values["finished_at"] = time.time()
         async with self.engine.begin() as conn:
             await conn.execute(update(evals).where(evals.c.eval_id == record.eval_id).values(**values))
@@ -77,7 +77,7 @@ class EvalStore:
         async with self.engine.begin() as conn:
             await conn.execute(
                 update(evals)
-                .where(evals.c.status == "running", evals.c.instance == self.instance)
+                .where(evals.c.status.in_(("queued", "running")), evals.c.instance == self.instance)
                 .values(status="interrupted", finished_at=time.time())
             )
 

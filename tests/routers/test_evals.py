@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from services.evals import EvalStore
+from services.evals import service as service_module
 from services.runs.engines import async_engine
 from tests.app.test_cli import cli
 from tests.helpers import assert_problem, eventually
@@ -41,11 +42,11 @@ async def test_an_eval_runs_its_tasks_as_stored_runs_and_scores_the_model(
     response = await bridge.post("/v1/evals", json=body, headers=ADMIN)
     assert response.status_code == 202, response.text
     (started,) = response.json()["data"]
-    assert (started["status"], started["model"], started["aids"]) == ("running", "qwen/qwen3-4b", ["repair"])
+    assert (started["status"], started["model"], started["aids"]) == ("queued", "qwen/qwen3-4b", ["repair"])
 
     async def ended() -> dict[str, Any] | None:
         record = (await bridge.get(f"/v1/evals/{started['eval_id']}", headers=READER)).json()
-        return dict(record) if record["status"] != "running" else None
+        return dict(record) if record["status"] not in ("queued", "running") else None
 
     record = await eventually(ended, 60, "the eval's end")
     assert record["status"] == "completed" and [t["task"] for t in record["tasks"]] == [
@@ -75,6 +76,15 @@ async def test_only_an_admin_key_starts_an_eval_and_bad_requests_are_refused(bri
     missing = {"models": ["no/such-model"]}
     assert_problem(await bridge.post("/v1/evals", json=missing, headers=ADMIN), 422, "model_not_found")
     assert_problem(await bridge.get("/v1/evals/eval_nope", headers=ADMIN), 404, "eval_not_found")
+
+
+async def test_evals_beyond_the_waiting_limit_are_429(
+    bridge: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service_module, "MAX_WAITING_EVALS", 3)
+    body = {"models": ["qwen/qwen3-4b"], "tasks": ["no_tool"], "compare_aids": True}  # 4 evals
+    full = assert_problem(await bridge.post("/v1/evals", json=body, headers=ADMIN), 429, "queue_full")
+    assert "at most 3" in full["detail"]
 
 
 async def test_the_eval_command_prints_a_scorecard_and_stores_it(mock_server: MockLMStudio, tmp_path: Path) -> None:
