@@ -10,6 +10,7 @@ from app.gateway import BridgeState
 from app.security import access_of
 from services.access import Access
 from services.agent import AgentService
+from services.evals import EvalService
 from services.mcp import MCPPool
 from services.openai_compat import OpenAICompat
 from services.runs import RunService
@@ -51,3 +52,10 @@ AgentDep = Annotated[AgentService, Depends(get_agent)]
 CompatDep = Annotated[OpenAICompat, Depends(get_compat)]
 RunsDep = Annotated[RunService, Depends(get_runs)]
 AccessDep = Annotated[Access | None, Depends(get_access)]
+
+
+async def get_evals(request: Request) -> EvalService:
+    return _state(request).evals
+
+
+EvalsDep = Annotated[EvalService, Depends(get_evals)]

@@ -17,9 +17,12 @@ from app.settings import Settings
 from app.telemetry import instrument_client, secrets_of
 from services.access import KeyRing, KeysFileError
 from services.agent import AgentService, ApprovalPolicy, RunDefaults
+from services.agent.aids import AidProfiles, Aids
 from services.breaker import Breaker
 from services.context.fit import ContextPolicy
 from services.errors import MCPConfigError, UpstreamUnavailableError, redacting
+from services.evals import EvalRunner, EvalService, EvalStore
+from services.evals.routing import ScoreRouting
 from services.limits import RunLimiter
 from services.lmstudio import (
     HostsFileError,
@@ -99,6 +102,7 @@ class BridgeState:
     keys: KeyRing
     store: RunStore
     runs: RunService
+    evals: EvalService
     metrics: Metrics
 
 
@@ -185,6 +189,21 @@ async def open_store(settings: Settings, metrics: Metrics, redact: Redactor) -> 
     )
 
 
+def build_evals(
+    settings: Settings, metrics: Metrics, store: RunStore, agent: AgentService, scores: dict[str, float]
+) -> EvalService:
+    """The eval service: its runs go through an agent service like the gateway's, over the eval's own servers."""
+    runner = EvalRunner(lambda servers: build_pool(settings, servers, metrics), agent.over)
+    return EvalService(
+        runner,
+        EvalStore(store.engine, settings.instance_id),
+        agent.ctx.catalog,
+        seed=settings.eval_seed,
+        temperature=settings.eval_temperature,
+        scores=scores,
+    )
+
+
 def _breaker_states(lmstudio: LMStudioHosts, pool: MCPPool) -> dict[str, str]:
     return lmstudio.breaker_states() | {f"mcp:{s.name}": s.breaker for s in pool.status()}
 
@@ -233,6 +252,10 @@ async def open_gateway(
             text_tool_calls=settings.text_tool_calls,
             capture_content=settings.otel_capture_content,
             approval_timeout_s=settings.approval_timeout_s,
+            aids=AidProfiles(
+                Aids(settings.aid_nudge, settings.aid_repair, settings.aid_loop_hint),
+                {model: Aids.of(names) for model, names in settings.aid_profiles.items()},
+            ),
             context=ContextPolicy(
                 answer_share=settings.context_answer_share,
                 tools_share=settings.context_tools_share,
@@ -252,9 +275,16 @@ async def open_gateway(
             stack.callback(setattr, keys, "limits", keys.limits)  # back to counting here once the store is closed
             stack.push_async_callback(shared.aclose)
             keys.limits = shared
-        agent = AgentService(lmstudio, catalog, pool, limiter, defaults, metrics, approvals, keys, store.journal)
+        scores: dict[str, float] = {}  # each model's newest tool_score, kept by the eval service
+        pick = ScoreRouting(catalog, scores).pick if settings.route_by_score else None
+        agent = AgentService(
+            lmstudio, catalog, pool, limiter, defaults, metrics, approvals, keys, store.journal, pick_model=pick
+        )
         runs = RunService(agent, store, settings.max_queued_runs)
         stack.push_async_callback(runs.aclose)
+        evals = build_evals(settings, metrics, store, agent, scores)
+        await evals.start()
+        stack.push_async_callback(evals.aclose)
         metrics.watch(
             StateReader(
                 runs_in_flight=lambda: limiter.in_flight,
@@ -277,9 +307,10 @@ async def open_gateway(
             limiter=limiter,
             agent=agent,
             compat=OpenAICompat(lmstudio, catalog, agent),
-            status=StatusService(lmstudio, catalog, pool, limiter, mcp.path, store.health),
+            status=StatusService(lmstudio, catalog, pool, limiter, mcp.path, store.health, evals.scores),
             keys=keys,
             store=store,
             runs=runs,
+            evals=evals,
             metrics=metrics,
         )

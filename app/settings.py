@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from services.agent.aids import AID_NAMES
 from services.lmstudio.hosts import normal_url
 
 DEFAULT_LMSTUDIO_URL = "http://localhost:1234"
@@ -78,6 +79,16 @@ class Settings(BaseSettings):
     max_tokens_default: int = Field(2048, ge=1, le=1_000_000, validation_alias=_env("BRIDGE_MAX_TOKENS_DEFAULT"))
     text_tool_calls: bool = Field(True, validation_alias=_env("BRIDGE_TEXT_TOOL_CALLS"))
     repeat_call_limit: int = Field(3, ge=2, le=100, validation_alias=_env("BRIDGE_REPEAT_CALL_LIMIT"))
+    # aids that lift small models (docs/configuration.md#aids); BRIDGE_AID_PROFILES: model=aid+aid,... wins
+    aid_nudge: bool = Field(False, validation_alias=_env("BRIDGE_AID_NUDGE"))
+    aid_repair: bool = Field(False, validation_alias=_env("BRIDGE_AID_REPAIR"))
+    aid_loop_hint: bool = Field(False, validation_alias=_env("BRIDGE_AID_LOOP_HINT"))
+    aid_profiles: Annotated[dict[str, list[str]], NoDecode] = Field(
+        default_factory=dict, validation_alias=_env("BRIDGE_AID_PROFILES")
+    )
+    route_by_score: bool = Field(False, validation_alias=_env("BRIDGE_ROUTE_BY_SCORE"))
+    eval_seed: int = Field(42, ge=0, validation_alias=_env("BRIDGE_EVAL_SEED"))
+    eval_temperature: float = Field(0.0, ge=0, le=2, validation_alias=_env("BRIDGE_EVAL_TEMPERATURE"))
     tool_output_max_chars: int = Field(20_000, ge=100, validation_alias=_env("BRIDGE_TOOL_OUTPUT_MAX_CHARS"))
     max_concurrent_runs: int = Field(32, ge=1, validation_alias=_env("BRIDGE_MAX_CONCURRENT_RUNS"))
     queue_timeout_s: float = Field(10.0, ge=0, validation_alias=_env("BRIDGE_QUEUE_TIMEOUT_S"))
@@ -136,6 +147,23 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected name=model pairs separated by commas, got {item!r}")
             aliases[name.strip()] = model.strip()
         return aliases
+
+    @field_validator("aid_profiles", mode="before")
+    @classmethod
+    def _parse_profiles(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        profiles: dict[str, list[str]] = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            model, sep, aids = item.partition("=")
+            if not sep or not model.strip():
+                raise ValueError(f"expected model=aid+aid pairs separated by commas, got {item!r}")
+            names = [a.strip() for a in aids.split("+") if a.strip()]
+            unknown = [a for a in names if a not in AID_NAMES]
+            if unknown:
+                raise ValueError(f"unknown aid(s) {unknown} for {model.strip()!r}; known: {', '.join(AID_NAMES)}")
+            profiles[model.strip()] = names
+        return profiles
 
     @field_validator("log_level", mode="before")
     @classmethod

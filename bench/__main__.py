@@ -38,6 +38,7 @@ SECTIONS = [
     "routing",
     "replicas",
     "key_limits",
+    "evals",
 ]
 OUT = REPO / "docs" / "performance.md"
 # sections of OUT written by hand (profiles, figures behind code choices): kept verbatim on every run

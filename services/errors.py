@@ -117,6 +117,10 @@ class RunNotFoundError(BridgeError):
     status, code, title = 404, "run_not_found", "Run not found"
 
 
+class EvalNotFoundError(BridgeError):
+    status, code, title = 404, "eval_not_found", "Eval not found"
+
+
 class RunFinishedError(BridgeError):
     status, code, title = 409, "run_finished", "The run has already ended"
 

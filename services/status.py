@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Literal
@@ -103,7 +103,9 @@ class StatusService:
         limiter: RunLimiter,
         mcp_config_path: Path | None,
         store: Callable[[], StoreHealth] | None = None,
+        scores: Mapping[str, float] | None = None,
     ) -> None:
+        self.scores = scores if scores is not None else {}  # each model's newest tool_score (the eval service's)
         self.lmstudio = lmstudio
         self.catalog = catalog
         self.pool = pool
@@ -117,6 +119,7 @@ class StatusService:
         models = self.lmstudio.as_now(snap.models)  # a host seen down since the list was cached: unreachable now
         snap = replace(snap, models=tuple(models), by_id={m.id: m for m in models})
         entries, aliases = self.catalog.entries(snap), self.catalog.aliases
+        entries = [replace(e, tool_score=self.scores[e.id]) if e.id in self.scores else e for e in entries]
         if access is not None:
             entries = [e for e in entries if access.model_allowed(e.id, aliases)]
             aliases = {alias: model for alias, model in aliases.items() if access.model_allowed(model, aliases)}

@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from services.agent.repair import repair_arguments
 from services.mcp import ToolSpec, coerce_arguments, validate_arguments
 from services.text import scrub, unencodable_path
 
@@ -26,8 +27,9 @@ def maybe_json(raw: str) -> Any:
         return raw
 
 
-def check_arguments(spec: ToolSpec, raw: str) -> dict[str, Any] | Rejected:
-    """The arguments to send (coerced to the schema's types), or why they were rejected."""
+def check_arguments(spec: ToolSpec, raw: str, repair: bool = False) -> dict[str, Any] | Rejected:
+    """The arguments to send (coerced to the schema's types; with `repair`, also a value wrapped as a one-item
+    array and an enum's case fixed), or why they were rejected."""
     try:
         parsed = json.loads(raw) if raw.strip() else {}
     except ValueError as exc:
@@ -38,6 +40,8 @@ def check_arguments(spec: ToolSpec, raw: str) -> dict[str, Any] | Rejected:
     if bad:  # never sent on: it would break the server's stream, and the session other runs share
         return Rejected(scrub(raw), f"Error: the argument {bad} holds text that is not valid Unicode. Send plain text.")
     args = coerce_arguments(spec.input_schema, parsed)
+    if repair:
+        args = coerce_arguments(spec.input_schema, repair_arguments(spec.input_schema, args))
     violations = validate_arguments(spec.input_schema, args)
     if violations:
         return Rejected(args, "Error: the arguments do not match the tool's input schema: " + "; ".join(violations))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from services.agent.aids import AidProfiles
 from services.agent.records import RunSpec
 from services.context.fit import ContextPolicy
 
@@ -22,6 +23,7 @@ class RunDefaults:
     capture_content: bool = False
     approval_timeout_s: float = 300.0  # a call nobody decides on is denied after this
     context: ContextPolicy = field(default_factory=ContextPolicy)  # how the model's window is shared
+    aids: AidProfiles = field(default_factory=AidProfiles)  # BRIDGE_AID_* and BRIDGE_AID_PROFILES
 
     def limits_for(self, spec: RunSpec) -> RunLimits:
         """The run's limits: the request's own, else these settings (the one place defaults are applied)."""

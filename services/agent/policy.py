@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from services.agent import resource_tools
+from services.agent.aids import LOOP_HINT_WARNING, NUDGE_WARNING, loop_hint_text, nudge_due
 from services.agent.answers import recover_text_calls
 from services.agent.builtin_tools import FIND_TOOLS, READ_OUTPUT
 from services.agent.context import RunContext
@@ -52,6 +53,8 @@ class AgentLoop:
         )
         self._keep_head = 0  # messages never compacted: the system prompt and the task (or the conversation)
         self._keep_from = 0  # where the last round starts
+        self._aids = run.spec.aids or ctx.defaults.aids.for_model(run.model.id)
+        self._hinted: tuple[int, set[str]] | None = None  # (round, ids) of the calls answered with the loop hint
 
     async def run(self) -> tuple[RunStatus, str]:
         try:
@@ -86,6 +89,10 @@ class AgentLoop:
             choice = run.spec.tool_choice if run.rounds == 0 else None
             answer, messages = await self._ask(messages, offered, round_no, choice)
             raw = await self._read(answer, round_no, offered_names)
+            if nudge_due(self._aids, run.rounds, len(answer.tool_calls), bool(offered), choice):
+                run.warnings.append(NUDGE_WARNING)  # the aid `nudge`: asked again, a call forced
+                answer, messages = await self._ask(messages, offered, round_no, "required")
+                raw = await self._read(answer, round_no, offered_names)
             ending = await self._ending(answer, messages, round_no, choice, raw)
             if ending is not None:
                 return ending
@@ -123,6 +130,10 @@ class AgentLoop:
             run.client_calls = [_wire_call(c) for c in mine]
             return "completed", answer.content or ""
         if self._repeats(answer.tool_calls):
+            if self._aids.loop_hint and self._hinted is None:  # the aid `loop_hint`: told once, then it goes on
+                self._hinted = (round_no, {c.id for c in answer.tool_calls})
+                run.warnings.append(LOOP_HINT_WARNING)
+                return None
             run.warnings.append(
                 f"The model repeated the same tool call {self._ctx.defaults.repeat_call_limit} times in a row; "
                 "the run was ended with one last call without tools"
@@ -282,9 +293,12 @@ class AgentLoop:
                 done[index] = await answered_step(round_no, tool_call, emit, output)
             elif fit.is_hidden(name):  # never run without being offered
                 done[index] = await answered_step(round_no, tool_call, emit, fit.not_offered(name))
+            elif self._hinted is not None and self._hinted[0] == round_no and tool_call.id in self._hinted[1]:
+                hint = loop_hint_text(tool_call, self._run.steps, self._same_calls)
+                done[index] = await answered_step(round_no, tool_call, emit, hint)
             else:
                 done[index] = await run_tool_call(
-                    self._ctx.pool, self._run.tools, round_no, tool_call, emit, self._gate.ask
+                    self._ctx.pool, self._run.tools, round_no, tool_call, emit, self._gate.ask, self._aids.repair
                 )
 
         try:

@@ -108,6 +108,7 @@ class RunSpec:
     interactive: bool = False  # tool calls that need approval wait for a person (async runs); else denied
     asker: Asker | None = None  # an interactive run's client, asked directly too (the MCP front door's elicitation)
     access: Access | None = None  # the API key's scope (None: no keys configured, everything allowed)
+    aids: Any = None  # the aids of this run (`aids.Aids`: an eval's choice); None: the model's profile (settings)
 
 
 @dataclass(slots=True)
@@ -128,6 +129,9 @@ class Step:
         Field(description="The text format the model wrote the call in (hermes, mistral, ...); null when structured"),
     ] = None
     arguments_repaired: Annotated[bool, Field(description="The call's JSON was broken and has been repaired")] = False
+    arguments_coerced: Annotated[
+        bool, Field(description='The arguments were repaired to the tool\'s schema ("5" -> 5, a value -> [value], ...)')
+    ] = False
     approval: Annotated[
         Literal["approved", "denied", "timed_out"] | None,
         Field(description="A person's decision on a tool that needs approval (BRIDGE_APPROVAL_TOOLS); else null"),

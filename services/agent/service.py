@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from services.access import KeyRing
+from services.access import Access, KeyRing
 from services.agent.approvals import ApprovalPolicy
 from services.agent.context import RunContext
 from services.agent.defaults import RunDefaults
@@ -23,6 +24,8 @@ from services.mcp import ToolSet
 from services.metrics import Metrics
 
 R = TypeVar("R", bound=Run)
+# picks a model for a run that names none (its key's scope): (model id, tool_score), or None for the default
+PickModel = Callable[[Access | None], Awaitable[tuple[str, float] | None]]
 
 
 class AgentService:
@@ -39,6 +42,7 @@ class AgentService:
         approvals: ApprovalPolicy | None = None,
         keys: KeyRing | None = None,
         journals: Journals | None = None,
+        pick_model: PickModel | None = None,
     ) -> None:
         self.ctx = RunContext(
             lmstudio,
@@ -52,8 +56,15 @@ class AgentService:
             journals,
         )
         self.limiter = limiter
+        self.pick_model = pick_model  # routing by score (BRIDGE_ROUTE_BY_SCORE): a run that names no model
         self.accepting = True
         self.active: set[Run] = set()  # top-level runs executing now
+
+    def over(self, pool: Tools) -> AgentService:
+        """An agent service sharing this one's LM Studio, catalog, run slots, settings, keys and run store, over
+        other MCP servers (the eval's own)."""
+        c = self.ctx
+        return AgentService(c.lmstudio, c.catalog, pool, self.limiter, c.defaults, c.metrics, None, c.keys, c.journals)
 
     async def drain(self, grace_s: float) -> None:
         """Refuse new runs, give runs in flight `grace_s` to finish, then stop them."""
@@ -115,10 +126,16 @@ class AgentService:
         if not self.accepting:
             raise ShuttingDownError("The gateway is shutting down; retry on another instance", retry_after=5)
         self.ctx.lmstudio.check()  # every LM Studio host is known to be down: fail in milliseconds
-        model = await resolve_model(self.ctx.catalog, spec.model, spec.access)
+        requested, routed = spec.model, None
+        if requested in (None, "default") and self.pick_model is not None:
+            routed = await self.pick_model(spec.access)
+            requested = routed[0] if routed else requested
+        model = await resolve_model(self.ctx.catalog, requested, spec.access)
         if spec.access is not None and spec.mcp_servers is not None:  # refused before anything runs
             spec.access.check_servers(spec.mcp_servers)
         servers, tools, warnings = await self._tools_for(spec)
+        if routed is not None:
+            warnings.append(f"No model was named: routed to {routed[0]!r}, the best tool_score ({routed[1]:g})")
         if model.stale:
             warnings.append("LM Studio did not answer the model list; the model was checked against the last list")
         # `Run.finish` gives it back

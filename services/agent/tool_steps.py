@@ -26,9 +26,10 @@ Approve = Callable[[str, ToolSpec, Any], Awaitable[Decision | None]]
 
 
 async def run_tool_call(
-    pool: Tools, tools: ToolSet, round_no: int, call: ToolCall, emit: Emit, approve: Approve
+    pool: Tools, tools: ToolSet, round_no: int, call: ToolCall, emit: Emit, approve: Approve, repair: bool = False
 ) -> Step:
-    """Run one call; whatever goes wrong becomes the step's error output, for the model to read."""
+    """Run one call; whatever goes wrong becomes the step's error output, for the model to read. `repair`: the
+    `repair` aid (arguments repaired to the schema beyond type conversion)."""
     call_id, name, raw_args = scrub(call.id), scrub(call.name), call.arguments
     spec = tools.resolve(name)
     where = {"server": spec.server if spec else None, "tool": spec.name if spec else None}
@@ -41,7 +42,7 @@ async def run_tool_call(
     if spec is None:
         output, is_error = unknown_tool(tools, name), True
     else:
-        arguments, output, is_error, verdict, clock = await _invoke(pool, spec, call_id, raw_args, approve)
+        arguments, output, is_error, verdict, clock = await _invoke(pool, spec, call_id, raw_args, approve, repair)
     step = Step(
         round=round_no,
         tool_call_id=call_id,
@@ -54,6 +55,7 @@ async def run_tool_call(
         duration_ms=round((time.monotonic() - started) * 1000, 2),
         recovered_from=call.recovered_from,
         arguments_repaired=call.repaired,
+        arguments_coerced=spec is not None and isinstance(arguments, dict) and arguments != _as_written(raw_args),
         approval=verdict,
         timeout_s=clock[0],
         progress_resets=clock[1],
@@ -63,15 +65,20 @@ async def run_tool_call(
     return step
 
 
+def _as_written(raw: str) -> Any:
+    """The arguments as the model wrote them (blank: an empty object), to tell whether they were repaired."""
+    return maybe_json(raw) if raw.strip() else {}
+
+
 def unknown_tool(tools: ToolSet, name: str) -> str:
     names = ", ".join(t.model_name for t in tools.tools) or "(none)"
     return f"Error: there is no tool named {name!r}. Available tools: {names}"
 
 
 async def _invoke(
-    pool: Tools, spec: ToolSpec, call_id: str, raw_args: str, approve: Approve
+    pool: Tools, spec: ToolSpec, call_id: str, raw_args: str, approve: Approve, repair: bool
 ) -> tuple[Any, str, bool, Verdict | None, _Clock]:
-    checked = check_arguments(spec, raw_args)
+    checked = check_arguments(spec, raw_args, repair)
     if isinstance(checked, Rejected):
         return checked.arguments, checked.message, True, None, _NO_CLOCK
     decision = await approve(call_id, spec, checked)  # the person sees exactly the arguments that would run

@@ -54,6 +54,10 @@ class ModelEntry:
         list[ModelHost],
         Field(description="The LM Studio hosts that have it (by name, else URL) and its state on each"),
     ]
+    tool_score: Annotated[
+        float | None,
+        Field(description="Share of the eval suite's tasks its newest completed eval did (0-1); null: never evaluated"),
+    ] = None
 
     @classmethod
     def of(cls, info: ModelInfo, *, default: bool) -> ModelEntry:

@@ -59,6 +59,8 @@ def options_of(run: RunState) -> dict[str, Any]:
         options["client_tools"] = [t.get("function", {}).get("name") for t in spec.client_tools]
     if spec.extra_body:
         options["lmstudio"] = spec.extra_body
+    if spec.aids is not None:  # an eval's choice of aids
+        options["aids"] = spec.aids.names
     return options | run.described_options()
 
 

@@ -105,6 +105,27 @@ key_buckets = Table(
     Column("at", Float, nullable=False),  # seconds since the epoch, the database's clock
 )
 
+# evals (`services/evals/`): one row per eval of one model with one set of aids; its tasks' runs are in `runs`
+evals = Table(
+    "evals",
+    metadata,
+    Column("num", _ROW_NUMBER, primary_key=True, autoincrement=True),
+    Column("eval_id", String(64), nullable=False, unique=True),
+    Column("status", String(32), nullable=False),  # running, completed, failed, interrupted
+    Column("model", String(512), nullable=False),  # the resolved model id
+    Column("aids", Text, nullable=False),  # JSON list of aid names
+    Column("seed", Integer, nullable=False),
+    Column("temperature", Float, nullable=False),
+    Column("tasks", Text, nullable=False),  # JSON: each task's outcome so far
+    Column("summary", Text),  # JSON scorecard
+    Column("error", Text),
+    Column("key_name", String(256)),
+    Column("instance", String(256), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("finished_at", Float),
+)
+Index("ix_evals_model_num", evals.c.model, evals.c.num)
+
 
 def has_server(name: str) -> ColumnElement[bool]:
     """Whether the JSON list `["a", "b"]` in `mcp_servers` holds `name` as a whole element: the element's JSON

@@ -35,6 +35,9 @@ OPERATION_IDS = {
     ("get", "/v1/runs/{run_id}/events"): "streamRunEvents",
     ("post", "/v1/runs/{run_id}/cancel"): "cancelRun",
     ("post", "/v1/runs/{run_id}/approvals/{tool_call_id}"): "decideApproval",
+    ("post", "/v1/evals"): "startEvals",
+    ("get", "/v1/evals"): "listEvals",
+    ("get", "/v1/evals/{eval_id}"): "getEval",
 }
 STREAMING = {"runAutonomous", "runWithMcp", "runWithMultipleMcps", "runDiscover", "createChatCompletion", "runPipeline"}
 PROBLEM_REF = "#/components/schemas/Problem"
@@ -106,6 +109,7 @@ def test_path_parameters_have_examples(openapi_doc: dict[str, Any]) -> None:
         "tool_call_id": "call_0_0",
         "server": "everything",
         "prompt": "args-prompt",
+        "eval_id": "eval_5f0c1e2a9b7d4c3e8a6f1b2d",
     }
     for method, path, op in operations(openapi_doc):
         for param in op.get("parameters", []):

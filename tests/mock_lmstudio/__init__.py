@@ -66,6 +66,8 @@ the answer. Keys, all optional:
 - ``"calls": [[{"name": "t", "arguments": {...} | "raw string"}, ...], [...round 2...]]``: rounds of tool
   calls; the round used is the number of assistant messages with ``tool_calls`` already in the conversation.
   Object arguments are sent as a JSON string, string arguments verbatim (malformed JSON on purpose).
+- ``"required_calls": [[...], ...]``: rounds of calls (as ``calls``) made only when the request says
+  ``"tool_choice": "required"`` and ``calls`` has no such round (an engine's grammar forcing a call).
 - ``"forever": {"name": "t", "arguments": {...}}``: call this tool in every answer (when tools are offered).
 - ``"say": "text"``: the ``content`` of an answer that calls tools (else ``null``): text AND ``tool_calls``.
 - ``"reasoning": "text"``: the model reasons; with ``--separate-reasoning`` it comes in

@@ -230,19 +230,25 @@ def rounds_done(messages: list[Json]) -> int:
     return max(len(rounds), max(numbers, default=-1) + 1)
 
 
+def scripted_calls(body: Json, script: Json, done: int) -> list[Json]:
+    """The calls the script makes in this round (tools are offered)."""
+    if isinstance(script.get("forever"), dict):
+        return [script["forever"]]
+    if done < len(script.get("calls") or []):
+        return list(script["calls"][done])
+    if body.get("tool_choice") == "required" and done < len(script.get("required_calls") or []):
+        return list(script["required_calls"][done])  # the engine's grammar forces a call
+    return []
+
+
 def plan_chat(body: Json, script: Json, malformed: bool) -> tuple[str | None, list[Json]]:
     """Decide the answer: (text, []) or (the script's ``say`` text or None, tool calls in OpenAI shape)."""
     messages = [m for m in body.get("messages", []) if isinstance(m, dict)]
     tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
     done = rounds_done(messages)
-    wanted: list[Json] = []
-    if tools:
-        if isinstance(script.get("forever"), dict):
-            wanted = [script["forever"]]
-        elif done < len(script.get("calls") or []):
-            wanted = list(script["calls"][done])
-        if malformed and not wanted:
-            wanted = [{"name": tools[0].get("function", {}).get("name", "tool")}]
+    wanted: list[Json] = scripted_calls(body, script, done) if tools else []
+    if tools and malformed and not wanted:
+        wanted = [{"name": tools[0].get("function", {}).get("name", "tool")}]
     calls = []
     for i, c in enumerate(wanted):
         args = c.get("arguments", {})

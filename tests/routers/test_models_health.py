@@ -28,6 +28,7 @@ async def test_models_list_openai_shape_with_extras(client: httpx.AsyncClient, m
         "tool_use": True,
         "default": True,
         "hosts": [{"name": mock.base_url, "state": "loaded", "loaded_context_length": 4096}],
+        "tool_score": None,  # never evaluated (GET /v1/evals)
     }
     coder = by_id["qwen/qwen3-coder-30b"]
     assert coder["loaded_context_length"] is None and coder["hosts"][0]["loaded_context_length"] is None
