@@ -8,15 +8,15 @@ This module imports the MCP SDK: only the stdio mode imports it."""
 from __future__ import annotations
 
 import logging
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
 from mcp_types import INVALID_REQUEST, PARSE_ERROR, ErrorData, JSONRPCError
 from pydantic import ValidationError
+
+from services.mcp.transport import ReadStreamWrapper
 
 log = logging.getLogger("lmstudio_bridge.mcp")
 
@@ -24,47 +24,22 @@ PARSE_ERROR_MESSAGE = "Parse error: the line is not JSON"
 INVALID_REQUEST_MESSAGE = "Invalid Request: the line is JSON but not a JSON-RPC message"
 
 
-class ParseErrorsAnswered:
+class ParseErrorsAnswered(ReadStreamWrapper):
     """The transport's read stream with each line it could not parse answered on the write stream (a parse error)
-    instead of passed on; the sender's context (`last_context`) is the inner stream's."""
+    instead of passed on."""
 
     def __init__(self, inner: Any, write: Any) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._write = write
-
-    @property
-    def last_context(self) -> Any:
-        return getattr(self._inner, "last_context", None)
 
     async def receive(self) -> SessionMessage | Exception:
         while True:
-            item: SessionMessage | Exception = await self._inner.receive()
+            item = await super().receive()
             if not isinstance(item, Exception):
                 return item
             if blank(item):  # not a message at all: ignored, as the SDK does
                 continue
             await self._write.send(SessionMessage(JSONRPCError(jsonrpc="2.0", id=None, error=error_for(item))))
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> SessionMessage | Exception:
-        try:
-            return await self.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool | None:
-        await self.aclose()
-        return None
 
 
 def blank(exc: Exception) -> bool:

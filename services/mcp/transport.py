@@ -70,22 +70,18 @@ class StderrTail:
         return text if len(text) <= _SUMMARY_CHARS else text[: _SUMMARY_CHARS - 3] + "..."
 
 
-class WatchedReadStream:
-    """Wraps a transport's read stream and reports when it ends (the connection died)."""
+class ReadStreamWrapper:
+    """A transport's read stream seen through `receive` (which subclasses change); the rest of the stream
+    protocol (iteration, closing, `last_context` and friends) is the inner stream's."""
 
-    def __init__(self, inner: Any, on_close: Callable[[], None]) -> None:
+    def __init__(self, inner: Any) -> None:
         self._inner = inner
-        self._on_close = on_close
 
     def __getattr__(self, name: str) -> Any:  # `last_context` and friends
         return getattr(self._inner, name)
 
     async def receive(self) -> SessionMessage | Exception:
-        try:
-            return cast("SessionMessage | Exception", await self._inner.receive())
-        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-            self._on_close()
-            raise
+        return cast("SessionMessage | Exception", await self._inner.receive())
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -106,6 +102,21 @@ class WatchedReadStream:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+
+class WatchedReadStream(ReadStreamWrapper):
+    """Wraps a transport's read stream and reports when it ends (the connection died)."""
+
+    def __init__(self, inner: Any, on_close: Callable[[], None]) -> None:
+        super().__init__(inner)
+        self._on_close = on_close
+
+    async def receive(self) -> SessionMessage | Exception:
+        try:
+            return await super().receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._on_close()
+            raise
 
 
 async def open_transport(
