@@ -31,6 +31,7 @@ SAMPLE = {
     "tool": "get_current_time",
     "model_id": "qwen/qwen3-4b",
     "run_id": "run_0",
+    "eval_id": "eval_0",
     "tool_call_id": "call_0",
 }
 
