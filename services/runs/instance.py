@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -22,10 +23,9 @@ from services.runs.engines import async_engine, sqlite_path
 from services.runs.lease import HEARTBEATS_PER_LEASE, db_now
 from services.runs.tables import instances
 
-try:
+POSIX_LOCKS = sys.platform != "win32"  # Windows: no POSIX locks; the lease's warning is all there is
+if POSIX_LOCKS:
     import fcntl
-except ImportError:  # Windows: no POSIX locks; the lease's warning is all there is
-    fcntl = None  # type: ignore[assignment]
 
 _held: dict[str, tuple[int, set[str]]] = {}  # lock file -> (its descriptor, the instance ids this process holds)
 
@@ -57,7 +57,7 @@ def hold_instance(url: str, instance: str) -> None:
     """Hold `instance` on the SQLite store at `url` until the process exits (or `release_instance`); a no-op when
     this process holds it already, or for other stores. InstanceInUseError when another process holds it."""
     lock = _lock_file(url)
-    if lock is None or fcntl is None:
+    if lock is None or not POSIX_LOCKS:
         return
     key = str(lock)
     if key not in _held:
@@ -76,7 +76,7 @@ def hold_instance(url: str, instance: str) -> None:
 def release_instance(url: str, instance: str) -> None:
     """Let go of `instance` (the descriptor stays open: closing it would drop every lock of this process on it)."""
     lock = _lock_file(url)
-    if lock is None or fcntl is None or str(lock) not in _held:
+    if lock is None or not POSIX_LOCKS or str(lock) not in _held:
         return
     fd, ids = _held[str(lock)]
     if instance in ids:

@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from sqlalchemy import Engine, Executable, update
@@ -200,7 +201,7 @@ class RunWriter:
         dialect = self.store.engine.dialect.name
         for journal in list(self.held.values()):
             mark, plan = self._queued, write_back(self.store, dialect, journal)  # the journal holds the writes before
-            if await self._guarded(lambda: self._write_plan(plan)):  # noqa: B023 (awaited at once)
+            if await self._guarded(partial(self._write_plan, plan)):
                 self._release(journal, mark)
                 continue
             if isinstance(self._last_exc, OperationalError | OSError) or not await self._probe():
@@ -208,7 +209,7 @@ class RunWriter:
             # the store takes writes, but not all of this run's (a row it refuses): what it takes, piece by piece
             mark = self._queued
             for piece in write_back(self.store, dialect, journal, chunk=1):
-                if not await self._guarded(lambda p=piece: self._write_plan([p])):  # type: ignore[misc]
+                if not await self._guarded(partial(self._write_plan, [piece])):
                     self.store.metrics.store_dropped.inc()
             self._healthy()
             self._release(journal, mark)
@@ -312,7 +313,7 @@ class RunWriter:
             if write.run_id in self.held:  # an earlier write of its run failed: this one waits in memory too
                 lost.append(write)
                 continue
-            if not await self._guarded(lambda one=write: self._write([one])):  # type: ignore[misc]
+            if not await self._guarded(partial(self._write, [write])):
                 metrics.store_dropped.inc()
                 lost.append(write)
                 journal = self.store.live.get(write.run_id)
