@@ -139,7 +139,9 @@ async def test_the_rest_route_still_decides_while_the_client_is_asked(live: http
         await asyncio.wait_for(client.waiting.wait(), 30)
         runs = (await live.get("/v1/runs", params={"status": "awaiting_approval"})).json()["data"]
         [run_id] = [r["run_id"] for r in runs]
-        call_id = re.search(r"call (\S+)\)", client.asked[0].message)[1]  # type: ignore[index]
+        asked = re.search(r"call (\S+)\)", client.asked[0].message)
+        assert asked is not None, client.asked[0].message
+        call_id = asked[1]
         decided = await live.post(f"/v1/runs/{run_id}/approvals/{call_id}", json={"decision": "approve"})
         assert decided.status_code == 200, decided.text
         result = await asyncio.wait_for(running, 30)

@@ -5,6 +5,7 @@ it. Every run answered 202 stays readable with a terminal status or `incomplete:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -113,8 +114,7 @@ async def test_a_deleted_database_file_is_opened_again_and_its_runs_written_back
         await eventually(lambda: _ended(client, before), 30, "the first run ended")
         accepted = [(await start(client, "held " + script(hold="gone"))).json()["run_id"] for _ in range(2)]
         await mock.until_held("gone", 2)
-        for path in list(tmp_path.glob("runs.db*")):  # noqa: ASYNC240 (a test)
-            path.unlink()
+        await asyncio.to_thread(delete_database, tmp_path)
         await mock.release("gone")
         records = await eventually(lambda: readable_and_ended(client, accepted), 30, "the held runs ended")
         assert all(r["status"] == "completed" and r["incomplete"] for r in records), records
@@ -135,3 +135,9 @@ async def _ended(client: httpx.AsyncClient, run_id: str) -> dict[str, Any] | Non
     assert response.status_code == 200, response.text
     record: dict[str, Any] = response.json()
     return record if record["finished_at"] else None
+
+
+def delete_database(folder: Path) -> None:
+    """`runs.db` and its -wal and -shm files gone, as an operator's `rm runs.db*` does."""
+    for path in list(folder.glob("runs.db*")):
+        path.unlink()
