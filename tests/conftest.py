@@ -7,7 +7,10 @@ mcp.json entries), `gateway_settings` (settings on top) or `mcp_json` (a whole o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import faulthandler
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -29,6 +32,7 @@ from tests.postgres import PostgresCluster, PostgresNotFound
 from tests.processes import serve_in_loop
 
 CLIENT_TIMEOUT_S = 60.0
+SLOW_SHUTDOWN_S = 20.0  # an in-process app that takes longer to stop has its stacks printed
 HELLO = "hello from the filesystem server"
 
 
@@ -71,10 +75,25 @@ async def app_client(settings: Settings, **client_kwargs: Any) -> AsyncIterator[
     the caller sets one: a run's first tool call starts its MCP server)."""
     client_kwargs.setdefault("timeout", CLIENT_TIMEOUT_S)
     app = create_app(settings)
-    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://bridge", **client_kwargs) as client:
-            yield client
+    report: asyncio.TimerHandle | None = None
+    try:
+        async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://bridge", **client_kwargs) as client:
+                yield client
+            report = asyncio.get_running_loop().call_later(SLOW_SHUTDOWN_S, dump_stacks, "the app's stop is slow")
+    finally:
+        if report is not None:
+            report.cancel()
+
+
+def dump_stacks(why: str) -> None:
+    """Every task's and thread's stack on stderr (pytest shows it with the failure): what a stop waits for."""
+    print(f"--- {why}: asyncio tasks ---", file=sys.stderr)
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=12, file=sys.stderr)
+    print(f"--- {why}: threads ---", file=sys.stderr)
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
 
 
 @contextlib.asynccontextmanager
