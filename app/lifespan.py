@@ -17,6 +17,7 @@ from app.front_door import MCPFrontDoor
 from app.gateway import MCPSetup, open_gateway
 from app.settings import Settings
 from services.access import KeyRing
+from services.aio import wait_set
 from services.lmstudio import HostSpec
 from services.metrics import Metrics
 
@@ -66,8 +67,7 @@ async def watch_keys_file(keys: KeyRing) -> AsyncIterator[None]:
 
     async def poll() -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(forced.wait(), KEYS_POLL_S)
+            await wait_set(forced, KEYS_POLL_S)
             force = forced.is_set()
             forced.clear()
             await keys.reload_off_loop(force=force)  # read in a worker thread: requests are served meanwhile
@@ -81,5 +81,7 @@ async def watch_keys_file(keys: KeyRing) -> AsyncIterator[None]:
         yield
     finally:
         task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
         if hup:
             loop.remove_signal_handler(signal.SIGHUP)

@@ -259,7 +259,8 @@ class KeyRing:
             return False
         self._reading = reading = asyncio.ensure_future(asyncio.to_thread(self._read, force))
         try:
-            outcome = await asyncio.wait_for(asyncio.shield(reading), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                outcome = await asyncio.shield(reading)
         except TimeoutError:
             log.error("keys file not reloaded, the previous keys stay in force: not read within %g s", timeout_s)
             return False

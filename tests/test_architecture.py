@@ -121,3 +121,14 @@ def test_services_never_import_the_web_framework_app_or_routers() -> None:
         if name.split(".")[0] == "services"
     }
     assert not {name: found for name, found in offending.items() if found}
+
+
+def test_no_asyncio_wait_for_in_the_gateway() -> None:
+    """`asyncio.timeout` (services/aio.py says why), not `asyncio.wait_for`."""
+    calls = {
+        name
+        for name, path in module_files().items()
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Attribute) and node.attr == "wait_for" and ast.unparse(node.value) == "asyncio"
+    }
+    assert not calls, f"asyncio.wait_for in: {sorted(calls)}"

@@ -77,7 +77,7 @@ class RunService:
         try:  # written before the answer (which gives its status as it is now), so that every gateway process
             # sharing the store finds it at `Location`; a run whose row is not committed by then is not started
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.store.flush(), VISIBLE_WITHIN_S)
+                await self.store.flush(within_s=VISIBLE_WITHIN_S)
             if not self.store.durable(run.run_id):
                 self.store.forget(run.run_id)
                 task.cancel()

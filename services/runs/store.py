@@ -139,7 +139,7 @@ class RunStore:
     async def aclose(self) -> None:
         """Write what is queued, stop the background tasks, close the connections."""
         try:
-            await asyncio.wait_for(self.flush(), 30.0)
+            await self.flush(within_s=30.0)
         except TimeoutError:
             log.error("the run store could not write %d queued change(s) before closing", self.backlog)
         for task in self._tasks:
@@ -222,9 +222,10 @@ class RunStore:
     def backlog(self) -> int:
         return len(self.writer.pending)
 
-    async def flush(self) -> None:
-        """Wait until everything queued so far is written (or dropped)."""
-        await self.writer.flush()
+    async def flush(self, within_s: float | None = None) -> None:
+        """Wait until everything queued so far is written (or dropped); TimeoutError after `within_s`."""
+        async with asyncio.timeout(within_s):
+            await self.writer.flush()
 
     async def get(self, run_id: str) -> RunRecord | None:
         if (journal := await self._held(run_id)) is not None:
@@ -263,9 +264,8 @@ class RunStore:
             query = query.where(runs.c.key_name == filters.key_name)
         async with self._reading(), self.engine.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return RunPage([listed_of(row) for row in rows], str(rows[-1]["num"]) if more else None)
+        shown = rows[:limit]
+        return RunPage([listed_of(row) for row in shown], str(shown[-1]["num"]) if len(rows) > limit else None)
 
     async def events(self, run_id: str, after: int = 0, *, flush: bool = True) -> list[StoredEvent]:
         if flush and (journal := await self._held(run_id)) is not None:  # (no flush: a follower of a run not here)

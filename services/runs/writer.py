@@ -27,6 +27,7 @@ from sqlalchemy import Engine, Executable, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.aio import wait_set
 from services.metrics import Metrics
 from services.runs.engines import SQLiteWriter, StoreFileGoneError
 from services.runs.held import Write, plan_of, write_back
@@ -167,15 +168,12 @@ class RunWriter:
     async def _next(self) -> None:
         """Wait for writes (gathered for BATCH_WINDOW_S), or RETRY_S while writes fail, or CHECK_S when idle."""
         troubled = bool(self.held) or self.failing_since is not None
-        try:
-            await asyncio.wait_for(self._wake.wait(), RETRY_S if troubled else CHECK_S)
-        except TimeoutError:
+        if not await wait_set(self._wake, RETRY_S if troubled else CHECK_S):
             if not troubled and self._sqlite is not None:
                 await self._guarded(self._sqlite.check)
             return
         if not self._urgent.is_set() and len(self.pending) < BATCH_FULL:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._urgent.wait(), BATCH_WINDOW_S)
+            await wait_set(self._urgent, BATCH_WINDOW_S)
         self._wake.clear()
         self._urgent.clear()
 

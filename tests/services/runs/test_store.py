@@ -171,6 +171,25 @@ async def store(url: str, metrics: Metrics) -> AsyncIterator[RunStore]:
     await opened.aclose()
 
 
+async def test_the_writer_ends_when_cancelled_just_as_it_is_woken(store: RunStore) -> None:
+    """A cancel that arrives with a write ends the writer (3.11's asyncio.wait_for swallowed such a cancel, and
+    the store's close then waited for ever: the gateway's stop hung)."""
+    writer, task = store.writer, store._tasks[0]
+
+    def idle() -> bool:  # waiting for writes (not checking the file): the chain of awaits the task is in
+        names, awaited = [], cast(Any, task.get_coro())
+        while awaited is not None and hasattr(awaited, "cr_code"):
+            names.append(awaited.cr_code.co_name)
+            awaited = awaited.cr_await
+        return "_next" in names and "_guarded" not in names
+
+    await eventually(idle, 10, "the writer waiting for writes")
+    writer._wake.set()
+    task.cancel()
+    await asyncio.wait([task], timeout=30)  # (a bound for the failing case only)
+    assert task.cancelled()
+
+
 # --- 1, 2: a run's life ----------------------------------------------------------------------------
 
 
