@@ -4,22 +4,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
+import httpx2
 import mcp_types as mtypes
 import pytest
 import yaml
-from mcp import ClientSession
+from mcp import Client, ClientSession
+from mcp.client.extension import ClaimContext, ClientExtension, ResultClaim
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from app.settings import Settings
 from tests.conftest import own_gateway, served
-from tests.helpers import TIME_CALL, mcp_servers_json, script
+from tests.helpers import TIME_CALL, eventually, mcp_servers_json, script
 from tests.helpers import mcp_http_session as http_session
 from tests.mock_lmstudio.fixture import MockLMStudio
 
@@ -230,3 +234,118 @@ async def test_a_client_without_tasks_gets_the_result(live: httpx.AsyncClient) -
             await get_task(session, "run_0000000000000000000nope")
     assert not result.is_error and result.structured_content is not None
     assert result.structured_content["status"] == "completed" and result.meta is None
+
+
+# --- 2026-07-28: the extension io.modelcontextprotocol/tasks ---------------------------------------------
+
+TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
+
+
+class TaskHandle(mtypes.Result):
+    """A task as the extension gives it (`CreateTaskResult` of a `tools/call`, and `tasks/get`)."""
+
+    result_type: Literal["task"] = "task"
+    task_id: str
+    status: str
+    status_message: str | None = None
+    created_at: str
+    last_updated_at: str
+    ttl_ms: int | None
+    poll_interval_ms: int | None = None
+    result: dict[str, Any] | None = None
+
+
+class DetailedTask(TaskHandle):
+    result_type: Literal["complete"] = "complete"  # type: ignore[assignment]
+
+
+class GetTask(mtypes.Request[mtypes.GetTaskRequestParams, Literal["tasks/get"]]):
+    method: Literal["tasks/get"] = "tasks/get"
+    params: mtypes.GetTaskRequestParams
+    name_param = "taskId"  # the extension's Mcp-Name header
+
+
+class CancelTask(mtypes.Request[mtypes.CancelTaskRequestParams, Literal["tasks/cancel"]]):
+    method: Literal["tasks/cancel"] = "tasks/cancel"
+    params: mtypes.CancelTaskRequestParams
+    name_param = "taskId"
+
+
+async def poll(session: ClientSession, task_id: str, until: set[str]) -> DetailedTask:
+    async def reached() -> DetailedTask | None:
+        params = mtypes.GetTaskRequestParams(task_id=task_id)
+        task = await session.send_request(GetTask(params=params), DetailedTask)
+        return task if task.status in until else None
+
+    return await eventually(reached, 30, f"task {task_id} {until}")  # type: ignore[no-any-return]
+
+
+class TasksClient(ClientExtension):
+    """The client half of the extension: a task answer is polled (tasks/get) until it ends."""
+
+    identifier = TASKS_EXTENSION
+
+    def claims(self) -> list[ResultClaim[Any]]:
+        async def resolve(handle: TaskHandle, ctx: ClaimContext) -> mtypes.CallToolResult:
+            done = await poll(ctx.session, handle.task_id, {"completed", "failed", "cancelled"})
+            return mtypes.CallToolResult.model_validate(done.result, by_name=False)
+
+        return [ResultClaim(result_type="task", model=TaskHandle, resolve=resolve)]
+
+
+@contextlib.asynccontextmanager
+async def modern_client(
+    gateway: httpx.AsyncClient, headers: dict[str, str], tasks: bool = True
+) -> AsyncIterator[Client]:
+    """The SDK's client on `/mcp` at the 2026-07-28 revision (no handshake), declaring the tasks extension."""
+    async with (
+        httpx2.AsyncClient(timeout=60, headers=headers) as http,
+        Client(
+            streamable_http_client(str(gateway.base_url.join("/mcp")), http_client=http),
+            mode="2026-07-28",
+            extensions=[TasksClient()] if tasks else None,
+        ) as client,
+    ):
+        yield client
+
+
+async def test_modern_tasks(live: httpx.AsyncClient, mock: MockLMStudio) -> None:
+    await warm(live, ALICE)
+    held = "Slow time " + script(calls=[[TIME_CALL]], hold="task-modern")
+    async with modern_client(live, ALICE) as client:
+        handle = await client.session.call_tool(
+            "autonomous_with_mcp", {"mcp_name": "time", "task": held}, allow_claimed=True
+        )
+        assert isinstance(handle, TaskHandle) and handle.status == "working", handle
+        assert handle.task_id.startswith("run_") and handle.poll_interval_ms and handle.ttl_ms, handle
+    await mock.until_held("task-modern")
+    async with modern_client(live, ALICE) as client:  # another connection reads it
+        assert (await poll(client.session, handle.task_id, {"working"})).result is None
+        await mock.release("task-modern")
+        done = await poll(client.session, handle.task_id, {"completed"})
+        assert done.result is not None and done.result["structuredContent"]["status"] == "completed", done
+        # the SDK's client resolves a task by itself (the extension's claim): the tool's plain result
+        resolved = await client.call_tool("autonomous_with_mcp", {"mcp_name": "time", "task": TIME_TASK})
+        assert resolved.structured_content is not None and resolved.structured_content["status"] == "completed"
+
+        held = "Never answered " + script(calls=[[TIME_CALL]], hold="task-modern-cancel")
+        handle = await client.session.call_tool("autonomous_discover_and_execute", {"task": held}, allow_claimed=True)
+        assert isinstance(handle, TaskHandle)
+        await mock.until_held("task-modern-cancel")
+        params = mtypes.CancelTaskRequestParams(task_id=handle.task_id)
+        cancelled = await client.session.send_request(CancelTask(params=params), DetailedTask)
+        assert cancelled.status == "cancelled" and cancelled.result is not None, cancelled
+    await mock.release("task-modern-cancel")
+    async with modern_client(live, BOB) as client:  # another key's task is not found
+        with pytest.raises(MCPError, match="No run with id") as refused:
+            await poll(client.session, done.task_id, {"completed"})
+        assert refused.value.error.code == mtypes.INVALID_PARAMS
+
+
+async def test_a_modern_client_without_the_extension_gets_the_result(live: httpx.AsyncClient) -> None:
+    async with modern_client(live, ALICE, tasks=False) as client:
+        result = await client.call_tool("autonomous_with_mcp", {"mcp_name": "time", "task": TIME_TASK})
+        assert result.structured_content is not None and result.structured_content["status"] == "completed"
+        with pytest.raises(MCPError) as refused:  # the extension's methods need the extension declared
+            await poll(client.session, result.structured_content["run_id"], {"completed"})
+    assert refused.value.error.code == mtypes.MISSING_REQUIRED_CLIENT_CAPABILITY
