@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -16,14 +17,14 @@ import httpx2
 import mcp_types as mtypes
 import pytest
 import yaml
-from mcp import Client, ClientSession
+from mcp import Client, ClientSession, StdioServerParameters, stdio_client
 from mcp.client.extension import ClaimContext, ClientExtension, ResultClaim
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from app.settings import Settings
-from tests.conftest import own_gateway, served
-from tests.helpers import TIME_CALL, eventually, mcp_servers_json, script
+from tests.conftest import own_gateway, served, store_url
+from tests.helpers import REPO, TIME_CALL, eventually, mcp_servers_json, script
 from tests.helpers import mcp_http_session as http_session
 from tests.mock_lmstudio.fixture import MockLMStudio
 
@@ -349,3 +350,23 @@ async def test_a_modern_client_without_the_extension_gets_the_result(live: httpx
         with pytest.raises(MCPError) as refused:  # the extension's methods need the extension declared
             await poll(client.session, result.structured_content["run_id"], {"completed"})
     assert refused.value.error.code == mtypes.MISSING_REQUIRED_CLIENT_CAPABILITY
+
+
+# --- stdio ------------------------------------------------------------------------------------------------
+
+
+async def test_stdio_tasks(mock: MockLMStudio, mcp_json: Path) -> None:
+    """`lmstudio-bridge mcp` serves tasks too; another stdio process on the same store reads them."""
+    env = {"LMSTUDIO_BASE_URL": mock.base_url, "MCP_CONFIG": str(mcp_json), "BRIDGE_DATABASE_URL": store_url()}
+    params = StdioServerParameters(command=sys.executable, args=["-m", "app.cli", "mcp"], env=env, cwd=str(REPO))
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        init = await session.initialize()
+        assert init.capabilities.tasks is not None
+        created = await call_as_task(session, "autonomous_with_mcp", mcp_name="time", task=TIME_TASK)
+        result = await task_result(session, created.task.task_id)
+        assert result.structured_content is not None and result.structured_content["status"] == "completed"
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        assert (await get_task(session, created.task.task_id)).status == "completed"
+        [listed] = (await list_tasks(session)).tasks  # no API keys over stdio: every run of the store
+        assert listed.task_id == created.task.task_id
