@@ -11,33 +11,38 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
-from textwrap import shorten
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import CallToolResult, TextContent
-from pydantic import Field, TypeAdapter
+from pydantic import Field
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from app.errors import as_bridge_error
 from app.gateway import BridgeState
 from app.settings import Settings
 from routers.autonomous import AutonomousRequest
+from routers.mcp_answers import answer, describe_event, problem_result, progress_reporter, wire
 from routers.mcp_approvals import elicitation_asker
 from routers.mcp_resources import add_run_resources, request_access
+from routers.mcp_tasks import RELATED_TASK, CoreTasksMiddleware, FrontDoorTasks, TaskViews, task_requested
 from routers.paths import MCP_PATH
 from routers.pipelines import MAX_STEPS, PipelineStep, pipeline_spec, stages_of
 from services.access import Access
-from services.agent import FINISHED_STATUSES, Emit, RunEvent, RunOptions, RunResult, RunSpec, result_data, run_spec
+from services.agent import (
+    FINISHED_STATUSES,
+    RunOptions,
+    RunResult,
+    RunSpec,
+    StageSpec,
+    run_spec,
+)
 from services.agent import options as run_options
 from services.agent.options import shown, validated
-from services.errors import BridgeError
 
 log = logging.getLogger("lmstudio_bridge.mcp")
 
-PROGRESS_TEXT_MAX = 200
 WAIT_DEFAULT_S, WAIT_MAX_S = 30.0, 50.0  # below the ~60 s tool-call limit of MCP clients
 INSTRUCTIONS = (
     "Delegate a task to a local model in LM Studio: it carries the task out with the tools of the MCP "
@@ -51,18 +56,26 @@ MCPServers = Annotated[list[str] | None, shown(run_options.MCPServers)]
 MaxRounds = Annotated[int | None, shown(run_options.MaxRounds)]
 MaxTokens = Annotated[int | None, shown(run_options.MaxTokens)]
 BridgeContext = Context[Any, Any]
+# the tools that run a task: called as a protocol task (routers.mcp_tasks), each starts a background run
+RUN_TOOLS = frozenset(
+    {"autonomous_with_mcp", "autonomous_with_multiple_mcps", "autonomous_discover_and_execute", "autonomous_pipeline"}
+)
 
 
 def build_mcp_server(settings: Settings, state: Callable[[], BridgeState]) -> MCPServer[Any]:
     """The MCP server; `state` returns the services the lifespan built (read at call time)."""
+    views = TaskViews(state)
     server: MCPServer[Any] = MCPServer(
-        "lmstudio-bridge", instructions=INSTRUCTIONS, version="0.1.0", log_level=settings.log_level
+        "lmstudio-bridge",
+        instructions=INSTRUCTIONS,
+        version="0.1.0",
+        log_level=settings.log_level,
+        extensions=[FrontDoorTasks(state, views)],
+        middleware=[CoreTasksMiddleware(RUN_TOOLS)],
     )
 
-    async def run(ctx: BridgeContext, *values: Any) -> RunResult:
-        spec = asking_client(options(*values), ctx)
-        opened = await state().agent.open(spec)
-        return await opened.execute(progress_reporter(ctx))
+    runs = RunTools(state, views)
+    run, as_task = runs.run, runs.as_task
 
     @server.tool()
     async def autonomous_with_mcp(
@@ -74,7 +87,7 @@ def build_mcp_server(settings: Settings, state: Callable[[], BridgeState]) -> MC
         max_tokens: MaxTokens = None,
     ) -> CallToolResult:
         """Let a local model carry out a task with the tools of one MCP server."""
-        return await answer(run(ctx, task, model, [mcp_name], max_rounds, max_tokens))
+        return await run(ctx, task, model, [mcp_name], max_rounds, max_tokens)
 
     @server.tool()
     async def autonomous_with_multiple_mcps(
@@ -86,7 +99,7 @@ def build_mcp_server(settings: Settings, state: Callable[[], BridgeState]) -> MC
         max_tokens: MaxTokens = None,
     ) -> CallToolResult:
         """Let a local model carry out a task with the tools of several MCP servers."""
-        return await answer(run(ctx, task, model, mcp_names, max_rounds, max_tokens))
+        return await run(ctx, task, model, mcp_names, max_rounds, max_tokens)
 
     @server.tool()
     async def autonomous_discover_and_execute(
@@ -97,7 +110,7 @@ def build_mcp_server(settings: Settings, state: Callable[[], BridgeState]) -> MC
         max_tokens: MaxTokens = None,
     ) -> CallToolResult:
         """Let a local model carry out a task with the tools of every enabled MCP server."""
-        return await answer(run(ctx, task, model, None, max_rounds, max_tokens))
+        return await run(ctx, task, model, None, max_rounds, max_tokens)
 
     @server.tool()
     async def autonomous_pipeline(
@@ -116,10 +129,16 @@ def build_mcp_server(settings: Settings, state: Callable[[], BridgeState]) -> MC
         """Let local models carry out a task in steps, each with its own model and tools (e.g. a reasoning model
         analyses with read-only tools, then a coding model acts); each step's output feeds the next."""
 
+        def body() -> AutonomousRequest:
+            return validated(AutonomousRequest, {"task": task})
+
+        if task_requested(ctx):
+            return await as_task(ctx, lambda: pipeline_spec(body()), lambda: stages_of(body(), steps))
+
         async def go() -> RunResult:
-            body = validated(AutonomousRequest, {"task": task})
-            spec = asking_client(pipeline_spec(body), ctx)
-            pipeline = await state().agent.open_pipeline(spec, stages_of(body, steps))
+            request = body()
+            spec = asking_client(pipeline_spec(request), ctx)
+            pipeline = await state().agent.open_pipeline(spec, stages_of(request, steps))
             return await pipeline.execute(progress_reporter(ctx))
 
         return await answer(go())
@@ -144,6 +163,49 @@ def asking_client(spec: RunSpec, ctx: BridgeContext) -> RunSpec:
     spec.asker = elicitation_asker(ctx)
     spec.interactive = spec.asker is not None
     return spec
+
+
+class RunTools:
+    """How the run tools carry out a run: within the call, or, called as a task, in the background."""
+
+    def __init__(self, state: Callable[[], BridgeState], views: TaskViews) -> None:
+        self._state = state
+        self._views = views
+
+    async def run(self, ctx: BridgeContext, *values: Any) -> CallToolResult:
+        """The run of a tool's arguments (`options`): carried out within the call, or, called as a task, started
+        in the background and answered with the task at once."""
+        if task_requested(ctx):
+            return await self.as_task(ctx, lambda: options(*values))
+        return await answer(self._run_here(ctx, *values))
+
+    async def _run_here(self, ctx: BridgeContext, *values: Any) -> RunResult:
+        spec = asking_client(options(*values), ctx)
+        opened = await self._state().agent.open(spec)
+        return await opened.execute(progress_reporter(ctx))
+
+    async def as_task(
+        self,
+        ctx: BridgeContext,
+        spec_of: Callable[[], RunSpec],
+        stages_of_spec: Callable[[], list[StageSpec]] | None = None,
+    ) -> CallToolResult:
+        """Start the run in the background (as `start_task` does) and answer with its task (routers.mcp_tasks
+        turns the answer into the protocol's `CreateTaskResult`)."""
+        runs = self._state().runs
+        try:
+            spec = spec_of()
+            spec.access = key_access(ctx)
+            run = await runs.submit(spec, stages_of_spec() if stages_of_spec else None)
+            record = await runs.get(run.run_id, spec.access)
+        except Exception as exc:
+            return problem_result(exc)
+        text = TextContent(type="text", text=f"Task {record.run_id} started ({record.status}): poll it with tasks/get")
+        return CallToolResult(
+            content=[text],
+            structured_content=self._views.started(record, ctx.protocol_version),
+            meta={RELATED_TASK: {"taskId": record.run_id}},
+        )
 
 
 class _ToolRun(RunOptions):
@@ -217,44 +279,6 @@ def key_access(ctx: BridgeContext | None) -> Access | None:
     return request_access(request)
 
 
-def progress_reporter(ctx: BridgeContext) -> Emit:
-    """An `emit` for `Run.execute` that sends one progress notification per run event."""
-    count = 0
-
-    async def emit(event: str, data: dict[str, Any]) -> None:
-        nonlocal count
-        count += 1
-        await ctx.report_progress(count, message=describe_event(event, data))
-
-    return emit
-
-
-_EVENT_TEXT: dict[str, Callable[[dict[str, Any]], str]] = {
-    RunEvent.STARTED: lambda d: (
-        f"run started: model {d['model']}, MCP servers: {', '.join(d['mcp_servers']) or 'none'}"
-    ),
-    RunEvent.ROUND_STARTED: lambda d: f"round {d['round']}: asking the model",
-    RunEvent.REASONING: lambda d: f"round {d['round']}: thinking",
-    RunEvent.TOOL_CALL_STARTED: lambda d: f"round {d['round']}: calling {d['name']}",
-    RunEvent.TOOL_CALL_COMPLETED: lambda d: (
-        f"round {d['round']}: {d['name']} {'failed' if d['is_error'] else 'done'} in {d['duration_ms']:g} ms"
-    ),
-    RunEvent.MESSAGE: lambda d: f"round {d['round']}: {shorten(d['content'], PROGRESS_TEXT_MAX, placeholder=' ...')}",
-    RunEvent.STEP_STARTED: lambda d: f"step {d['stage']} ({d['name']}): model {d['model']}",
-    RunEvent.STEP_COMPLETED: lambda d: f"step {d['stage']} ({d['name']}) ended: {d['result']['result']['status']}",
-    RunEvent.APPROVAL_REQUESTED: lambda d: f"waiting for a person to approve {d['name']} ({d['tool_call_id']})",
-    RunEvent.APPROVAL_DECIDED: lambda d: f"{d['name']}: {d['decision']}",
-    RunEvent.COMPLETED: lambda d: f"run ended: {d['status']}",
-    RunEvent.FAILED: lambda d: f"run failed: {d.get('code')}: {d.get('detail')}",
-}
-
-
-def describe_event(event: str, data: dict[str, Any]) -> str:
-    """A one-line progress message for a run event."""
-    text = _EVENT_TEXT.get(event)
-    return text(data) if text else event
-
-
 async def started(bridge: BridgeState, spec: RunSpec) -> dict[str, Any]:
     run = await bridge.runs.submit(spec)
     return {"run_id": run.run_id, "status": run.status}
@@ -272,49 +296,20 @@ async def task_result(bridge: BridgeState, run_id: str, wait_s: float, access: A
     }
     answer: dict[str, Any] = {"run_id": run_id, "status": record.status, "done": done, "progress": progress}
     if done:
-        answer["result"] = _wire(record)
+        answer["result"] = wire(record)
     return answer
 
 
 async def servers(bridge: BridgeState, access: Access | None = None) -> dict[str, Any]:
     """The configured MCP servers, as `GET /v1/mcp/servers` lists them."""
-    return _wire(bridge.status.servers(access))
+    return wire(bridge.status.servers(access))
 
 
 async def models(bridge: BridgeState, access: Access | None = None) -> dict[str, Any]:
     """The model list, as `GET /v1/models` gives it (the default model marked)."""
-    return _wire(await bridge.status.models(access))
+    return wire(await bridge.status.models(access))
 
 
 async def health(bridge: BridgeState) -> dict[str, Any]:
     """The same readiness document as `GET /readyz`."""
-    return _wire(await bridge.status.readiness())
-
-
-async def answer(work: Awaitable[RunResult | dict[str, Any]]) -> CallToolResult:
-    """A run as its output text, a dict as JSON text, each as structured content; failures as problems."""
-    try:
-        value = await work
-    except Exception as exc:
-        return problem_result(exc)
-    if isinstance(value, RunResult):
-        return _result(value.output, result_data(value))
-    return _result(json.dumps(value, indent=2, default=str), value)
-
-
-def problem_result(exc: Exception) -> CallToolResult:
-    """An `is_error` result carrying the REST API's problem document (same `code`)."""
-    err = as_bridge_error(exc)
-    if not isinstance(exc, BridgeError):
-        log.exception("MCP tool failed unexpectedly", exc_info=exc)
-    text = TextContent(type="text", text=f"{err.code}: {err.detail}")
-    return CallToolResult(content=[text], structured_content=err.problem(), is_error=True)
-
-
-def _result(text: str, data: dict[str, Any]) -> CallToolResult:
-    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
-
-
-def _wire(value: Any) -> dict[str, Any]:
-    """A service's wire dataclass as the JSON the REST API gives for it."""
-    return dict(TypeAdapter(type(value)).dump_python(value, mode="json"))
+    return wire(await bridge.status.readiness())
