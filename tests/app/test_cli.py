@@ -179,11 +179,21 @@ def test_the_stdio_mode_keeps_its_store_in_the_user_data_directory(tmp_path: Pat
     ~/.local/share), whatever folder its client starts it in; a data directory that cannot be made: exit 2."""
     (tmp_path / "data").write_text("not a folder")
     env = {k: v for k, v in os.environ.items() if k != "BRIDGE_DATABASE_URL"}
-    run = {"cwd": tmp_path, "capture_output": True, "text": True, "timeout": 60, "stdin": subprocess.DEVNULL}
-    args = [sys.executable, "-m", "app.cli", "mcp"]
+
+    def mcp_mode(data_home: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "app.cli", "mcp"],
+            env={**env, "PYTHONPATH": str(REPO), "XDG_DATA_HOME": str(data_home)},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+
     xdg = tmp_path / "xdg"
-    done = subprocess.run(args, env={**env, "PYTHONPATH": str(REPO), "XDG_DATA_HOME": str(xdg)}, **run)  # type: ignore[call-overload]
+    done = mcp_mode(xdg)
     assert done.returncode == 0, done.stderr  # stdin at its end: the client went away
     assert (xdg / "lmstudio-bridge" / "runs.db").stat().st_size > 0
-    bad = subprocess.run(args, env={**env, "PYTHONPATH": str(REPO), "XDG_DATA_HOME": str(tmp_path / "data")}, **run)  # type: ignore[call-overload]
+    bad = mcp_mode(tmp_path / "data")
     assert bad.returncode == 2 and "BRIDGE_DATABASE_URL" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr

@@ -8,7 +8,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import mcp_types as mtypes
@@ -123,8 +123,10 @@ async def test_a_deny_with_reason_reaches_the_model(live: httpx.AsyncClient, moc
     ("action", "reason"),
     [("decline", "declined to decide"), ("cancel", "dismissed the request")],
 )
-async def test_a_declined_or_dismissed_form_denies(live: httpx.AsyncClient, action: str, reason: str) -> None:
-    client = Client(mtypes.ElicitResult(action=action))  # type: ignore[arg-type]
+async def test_a_declined_or_dismissed_form_denies(
+    live: httpx.AsyncClient, action: Literal["decline", "cancel"], reason: str
+) -> None:
+    client = Client(mtypes.ElicitResult(action=action))
     async with http_session(live, elicitation_callback=client) as session:
         result = await run_tool(session)
     [step] = result["steps"]

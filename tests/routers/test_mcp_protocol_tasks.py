@@ -242,10 +242,10 @@ async def test_a_client_without_tasks_gets_the_result(live: httpx.AsyncClient) -
 TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
 
 
-class TaskHandle(mtypes.Result):
-    """A task as the extension gives it (`CreateTaskResult` of a `tools/call`, and `tasks/get`)."""
+class ExtensionTask(mtypes.Result):
+    """A task as the extension gives it: as the answer of a `tools/call` (`TaskHandle`) and of `tasks/get`
+    (`DetailedTask`)."""
 
-    result_type: Literal["task"] = "task"
     task_id: str
     status: str
     status_message: str | None = None
@@ -256,8 +256,12 @@ class TaskHandle(mtypes.Result):
     result: dict[str, Any] | None = None
 
 
-class DetailedTask(TaskHandle):
-    result_type: Literal["complete"] = "complete"  # type: ignore[assignment]
+class TaskHandle(ExtensionTask):
+    result_type: Literal["task"] = "task"
+
+
+class DetailedTask(ExtensionTask):
+    result_type: Literal["complete"] = "complete"
 
 
 class GetTask(mtypes.Request[mtypes.GetTaskRequestParams, Literal["tasks/get"]]):
@@ -278,7 +282,8 @@ async def poll(session: ClientSession, task_id: str, until: set[str]) -> Detaile
         task = await session.send_request(GetTask(params=params), DetailedTask)
         return task if task.status in until else None
 
-    return await eventually(reached, 30, f"task {task_id} {until}")  # type: ignore[no-any-return]
+    task: DetailedTask = await eventually(reached, 30, f"task {task_id} {until}")
+    return task
 
 
 class TasksClient(ClientExtension):
