@@ -1,4 +1,4 @@
-"""`lmstudio-bridge serve | check | mcp | runs | eval`."""
+"""`lmstudio-bridge serve | check | mcp | runs | eval | auth`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 
+from app.auth_cli import add_auth_parser
 from app.eval_cli import add_eval_parser
 from app.gateway import BridgeState, MCPSetup, all_secrets, load_hosts, load_mcp, open_gateway
 from app.runs_cli import add_runs_parser
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     p_mcp.set_defaults(func=mcp)
     add_runs_parser(sub)
     add_eval_parser(sub)
+    add_auth_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

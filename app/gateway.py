@@ -13,6 +13,7 @@ from pathlib import Path
 
 from opentelemetry.sdk.trace import TracerProvider
 
+from app.oauth_setup import build_oauth, without_token_key
 from app.settings import Settings
 from app.telemetry import instrument_client, secrets_of
 from services.access import KeyRing, KeysFileError
@@ -35,6 +36,7 @@ from services.lmstudio import (
 )
 from services.lmstudio.client import ModelErrorHook
 from services.mcp import MCPPool, MCPServerConfig, find_config_path, guard_recursion, load_mcp_config
+from services.mcp.oauth import OAuthClients
 from services.metrics import Metrics, StateReader
 from services.openai_compat import OpenAICompat
 from services.runs import RunService, RunStore, sqlite_path
@@ -50,14 +52,17 @@ class MCPSetup:
     servers: dict[str, MCPServerConfig]
 
     def secret_values(self) -> list[str]:
-        """MCP env and header values: never logged."""
-        return [v for cfg in self.servers.values() for v in (*cfg.env.values(), *cfg.headers.values())]
+        """MCP env and header values and OAuth client secrets: never logged."""
+        values = [v for cfg in self.servers.values() for v in (*cfg.env.values(), *cfg.headers.values())]
+        return values + [c.oauth.client_secret for c in self.servers.values() if c.oauth and c.oauth.client_secret]
 
 
 def load_mcp_setup(settings: Settings) -> MCPSetup:
     """Find and parse mcp.json; raises MCPConfigError naming the server and field."""
     path = find_config_path(settings.mcp_config, Path.cwd(), Path.home())
     servers = guard_recursion(load_mcp_config(path, os.environ), settings.host, settings.port)
+    if not settings.token_key:  # OAuth tokens are kept only sealed
+        servers = {name: without_token_key(cfg) for name, cfg in servers.items()}
     for cfg in servers.values():
         if cfg.is_bridge:
             log.warning("MCP server %r skipped: it is lmstudio-bridge itself (recursion guard)", cfg.name)
@@ -150,7 +155,9 @@ def build_lmstudio(
     )
 
 
-def build_pool(settings: Settings, servers: dict[str, MCPServerConfig], metrics: Metrics) -> MCPPool:
+def build_pool(
+    settings: Settings, servers: dict[str, MCPServerConfig], metrics: Metrics, oauth: OAuthClients | None = None
+) -> MCPPool:
     return MCPPool(
         servers,
         call_timeout_s=settings.mcp_call_timeout_s,
@@ -162,6 +169,7 @@ def build_pool(settings: Settings, servers: dict[str, MCPServerConfig], metrics:
         breaker_reset_s=settings.breaker_reset_s,
         metrics=metrics,
         capture_content=settings.otel_capture_content,
+        oauth=oauth,
     )
 
 
@@ -190,10 +198,15 @@ async def open_store(settings: Settings, metrics: Metrics, redact: Redactor) -> 
 
 
 def build_evals(
-    settings: Settings, metrics: Metrics, store: RunStore, agent: AgentService, scores: dict[str, float]
+    settings: Settings,
+    metrics: Metrics,
+    store: RunStore,
+    agent: AgentService,
+    scores: dict[str, float],
+    oauth: OAuthClients | None = None,
 ) -> EvalService:
     """The eval service: its runs go through an agent service like the gateway's, over the eval's own servers."""
-    runner = EvalRunner(lambda servers: build_pool(settings, servers, metrics), agent.over)
+    runner = EvalRunner(lambda servers: build_pool(settings, servers, metrics, oauth), agent.over)
     return EvalService(
         runner,
         EvalStore(store.engine, settings.instance_id),
@@ -238,7 +251,11 @@ async def open_gateway(
             for client in lmstudio.clients:
                 instrument_client(client, tracer_provider)
             stack.callback(tracer_provider.force_flush)
-        pool = build_pool(settings, mcp.servers, metrics)
+        store = await open_store(settings, metrics, redact)  # before the pool: it keeps OAuth tokens
+        stack.push_async_callback(store.aclose)
+        oauth = build_oauth(settings, mcp.servers, store.engine)
+        await oauth.check(mcp.servers)
+        pool = build_pool(settings, mcp.servers, metrics, oauth)
         stack.push_async_callback(pool.aclose)
         await pool.start(warmup=settings.mcp_warmup if warmup is None else warmup)
         limiter = RunLimiter(settings.max_concurrent_runs, settings.queue_timeout_s)
@@ -265,8 +282,6 @@ async def open_gateway(
         approvals = ApprovalPolicy.of(
             settings.approval_tools, {name: cfg.approval_tools for name, cfg in mcp.servers.items()}
         )
-        store = await open_store(settings, metrics, redact)
-        stack.push_async_callback(store.aclose)
         if store.engine.dialect.name == "postgresql":  # several processes: a key's limits are counted in the store
             from services.runs.key_limits import StoreKeyLimits  # (SQLAlchemy's PostgreSQL dialect: only here)
 
@@ -282,7 +297,7 @@ async def open_gateway(
         )
         runs = RunService(agent, store, settings.max_queued_runs)
         stack.push_async_callback(runs.aclose)
-        evals = build_evals(settings, metrics, store, agent, scores)
+        evals = build_evals(settings, metrics, store, agent, scores, oauth)
         await evals.start()
         stack.push_async_callback(evals.aclose)
         metrics.watch(

@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     mcp_progress_max_s: float = Field(600.0, ge=0, validation_alias=_env("BRIDGE_MCP_PROGRESS_MAX_S"))
     mcp_start_timeout_s: float = Field(30.0, gt=0, validation_alias=_env("BRIDGE_MCP_START_TIMEOUT_S"))
     mcp_max_concurrency: int = Field(16, ge=1, validation_alias=_env("BRIDGE_MCP_MAX_CONCURRENCY"))
+    # OAuth toward remote servers: the Fernet key(s) their tokens are sealed with in the run store (newest first)
+    token_key: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, validation_alias=_env("BRIDGE_TOKEN_KEY")
+    )
+    oauth_refresh_margin_s: float = Field(60.0, ge=0, validation_alias=_env("BRIDGE_OAUTH_REFRESH_MARGIN_S"))
 
     # Runs
     run_timeout_s: float = Field(300.0, gt=0, validation_alias=_env("BRIDGE_RUN_TIMEOUT_S"))
@@ -175,6 +180,16 @@ class Settings(BaseSettings):
     def _parse_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("token_key", mode="before")
+    @classmethod
+    def _check_token_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            from services.runs.oauth_tokens import check_token_keys  # `cryptography`: only when a key is set
+
+            value = [key.strip() for key in value.split(",") if key.strip()]
+            check_token_keys(value)
         return value
 
     @field_validator("database_url")

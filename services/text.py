@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -71,6 +72,43 @@ def unencodable_path(value: Any, path: str = "") -> str | None:
 # a bearer token ends at whitespace, a quote, a comma, or the backslash of an escape in JSON text
 BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',\\]+")
 REDACTED = "[REDACTED]"
+LEARNED_MAX = 256  # the newest secrets learned while running that every redactor takes out (older ones expired)
+
+
+class _Learned:
+    """Secrets the process learns while it runs (OAuth tokens as they are issued): every `Redactor` of the
+    process takes them out, whenever it was built (the log formatter's is built before any token exists)."""
+
+    def __init__(self) -> None:
+        self.values: deque[str] = deque(maxlen=LEARNED_MAX)
+        self.version = 0
+
+    def add(self, value: str) -> None:
+        if len(value) >= 8 and value not in self.values:
+            self.values.append(value)
+            self.version += 1
+
+
+_learned = _Learned()
+
+
+def learn_secret(value: str | None) -> None:
+    """A secret learned while running (an OAuth access or refresh token, a registered client's secret): never
+    written to a log line, a stored run or an answer from now on."""
+    if value:
+        _learned.add(value)
+
+
+def _forms(secrets: Iterable[str]) -> list[str]:
+    """Each secret also as JSON text writes it (escaped quotes, \\uXXXX), since logs and stored data are JSON;
+    longest first, so a secret that contains another is replaced whole."""
+    forms = {
+        form
+        for secret in secrets
+        if len(secret) >= 4
+        for form in (secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1])
+    }
+    return sorted(forms, key=len, reverse=True)
 
 
 class Redactor:
@@ -84,25 +122,24 @@ class Redactor:
         self.secrets: list[str] = []
         self._more = more
         self._taken = 0  # how many of `more()` are in `secrets`
+        self._learned: list[str] = []  # `learn_secret`'s, as of `_learned_version`
+        self._learned_version = 0
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
         """More secrets."""
-        # each secret also as JSON text writes it (escaped quotes, \uXXXX), since logs and stored data are JSON;
-        # longest first, so a secret that contains another is replaced whole
-        forms = {
-            form
-            for secret in secrets
-            if len(secret) >= 4
-            for form in (secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1])
-        }
-        self.secrets = sorted(forms.union(self.secrets), key=len, reverse=True)
+        self.secrets = sorted(set(_forms(secrets)).union(self.secrets), key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         if self._more is not None and len(more := self._more()) > self._taken:
             self.add(more[self._taken :])
             self._taken = len(more)
+        if self._learned_version != _learned.version:
+            self._learned, self._learned_version = _forms(_learned.values), _learned.version
         for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        for secret in self._learned:
             if secret in text:
                 text = text.replace(secret, REDACTED)
         return BEARER.sub(rf"\g<1>{REDACTED}", text)

@@ -106,10 +106,12 @@ async def terminate(process: asyncio.subprocess.Process, timeout_s: float = STOP
 
 
 @contextlib.asynccontextmanager
-async def serve_in_loop(app: Any, what: str = "uvicorn", within_s: float = START_TIMEOUT_S) -> AsyncIterator[str]:
-    """An ASGI app under uvicorn on a free 127.0.0.1 port, in this event loop; yields its base URL and
-    stops it on exit."""
-    port = free_port()
+async def serve_in_loop(
+    app: Any, what: str = "uvicorn", within_s: float = START_TIMEOUT_S, port: int | None = None
+) -> AsyncIterator[str]:
+    """An ASGI app under uvicorn on `port` (default: a free one) of 127.0.0.1, in this event loop; yields its base
+    URL and stops it on exit."""
+    port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     task = asyncio.ensure_future(server.serve())
 

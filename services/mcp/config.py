@@ -10,6 +10,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from services.errors import MCPConfigError
+from services.mcp.oauth_config import OAuthConfig, parse_oauth
 from services.text import UnsetVariableError, expand_env
 
 # "unknown": an entry whose `type` the gateway cannot use; it is kept, disabled, with `unusable` saying why
@@ -47,6 +48,7 @@ class MCPServerConfig:
     is_bridge: bool = False  # lmstudio-bridge itself: skipped (recursion guard)
     approval_tools: tuple[str, ...] = ()  # `bridge.approval_tools`: globs of this server's tools a person approves
     tool_timeouts: Mapping[str, float] = field(default_factory=dict)  # `bridge.tool_timeouts`: seconds per tool
+    oauth: OAuthConfig | None = None  # `bridge.oauth`: a remote server reached with OAuth 2.1 tokens
     unusable: str | None = None  # why the gateway cannot use the entry (it is disabled); None for a usable one
 
     def describe(self) -> dict[str, Any]:
@@ -66,6 +68,7 @@ class MCPServerConfig:
             "disabled_tools": sorted(self.disabled_tools),
             "approval_tools": list(self.approval_tools),
             "tool_timeouts": dict(self.tool_timeouts),
+            "oauth": self.oauth.describe() if self.oauth else None,
             "unusable": self.unusable,
         }
 
@@ -230,15 +233,15 @@ def _timeout_s(ctx: _Ctx, raw: Mapping[str, Any]) -> float | None:
     return float(timeout)
 
 
-_BRIDGE_OPTIONS = ("approval_tools", "tool_timeouts")
+_BRIDGE_OPTIONS = ("approval_tools", "tool_timeouts", "oauth")
 
 
-def _bridge_options(ctx: _Ctx, raw: Mapping[str, Any]) -> tuple[list[str], dict[str, float]]:
-    """The server's `bridge` object (other readers of mcp.json ignore it): `approval_tools` globs and
-    `tool_timeouts` (seconds per tool name)."""
+def _bridge_options(ctx: _Ctx, raw: Mapping[str, Any]) -> tuple[list[str], dict[str, float], OAuthConfig | None]:
+    """The server's `bridge` object (other readers of mcp.json ignore it): `approval_tools` globs,
+    `tool_timeouts` (seconds per tool name) and `oauth` (services/mcp/oauth_config.py)."""
     options = raw.get("bridge")
     if options is None:
-        return [], {}
+        return [], {}, None
     if not isinstance(options, dict):
         raise ctx.error("bridge", "must be an object")
     unknown = sorted(set(options) - set(_BRIDGE_OPTIONS))
@@ -253,7 +256,8 @@ def _bridge_options(ctx: _Ctx, raw: Mapping[str, Any]) -> tuple[list[str], dict[
     for tool, seconds in timeouts.items():
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
             raise ctx.error(f"bridge.tool_timeouts.{tool}", "must be a number of seconds greater than 0")
-    return globs, {tool: float(seconds) for tool, seconds in timeouts.items()}
+    oauth = parse_oauth(options["oauth"], ctx.error, ctx.expand) if "oauth" in options else None
+    return globs, {tool: float(seconds) for tool, seconds in timeouts.items()}, oauth
 
 
 def _parse_server(file: str, name: str, raw: Any, environ: Mapping[str, str]) -> MCPServerConfig:
@@ -277,7 +281,9 @@ def _parse_server(file: str, name: str, raw: Any, environ: Mapping[str, str]) ->
     timeout_s = _timeout_s(ctx, raw)
     allowed = ctx.str_list(raw, "allowedTools")
     disabled_tools = ctx.str_list(raw, "disabledTools") or []
-    approval_tools, tool_timeouts = _bridge_options(ctx, raw)
+    approval_tools, tool_timeouts, oauth = _bridge_options(ctx, raw)
+    if oauth is not None and transport != "http":
+        raise ctx.error("bridge.oauth", "is for remote servers over streamable HTTP only")
 
     stdio = transport == "stdio"
     return MCPServerConfig(
@@ -295,6 +301,7 @@ def _parse_server(file: str, name: str, raw: Any, environ: Mapping[str, str]) ->
         disabled_tools=frozenset(disabled_tools),
         approval_tools=tuple(approval_tools),
         tool_timeouts=tool_timeouts,
+        oauth=oauth,
     )
 
 

@@ -21,6 +21,7 @@ import anyio
 from services.errors import MCPServerUnavailableError, MCPToolTimeoutError
 from services.mcp.clock import CallClock
 from services.mcp.config import MCPServerConfig
+from services.mcp.oauth import ServerAuth
 from services.mcp.transport import StderrTail, WatchedReadStream, describe_failure, list_all_tools, open_transport
 
 if TYPE_CHECKING:
@@ -45,8 +46,9 @@ def counts_against_server(exc: BaseException) -> bool:
 class Connection:
     """One start of a server's session, with its owner task, tool list and stderr tail."""
 
-    def __init__(self, cfg: MCPServerConfig) -> None:
+    def __init__(self, cfg: MCPServerConfig, auth: ServerAuth | None = None) -> None:
         self.cfg = cfg
+        self.auth = auth  # a remote server's OAuth (its tokens and login state)
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.ready.add_done_callback(lambda f: None if f.cancelled() else f.exception())
         self.session: ClientSession | None = None
@@ -107,7 +109,12 @@ class Connection:
                 async with contextlib.AsyncExitStack() as stack:
                     tg = await stack.enter_async_context(anyio.create_task_group())
                     stack.callback(tg.cancel_scope.cancel)
-                    read, write = await open_transport(cfg, stack, tg, self.stderr)
+                    auth = None
+                    if self.auth is not None:  # OAuth: the SDK's client, loaded like the SDK with the first start
+                        from services.mcp.oauth_provider import provider_of
+
+                        auth = provider_of(self.auth)
+                    read, write = await open_transport(cfg, stack, tg, self.stderr, auth)
                     if cfg.transport == "stdio":
                         on_spawn()
                     watched = WatchedReadStream(read, self.mark_dead)
@@ -129,6 +136,8 @@ class Connection:
                 return None
             if self.dead and self.is_ready:
                 return "connection closed"
+            if self.auth is not None and self.auth.problem:  # no token, or the server refused it
+                return self.auth.problem
             logger.debug("MCP server %r failed", cfg.name, exc_info=True)
             return describe_failure(exc, cfg)
         return None

@@ -23,6 +23,7 @@ from services.errors import (
 from services.mcp import resources
 from services.mcp.config import MCPServerConfig
 from services.mcp.connection import counts_against_server
+from services.mcp.oauth import OAuthClients
 from services.mcp.resources import PromptInfo, ResourceInfo
 from services.mcp.session import RECURSION_SKIPPED, STOP_WAIT_S, ServerStatus, Session
 from services.mcp.tools import ToolResult, ToolSet, ToolSpec, model_tool_name
@@ -58,8 +59,10 @@ class MCPPool:
         breaker_reset_s: float = 30.0,
         metrics: Metrics | None = None,
         capture_content: bool = False,
+        oauth: OAuthClients | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        self.oauth = oauth  # remote servers' OAuth (shared with the other pools of the gateway)
         self.capture_content = capture_content
 
         def session(cfg: MCPServerConfig) -> Session:
@@ -78,6 +81,7 @@ class MCPPool:
                 backoff_s=restart_backoff_s,
                 backoff_max_s=restart_backoff_max_s,
                 progress_max_s=progress_max_s,
+                auth=oauth.for_server(cfg) if oauth is not None else None,
             )
 
         self._sessions = {name: session(cfg) for name, cfg in servers.items()}

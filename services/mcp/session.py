@@ -17,6 +17,7 @@ from services.errors import MCPServerUnavailableError, MCPToolNotFoundError, MCP
 from services.mcp.clock import CallClock
 from services.mcp.config import MCPServerConfig, Transport, safe_url
 from services.mcp.connection import Connection
+from services.mcp.oauth import ServerAuth
 from services.mcp.tools import ToolResult, ToolSpec, error_result, spec_of, to_tool_result
 
 if TYPE_CHECKING:  # the SDK is imported with a server's first connection (services.mcp.connection)
@@ -24,7 +25,7 @@ if TYPE_CHECKING:  # the SDK is imported with a server's first connection (servi
 
 logger = logging.getLogger(__name__)
 
-Status = Literal["idle", "starting", "ready", "failed", "disabled"]
+Status = Literal["idle", "starting", "ready", "failed", "disabled", "needs_login"]
 
 STOP_WAIT_S = 15.0
 RECURSION_SKIPPED = "skipped: this entry is lmstudio-bridge itself (recursion guard)"
@@ -39,7 +40,7 @@ class ServerStatus:
     transport: Annotated[
         Transport, Field(description="stdio (a child), http (streamable), sse (legacy HTTP+SSE), unknown (disabled)")
     ]
-    status: Annotated[Status, Field(description="Servers start on first use (or at startup with warmup)")]
+    status: Annotated[Status, Field(description="Started on first use (or with warmup); needs_login: see OAuth")]
     tools: Annotated[int | None, Field(description="Number of tools once the server has started")]
     last_error: Annotated[str | None, Field(description="Why the server last failed to start or dropped")]
     env: Annotated[list[str], Field(description="Names of the environment variables set for it (never values)")]
@@ -62,8 +63,10 @@ class Session:
         backoff_s: float,
         backoff_max_s: float,
         progress_max_s: float = 0.0,
+        auth: ServerAuth | None = None,
     ) -> None:
         self.cfg = cfg
+        self.auth = auth  # OAuth (services/mcp/oauth.py): the server may wait for a person's login
         self.breaker = breaker
         self.spawn_count = 0
         self.owners: set[asyncio.Task[None]] = set()  # owner tasks still running, of any connection
@@ -97,6 +100,8 @@ class Session:
         if self.cfg.disabled:
             return "disabled"
         conn = self._conn
+        if self.auth is not None and self.auth.needs_login and not self.live:
+            return "needs_login"
         if conn is not None:
             if conn.dead and not conn.stop:
                 return "failed"
@@ -114,7 +119,7 @@ class Session:
             transport=cfg.transport,
             status=self.state,
             tools=len(self._specs(self._listed)) if self._listed is not None else None,
-            last_error=self._last_error or cfg.unusable,
+            last_error=self._last_error or cfg.unusable or (self.auth.problem if self.auth else None),
             env=sorted(cfg.env),
             headers=sorted(cfg.headers),
             command=cfg.command,
@@ -288,7 +293,7 @@ class Session:
         return True
 
     def _launch(self) -> None:
-        conn = Connection(self.cfg)
+        conn = Connection(self.cfg, self.auth)
         self._conn = conn
         task = asyncio.create_task(self._own(conn), name=f"mcp-session-{self.cfg.name}")
         conn.task = task
@@ -331,7 +336,8 @@ class Session:
             self._failed = True
             self._last_error = reason
             self._failures += 1
-            self._next_start_at = asyncio.get_running_loop().time() + self._backoff_delay()
+            delay = min(self._backoff_s * (2 ** max(self._failures - 1, 0)), self._backoff_max_s)
+            self._next_start_at = asyncio.get_running_loop().time() + delay
             logger.warning("MCP server %r failed: %s", name, reason)
         if conn.starting:
             detail = (
@@ -342,6 +348,3 @@ class Session:
             conn.ready.set_exception(MCPServerUnavailableError(detail))
         if self._conn is conn:
             self._conn = None
-
-    def _backoff_delay(self) -> float:
-        return float(min(self._backoff_s * (2 ** max(self._failures - 1, 0)), self._backoff_max_s))

@@ -120,10 +120,15 @@ class WatchedReadStream(ReadStreamWrapper):
 
 
 async def open_transport(
-    cfg: MCPServerConfig, stack: contextlib.AsyncExitStack, tg: anyio.abc.TaskGroup, stderr: StderrTail
+    cfg: MCPServerConfig,
+    stack: contextlib.AsyncExitStack,
+    tg: anyio.abc.TaskGroup,
+    stderr: StderrTail,
+    auth: Any = None,
 ) -> tuple[Any, Any]:
     """Enter the server's transport on `stack` and return its (read, write) streams; a stdio server's
-    stderr is read into `stderr` by a task in `tg`."""
+    stderr is read into `stderr` by a task in `tg`; `auth` (an `httpx2.Auth`: OAuth) signs an HTTP server's
+    requests."""
     from mcp import StdioServerParameters, stdio_client  # the SDK loads with the first connection
 
     if cfg.transport == "http":
@@ -131,7 +136,7 @@ async def open_transport(
         from mcp.client.streamable_http import streamable_http_client
 
         assert cfg.url is not None
-        client = httpx2.AsyncClient(headers=cfg.headers, timeout=httpx2.Timeout(30.0, read=300.0))
+        client = httpx2.AsyncClient(headers=cfg.headers, timeout=httpx2.Timeout(30.0, read=300.0), auth=auth)
         await stack.enter_async_context(client)
         return await stack.enter_async_context(streamable_http_client(cfg.url, http_client=client))
     if cfg.transport == "sse":  # the legacy HTTP+SSE transport: a GET event stream + POSTs to its endpoint

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.runs.tables import metadata
 
-HEAD = "0004"  # the newest revision in migrations/versions
+HEAD = "0005"  # the newest revision in migrations/versions
 MIGRATIONS = Path(__file__).with_name("migrations")
 _PG_LOCK = 0x6C6D7362  # advisory lock id: gateways starting together on one database migrate one at a time
 _ATTEMPTS = 3  # several processes creating one SQLite file at once: the losers find it made and go on

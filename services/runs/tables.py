@@ -126,6 +126,17 @@ evals = Table(
 )
 Index("ix_evals_model_num", evals.c.model, evals.c.num)
 
+# OAuth tokens of remote MCP servers (`services/runs/oauth_tokens.py`): one row per server, its tokens and
+# client registration encrypted (BRIDGE_TOKEN_KEY); nothing readable but the server's name and URL
+oauth_tokens = Table(
+    "oauth_tokens",
+    metadata,
+    Column("server", String(256), primary_key=True),
+    Column("url", Text, nullable=False),  # the server's URL without credentials or query: tokens are bound to it
+    Column("sealed", Text, nullable=False),  # Fernet token of the JSON record
+    Column("updated_at", Float, nullable=False),
+)
+
 
 def has_server(name: str) -> ColumnElement[bool]:
     """Whether the JSON list `["a", "b"]` in `mcp_servers` holds `name` as a whole element: the element's JSON

@@ -78,6 +78,22 @@ def test_tool_timeouts(tmp_path: Path) -> None:
     assert servers["web"].describe()["tool_timeouts"] == {"fetch": 120.0}
 
 
+def test_oauth_settings(tmp_path: Path) -> None:
+    oauth = {"grant": "client_credentials", "client_id": "gw", "client_secret": "${env:SECRET}", "scopes": "a b"}
+    servers = load(tmp_path, {"remote": {"url": "https://h/mcp", "bridge": {"oauth": oauth}}}, {"SECRET": "s3cret!"})
+    cfg = servers["remote"].oauth
+    assert cfg is not None and cfg.client_secret == "s3cret!" and cfg.scopes == ("a", "b") and cfg.scope == "a b"
+    assert "s3cret!" not in repr(servers["remote"]) and "s3cret!" not in json.dumps(servers["remote"].describe())
+    assert servers["remote"].describe()["oauth"] == {
+        "grant": "client_credentials",
+        "client_id": "gw",
+        "scopes": ["a", "b"],
+        "issuer": None,
+    }
+    person = load(tmp_path, {"r": {"url": "https://h/mcp", "bridge": {"oauth": {}}}})["r"].oauth
+    assert person is not None and person.grant == "authorization_code" and person.client_id is None
+
+
 def test_url_credentials_and_query_hidden(tmp_path: Path) -> None:
     cfg = load(tmp_path, {"w": {"url": "https://user:pw@host:9000/mcp?key=abc#x"}})["w"]
     assert cfg.describe()["url"] == "https://host:9000/mcp"
@@ -129,9 +145,38 @@ def test_empty_servers(tmp_path: Path) -> None:
         ),
         (
             {"fs": {"command": "x", "bridge": {"timeouts": {}}}},
-            'field "bridge.timeouts" is not a known option (known: approval_tools, tool_timeouts)',
+            'field "bridge.timeouts" is not a known option (known: approval_tools, tool_timeouts, oauth)',
         ),
         ({"": {"command": "x"}}, "empty name"),
+        (
+            {"fs": {"command": "x", "bridge": {"oauth": {}}}},
+            'server "fs": field "bridge.oauth" is for remote servers over streamable HTTP only',
+        ),
+        ({"w": {"url": "http://h/mcp", "bridge": {"oauth": []}}}, 'field "bridge.oauth" must be an object'),
+        (
+            {"w": {"url": "http://h/mcp", "bridge": {"oauth": {"grant": "password"}}}},
+            'field "bridge.oauth.grant" must be one of authorization_code, client_credentials',
+        ),
+        (
+            {"w": {"url": "http://h/mcp", "bridge": {"oauth": {"grant": "client_credentials", "client_id": "a"}}}},
+            'field "bridge.oauth" needs "client_id" and "client_secret" for the client_credentials grant',
+        ),
+        (
+            {"w": {"url": "http://h/mcp", "bridge": {"oauth": {"scopes": [1]}}}},
+            'field "bridge.oauth.scopes" must be a list of scope names',
+        ),
+        (
+            {"w": {"url": "http://h/mcp", "bridge": {"oauth": {"client_secret": "${env:NOPE}", "client_id": "a"}}}},
+            'field "bridge.oauth.client_secret" ${env:NOPE} refers to an unset environment variable',
+        ),
+        (
+            {"w": {"url": "http://h/mcp", "bridge": {"oauth": {"redirect_port": 70000}}}},
+            'field "bridge.oauth.redirect_port" must be a port number',
+        ),
+        (
+            {"w": {"url": "http://h/mcp", "bridge": {"oauth": {"audience": "x"}}}},
+            'field "bridge.oauth.audience" is not a known option',
+        ),
         (
             {"fs": {"command": "x", "args": ["${env:NOPE}"]}},
             'mcp.json: server "fs": field "args" ${env:NOPE} refers to an unset environment variable',

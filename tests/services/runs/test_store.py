@@ -622,7 +622,7 @@ async def test_reopening_a_current_store_skips_alembic(
     try:
         async with second.engine.connect() as conn:
             versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars().all()
-        assert versions == ["0004"] == [migrate_module.HEAD]
+        assert versions == ["0005"] == [migrate_module.HEAD]
         run = Driver(second)
         run.status("running")
         await second.flush()

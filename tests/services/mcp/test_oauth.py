@@ -1,0 +1,148 @@
+"""OAuth toward a remote MCP server, at the pool: the client-credentials grant against a real authorization
+server (tests/mcp_servers/oauth_server.py), tokens sealed in the run store's database, renewed before expiry,
+refreshed once after a 401, refused for another audience."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.errors import MCPServerUnavailableError
+from services.mcp import MCPPool, MCPServerConfig
+from services.mcp.oauth import OAuthClients
+from services.mcp.oauth_config import OAuthConfig
+from services.runs.engines import async_engine
+from services.runs.migrate import migrate
+from services.runs.oauth_tokens import TokenVault
+from services.runs.tables import oauth_tokens
+from tests.mcp_servers.oauth_server import MACHINE_ID, MemoryAuthProvider, oauth_mcp_server
+
+KEY = Fernet.generate_key().decode()
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    engine = async_engine(f"sqlite+aiosqlite:///{tmp_path}/runs.db")
+    await migrate(engine)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def remote() -> AsyncIterator[tuple[str, MemoryAuthProvider]]:
+    async with oauth_mcp_server() as served:
+        yield served
+
+
+def machine(url: str, provider: MemoryAuthProvider, **oauth: object) -> MCPServerConfig:
+    settings = OAuthConfig(
+        grant="client_credentials", client_id=MACHINE_ID, client_secret=provider.machine_secret, scopes=("tools",)
+    )
+    return MCPServerConfig(name="remote", transport="http", url=url, oauth=settings)
+
+
+def pool_of(cfg: MCPServerConfig, engine: AsyncEngine, key: str = KEY) -> MCPPool:
+    return MCPPool({cfg.name: cfg}, oauth=OAuthClients(TokenVault(engine, [key])), restart_backoff_s=0.01)
+
+
+async def sealed_rows(engine: AsyncEngine) -> list[str]:
+    async with engine.connect() as conn:
+        return [" ".join(map(str, row)) for row in (await conn.execute(select(oauth_tokens))).all()]
+
+
+async def test_client_credentials_work_unattended_and_the_token_is_kept_sealed(
+    remote: tuple[str, MemoryAuthProvider], engine: AsyncEngine
+) -> None:
+    url, provider = remote
+    cfg = machine(url, provider)
+    pool = pool_of(cfg, engine)
+    try:
+        result = await pool.call_tool("remote", "whoami", {})
+        assert result.text == f"client {MACHINE_ID}" and not result.is_error, result
+        assert provider.grants == {"client_credentials": 1}
+        assert (await pool.call_tool("remote", "echo", {"text": "hi"})).text == "echo: hi"
+        assert provider.grants["client_credentials"] == 1  # the token is reused
+    finally:
+        await pool.aclose()
+    rows = await sealed_rows(engine)
+    assert len(rows) == 1 and rows[0].startswith("remote "), rows
+    assert not any(secret in rows[0] for secret in [*provider.issued, provider.machine_secret])
+
+    again = pool_of(cfg, engine)  # a restarted gateway: the stored token, no new grant
+    try:
+        assert (await again.call_tool("remote", "whoami", {})).text == f"client {MACHINE_ID}"
+        assert provider.grants["client_credentials"] == 1
+    finally:
+        await again.aclose()
+
+
+async def test_a_token_near_its_expiry_is_renewed_before_it_is_used(
+    remote: tuple[str, MemoryAuthProvider], engine: AsyncEngine
+) -> None:
+    url, provider = remote
+    provider.access_ttl_s = 30  # within the refresh margin (60 s) from the start
+    pool = pool_of(machine(url, provider), engine)
+    try:
+        await pool.call_tool("remote", "whoami", {})
+        first = provider.grants["client_credentials"]
+        provider.access_ttl_s = 3600
+        seen = len(provider.issued)
+        assert (await pool.call_tool("remote", "echo", {"text": "x"})).text == "echo: x"
+        assert provider.grants["client_credentials"] == first + 1 and len(provider.issued) == seen + 1
+        await pool.call_tool("remote", "echo", {"text": "y"})
+        assert provider.grants["client_credentials"] == first + 1  # the long token is kept
+    finally:
+        await pool.aclose()
+
+
+async def test_an_expired_token_gets_a_new_one_after_the_servers_401(
+    remote: tuple[str, MemoryAuthProvider], engine: AsyncEngine
+) -> None:
+    url, provider = remote
+    pool = pool_of(machine(url, provider), engine)
+    try:
+        await pool.call_tool("remote", "whoami", {})
+        provider.expire_access()  # the server says 401; the gateway did not expect it
+        assert (await pool.call_tool("remote", "echo", {"text": "z"})).text == "echo: z"
+        assert provider.grants["client_credentials"] == 2
+    finally:
+        await pool.aclose()
+
+
+async def test_a_token_for_another_audience_is_refused(
+    remote: tuple[str, MemoryAuthProvider], engine: AsyncEngine
+) -> None:
+    url, provider = remote
+    provider.audience = "http://127.0.0.1:9/elsewhere"
+    pool = pool_of(machine(url, provider), engine)
+    try:
+        with pytest.raises(MCPServerUnavailableError) as raised:
+            await pool.list_tools("remote")
+        assert "refused the access token" in raised.value.detail, raised.value.detail
+        status = pool.status()[0]
+        assert status.status == "failed" and "refused" in (status.last_error or "")
+    finally:
+        await pool.aclose()
+
+
+async def test_tokens_sealed_with_another_key_are_not_used(
+    remote: tuple[str, MemoryAuthProvider], engine: AsyncEngine
+) -> None:
+    url, provider = remote
+    cfg = machine(url, provider)
+    pool = pool_of(cfg, engine)
+    try:
+        await pool.call_tool("remote", "whoami", {})
+    finally:
+        await pool.aclose()
+    other = pool_of(cfg, engine, Fernet.generate_key().decode())  # the key changed: a new token is fetched
+    try:
+        assert (await other.call_tool("remote", "whoami", {})).text == f"client {MACHINE_ID}"
+        assert provider.grants["client_credentials"] == 2
+    finally:
+        await other.aclose()
