@@ -139,8 +139,14 @@ class StatusService:
         tools = await self.pool.list_tools(server)
         return [t for t in tools if access is None or access.tool_allowed(server, t.name)]
 
+    async def current_servers(self, access: Access | None = None) -> ServerList:
+        """`servers`, after a look at whether the servers waiting for an OAuth login have had one."""
+        await self.pool.recheck_logins()
+        return self.servers(access)
+
     async def readiness(self) -> Readiness:
-        """Ping every LM Studio host and report every MCP server."""
+        """Ping every LM Studio host and report every MCP server (a server waiting for a login: had it one?)."""
+        await self.pool.recheck_logins()
         lmstudio = await self._lmstudio_readiness()
         servers = [ServerReadiness(s.name, s.status, s.breaker, s.last_error) for s in self.pool.status()]
         mcp = MCPReadiness(config_path=self.config_path, servers=servers)

@@ -33,6 +33,11 @@ logger = logging.getLogger(__name__)
 _BACKSTOP_S = 5.0  # the SDK's own call timeout sends notifications/cancelled; ours only catches a stuck SDK
 
 
+class LoginNeeded(MCPServerUnavailableError):
+    """A remote server refused the gateway's OAuth token and only a person's login helps: a state of the server
+    (`needs_login`), not a failure that counts toward its breaker."""
+
+
 class CutByDeath(MCPServerUnavailableError):
     """A call cut by a server death that the breaker already counted: one crash is one failure, however
     many calls were in flight (else a single crash under load opens the breaker although a restart fixes it)."""
@@ -40,7 +45,9 @@ class CutByDeath(MCPServerUnavailableError):
 
 def counts_against_server(exc: BaseException) -> bool:
     """Whether a failed call counts towards opening the server's breaker."""
-    return isinstance(exc, MCPServerUnavailableError | MCPToolTimeoutError) and not isinstance(exc, CutByDeath)
+    return isinstance(exc, MCPServerUnavailableError | MCPToolTimeoutError) and not isinstance(
+        exc, CutByDeath | LoginNeeded
+    )
 
 
 class Connection:
@@ -219,6 +226,9 @@ class Connection:
         except MCPError as exc:
             if exc.code == REQUEST_TIMEOUT:
                 raise clock.timed_out(name, tool) from None
+            if self.auth is not None and self.auth.needs_login:  # the token was refused: a new session after login
+                self.mark_dead()
+                raise LoginNeeded(self.auth.problem or f"MCP server {name!r} needs a login") from None
             if exc.code != CONNECTION_CLOSED and not self.dead:
                 raise
             if self.stop:

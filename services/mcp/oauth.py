@@ -114,11 +114,17 @@ class ServerAuth:
         self.tokens = ServerTokens(cfg.name, safe_url(cfg.url) or cfg.url, vault)
         self.problem: str | None = None  # why the server's last token could not be had or was refused
         self.needs_login = False  # only a person's login (`lmstudio-bridge auth`) helps
+        self.reloaded = False  # tokens were read from the store since the provider last looked: it starts over
         self.provider: Any = None  # the SDK's OAuth client of the gateway's connections (oauth_provider.py)
 
     @property
     def for_person(self) -> bool:
         return self.oauth.grant == "authorization_code"
+
+    @property
+    def waiting(self) -> str | None:
+        """Why the server waits for a person's login (None when it does not)."""
+        return self.problem if self.needs_login else None
 
     def refused(self, problem: str) -> None:
         """The server cannot be reached with the tokens at hand."""
@@ -128,6 +134,12 @@ class ServerAuth:
     def accepted(self) -> None:
         self.problem = None
         self.needs_login = False
+
+    async def recheck(self) -> None:
+        """While the server waits for a login: has one happened since (another process)?"""
+        if self.needs_login and await self.tokens.reload() and await self.tokens.get_tokens() is not None:
+            self.reloaded = True
+            self.accepted()
 
 
 class OAuthClients:

@@ -36,6 +36,14 @@ class LoginRequired(OAuthFlowError):
     """Only a person's login can bring a token (raised inside the SDK's flow, handled by `_Managed`)."""
 
 
+def _not_login_required(record: logging.LogRecord) -> bool:
+    """The SDK logs every failed flow with its traceback; a server waiting for a login is a state, shown as one."""
+    return not (record.exc_info and isinstance(record.exc_info[1], LoginRequired))
+
+
+logging.getLogger("mcp.client.auth.oauth2").addFilter(_not_login_required)
+
+
 @dataclass
 class _Context(OAuthContext):
     """The SDK's context, with a token counted as expired `margin_s` before its expiry."""
@@ -64,7 +72,12 @@ class _Managed(OAuthClientProvider):
 
     async def _handle_token_response(self, response: httpx2.Response) -> None:
         prior = self.context.current_tokens
-        await super()._handle_token_response(response)
+        try:
+            await super()._handle_token_response(response)
+        except OAuthTokenError as exc:
+            if self.person or not self.auth.for_person:
+                raise
+            raise LoginRequired(f"the refresh was refused: {exc}") from None  # unattended, it was a refresh
         tokens = self.context.current_tokens
         if tokens is not None and tokens.refresh_token is None and prior is not None and prior.refresh_token:
             tokens.refresh_token = prior.refresh_token  # RFC 6749 §6: a refresh answer may keep the old one
@@ -78,8 +91,9 @@ class _Managed(OAuthClientProvider):
         """Before a gateway request: pick up another process's login or refresh; False when the server waits
         for a login (the request then goes without a token)."""
         auth = self.auth
-        if auth.needs_login or (self._initialized and not self.context.is_token_valid()):
-            changed = await auth.tokens.reload()
+        if auth.needs_login or auth.reloaded or (self._initialized and not self.context.is_token_valid()):
+            changed = auth.reloaded or await auth.tokens.reload()
+            auth.reloaded = False
             if auth.needs_login and not changed:
                 return False
             self._initialized = False

@@ -145,6 +145,12 @@ class MCPPool:
         """Status of every configured server (secret-free)."""
         return [s.status() for s in self._sessions.values()]
 
+    async def recheck_logins(self) -> None:
+        """Servers waiting for a person's OAuth login: has it happened since (`lmstudio-bridge auth`)?"""
+        for session in self._sessions.values():
+            if session.auth is not None and session.auth.needs_login:
+                await session.auth.recheck()
+
     def live_sessions(self) -> int:
         """Number of sessions that are up and usable."""
         return sum(1 for s in self._sessions.values() if s.live)

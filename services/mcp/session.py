@@ -99,9 +99,9 @@ class Session:
         """Where the session is in its life."""
         if self.cfg.disabled:
             return "disabled"
-        conn = self._conn
-        if self.auth is not None and self.auth.needs_login and not self.live:
+        if self.auth is not None and self.auth.needs_login:
             return "needs_login"
+        conn = self._conn
         if conn is not None:
             if conn.dead and not conn.stop:
                 return "failed"
@@ -119,7 +119,7 @@ class Session:
             transport=cfg.transport,
             status=self.state,
             tools=len(self._specs(self._listed)) if self._listed is not None else None,
-            last_error=self._last_error or cfg.unusable or (self.auth.problem if self.auth else None),
+            last_error=(self.auth and self.auth.waiting) or self._last_error or cfg.unusable,
             env=sorted(cfg.env),
             headers=sorted(cfg.headers),
             command=cfg.command,
