@@ -146,3 +146,23 @@ async def test_tokens_sealed_with_another_key_are_not_used(
         assert provider.grants["client_credentials"] == 2
     finally:
         await other.aclose()
+
+
+async def test_the_vault_seals_binds_to_the_url_and_forgets(database_url: str) -> None:
+    engine = async_engine(database_url)
+    try:
+        await migrate(engine)
+        vault = TokenVault(engine, [KEY])
+        record = {"tokens": {"access_token": "secret-access", "token_type": "Bearer"}, "expires_at": 12.5}
+        written = await vault.save("remote", "https://h/mcp", record)
+        assert await vault.load("remote", "https://h/mcp") == (record, written)
+        assert await vault.load("remote", "https://other/mcp") is None  # tokens of another URL are not used
+        assert "secret-access" not in " ".join(await sealed_rows(engine))
+        rotated = TokenVault(engine, [Fernet.generate_key().decode(), KEY])  # a new key first, the old one still opens
+        assert (await rotated.load("remote", "https://h/mcp") or ({}, 0))[0] == record
+        await rotated.save("remote", "https://h/mcp", record)
+        assert await vault.load("remote", "https://h/mcp") is None  # sealed with the new key now
+        await vault.forget("remote")
+        assert await sealed_rows(engine) == []
+    finally:
+        await engine.dispose()
