@@ -188,6 +188,8 @@ class PersonProvider(_Managed):
         """After a 401: a person's login when one is at hand, else one refresh (the SDK then retries once)."""
         if self.person:
             return await super()._perform_authorization()
+        if await self.auth.tokens.reload():  # another replica refreshed (and rotated the refresh token) first
+            self.context.current_tokens = await self.auth.tokens.get_tokens()
         if self.context.can_refresh_token():
             return await self._refresh_token()
         raise LoginRequired("no refresh token, or the refresh was refused")

@@ -182,14 +182,15 @@ async def _basic_client(provider: MemoryAuthProvider, request: Request) -> OAuth
     return client if hmac.compare_digest(client.client_secret.encode(), unquote(secret).encode()) else None
 
 
-def build_app(provider: MemoryAuthProvider, base: str) -> Any:
-    """The MCP server at `{base}/mcp` with the authorization server's routes at `base`."""
+def build_app(provider: MemoryAuthProvider, base: str, resource: str) -> Any:
+    """The MCP server at `{base}/mcp` with the authorization server's routes at `base`; `resource`: the resource
+    its metadata names (another one than its URL: a server that is not what it claims)."""
     server: MCPServer[Any] = MCPServer(
         "oauth-test",
         auth_server_provider=provider,
         auth=AuthSettings(
             issuer_url=base,  # type: ignore[arg-type]
-            resource_server_url=f"{base}/mcp",  # type: ignore[arg-type]
+            resource_server_url=resource,  # type: ignore[arg-type]
             validate_token_resource=True,
             required_scopes=[SCOPE],
             client_registration_options=ClientRegistrationOptions(enabled=True, valid_scopes=[SCOPE]),
@@ -233,10 +234,11 @@ def build_app(provider: MemoryAuthProvider, base: str) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def oauth_mcp_server() -> AsyncIterator[tuple[str, MemoryAuthProvider]]:
-    """The server running on a free port: yields its MCP URL (`.../mcp`) and its authorization server's provider."""
+async def oauth_mcp_server(resource_path: str = "/mcp") -> AsyncIterator[tuple[str, MemoryAuthProvider]]:
+    """The server running on a free port: yields its MCP URL (`.../mcp`) and its authorization server's provider;
+    its metadata names the resource at `resource_path`."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    provider = MemoryAuthProvider(f"{base}/mcp")
-    async with serve_in_loop(build_app(provider, base), "the OAuth MCP server", port=port):
+    provider = MemoryAuthProvider(f"{base}{resource_path}")
+    async with serve_in_loop(build_app(provider, base, f"{base}{resource_path}"), "the OAuth MCP server", port=port):
         yield f"{base}/mcp", provider

@@ -4,9 +4,11 @@ refreshed once after a 401, refused for another audience."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import select
@@ -16,6 +18,7 @@ from services.errors import MCPServerUnavailableError
 from services.mcp import MCPPool, MCPServerConfig
 from services.mcp.oauth import OAuthClients
 from services.mcp.oauth_config import OAuthConfig
+from services.mcp.oauth_login import log_in
 from services.runs.engines import async_engine
 from services.runs.migrate import migrate
 from services.runs.oauth_tokens import TokenVault
@@ -166,3 +169,51 @@ async def test_the_vault_seals_binds_to_the_url_and_forgets(database_url: str) -
         assert await sealed_rows(engine) == []
     finally:
         await engine.dispose()
+
+
+async def browse(link: str) -> None:
+    """A person's browser: follow the authorization link's redirects to the login's local callback."""
+    async with httpx.AsyncClient(follow_redirects=True, timeout=30) as browser:
+        page = await browser.get(link)
+    assert page.status_code == 200 and "logged in" in page.text, page.text
+
+
+async def test_replicas_share_the_tokens_and_a_rotated_refresh_token(
+    remote: tuple[str, MemoryAuthProvider], engine: AsyncEngine
+) -> None:
+    url, provider = remote
+    cfg = MCPServerConfig(name="remote", transport="http", url=url, oauth=OAuthConfig(scopes=("tools",)))
+    person = OAuthClients(TokenVault(engine, [KEY])).for_server(cfg)
+    assert person is not None
+    opened: list[str] = []
+
+    async def show(link: str) -> None:
+        opened.append(link)
+        asyncio.get_running_loop().create_task(browse(link))
+
+    assert sorted(await log_in(person, show, 30)) == ["echo", "whoami"] and len(opened) == 1
+    one, two = pool_of(cfg, engine), pool_of(cfg, engine)  # two replicas on one store
+    try:
+        for pool in (one, two):
+            assert (await pool.call_tool("remote", "whoami", {})).text.startswith("client ")
+        provider.expire_access()
+        await one.call_tool("remote", "echo", {"text": "a"})  # refreshes; the old refresh token is revoked
+        assert provider.grants["refresh_token"] == 1
+        assert (await two.call_tool("remote", "echo", {"text": "b"})).text == "echo: b"  # uses the store's newer one
+        assert provider.grants["refresh_token"] == 2
+        assert [s.status for s in (*one.status(), *two.status())] == ["ready", "ready"]
+    finally:
+        await one.aclose()
+        await two.aclose()
+
+
+async def test_a_server_whose_metadata_names_another_resource_gets_no_token(engine: AsyncEngine) -> None:
+    async with oauth_mcp_server(resource_path="/elsewhere") as (url, provider):
+        pool = pool_of(machine(url, provider), engine)
+        try:
+            with pytest.raises(MCPServerUnavailableError) as raised:
+                await pool.list_tools("remote")
+            assert "does not match" in raised.value.detail, raised.value.detail
+            assert provider.grants == {}  # the client's credentials were never sent
+        finally:
+            await pool.aclose()
