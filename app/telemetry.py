@@ -254,7 +254,7 @@ def configure_logging(
 
 def secrets_of(settings: Settings, env_and_header_values: Iterable[str]) -> list[str]:
     """Every value that must never reach a log line."""
-    values = [key.get_secret_value() for key in settings.api_keys]
+    values = [key.get_secret_value() for key in (*settings.api_keys, *settings.token_key)]
     if settings.lmstudio_api_token:
         values.append(settings.lmstudio_api_token.get_secret_value())
     if password := urlsplit(settings.database_url).password:

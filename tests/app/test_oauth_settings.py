@@ -62,3 +62,10 @@ def test_a_token_learned_later_is_redacted_by_redactors_built_before() -> None:
     learn_secret(token)
     assert redact(f'{{"access_token": "{token}"}}') == '{"access_token": "[REDACTED]"}'
     assert Redactor()(token) == "[REDACTED]"
+
+
+def test_the_token_key_is_a_secret_of_the_logs() -> None:
+    from app.telemetry import secrets_of
+
+    key = Fernet.generate_key().decode()
+    assert key in secrets_of(make_settings(token_key=key), [])
