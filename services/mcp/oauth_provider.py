@@ -23,6 +23,7 @@ from mcp.client.auth.exceptions import OAuthRegistrationError
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
 from mcp.client.auth.oauth2 import OAuthContext
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata
+from pydantic import AnyUrl
 
 from services.mcp.oauth import ServerAuth
 
@@ -156,7 +157,7 @@ class PersonProvider(_Managed):
     ) -> None:
         oauth = auth.oauth
         metadata = OAuthClientMetadata(
-            redirect_uris=[redirect_uri or _UNATTENDED_REDIRECT],  # type: ignore[list-item]
+            redirect_uris=[AnyUrl(redirect_uri or _UNATTENDED_REDIRECT)],
             grant_types=["authorization_code", "refresh_token"],
             response_types=["code"],
             scope=oauth.scope,

@@ -37,13 +37,14 @@ async def log_in(env: dict[str, str], provider: MemoryAuthProvider) -> str:
         sys.executable, "-m", "app.cli", "auth", "remote", "--timeout-s", "60",
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
-    assert process.stdout is not None
+    assert process.stdout is not None and process.stderr is not None
+    stderr = process.stderr
     printed: list[str] = []
     try:
         async with asyncio.timeout(LOGIN_TIMEOUT_S):
             while not (link := next((ln.strip() for ln in printed if ln.strip().startswith("http")), None)):
                 line = (await process.stdout.readline()).decode()
-                assert line, f"auth ended before printing a link: {printed} {(await process.stderr.read())!r}"  # type: ignore[union-attr]
+                assert line, f"auth ended before printing a link: {printed} {(await stderr.read())!r}"
                 printed.append(line)
             async with httpx.AsyncClient(follow_redirects=True, timeout=30) as browser:
                 page = await browser.get(link)

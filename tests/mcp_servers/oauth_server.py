@@ -188,13 +188,15 @@ def build_app(provider: MemoryAuthProvider, base: str, resource: str) -> Any:
     server: MCPServer[Any] = MCPServer(
         "oauth-test",
         auth_server_provider=provider,
-        auth=AuthSettings(
-            issuer_url=base,  # type: ignore[arg-type]
-            resource_server_url=resource,  # type: ignore[arg-type]
-            validate_token_resource=True,
-            required_scopes=[SCOPE],
-            client_registration_options=ClientRegistrationOptions(enabled=True, valid_scopes=[SCOPE]),
-            revocation_options=RevocationOptions(enabled=True),
+        auth=AuthSettings.model_validate(  # URLs as strings: validated with the settings' own URL rules
+            {
+                "issuer_url": base,
+                "resource_server_url": resource,
+                "validate_token_resource": True,
+                "required_scopes": [SCOPE],
+                "client_registration_options": ClientRegistrationOptions(enabled=True, valid_scopes=[SCOPE]),
+                "revocation_options": RevocationOptions(enabled=True),
+            }
         ),
     )
 
@@ -210,7 +212,7 @@ def build_app(provider: MemoryAuthProvider, base: str, resource: str) -> Any:
         return f"echo: {text}"
 
     app = server.streamable_http_app()
-    sdk_token = TokenHandler(provider, ClientAuthenticator(provider))  # type: ignore[arg-type]
+    sdk_token = TokenHandler(provider, ClientAuthenticator(provider))
 
     async def token(request: Request) -> Response:
         form = await request.form()
