@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -94,7 +95,7 @@ class ChatFrames(RunFrames):
         self.run = run
         return _data(role_chunk(run, int(time.time())))
 
-    def event(self, event: str, data: dict[str, Any]) -> bytes | None:
+    def event(self, event: str, data: dict[str, Any], stored: Callable[[dict[str, Any]], str | None]) -> bytes | None:
         return None
 
     def completed(self, result: RunResult) -> bytes:

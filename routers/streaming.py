@@ -166,7 +166,7 @@ class RunStream(QueuedStream):
         return self.frames.opening(self.run)
 
     async def _emit(self, event: str, data: dict[str, Any]) -> None:
-        frame = self.frames.event(event, data)
+        frame = self.frames.event(event, data, self.run.event_text)
         if frame is not None:
             await self.queue.put(frame)
 
@@ -204,8 +204,11 @@ class RunFrames:
     def opening(self, run: Run) -> bytes | None:
         return None
 
-    def event(self, event: str, data: dict[str, Any]) -> bytes | None:
-        return _sse(event, data)
+    def event(self, event: str, data: dict[str, Any], stored: Callable[[dict[str, Any]], str | None]) -> bytes | None:
+        """The event's frame; `stored` gives the JSON text the run store keeps of it (serialised once, redacted
+        as stored), else it is serialised here."""
+        text = stored(data)
+        return _sse(event, data) if text is None else format_sse_event(event=event, data_str=text)
 
     def completed(self, result: RunResult) -> bytes:
         return _sse(RunEvent.COMPLETED, result_data(result))

@@ -82,6 +82,10 @@ class Journal(Protocol):
     def event(self, seq: int, event: str, data: dict[str, Any]) -> None:
         """Progress event number `seq` (1, 2, ...) of the run."""
 
+    def text(self, seq: int, data: dict[str, Any]) -> str | None:
+        """The JSON text kept for event `seq` if its data is `data` (made once, for the store and the run's own
+        stream); None otherwise."""
+
     def finished(self, seq: int, status: RunStatus, result: RunResult | None, problem: dict[str, Any] | None) -> None:
         """The terminal event `seq`: `run.completed` with the result, or `run.failed` with a problem."""
 

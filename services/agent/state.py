@@ -62,6 +62,10 @@ class RunState:
         if self._client_emit is not None:
             await self._client_emit(event, data)
 
+    def event_text(self, data: dict[str, Any]) -> str | None:
+        """The journal's JSON text of the event just emitted with `data` (None: no journal, or other data)."""
+        return self.journal.text(self.seq, data) if self.journal is not None else None
+
     def set_status(self, status: RunStatus) -> None:
         self.status = status
         if self.journal is not None:

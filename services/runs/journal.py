@@ -152,6 +152,10 @@ class RunJournal:
     def event(self, seq: int, event: str, data: dict[str, Any]) -> None:
         self._add(JournalEvent(seq, event, data))
 
+    def text(self, seq: int, data: dict[str, Any]) -> str | None:
+        item = self.events[-1] if self.events else None
+        return self.store.encoded(item) if item is not None and item.seq == seq and item.data is data else None
+
     def finished(self, seq: int, status: RunStatus, result: RunResult | None, problem: dict[str, Any] | None) -> None:
         store = self.store
         if not self.inserted:  # ended before it ran (a queued run cancelled or stopped)

@@ -175,6 +175,31 @@ async def test_events_replay_with_ids_and_resume(live: httpx.AsyncClient) -> Non
     assert_problem(bad, 422, "validation_error")
 
 
+async def raw_events(response: httpx.Response) -> list[tuple[str, str]]:
+    """(event, the `data:` line as sent) of every progress event of an SSE response."""
+    assert response.status_code == 200
+    found, event = [], ""
+    async for line in response.aiter_lines():
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: ") and event not in ("run.completed", "run.failed"):
+            found.append((event, line[6:]))
+    return found
+
+
+async def test_a_streamed_run_sends_each_event_as_the_store_keeps_it(live: httpx.AsyncClient) -> None:
+    """A streamed run's progress events are serialised once: the live stream's `data:` lines are the stored
+    events' text byte for byte (non-ASCII as is, redacted as stored)."""
+    body = {"task": "Heure " + script(calls=[[TIME_CALL]], final="À Tokyo ✓"), "mcp_servers": ["time"], "stream": True}
+    async with live.stream("POST", "/v1/autonomous", json=body) as response:
+        run_id, sent = response.headers["x-run-id"], await raw_events(response)
+    async with live.stream("GET", f"/v1/runs/{run_id}/events") as replay:
+        stored = await raw_events(replay)
+    assert sent[0][0] == "run.started" and "tool_call.completed" in dict(sent)
+    assert sent == stored
+    assert '"À Tokyo ✓"' in dict(sent)["message"]
+
+
 async def test_a_live_stream_resumes_after_last_event_id(live: httpx.AsyncClient, mock: MockLMStudio) -> None:
     rounds = [[call(TIME, {"timezone": zone})] for zone in ("UTC", "Europe/Paris", "Asia/Tokyo")]
     run_id = await start_run(live, task="Slowly " + script(calls=rounds, hold="resume"), mcp_servers=["time"])
