@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -132,6 +132,21 @@ def spec_of(server: str, tool: mtypes.Tool) -> ToolSpec:
         annotations=hints,
         destructive=is_destructive(hints),
     )
+
+
+@dataclass(frozen=True)
+class VisibleTools:
+    """The tools of one server's tool list that its mcp.json entry lets through, in order and by name (a call looks
+    its tool up, never scans the list; the first of a name wins)."""
+
+    listed: list[mtypes.Tool]  # the SDK's tool list they came from
+    specs: list[ToolSpec]
+    by_name: dict[str, ToolSpec]
+
+    @classmethod
+    def of(cls, server: str, listed: list[mtypes.Tool], allowed: Callable[[str], bool]) -> VisibleTools:
+        specs = [spec_of(server, tool) for tool in listed if allowed(tool.name)]
+        return cls(listed, specs, {spec.name: spec for spec in reversed(specs)})
 
 
 def is_destructive(annotations: dict[str, Any] | None) -> bool:
