@@ -183,6 +183,7 @@ class ToolSet:
 
     tools: list[ToolSpec]
     _by_name: dict[str, ToolSpec] = field(init=False, repr=False)
+    _openai: list[dict[str, Any]] | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         self._by_name = {t.model_name: t for t in self.tools}
@@ -199,14 +200,17 @@ class ToolSet:
         return self._by_name.get(model_name)
 
     def openai_tools(self) -> list[dict[str, Any]]:
-        """The tools as OpenAI function tools."""
-        return [
-            {
-                "type": "function",
-                "function": {"name": t.model_name, "description": t.description, "parameters": t.input_schema},
-            }
-            for t in self.tools
-        ]
+        """The tools as OpenAI function tools: built once per tool set (the pool hands out the same set while the
+        servers' tool lists last); a new list each call, its entries shared and never to be changed."""
+        if self._openai is None:
+            self._openai = [
+                {
+                    "type": "function",
+                    "function": {"name": t.model_name, "description": t.description, "parameters": t.input_schema},
+                }
+                for t in self.tools
+            ]
+        return list(self._openai)
 
 
 def _summarise_block(block: Any) -> str:
