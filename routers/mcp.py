@@ -59,7 +59,7 @@ async def call_tool(
     if access is not None:
         access.check_tools([(name, tool)])
     with named_in_path():
-        spec = next((t for t in await pool.list_tools(name) if t.name == tool), None)
+        spec = await pool.find_tool(name, tool)
     if spec is not None:
         violations = validate_arguments(spec.input_schema, arguments)
         if violations:

@@ -57,9 +57,27 @@ NOT_FOR_LMSTUDIO = frozenset(
 )
 
 
+class _ChatFields(ChatOptions):
+    """ChatOptions with the messages taken as they are: they go on as the client sent them, so each needs only a
+    role (checked by hand in `chat_options`), not a model object."""
+
+    messages: Any = None
+
+
+def _well_formed(messages: Any) -> bool:
+    """What ChatOptions asks of `messages` (a non-empty list of objects with a string role), without pydantic."""
+    if type(messages) is not list or not messages:
+        return False
+    return all(type(message) is dict and type(message.get("role")) is str for message in messages)
+
+
 def chat_options(body: dict[str, Any]) -> ChatOptions:
-    """The gateway's fields of a chat body, checked like /v1/autonomous's (422 naming the field)."""
-    return validated(ChatOptions, body)
+    """The gateway's fields of a chat body, checked like /v1/autonomous's (422 naming the field). The messages are
+    checked by hand, not validated into models one by one (0.6 ms for 200 of them); badly formed ones get
+    ChatOptions' own answer."""
+    if not _well_formed(body.get("messages")):
+        return validated(ChatOptions, body)  # raises, naming every bad field
+    return validated(_ChatFields, body)
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:

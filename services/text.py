@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# a lone surrogate in JSON text, as is or as an escape (`\\udc00`); an escaped backslash before `u` matches too
+_SURROGATE_IN_JSON = re.compile("[\ud800-\udfff]|\\\\u[dD][89a-fA-F]")
 _ENV_REF = re.compile(r"\$\{env:([^}]*)\}")
 
 
@@ -47,6 +49,11 @@ def scrub(text: str) -> str:
 def storable(text: str) -> str:
     """Text every store accepts: no lone surrogates, no NUL (PostgreSQL refuses it)."""
     return scrub(text).replace("\x00", "\ufffd")
+
+
+def may_hold_surrogates(json_text: str) -> bool:
+    """False when the value parsed from `json_text` surely holds no lone surrogate (no walk needed)."""
+    return _SURROGATE_IN_JSON.search(json_text) is not None
 
 
 def unencodable_path(value: Any, path: str = "") -> str | None:

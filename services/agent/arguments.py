@@ -11,7 +11,7 @@ from typing import Any
 
 from services.agent.repair import repair_arguments
 from services.mcp import ToolSpec, coerce_arguments, validate_arguments
-from services.text import scrub, unencodable_path
+from services.text import may_hold_surrogates, scrub, unencodable_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,16 +27,42 @@ def maybe_json(raw: str) -> Any:
         return raw
 
 
-def check_arguments(spec: ToolSpec, raw: str, repair: bool = False) -> dict[str, Any] | Rejected:
+@dataclass(frozen=True, slots=True)
+class Written:
+    """The arguments of one call as the model wrote them, parsed once for everything that reads them (never
+    changed: the checked arguments are a new object wherever they differ)."""
+
+    raw: str
+    value: Any  # the JSON value; blank text: an empty object; not JSON: `raw`
+    error: ValueError | None = None  # why `raw` is not JSON
+
+    @classmethod
+    def of(cls, raw: str) -> Written:
+        if not raw.strip():
+            return cls(raw, {})
+        try:
+            return cls(raw, json.loads(raw))
+        except ValueError as exc:
+            return cls(raw, raw, exc)
+
+    def shown(self) -> Any:
+        """What a `tool_call.started` event shows: `maybe_json(scrub(raw))` (blank text as it is)."""
+        if not self.raw.strip():
+            return self.raw
+        clean = scrub(self.raw)
+        return self.value if clean is self.raw else maybe_json(clean)
+
+
+def check_arguments(spec: ToolSpec, written: Written, repair: bool = False) -> dict[str, Any] | Rejected:
     """The arguments to send (coerced to the schema's types; with `repair`, also a value wrapped as a one-item
     array and an enum's case fixed), or why they were rejected."""
-    try:
-        parsed = json.loads(raw) if raw.strip() else {}
-    except ValueError as exc:
-        return Rejected(scrub(raw), f"Error: the arguments are not valid JSON ({exc}). Send a JSON object.")
+    raw, parsed = written.raw, written.value
+    if written.error is not None:
+        return Rejected(scrub(raw), f"Error: the arguments are not valid JSON ({written.error}). Send a JSON object.")
     if not isinstance(parsed, dict):
         return Rejected(maybe_json(scrub(raw)), "Error: the arguments must be a JSON object.")
-    bad = unencodable_path(parsed)
+    # parsed JSON holds a lone surrogate only where its text does (as is or as an escape): walked only then
+    bad = unencodable_path(parsed) if may_hold_surrogates(raw) else None
     if bad:  # never sent on: it would break the server's stream, and the session other runs share
         return Rejected(scrub(raw), f"Error: the argument {bad} holds text that is not valid Unicode. Send plain text.")
     args = coerce_arguments(spec.input_schema, parsed)

@@ -59,6 +59,7 @@ class Tools(Protocol):
         *,
         timeout_s: float | None = None,
         meta: dict[str, Any] | None = None,
+        text_checked: bool = False,
     ) -> ToolResult: ...
 
     async def list_resources(self, server: str) -> list[ResourceInfo]: ...

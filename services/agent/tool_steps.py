@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from services.agent.approvals import Decision, Verdict
-from services.agent.arguments import Rejected, check_arguments, maybe_json
+from services.agent.arguments import Rejected, Written, check_arguments, maybe_json
 from services.agent.ports import Tools
 from services.agent.records import Emit, RunEvent, Step, step_data
 from services.errors import BridgeError
@@ -31,10 +31,11 @@ async def run_tool_call(
     """Run one call; whatever goes wrong becomes the step's error output, for the model to read. `repair`: the
     `repair` aid (arguments repaired to the schema beyond type conversion)."""
     call_id, name, raw_args = scrub(call.id), scrub(call.name), call.arguments
+    written = Written.of(raw_args)  # parsed once: the event, the check and the step read it
     spec = tools.resolve(name)
     where = {"server": spec.server if spec else None, "tool": spec.name if spec else None}
     started_event = {"round": round_no, "tool_call_id": call_id, "name": name, **where}
-    await emit(RunEvent.TOOL_CALL_STARTED, {**started_event, "arguments": maybe_json(scrub(raw_args))})
+    await emit(RunEvent.TOOL_CALL_STARTED, {**started_event, "arguments": written.shown()})
     started = time.monotonic()
     arguments: Any = raw_args
     verdict: Verdict | None = None
@@ -42,7 +43,7 @@ async def run_tool_call(
     if spec is None:
         output, is_error = unknown_tool(tools, name), True
     else:
-        arguments, output, is_error, verdict, clock = await _invoke(pool, spec, call_id, raw_args, approve, repair)
+        arguments, output, is_error, verdict, clock = await _invoke(pool, spec, call_id, written, approve, repair)
     step = Step(
         round=round_no,
         tool_call_id=call_id,
@@ -55,7 +56,7 @@ async def run_tool_call(
         duration_ms=round((time.monotonic() - started) * 1000, 2),
         recovered_from=call.recovered_from,
         arguments_repaired=call.repaired,
-        arguments_coerced=spec is not None and isinstance(arguments, dict) and arguments != _as_written(raw_args),
+        arguments_coerced=spec is not None and isinstance(arguments, dict) and arguments != written.value,
         approval=verdict,
         timeout_s=clock[0],
         progress_resets=clock[1],
@@ -65,20 +66,15 @@ async def run_tool_call(
     return step
 
 
-def _as_written(raw: str) -> Any:
-    """The arguments as the model wrote them (blank: an empty object), to tell whether they were repaired."""
-    return maybe_json(raw) if raw.strip() else {}
-
-
 def unknown_tool(tools: ToolSet, name: str) -> str:
     names = ", ".join(t.model_name for t in tools.tools) or "(none)"
     return f"Error: there is no tool named {name!r}. Available tools: {names}"
 
 
 async def _invoke(
-    pool: Tools, spec: ToolSpec, call_id: str, raw_args: str, approve: Approve, repair: bool
+    pool: Tools, spec: ToolSpec, call_id: str, written: Written, approve: Approve, repair: bool
 ) -> tuple[Any, str, bool, Verdict | None, _Clock]:
-    checked = check_arguments(spec, raw_args, repair)
+    checked = check_arguments(spec, written, repair)
     if isinstance(checked, Rejected):
         return checked.arguments, checked.message, True, None, _NO_CLOCK
     decision = await approve(call_id, spec, checked)  # the person sees exactly the arguments that would run
@@ -86,7 +82,8 @@ async def _invoke(
         return checked, decision.message(), True, decision.verdict, _NO_CLOCK
     verdict = decision.verdict if decision else None
     try:
-        result = await pool.call_tool(spec.server, spec.name, checked)
+        # checked for text UTF-8 cannot encode: the pool need not walk them again
+        result = await pool.call_tool(spec.server, spec.name, checked, text_checked=True)
     except BridgeError as exc:  # unavailable server, timeout, vanished tool: the model reads why
         x = exc.extras
         return (

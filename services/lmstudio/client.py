@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import httpx
 from httpx_aiohttp import AiohttpTransport
 from opentelemetry import trace
+from prometheus_client import Histogram
 
 from services.breaker import Breaker
 from services.errors import BridgeError, LLMError, LLMResponseError, ModelNotFoundError, NoModelLoadedError
@@ -60,6 +61,8 @@ class LMStudioClient:
         # told when LM Studio says a model is missing or none is loaded (the `ModelCatalog` of this client's
         # models: its cached list is out of date, see `ModelCatalog.over`); what it returns is raised instead
         self.on_model_error = on_model_error
+        # `lmstudio_duration`'s children by (operation, outcome), bound once (`labels()` takes a lock and a lookup)
+        self._timers: dict[tuple[str, str], Histogram] = {}
 
     @classmethod
     def create(
@@ -147,13 +150,23 @@ class LMStudioClient:
             outcome = exc.code
             raise
         finally:
-            self.metrics.lmstudio_duration.labels(operation, outcome, self.name).observe(time.perf_counter() - started)
+            self._timed(operation, outcome).observe(time.perf_counter() - started)
             if retries:
                 trace.get_current_span().set_attribute("bridge.retry.attempts", retries)
         replacement = await self.on_model_error(model_error, began)
         if replacement is model_error:
             raise model_error
         raise replacement from model_error
+
+    def _timed(self, operation: str, outcome: str) -> Histogram:
+        """The `lmstudio_duration` child of one operation and outcome on this host (both bounded: operation
+        names and error codes)."""
+        child = self._timers.get((operation, outcome))
+        if child is None:
+            child = self._timers[(operation, outcome)] = self.metrics.lmstudio_duration.labels(
+                operation, outcome, self.name
+            )
+        return child
 
     async def _send(
         self,

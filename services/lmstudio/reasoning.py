@@ -127,6 +127,11 @@ class ReasoningStream:
     def in_reasoning(self) -> bool:
         return bool(self._closers)
 
+    @property
+    def idle(self) -> bool:
+        """In the answer with nothing held back and no layout to drop: text without a tag passes unchanged."""
+        return not (self._closers or self._pending or self._skip_space)
+
     def feed(self, chunk: str) -> tuple[str, str]:
         text = self._pending + chunk
         self._pending = ""

@@ -39,17 +39,17 @@ def separate_reasoning(raw: bytes) -> bytes:
 
 
 class _StreamSplitter:
-    """Rewrites the SSE events of a streamed chat; events are parsed only once a tag may be involved."""
+    """Rewrites the SSE events of a streamed chat. While the splitter is idle (in the answer, nothing held back),
+    only an event with a `<` or `[` in it is parsed, and it comes back byte for byte unless a tag (or the start of
+    one) was found in it."""
 
     def __init__(self) -> None:
         self.splitter = ReasoningStream()
-        self.engaged = False  # a tag (or its beginning) has been seen: every later event is parsed
 
     def event(self, event: bytes) -> bytes:
-        if not self.engaged:
-            if not (b"<" in event or b"[" in event) or not event.startswith(b"data: {"):
-                return event
-            self.engaged = True
+        idle = self.splitter.idle
+        if idle and not (b"<" in event or b"[" in event):
+            return event
         if not event.startswith(b"data: {"):
             return event
         try:
@@ -63,6 +63,8 @@ class _StreamSplitter:
         if choice.get("finish_reason") is not None:
             more_reasoning, more_text = self.splitter.flush()
             reasoning, text = reasoning + more_reasoning, text + more_text
+        if idle and self.splitter.idle and not reasoning and text == (content if isinstance(content, str) else ""):
+            return event  # no tag in it after all: as it came
         if isinstance(content, str) or reasoning or text:
             delta["content"] = text
             if reasoning:

@@ -26,6 +26,11 @@ class Wire:
         self.base = str(http.base_url).rstrip("/")
         self.direct = isinstance(transport, AiohttpTransport)  # answers read whole go on aiohttp itself
         self.default_timeouts: Timeouts = http.timeout.as_dict()
+        # built once: a call whose limit leaves the client's as they are (the read timeout itself, the usual case)
+        # makes no timeout objects
+        self._default_client_timeout = _client_timeout(self.default_timeouts)
+        read = self.default_timeouts["read"]
+        self._same_limit = read if read is not None and self._limits(read) == self.default_timeouts else None
         self._json_headers = httpx.Headers({**http.headers, "Content-Type": "application/json"})
         self._urls: dict[str, httpx.URL] = {}
         # aiohttp decodes these encodings itself (httpx may offer more than aiohttp can decode)
@@ -36,8 +41,11 @@ class Wire:
         """The client's time limits, reading (and writing) for `timeout_s` when given: connecting and waiting for
         a pooled connection keep the configured limit (BRIDGE_LMSTUDIO_CONNECT_TIMEOUT_S), shortened only to
         `timeout_s` when that is shorter (a run's deadline)."""
-        if timeout_s is None:
+        if timeout_s is None or timeout_s == self._same_limit:
             return self.default_timeouts
+        return self._limits(timeout_s)
+
+    def _limits(self, timeout_s: float) -> Timeouts:
         limits = dict(self.default_timeouts, read=timeout_s, write=timeout_s)
         for name in ("connect", "pool"):
             configured = limits[name]
@@ -75,9 +83,7 @@ class Wire:
         session = self.transport.client
         if not isinstance(session, aiohttp.ClientSession):  # made on first use, in the loop, as the transport does
             session = self.transport.client = self.transport.get_client()
-        timeout = aiohttp.ClientTimeout(
-            sock_connect=timeouts["connect"], sock_read=timeouts["read"], connect=timeouts["pool"]
-        )
+        timeout = self._default_client_timeout if timeouts is self.default_timeouts else _client_timeout(timeouts)
         try:
             async with session.request(
                 method,
@@ -91,6 +97,10 @@ class Wire:
                 return Buffered(response.status, response.headers, await response.read())
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise error_for_exception(exc) from exc
+
+
+def _client_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(sock_connect=timeouts["connect"], sock_read=timeouts["read"], connect=timeouts["pool"])
 
 
 async def read(response: httpx.Response) -> httpx.Response:

@@ -168,7 +168,11 @@ class MCPPool:
 
     async def list_tools(self, server: str) -> list[ToolSpec]:
         """The server's tools (filtered by allowedTools/disabledTools); starts it if needed."""
-        return await self._get(server).list_tools(self._call_timeout_s)
+        return (await self._get(server).list_tools(self._call_timeout_s)).specs
+
+    async def find_tool(self, server: str, tool: str) -> ToolSpec | None:
+        """One of the server's tools by name (None when it does not offer it); starts the server if needed."""
+        return (await self._get(server).list_tools(self._call_timeout_s)).by_name.get(tool)
 
     async def tool_set(self, servers: list[str]) -> ToolSet:
         """Tools of these servers (started concurrently) with collision-safe model names; the same
@@ -221,13 +225,15 @@ class MCPPool:
         *,
         timeout_s: float | None = None,
         meta: dict[str, Any] | None = None,
+        text_checked: bool = False,
     ) -> ToolResult:
-        """Call one tool. Tool-reported errors come back as `is_error=True`, not as exceptions.
+        """Call one tool. Tool-reported errors come back as `is_error=True`, not as exceptions. `text_checked`: the
+        caller has made sure no string in `arguments` holds text UTF-8 cannot encode (else it is checked here).
 
         Traced as `tools/call <server>__<tool>`; the SDK adds the trace context to the request's `_meta`.
         """
         session = self._get(server)
-        bad = unencodable_path(arguments)
+        bad = None if text_checked else unencodable_path(arguments)
         if bad:  # it would break the server's stream and with it the session every caller shares
             raise InvalidRequestError(
                 f"The argument {bad} holds text that is not valid Unicode (a lone surrogate)", field=bad

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -18,10 +18,7 @@ from services.mcp.clock import CallClock
 from services.mcp.config import MCPServerConfig, Transport, safe_url
 from services.mcp.connection import Connection
 from services.mcp.oauth import ServerAuth
-from services.mcp.tools import ToolResult, ToolSpec, error_result, spec_of, to_tool_result
-
-if TYPE_CHECKING:  # the SDK is imported with a server's first connection (services.mcp.connection)
-    import mcp_types as mtypes
+from services.mcp.tools import ToolResult, VisibleTools, error_result, to_tool_result
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +81,8 @@ class Session:
         self._last_error: str | None = RECURSION_SKIPPED if cfg.is_bridge else None
         self._in_flight = 0
         self._last_used = 0.0
-        # the visible tools as specs, kept while the tool list they came from lasts (it is replaced on change)
-        self._spec_cache: tuple[list[mtypes.Tool], list[ToolSpec]] | None = None
+        # the visible tools, kept while the tool list they came from lasts (it is replaced on change)
+        self._visible: VisibleTools | None = None
 
     # --- state -------------------------------------------------------------------------
 
@@ -118,7 +115,7 @@ class Session:
             name=cfg.name,
             transport=cfg.transport,
             status=self.state,
-            tools=len(self._specs(self._listed)) if self._listed is not None else None,
+            tools=len(self._tools(self._listed).specs) if self._listed is not None else None,
             last_error=(self.auth and self.auth.waiting) or self._last_error or cfg.unusable,
             env=sorted(cfg.env),
             headers=sorted(cfg.headers),
@@ -129,7 +126,7 @@ class Session:
 
     # --- tools -------------------------------------------------------------------------
 
-    async def list_tools(self, wait_budget_s: float) -> list[ToolSpec]:
+    async def list_tools(self, wait_budget_s: float) -> VisibleTools:
         """The tools the model may see (allowedTools/disabledTools applied); starts the server if needed."""
         conn = self._conn
         if conn is not None and conn.live:
@@ -139,7 +136,7 @@ class Session:
         else:
             conn = await self.breaker.call(lambda: self._ensure(wait_budget_s))
         self._last_used = asyncio.get_running_loop().time()
-        return self._specs(conn)
+        return self._tools(conn)
 
     async def use(self, wait_budget_s: float) -> Connection:
         """A live connection for a request other than a tool call (resources, prompts); starts the server if needed."""
@@ -149,21 +146,19 @@ class Session:
         self._last_used = asyncio.get_running_loop().time()
         return conn
 
-    def _specs(self, conn: Connection) -> list[ToolSpec]:
-        cached = self._spec_cache
-        if cached is None or cached[0] is not conn.tools:
-            name = self.cfg.name
-            specs = [spec_of(name, t) for t in conn.tools if self.cfg.tool_allowed(t.name)]
-            cached = self._spec_cache = (conn.tools, specs)
-        return cached[1]
+    def _tools(self, conn: Connection) -> VisibleTools:
+        visible = self._visible
+        if visible is None or visible.listed is not conn.tools:
+            visible = self._visible = VisibleTools.of(self.cfg.name, conn.tools, self.cfg.tool_allowed)
+        return visible
 
     def knows_tool(self, tool: str) -> bool:
         """True when the server's last tool list offers `tool`."""
         listed = self._listed
-        return listed is not None and any(spec.name == tool for spec in self._specs(listed))
+        return listed is not None and tool in self._tools(listed).by_name
 
     def _not_found(self, conn: Connection, tool: str) -> MCPToolNotFoundError:
-        return MCPToolNotFoundError(self.cfg.name, tool, [spec.name for spec in self._specs(conn)])
+        return MCPToolNotFoundError(self.cfg.name, tool, [spec.name for spec in self._tools(conn).specs])
 
     async def _vanished(self, conn: Connection, tool: str) -> bool:
         """Refresh the tool list; True when `tool` is no longer offered."""
@@ -188,7 +183,7 @@ class Session:
         self._last_used = loop.time()
         try:
             conn = await self._ensure(timeout)
-            if not any(spec.name == tool for spec in self._specs(conn)):
+            if tool not in self._tools(conn).by_name:
                 raise self._not_found(conn, tool)
             clock = CallClock(timeout, loop.time(), self._progress_max_s)
             try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -134,6 +134,21 @@ def spec_of(server: str, tool: mtypes.Tool) -> ToolSpec:
     )
 
 
+@dataclass(frozen=True)
+class VisibleTools:
+    """The tools of one server's tool list that its mcp.json entry lets through, in order and by name (a call looks
+    its tool up, never scans the list; the first of a name wins)."""
+
+    listed: list[mtypes.Tool]  # the SDK's tool list they came from
+    specs: list[ToolSpec]
+    by_name: dict[str, ToolSpec]
+
+    @classmethod
+    def of(cls, server: str, listed: list[mtypes.Tool], allowed: Callable[[str], bool]) -> VisibleTools:
+        specs = [spec_of(server, tool) for tool in listed if allowed(tool.name)]
+        return cls(listed, specs, {spec.name: spec for spec in reversed(specs)})
+
+
 def is_destructive(annotations: dict[str, Any] | None) -> bool:
     """MCP's reading of a tool's hints: destructive unless it says it is read-only or not destructive."""
     if not annotations:
@@ -168,6 +183,7 @@ class ToolSet:
 
     tools: list[ToolSpec]
     _by_name: dict[str, ToolSpec] = field(init=False, repr=False)
+    _openai: list[dict[str, Any]] | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         self._by_name = {t.model_name: t for t in self.tools}
@@ -184,14 +200,17 @@ class ToolSet:
         return self._by_name.get(model_name)
 
     def openai_tools(self) -> list[dict[str, Any]]:
-        """The tools as OpenAI function tools."""
-        return [
-            {
-                "type": "function",
-                "function": {"name": t.model_name, "description": t.description, "parameters": t.input_schema},
-            }
-            for t in self.tools
-        ]
+        """The tools as OpenAI function tools: built once per tool set (the pool hands out the same set while the
+        servers' tool lists last); a new list each call, its entries shared and never to be changed."""
+        if self._openai is None:
+            self._openai = [
+                {
+                    "type": "function",
+                    "function": {"name": t.model_name, "description": t.description, "parameters": t.input_schema},
+                }
+                for t in self.tools
+            ]
+        return list(self._openai)
 
 
 def _summarise_block(block: Any) -> str:

@@ -135,3 +135,17 @@ async def test_an_exchange_sends_the_token_and_reads_a_compressed_answer(traced:
     finally:
         await client.aclose()
         await runner.cleanup()
+
+
+async def test_a_call_at_the_read_timeout_reuses_the_clients_limits() -> None:
+    """A limit equal to the read timeout makes no new limits (the usual call); a shorter one shortens connecting
+    too, and a connect limit longer than the read timeout is shortened to it, as before."""
+    client = LMStudioClient.create("http://127.0.0.1:9", connect_timeout_s=5.0, read_timeout_s=120.0)
+    wire = client.wire
+    assert wire.timeouts(120.0) is wire.default_timeouts
+    assert wire.timeouts(None) is wire.default_timeouts
+    assert wire.timeouts(2.0) == {"connect": 2.0, "read": 2.0, "write": 2.0, "pool": 2.0}
+    await client.aclose()
+    slow = LMStudioClient.create("http://127.0.0.1:9", connect_timeout_s=10.0, read_timeout_s=5.0)
+    assert slow.wire.timeouts(5.0) == {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": 5.0}
+    await slow.aclose()

@@ -63,3 +63,30 @@ async def test_a_stream_without_tags_is_untouched() -> None:
 async def _iter(chunks: list[bytes]) -> AsyncIterator[bytes]:
     for chunk in chunks:
         yield chunk
+
+
+async def test_angle_brackets_without_tags_pass_byte_for_byte() -> None:
+    """Code and markdown (`<`, `[`) are parsed only to look for a tag: without one, every event comes back as it
+    came (not re-encoded; compact JSON, as some servers write it, would differ), also after a held `<th` turned
+    out to be text."""
+
+    def event(content: str | None, finish: str | None = None) -> bytes:
+        delta = {} if content is None else {"content": content}
+        chunk = {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+    chunks = [event("if a < b: x[0] = "), event("[link](u) <th"), event("e end>"), event(" [ok]"), event(None, "stop")]
+    out = b"".join([part async for part in separate_reasoning_stream(_iter(chunks))]).split(b"\n\n")
+    untouched = [chunks[i].removesuffix(b"\n\n") for i in (0, 3, 4)]
+    assert [out[i] for i in (0, 3, 4)] == untouched  # 1 and 2: the held `<th` moved between them
+    deltas = await relay(chunks)
+    assert "".join(str(d.get("content", "")) for d in deltas) == "if a < b: x[0] = [link](u) <the end> [ok]"
+
+
+async def test_after_a_think_block_events_pass_byte_for_byte_again() -> None:
+    chunks = sse({"content": "<think>hm</think>"}, {"content": " It is"}, {"content": " a <b>noon</b>."})
+    out = b"".join([part async for part in separate_reasoning_stream(_iter(chunks))]).split(b"\n\n")
+    assert out[2] == chunks[2].removesuffix(b"\n\n")  # idle again: untouched although it holds `<`
+    deltas = await relay(chunks)
+    reasoning = "".join(str(d.get("reasoning_content", "")) for d in deltas)
+    assert (reasoning, "".join(str(d.get("content", "")) for d in deltas)) == ("hm", "It is a <b>noon</b>.")

@@ -324,6 +324,9 @@ async def test_tool_set_collision_safe(make_pool: PoolFactory) -> None:
     assert tools.openai_tools()[0]["function"]["name"] == "a_b__echo"
     assert tools.openai_tools()[0]["type"] == "function"
     assert "properties" in tools.openai_tools()[0]["function"]["parameters"]
+    # built once per tool set (the pool hands out the same set while the tool lists last): a new list, same entries
+    again = (await pool.tool_set(["a.b", "a_b"])).openai_tools()
+    assert again is not tools.openai_tools() and all(a is b for a, b in zip(again, tools.openai_tools(), strict=True))
     with pytest.raises(MCPServerNotFoundError):
         await pool.tool_set(["a.b", "zzz"])
 
