@@ -166,14 +166,26 @@ def own_gateway(settings: Settings, fresh_store: Callable[[], str], name: str) -
 
 
 @pytest.fixture(scope="module")
-async def bridge(settings: Settings, fresh_store: Callable[[], str]) -> AsyncIterator[httpx.AsyncClient]:
+async def mock_as_found(mock_server: MockLMStudio) -> MockLMStudio:
+    """The shared mock reset before a module's gateway first reads it: a test of an earlier module may have left
+    it configured (a 64-token window: the module's gateway would remember it)."""
+    await mock_server.reset()
+    return mock_server
+
+
+@pytest.fixture(scope="module")
+async def bridge(
+    settings: Settings, fresh_store: Callable[[], str], mock_as_found: MockLMStudio
+) -> AsyncIterator[httpx.AsyncClient]:
     """The module's gateway in-process (ASGITransport, lifespan run), on its own store."""
     async with app_client(own_gateway(settings, fresh_store, "bridge"), timeout=CLIENT_TIMEOUT_S) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
-async def live(settings: Settings, fresh_store: Callable[[], str]) -> AsyncIterator[httpx.AsyncClient]:
+async def live(
+    settings: Settings, fresh_store: Callable[[], str], mock_as_found: MockLMStudio
+) -> AsyncIterator[httpx.AsyncClient]:
     """The module's gateway behind a real uvicorn socket (ASGITransport buffers whole responses), on its own
     store."""
     async with served(own_gateway(settings, fresh_store, "live"), timeout=CLIENT_TIMEOUT_S) as client:
