@@ -1,5 +1,6 @@
-"""Gateway replicas on one PostgreSQL: runs/s with ONE gateway process vs TWO (distinct BRIDGE_INSTANCE_ID, the
-same run store), the zero-latency mock LM Studio upstream, a concurrent load generator in this process."""
+"""Gateway replicas on one PostgreSQL: runs/s with ONE, TWO and THREE gateway processes (distinct
+BRIDGE_INSTANCE_ID, the same run store), the zero-latency mock LM Studio upstream, a concurrent load generator in
+this process."""
 
 from __future__ import annotations
 
@@ -22,29 +23,33 @@ from tests.postgres import PostgresCluster, PostgresNotFound
 
 CONCURRENCY = 16
 WARMUP = 300  # runs through each gateway before anything is measured
-ROUNDS = 8  # each round measures one replica and two replicas, in alternating order
+COUNTS = (1, 2, 3)  # gateway replicas per configuration
+LABELS = {1: "one replica", 2: "two replicas", 3: "three replicas"}
+ROUNDS = 6  # each round measures every configuration, in the orders 123 231 312 321 132 213 (see _order)
 RUNS_PER_ROUND = 1500  # per configuration and round
 DATABASE = "replicas"
 TASK = "Say hello in one short sentence."
 SETTLE_TIMEOUT_S = 30.0
 POLL_S = 0.02
 COMMAND = ".venv/bin/python -m bench replicas"
-INSTANCES = ("bench-replica-a", "bench-replica-b")
+INSTANCES = ("bench-replica-a", "bench-replica-b", "bench-replica-c")
 
 NOTE = (
     f"`{COMMAND}`. One throwaway PostgreSQL (tests/postgres.py: initdb on a temp dir, fsync off), the "
-    "zero-latency mock LM Studio, and two gateway processes (`python -m app.cli serve`, default settings "
-    "(logging at INFO, the run store on), `BRIDGE_DATABASE_URL` = the same PostgreSQL database, "
-    f"`BRIDGE_INSTANCE_ID` {INSTANCES[0]} and {INSTANCES[1]}, no MCP servers configured). The load: "
+    "zero-latency mock LM Studio, and three gateway processes A, B, C (`python -m app.cli serve`, default "
+    "settings (logging at INFO, the run store on), `BRIDGE_DATABASE_URL` = the same PostgreSQL database, "
+    f"`BRIDGE_INSTANCE_ID` {', '.join(INSTANCES)}, no MCP servers configured), all up in every round. The load: "
     f'`POST /v1/autonomous` with `"mcp_servers": []` and a short task (one LLM call, no tool; recorded in the '
     f"store), {CONCURRENCY} concurrent workers on one httpx.AsyncClient in the benchmark process (over "
     "httpx-aiohttp's "
     "transport, as the gateway talks to LM Studio: about 0.4 ms of CPU per request here, against about 1.3 ms "
     "with httpx's own, CPU that the servers would lose on 2 cores). "
-    f"**One replica**: every run to gateway A (gateway B is up but gets nothing: its CPU over those rounds is "
-    f"shown); **two replicas**: the runs round-robin over A and B. After {WARMUP} warm-up runs through each "
-    f"gateway, {ROUNDS} rounds of {RUNS_PER_ROUND:,} runs per configuration, the two configurations in "
-    "alternating order, so that drift on the shared machine hits both alike. runs/s = runs / wall time of "
+    "**One replica**: every run to gateway A (B and C are up but get nothing: their CPU over those rounds is "
+    "shown); **two replicas**: the runs round-robin over A and B; **three replicas**: over A, B and C. After "
+    f"{WARMUP} warm-up runs through each gateway, {ROUNDS} rounds of {RUNS_PER_ROUND:,} runs per configuration, "
+    "each round measuring all three in the orders 123 231 312 321 132 213 (each configuration first, second and "
+    "third, and after each other one, equally often), so that drift on the shared machine hits all alike. runs/s "
+    "= runs / wall time of "
     "the configuration's rounds; latency = each request's time under that load (queueing included). CPU "
     "per run = psutil user+system time over a round / runs, read once every run of the round is in the "
     "store (the table polled), so that the store's batched writes are counted: gateways (the processes "
@@ -130,7 +135,7 @@ async def run() -> dict[str, object]:
             return {
                 "title": "Gateway replicas on one PostgreSQL",
                 "note": NOTE,
-                "rows": [("one vs two gateway replicas", "not run: PostgreSQL is not installed", "report")],
+                "rows": [("one, two and three gateway replicas", "not run: PostgreSQL is not installed", "report")],
                 "analysis": "",
             }
         stack.callback(cluster.stop)
@@ -158,17 +163,16 @@ async def run() -> dict[str, object]:
         db = await asyncpg.connect(cluster.dsn_for(DATABASE))
         stack.push_async_callback(db.close)
 
-        await _check(client, replicas[0], replicas[1])
-        await _check(client, replicas[1], replicas[0])
-        one = Config("one replica", replicas[:1])
-        two = Config("two replicas", replicas)
+        for bridge, other in zip(replicas, replicas[1:] + replicas[:1], strict=True):
+            await _check(client, bridge, other)
+        configs = [Config(LABELS[n], replicas[:n]) for n in COUNTS]
         for bridge in replicas:
             await _load(client, [bridge], WARMUP, None)
-        stored = await _settle(db, 2 + len(replicas) * WARMUP)  # the two checks' runs and the warm-up's
+        stored = await _settle(db, len(replicas) * (1 + WARMUP))  # the checks' runs and the warm-up's
         processes: dict[str, Server | Postgres | None] = {s.name: s for s in replicas}
         processes |= {"mock": mock, "postgres": postgres, "load generator": None}
         for r in range(ROUNDS):
-            for cfg in (one, two) if r % 2 == 0 else (two, one):
+            for cfg in _order(configs, r):
                 before = _cpu(processes)
                 machine = _machine_busy_s()
                 start = time.perf_counter()
@@ -190,9 +194,18 @@ async def run() -> dict[str, object]:
     return {
         "title": "Gateway replicas on one PostgreSQL",
         "note": NOTE,
-        "rows": _rows(one, two, replicas, by_instance),
+        "rows": _rows(configs, replicas, by_instance),
         "analysis": ANALYSIS,
     }
+
+
+def _order(configs: list[Config], r: int) -> list[Config]:
+    """Round r's order: the configurations rotated by r, and reversed in every other block of len(configs)
+    rounds (for three: 123 231 312 321 132 213), so that each comes at each place and after each other one
+    equally often over 2 * len(configs) rounds."""
+    k = r % len(configs)
+    order = configs[k:] + configs[:k]
+    return order[::-1] if r // len(configs) % 2 else order
 
 
 async def _check(client: httpx.AsyncClient, bridge: Server, other: Server) -> None:
@@ -277,13 +290,12 @@ async def _settle(db: asyncpg.Connection, expected: int) -> int:
     raise RuntimeError(f"the store holds {last} runs after {SETTLE_TIMEOUT_S:g} s, expected {expected}")
 
 
-def _rows(one: Config, two: Config, replicas: list[Server], by_instance: dict[str, int]) -> list[Row]:
-    ratio = two.rate / one.rate
-    ratios = [b / a for a, b in zip(one.round_rates, two.round_rates, strict=True)]
-    errors = len(one.errors) + len(two.errors)
-    gateways = [s.name for s in replicas]
+def _rows(configs: list[Config], replicas: list[Server], by_instance: dict[str, int]) -> list[Row]:
+    one = configs[0]
+    names = [s.name for s in replicas]
+    letters = "; ".join("ABCDEFGH"[: len(replicas)])
     rows: list[Row] = []
-    for cfg in (one, two):
+    for cfg in configs:
         rows.append(
             (
                 f"{cfg.label}: runs/s (per round: lowest-highest)",
@@ -298,38 +310,39 @@ def _rows(one: Config, two: Config, replicas: list[Server], by_instance: dict[st
                 "report",
             )
         )
-    rows.append(
-        (
-            "two replicas / one: runs/s (per round: lowest-highest)",
-            f"{ratio:.2f}x ({min(ratios):.2f}-{max(ratios):.2f})",
-            "report (2 cores shared with the mock, PostgreSQL and the load generator)",
+    for cfg in configs[1:]:
+        ratios = [b / a for a, b in zip(one.round_rates, cfg.round_rates, strict=True)]
+        rows.append(
+            (
+                f"{cfg.label} / one: runs/s (per round: lowest-highest)",
+                f"{cfg.rate / one.rate:.2f}x ({min(ratios):.2f}-{max(ratios):.2f})",
+                f"report ({psutil.cpu_count()} cores shared with the mock, PostgreSQL and the load generator)",
+            )
         )
-    )
-    first_error = (one.errors + two.errors)[:1]
+    errors = [e for cfg in configs for e in cfg.errors]
     rows.append(
         (
             "errors (non-200, transport errors, runs not completed)",
-            f"{errors} of {one.runs + two.runs:,}"
-            + (f", first: {first_error[0][:200]}" if first_error else "")
-            + f" ({verdict(errors == 0)})",
+            f"{len(errors)} of {sum(cfg.runs for cfg in configs):,}"
+            + (f", first: {errors[0][:200]}" if errors else "")
+            + f" ({verdict(not errors)})",
             "0",
         )
     )
-    for cfg in (one, two):
-        gateway_ms = sum(cfg.cpu_ms(name) for name in gateways)
-        per_replica = "; ".join(f"{cfg.cpu_ms(name):.2f}" for name in gateways)
+    for cfg in configs:
+        gateway_ms = sum(cfg.cpu_ms(name) for name in names)
         rows.append(
             (
-                f"{cfg.label}: CPU per run: gateways (A; B); mock; PostgreSQL; load generator",
-                f"{gateway_ms:.2f} ({per_replica}); {cfg.cpu_ms('mock'):.2f}; {cfg.cpu_ms('postgres'):.2f}; "
-                f"{cfg.cpu_ms('load generator'):.2f} ms/run",
+                f"{cfg.label}: CPU per run: gateways ({letters}); mock; PostgreSQL; load generator",
+                f"{gateway_ms:.2f} ({'; '.join(f'{cfg.cpu_ms(name):.2f}' for name in names)}); "
+                f"{cfg.cpu_ms('mock'):.2f}; {cfg.cpu_ms('postgres'):.2f}; {cfg.cpu_ms('load generator'):.2f} ms/run",
                 "report",
             )
         )
         rows.append(
             (
-                f"{cfg.label}: cores busy per gateway process (A; B; a process runs its event loop on one)",
-                "; ".join(f"{cfg.cpu_s.get(name, 0.0) / cfg.window_s:.2f}" for name in gateways),
+                f"{cfg.label}: cores busy per gateway process ({letters}; a process runs its event loop on one)",
+                "; ".join(f"{cfg.cpu_s.get(name, 0.0) / cfg.window_s:.2f}" for name in names),
                 "report",
             )
         )
