@@ -12,6 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 import httpx
@@ -31,6 +32,7 @@ DATABASE = "replicas"
 TASK = "Say hello in one short sentence."
 SETTLE_TIMEOUT_S = 30.0
 POLL_S = 0.02
+T = TypeVar("T")
 COMMAND = ".venv/bin/python -m bench replicas"
 INSTANCES = ("bench-replica-a", "bench-replica-b", "bench-replica-c")
 
@@ -199,7 +201,7 @@ async def run() -> dict[str, object]:
     }
 
 
-def _order(configs: list[Config], r: int) -> list[Config]:
+def _order(configs: list[T], r: int) -> list[T]:
     """Round r's order: the configurations rotated by r, and reversed in every other block of len(configs)
     rounds (for three: 123 231 312 321 132 213), so that each comes at each place and after each other one
     equally often over 2 * len(configs) rounds."""
