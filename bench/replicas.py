@@ -1,5 +1,6 @@
-"""Gateway replicas on one PostgreSQL: runs/s with ONE gateway process vs TWO (distinct BRIDGE_INSTANCE_ID, the
-same run store), the zero-latency mock LM Studio upstream, a concurrent load generator in this process."""
+"""Gateway replicas on one PostgreSQL: runs/s with ONE, TWO and THREE gateway processes (distinct
+BRIDGE_INSTANCE_ID, the same run store), the zero-latency mock LM Studio upstream, a concurrent load generator in
+this process."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 import httpx
@@ -22,29 +24,34 @@ from tests.postgres import PostgresCluster, PostgresNotFound
 
 CONCURRENCY = 16
 WARMUP = 300  # runs through each gateway before anything is measured
-ROUNDS = 8  # each round measures one replica and two replicas, in alternating order
+COUNTS = (1, 2, 3)  # gateway replicas per configuration
+LABELS = {1: "one replica", 2: "two replicas", 3: "three replicas"}
+ROUNDS = 6  # each round measures every configuration, in the orders 123 231 312 321 132 213 (see _order)
 RUNS_PER_ROUND = 1500  # per configuration and round
 DATABASE = "replicas"
 TASK = "Say hello in one short sentence."
 SETTLE_TIMEOUT_S = 30.0
 POLL_S = 0.02
+T = TypeVar("T")
 COMMAND = ".venv/bin/python -m bench replicas"
-INSTANCES = ("bench-replica-a", "bench-replica-b")
+INSTANCES = ("bench-replica-a", "bench-replica-b", "bench-replica-c")
 
 NOTE = (
     f"`{COMMAND}`. One throwaway PostgreSQL (tests/postgres.py: initdb on a temp dir, fsync off), the "
-    "zero-latency mock LM Studio, and two gateway processes (`python -m app.cli serve`, default settings "
-    "(logging at INFO, the run store on), `BRIDGE_DATABASE_URL` = the same PostgreSQL database, "
-    f"`BRIDGE_INSTANCE_ID` {INSTANCES[0]} and {INSTANCES[1]}, no MCP servers configured). The load: "
+    "zero-latency mock LM Studio, and three gateway processes A, B, C (`python -m app.cli serve`, default "
+    "settings (logging at INFO, the run store on), `BRIDGE_DATABASE_URL` = the same PostgreSQL database, "
+    f"`BRIDGE_INSTANCE_ID` {', '.join(INSTANCES)}, no MCP servers configured), all up in every round. The load: "
     f'`POST /v1/autonomous` with `"mcp_servers": []` and a short task (one LLM call, no tool; recorded in the '
     f"store), {CONCURRENCY} concurrent workers on one httpx.AsyncClient in the benchmark process (over "
     "httpx-aiohttp's "
     "transport, as the gateway talks to LM Studio: about 0.4 ms of CPU per request here, against about 1.3 ms "
     "with httpx's own, CPU that the servers would lose on 2 cores). "
-    f"**One replica**: every run to gateway A (gateway B is up but gets nothing: its CPU over those rounds is "
-    f"shown); **two replicas**: the runs round-robin over A and B. After {WARMUP} warm-up runs through each "
-    f"gateway, {ROUNDS} rounds of {RUNS_PER_ROUND:,} runs per configuration, the two configurations in "
-    "alternating order, so that drift on the shared machine hits both alike. runs/s = runs / wall time of "
+    "**One replica**: every run to gateway A (B and C are up but get nothing: their CPU over those rounds is "
+    "shown); **two replicas**: the runs round-robin over A and B; **three replicas**: over A, B and C. After "
+    f"{WARMUP} warm-up runs through each gateway, {ROUNDS} rounds of {RUNS_PER_ROUND:,} runs per configuration, "
+    "each round measuring all three in the orders (by replica count) 123 231 312 321 132 213 (each configuration "
+    "first, second and third, and after each other one, equally often), so that drift on the shared machine hits "
+    "all alike. runs/s = runs / wall time of "
     "the configuration's rounds; latency = each request's time under that load (queueing included). CPU "
     "per run = psutil user+system time over a round / runs, read once every run of the round is in the "
     "store (the table polled), so that the store's batched writes are counted: gateways (the processes "
@@ -53,30 +60,41 @@ NOTE = (
 
 
 ANALYSIS = (
-    "**What the figures say** (2026-11-29, nine runs of this section): on this machine a second replica did "
-    "not add throughput to speak of. Two / one: 0.92, 1.11, 0.88 and 1.02x in the four runs with the least "
-    "other load (one replica 492, 585, 545, 553 runs/s; two 452, 648, 480, 566), 0.89 and 0.91x in two more, "
-    "and 0.76-0.83x in three runs while other engineers' test suites held most of the machine (one replica "
-    "209-347 runs/s). Errors: 0 in every run (24,000 runs each); both replicas recorded every run in the one "
-    "store, and each read the other's run back. **Why**: the work is CPU-bound and the two cores are shared. "
-    "A run costs about 2.2-2.3 ms of CPU in all with one replica (gateway 1.4-1.5, load generator 0.5, mock "
-    "0.2, PostgreSQL 0.12 ms), and other users' processes kept 0.3-0.8 of a core busy during the rounds (the "
-    '"everything else" rows), so runs/s is about the cores left to us / CPU per run (1.27 cores / 2.20 ms = '
-    "577 runs/s against 585 measured). One gateway was not the bottleneck: its process used 0.7-0.8 of its "
-    "core, its event loop had idle time, so a second process has nothing to take off it. And a second replica"
-    " costs CPU: the gateways' CPU per run goes from 1.39-1.47 to 1.55-1.70 ms in the six quieter runs "
-    "(+0.16-0.26 ms: the fixed costs of each process are shared by half as many runs: its store writer "
-    "commits about twice as many, smaller batches, PostgreSQL +0.03-0.05 ms/run; each event-loop wake-up "
-    "serves fewer requests; the mock sees two connection pools), all of it 2.2-2.3 -> 2.4-2.65 ms/run (+10-16"
-    " %); with the CPU we get fixed, that is the 0.88-0.92x. In the two runs where our processes got more of "
-    "the machine during the two-replica rounds (1.54 cores instead of 1.27; 1.41 instead of 1.24: probably "
-    "the larger share the scheduler gives one more busy process against the other load), two replicas came "
-    "out ahead or even (1.11x, 1.02x). From these figures, the most a quiet 2-core machine could show: one "
-    "replica stops at its own core, ~1 / 1.45 ms = ~690 runs/s (the rest, ~0.85 ms/run, fits on the other "
-    "core), two replicas at 2 cores / ~2.5 ms = ~800 runs/s: ~1.15x. Replicas scale where each gets its own "
-    "cores (one machine each, or a machine with 4+ cores); on this one the gain is availability (either "
-    "replica serves and reads every run), not runs/s. Latency under this load: p50 20-35 ms, p99 103-145 ms, "
-    "a little higher with two replicas in most runs (queueing for the CPU: a single run alone takes ~3 ms)."
+    "**What the figures say** (2026-12-07, three runs of this section, 27,000 runs each, 0 errors in each; the "
+    "table is the first, the one with the least other load): on this 2-core machine neither a second nor a third "
+    "replica added runs/s, and each cost CPU. Runs/s with one / two / three replicas: 295 / 246 / 197, 127 / 105 "
+    "/ 91 and 147 / 109 / 110 (two / one 0.84, 0.83, 0.74x; three / one 0.67, 0.72, 0.74x; three / two 0.80, "
+    "0.87, 1.01x). **What else ran**: all three runs shared the machine with other engineers' work at normal "
+    'priority: two `python3 -c "while True: pass"` loops (started from /work/main, running through all three '
+    "runs) and repeated test runs (tests/scenarios/test_failures.py -k breaker, "
+    "tests/services/runs/test_store.py -k cancelled_just), besides niced test suites, mypy and pip in other "
+    'worktrees; load average 5-11. The "everything else" rows: 1.1-1.2 cores in the first run, 1.4-1.55 in the '
+    "other two, which left our processes 0.83-0.90 of a core in the first and 0.45-0.57 in the others. These "
+    "runs/s are far below the quieter 2026-11-29 ones (one replica 492-585 runs/s) and compare only within a "
+    "run. **Why no gain**: runs/s is about the cores our processes got / CPU per run (first run, three replicas: "
+    "0.88 cores / 4.51 ms = 195 against 197 measured). More gateway processes won a little more of the shared "
+    "machine (the gateways together, one -> two -> three replicas: 0.54 -> 0.59 -> 0.60 of a core in the first "
+    "run, 0.29 -> 0.33 -> 0.34 and 0.32 -> 0.32 -> 0.38 in the others), far less than their CPU per run grew "
+    "(below), and on 2 cores there is no idle core for another process to fill. **What a third replica costs**: "
+    "CPU per run, all of it, one -> two -> three replicas: 2.84 -> 3.69 -> 4.51 ms, 3.60 -> 4.93 -> 5.68, 3.45 "
+    "-> 4.67 -> 5.20: the third adds 0.5-0.8 ms/run (+11-22 %) over two, and three cost 1.7-2.1 ms/run (+51-59 "
+    "%) more than one. Most of it is the gateways' (first run: 1.81 -> 2.41 -> 3.06 ms/run; 1.0 ms per replica "
+    "with three, 1.2 with two, 1.8 for one alone): each process's fixed costs are spread over fewer runs (each "
+    "event-loop wake-up serves fewer requests; each store writer commits smaller batches: PostgreSQL 0.16 -> "
+    "0.25 -> 0.32 ms/run); the mock (0.26 -> 0.37) and the load generator (0.62 -> 0.75) keep one connection "
+    "pool per gateway. A replica that gets no runs costs 0.02-0.04 ms per run of the others (its background "
+    "work, the lease heartbeat among it: ~4-6 ms of CPU a second). Latency rose with the replicas (first run p50 "
+    "40 -> 56 -> 71 ms, p99 260 -> 257 -> 343 ms; the other runs p50 88-108 -> 123-138 -> 128-160 ms). "
+    "Contention itself inflates CPU per run (one gateway 1.8-2.3 ms/run here against 1.4-1.5 on 2026-11-29), so "
+    "on a quiet machine the third replica's cost in ms is likely smaller, its sign not. **One vs two with less "
+    "other load** (2026-11-29, nine runs of the earlier one-vs-two version of this section): two / one "
+    "0.88-1.11x in the six quieter runs (one replica 492-585 runs/s), 0.76-0.83x while other suites held most of "
+    "the machine; CPU per run 2.2-2.3 ms with one replica, 2.4-2.65 with two; one gateway used 0.7-0.8 of its "
+    "core. From those figures the most a quiet 2-core machine could show: one replica stops at its own core (~1 "
+    "/ 1.45 ms = ~690 runs/s), two at 2 cores / ~2.5 ms = ~800 runs/s (~1.15x); a third adds CPU per run and no "
+    "core, so it can only lower that. Replicas scale where each gets its own cores (a machine each, or 4+ "
+    "cores); on this one their gain is availability (any replica serves and reads every run, and the others "
+    "carry on when one is killed: tests/scenarios/test_chaos.py), not runs/s."
 )
 
 
@@ -130,7 +148,7 @@ async def run() -> dict[str, object]:
             return {
                 "title": "Gateway replicas on one PostgreSQL",
                 "note": NOTE,
-                "rows": [("one vs two gateway replicas", "not run: PostgreSQL is not installed", "report")],
+                "rows": [("one, two and three gateway replicas", "not run: PostgreSQL is not installed", "report")],
                 "analysis": "",
             }
         stack.callback(cluster.stop)
@@ -158,17 +176,16 @@ async def run() -> dict[str, object]:
         db = await asyncpg.connect(cluster.dsn_for(DATABASE))
         stack.push_async_callback(db.close)
 
-        await _check(client, replicas[0], replicas[1])
-        await _check(client, replicas[1], replicas[0])
-        one = Config("one replica", replicas[:1])
-        two = Config("two replicas", replicas)
+        for bridge, other in zip(replicas, replicas[1:] + replicas[:1], strict=True):
+            await _check(client, bridge, other)
+        configs = [Config(LABELS[n], replicas[:n]) for n in COUNTS]
         for bridge in replicas:
             await _load(client, [bridge], WARMUP, None)
-        stored = await _settle(db, 2 + len(replicas) * WARMUP)  # the two checks' runs and the warm-up's
+        stored = await _settle(db, len(replicas) * (1 + WARMUP))  # the checks' runs and the warm-up's
         processes: dict[str, Server | Postgres | None] = {s.name: s for s in replicas}
         processes |= {"mock": mock, "postgres": postgres, "load generator": None}
         for r in range(ROUNDS):
-            for cfg in (one, two) if r % 2 == 0 else (two, one):
+            for cfg in _order(configs, r):
                 before = _cpu(processes)
                 machine = _machine_busy_s()
                 start = time.perf_counter()
@@ -190,9 +207,18 @@ async def run() -> dict[str, object]:
     return {
         "title": "Gateway replicas on one PostgreSQL",
         "note": NOTE,
-        "rows": _rows(one, two, replicas, by_instance),
+        "rows": _rows(configs, replicas, by_instance),
         "analysis": ANALYSIS,
     }
+
+
+def _order(configs: list[T], r: int) -> list[T]:
+    """Round r's order: the configurations rotated by r, and reversed in every other block of len(configs)
+    rounds (for three: 123 231 312 321 132 213), so that each comes at each place and after each other one
+    equally often over 2 * len(configs) rounds."""
+    k = r % len(configs)
+    order = configs[k:] + configs[:k]
+    return order[::-1] if r // len(configs) % 2 else order
 
 
 async def _check(client: httpx.AsyncClient, bridge: Server, other: Server) -> None:
@@ -277,13 +303,12 @@ async def _settle(db: asyncpg.Connection, expected: int) -> int:
     raise RuntimeError(f"the store holds {last} runs after {SETTLE_TIMEOUT_S:g} s, expected {expected}")
 
 
-def _rows(one: Config, two: Config, replicas: list[Server], by_instance: dict[str, int]) -> list[Row]:
-    ratio = two.rate / one.rate
-    ratios = [b / a for a, b in zip(one.round_rates, two.round_rates, strict=True)]
-    errors = len(one.errors) + len(two.errors)
-    gateways = [s.name for s in replicas]
+def _rows(configs: list[Config], replicas: list[Server], by_instance: dict[str, int]) -> list[Row]:
+    one = configs[0]
+    names = [s.name for s in replicas]
+    letters = "; ".join("ABCDEFGH"[: len(replicas)])
     rows: list[Row] = []
-    for cfg in (one, two):
+    for cfg in configs:
         rows.append(
             (
                 f"{cfg.label}: runs/s (per round: lowest-highest)",
@@ -298,38 +323,39 @@ def _rows(one: Config, two: Config, replicas: list[Server], by_instance: dict[st
                 "report",
             )
         )
-    rows.append(
-        (
-            "two replicas / one: runs/s (per round: lowest-highest)",
-            f"{ratio:.2f}x ({min(ratios):.2f}-{max(ratios):.2f})",
-            "report (2 cores shared with the mock, PostgreSQL and the load generator)",
+    for cfg in configs[1:]:
+        ratios = [b / a for a, b in zip(one.round_rates, cfg.round_rates, strict=True)]
+        rows.append(
+            (
+                f"{cfg.label} / one: runs/s (per round: lowest-highest)",
+                f"{cfg.rate / one.rate:.2f}x ({min(ratios):.2f}-{max(ratios):.2f})",
+                f"report ({psutil.cpu_count()} cores shared with the mock, PostgreSQL and the load generator)",
+            )
         )
-    )
-    first_error = (one.errors + two.errors)[:1]
+    errors = [e for cfg in configs for e in cfg.errors]
     rows.append(
         (
             "errors (non-200, transport errors, runs not completed)",
-            f"{errors} of {one.runs + two.runs:,}"
-            + (f", first: {first_error[0][:200]}" if first_error else "")
-            + f" ({verdict(errors == 0)})",
+            f"{len(errors)} of {sum(cfg.runs for cfg in configs):,}"
+            + (f", first: {errors[0][:200]}" if errors else "")
+            + f" ({verdict(not errors)})",
             "0",
         )
     )
-    for cfg in (one, two):
-        gateway_ms = sum(cfg.cpu_ms(name) for name in gateways)
-        per_replica = "; ".join(f"{cfg.cpu_ms(name):.2f}" for name in gateways)
+    for cfg in configs:
+        gateway_ms = sum(cfg.cpu_ms(name) for name in names)
         rows.append(
             (
-                f"{cfg.label}: CPU per run: gateways (A; B); mock; PostgreSQL; load generator",
-                f"{gateway_ms:.2f} ({per_replica}); {cfg.cpu_ms('mock'):.2f}; {cfg.cpu_ms('postgres'):.2f}; "
-                f"{cfg.cpu_ms('load generator'):.2f} ms/run",
+                f"{cfg.label}: CPU per run: gateways ({letters}); mock; PostgreSQL; load generator",
+                f"{gateway_ms:.2f} ({'; '.join(f'{cfg.cpu_ms(name):.2f}' for name in names)}); "
+                f"{cfg.cpu_ms('mock'):.2f}; {cfg.cpu_ms('postgres'):.2f}; {cfg.cpu_ms('load generator'):.2f} ms/run",
                 "report",
             )
         )
         rows.append(
             (
-                f"{cfg.label}: cores busy per gateway process (A; B; a process runs its event loop on one)",
-                "; ".join(f"{cfg.cpu_s.get(name, 0.0) / cfg.window_s:.2f}" for name in gateways),
+                f"{cfg.label}: cores busy per gateway process ({letters}; a process runs its event loop on one)",
+                "; ".join(f"{cfg.cpu_s.get(name, 0.0) / cfg.window_s:.2f}" for name in names),
                 "report",
             )
         )
