@@ -23,6 +23,7 @@ from mcp.client.auth.exceptions import OAuthRegistrationError
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
 from mcp.client.auth.oauth2 import OAuthContext
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata
+from mcp.shared.exceptions import MCPDeprecationWarning
 from pydantic import AnyUrl
 
 from services.mcp.oauth import ServerAuth
@@ -203,7 +204,7 @@ class MachineProvider(_Managed, ClientCredentialsOAuthProvider):
         oauth = auth.oauth
         assert auth.cfg.url is not None and oauth.client_id and oauth.client_secret
         with warnings.catch_warnings():  # no `issuer`: the SDK's deprecation warning (docs/configuration.md says why)
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
             ClientCredentialsOAuthProvider.__init__(
                 self,
                 auth.cfg.url,
