@@ -43,7 +43,7 @@ class TokenCounter:
         self._ratios: dict[str, float] = {}
         self._lock = threading.Lock()
         # id(list) -> (the list, its length, its characters): held, so the id is not another list's meanwhile
-        self._tool_sizes: dict[int, tuple[Sequence[Mapping[str, Any]], int, int]] = {}
+        self._tool_sizes: dict[tuple[int, ...], tuple[tuple[Mapping[str, Any], ...], int]] = {}
 
     def estimate(
         self, model: str, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None
@@ -81,15 +81,18 @@ class TokenCounter:
         return tokens + math.ceil(chars / self.chars_per_token)
 
     def _tools_size(self, tools: Sequence[Mapping[str, Any]]) -> int:
-        """The characters of the tools' JSON; remembered for the same list object of the same length (its
-        `json.dumps` is most of the cost: a list changed in place must change its length, or be a new list)."""
-        known = self._tool_sizes.get(id(tools))
-        if known is not None and known[0] is tools and known[1] == len(tools):
-            return known[2]
+        """The characters of the tools' JSON (its `json.dumps` is most of the cost), remembered for the same tool
+        objects in the same order, whatever list holds them: each run builds a new list of its servers' tools,
+        whose entries (ToolSet.openai_tools) are shared and never changed. The entries are kept with the size,
+        so their ids cannot be taken by other objects meanwhile."""
+        key = tuple(map(id, tools))
+        known = self._tool_sizes.get(key)
+        if known is not None:
+            return known[1]
         size = _size(json.dumps(tools))
         if len(self._tool_sizes) >= TOOL_LISTS_KEPT:
             self._tool_sizes.pop(next(iter(self._tool_sizes)), None)  # the oldest
-        self._tool_sizes[id(tools)] = (tools, len(tools), size)
+        self._tool_sizes[key] = (tuple(tools), size)
         return size
 
     def ratio(self, model: str) -> float:

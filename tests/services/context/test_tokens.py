@@ -70,15 +70,16 @@ def test_parts_tool_calls_names_and_tools_count() -> None:
     assert with_tools == BASE + TOOLS_TOKENS + math.ceil(len(json.dumps(TOOLS)) / 3.2)
 
 
-def test_a_tool_list_is_measured_once_while_it_is_the_same_list() -> None:
+def test_the_same_tools_are_measured_once_whatever_list_holds_them() -> None:
     counter = TokenCounter()
     tools = [dict(t) for t in TOOLS]
     first = counter.count([], tools)
-    tools[0] = {"type": "function", "function": {"name": "x" * 500}}  # changed in place, same length: not seen
-    assert counter.count([], tools) == first
-    tools.append(TOOLS[0])  # another length: measured again
+    tools[0]["function"] = {"name": "x" * 500}  # an entry changed in place (never done): not seen, so remembered
+    assert counter.count([], list(tools)) == first  # a new list (each run makes one) of the same tool objects
+    tools[0] = dict(TOOLS[0], function={"name": "y" * 500})  # another tool object: measured again
     assert counter.count([], tools) > first
-    assert counter.count([], [dict(t) for t in TOOLS]) == first  # a new list with the same tools
+    assert counter.count([], [*tools, TOOLS[0]]) > counter.count([], tools)  # one more tool
+    assert counter.count([], [dict(t) for t in TOOLS]) == first  # new objects of the same tools: the same size
 
 
 def test_an_underestimate_raises_the_ratio_at_once_an_overestimate_lowers_it_slowly() -> None:
