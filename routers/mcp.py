@@ -24,7 +24,7 @@ _TOOL_RESULT = TypeAdapter(ToolResult)
 @router.get("", response_model=ServerList, operation_id="listMcpServers", summary="List MCP servers")
 async def list_servers(state: StateDep, access: AccessDep) -> ServerList:
     """Configured MCP servers (those the API key may use) with their status (env and header names, never values)."""
-    return await state.status.current_servers(access)
+    return await state.status.servers(access)
 
 
 @router.get(

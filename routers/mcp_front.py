@@ -302,7 +302,7 @@ async def task_result(bridge: BridgeState, run_id: str, wait_s: float, access: A
 
 async def servers(bridge: BridgeState, access: Access | None = None) -> dict[str, Any]:
     """The configured MCP servers, as `GET /v1/mcp/servers` lists them."""
-    return wire(bridge.status.servers(access))
+    return wire(await bridge.status.servers(access))
 
 
 async def models(bridge: BridgeState, access: Access | None = None) -> dict[str, Any]:

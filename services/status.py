@@ -125,8 +125,10 @@ class StatusService:
             aliases = {alias: model for alias, model in aliases.items() if access.model_allowed(model, aliases)}
         return ModelList(data=entries, aliases=aliases, stale=snap.stale)
 
-    def servers(self, access: Access | None = None) -> ServerList:
-        """Every configured MCP server (that `access` may use) with its status."""
+    async def servers(self, access: Access | None = None) -> ServerList:
+        """Every configured MCP server (that `access` may use) with its status (a server waiting for an OAuth
+        login: had it one since?)."""
+        await self.pool.recheck_logins()
         servers = self.pool.status()
         if access is not None:
             servers = [s for s in servers if access.reaches(s.name)]
@@ -138,11 +140,6 @@ class StatusService:
             access.check_servers([server])
         tools = await self.pool.list_tools(server)
         return [t for t in tools if access is None or access.tool_allowed(server, t.name)]
-
-    async def current_servers(self, access: Access | None = None) -> ServerList:
-        """`servers`, after a look at whether the servers waiting for an OAuth login have had one."""
-        await self.pool.recheck_logins()
-        return self.servers(access)
 
     async def readiness(self) -> Readiness:
         """Ping every LM Studio host and report every MCP server (a server waiting for a login: had it one?)."""
