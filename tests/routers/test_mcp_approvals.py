@@ -4,7 +4,6 @@ against `/mcp` (real uvicorn) and `lmstudio-bridge mcp` (stdio), the time server
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import sys
 from pathlib import Path
@@ -16,20 +15,17 @@ import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
 from tests.conftest import store_url
-from tests.helpers import REPO, TIME_CALL, events_of, mcp_servers_json, record, script
+from tests.helpers import REPO, events_of, record
 from tests.helpers import mcp_http_session as http_session
 from tests.mock_lmstudio.fixture import MockLMStudio
+from tests.routers.front_door import TIME_TASK, time_only
 
 pytestmark = pytest.mark.timeout(120)
-
-TIME_TASK = "What time is it? " + script(calls=[[TIME_CALL]])
 
 
 @pytest.fixture(scope="module")
 def mcp_json(files: Path) -> Path:
-    path = files.parent / "mcp.json"
-    path.write_text(json.dumps({"mcpServers": {"time": mcp_servers_json(str(files))["mcpServers"]["time"]}}))
-    return path
+    return time_only(files)
 
 
 @pytest.fixture(scope="module")

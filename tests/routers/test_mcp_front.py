@@ -17,6 +17,7 @@ from tests.conftest import make_settings, served, store_url
 from tests.helpers import REPO, TIME_CALL, mcp_servers_json, script
 from tests.helpers import mcp_http_session as http_session
 from tests.mock_lmstudio.fixture import MockLMStudio
+from tests.routers.front_door import TIME_TASK
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,7 +33,6 @@ TOOLS = {
     "health_check",
 }
 PORT = 18_765  # the port the gateway believes it serves on (the recursion guard compares against it)
-TIME_TASK = "What time is it? " + script(calls=[[TIME_CALL]])
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -16,7 +15,6 @@ import httpx
 import httpx2
 import mcp_types as mtypes
 import pytest
-import yaml
 from mcp import Client, ClientSession, StdioServerParameters, stdio_client
 from mcp.client.extension import ClaimContext, ClientExtension, ResultClaim
 from mcp.client.streamable_http import streamable_http_client
@@ -24,32 +22,25 @@ from mcp.shared.exceptions import MCPError
 
 from app.settings import Settings
 from tests.conftest import own_gateway, served, store_url
-from tests.helpers import REPO, TIME_CALL, eventually, mcp_servers_json, script
+from tests.helpers import REPO, TIME_CALL, eventually, script
 from tests.helpers import mcp_http_session as http_session
 from tests.mock_lmstudio.fixture import MockLMStudio
+from tests.routers.front_door import ALICE, BOB, TIME_TASK, alice_and_bob, time_only
 
 pytestmark = pytest.mark.timeout(120)
 
-ALICE_KEY, BOB_KEY = "alice-key-00000000000001", "bob-key-0000000000000002"
-ALICE, BOB = ({"Authorization": f"Bearer {k}"} for k in (ALICE_KEY, BOB_KEY))
-TIME_TASK = "What time is it? " + script(calls=[[TIME_CALL]])
 RUN_TOOLS = {"autonomous_with_mcp", "autonomous_with_multiple_mcps", "autonomous_discover_and_execute"}
 RELATED_TASK = "io.modelcontextprotocol/related-task"
 
 
 @pytest.fixture(scope="module")
 def mcp_json(files: Path) -> Path:
-    path = files.parent / "mcp.json"
-    path.write_text(json.dumps({"mcpServers": {"time": mcp_servers_json(str(files))["mcpServers"]["time"]}}))
-    return path
+    return time_only(files)
 
 
 @pytest.fixture(scope="module")
 def gateway_settings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    keys = {"keys": [{"name": n, "key": k, "servers": ["time"]} for n, k in (("alice", ALICE_KEY), ("bob", BOB_KEY))]}
-    path = tmp_path_factory.mktemp("keys") / "keys.yaml"
-    path.write_text(yaml.safe_dump(keys))
-    return {"keys_file": str(path)}
+    return alice_and_bob(tmp_path_factory.mktemp("keys"))
 
 
 @pytest.fixture(scope="module")

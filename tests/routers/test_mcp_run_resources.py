@@ -10,34 +10,25 @@ from typing import Any
 import httpx
 import mcp_types as mtypes
 import pytest
-import yaml
 from mcp.shared.exceptions import MCPError
 
-from tests.helpers import TIME_CALL, eventually, mcp_servers_json, script
+from tests.helpers import TIME_CALL, eventually, script
 from tests.helpers import mcp_http_session as http_session
 from tests.mock_lmstudio.fixture import MockLMStudio
+from tests.routers.front_door import ALICE, BOB, TIME_TASK, alice_and_bob, time_only
 
 # the handshake revisions' resources/subscribe, which the SDK's client marks deprecated (2026-07-28 listens instead)
 pytestmark = [pytest.mark.timeout(120), pytest.mark.filterwarnings("ignore:resources/subscribe is removed")]
 
-ALICE_KEY, BOB_KEY = "alice-key-00000000000001", "bob-key-0000000000000002"
-ALICE, BOB = ({"Authorization": f"Bearer {k}"} for k in (ALICE_KEY, BOB_KEY))
-TIME_TASK = "What time is it? " + script(calls=[[TIME_CALL]])
-
 
 @pytest.fixture(scope="module")
 def mcp_json(files: Path) -> Path:
-    path = files.parent / "mcp.json"
-    path.write_text(json.dumps({"mcpServers": {"time": mcp_servers_json(str(files))["mcpServers"]["time"]}}))
-    return path
+    return time_only(files)
 
 
 @pytest.fixture(scope="module")
 def gateway_settings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    keys = {"keys": [{"name": n, "key": k, "servers": ["time"]} for n, k in (("alice", ALICE_KEY), ("bob", BOB_KEY))]}
-    path = tmp_path_factory.mktemp("keys") / "keys.yaml"
-    path.write_text(yaml.safe_dump(keys))
-    return {"keys_file": str(path)}
+    return alice_and_bob(tmp_path_factory.mktemp("keys"))
 
 
 async def read_run(session: Any, run_id: str) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,10 @@ import mcp_types as mtypes
 import pytest
 from mcp import ClientSession
 
-from tests.helpers import TIME_CALL, mcp_servers_json, script
+from tests.helpers import TIME_CALL, script
 from tests.helpers import mcp_http_session as http_session
 from tests.mock_lmstudio.fixture import MockLMStudio
+from tests.routers.front_door import TIME_TASK, time_only
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,7 +28,6 @@ ORIGINAL_TOOLS = {
     "health_check",
 }
 SHORT_WAIT_S = 0.3
-TIME_TASK = "What time is it? " + script(calls=[[TIME_CALL]])
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +38,7 @@ def gateway_settings(either_store: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def mcp_json(files: Path) -> Path:
-    path = files.parent / "mcp.json"
-    path.write_text(json.dumps({"mcpServers": {"time": mcp_servers_json(str(files))["mcpServers"]["time"]}}))
-    return path
+    return time_only(files)
 
 
 def text_of(result: mtypes.CallToolResult) -> str:
