@@ -1,9 +1,11 @@
 """This checkout's gateway against another checkout's (`--base DIR`, e.g. a `git worktree` of an older commit), in
-one process, the contenders interleaved: the pass-through chat (one message, and 200 messages of 2 KB) and the
-REST tool call (`fault.echo`, `everything.echo`). Same-run figures only: the machine may be shared.
+one process, the contenders interleaved: the pass-through chat (one message, and 200 messages of 2 KB), the
+REST tool call (`fault.echo`, `everything.echo`), an autonomous run (one call of the real time server, the run
+benchmark's) and a streamed run of about 100 events (4 rounds of 12 `fault.echo` calls, read to its end).
+Same-run figures only: the machine may be shared.
 
     git worktree add /tmp/base <commit>
-    .venv/bin/python -m bench.before_after --base /tmp/base
+    .venv/bin/python -m bench.before_after --base /tmp/base [--log-level INFO]
 
 Both gateways run on this venv; the base one with ``python -P`` and PYTHONPATH=<base>, so its own packages are
 imported (not this checkout's). Prints a Markdown table; writes nothing.
@@ -18,9 +20,14 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from bench.common import (
+    Call,
     Contender,
+    HTTPFailure,
     Server,
     compare,
     floor,
@@ -31,10 +38,13 @@ from bench.common import (
     warm_up,
     write_mcp_config,
 )
+from bench.run_upstreams import QUESTION, SERVER
+from tests.helpers import TIME_CALL, call, script
 
 N = 1000
 WARMUP = 100
 CHAT = "/v1/chat/completions"
+RUN_PATH = "/v1/autonomous"
 ONE = {"model": "qwen/qwen3-4b", "messages": [{"role": "user", "content": "Say hi."}]}
 MANY = {
     "model": "qwen/qwen3-4b",
@@ -42,16 +52,44 @@ MANY = {
     + [{"role": "user", "content": "Say hi."}],
 }
 TOOLS = [("fault", "echo", {"text": "hi"}), ("everything", "echo", {"message": "hi"})]
+RUN = {"task": f"{QUESTION} {script(calls=[[TIME_CALL]])}", "mcp_servers": [SERVER]}
+SSE_ROUNDS, SSE_CALLS = 4, 12  # tool_call.started and .completed per call, and the run's own events: about 100
+SSE_RUN = {
+    "task": "Echo. "
+    + script(
+        calls=[[call("fault__echo", {"text": f"hi {r}.{i}"}) for i in range(SSE_CALLS)] for r in range(SSE_ROUNDS)]
+    ),
+    "mcp_servers": ["fault"],
+    "stream": True,
+}
+
+
+def read_stream(client: httpx.AsyncClient, url: str, body: Any) -> Call:
+    """A call that POSTs `body` and reads the Server-Sent Events to the end; returns how many events came."""
+
+    async def call() -> int:
+        async with client.stream("POST", url, json=body) as response:
+            if response.status_code != 200:
+                await response.aread()
+                raise HTTPFailure(url, response)
+            events = 0
+            async for line in response.aiter_lines():
+                events += line.startswith("event:")
+            return events
+
+    return call
 
 
 @contextlib.asynccontextmanager
-async def _gateway(name: str, lmstudio_url: str, config: Path, code: Path | None) -> AsyncIterator[Server]:
+async def _gateway(
+    name: str, lmstudio_url: str, config: Path, code: Path | None, log_level: str
+) -> AsyncIterator[Server]:
     """``app.cli serve`` of this checkout (`code` None) or of the checkout at `code`."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-store-") as store:
         env = {
             "LMSTUDIO_BASE_URL": lmstudio_url,
             "MCP_CONFIG": str(config),
-            "BRIDGE_LOG_LEVEL": "WARNING",
+            "BRIDGE_LOG_LEVEL": log_level,
             "BRIDGE_DATABASE_URL": f"sqlite+aiosqlite:///{store}/runs.db",
         }
         command = [sys.executable, "-m", "app.cli", "serve"]
@@ -62,13 +100,13 @@ async def _gateway(name: str, lmstudio_url: str, config: Path, code: Path | None
             yield server
 
 
-async def run(base: Path, n: int) -> list[tuple[str, str, str, str, str]]:
+async def run(base: Path, n: int, log_level: str) -> list[tuple[str, str, str, str, str]]:
     async with contextlib.AsyncExitStack() as stack:
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-before-after-")))
-        config = write_mcp_config(directory, [server for server, *_ in TOOLS])
+        config = write_mcp_config(directory, [*(server for server, *_ in TOOLS), SERVER])
         mock = await stack.enter_async_context(mock_lmstudio())
-        before = await stack.enter_async_context(_gateway("before", mock.base_url, config, base))
-        after = await stack.enter_async_context(_gateway("after", mock.base_url, config, None))
+        before = await stack.enter_async_context(_gateway("before", mock.base_url, config, base, log_level))
+        after = await stack.enter_async_context(_gateway("after", mock.base_url, config, None, log_level))
         ground = await stack.enter_async_context(floor())
         client = await stack.enter_async_context(http_client())
 
@@ -91,6 +129,22 @@ async def run(base: Path, n: int) -> list[tuple[str, str, str, str, str]]:
                     Contender(f"after: {label}", post_json(client, after.url(path), args), [after]),
                 )
             )
+        label = "autonomous run, 1 time call"
+        pairs.append(
+            (
+                label,
+                Contender(f"before: {label}", post_json(client, before.url(RUN_PATH), RUN), [before]),
+                Contender(f"after: {label}", post_json(client, after.url(RUN_PATH), RUN), [after]),
+            )
+        )
+        label = f"streamed run, {SSE_ROUNDS} rounds of {SSE_CALLS} fault.echo calls (~100 events)"
+        pairs.append(
+            (
+                label,
+                Contender(f"before: {label}", read_stream(client, before.url(RUN_PATH), SSE_RUN), [before]),
+                Contender(f"after: {label}", read_stream(client, after.url(RUN_PATH), SSE_RUN), [after]),
+            )
+        )
         floor_c = Contender("floor", post_json(client, ground.url("/"), ONE), [ground])
         direct = Contender("direct to the mock, 200 messages", post_json(client, mock.url(CHAT), MANY), [mock])
         contenders = [floor_c, direct, *(c for _, *two in pairs for c in two)]
@@ -118,8 +172,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", type=Path, required=True, help="the other checkout (a git worktree)")
     parser.add_argument("-n", type=int, default=N, help=f"measured calls per contender (default {N})")
+    parser.add_argument("--log-level", default="WARNING", help="both gateways' BRIDGE_LOG_LEVEL (default WARNING)")
     options = parser.parse_args()
-    rows = asyncio.run(run(options.base.resolve(), options.n))
+    rows = asyncio.run(run(options.base.resolve(), options.n, options.log_level))
     print(
         "| what | p50 before / after | gateway CPU per call before / after | CPU after / before | p99 before / after |"
     )

@@ -199,7 +199,8 @@ class RunFitting:
         budget = self.budget(answer_tokens)
         stubs = [{"role": "tool", "tool_call_id": call_id, "content": ""} for call_id, _, _ in results]
         left = budget - self.estimate([*messages, *stubs], tools)
-        if left >= sum(self._content_tokens(text) for _, _, text in results):
+        sizes = [self._content_tokens(text) for _, _, text in results]
+        if left >= sum(sizes):
             return messages, [text for _, _, text in results]
         if left < budget * OUTPUT_ROOM_MIN and len(messages) - 1 > keep_head:
             before = self.estimate(messages, tools)
@@ -217,17 +218,16 @@ class RunFitting:
                     Fit(round_no, "history", before, after, f"{changed} older message(s) shortened or left out")
                 )
             left = budget - self.estimate([*messages, *stubs], tools)
-        return messages, await self._cut(results, left, round_no)
+        return messages, await self._cut(results, sizes, left, round_no)
 
     def _content_tokens(self, text: str) -> int:
         """The tokens `text` adds as a tool message's content (the message's own overhead is counted apart)."""
-        empty = self.estimate([{"role": "tool", "content": ""}], [])
-        return self.estimate([{"role": "tool", "content": text}], []) - empty
+        return self._counter.text_tokens(self._run.model.id, text)
 
-    async def _cut(self, results: list[tuple[str, str, str]], left: int, round_no: int) -> list[str]:
-        """The contents of (call id, name, text) within `left` tokens together: the small ones whole, the others
-        cut to an even share of the rest (each one checked against its share, the marker included)."""
-        sizes = [self._content_tokens(text) for _, _, text in results]
+    async def _cut(self, results: list[tuple[str, str, str]], sizes: list[int], left: int, round_no: int) -> list[str]:
+        """The contents of (call id, name, text), whose tokens are `sizes`, within `left` tokens together: the
+        small ones whole, the others cut to an even share of the rest (each one checked against its share, the
+        marker included)."""
         if sum(sizes) <= left:
             return [text for _, _, text in results]
         share, pending = max(left, 0), sorted(range(len(results)), key=lambda i: sizes[i])
@@ -250,6 +250,9 @@ class RunFitting:
                     break
                 keep = int(keep * limits[index] / tokens * 0.95)
                 cut = cut_middle(text, keep, READ_HOW)
+            if cut is text:  # too short to cut (MIN_CUT_CHARS and the marker): whole
+                contents.append(text)
+                continue
             self.outputs[call_id] = self._whole.get(call_id, text)
             detail = f"{name} ({call_id}): {len(text)} characters cut to {len(cut)}; the record keeps all of it"
             await self.record(Fit(round_no, "output", sizes[index], self._content_tokens(cut), detail))
@@ -323,7 +326,7 @@ class RunFitting:
             )
             for i in tail
         ]
-        contents = await self._cut(results, left, round_no)
+        contents = await self._cut(results, [self._content_tokens(text) for *_, text in results], left, round_no)
         shrunk = [dict(m) for m in messages]
         for index, content in zip(tail, contents, strict=True):
             shrunk[index]["content"] = content

@@ -87,14 +87,15 @@ def rank_tools(tools: Sequence[dict[str, Any]], query: str, favoured: frozenset[
 def cut_middle(text: str, keep_chars: int, how: str) -> str:
     """`text` with its middle cut out to about `keep_chars` characters: the beginning (two thirds) and the end
     (one third) kept, between them a marker saying how much was cut and `how` to read more."""
+    keep_chars = max(MIN_CUT_CHARS, keep_chars)
     if len(text) <= keep_chars:
         return text
-    keep_chars = max(MIN_CUT_CHARS, keep_chars)
     head = keep_chars * 2 // 3
     tail = keep_chars - head
     omitted = len(text) - head - tail
     marker = CUT_MARKER.format(omitted=omitted, total=len(text), how=how)
-    return text[:head] + marker + (text[-tail:] if tail else "")
+    cut = text[:head] + marker + (text[-tail:] if tail else "")
+    return cut if len(cut) < len(text) else text  # a cut never makes an output longer
 
 
 def chars_for_tokens(tokens: int, chars_per_token: float) -> int:

@@ -80,6 +80,10 @@ class TokenCounter:
             chars += self._tools_size(tools)
         return tokens + math.ceil(chars / self.chars_per_token)
 
+    def text_tokens(self, model: str, text: str) -> int:
+        """The tokens `text` adds as a message's content (the message's own overhead counted apart), calibrated."""
+        return math.ceil(_size(text) / self.chars_per_token * self.ratio(model))
+
     def _tools_size(self, tools: Sequence[Mapping[str, Any]]) -> int:
         """The characters of the tools' JSON (its `json.dumps` is most of the cost), remembered for the same tool
         objects in the same order, whatever list holds them: each run builds a new list of its servers' tools,

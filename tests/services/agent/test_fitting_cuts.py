@@ -103,3 +103,18 @@ async def test_tools_found_by_a_search_still_fit_a_2048_window() -> None:
     result = await run(service(engine, pool, 2048), "What is the time on the clock?", mcp_servers=["many", "time"])
     assert result.status == "completed", (result.status, result.warnings)
     assert pool.calls == [("many", "tool_0", {"x": "1"})]
+
+
+
+async def test_a_round_of_many_short_outputs_is_never_lengthened_by_a_cut() -> None:
+    """Seen in bench.before_after (a round of 48 `fault.echo` calls, outputs of 4 characters, 4,096 tokens): with
+    little room left every output was "cut" to MIN_CUT_CHARS and a marker, up to 40 times its size (the fit said
+    "4 characters cut to 165"), which made the overflow certain. An output no longer than its cut stays whole and
+    no fit is recorded; here the whole outputs do not fit either, and the run says so."""
+    pool = FakePool(CLOCK, results={"get_current_time": text_result("12:00 UTC, " * 12)})
+    calls = [call("time__get_current_time", {"timezone": f"Etc/GMT+{i % 12}"}, f"c{i}") for i in range(30)]
+    engine = WindowedEngine(2048, ChatResult(None, calls), None)
+    result = await run(service(engine, pool, 2048), "What time is it in thirty zones?", mcp_servers=["time"])
+    assert [fit.detail for fit in result.context if fit.action == "output"] == []
+    assert result.status == "context_exceeded"
+    assert len(engine.payloads) == 1  # nothing over the window was sent
