@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 FIND_TOOLS = "bridge__find_tools"
@@ -71,3 +72,17 @@ def resource_tools(servers: list[str]) -> list[dict[str, Any]]:
             },
         },
     ]
+
+
+def tool_name(tool: dict[str, Any]) -> str:
+    """An OpenAI tool entry's function name."""
+    return str(tool["function"]["name"])
+
+
+def argument(arguments: str, name: str) -> Any:
+    """One argument of a built-in tool's call (its JSON text), None when absent or not JSON."""
+    try:
+        value = json.loads(arguments or "{}")
+    except ValueError:
+        return None
+    return value.get(name) if isinstance(value, dict) else None

@@ -4,11 +4,10 @@ reach what was left out (`bridge__find_tools`, `bridge__read_output`)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from services.agent.builtin_tools import BUILTIN_TOOLS, FIND_TOOLS, READ_HOW, READ_OUTPUT
+from services.agent.builtin_tools import BUILTIN_TOOLS, FIND_TOOLS, READ_HOW, READ_OUTPUT, argument, tool_name
 from services.agent.records import RunEvent
 from services.agent.state import RunState
 from services.context import TokenCounter
@@ -22,6 +21,7 @@ from services.context.fit import (
     compact,
     cut_middle,
     rank_tools,
+    read_part,
 )
 from services.errors import ContextExceededError
 
@@ -101,8 +101,8 @@ class RunFitting:
         for index in rank_tools(tools, query):
             if self.estimate([], [*chosen, tools[index]]) <= room:
                 chosen.append(tools[index])
-        names, self._queries = {_name(t) for t in chosen}, [query]
-        self.hidden = [t for t in tools if _name(t) not in names]
+        names, self._queries = {tool_name(t) for t in chosen}, [query]
+        self.hidden = [t for t in tools if tool_name(t) not in names]
         self.offered = [*chosen, *builtins]
         after = self.estimate([], self.offered)
         detail = (
@@ -118,8 +118,8 @@ class RunFitting:
         if self._found:
             candidates = [*self.offered, *self._found]
             self._found = []
-            builtins = [t for t in candidates if _name(t) in BUILTIN_TOOLS]
-            pool = [t for t in candidates if _name(t) not in BUILTIN_TOOLS]
+            builtins = [t for t in candidates if tool_name(t) in BUILTIN_TOOLS]
+            pool = [t for t in candidates if tool_name(t) not in BUILTIN_TOOLS]
             chosen: list[dict[str, Any]] = []
             for i in rank_tools(pool, " ".join(self._queries), favoured=frozenset(self._asked)):
                 if not chosen or self.estimate([], [*chosen, pool[i], *builtins]) <= self._share:
@@ -142,7 +142,7 @@ class RunFitting:
         )
 
     def find_tools(self, arguments: str) -> str:
-        query = _argument(arguments, "query")
+        query = argument(arguments, "query")
         if not isinstance(query, str) or not query.strip():
             return 'Error: give a "query" saying what the tool should do'
         if not self.hidden:
@@ -161,21 +161,18 @@ class RunFitting:
     # -- outputs ----------------------------------------------------------------------------------------------
 
     def read_output(self, arguments: str) -> str:
-        call_id = _argument(arguments, "tool_call_id")
-        offset = _argument(arguments, "offset")
-        length = _argument(arguments, "length")
+        call_id = argument(arguments, "tool_call_id")
+        offset = argument(arguments, "offset")
+        length = argument(arguments, "length")
         text = self.outputs.get(call_id) if isinstance(call_id, str) else None
         if text is None:
             cut = ", ".join(self.outputs) or "(none)"
             return f"Error: no cut output has the tool_call_id {call_id!r}; outputs that were cut: {cut}"
-        if not isinstance(offset, int) or offset < 0:
-            offset = 0
-        if not isinstance(length, int) or length < 1:
-            length = READ_DEFAULT_CHARS
-        part = text[offset : offset + length]
-        after = offset + len(part)
-        rest = f"; {len(text) - after} more from offset {after}" if after < len(text) else "; that is the end"
-        return f"[characters {offset}-{after} of {len(text)}{rest}]\n{part}"
+        return read_part(
+            text,
+            offset if isinstance(offset, int) and offset >= 0 else 0,
+            length if isinstance(length, int) and length >= 1 else READ_DEFAULT_CHARS,
+        )
 
     async def fit_outputs(
         self,
@@ -205,12 +202,8 @@ class RunFitting:
         if left < budget * OUTPUT_ROOM_MIN and len(messages) - 1 > keep_head:
             before = self.estimate(messages, tools)
             target = int(budget * COMPACT_TO)
-            messages, changed = compact(
-                messages,
-                keep_head,
-                len(messages) - 1,
-                lambda m: self.estimate([*m, *stubs], tools) <= target,
-                self._stub,
+            messages, changed = self._compact(
+                messages, keep_head, len(messages) - 1, lambda m: self.estimate([*m, *stubs], tools) <= target
             )
             if changed:
                 after = self.estimate(messages, tools)
@@ -284,7 +277,7 @@ class RunFitting:
         def fits(candidate: list[dict[str, Any]]) -> bool:
             return self.estimate(candidate, tools) <= target
 
-        compacted, changed = compact(messages, keep_head, keep_from, fits, self._stub)
+        compacted, changed = self._compact(messages, keep_head, keep_from, fits)
         after = self.estimate(compacted, tools)
         if after > budget:  # the last round's outputs are cut further, to what is left
             compacted, after = await self._shrink_last(compacted, tools, keep_head, budget, round_no)
@@ -303,11 +296,24 @@ class RunFitting:
             )
         return compacted, after
 
+    def _compact(
+        self,
+        messages: list[dict[str, Any]],
+        keep_head: int,
+        keep_from: int,
+        fits: Callable[[list[dict[str, Any]]], bool],
+    ) -> tuple[list[dict[str, Any]], int]:
+        """`compact`, and each output it left out readable in parts (`bridge__read_output`)."""
+        compacted, changed = compact(messages, keep_head, keep_from, fits, self._stub)
+        for message in compacted:
+            if message.get("compacted"):
+                call_id = str(message.get("tool_call_id"))
+                self.outputs.setdefault(call_id, self._full(message))
+        return compacted, changed
+
     def _stub(self, message: dict[str, Any]) -> str:
         call_id = str(message.get("tool_call_id"))
-        text = self._whole.get(call_id) or str(message.get("content") or "")
-        self.outputs.setdefault(call_id, text)
-        return STUB.format(name=self._names.get(call_id, "a tool"), chars=len(text), how=READ_HOW)
+        return STUB.format(name=self._names.get(call_id, "a tool"), chars=len(self._full(message)), how=READ_HOW)
 
     async def _shrink_last(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], keep_head: int, budget: int, round_no: int
@@ -333,16 +339,5 @@ class RunFitting:
         return shrunk, self.estimate(shrunk, tools)
 
     def _full(self, message: dict[str, Any]) -> str:
+        """A tool message's whole output (as the tool gave it, when it was cut or stubbed since)."""
         return self._whole.get(str(message.get("tool_call_id"))) or str(message.get("content") or "")
-
-
-def _name(tool: dict[str, Any]) -> str:
-    return str(tool["function"]["name"])
-
-
-def _argument(arguments: str, name: str) -> Any:
-    try:
-        value = json.loads(arguments or "{}")
-    except ValueError:
-        return None
-    return value.get(name) if isinstance(value, dict) else None

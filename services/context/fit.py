@@ -98,6 +98,14 @@ def cut_middle(text: str, keep_chars: int, how: str) -> str:
     return cut if len(cut) < len(text) else text  # a cut never makes an output longer
 
 
+def read_part(text: str, offset: int, length: int) -> str:
+    """`length` characters of a cut output from `offset`, headed by where they are and what is left."""
+    part = text[offset : offset + length]
+    after = offset + len(part)
+    rest = f"; {len(text) - after} more from offset {after}" if after < len(text) else "; that is the end"
+    return f"[characters {offset}-{after} of {len(text)}{rest}]\n{part}"
+
+
 def chars_for_tokens(tokens: int, chars_per_token: float) -> int:
     return max(0, int(tokens * chars_per_token))
 
@@ -110,27 +118,57 @@ def compact(
     stub: Callable[[dict[str, Any]], str],
 ) -> tuple[list[dict[str, Any]], int]:
     """Messages made to fit (`fits`), changing only those between `keep_head` (system prompt and task) and
-    `keep_from` (the last round): older tool outputs replaced by a stub first, oldest first; then whole older
-    rounds dropped, oldest first. Returns the new list and how many messages were changed or dropped."""
+    `keep_from` (the last round): older tool outputs replaced by a stub (`stub`, no side effects) first, as few
+    as fit, oldest first; then whole older rounds dropped, oldest first. Returns the new list and how many
+    messages were changed or dropped. The number stubbed (and dropped) is found by bisection: a few estimates
+    of the whole request instead of one per message."""
     result = [dict(m) for m in messages]
-    touched: set[int] = set()  # ids of the messages stubbed or dropped: one stubbed then dropped counts once
-    for index in range(keep_head, keep_from):
-        if fits(result):
-            return result, len(touched)
-        message = result[index]
-        if message.get("role") == "tool" and not message.get("compacted"):
-            message["content"] = stub(message)
-            message["compacted"] = True
-            touched.add(id(message))
-    start = keep_head
-    while not fits(result) and start < keep_from:
-        end = start + 1  # a round: an assistant message and the tool messages that answer it
+    if fits(result):
+        return result, 0
+    older = [
+        i for i in range(keep_head, keep_from) if result[i].get("role") == "tool" and not result[i].get("compacted")
+    ]
+    stubs: dict[int, dict[str, Any]] = {}
+
+    def stubbed(count: int) -> list[dict[str, Any]]:
+        """The messages with the `count` oldest outputs stubbed."""
+        candidate = list(result)
+        for index in older[:count]:
+            if index not in stubs:
+                stubs[index] = {**result[index], "content": stub(result[index]), "compacted": True}
+            candidate[index] = stubs[index]
+        return candidate
+
+    count = _fewest(len(older), lambda n: fits(stubbed(n)))
+    result = stubbed(len(older) if count is None else count)
+    if count is not None:
+        return result, count
+    ends = []  # where each older round ends: an assistant message and the tool messages that answer it
+    end = keep_head
+    while end < keep_from:
+        end += 1
         while end < keep_from and result[end].get("role") == "tool":
             end += 1
-        touched.update(id(m) for m in result[start:end])
-        del result[start:end]
-        keep_from -= end - start
-    return result, len(touched)
+        ends.append(end)
+    rounds = _fewest(len(ends), lambda n: fits(result[:keep_head] + result[ends[n - 1] :]))
+    dropped = ends[(len(ends) if rounds is None else rounds) - 1] if ends else keep_head
+    touched = len(older) + sum(1 for i in range(keep_head, dropped) if i not in stubs)
+    return result[:keep_head] + result[dropped:], touched
+
+
+def _fewest(most: int, fits: Callable[[int], bool]) -> int | None:
+    """The fewest n in 1..`most` with `fits(n)` (0 is known not to fit; fewer n never fit when more do not);
+    None when not even `most` fits."""
+    if most == 0 or not fits(most):
+        return None
+    low, high = 0, most  # fits(high), not fits(low)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if fits(middle):
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 def strip_marks(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
