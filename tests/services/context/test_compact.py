@@ -33,3 +33,41 @@ def test_a_message_stubbed_then_dropped_counts_once() -> None:
     assert len(out) == 4  # system, task, the last round
     assert out[2]["tool_calls"] == [{"id": "c2"}]
     assert changed == 4  # two rounds of two messages dropped; the two stubbed before are among them
+
+
+def test_the_fewest_outputs_are_stubbed_with_a_few_estimates() -> None:
+    """40 older rounds: the oldest 25 outputs stubbed, as one at a time would have found, in ~log2(40) checks."""
+    messages = history(41)
+    checks = 0
+
+    def fits(candidate: list[dict[str, Any]]) -> bool:
+        nonlocal checks
+        checks += 1
+        return sum(1 for m in candidate if m["content"] == "x" * 100) <= 16
+
+    out, changed = compact(messages, 2, 82, fits, stub)
+    assert changed == 25
+    assert [m["content"] == "[cut]" for m in out if m["role"] == "tool"] == [True] * 25 + [False] * 16
+    assert checks <= 8  # one per message would be 26
+
+
+def test_rounds_are_dropped_oldest_first_when_stubs_are_not_enough() -> None:
+    messages = history(41)
+    out, changed = compact(messages, 2, 82, lambda m: len(m) <= 12, stub)
+    assert len(out) == 12  # system, task, the 4 newest older rounds and the last one
+    assert [m["tool_calls"][0]["id"] for m in out if m["role"] == "assistant"] == ["c36", "c37", "c38", "c39", "c40"]
+    assert changed == 40 + 36  # every older output stubbed (40), and the 36 assistant messages of the dropped rounds
+    assert all(m["content"] == "[cut]" for m in out[2:10] if m["role"] == "tool")
+
+
+def test_a_stub_is_asked_only_for_messages_it_may_replace() -> None:
+    asked: list[str] = []
+
+    def recording_stub(message: dict[str, Any]) -> str:
+        asked.append(message["tool_call_id"])
+        return "[cut]"
+
+    compact(history(5), 2, 10, lambda m: True, recording_stub)
+    assert asked == []  # it fits as it is
+    compact(history(5), 2, 10, lambda m: sum(m_["content"] == "[cut]" for m_ in m) >= 1, recording_stub)
+    assert set(asked) <= {"c0", "c1", "c2", "c3"} and "c0" in asked
