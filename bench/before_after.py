@@ -5,7 +5,8 @@ benchmark's) and a streamed run of about 100 events (4 rounds of 12 `fault.echo`
 Same-run figures only: the machine may be shared.
 
     git worktree add /tmp/base <commit>
-    .venv/bin/python -m bench.before_after --base /tmp/base [--log-level INFO]
+    .venv/bin/python -m bench.before_after --base /tmp/base [--log-level INFO] [--only run sse] [-n 3000 --blocks 100]
+    .venv/bin/python -m bench.before_after --base /tmp/one --after /tmp/other   # two other checkouts
 
 Both gateways run on this venv; the base one with ``python -P`` and PYTHONPATH=<base>, so its own packages are
 imported (not this checkout's). Prints a Markdown table; writes nothing.
@@ -18,13 +19,15 @@ import asyncio
 import contextlib
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from bench.common import (
+    BLOCKS,
     Call,
     Contender,
     HTTPFailure,
@@ -100,58 +103,58 @@ async def _gateway(
             yield server
 
 
-async def run(base: Path, n: int, log_level: str) -> list[tuple[str, str, str, str, str]]:
+def _rows(client: httpx.AsyncClient) -> dict[str, tuple[str, Callable[[Server], Call]]]:
+    """What is compared, by key (`--only`): a label and how to make the call against one gateway."""
+    rows: dict[str, tuple[str, Callable[[Server], Call]]] = {
+        "chat": ("pass-through chat, 1 message", lambda s: post_json(client, s.url(CHAT), ONE)),
+        "chat200": ("pass-through chat, 200 messages of 2 KB", lambda s: post_json(client, s.url(CHAT), MANY)),
+    }
+    for server, tool, args in TOOLS:
+        path = f"/v1/mcp/servers/{server}/tools/{tool}"
+        rows[server] = (f"REST tool call {server}.{tool}", partial(_post, client, path, args))
+    rows["run"] = ("autonomous run, 1 time call", lambda s: post_json(client, s.url(RUN_PATH), RUN))
+    rows["sse"] = (
+        f"streamed run, {SSE_ROUNDS} rounds of {SSE_CALLS} fault.echo calls (~100 events)",
+        lambda s: read_stream(client, s.url(RUN_PATH), SSE_RUN),
+    )
+    return rows
+
+
+def _post(client: httpx.AsyncClient, path: str, body: Any, server: Server) -> Call:
+    return post_json(client, server.url(path), body)
+
+
+ROWS = ["chat", "chat200", *(server for server, *_ in TOOLS), "run", "sse"]
+
+
+async def run(
+    base: Path, after_code: Path | None, n: int, blocks: int, log_level: str, only: list[str]
+) -> list[tuple[str, str, str, str, str]]:
     async with contextlib.AsyncExitStack() as stack:
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-before-after-")))
         config = write_mcp_config(directory, [*(server for server, *_ in TOOLS), SERVER])
         mock = await stack.enter_async_context(mock_lmstudio())
         before = await stack.enter_async_context(_gateway("before", mock.base_url, config, base, log_level))
-        after = await stack.enter_async_context(_gateway("after", mock.base_url, config, None, log_level))
+        after = await stack.enter_async_context(_gateway("after", mock.base_url, config, after_code, log_level))
         ground = await stack.enter_async_context(floor())
         client = await stack.enter_async_context(http_client())
 
-        pairs: list[tuple[str, Contender, Contender]] = []
-        for label, body in (("pass-through chat, 1 message", ONE), ("pass-through chat, 200 messages of 2 KB", MANY)):
-            pairs.append(
-                (
-                    label,
-                    Contender(f"before: {label}", post_json(client, before.url(CHAT), body), [before]),
-                    Contender(f"after: {label}", post_json(client, after.url(CHAT), body), [after]),
-                )
-            )
-        for server, tool, args in TOOLS:
-            path = f"/v1/mcp/servers/{server}/tools/{tool}"
-            label = f"REST tool call {server}.{tool}"
-            pairs.append(
-                (
-                    label,
-                    Contender(f"before: {label}", post_json(client, before.url(path), args), [before]),
-                    Contender(f"after: {label}", post_json(client, after.url(path), args), [after]),
-                )
-            )
-        label = "autonomous run, 1 time call"
-        pairs.append(
+        rows = _rows(client)
+        pairs = [
             (
                 label,
-                Contender(f"before: {label}", post_json(client, before.url(RUN_PATH), RUN), [before]),
-                Contender(f"after: {label}", post_json(client, after.url(RUN_PATH), RUN), [after]),
+                Contender(f"before: {label}", make(before), [before]),
+                Contender(f"after: {label}", make(after), [after]),
             )
-        )
-        label = f"streamed run, {SSE_ROUNDS} rounds of {SSE_CALLS} fault.echo calls (~100 events)"
-        pairs.append(
-            (
-                label,
-                Contender(f"before: {label}", read_stream(client, before.url(RUN_PATH), SSE_RUN), [before]),
-                Contender(f"after: {label}", read_stream(client, after.url(RUN_PATH), SSE_RUN), [after]),
-            )
-        )
+            for label, make in (rows[key] for key in only)
+        ]
         floor_c = Contender("floor", post_json(client, ground.url("/"), ONE), [ground])
         direct = Contender("direct to the mock, 200 messages", post_json(client, mock.url(CHAT), MANY), [mock])
         contenders = [floor_c, direct, *(c for _, *two in pairs for c in two)]
         await warm_up(contenders, WARMUP)
-        await compare(contenders, n)
+        await compare(contenders, n, blocks)
 
-        rows = [
+        result = [
             (
                 label,
                 f"{old.p50:.2f} / {new.p50:.2f} ms",
@@ -161,20 +164,24 @@ async def run(base: Path, n: int, log_level: str) -> list[tuple[str, str, str, s
             )
             for label, old, new in pairs
         ]
-        rows.append(("floor (fixed JSON)", f"{floor_c.p50:.2f} ms", f"{floor_c.cpu_ms(ground):.2f} ms", "", ""))
-        rows.append(
+        result.append(("floor (fixed JSON)", f"{floor_c.p50:.2f} ms", f"{floor_c.cpu_ms(ground):.2f} ms", "", ""))
+        result.append(
             ("direct to the mock, 200 messages", f"{direct.p50:.2f} ms", f"{direct.cpu_ms(mock):.2f} ms", "", "")
         )
-        return rows
+        return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", type=Path, required=True, help="the other checkout (a git worktree)")
+    parser.add_argument("--after", type=Path, help="compare with this checkout instead of this one")
     parser.add_argument("-n", type=int, default=N, help=f"measured calls per contender (default {N})")
+    parser.add_argument("--blocks", type=int, default=BLOCKS, help=f"interleaved blocks (default {BLOCKS})")
     parser.add_argument("--log-level", default="WARNING", help="both gateways' BRIDGE_LOG_LEVEL (default WARNING)")
+    parser.add_argument("--only", nargs="+", choices=ROWS, default=ROWS, help="these rows only")
     options = parser.parse_args()
-    rows = asyncio.run(run(options.base.resolve(), options.n, options.log_level))
+    after = options.after.resolve() if options.after else None
+    rows = asyncio.run(run(options.base.resolve(), after, options.n, options.blocks, options.log_level, options.only))
     print(
         "| what | p50 before / after | gateway CPU per call before / after | CPU after / before | p99 before / after |"
     )

@@ -5,6 +5,7 @@ refreshed once after a 401, refused for another audience."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -49,8 +50,14 @@ def machine(url: str, provider: MemoryAuthProvider, **oauth: object) -> MCPServe
     return MCPServerConfig(name="remote", transport="http", url=url, oauth=settings)
 
 
-def pool_of(cfg: MCPServerConfig, engine: AsyncEngine, key: str = KEY) -> MCPPool:
-    return MCPPool({cfg.name: cfg}, oauth=OAuthClients(TokenVault(engine, [key])), restart_backoff_s=0.01)
+@contextlib.asynccontextmanager
+async def pool_of(cfg: MCPServerConfig, engine: AsyncEngine, key: str = KEY) -> AsyncIterator[MCPPool]:
+    """A gateway's pool of `cfg` with tokens sealed by `key` in `engine`'s store; closed on exit."""
+    pool = MCPPool({cfg.name: cfg}, oauth=OAuthClients(TokenVault(engine, [key])), restart_backoff_s=0.01)
+    try:
+        yield pool
+    finally:
+        await pool.aclose()
 
 
 async def sealed_rows(engine: AsyncEngine) -> list[str]:
@@ -63,25 +70,19 @@ async def test_client_credentials_work_unattended_and_the_token_is_kept_sealed(
 ) -> None:
     url, provider = remote
     cfg = machine(url, provider)
-    pool = pool_of(cfg, engine)
-    try:
+    async with pool_of(cfg, engine) as pool:
         result = await pool.call_tool("remote", "whoami", {})
         assert result.text == f"client {MACHINE_ID}" and not result.is_error, result
         assert provider.grants == {"client_credentials": 1}
         assert (await pool.call_tool("remote", "echo", {"text": "hi"})).text == "echo: hi"
         assert provider.grants["client_credentials"] == 1  # the token is reused
-    finally:
-        await pool.aclose()
     rows = await sealed_rows(engine)
     assert len(rows) == 1 and rows[0].startswith("remote "), rows
     assert not any(secret in rows[0] for secret in [*provider.issued, provider.machine_secret])
 
-    again = pool_of(cfg, engine)  # a restarted gateway: the stored token, no new grant
-    try:
+    async with pool_of(cfg, engine) as again:  # a restarted gateway: the stored token, no new grant
         assert (await again.call_tool("remote", "whoami", {})).text == f"client {MACHINE_ID}"
         assert provider.grants["client_credentials"] == 1
-    finally:
-        await again.aclose()
 
 
 async def test_a_token_near_its_expiry_is_renewed_before_it_is_used(
@@ -89,8 +90,7 @@ async def test_a_token_near_its_expiry_is_renewed_before_it_is_used(
 ) -> None:
     url, provider = remote
     provider.access_ttl_s = 30  # within the refresh margin (60 s) from the start
-    pool = pool_of(machine(url, provider), engine)
-    try:
+    async with pool_of(machine(url, provider), engine) as pool:
         await pool.call_tool("remote", "whoami", {})
         first = provider.grants["client_credentials"]
         provider.access_ttl_s = 3600
@@ -99,22 +99,17 @@ async def test_a_token_near_its_expiry_is_renewed_before_it_is_used(
         assert provider.grants["client_credentials"] == first + 1 and len(provider.issued) == seen + 1
         await pool.call_tool("remote", "echo", {"text": "y"})
         assert provider.grants["client_credentials"] == first + 1  # the long token is kept
-    finally:
-        await pool.aclose()
 
 
 async def test_an_expired_token_gets_a_new_one_after_the_servers_401(
     remote: tuple[str, MemoryAuthProvider], engine: AsyncEngine
 ) -> None:
     url, provider = remote
-    pool = pool_of(machine(url, provider), engine)
-    try:
+    async with pool_of(machine(url, provider), engine) as pool:
         await pool.call_tool("remote", "whoami", {})
         provider.expire_access()  # the server says 401; the gateway did not expect it
         assert (await pool.call_tool("remote", "echo", {"text": "z"})).text == "echo: z"
         assert provider.grants["client_credentials"] == 2
-    finally:
-        await pool.aclose()
 
 
 async def test_a_token_for_another_audience_is_refused(
@@ -122,15 +117,12 @@ async def test_a_token_for_another_audience_is_refused(
 ) -> None:
     url, provider = remote
     provider.audience = "http://127.0.0.1:9/elsewhere"
-    pool = pool_of(machine(url, provider), engine)
-    try:
+    async with pool_of(machine(url, provider), engine) as pool:
         with pytest.raises(MCPServerUnavailableError) as raised:
             await pool.list_tools("remote")
         assert "refused the access token" in raised.value.detail, raised.value.detail
         status = pool.status()[0]
         assert status.status == "failed" and "refused" in (status.last_error or "")
-    finally:
-        await pool.aclose()
 
 
 async def test_tokens_sealed_with_another_key_are_not_used(
@@ -138,17 +130,11 @@ async def test_tokens_sealed_with_another_key_are_not_used(
 ) -> None:
     url, provider = remote
     cfg = machine(url, provider)
-    pool = pool_of(cfg, engine)
-    try:
+    async with pool_of(cfg, engine) as pool:
         await pool.call_tool("remote", "whoami", {})
-    finally:
-        await pool.aclose()
-    other = pool_of(cfg, engine, Fernet.generate_key().decode())  # the key changed: a new token is fetched
-    try:
+    async with pool_of(cfg, engine, Fernet.generate_key().decode()) as other:  # the key changed: a new token is fetched
         assert (await other.call_tool("remote", "whoami", {})).text == f"client {MACHINE_ID}"
         assert provider.grants["client_credentials"] == 2
-    finally:
-        await other.aclose()
 
 
 async def test_the_vault_seals_binds_to_the_url_and_forgets(database_url: str) -> None:
@@ -192,8 +178,7 @@ async def test_replicas_share_the_tokens_and_a_rotated_refresh_token(
         asyncio.get_running_loop().create_task(browse(link))
 
     assert sorted(await log_in(person, show, 30)) == ["echo", "whoami"] and len(opened) == 1
-    one, two = pool_of(cfg, engine), pool_of(cfg, engine)  # two replicas on one store
-    try:
+    async with pool_of(cfg, engine) as one, pool_of(cfg, engine) as two:  # two replicas on one store
         for pool in (one, two):
             assert (await pool.call_tool("remote", "whoami", {})).text.startswith("client ")
         provider.expire_access()
@@ -202,18 +187,14 @@ async def test_replicas_share_the_tokens_and_a_rotated_refresh_token(
         assert (await two.call_tool("remote", "echo", {"text": "b"})).text == "echo: b"  # uses the store's newer one
         assert provider.grants["refresh_token"] == 2
         assert [s.status for s in (*one.status(), *two.status())] == ["ready", "ready"]
-    finally:
-        await one.aclose()
-        await two.aclose()
 
 
 async def test_a_server_whose_metadata_names_another_resource_gets_no_token(engine: AsyncEngine) -> None:
-    async with oauth_mcp_server(resource_path="/elsewhere") as (url, provider):
-        pool = pool_of(machine(url, provider), engine)
-        try:
-            with pytest.raises(MCPServerUnavailableError) as raised:
-                await pool.list_tools("remote")
-            assert "does not match" in raised.value.detail, raised.value.detail
-            assert provider.grants == {}  # the client's credentials were never sent
-        finally:
-            await pool.aclose()
+    async with (
+        oauth_mcp_server(resource_path="/elsewhere") as (url, provider),
+        pool_of(machine(url, provider), engine) as pool,
+    ):
+        with pytest.raises(MCPServerUnavailableError) as raised:
+            await pool.list_tools("remote")
+        assert "does not match" in raised.value.detail, raised.value.detail
+        assert provider.grants == {}  # the client's credentials were never sent
