@@ -105,7 +105,6 @@ async def test_tools_found_by_a_search_still_fit_a_2048_window() -> None:
     assert pool.calls == [("many", "tool_0", {"x": "1"})]
 
 
-
 async def test_a_round_of_many_short_outputs_is_never_lengthened_by_a_cut() -> None:
     """Seen in bench.before_after (a round of 48 `fault.echo` calls, outputs of 4 characters, 4,096 tokens): with
     little room left every output was "cut" to MIN_CUT_CHARS and a marker, up to 40 times its size (the fit said
