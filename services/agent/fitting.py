@@ -130,12 +130,12 @@ class RunFitting:
         return self.offered
 
     def is_hidden(self, name: str) -> bool:
-        return any(t["function"]["name"] == name for t in self.hidden)
+        return any(tool_name(t) == name for t in self.hidden)
 
     def not_offered(self, name: str) -> str:
         """What the model reads when it calls a tool that was left out: it is offered from the next round on."""
         self._asked.add(name)
-        self._reveal([t for t in self.hidden if t["function"]["name"] == name])
+        self._reveal([t for t in self.hidden if tool_name(t) == name])
         return (
             f"Error: {name} was not offered in this round (left out to fit the context window); "
             "it is offered now: call it again"
@@ -154,8 +154,8 @@ class RunFitting:
         return "These tools are offered from the next round on:\n" + "\n".join(lines)
 
     def _reveal(self, tools: list[dict[str, Any]]) -> None:
-        names = {t["function"]["name"] for t in tools}
-        self.hidden = [t for t in self.hidden if t["function"]["name"] not in names]
+        names = {tool_name(t) for t in tools}
+        self.hidden = [t for t in self.hidden if tool_name(t) not in names]
         self._found.extend(tools)
 
     # -- outputs ----------------------------------------------------------------------------------------------
@@ -250,7 +250,7 @@ class RunFitting:
             detail = f"{name} ({call_id}): {len(text)} characters cut to {len(cut)}; the record keeps all of it"
             await self.record(Fit(round_no, "output", sizes[index], self._content_tokens(cut), detail))
             contents.append(cut)
-        if self.outputs and READ_OUTPUT not in {t["function"]["name"] for t in self.offered}:
+        if self.outputs and READ_OUTPUT not in {tool_name(t) for t in self.offered}:
             self._found.append(BUILTIN_TOOLS[READ_OUTPUT])
         return contents
 

@@ -42,7 +42,7 @@ class TokenCounter:
         self.chars_per_token = chars_per_token
         self._ratios: dict[str, float] = {}
         self._lock = threading.Lock()
-        # id(list) -> (the list, its length, its characters): held, so the id is not another list's meanwhile
+        # the tools' ids in order -> (the tools, their JSON's characters): held, so no id is another object's meanwhile
         self._tool_sizes: dict[tuple[int, ...], tuple[tuple[Mapping[str, Any], ...], int]] = {}
 
     def estimate(
