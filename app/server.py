@@ -40,6 +40,14 @@ class GracefulServer(uvicorn.Server):
             finally:
                 self._captured_signals.clear()
 
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        """As uvicorn's, with sniffio told that this thread runs asyncio while it serves. anyio (the MCP SDK's
+        streams, cancel scopes and checkpoints) asks on every such step; where sniffio is installed (it comes
+        with the dev extra and many SDKs, not with the runtime lock) it would otherwise sniff each time with
+        asyncio.current_task(), Python code on 3.11 (docs/performance.md)."""
+        with asyncio_in_this_thread():
+            await super().serve(sockets)
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started:  # serving: the socket accepts and the gateway's parts are built
@@ -54,6 +62,21 @@ class GracefulServer(uvicorn.Server):
             log.info("draining: %d run(s) in flight, grace %.0f s", len(bridge.agent.active), self.grace_s)
             await bridge.agent.drain(self.grace_s)
         await super().shutdown(sockets)
+
+
+@contextlib.contextmanager
+def asyncio_in_this_thread() -> Iterator[None]:
+    """sniffio's answer for this thread set to asyncio, and put back after (nothing without sniffio)."""
+    try:
+        import sniffio
+    except ImportError:
+        yield
+        return
+    previous, sniffio.thread_local.name = sniffio.thread_local.name, "asyncio"
+    try:
+        yield
+    finally:
+        sniffio.thread_local.name = previous
 
 
 def is_loopback(host: str) -> bool:

@@ -55,6 +55,8 @@ SERVER = "time"  # mcp-server-time (`python -m mcp_server_time --local-timezone 
 QUESTION = "What time is it in UTC? Use the tool."
 LEVELS = {"INFO": "default logging (INFO)", "WARNING": "quiet logging (WARNING)"}
 ALLOWANCE_MS = 0.5  # DESIGN.md "Targets": p50 <= script + floor + 0.5 ms, CPU <= script's CPU + 0.5 ms
+P50_ALLOWANCE_MS = 0.3  # issue 35, tighter: p50 <= script + floor + 0.3 ms
+CPU_RATIO_TARGET = 1.25  # issue 35: gateway CPU per run <= 1.25x the script's, at INFO, on both upstreams
 LOG_LINES, LOG_REPEATS = 2000, 7  # the per-run log line emitted directly: lines per repeat, repeats
 LOG_LINE_TARGET_US = 30.0  # issue 19: the per-run log line <= 30 µs
 RATE_TARGET = 2.0  # issue 19: at concurrency 16, >= 2x the script's runs/s
@@ -259,23 +261,25 @@ def _rows(
             )
         )
         for (_, level), (bridge, c) in _of(gateways, up):
-            budget = s.p50 + floor_c.p50 + ALLOWANCE_MS
+            budget = s.p50 + floor_c.p50 + P50_ALLOWANCE_MS
             excess = c.p50 - s.p50 - floor_c.p50
             cpu = c.cpu_ms(bridge)
-            cpu_target = s.own_cpu_ms + ALLOWANCE_MS
+            ratio = cpu / s.own_cpu_ms
             rows += [
                 (f"{c.label}: p50 / p99", f"{c.p50:.2f} / {c.p99:.2f} ms", "see next rows"),
                 (
                     f"{c.label}: p50 - (script p50 + floor p50)",
                     f"{excess:+.2f} ms ({verdict(c.p50 <= budget)})",
-                    f"<= +{ALLOWANCE_MS:g} ms, i.e. p50 <= {budget:.2f} ms",
+                    f"<= +{P50_ALLOWANCE_MS:g} ms (issue 35; DESIGN.md +{ALLOWANCE_MS:g}), p50 <= {budget:.2f} ms",
                 ),
                 (
-                    f"{c.label}: gateway CPU per run (time server excluded)",
-                    f"{cpu:.2f} ms ({verdict(cpu <= cpu_target)})"
+                    f"{c.label}: gateway CPU per run (time server excluded), and over the script's",
+                    f"{cpu:.2f} ms, {ratio:.2f}x ({verdict(ratio <= CPU_RATIO_TARGET)})"
                     if level == "INFO"
-                    else f"{cpu:.2f} ms ({cpu - s.own_cpu_ms:+.2f} over the script)",
-                    f"<= script CPU + {ALLOWANCE_MS:g} ms = {cpu_target:.2f} ms" if level == "INFO" else "report",
+                    else f"{cpu:.2f} ms, {ratio:.2f}x ({cpu - s.own_cpu_ms:+.2f} ms over the script)",
+                    f"<= {CPU_RATIO_TARGET:g}x the script's = {s.own_cpu_ms * CPU_RATIO_TARGET:.2f} ms"
+                    if level == "INFO"
+                    else "report",
                 ),
                 (
                     f"{c.label}: upstream requests per run",

@@ -302,7 +302,10 @@ class AgentLoop:
                 )
 
         try:
-            await asyncio.gather(*(call(i, c) for i, c in enumerate(calls)))
+            if len(calls) == 1:  # awaited in this task: gather would wrap the one call in a task of its own
+                await call(0, calls[0])
+            else:
+                await asyncio.gather(*(call(i, c) for i, c in enumerate(calls)))
         finally:
             steps = [step for step in done if step is not None]
             self._run.steps.extend(steps)
