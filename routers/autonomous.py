@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import AgentDep
 from app.security import access_of
+from routers.route import Route
 from routers.schemas import RUN_EVENT_SCHEMA, problem_responses
 from routers.streaming import CLIENT_CLOSED_REQUEST, RunStream, execute_for_client, wants_stream
 from services.agent import AgentService, Run, RunResult, RunSpec, result_json, run_spec
@@ -26,7 +27,7 @@ from services.agent.options import (
     ToolChoiceOption,
 )
 
-router = APIRouter(prefix="/v1/autonomous", tags=["autonomous"])
+router = APIRouter(prefix="/v1/autonomous", tags=["autonomous"], route_class=Route)
 
 STREAM = Field(False, description="Answer with Server-Sent Events (also chosen by Accept: text/event-stream)")
 STORE = Field(True, description="Record the run in the run store (GET /v1/runs/{run_id}); false: keep no record")

@@ -12,7 +12,9 @@ from fastapi import APIRouter, HTTPException
 from fastapi import Path as PathParam
 from fastapi.responses import RedirectResponse, Response
 
-router = APIRouter(prefix="/ui", include_in_schema=False)
+from routers.route import Route
+
+router = APIRouter(prefix="/ui", include_in_schema=False, route_class=Route)
 
 UI_DIR = Path(__file__).with_name("ui")
 # every file the console has, and its type: nothing else under /ui is served (no directory walk)

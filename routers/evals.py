@@ -9,12 +9,13 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import AccessDep, EvalsDep
+from routers.route import Route
 from routers.schemas import problem_responses
 from services.agent.aids import AID_NAMES, Aids
 from services.evals import SUITE, EvalList, EvalRecord
 from services.evals.records import EVAL_LIST
 
-router = APIRouter(prefix="/v1/evals", tags=["evals"])
+router = APIRouter(prefix="/v1/evals", tags=["evals"], route_class=Route)
 MAX_MODELS = 10
 
 AidName = Literal["nudge", "repair", "loop_hint"]

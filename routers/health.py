@@ -7,10 +7,11 @@ from fastapi.responses import Response
 from pydantic import TypeAdapter
 
 from app.deps import StateDep
+from routers.route import Route
 from routers.schemas import Health
 from services.status import Readiness
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=Route)
 READINESS = TypeAdapter(Readiness)
 
 

@@ -9,12 +9,13 @@ from pydantic import TypeAdapter
 
 from app.deps import AccessDep, PoolDep, StateDep
 from routers.paths import named_in_path
+from routers.route import Route
 from routers.schemas import ToolList, problem_responses
 from services.errors import InvalidRequestError
 from services.mcp import ToolResult, validate_arguments
 from services.status import ServerList
 
-router = APIRouter(prefix="/v1/mcp/servers", tags=["mcp"], responses=problem_responses(401))
+router = APIRouter(prefix="/v1/mcp/servers", tags=["mcp"], responses=problem_responses(401), route_class=Route)
 ServerName = Annotated[str, Path(description="A server name from mcp.json", examples=["time"])]
 ToolName = Annotated[str, Path(description="A tool of that server", examples=["get_current_time"])]
 # serialises a result as it is: the tool's own output is not validated a second time

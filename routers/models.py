@@ -9,10 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import AccessDep, CompatDep, StateDep
 from routers.paths import named_in_path
+from routers.route import Route
 from routers.schemas import problem_responses
 from services.status import ModelList
 
-router = APIRouter(prefix="/v1", tags=["models"], responses=problem_responses(401))
+router = APIRouter(prefix="/v1", tags=["models"], responses=problem_responses(401), route_class=Route)
 ModelId = Annotated[str, Path(description="LM Studio model id (may contain `/`)", examples=["qwen/qwen3-4b"])]
 
 

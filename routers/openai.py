@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from app.deps import CompatDep
 from app.errors import openai_error
 from app.security import access_of
+from routers.route import Route
 from routers.schemas import CHUNK_EVENT_SCHEMA, problem_responses
 from routers.streaming import CLIENT_CLOSED_REQUEST, ProxyStream, RunFrames, RunStream, execute_for_client
 from services.agent import Run, RunResult
@@ -28,7 +29,7 @@ from services.openai_compat import (
     role_chunk,
 )
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=Route)
 
 
 def _body_schema(description: str, example: dict[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:

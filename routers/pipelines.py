@@ -11,11 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.deps import AgentDep
 from app.security import access_of
 from routers.autonomous import AutonomousRequest, respond
+from routers.route import Route
 from routers.schemas import PIPELINE_EVENT_SCHEMA, problem_responses
 from services.agent import STEP_OPTIONS, RunOptions, RunResult, RunSpec, StageSpec
 from services.agent.options import AllowedTools, MaxRounds, MaxTokens, MCPServers, Model, SystemPrompt, Temperature
 
-router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"])
+router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"], route_class=Route)
 MAX_STEPS = 20
 RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {

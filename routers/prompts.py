@@ -12,12 +12,13 @@ from app.deps import AccessDep, AgentDep, PoolDep
 from app.security import access_of
 from routers.autonomous import RESPONSES, STORE, STREAM, respond
 from routers.paths import named_in_path
+from routers.route import Route
 from routers.schemas import problem_responses
 from services.agent import RunResult, run_spec
 from services.agent.options import MaxRounds, MaxTokens, MCPServers, Model, Temperature, TimeoutS
 from services.agent.templates import PromptList, list_prompts, prompt_conversation
 
-router = APIRouter(prefix="/v1/prompts", tags=["prompts"], responses=problem_responses(401))
+router = APIRouter(prefix="/v1/prompts", tags=["prompts"], responses=problem_responses(401), route_class=Route)
 ServerName = Annotated[str, Path(description="A server name from mcp.json", examples=["everything"])]
 PromptName = Annotated[str, Path(description="A prompt of that server", examples=["args-prompt"])]
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.deps import AccessDep, RunsDep
 from routers.autonomous import AutonomousRequest
 from routers.pipelines import MAX_STEPS, PipelineStep, pipeline_spec, stages_of
+from routers.route import Route
 from routers.schemas import STORED_EVENT_SCHEMA, problem_responses
 from routers.streaming import StoredEventStream
 from services.agent import RunStatus, run_spec
@@ -19,7 +20,7 @@ from services.agent.approvals import REASON_MAX_CHARS, Decision
 from services.errors import InvalidRequestError
 from services.runs import RunFilter, RunPage, RunRecord, page_json, record_json
 
-router = APIRouter(prefix="/v1/runs", tags=["runs"])
+router = APIRouter(prefix="/v1/runs", tags=["runs"], route_class=Route)
 MAX_SEQ = 2**31 - 1  # event sequence numbers are 32-bit in the store
 
 RunId = Annotated[str, Path(description="The run's id", examples=["run_5f0c1e2a9b7d4c3e8a6f1b2d"])]
