@@ -42,9 +42,9 @@ class GracefulServer(uvicorn.Server):
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         """As uvicorn's, with sniffio told that this thread runs asyncio while it serves. anyio (the MCP SDK's
-        streams, cancel scopes and checkpoints) asks on every such step; where sniffio is installed (it comes
-        with the dev extra and many SDKs, not with the runtime lock) it would otherwise sniff each time with
-        asyncio.current_task(), Python code on 3.11 (docs/performance.md)."""
+        streams, cancel scopes and checkpoints) asks on every such step; where sniffio is installed (the dev
+        extra and SDKs such as openai's bring it; the runtime lock does not), it would otherwise sniff each
+        time with asyncio.current_task(), Python code on 3.11 (docs/performance.md)."""
         with asyncio_in_this_thread():
             await super().serve(sockets)
 
