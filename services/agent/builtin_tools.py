@@ -74,11 +74,6 @@ def resource_tools(servers: list[str]) -> list[dict[str, Any]]:
     ]
 
 
-def tool_name(tool: dict[str, Any]) -> str:
-    """An OpenAI tool entry's function name."""
-    return str(tool["function"]["name"])
-
-
 def argument(arguments: str, name: str) -> Any:
     """One argument of a built-in tool's call (its JSON text), None when absent or not JSON."""
     try:

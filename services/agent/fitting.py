@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from services.agent.builtin_tools import BUILTIN_TOOLS, FIND_TOOLS, READ_HOW, READ_OUTPUT, argument, tool_name
+from services.agent.builtin_tools import BUILTIN_TOOLS, FIND_TOOLS, READ_HOW, READ_OUTPUT, argument
 from services.agent.records import RunEvent
 from services.agent.state import RunState
 from services.context import TokenCounter
@@ -22,6 +22,7 @@ from services.context.fit import (
     cut_middle,
     rank_tools,
     read_part,
+    tool_name,
 )
 from services.errors import ContextExceededError
 

@@ -21,7 +21,7 @@ from services.agent.records import RoundReasoning, RunEvent, RunStatus, Step, To
 from services.agent.resource_tools import RESOURCE_TOOLS, offered_resources
 from services.agent.state import RunState
 from services.agent.tool_steps import answered_step, run_tool_call
-from services.context.fit import Fit, strip_marks
+from services.context.fit import Fit, strip_marks, tool_name
 from services.errors import ContextExceededError
 from services.lmstudio import ChatResult, ToolCall
 from services.text import scrub
@@ -82,7 +82,7 @@ class AgentLoop:
                 return ("length" if cut else "max_rounds"), text
             if offered:
                 offered = self._fit.next_offer()
-            offered_names = {t["function"]["name"] for t in offered}
+            offered_names = {tool_name(t) for t in offered}
             round_no = run.rounds + 1
             await emit(RunEvent.ROUND_STARTED, {"round": round_no, "tools": bool(offered)})
             # the request's tool_choice applies to the first round only: a forced call cannot loop forever

@@ -12,7 +12,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +66,7 @@ def rank_tools(tools: Sequence[dict[str, Any]], query: str, favoured: frozenset[
     """Indexes of `tools` (OpenAI function tools), most relevant to `query` first: words of the query found in a
     tool's name and description, rarer words weighing more (BM25-like); `favoured` names come first, ties keep
     the original order."""
-    docs = [_words(f"{t['function']['name']} {t['function'].get('description') or ''}") for t in tools]
+    docs = [_words(f"{tool_name(t)} {t['function'].get('description') or ''}") for t in tools]
     frequency = Counter(word for doc in docs for word in set(doc))
     wanted = set(_words(query))
     total = len(docs)
@@ -79,9 +79,14 @@ def rank_tools(tools: Sequence[dict[str, Any]], query: str, favoured: frozenset[
             idf = math.log(1 + (total - frequency[word] + 0.5) / (frequency[word] + 0.5))
             tf = counts[word]
             value += idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * len(doc) / 20))
-        return (0 if tools[index]["function"]["name"] in favoured else 1, -value, index)
+        return (0 if tool_name(tools[index]) in favoured else 1, -value, index)
 
     return sorted(range(total), key=score)
+
+
+def tool_name(tool: Mapping[str, Any]) -> str:
+    """An OpenAI tool entry's function name."""
+    return str(tool["function"]["name"])
 
 
 def cut_middle(text: str, keep_chars: int, how: str) -> str:

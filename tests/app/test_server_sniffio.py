@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import sniffio
 import uvicorn
+from fastapi import FastAPI
 
 from app.server import GracefulServer, asyncio_in_this_thread
 
@@ -60,7 +61,8 @@ async def test_the_server_serves_inside_it(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(uvicorn.Server, "serve", serve)
     before = sniffio.thread_local.name
-    server = GracefulServer(None, uvicorn.Config(None), 1.0)  # type: ignore[arg-type]
+    app = FastAPI()
+    server = GracefulServer(app, uvicorn.Config(app), 1.0)
     await server.serve()
     assert seen == ["asyncio"]
     assert sniffio.thread_local.name == before
