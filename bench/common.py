@@ -60,6 +60,18 @@ class Server:
         times = self.ps.cpu_times()
         return float(times.user + times.system)
 
+    def precise_cpu_s(self) -> float:
+        """CPU seconds of all the process's threads in ns resolution (`/proc/<pid>/task/*/schedstat`; psutil
+        counts 10 ms ticks, too coarse around a single call); `cpu_s` where /proc is missing."""
+        tasks = Path(f"/proc/{self.ps.pid}/task")
+        if not tasks.is_dir():
+            return self.cpu_s()
+        total = 0
+        for stat in tasks.glob("*/schedstat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                total += int(stat.read_text().split()[0])
+        return total / 1e9
+
     def rss_mb(self) -> float:
         return float(self.ps.memory_info().rss) / 2**20
 
@@ -142,6 +154,11 @@ async def serve_command(
 def floor() -> contextlib.AbstractAsyncContextManager[Server]:
     """The floor baseline (bench/floor.py), served like the gateway."""
     return serve("floor", "bench.floor", health="/healthz")
+
+
+def bare_proxy(upstream: str) -> contextlib.AbstractAsyncContextManager[Server]:
+    """bench/proxy.py in front of `upstream`: the least any Python gateway does on a pass-through."""
+    return serve("proxy", "bench.proxy", "--upstream", upstream, health="/healthz")
 
 
 def mock_lmstudio() -> contextlib.AbstractAsyncContextManager[Server]:

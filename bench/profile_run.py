@@ -1,5 +1,6 @@
 """Where the gateway's CPU goes on the run path: py-spy samples the gateway process during autonomous runs
-(or, with ``--tool SERVER``, during sequential REST tool calls: ``POST /v1/mcp/servers/<server>/tools/echo``).
+(or, with ``--tool SERVER``, during sequential REST tool calls: ``POST /v1/mcp/servers/<server>/tools/echo``;
+with ``--chat``, during sequential pass-through chats, ``POST /v1/chat/completions``, bench/passthrough.py's).
 
 Not a section of `make bench` (it needs py-spy, ``.venv/bin/pip install py-spy``, and ptrace rights). It
 starts the run benchmark's set-up of bench/run_upstreams.py (an upstream, the real time server, a gateway at
@@ -8,7 +9,7 @@ the given log level), warms up, then runs sequential `POST /v1/autonomous` runs 
 gateway burns), and prints the top functions by self time and by inclusive time, and self time by package.
 
 Run: ``.venv/bin/python -m bench.profile_run [--upstream stdlib|mock] [--log-level INFO|WARNING]
-[--seconds 20] [--rate 250] [--top 25] [--tool everything|fault] [--out profile.txt]``; the raw stacks
+[--seconds 20] [--rate 250] [--top 25] [--tool everything|fault | --chat] [--out profile.txt]``; the raw stacks
 (``--out``) open in speedscope.app as well.
 """
 
@@ -38,6 +39,8 @@ from bench.common import (
     stdlib_upstream,
     write_mcp_config,
 )
+from bench.passthrough import BODY as CHAT_BODY
+from bench.passthrough import PATH as CHAT_PATH
 from bench.run_upstreams import QUESTION, SERVER
 from tests.helpers import TIME_CALL, script
 
@@ -193,7 +196,20 @@ def find_py_spy() -> str:
 async def profile(args: argparse.Namespace, spy: str) -> str:
     async with contextlib.AsyncExitStack() as stack:
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-profile-")))
-        if args.tool:
+        if args.chat:
+            config = write_mcp_config(directory, servers=[])
+            upstream = await stack.enter_async_context(
+                mock_lmstudio() if args.upstream == "mock" else stdlib_upstream()
+            )
+            bridge = await stack.enter_async_context(
+                gateway(upstream.base_url, config, BRIDGE_LOG_LEVEL=args.log_level)
+            )
+            client = await stack.enter_async_context(http_client())
+            body = dict(CHAT_BODY, model=stdlib_fake.MODEL) if args.upstream == "stdlib" else CHAT_BODY
+            run = post_json(client, bridge.url(CHAT_PATH), body)
+            await run()
+            what = f"gateway on {args.upstream}, `POST {CHAT_PATH}`"
+        elif args.tool:
             config = write_mcp_config(directory, [args.tool])
             bridge = await stack.enter_async_context(
                 gateway(nothing_listening(), config, BRIDGE_LOG_LEVEL=args.log_level)
@@ -226,7 +242,7 @@ async def profile(args: argparse.Namespace, spy: str) -> str:
         raw = raw_path.read_text()
         if args.out:
             Path(args.out).with_suffix(".raw").write_text(raw)
-        unit = "call" if args.tool else "run"
+        unit = "call" if args.tool or args.chat else "run"
         head = (
             f"## {what}, BRIDGE_LOG_LEVEL={args.log_level}: {runs} sequential {unit}s in "
             f"{wall:.1f} s while sampled at {args.rate} Hz; gateway CPU {cpu / max(runs, 1) * 1000:.2f} ms/{unit} "
@@ -268,6 +284,7 @@ def main() -> None:
     parser.add_argument(
         "--tool", choices=sorted(ECHO_ARGUMENTS), help="profile REST calls of this server's echo tool instead of runs"
     )
+    parser.add_argument("--chat", action="store_true", help="profile pass-through chats instead of runs")
     parser.add_argument("--out", help="write the report here (and the raw stacks beside it, .raw)")
     args = parser.parse_args()
     report = asyncio.run(profile(args, find_py_spy()))

@@ -26,7 +26,18 @@ import httpx
 import pytest
 from mcp import ClientSession
 
-from bench.common import Row, Server, gateway, http_client, mcp_session, openai_tools, server_params, write_mcp_config
+from bench.common import (
+    Row,
+    Server,
+    bare_proxy,
+    gateway,
+    http_client,
+    mcp_session,
+    openai_tools,
+    server_params,
+    verdict,
+    write_mcp_config,
+)
 from services.agent.prompts import FINAL_ANSWER_PROMPT
 from tests.real_engine.engine import PARALLEL, THREADS, RealEngine, running_engine
 
@@ -34,6 +45,7 @@ N_CHAT = 50
 N_RUN = 10
 WARMUP = 2
 SERVER = "time"
+OWN_SHARE = 0.01  # the gateway's own share of a chat, over the bare proxy, at most this share of the engine's compute
 CHAT_TOKENS = 8  # the chat always generates exactly this many (finish_reason "length")
 RUN_TOKENS = 48  # per engine call of the run: the call takes ~35, the final answer is cut here
 STORY = "Write a very long story about a cat who lives in Paris."
@@ -81,28 +93,15 @@ async def engine_seconds(client: httpx.AsyncClient, engine: RealEngine) -> float
     return float(values["llamacpp:prompt_seconds_total"]) + float(values["llamacpp:tokens_predicted_seconds_total"])
 
 
-def cpu_seconds(server: Server) -> float:
-    """The server process's CPU seconds, all its threads, in ns resolution (`/proc/<pid>/task/*/schedstat`;
-    psutil counts 10 ms ticks, too coarse for a few dozen calls); psutil's figure where /proc is missing."""
-    tasks = Path(f"/proc/{server.ps.pid}/task")
-    if not tasks.is_dir():
-        return server.cpu_s()
-    total = 0
-    for stat in tasks.glob("*/schedstat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            total += int(stat.read_text().split()[0])
-    return total / 1e9
-
-
 async def measure(ways: list[Way], n: int, client: httpx.AsyncClient, engine: RealEngine, bridge: Server) -> None:
-    """n calls per way, alternating (ABBA) so that drift hits both alike."""
+    """n calls per way, alternating (ABBA: the order reversed every other time) so that drift hits all alike."""
     for i in range(n):
         for way in ways if i % 2 == 0 else ways[::-1]:
-            before, cpu = await engine_seconds(client, engine), cpu_seconds(bridge)
+            before, cpu = await engine_seconds(client, engine), bridge.precise_cpu_s()
             start = time.perf_counter()
             outcome = await way.call()
             way.latency.append(time.perf_counter() - start)
-            way.gateway_cpu_s += cpu_seconds(bridge) - cpu
+            way.gateway_cpu_s += bridge.precise_cpu_s() - cpu
             way.engine.append(await engine_seconds(client, engine) - before)
             way.outcomes.append(outcome)
 
@@ -197,6 +196,27 @@ def started_engine(stack: contextlib.ExitStack, extra_args: Sequence[str] = ()) 
         raise RuntimeError(str(exc)) from None
 
 
+def own_share_rows(what: str, direct: Way, proxy: Way, bridge: Way) -> list[Row]:
+    """The hop's share (the bare proxy, bench/proxy.py: what any Python gateway adds) and the gateway's own:
+    its overhead outside the engine's compute over the proxy's, as a share of the engine's compute p50."""
+    hop = proxy.outside_ms - direct.outside_ms
+    own = bridge.outside_ms - proxy.outside_ms
+    share = own / bridge.engine_ms
+    return [
+        (
+            f"{what}, through the bare proxy: p50 / p90; its overhead outside the engine's compute (medians)",
+            f"{proxy.p(0.5):.1f} / {proxy.p(0.9):.1f} ms; {hop:+.1f} ms ({hop / proxy.engine_ms:+.2%} of the "
+            "engine's compute p50)",
+            "report (the hop)",
+        ),
+        (
+            f"{what}: the gateway's own share, its overhead outside the engine's compute over the bare proxy's",
+            f"{own:+.1f} ms, {share:+.2%} of the engine's compute p50 ({verdict(share <= OWN_SHARE)})",
+            f"<= {OWN_SHARE:.0%} of the engine's compute (issue 35)",
+        ),
+    ]
+
+
 def overhead_rows(what: str, direct: Way, bridge: Way, n: int) -> list[Row]:
     plain = bridge.p(0.5) - direct.p(0.5)
     outside = bridge.outside_ms - direct.outside_ms
@@ -236,6 +256,7 @@ async def run() -> dict[str, object]:
             directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-real-engine-")))
             config = write_mcp_config(directory, servers=[SERVER])
             bridge = await stack.enter_async_context(gateway(engine.base_url, config))
+            proxy = await stack.enter_async_context(bare_proxy(engine.base_url))
             client = await stack.enter_async_context(http_client())
             session = await stack.enter_async_context(mcp_session(server_params(directory, SERVER)))
             direct_run = DirectRun(client, engine, session)
@@ -245,17 +266,19 @@ async def run() -> dict[str, object]:
                 "chat direct", chat_call(client, f"{engine.base_url}/v1/chat/completions", engine.model_id)
             )
             chat_bridge = Way("chat gateway", chat_call(client, bridge.url("/v1/chat/completions"), engine.model_id))
+            chat_proxy = Way("chat proxy", chat_call(client, proxy.url("/v1/chat/completions"), engine.model_id))
             run_direct = Way("run direct", direct_run)
             run_bridge = Way("run gateway", gateway_run(client, bridge, engine.model_id))
-            for way in (chat_direct, chat_bridge, run_direct, run_bridge):
+            for way in (chat_direct, chat_bridge, chat_proxy, run_direct, run_bridge):
                 for _ in range(WARMUP):
                     await way.call()
-            await measure([chat_direct, chat_bridge], N_CHAT, client, engine, bridge)
+            await measure([chat_direct, chat_bridge, chat_proxy], N_CHAT, client, engine, bridge)
             await measure([run_direct, run_bridge], N_RUN, client, engine, bridge)
 
     one_call = f"{run_bridge.outcomes.count(1)} / {run_direct.outcomes.count(1)} of {N_RUN}"
     rows: list[Row] = [
         *overhead_rows(f"chat ({CHAT_TOKENS} tokens)", chat_direct, chat_bridge, N_CHAT),
+        *own_share_rows(f"chat ({CHAT_TOKENS} tokens)", chat_direct, chat_proxy, chat_bridge),
         *overhead_rows("one-tool run (2 engine calls + 1 tool call)", run_direct, run_bridge, N_RUN),
         ("runs that made exactly one successful tool call: gateway / direct", one_call, f"{N_RUN} / {N_RUN}"),
     ]
@@ -270,8 +293,10 @@ async def run() -> dict[str, object]:
             f"`stop: [</tool_call>]`, `max_rounds: 1`, `max_tokens: {RUN_TOKENS}`: the forced call, "
             "mcp-server-time's get_current_time, then the final answer without tools; **direct** does the same "
             "two engine calls and the tool call (kept MCP session) by hand. "
-            f"{N_CHAT} chats and {N_RUN} runs per way after {WARMUP} warm-up calls, alternating gateway and "
-            "direct. Engine compute = the growth of llama-server's prompt + generation seconds across the call; "
+            f"{N_CHAT} chats and {N_RUN} runs per way after {WARMUP} warm-up calls, alternating the ways. The "
+            "chat also goes through **the bare proxy** (bench/proxy.py: uvicorn and one aiohttp request, no "
+            "checks or records), the hop any Python gateway adds: the gateway's own share is what it adds "
+            "over that. Engine compute = the growth of llama-server's prompt + generation seconds across the call; "
             "the overhead outside it is the difference of the medians of (latency - engine compute)."
         ),
         "rows": rows,
