@@ -17,6 +17,7 @@ import anyio
 import anyio.abc
 
 from services.mcp.config import MCPServerConfig, safe_url
+from services.mcp.stdio import stdio_pipes
 
 if TYPE_CHECKING:  # the SDK (and httpx2) are imported when a connection starts, not at start-up
     import mcp_types as mtypes
@@ -129,7 +130,7 @@ async def open_transport(
     """Enter the server's transport on `stack` and return its (read, write) streams; a stdio server's
     stderr is read into `stderr` by a task in `tg`; `auth` (an `httpx2.Auth`: OAuth) signs an HTTP server's
     requests."""
-    from mcp import StdioServerParameters, stdio_client  # the SDK loads with the first connection
+    from mcp import StdioServerParameters  # the SDK loads with the first connection
 
     if cfg.transport == "http":
         import httpx2
@@ -150,7 +151,7 @@ async def open_transport(
     read_fd, write_fd = os.pipe()
     errlog = os.fdopen(write_fd, "w", encoding="utf-8", errors="replace")
     try:
-        streams = await stack.enter_async_context(stdio_client(params, errlog=errlog))
+        streams = await stack.enter_async_context(stdio_pipes(params, errlog))
     except BaseException:
         os.close(read_fd)
         raise
