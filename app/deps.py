@@ -25,8 +25,13 @@ async def get_state(request: Request) -> BridgeState:
     return _state(request)
 
 
-async def get_pool(request: Request) -> MCPPool:
+def pool_of(request: Request) -> MCPPool:
+    """The MCP pool, for a route that takes the request itself (a dependency costs a resolution per request)."""
     return _state(request).pool
+
+
+async def get_pool(request: Request) -> MCPPool:
+    return pool_of(request)
 
 
 async def get_agent(request: Request) -> AgentService:
