@@ -81,7 +81,7 @@ def create_app(
     # of FastAPI's /docs routes. `include_router` would nest each router: every request would then be matched
     # against every route of each router before its own, and its own router's routes twice (FastAPI 0.163),
     # ~50 µs per request by the time the MCP routes come. The routers hold their full paths (their prefix).
-    hot_first = (autonomous, openai, runs, pipelines, mcp, models, evals, health, metrics_router, prompts)
+    hot_first = (autonomous, openai, mcp, runs, pipelines, models, evals, health, metrics_router, prompts)
     app.router.routes[:0] = [route for module in hot_first for route in module.router.routes]
     app.router.routes.append(front_door.route())  # `/mcp`, no redirect to `/mcp/`
     app.router.routes.extend(console.router.routes)  # the run console at /ui (static files, last: never hot)
