@@ -48,6 +48,8 @@ class PipeReadStream:
             self.reading = True
             try:
                 chunk = await self._stdout.receive()  # EndOfStream when the server's stdout ends
+            except (OSError, anyio.BrokenResourceError) as exc:  # a pipe that fails has ended too
+                raise anyio.EndOfStream from exc
             finally:
                 self.reading = False
             *lines, self._partial = (self._partial + chunk).split(b"\n")

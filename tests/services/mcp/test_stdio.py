@@ -85,6 +85,16 @@ async def test_the_read_stream_yields_one_message_or_error_per_line_however_the_
     assert isinstance(bad_json, ValueError) and isinstance(bad_text, UnicodeDecodeError)
 
 
+class FailingStdout:
+    async def receive(self) -> bytes:
+        raise ConnectionResetError
+
+
+async def test_a_pipe_that_fails_is_the_end_of_the_stream() -> None:
+    with pytest.raises(anyio.EndOfStream):
+        await PipeReadStream(FailingStdout()).receive()
+
+
 async def test_a_closed_read_stream_receives_nothing_more() -> None:
     stream = PipeReadStream(Chunks(b'{"jsonrpc": "2.0", "id": 1, "method": "ping"}\n'))
     await stream.aclose()
