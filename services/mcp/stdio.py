@@ -18,17 +18,18 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
+
+from services.mcp.streams import ReadStream, Stream
 
 if TYPE_CHECKING:  # the SDK is imported with the first connection, not at start-up
     from mcp import StdioServerParameters
     from mcp.shared.message import SessionMessage
 
 
-class PipeReadStream:
+class PipeReadStream(ReadStream):
     """The server's stdout as a stream of messages, read by whoever receives (the session's dispatcher)."""
 
     def __init__(self, stdout: Any) -> None:
@@ -70,25 +71,8 @@ class PipeReadStream:
     async def aclose(self) -> None:
         self.close()
 
-    def __aiter__(self) -> Self:
-        return self
 
-    async def __anext__(self) -> SessionMessage | Exception:
-        try:
-            return await self.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            raise StopAsyncIteration from None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-
-class PipeWriteStream:
+class PipeWriteStream(Stream):
     """The server's stdin: a message is serialised and written by the task that sends it. A write that fails
     (the server closed its stdin or died) closes the server's stdout for the reader, so that the session sees
     the connection end, as with the SDK's writer task, instead of waiting for an answer that cannot come."""
@@ -109,16 +93,7 @@ class PipeWriteStream:
             with contextlib.suppress(Exception):
                 await self._stdout.aclose()  # the pending read ends: the dispatcher fans CONNECTION_CLOSED out
 
-    async def aclose(self) -> None:
-        return None  # stdin is closed by the shutdown sequence, after the session
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
+    # `aclose`: nothing; stdin is closed by the shutdown sequence, after the session
 
 
 @contextlib.asynccontextmanager

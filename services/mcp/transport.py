@@ -10,14 +10,14 @@ import re
 import sys
 from collections import deque
 from collections.abc import Callable
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.abc
 
 from services.mcp.config import MCPServerConfig, safe_url
 from services.mcp.stdio import stdio_pipes
+from services.mcp.streams import ReadStream
 
 if TYPE_CHECKING:  # the SDK (and httpx2) are imported when a connection starts, not at start-up
     import mcp_types as mtypes
@@ -71,7 +71,7 @@ class StderrTail:
         return text if len(text) <= _SUMMARY_CHARS else text[: _SUMMARY_CHARS - 3] + "..."
 
 
-class ReadStreamWrapper:
+class ReadStreamWrapper(ReadStream):
     """A transport's read stream seen through `receive` (which subclasses change); the rest of the stream
     protocol (iteration, closing, `last_context` and friends) is the inner stream's."""
 
@@ -86,23 +86,6 @@ class ReadStreamWrapper:
 
     async def aclose(self) -> None:
         await self._inner.aclose()
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> SessionMessage | Exception:
-        try:
-            return await self.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
 
 class WatchedReadStream(ReadStreamWrapper):
