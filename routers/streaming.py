@@ -36,8 +36,11 @@ CLIENT_CLOSED_REQUEST = 499  # nginx's status for "client closed the request"; n
 
 
 async def cancel_on_disconnect(receive: Receive, work: Awaitable[T]) -> T:
-    """Await `work`; if the client disconnects first, cancel it (and what it awaits)."""
-    task: asyncio.Future[T] = asyncio.ensure_future(work)
+    """Await `work` in this task; if the client disconnects first, cancel it (and what it awaits). A watcher
+    cancels this task, and that cancellation comes back as ClientDisconnected; a cancellation of this task
+    from anywhere else stays one. (In this task, not one of its own: a task and two loop turns less per run.)"""
+    this = asyncio.current_task()
+    assert this is not None
     gone = False
 
     async def watch() -> None:
@@ -46,18 +49,21 @@ async def cancel_on_disconnect(receive: Receive, work: Awaitable[T]) -> T:
             message = await receive()
             if message["type"] == "http.disconnect":
                 gone = True
-                task.cancel()
+                this.cancel()
                 return
 
     watcher = asyncio.ensure_future(watch())
     try:
-        return await task
+        result = await work
     except asyncio.CancelledError:
-        if gone and not _cancelling():
+        if gone and this.uncancel() == 0:  # the watcher's was the only cancellation
             raise ClientDisconnected from None
         raise
     finally:
         watcher.cancel()
+    if gone:  # the work ended without taking the watcher's cancellation: it is withdrawn
+        this.uncancel()
+    return result
 
 
 async def execute_for_client(request: Request, run: Run) -> RunResult | None:
@@ -68,12 +74,6 @@ async def execute_for_client(request: Request, run: Run) -> RunResult | None:
         return None
     finally:
         run.release()
-
-
-def _cancelling() -> bool:
-    """True when the current task itself is being cancelled (not just the work it awaited)."""
-    task = asyncio.current_task()
-    return bool(task and task.cancelling())
 
 
 def _sse(event: str, data: Any) -> bytes:
