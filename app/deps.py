@@ -25,8 +25,9 @@ async def get_state(request: Request) -> BridgeState:
     return _state(request)
 
 
+# For the hot routes, which take the request itself: a dependency costs FastAPI a resolution per request
 def pool_of(request: Request) -> MCPPool:
-    """The MCP pool, for a route that takes the request itself (a dependency costs a resolution per request)."""
+    """The MCP pool, for the REST tool call."""
     return _state(request).pool
 
 
@@ -34,12 +35,22 @@ async def get_pool(request: Request) -> MCPPool:
     return pool_of(request)
 
 
-async def get_agent(request: Request) -> AgentService:
+def agent_of(request: Request) -> AgentService:
+    """The agent service, for the run routes (which take the request itself)."""
     return _state(request).agent
 
 
-async def get_compat(request: Request) -> OpenAICompat:
+async def get_agent(request: Request) -> AgentService:
+    return agent_of(request)
+
+
+def compat_of(request: Request) -> OpenAICompat:
+    """The OpenAI-compatible service, for the pass-through routes (which take the request itself)."""
     return _state(request).compat
+
+
+async def get_compat(request: Request) -> OpenAICompat:
+    return compat_of(request)
 
 
 async def get_runs(request: Request) -> RunService:

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import AgentDep
+from app.deps import agent_of
 from app.security import access_of
 from routers.route import Route
 from routers.schemas import RUN_EVENT_SCHEMA, problem_responses
 from routers.streaming import CLIENT_CLOSED_REQUEST, RunStream, execute_for_client, wants_stream
-from services.agent import AgentService, Run, RunResult, RunSpec, result_json, run_spec
+from services.agent import Run, RunResult, RunSpec, result_json, run_spec
 from services.agent.options import (
     AllowedTools,
     MaxRounds,
@@ -90,9 +90,9 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _respond(request: Request, agent: AgentService, spec: RunSpec, stream: bool) -> Response:
+async def _respond(request: Request, spec: RunSpec, stream: bool) -> Response:
     spec.access = access_of(request.scope)
-    return await respond(request, await agent.open(spec), stream)
+    return await respond(request, await agent_of(request).open(spec), stream)
 
 
 async def respond(request: Request, run: Run, stream: bool) -> Response:
@@ -106,9 +106,9 @@ async def respond(request: Request, run: Run, stream: bool) -> Response:
 
 
 @router.post("", response_model=RunResult, responses=RESPONSES, operation_id="runAutonomous", summary="Run a task")
-async def autonomous(body: AutonomousRequest, request: Request, agent: AgentDep) -> Response:
+async def autonomous(body: AutonomousRequest, request: Request) -> Response:
     """Run a task with tools from the chosen MCP servers (all enabled ones if omitted)."""
-    return await _respond(request, agent, run_spec(body, store=body.store), body.stream)
+    return await _respond(request, run_spec(body, store=body.store), body.stream)
 
 
 @router.post(
@@ -118,10 +118,10 @@ async def autonomous(body: AutonomousRequest, request: Request, agent: AgentDep)
     operation_id="runWithMcp",
     summary="Run a task with one server",
 )
-async def with_mcp(body: WithMCPRequest, request: Request, agent: AgentDep) -> Response:
+async def with_mcp(body: WithMCPRequest, request: Request) -> Response:
     """Run a task with the tools of one MCP server (mirror of `autonomous_with_mcp`)."""
     spec = run_spec(body, mcp_servers=[body.mcp_name], store=body.store)
-    return await _respond(request, agent, spec, body.stream)
+    return await _respond(request, spec, body.stream)
 
 
 @router.post(
@@ -131,10 +131,10 @@ async def with_mcp(body: WithMCPRequest, request: Request, agent: AgentDep) -> R
     operation_id="runWithMultipleMcps",
     summary="Run a task with several servers",
 )
-async def with_multiple_mcps(body: WithMultipleMCPsRequest, request: Request, agent: AgentDep) -> Response:
+async def with_multiple_mcps(body: WithMultipleMCPsRequest, request: Request) -> Response:
     """Run a task with the tools of several MCP servers (mirror of `autonomous_with_multiple_mcps`)."""
     spec = run_spec(body, mcp_servers=body.mcp_names, store=body.store)
-    return await _respond(request, agent, spec, body.stream)
+    return await _respond(request, spec, body.stream)
 
 
 @router.post(
@@ -144,6 +144,6 @@ async def with_multiple_mcps(body: WithMultipleMCPsRequest, request: Request, ag
     operation_id="runDiscover",
     summary="Run a task with every server",
 )
-async def discover(body: DiscoverRequest, request: Request, agent: AgentDep) -> Response:
+async def discover(body: DiscoverRequest, request: Request) -> Response:
     """Run a task with every enabled MCP server's tools (mirror of `autonomous_discover_and_execute`)."""
-    return await _respond(request, agent, run_spec(body, store=body.store), body.stream)
+    return await _respond(request, run_spec(body, store=body.store), body.stream)

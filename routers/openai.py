@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from app.deps import CompatDep
+from app.deps import compat_of
 from app.errors import openai_error
 from app.security import access_of
 from routers.route import Route
@@ -20,7 +20,6 @@ from services.agent import Run, RunResult
 from services.lmstudio.reasoning_relay import separate_reasoning, separate_reasoning_stream
 from services.openai_compat import (
     ChatOptions,
-    OpenAICompat,
     chat_options,
     chunks_of,
     completion_of,
@@ -119,8 +118,9 @@ def _relay(upstream: Any, content: bytes | None = None) -> Response:
     return Response(body, upstream.status_code, media_type=upstream.headers.get("content-type"))
 
 
-async def _pass_through(request: Request, compat: OpenAICompat, path: str) -> Response:
+async def _pass_through(request: Request, path: str) -> Response:
     """LM Studio's answer to the same body: relayed as JSON, or streamed when `stream` is true."""
+    compat = compat_of(request)
     raw = await request.body()
     body = parse_body(raw)
     access = access_of(request.scope)
@@ -136,8 +136,9 @@ async def _pass_through(request: Request, compat: OpenAICompat, path: str) -> Re
     responses=PASS_RESPONSES,
     openapi_extra=CHAT_DOC,
 )
-async def chat_completions(request: Request, compat: CompatDep) -> Response:
+async def chat_completions(request: Request) -> Response:
     """OpenAI chat completion: passed to LM Studio, or run with MCP tools when the body names servers."""
+    compat = compat_of(request)
     raw = await request.body()
     body = parse_body(raw)
     options = chat_options(body)
@@ -170,9 +171,9 @@ async def chat_completions(request: Request, compat: CompatDep) -> Response:
     responses=PASS_RESPONSES,
     openapi_extra=_body_schema("An OpenAI text completion request", {"model": "qwen/qwen3-4b", "prompt": "Once"}),
 )
-async def completions(request: Request, compat: CompatDep) -> Response:
+async def completions(request: Request) -> Response:
     """OpenAI text completion, passed to LM Studio."""
-    return await _pass_through(request, compat, "/v1/completions")
+    return await _pass_through(request, "/v1/completions")
 
 
 @router.post(
@@ -185,11 +186,13 @@ async def completions(request: Request, compat: CompatDep) -> Response:
         {"model": "text-embedding-nomic-embed-text-v1.5", "input": "hello"},
     ),
 )
-async def embeddings(request: Request, compat: CompatDep) -> Response:
+async def embeddings(request: Request) -> Response:
     """OpenAI embeddings, passed to LM Studio; only embedding models are accepted."""
     raw = await request.body()
     return _relay(
-        await compat.forward("/v1/embeddings", raw, parse_body(raw), access_of(request.scope), kind="embedding")
+        await compat_of(request).forward(
+            "/v1/embeddings", raw, parse_body(raw), access_of(request.scope), kind="embedding"
+        )
     )
 
 
@@ -200,6 +203,6 @@ async def embeddings(request: Request, compat: CompatDep) -> Response:
     responses=PASS_RESPONSES,
     openapi_extra=_body_schema("An OpenAI Responses API request", {"model": "qwen/qwen3-4b", "input": "Hi"}),
 )
-async def responses(request: Request, compat: CompatDep) -> Response:
+async def responses(request: Request) -> Response:
     """OpenAI Responses API, passed to LM Studio where it has it (else 501)."""
-    return await _pass_through(request, compat, "/v1/responses")
+    return await _pass_through(request, "/v1/responses")
