@@ -59,12 +59,12 @@ def as_bridge_error(exc: Exception) -> BridgeError:
     if isinstance(exc, RequestValidationError):
         errors = _validation_errors(exc)
         if errors and all(e["type"] == "json_invalid" for e in errors):
-            return InvalidJSONError("The body is not valid JSON")
+            return InvalidJSONError(InvalidJSONError.title)
         summary = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors)
         return InvalidRequestError(summary or "Request is not valid", errors=errors)
     if isinstance(exc, StarletteHTTPException):
         if exc.status_code == 400:  # FastAPI could not parse the body (e.g. nested too deep)
-            return InvalidJSONError("The body could not be parsed as JSON (malformed or nested too deeply)")
+            return InvalidJSONError(InvalidJSONError.UNPARSABLE)
         return RouteError(exc.status_code, str(exc.detail))
     return BridgeError("The gateway failed unexpectedly; see its log for details")
 

@@ -41,7 +41,7 @@ N_PACED = 40
 
 
 async def paced(contenders: list[Contender], n: int) -> dict[str, tuple[float, float]]:
-    """(p50 ms, CPU ms of the contender's last server per request) of each contender, `n` requests each, in
+    """(p50 ms, CPU ms of the contender's own server, its first, per request) of each contender, `n` requests each, in
     turn, with PACE_S between requests: every request meets a process that has been idle."""
     samples: dict[str, list[float]] = {c.label: [] for c in contenders}
     cpu: dict[str, float] = dict.fromkeys(samples, 0.0)

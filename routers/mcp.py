@@ -62,9 +62,9 @@ def tool_arguments(raw: bytes, content_type: str | None) -> dict[str, Any]:
     try:
         arguments = json.loads(raw)
     except json.JSONDecodeError:
-        raise InvalidJSONError("The body is not valid JSON") from None
+        raise InvalidJSONError(InvalidJSONError.title) from None
     except (ValueError, RecursionError):  # not UTF-8, or nested too deeply
-        raise InvalidJSONError("The body could not be parsed as JSON (malformed or nested too deeply)") from None
+        raise InvalidJSONError(InvalidJSONError.UNPARSABLE) from None
     if not isinstance(arguments, dict):
         raise InvalidRequestError(f"body: {_NOT_A_DICT['msg']}", errors=[_NOT_A_DICT])
     return arguments

@@ -74,6 +74,7 @@ class InvalidJSONError(BridgeError):
     """The body is not JSON, or nested deeper than the parser allows."""
 
     status, code, title = 400, "invalid_json", "The body is not valid JSON"
+    UNPARSABLE = "The body could not be parsed as JSON (malformed or nested too deeply)"  # not UTF-8, too deep
 
 
 class UnauthorizedError(BridgeError):

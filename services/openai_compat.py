@@ -86,7 +86,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     except ValueError as exc:
         raise InvalidJSONError(f"The body is not valid JSON: {exc}") from None
     except RecursionError:
-        raise InvalidJSONError("The body could not be parsed as JSON (malformed or nested too deeply)") from None
+        raise InvalidJSONError(InvalidJSONError.UNPARSABLE) from None
     if not isinstance(body, dict):
         raise InvalidRequestError("The body must be a JSON object")
     return body

@@ -22,9 +22,15 @@ class Client:
         return {"type": "http.disconnect"}
 
 
+async def turn() -> None:
+    """One pass of the event loop: a future another callback completes."""
+    done = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_soon(done.set_result, None)
+    await done
+
+
 async def test_work_that_ends_gives_its_result() -> None:
     async def work() -> str:
-        await asyncio.sleep(0)
         return "done"
 
     assert await cancel_on_disconnect(Client().receive, work()) == "done"
@@ -47,7 +53,7 @@ async def test_a_client_that_leaves_cancels_the_work_and_the_task_is_left_uncanc
             await cancel_on_disconnect(client.receive, work())
         task = asyncio.current_task()
         assert task is not None and task.cancelling() == 0
-        await asyncio.sleep(0)  # nothing left to cancel it
+        await turn()  # the task goes on: no cancellation is left pending for its next wait
 
     handler = asyncio.ensure_future(request())
     await started.wait()
