@@ -28,6 +28,7 @@ SECTIONS = [
     "autonomous",
     "tracing",
     "run_upstreams",
+    "memory",
     "passthrough",
     "catalog",
     "real_engine",
