@@ -172,9 +172,12 @@ def stdlib_upstream() -> contextlib.AbstractAsyncContextManager[Server]:
 
 
 @contextlib.asynccontextmanager
-async def gateway(lmstudio_url: str, mcp_config: Path, name: str = "gateway", **env: str) -> AsyncIterator[Server]:
+async def gateway(
+    lmstudio_url: str, mcp_config: Path, name: str = "gateway", module: str = "app.cli", **env: str
+) -> AsyncIterator[Server]:
     """``python -m app.cli serve`` with BRIDGE_LOG_LEVEL=WARNING unless `env` sets it; extra settings as
-    environment variables. `name` tells gateways of one section apart (CPU time is kept per name).
+    environment variables. `name` tells gateways of one section apart (CPU time is kept per name); `module`
+    is another entry point taking the same `serve` arguments (bench/run_wall.py's timed gateway).
     Unless `env` sets BRIDGE_DATABASE_URL, the run store is a SQLite file in a temp dir removed on exit
     (the default, ./data/runs.db, would be in the repository)."""
     settings = {"LMSTUDIO_BASE_URL": lmstudio_url, "MCP_CONFIG": str(mcp_config), "BRIDGE_LOG_LEVEL": "WARNING"}
@@ -182,7 +185,7 @@ async def gateway(lmstudio_url: str, mcp_config: Path, name: str = "gateway", **
         if "BRIDGE_DATABASE_URL" not in env:
             directory = files.enter_context(tempfile.TemporaryDirectory(prefix=f"bench-{name}-store-"))
             settings["BRIDGE_DATABASE_URL"] = f"sqlite+aiosqlite:///{directory}/runs.db"
-        async with serve(name, "app.cli", "serve", health="/healthz", env={**settings, **env}) as server:
+        async with serve(name, module, "serve", health="/healthz", env={**settings, **env}) as server:
             yield server
 
 
