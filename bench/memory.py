@@ -56,9 +56,9 @@ async def run() -> dict[str, object]:
             gateway(mock.base_url, config, name="memory-imports", PYTHONPROFILEIMPORTTIME="1")
         )
         await asyncio.sleep(SETTLE_S)
-        at_start = _imported(told)
+        at_start = imported(told.log_tail(10**9))
         await _idle_and_after_one_run(told, client)
-        after_run = _imported(told)
+        after_run = imported(told.log_tail(10**9))
 
     libraries_start = [m for m in at_start if not _own(m)]
     libraries = [m for m in after_run if not _own(m)]
@@ -124,9 +124,9 @@ def _own(module: str) -> bool:
     return module.split(".", 1)[0] in OWN
 
 
-def _imported(server: Server) -> list[str]:
-    """The modules the gateway has imported so far, in order, from its `-X importtime` lines."""
-    return list(dict.fromkeys(IMPORT_LINE.findall(server.log_tail(10**9))))
+def imported(log: str) -> list[str]:
+    """The modules named by the `-X importtime` lines of a log, in order, each once."""
+    return list(dict.fromkeys(IMPORT_LINE.findall(log)))
 
 
 async def _idle_and_after_one_run(server: Server, client: httpx.AsyncClient) -> tuple[float, float]:
