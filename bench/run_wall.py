@@ -51,8 +51,8 @@ Timers = dict[str, list[float]]
 
 
 def timed(owner: type, name: str, key: str, timers: Timers, when: Callable[..., bool] | None = None) -> None:
-    """Wrap the coroutine method `owner.name`: the wall time of each call (for which `when(*args)` holds) is
-    appended to timers[key]."""
+    """Wrap the coroutine method `owner.name` (in the timed gateway's process only): the wall time of each call
+    for which `when(*args)` holds is appended to timers[key]."""
     original: Callable[..., Awaitable[Any]] = getattr(owner, name)
 
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -92,16 +92,30 @@ def _a_run(_middleware: object, scope: dict[str, Any], *_: object) -> bool:
 
 
 class TimedScript(Script):
-    """bench/autonomous.py's script; `measure` times this subclass's hops, not the base class's."""
+    """bench/autonomous.py's script, each hop's wall time kept in `timers`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.timers: Timers = defaultdict(list)
 
     async def _chat(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
-        return await super()._chat(messages)
+        started = time.perf_counter()
+        try:
+            return await super()._chat(messages)
+        finally:
+            self.timers["chat"].append(time.perf_counter() - started)
 
     async def _tool(self, call: dict[str, Any]) -> dict[str, Any]:
-        return await super()._tool(call)
+        started = time.perf_counter()
+        try:
+            return await super()._tool(call)
+        finally:
+            self.timers["tool"].append(time.perf_counter() - started)
 
 
-async def measure(runs: int) -> None:
+async def measure(runs: int, warmup: int = WARMUP) -> dict[str, tuple[list[float], Timers]]:
+    """Per contender ("gateway", "script"): each measured run's wall time as the client saw it, and the timers
+    of those runs."""
     async with contextlib.AsyncExitStack() as stack:
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-run-wall-")))
         config = write_mcp_config(directory, [SERVER])
@@ -112,9 +126,6 @@ async def measure(runs: int) -> None:
         )
         client = await stack.enter_async_context(http_client())
         session = await stack.enter_async_context(mcp_session(server_params(directory, SERVER)))
-        script_timers: Timers = defaultdict(list)
-        timed(TimedScript, "_chat", "chat", script_timers)
-        timed(TimedScript, "_tool", "tool", script_timers)
         hand = TimedScript(client, mock, session, server=SERVER, model=MODEL, prompt=TASK)
         await hand.setup()
         calls = {
@@ -123,9 +134,9 @@ async def measure(runs: int) -> None:
         }
         walls: dict[str, list[float]] = {name: [] for name in calls}
         for call in calls.values():
-            for _ in range(WARMUP):
+            for _ in range(warmup):
                 await call()
-        script_timers.clear()
+        hand.timers.clear()
         for block in range(BLOCKS):
             for name in calls if block % 2 == 0 else reversed(calls):
                 for _ in range(runs // BLOCKS):
@@ -136,9 +147,7 @@ async def measure(runs: int) -> None:
         gateway_timers: Timers = json.loads(out.read_text())
     measured = len(walls["gateway"])  # the gateway's timers hold the warm-up first: the tail is the measured runs
     gateway_timers = {key: values[-measured * (2 if key == "chat" else 1) :] for key, values in gateway_timers.items()}
-    print(f"{measured} runs each, interleaved in {BLOCKS} blocks; ms, p50 / mean")
-    _report("gateway", walls["gateway"], gateway_timers)
-    _report("script", walls["script"], script_timers)
+    return {"gateway": (walls["gateway"], gateway_timers), "script": (walls["script"], hand.timers)}
 
 
 def _report(name: str, wall: list[float], timers: Timers) -> None:
@@ -163,7 +172,10 @@ def main() -> None:
         sys.exit(serve())
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=1000)
-    asyncio.run(measure(parser.parse_args().runs))
+    measured = asyncio.run(measure(parser.parse_args().runs))
+    print(f"{len(measured['gateway'][0])} runs each, interleaved in {BLOCKS} blocks; ms, p50 / mean")
+    for name, (wall, timers) in measured.items():
+        _report(name, wall, timers)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,29 @@
+"""bench/run_wall.py (`python -m bench.run_wall`, docs/performance.md "Issue 35, seventh session"): the timed
+gateway (`python -m bench.run_wall serve`) reports every measured run's request, hops and MCP call, and the
+script its hops."""
+
+from __future__ import annotations
+
+from bench import run_wall
+from bench.common import BLOCKS
+
+RUNS = 2 * BLOCKS
+
+
+async def test_each_measured_run_is_timed_in_the_gateway_and_in_the_script() -> None:
+    measured = await run_wall.measure(RUNS, warmup=3)
+    wall, timers = measured["gateway"]
+    assert len(wall) == RUNS
+    assert {key: len(values) for key, values in timers.items()} == {
+        "request": RUNS,
+        "chat": 2 * RUNS,
+        "tool": RUNS,
+        "sdk": RUNS,
+    }
+    for run, request in zip(wall, timers["request"], strict=True):
+        assert 0 < request < run  # each measured run, as the gateway saw it
+    for tool, sdk in zip(timers["tool"], timers["sdk"], strict=True):
+        assert 0 < sdk < tool  # the SDK's call inside the pool's
+    wall, timers = measured["script"]
+    assert len(wall) == RUNS
+    assert {key: len(values) for key, values in timers.items()} == {"chat": 2 * RUNS, "tool": RUNS}
