@@ -22,7 +22,6 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased, Sampler, SamplingResult
 from opentelemetry.trace import SpanKind
-from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.settings import Settings
@@ -129,8 +128,6 @@ class RequestContextMiddleware:
         # the headers the configured propagators read: a request without any of them starts a new trace
         self._trace_headers = frozenset(name.encode("latin-1") for name in propagate.get_global_textmap().fields)
         # metric children by label values (the same label sets the metrics hold): `labels()` locks and looks up
-        self._counted: dict[tuple[str, str, str], Counter] = {}
-        self._timed: dict[tuple[str, str], Histogram] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -177,15 +174,9 @@ class RequestContextMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or _fixed_route(scope.get("path", ""))
             method = scope["method"]
-            key = (template, method, str(status))
-            counted = self._counted.get(key)
-            if counted is None:
-                counted = self._counted[key] = self.metrics.http_requests.labels(*key)
-            counted.inc()
-            timed = self._timed.get(key[:2])
-            if timed is None:
-                timed = self._timed[key[:2]] = self.metrics.http_duration.labels(template, method)
-            timed.observe(time.perf_counter() - started)
+            metrics = self.metrics
+            metrics.child(metrics.http_requests, template, method, str(status)).inc()
+            metrics.child(metrics.http_duration, template, method).observe(time.perf_counter() - started)
 
 
 # --- logs ------------------------------------------------------------------------------------

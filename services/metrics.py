@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 ROUND_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50, 100)
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 
 class Metrics:
@@ -91,7 +95,7 @@ class Metrics:
             ["reason", "host"],
             registry=r,
         )
-        self._token_children: dict[str, tuple[Counter, Counter]] = {}
+        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
         self.tokens = Counter(
             "bridge_tokens_total",
             "Tokens reported by LM Studio by model and direction (input, output)",
@@ -154,15 +158,15 @@ class Metrics:
             registry=r,
         )
 
-    def token_counters(self, model: str) -> tuple[Counter, Counter]:
-        """`tokens`' (input, output) children for `model`, bound once (`labels()` takes a lock and a lookup)."""
-        pair = self._token_children.get(model)
-        if pair is None:
-            pair = self._token_children[model] = (
-                self.tokens.labels(model, "input"),
-                self.tokens.labels(model, "output"),
-            )
-        return pair
+    def child(self, metric: M, *labels: str) -> M:
+        """`metric.labels(*labels)`, bound once per metric and label values: `labels()` takes a lock and a lookup
+        on every call, and the hot paths count every request, run and call. The callers keep their label values
+        bounded, as they must for Prometheus anyway (which keeps every child it made)."""
+        key = (metric, labels)
+        bound = self._children.get(key)
+        if bound is None:
+            bound = self._children[key] = metric.labels(*labels)
+        return bound  # type: ignore[no-any-return]
 
     def watch(self, state: StateReader) -> None:
         """Export values the services keep themselves (read at scrape time)."""

@@ -49,7 +49,7 @@ class AgentLoop:
             ctx.catalog.window_of(run.model.id).tokens,
             ctx.tokens,
             run.emit,
-            lambda action: ctx.metrics.context_fits.labels(action).inc(),
+            lambda action: ctx.metrics.child(ctx.metrics.context_fits, action).inc(),
         )
         self._keep_head = 0  # messages never compacted: the system prompt and the task (or the conversation)
         self._keep_from = 0  # where the last round starts
@@ -61,7 +61,8 @@ class AgentLoop:
             return await self._rounds()
         except ContextExceededError as exc:
             self._run.exceeded = exc
-            self._ctx.metrics.context_fits.labels("exceeded").inc()
+            metrics = self._ctx.metrics
+            metrics.child(metrics.context_fits, "exceeded").inc()
             self._run.warnings.append(f"The context window was exceeded: {exc.detail}")
             return "context_exceeded", self._run.gathered(
                 f"The request could not fit the model's context window: {exc.detail}."
@@ -151,7 +152,8 @@ class AgentLoop:
         calls = answer.tool_calls
         for call in calls:
             if call.recovered_from:  # written as text and recovered: counted now that it runs
-                self._ctx.metrics.text_tool_calls.labels(call.recovered_from).inc()
+                metrics = self._ctx.metrics
+                metrics.child(metrics.text_tool_calls, call.recovered_from).inc()
         messages.append({"role": "assistant", "content": answer.content, "tool_calls": [_wire_call(c) for c in calls]})
         steps = await self._call_all(run.rounds, calls, names)
         limit = self._ctx.defaults.tool_output_max_chars
@@ -282,7 +284,8 @@ class AgentLoop:
         done: list[Step | None] = [None] * len(calls)
 
         async def call(index: int, tool_call: ToolCall) -> None:
-            self._ctx.metrics.key_tool_calls.labels(self._run.key_label).inc()
+            metrics = self._ctx.metrics
+            metrics.child(metrics.key_tool_calls, self._run.key_label).inc()
             name, fit, emit = tool_call.name, self._fit, self._run.emit
             if name == FIND_TOOLS and name in offered:
                 done[index] = await answered_step(round_no, tool_call, emit, fit.find_tools(tool_call.arguments))

@@ -97,7 +97,8 @@ class Run(RunState):
     def finish(self, status: RunStatus, result: RunResult | None, problem: dict[str, Any] | None) -> None:
         """The run has ended: its key's run is given back, and its terminal event written."""
         self.lease.leave_key()
-        self.ctx.metrics.key_runs.labels(self.key_label, status).inc()
+        metrics = self.ctx.metrics
+        metrics.child(metrics.key_runs, self.key_label, status).inc()
         self.write_end(status, result, problem)
 
     @contextlib.contextmanager
@@ -188,9 +189,9 @@ class Run(RunState):
         finally:
             self._active.discard(self)
             metrics = self.ctx.metrics
-            metrics.runs.labels(status).inc()
-            metrics.run_duration.labels(status).observe(time.monotonic() - started)
-            metrics.run_rounds.labels(status).observe(self.rounds)
+            metrics.child(metrics.runs, status).inc()
+            metrics.child(metrics.run_duration, status).observe(time.monotonic() - started)
+            metrics.child(metrics.run_rounds, status).observe(self.rounds)
 
     async def _carry_out(self) -> RunResult:
         started = time.monotonic()

@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 import httpx
 from httpx_aiohttp import AiohttpTransport
 from opentelemetry import trace
-from prometheus_client import Histogram
 
 from services.breaker import Breaker
 from services.errors import BridgeError, LLMError, LLMResponseError, ModelNotFoundError, NoModelLoadedError
@@ -62,7 +61,6 @@ class LMStudioClient:
         # models: its cached list is out of date, see `ModelCatalog.over`); what it returns is raised instead
         self.on_model_error = on_model_error
         # `lmstudio_duration`'s children by (operation, outcome), bound once (`labels()` takes a lock and a lookup)
-        self._timers: dict[tuple[str, str], Histogram] = {}
 
     @classmethod
     def create(
@@ -150,23 +148,16 @@ class LMStudioClient:
             outcome = exc.code
             raise
         finally:
-            self._timed(operation, outcome).observe(time.perf_counter() - started)
+            metrics = self.metrics
+            metrics.child(metrics.lmstudio_duration, operation, outcome, self.name).observe(
+                time.perf_counter() - started
+            )
             if retries:
                 trace.get_current_span().set_attribute("bridge.retry.attempts", retries)
         replacement = await self.on_model_error(model_error, began)
         if replacement is model_error:
             raise model_error
         raise replacement from model_error
-
-    def _timed(self, operation: str, outcome: str) -> Histogram:
-        """The `lmstudio_duration` child of one operation and outcome on this host (both bounded: operation
-        names and error codes)."""
-        child = self._timers.get((operation, outcome))
-        if child is None:
-            child = self._timers[(operation, outcome)] = self.metrics.lmstudio_duration.labels(
-                operation, outcome, self.name
-            )
-        return child
 
     async def _send(
         self,

@@ -69,9 +69,8 @@ def record_chat(span: Span, result: ChatResult, metrics: Metrics) -> None:
 def count_tokens(metrics: Metrics, model: str, usage: Usage) -> None:
     """The tokens of one answer in `bridge_tokens_total` (children bound once per model)."""
     if model and (usage.prompt_tokens or usage.completion_tokens):
-        into, out = metrics.token_counters(model)
-        into.inc(usage.prompt_tokens)
-        out.inc(usage.completion_tokens)
+        metrics.child(metrics.tokens, model, "input").inc(usage.prompt_tokens)
+        metrics.child(metrics.tokens, model, "output").inc(usage.completion_tokens)
 
 
 def record_response(span: Span, body: Any, metrics: Metrics) -> None:

@@ -10,7 +10,6 @@ import time
 from typing import Any, cast
 
 from opentelemetry.trace import SpanKind
-from prometheus_client import Counter, Histogram
 
 from services.breaker import Breaker
 from services.errors import (
@@ -92,8 +91,6 @@ class MCPPool:
         self._tool_sets: dict[tuple[str, ...], tuple[list[list[ToolSpec]], ToolSet]] = {}
         # per tool: span name and attributes; metric children per label set (labels are bounded, see call_tool)
         self._spans: dict[tuple[str, str], tuple[str, dict[str, str]]] = {}
-        self._tool_counters: dict[tuple[str, str, str], Counter] = {}
-        self._tool_timers: dict[tuple[str, str], Histogram] = {}
 
     @property
     def spawn_count(self) -> int:
@@ -264,9 +261,9 @@ class MCPPool:
             finally:
                 span.set_attribute("bridge.tool.outcome", outcome)
                 span.set_attribute("bridge.tool.is_error", outcome != "ok")
-                label = self._label(session, tool)
-                self._counted(server, label, outcome).inc()
-                self._timed(server, label).observe(time.perf_counter() - started)
+                label, metrics = self._label(session, tool), self.metrics
+                metrics.child(metrics.tool_calls, server, label, outcome).inc()
+                metrics.child(metrics.tool_duration, server, label).observe(time.perf_counter() - started)
                 if resets:
                     self.metrics.tool_progress_resets.labels(server, label).inc(resets)
 
@@ -285,19 +282,3 @@ class MCPPool:
             if self._sessions[server].knows_tool(tool) and len(self._spans) < MAX_CACHED_TOOLS:
                 self._spans[(server, tool)] = cached
         return cached
-
-    def _counted(self, server: str, label: str, outcome: str) -> Counter:
-        """The `tool_calls` child of these labels (bound once: `labels()` takes a lock and looks it up)."""
-        key = (server, label, outcome)
-        child = self._tool_counters.get(key)
-        if child is None:
-            child = self._tool_counters[key] = self.metrics.tool_calls.labels(*key)
-        return child
-
-    def _timed(self, server: str, label: str) -> Histogram:
-        """The `tool_duration` child of these labels."""
-        key = (server, label)
-        child = self._tool_timers.get(key)
-        if child is None:
-            child = self._tool_timers[key] = self.metrics.tool_duration.labels(*key)
-        return child
