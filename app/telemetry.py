@@ -36,6 +36,17 @@ REQUEST_ID_HEADER = b"x-request-id"
 REQUEST_ID_SHAPE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # anything else is replaced, not echoed
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 _NO_HEADERS: dict[str, str] = {}
+_JSON = json.JSONEncoder(default=str)  # `json.dumps(..., default=str)` would build one per line
+# what `logging` looks up for every record and no line of ours shows: the caller's file, line and function,
+# the thread, the process (Python's logging documentation, "Optimization"); set by `configure_logging`
+LEAN_RECORDS: dict[str, Any] = {
+    "_srcfile": None,
+    "logThreads": False,
+    "logProcesses": False,
+    "logMultiprocessing": False,
+}
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")  # their lines go through the root's handler
+QUIET_LOGGERS = ("httpx", "aiosqlite")  # a line per request / per database call below WARNING
 
 
 class WhileExporting(Sampler):
@@ -215,7 +226,7 @@ class JSONFormatter(logging.Formatter):
             entry["request_id"] = rid
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return self.redact(json.dumps(entry, default=str))
+        return self.redact(_JSON.encode(entry))
 
 
 def log_handler(
@@ -231,15 +242,18 @@ def log_handler(
 def configure_logging(
     level: str, secrets: Iterable[str] = (), *, more: Callable[[], Sequence[str]] | None = None
 ) -> None:
-    """JSON lines on stderr for the whole process (uvicorn's loggers included)."""
+    """JSON lines on stderr for the whole process (uvicorn's loggers included), from records without what the
+    lines do not show (LEAN_RECORDS)."""
+    for name, value in LEAN_RECORDS.items():
+        setattr(logging, name, value)
     root = logging.getLogger()
     root.handlers[:] = [log_handler(secrets, more=more)]
     root.setLevel(level)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in UVICORN_LOGGERS:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
-    for noisy in ("httpx", "aiosqlite"):  # a line per request / per database call at DEBUG
+    for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 

@@ -16,11 +16,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 from opentelemetry.sdk.trace import TracerProvider
 
-from app.telemetry import WhileExporting, log_handler, request_id
+from app.telemetry import LEAN_RECORDS, WhileExporting, log_handler, request_id
 from bench import stdlib_upstream as stdlib_fake
 from bench.autonomous import MODEL as MOCK_MODEL
 from bench.autonomous import Script
@@ -184,8 +185,9 @@ def log_line_cost(path: Path) -> tuple[float, str]:
         return per_line
 
     try:
-        logger.info(message, *args)  # warm
-        per_line = contextvars.copy_context().run(measure)
+        with mock.patch.multiple(logging, **LEAN_RECORDS):  # as `configure_logging` sets them in the gateway
+            logger.info(message, *args)  # warm
+            per_line = contextvars.copy_context().run(measure)
     finally:
         stream.close()
     lines = path.read_text().splitlines()

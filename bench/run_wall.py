@@ -50,9 +50,10 @@ OUT_ENV = "RUN_WALL_OUT"
 Timers = dict[str, list[float]]
 
 
-def timed(owner: type, name: str, key: str, timers: Timers, when: Callable[..., bool] | None = None) -> None:
-    """Wrap the coroutine method `owner.name` (in the timed gateway's process only): the wall time of each call
-    for which `when(*args)` holds is appended to timers[key]."""
+def timed(owner: object, name: str, key: str, timers: Timers, when: Callable[..., bool] | None = None) -> None:
+    """Wrap the coroutine function `owner.name` (a class's method or a module's function, looked up when
+    called; in the timed gateway's process only): the wall time of each call for which `when(*args)` holds is
+    appended to timers[key]."""
     original: Callable[..., Awaitable[Any]] = getattr(owner, name)
 
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -72,11 +73,17 @@ def serve() -> int:
     from mcp.client.session import ClientSession
 
     from app import cli, telemetry
+    from routers import autonomous
+    from services.agent.run import Run
+    from services.agent.service import AgentService
     from services.lmstudio.client import LMStudioClient
     from services.mcp.pool import MCPPool
 
     timers: Timers = defaultdict(list)
     timed(telemetry.RequestContextMiddleware, "__call__", "request", timers, when=_a_run)
+    timed(autonomous, "_respond", "endpoint", timers)  # the route's work, once FastAPI has read the body
+    timed(AgentService, "open", "open", timers)  # the run's set-up
+    timed(Run, "execute", "execute", timers)
     timed(LMStudioClient, "chat", "chat", timers)
     timed(MCPPool, "call_tool", "tool", timers)
     timed(ClientSession, "call_tool", "sdk", timers)
@@ -163,8 +170,17 @@ def _report(name: str, wall: list[float], timers: Timers) -> None:
         f"  the MCP call {ms(timers['tool'])}"
         + (f", the SDK's call_tool in it {ms(timers['sdk'])}" if "sdk" in timers else "")
     )
-    rest = statistics.fmean(whole) - 2 * statistics.fmean(timers["chat"]) - statistics.fmean(timers["tool"])
-    print(f"  the rest (mean): {rest * 1000:.2f}")
+    mean = {key: statistics.fmean(values) * 1000 for key, values in timers.items()}
+    hops = 2 * mean["chat"] + mean["tool"]
+    print(f"  the rest (mean): {statistics.fmean(whole) * 1000 - hops:.2f}")
+    if "endpoint" in mean:
+        framework = mean["request"] - mean["endpoint"]
+        print(f"    the framework (middleware, FastAPI, the body read and validated): {framework:.2f}")
+        print(f"    the run's set-up (`AgentService.open`): {mean['open']:.2f}")
+        print(f"    the run's own work (`Run.execute` outside the hops): {mean['execute'] - hops:.2f}")
+        print(
+            f"    the answer (the result's JSON, the response): {mean['endpoint'] - mean['open'] - mean['execute']:.2f}"
+        )
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
+import logging
 import sys
 import tempfile
 import uuid
@@ -25,7 +26,16 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 from app.main import create_app
 from app.settings import Settings
-from app.telemetry import WhileExporting, export_spans, exporting, tracer_provider
+from app.telemetry import (
+    LEAN_RECORDS,
+    QUIET_LOGGERS,
+    UVICORN_LOGGERS,
+    JSONFormatter,
+    WhileExporting,
+    export_spans,
+    exporting,
+    tracer_provider,
+)
 from tests.helpers import write_mcp_json
 from tests.mock_lmstudio.fixture import MockLMStudio, start_mock
 from tests.postgres import PostgresCluster, PostgresNotFound
@@ -222,6 +232,29 @@ def spans_exported(processor: SpanProcessor) -> Iterator[None]:
         assert isinstance(sampler, WhileExporting)
         sampler.recording = before[0]
         assert span_export_state() == before
+
+
+@pytest.fixture(autouse=True)
+def logging_left_as_found() -> Iterator[None]:
+    """What `configure_logging` changes for the whole process (a CLI command run in-process calls it), undone
+    after the test: its JSON handler on the root, the levels and handlers of the loggers it sets, the record
+    fields it turns off. pytest's own capture handlers on the root are left alone."""
+    root = logging.getLogger()
+    named = [logging.getLogger(name) for name in (*UVICORN_LOGGERS, *QUIET_LOGGERS)]
+    saved = [(logger, logger.level, logger.handlers[:], logger.propagate) for logger in named]
+    root_level, root_handlers = root.level, root.handlers[:]
+    flags = {name: getattr(logging, name) for name in LEAN_RECORDS}
+    yield
+    for handler in root.handlers[:]:
+        if isinstance(handler.formatter, JSONFormatter) and handler not in root_handlers:
+            root.removeHandler(handler)
+    root.setLevel(root_level)
+    for logger, level, handlers, propagate in saved:
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+    for name, value in flags.items():
+        setattr(logging, name, value)
 
 
 @pytest.fixture(scope="module", autouse=True)

