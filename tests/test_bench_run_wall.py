@@ -16,6 +16,9 @@ async def test_each_measured_run_is_timed_in_the_gateway_and_in_the_script() -> 
     assert len(wall) == RUNS
     assert {key: len(values) for key, values in timers.items()} == {
         "request": RUNS,
+        "endpoint": RUNS,
+        "open": RUNS,
+        "execute": RUNS,
         "chat": 2 * RUNS,
         "tool": RUNS,
         "sdk": RUNS,
@@ -24,6 +27,10 @@ async def test_each_measured_run_is_timed_in_the_gateway_and_in_the_script() -> 
         assert 0 < request < run  # each measured run, as the gateway saw it
     for tool, sdk in zip(timers["tool"], timers["sdk"], strict=True):
         assert 0 < sdk < tool  # the SDK's call inside the pool's
+    for request, endpoint, opened, executed in zip(
+        timers["request"], timers["endpoint"], timers["open"], timers["execute"], strict=True
+    ):
+        assert 0 < opened + executed < endpoint < request  # the set-up and the run inside the route's work
     wall, timers = measured["script"]
     assert len(wall) == RUNS
     assert {key: len(values) for key, values in timers.items()} == {"chat": 2 * RUNS, "tool": RUNS}
