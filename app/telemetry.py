@@ -138,7 +138,6 @@ class RequestContextMiddleware:
         self._tracer = trace.get_tracer("lmstudio_bridge.http")
         # the headers the configured propagators read: a request without any of them starts a new trace
         self._trace_headers = frozenset(name.encode("latin-1") for name in propagate.get_global_textmap().fields)
-        # metric children by label values (the same label sets the metrics hold): `labels()` locks and looks up
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -60,7 +60,6 @@ class LMStudioClient:
         # told when LM Studio says a model is missing or none is loaded (the `ModelCatalog` of this client's
         # models: its cached list is out of date, see `ModelCatalog.over`); what it returns is raised instead
         self.on_model_error = on_model_error
-        # `lmstudio_duration`'s children by (operation, outcome), bound once (`labels()` takes a lock and a lookup)
 
     @classmethod
     def create(

@@ -89,7 +89,7 @@ class MCPPool:
         self._reaper: asyncio.Task[None] | None = None
         # tool sets of server sets, kept while the tool lists they came from last
         self._tool_sets: dict[tuple[str, ...], tuple[list[list[ToolSpec]], ToolSet]] = {}
-        # per tool: span name and attributes; metric children per label set (labels are bounded, see call_tool)
+        # per tool: span name and attributes (the tools are bounded, see `_span_of`)
         self._spans: dict[tuple[str, str], tuple[str, dict[str, str]]] = {}
 
     @property
