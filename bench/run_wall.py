@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,16 @@ OUT_ENV = "RUN_WALL_OUT"
 Timers = dict[str, list[float]]
 
 
+@contextlib.contextmanager
+def clocked(into: list[float]) -> Iterator[None]:
+    """Append the block's wall time to `into`."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        into.append(time.perf_counter() - started)
+
+
 def timed(owner: object, name: str, key: str, timers: Timers, when: Callable[..., bool] | None = None) -> None:
     """Wrap the coroutine function `owner.name` (a class's method or a module's function, looked up when
     called; in the timed gateway's process only): the wall time of each call for which `when(*args)` holds is
@@ -59,11 +69,8 @@ def timed(owner: object, name: str, key: str, timers: Timers, when: Callable[...
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         if when is not None and not when(*args):
             return await original(*args, **kwargs)
-        started = time.perf_counter()
-        try:
+        with clocked(timers[key]):
             return await original(*args, **kwargs)
-        finally:
-            timers[key].append(time.perf_counter() - started)
 
     setattr(owner, name, wrapper)
 
@@ -106,18 +113,12 @@ class TimedScript(Script):
         self.timers: Timers = defaultdict(list)
 
     async def _chat(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
-        started = time.perf_counter()
-        try:
+        with clocked(self.timers["chat"]):
             return await super()._chat(messages)
-        finally:
-            self.timers["chat"].append(time.perf_counter() - started)
 
     async def _tool(self, call: dict[str, Any]) -> dict[str, Any]:
-        started = time.perf_counter()
-        try:
+        with clocked(self.timers["tool"]):
             return await super()._tool(call)
-        finally:
-            self.timers["tool"].append(time.perf_counter() - started)
 
 
 async def measure(runs: int, warmup: int = WARMUP) -> dict[str, tuple[list[float], Timers]]:
@@ -147,9 +148,8 @@ async def measure(runs: int, warmup: int = WARMUP) -> dict[str, tuple[list[float
         for block in range(BLOCKS):
             for name in calls if block % 2 == 0 else reversed(calls):
                 for _ in range(runs // BLOCKS):
-                    started = time.perf_counter()
-                    await calls[name]()
-                    walls[name].append(time.perf_counter() - started)
+                    with clocked(walls[name]):
+                        await calls[name]()
         await bridge.stop()
         gateway_timers: Timers = json.loads(out.read_text())
     measured = len(walls["gateway"])  # the gateway's timers hold the warm-up first: the tail is the measured runs

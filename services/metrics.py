@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -95,7 +95,7 @@ class Metrics:
             ["reason", "host"],
             registry=r,
         )
-        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
+        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], MetricWrapperBase] = {}
         self.tokens = Counter(
             "bridge_tokens_total",
             "Tokens reported by LM Studio by model and direction (input, output)",
@@ -166,7 +166,7 @@ class Metrics:
         bound = self._children.get(key)
         if bound is None:
             bound = self._children[key] = metric.labels(*labels)
-        return bound  # type: ignore[no-any-return]
+        return cast(M, bound)  # the child of `metric` (keyed by it) is of its type
 
     def watch(self, state: StateReader) -> None:
         """Export values the services keep themselves (read at scrape time)."""
